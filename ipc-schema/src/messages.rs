@@ -1,0 +1,112 @@
+use serde::{Deserialize, Serialize};
+
+/// Which process is at the other end of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    Manager,
+    DatapathWriter,
+    NdProxy,
+    McastForwarder,
+    AdbProxy,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Manager => "manager",
+            Role::DatapathWriter => "datapath-writer",
+            Role::NdProxy => "ndproxy",
+            Role::McastForwarder => "mcast-forwarder",
+            Role::AdbProxy => "adb-proxy",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// First message in each direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    pub role: Role,
+}
+
+/// Correlates a [`Request`] with its answer. Unique per channel.
+pub type RequestId = u64;
+
+/// Everything the manager sends to a helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ManagerMessage {
+    Hello(Hello),
+    Request { id: RequestId, body: Request },
+}
+
+/// Everything a helper sends to the manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelperMessage {
+    Hello(Hello),
+    Response {
+        id: RequestId,
+        result: Result<Reply, HelperError>,
+    },
+    Event(Event),
+}
+
+/// Operations a helper performs on the manager's behalf.
+///
+/// Every request is idempotent: the manager replays the requests that make
+/// up a helper's state to a respawned instance, and the kernel state may
+/// already hold their effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness check; answered with [`Reply::Pong`] carrying the same nonce.
+    Ping { nonce: u64 },
+    /// Sets the helper's log verbosity. Part of every helper's replayed state.
+    SetLogLevel(LogLevel),
+}
+
+/// Successful answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Pong { nonce: u64 },
+    Done,
+}
+
+/// Why a helper refused or failed a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum HelperError {
+    /// The request is not one this helper handles.
+    #[error("{helper} does not handle {request}")]
+    Unsupported { helper: Role, request: String },
+    /// The request named something the helper refuses (bad name, not ours).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The kernel or a tool refused the operation.
+    #[error("{operation} failed: {message} (errno {errno})")]
+    Os {
+        operation: String,
+        errno: i32,
+        message: String,
+    },
+}
+
+/// Unprompted notifications from a helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// ndproxy saw a guest use a global or ULA address on a downlink.
+    NeighborDetected { ifindex: u32, addr: [u8; 16] },
+}
+
+/// Mirrors `log::LevelFilter` without depending on `log` here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}

@@ -60,8 +60,10 @@ pub enum HelperMessage {
 ///
 /// Every request is idempotent: the manager replays the requests that make
 /// up a helper's state to a respawned instance, and the kernel state may
-/// already hold their effect.
+/// already hold their effect. Non-exhaustive so that a helper's loop keeps a
+/// fallback arm for requests meant for other helpers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Request {
     /// Liveness check; answered with [`Reply::Pong`] carrying the same nonce.
     Ping { nonce: u64 },

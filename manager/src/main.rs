@@ -1,1 +1,202 @@
-fn main() {}
+//! `patchpaneld`: starts as root, forks the spawner, and becomes the
+//! unprivileged manager (DESIGN.md §2).
+//!
+//! Root phase, in order: read flags and config; resolve the user; open the
+//! helper executables (kept as O_PATH fds for execveat, so the checkout may
+//! sit where the unprivileged user cannot look); create the state dir; fork
+//! the spawner. Then the parent drops to the manager: user, no
+//! capabilities, no_new_privs; connects to the bus; installs its seccomp
+//! filter; and runs the event loop.
+
+mod config;
+mod dbus_service;
+mod manager;
+mod spawner;
+mod state;
+mod supervisor;
+
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context as _};
+use log::{error, info};
+use patchpanel_ipc::LogLevel;
+use patchpanel_sandbox::{Process, SeccompMode};
+
+use crate::config::{Config, Flags};
+
+fn main() -> ExitCode {
+    let flags = match Flags::parse(std::env::args().skip(1)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("patchpaneld: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::load(flags.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("patchpaneld: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level_name = flags.log_level.clone().unwrap_or(config.log_level.clone());
+    let level = match config::parse_level(&level_name) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("patchpaneld: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    patchpanel_logging::init(
+        "patchpaneld",
+        patchpanel_logging::Sink::choose(flags.log_to_stderr),
+        level,
+    );
+    match run(flags, config, level) {
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("patchpaneld: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ipc_level(level: log::LevelFilter) -> LogLevel {
+    match level {
+        log::LevelFilter::Off | log::LevelFilter::Error => LogLevel::Error,
+        log::LevelFilter::Warn => LogLevel::Warn,
+        log::LevelFilter::Info => LogLevel::Info,
+        log::LevelFilter::Debug => LogLevel::Debug,
+        log::LevelFilter::Trace => LogLevel::Trace,
+    }
+}
+
+fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("must be started as root (it drops to an unprivileged user itself)");
+    }
+    let user_name = flags.user.clone().unwrap_or(config.user.clone());
+    let user = patchpanel_sandbox::lookup_user(&user_name)
+        .with_context(|| format!("cannot look up user {user_name:?}"))?
+        .ok_or_else(|| {
+            anyhow!("user {user_name:?} does not exist; create it (scripts/bootstrap does) or pass --user")
+        })?;
+    if user.uid == 0 {
+        bail!("user {user_name:?} is root; the manager and helpers must run unprivileged");
+    }
+    let helper_dir = match &flags.helper_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .context("cannot find our own executable")?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| anyhow!("our executable has no directory"))?,
+    };
+    let executables = Process::HELPERS
+        .iter()
+        .map(|p| open_executable(&helper_dir.join(p.executable())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    create_state_dir(&config.state_dir, &user)?;
+
+    let signals = manager::signal_fd().context("signalfd")?;
+    let (manager_end, spawner_end) = patchpanel_ipc::Channel::pair().context("socketpair")?;
+    // SAFETY: getpid has no preconditions.
+    let manager_pid = unsafe { libc::getpid() };
+    // SAFETY: no other thread exists yet, so the child may run Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        drop(manager_end);
+        drop(signals);
+        spawner::run(
+            spawner::SpawnerSetup {
+                user,
+                executables,
+                manager_pid,
+            },
+            spawner_end,
+        );
+    }
+    drop(spawner_end);
+    drop(executables);
+
+    patchpanel_sandbox::enter_manager_sandbox(&user).context("dropping privileges")?;
+    let dbus = dbus_service::DbusService::connect()?;
+    patchpanel_sandbox::install_filter(Process::Manager, flags.seccomp)
+        .context("installing the seccomp filter")?;
+    info!(
+        "manager running as {} (uid {}), spawner pid {pid}, helpers from {}, seccomp={}",
+        user.name,
+        user.uid,
+        helper_dir.display(),
+        flags.seccomp.as_str()
+    );
+    let mut spawn_flags = 0;
+    if flags.seccomp == SeccompMode::Log {
+        spawn_flags |= spawner::FLAG_SECCOMP_LOG;
+    }
+    if flags.log_to_stderr {
+        spawn_flags |= spawner::FLAG_LOG_TO_STDERR;
+    }
+    manager::Manager::new(
+        signals,
+        manager_end,
+        pid,
+        dbus,
+        manager::Options {
+            spawn_flags,
+            log_level: ipc_level(level),
+        },
+    )?
+    .run()
+}
+
+/// Opens a helper executable as O_PATH for a later execveat.
+fn open_executable(path: &Path) -> anyhow::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| anyhow!("{} contains NUL", path.display()))?;
+    // SAFETY: `c` is a valid NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(anyhow!(
+            "cannot open helper {}: {} (use --helper-dir)",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: open returned a new descriptor that we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot stat helper {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        bail!("helper {} is not an executable file", path.display());
+    }
+    Ok(fd)
+}
+
+/// Creates the state directory (0755, owned by the manager's user).
+fn create_state_dir(dir: &PathBuf, user: &patchpanel_sandbox::User) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .with_context(|| format!("cannot create state dir {}", dir.display()))?;
+    std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
+        .with_context(|| format!("cannot chown {} to {}", dir.display(), user.name))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot chmod {}", dir.display()))?;
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! One request and one response message per D-Bus method.
+//!
+//! Field comments give the protobuf field number. `ParallelsVmStartup` and
+//! `ParallelsVmShutdown` are aliases of the `PluginVm*` methods and use the
+//! same messages. Messages for the methods beyond the first scope (VPN intent
+//! and lockdown, DNS redirection) are at the end.
+
+use crate::shared::{traffic_counter, IPv4Subnet, NetworkDevice, TrafficCounter};
+
+/// Request of `ArcStartup`: ARC++ (container) has started.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArcStartupRequest {
+    /// 1: pid of the ARC container's init, whose network namespace gets the
+    /// guest end of the ARC devices.
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+}
+
+/// Response of `ArcStartup` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArcStartupResponse {}
+
+/// Request of `ArcShutdown`: ARC++ has stopped.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArcShutdownRequest {
+    /// 1: pid given to `ArcStartup`.
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+}
+
+/// Response of `ArcShutdown` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArcShutdownResponse {}
+
+/// Request of `ArcVmStartup`: ARCVM is about to start.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArcVmStartupRequest {
+    /// 1: the VM's vsock context id.
+    #[prost(uint32, tag = "1")]
+    pub cid: u32,
+}
+
+/// Response of `ArcVmStartup`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArcVmStartupResponse {
+    /// 1: the address of ARCVM's management interface (`arc0`), `addr4`.
+    #[prost(bytes = "vec", tag = "1")]
+    pub arc0_ipv4_address: Vec<u8>,
+    /// 2: tap devices to hand to the VM, in the order it should see them.
+    #[prost(string, repeated, tag = "2")]
+    pub tap_device_ifnames: Vec<String>,
+}
+
+/// Request of `ArcVmShutdown`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArcVmShutdownRequest {
+    /// 1: cid given to `ArcVmStartup`.
+    #[prost(uint32, tag = "1")]
+    pub cid: u32,
+}
+
+/// Response of `ArcVmShutdown` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArcVmShutdownResponse {}
+
+/// Request of `TerminaVmStartup`: a Crostini (Termina) VM is about to start.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TerminaVmStartupRequest {
+    /// 1: the VM's vsock context id.
+    #[prost(uint32, tag = "1")]
+    pub cid: u32,
+}
+
+/// Response of `TerminaVmStartup`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TerminaVmStartupResponse {
+    /// 1: the tap device to hand to the VM.
+    #[prost(string, tag = "1")]
+    pub tap_device_ifname: String,
+    /// 2: the subnet between host and VM.
+    #[prost(message, optional, tag = "2")]
+    pub ipv4_subnet: Option<IPv4Subnet>,
+    /// 3: the VM's address, `addr4`.
+    #[prost(bytes = "vec", tag = "3")]
+    pub ipv4_address: Vec<u8>,
+    /// 4: the VM's gateway (the host end), `addr4`.
+    #[prost(bytes = "vec", tag = "4")]
+    pub gateway_ipv4_address: Vec<u8>,
+    /// 5: the subnet routed to the VM for its LXD container.
+    #[prost(message, optional, tag = "5")]
+    pub container_ipv4_subnet: Option<IPv4Subnet>,
+    /// 6: the container's address, `addr4`.
+    #[prost(bytes = "vec", tag = "6")]
+    pub container_ipv4_address: Vec<u8>,
+}
+
+/// Request of `TerminaVmShutdown`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TerminaVmShutdownRequest {
+    /// 1: cid given to `TerminaVmStartup`.
+    #[prost(uint32, tag = "1")]
+    pub cid: u32,
+}
+
+/// Response of `TerminaVmShutdown` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TerminaVmShutdownResponse {}
+
+/// Request of `PluginVmStartup` and `ParallelsVmStartup`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PluginVmStartupRequest {
+    /// 1: an id chosen by the caller for this VM.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// 2: 1-based index of the subnet to use; 0 = any free subnet; negative
+    /// values are invalid.
+    #[prost(int32, tag = "2")]
+    pub subnet_index: i32,
+}
+
+/// Response of `PluginVmStartup` and `ParallelsVmStartup`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PluginVmStartupResponse {
+    /// 1: the tap device to hand to the VM.
+    #[prost(string, tag = "1")]
+    pub tap_device_ifname: String,
+    /// 2: the subnet between host and VM.
+    #[prost(message, optional, tag = "2")]
+    pub ipv4_subnet: Option<IPv4Subnet>,
+    /// 3: the VM's address, `addr4`.
+    #[prost(bytes = "vec", tag = "3")]
+    pub ipv4_address: Vec<u8>,
+}
+
+/// Request of `PluginVmShutdown` and `ParallelsVmShutdown`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PluginVmShutdownRequest {
+    /// 1: id given to `PluginVmStartup`.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+
+/// Response of `PluginVmShutdown` and `ParallelsVmShutdown` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PluginVmShutdownResponse {}
+
+/// Request of `ConnectNamespace`: connect a network namespace to the host
+/// with a veth pair. Sent together with a lifeline file descriptor; the
+/// namespace is disconnected when the caller's end closes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConnectNamespaceRequest {
+    /// 1: pid whose network namespace to connect; -1 asks the server to
+    /// create a new named namespace instead.
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    /// 2: physical uplink to route through; empty = follow the default
+    /// network.
+    #[prost(string, tag = "2")]
+    pub outbound_physical_device: String,
+    /// 3: let user traffic (as opposed to system traffic) use the namespace.
+    #[prost(bool, tag = "3")]
+    pub allow_user_traffic: bool,
+    /// 4: route the namespace's traffic through the VPN when one is up.
+    #[prost(bool, tag = "4")]
+    pub route_on_vpn: bool,
+    /// 5: source the namespace's traffic is counted as, a
+    /// [`traffic_counter::Source`]; `UNKNOWN` means `SYSTEM`.
+    #[prost(enumeration = "traffic_counter::Source", tag = "5")]
+    pub traffic_source: i32,
+    /// 6: also give the namespace a static IPv6 address.
+    #[prost(bool, tag = "6")]
+    pub static_ipv6: bool,
+}
+
+/// Response of `ConnectNamespace`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConnectNamespaceResponse {
+    /// 1: the subnet of the veth pair.
+    #[prost(message, optional, tag = "1")]
+    pub ipv4_subnet: Option<IPv4Subnet>,
+    /// 2: veth name inside the namespace.
+    #[prost(string, tag = "2")]
+    pub peer_ifname: String,
+    /// 3: address of the namespace end, `u32 net-order`.
+    #[prost(uint32, tag = "3")]
+    pub peer_ipv4_address: u32,
+    /// 4: veth name on the host.
+    #[prost(string, tag = "4")]
+    pub host_ifname: String,
+    /// 5: address of the host end, `u32 net-order`.
+    #[prost(uint32, tag = "5")]
+    pub host_ipv4_address: u32,
+    /// 6: name of the namespace created for pid -1; empty otherwise.
+    #[prost(string, tag = "6")]
+    pub netns_name: String,
+}
+
+/// Request of `GetDevices` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetDevicesRequest {}
+
+/// Response of `GetDevices`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetDevicesResponse {
+    /// 1: every guest device patchpanel currently manages.
+    #[prost(message, repeated, tag = "1")]
+    pub devices: Vec<NetworkDevice>,
+}
+
+/// Request of `GetTrafficCounters`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TrafficCountersRequest {
+    /// 1: interfaces to report; empty = all.
+    #[prost(string, repeated, tag = "1")]
+    pub devices: Vec<String>,
+}
+
+/// Response of `GetTrafficCounters`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TrafficCountersResponse {
+    /// 1: one counter per (source, device, IP family).
+    #[prost(message, repeated, tag = "1")]
+    pub counters: Vec<TrafficCounter>,
+}
+
+/// Request of `ModifyPortRule`: open, lock down or forward a port.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModifyPortRuleRequest {
+    /// 1: a [`modify_port_rule_request::Operation`].
+    #[prost(enumeration = "modify_port_rule_request::Operation", tag = "1")]
+    pub op: i32,
+    /// 2: a [`modify_port_rule_request::RuleType`].
+    #[prost(enumeration = "modify_port_rule_request::RuleType", tag = "2")]
+    pub r#type: i32,
+    /// 3: a [`modify_port_rule_request::Protocol`].
+    #[prost(enumeration = "modify_port_rule_request::Protocol", tag = "3")]
+    pub proto: i32,
+    /// 4: interface the traffic arrives on; empty = any (ACCESS only).
+    #[prost(string, tag = "4")]
+    pub input_ifname: String,
+    /// 5: destination address to match, dotted text; empty = any.
+    #[prost(string, tag = "5")]
+    pub input_dst_ip: String,
+    /// 6: destination port to match.
+    #[prost(uint32, tag = "6")]
+    pub input_dst_port: u32,
+    /// 7: FORWARDING only: address to forward to, dotted text.
+    #[prost(string, tag = "7")]
+    pub dst_ip: String,
+    /// 8: FORWARDING only: port to forward to.
+    #[prost(uint32, tag = "8")]
+    pub dst_port: u32,
+}
+
+/// Enums nested in [`ModifyPortRuleRequest`].
+pub mod modify_port_rule_request {
+    proto_enum! {
+        /// Whether to add or remove the rule.
+        pub enum Operation {
+            InvalidOperation = 0 => "INVALID_OPERATION",
+            Create = 1 => "CREATE",
+            Delete = 2 => "DELETE",
+        }
+    }
+
+    proto_enum! {
+        /// What the rule does.
+        pub enum RuleType {
+            InvalidRuleType = 0 => "INVALID_RULE_TYPE",
+            /// Accept inbound traffic to the port.
+            Access = 1 => "ACCESS",
+            /// Only one user may bind the port on loopback.
+            Lockdown = 2 => "LOCKDOWN",
+            /// Forward inbound traffic to a guest.
+            Forwarding = 3 => "FORWARDING",
+        }
+    }
+
+    proto_enum! {
+        /// Transport protocol the rule matches.
+        pub enum Protocol {
+            InvalidProtocol = 0 => "INVALID_PROTOCOL",
+            Tcp = 1 => "TCP",
+            Udp = 2 => "UDP",
+        }
+    }
+}
+
+/// Response of `ModifyPortRule`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModifyPortRuleResponse {
+    /// 1: whether the rule was applied.
+    #[prost(bool, tag = "1")]
+    pub success: bool,
+}
+
+/// Request of `SetVpnIntent` (later scope): how traffic of one socket, sent
+/// as a file descriptor alongside, should be routed with respect to the VPN.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetVpnIntentRequest {
+    /// 1: a [`set_vpn_intent_request::VpnRoutingPolicy`].
+    #[prost(enumeration = "set_vpn_intent_request::VpnRoutingPolicy", tag = "1")]
+    pub policy: i32,
+}
+
+/// Enums nested in [`SetVpnIntentRequest`].
+pub mod set_vpn_intent_request {
+    proto_enum! {
+        /// Routing policy of a socket with respect to the VPN.
+        pub enum VpnRoutingPolicy {
+            /// Follow the routing of the socket's owner.
+            DefaultRouting = 0 => "DEFAULT_ROUTING",
+            RouteOnVpn = 1 => "ROUTE_ON_VPN",
+            BypassVpn = 2 => "BYPASS_VPN",
+        }
+    }
+}
+
+/// Response of `SetVpnIntent`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetVpnIntentResponse {
+    /// 1: whether the policy was applied.
+    #[prost(bool, tag = "1")]
+    pub success: bool,
+}
+
+/// Request of `SetVpnLockdown` (later scope).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetVpnLockdownRequest {
+    /// 1: block user traffic that cannot go through the VPN.
+    #[prost(bool, tag = "1")]
+    pub enable_vpn_lockdown: bool,
+}
+
+/// Response of `SetVpnLockdown` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetVpnLockdownResponse {}
+
+/// Request of `SetDnsRedirectionRule` (later scope): send DNS queries to a
+/// DNS proxy. Sent with a lifeline file descriptor; the rule goes away when
+/// the caller's end closes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetDnsRedirectionRuleRequest {
+    /// 1: a [`set_dns_redirection_rule_request::RuleType`].
+    #[prost(enumeration = "set_dns_redirection_rule_request::RuleType", tag = "1")]
+    pub r#type: i32,
+    /// 2: interface whose inbound DNS traffic is redirected.
+    #[prost(string, tag = "2")]
+    pub input_ifname: String,
+    /// 3: the proxy's address, text.
+    #[prost(string, tag = "3")]
+    pub proxy_address: String,
+    /// 4: name servers whose queries are redirected, text.
+    #[prost(string, repeated, tag = "4")]
+    pub nameservers: Vec<String>,
+    /// 5: host end of the proxy's namespace.
+    #[prost(string, tag = "5")]
+    pub host_ifname: String,
+}
+
+/// Enums nested in [`SetDnsRedirectionRuleRequest`].
+pub mod set_dns_redirection_rule_request {
+    proto_enum! {
+        /// Which traffic a DNS redirection rule applies to.
+        pub enum RuleType {
+            InvalidRuleType = 0 => "INVALID_RULE_TYPE",
+            Default = 1 => "DEFAULT",
+            Arc = 2 => "ARC",
+            User = 3 => "USER",
+            ExcludeDestination = 4 => "EXCLUDE_DESTINATION",
+        }
+    }
+}
+
+/// Response of `SetDnsRedirectionRule`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetDnsRedirectionRuleResponse {
+    /// 1: whether the rule was applied.
+    #[prost(bool, tag = "1")]
+    pub success: bool,
+}

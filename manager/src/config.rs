@@ -1,0 +1,244 @@
+//! `patchpaneld`'s configuration: command-line flags and the optional TOML
+//! file (DESIGN.md §12). Every default works without a file; unknown keys
+//! are an error so that a typo does not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+
+use log::LevelFilter;
+use patchpanel_sandbox::SeccompMode;
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/patchpanel/patchpanel.toml";
+
+/// Keys of the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The unprivileged user every process but the spawner runs as.
+    pub user: String,
+    /// Where the manager keeps its state file; created at start.
+    pub state_dir: PathBuf,
+    /// Prefix of the named network namespaces patchpanel creates and owns.
+    pub netns_prefix: String,
+    /// Link name prefixes that make a link an uplink in netlink mode.
+    pub uplink_prefixes: Vec<String>,
+    /// Log verbosity of the manager and, replayed to them, the helpers.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            user: "patchpaneld".into(),
+            state_dir: PathBuf::from("/run/patchpanel"),
+            netns_prefix: "patchpanel-".into(),
+            uplink_prefixes: ["eth", "wlan", "mlan", "usb", "wwan", "en", "wl"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub user: Option<String>,
+    pub helper_dir: Option<PathBuf>,
+    pub log_to_stderr: bool,
+    pub seccomp: SeccompMode,
+    pub log_level: Option<String>,
+}
+
+pub const USAGE: &str = "usage: patchpaneld [--config PATH] [--user NAME] [--helper-dir DIR] \
+[--log-to-stderr] [--seccomp=enforce|log] [--log-level error|warn|info|debug|trace]";
+
+impl Flags {
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Flags, String> {
+        let mut f = Flags {
+            config: None,
+            user: None,
+            helper_dir: None,
+            log_to_stderr: false,
+            seccomp: SeccompMode::Enforce,
+            log_level: None,
+        };
+        let mut it = args.into_iter();
+        while let Some(arg) = it.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((a, b)) => (a.to_string(), Some(b.to_string())),
+                None => (arg.clone(), None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| it.next())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            match flag.as_str() {
+                "--config" => f.config = Some(PathBuf::from(value()?)),
+                "--user" => f.user = Some(value()?),
+                "--helper-dir" => f.helper_dir = Some(PathBuf::from(value()?)),
+                "--log-to-stderr" => f.log_to_stderr = true,
+                "--seccomp" => f.seccomp = value()?.parse()?,
+                "--log-level" => f.log_level = Some(value()?),
+                "--help" | "-h" => return Err(USAGE.to_string()),
+                other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+            }
+        }
+        Ok(f)
+    }
+}
+
+pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
+    match s {
+        "error" => Ok(LevelFilter::Error),
+        "warn" => Ok(LevelFilter::Warn),
+        "info" => Ok(LevelFilter::Info),
+        "debug" => Ok(LevelFilter::Debug),
+        "trace" => Ok(LevelFilter::Trace),
+        other => Err(format!(
+            "log level must be error, warn, info, debug or trace, not {other:?}"
+        )),
+    }
+}
+
+fn valid_name_part(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && !s.starts_with('-')
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+impl Config {
+    /// Reads `path`, or the default file if present, or the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, String> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default())
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !valid_name_part(&self.user, 32) {
+            return Err(format!("user {:?} is not a valid user name", self.user));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(format!(
+                "state_dir {} must be an absolute path",
+                self.state_dir.display()
+            ));
+        }
+        if !valid_name_part(&self.netns_prefix, 32) {
+            return Err(format!(
+                "netns_prefix {:?} must be 1-32 characters of [A-Za-z0-9._-], not starting with '-'",
+                self.netns_prefix
+            ));
+        }
+        if self.uplink_prefixes.is_empty() {
+            return Err("uplink_prefixes must name at least one prefix".into());
+        }
+        for p in &self.uplink_prefixes {
+            if !valid_name_part(p, 15) {
+                return Err(format!(
+                    "uplink prefix {p:?} must be 1-15 characters of [A-Za-z0-9._-], not starting with '-'"
+                ));
+            }
+        }
+        parse_level(&self.log_level)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        assert_eq!(Config::parse("").expect("parse"), Config::default());
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let c = Config::parse("state_dir = \"/tmp/x\"\nnetns_prefix = \"t1-\"\n").expect("parse");
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.netns_prefix, "t1-");
+        assert_eq!(c.user, "patchpaneld");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let e = Config::parse("stat_dir = \"/tmp/x\"").expect_err("typo accepted");
+        assert!(e.contains("stat_dir"), "{e}");
+    }
+
+    #[test]
+    fn relative_state_dir_is_an_error() {
+        assert!(Config::parse("state_dir = \"run\"").is_err());
+    }
+
+    #[test]
+    fn injection_in_netns_prefix_is_an_error() {
+        assert!(Config::parse("netns_prefix = \"a b; rm\"").is_err());
+    }
+
+    #[test]
+    fn uplink_prefix_longer_than_an_ifname_is_an_error() {
+        assert!(Config::parse("uplink_prefixes = [\"abcdefghijklmnop\"]").is_err());
+    }
+
+    #[test]
+    fn bad_log_level_is_an_error() {
+        assert!(Config::parse("log_level = \"loud\"").is_err());
+    }
+
+    #[test]
+    fn missing_default_file_gives_the_defaults() {
+        // The default path is only optional when no --config was given.
+        if !Path::new(DEFAULT_CONFIG).exists() {
+            assert_eq!(Config::load(None).expect("load"), Config::default());
+        }
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        assert!(Config::load(Some(Path::new("/nonexistent/pp.toml"))).is_err());
+    }
+
+    #[test]
+    fn flags_parse_both_spellings() {
+        let f = Flags::parse(
+            ["--seccomp", "log", "--user=nobody", "--log-to-stderr"]
+                .iter()
+                .map(|s| s.to_string()),
+        )
+        .expect("parse");
+        assert_eq!(f.seccomp, SeccompMode::Log);
+        assert_eq!(f.user.as_deref(), Some("nobody"));
+        assert!(f.log_to_stderr);
+    }
+
+    #[test]
+    fn unknown_flag_is_an_error() {
+        assert!(Flags::parse(["--cleanup-all".to_string()]).is_err());
+    }
+}

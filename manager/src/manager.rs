@@ -1,0 +1,551 @@
+//! The manager's event loop: one mio `Poll` over the signalfd, the spawner
+//! socket, the D-Bus connection and one channel per helper.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use log::{debug, error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use patchpanel_helper_runtime::role_of;
+use patchpanel_ipc::{
+    Channel, ChannelError, HelperMessage, Hello, LogLevel, ManagerMessage, Reply, Request, Role,
+    PROTOCOL_VERSION,
+};
+use patchpanel_sandbox::Process;
+
+use crate::dbus_service::DbusService;
+use crate::spawner::{self, SpawnerEvent, SpawnerRequest};
+use crate::supervisor::{Liveness, RespawnPolicy, ReplayLog, Verdict};
+
+const SIGNALS: Token = Token(0);
+const SPAWNER: Token = Token(1);
+const DBUS: Token = Token(2);
+const HELPER_BASE: usize = 10;
+
+fn pid_text(pid: Option<i32>) -> String {
+    pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into())
+}
+
+fn helper_token(i: usize) -> Token {
+    Token(HELPER_BASE + i)
+}
+
+/// Lifecycle of one helper slot.
+#[derive(Debug)]
+enum Phase {
+    /// Asked the spawner; waiting for the helper's Hello.
+    Starting { channel: Channel },
+    Up { channel: Channel },
+    /// Dead; respawn at the instant.
+    Down { respawn_at: Instant },
+}
+
+#[derive(Debug)]
+struct Slot {
+    process: Process,
+    phase: Phase,
+    pid: Option<i32>,
+    started_at: Instant,
+    policy: RespawnPolicy,
+    replay: ReplayLog,
+    liveness: Liveness,
+    next_id: u64,
+    /// Requests awaiting an answer: id -> what it was for (for logs).
+    pending: HashMap<u64, String>,
+}
+
+impl Slot {
+    fn channel(&self) -> Option<&Channel> {
+        match &self.phase {
+            Phase::Starting { channel } | Phase::Up { channel } => Some(channel),
+            Phase::Down { .. } => None,
+        }
+    }
+
+    fn send(&mut self, request: Request) -> Result<u64, ChannelError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let what = format!("{request:?}");
+        let channel = self.channel().ok_or(ChannelError::Closed)?;
+        channel.send(&ManagerMessage::Request { id, body: request }, &[])?;
+        self.pending.insert(id, what);
+        Ok(id)
+    }
+}
+
+/// Startup options the loop needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub spawn_flags: u32,
+    pub log_level: LogLevel,
+}
+
+pub struct Manager {
+    poll: Poll,
+    signals: OwnedFd,
+    spawner: Channel,
+    spawner_pid: libc::pid_t,
+    dbus: DbusService,
+    slots: Vec<Slot>,
+    options: Options,
+    ready: bool,
+    nonce: u64,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("spawner_pid", &self.spawner_pid)
+            .field("ready", &self.ready)
+            .finish()
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGCHLD and returns a signalfd for them.
+/// Called before forking the spawner, which resets its own mask.
+pub fn signal_fd() -> std::io::Result<OwnedFd> {
+    // SAFETY: sigset operations on a local set; signalfd returns a new fd.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+enum Exit {
+    Clean,
+    Failed(anyhow::Error),
+}
+
+impl Manager {
+    pub fn new(
+        signals: OwnedFd,
+        spawner: Channel,
+        spawner_pid: libc::pid_t,
+        dbus: DbusService,
+        options: Options,
+    ) -> anyhow::Result<Manager> {
+        let poll = Poll::new().context("epoll")?;
+        spawner.set_nonblocking(true)?;
+        poll.registry()
+            .register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut SourceFd(&spawner.as_raw_fd()), SPAWNER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut SourceFd(&dbus.fd()), DBUS, Interest::READABLE)?;
+        let now = Instant::now();
+        let slots = Process::HELPERS
+            .iter()
+            .map(|&process| {
+                let mut replay = ReplayLog::default();
+                replay.record("log-level", Request::SetLogLevel(options.log_level));
+                Slot {
+                    process,
+                    phase: Phase::Down { respawn_at: now },
+                    pid: None,
+                    started_at: now,
+                    policy: RespawnPolicy::default(),
+                    replay,
+                    liveness: Liveness::default(),
+                    next_id: 1,
+                    pending: HashMap::new(),
+                }
+            })
+            .collect();
+        Ok(Manager {
+            poll,
+            signals,
+            spawner,
+            spawner_pid,
+            dbus,
+            slots,
+            options,
+            ready: false,
+            nonce: 1,
+        })
+    }
+
+    /// Runs until SIGTERM/SIGINT (Ok) or a fatal failure (Err).
+    pub fn run(mut self) -> anyhow::Result<()> {
+        let result = self.event_loop();
+        self.shutdown();
+        match result {
+            Exit::Clean => Ok(()),
+            Exit::Failed(e) => Err(e),
+        }
+    }
+
+    fn event_loop(&mut self) -> Exit {
+        let mut events = Events::with_capacity(64);
+        loop {
+            let now = Instant::now();
+            if let Err(e) = self.on_timers(now) {
+                return Exit::Failed(e);
+            }
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Exit::Failed(anyhow!("epoll_wait: {e}"));
+            }
+            for event in events.iter() {
+                let step = match event.token() {
+                    SIGNALS => match self.on_signals() {
+                        Ok(true) => return Exit::Clean,
+                        Ok(false) => Ok(()),
+                        Err(e) => Err(e),
+                    },
+                    SPAWNER => self.on_spawner(),
+                    DBUS => self.dbus.dispatch(),
+                    Token(t) if t >= HELPER_BASE && t < HELPER_BASE + self.slots.len() => {
+                        self.on_helper(t - HELPER_BASE)
+                    }
+                    Token(t) => {
+                        warn!("event for unknown token {t}");
+                        Ok(())
+                    }
+                };
+                if let Err(e) = step {
+                    return Exit::Failed(e);
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter_map(|s| match s.phase {
+                Phase::Down { respawn_at } => Some(respawn_at),
+                Phase::Up { .. } => s.liveness.next_deadline(),
+                Phase::Starting { .. } => None,
+            })
+            .min()
+    }
+
+    fn on_timers(&mut self, now: Instant) -> anyhow::Result<()> {
+        for i in 0..self.slots.len() {
+            match self.slots[i].phase {
+                Phase::Down { respawn_at } if now >= respawn_at => self.start_helper(i)?,
+                Phase::Up { .. } => {
+                    let slot = &mut self.slots[i];
+                    if slot.liveness.is_hung(now) {
+                        error!(
+                            "{} (pid {}) has not answered a ping for {:?}; killing it",
+                            slot.process.executable(),
+                            pid_text(slot.pid),
+                            crate::supervisor::PING_TIMEOUT
+                        );
+                        slot.liveness.stopped();
+                        if let Some(pid) = slot.pid {
+                            spawner::send_request(
+                                &self.spawner,
+                                SpawnerRequest::Kill {
+                                    helper: slot.process,
+                                    pid,
+                                },
+                                None,
+                            )
+                            .map_err(|e| anyhow!("spawner socket: {e}"))?;
+                        }
+                    } else if let Some(nonce) = slot.liveness.due(now, self.nonce) {
+                        self.nonce += 1;
+                        if let Err(e) = slot.send(Request::Ping { nonce }) {
+                            debug!("ping to {}: {e}", slot.process.executable());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns true when asked to stop.
+    fn on_signals(&mut self) -> anyhow::Result<bool> {
+        let mut stop = false;
+        loop {
+            // SAFETY: signalfd_siginfo is plain data; read fills it or fails.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: reading at most `size` bytes into `info`.
+            let n = unsafe {
+                libc::read(
+                    self.signals.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
+            if n != size as isize {
+                break;
+            }
+            match info.ssi_signo as i32 {
+                libc::SIGTERM | libc::SIGINT => {
+                    info!("signal {} received; shutting down", info.ssi_signo);
+                    stop = true;
+                }
+                libc::SIGCHLD => {
+                    let mut status = 0;
+                    // SAFETY: waitpid on our only child, with a valid out pointer.
+                    let pid = unsafe { libc::waitpid(self.spawner_pid, &mut status, libc::WNOHANG) };
+                    if pid == self.spawner_pid {
+                        bail!(
+                            "the spawner (pid {pid}) {}; cannot supervise helpers any more",
+                            spawner::describe_status(status)
+                        );
+                    }
+                }
+                other => debug!("ignoring signal {other}"),
+            }
+        }
+        Ok(stop)
+    }
+
+    fn on_spawner(&mut self) -> anyhow::Result<()> {
+        loop {
+            let (bytes, _fds) = match self.spawner.recv_raw() {
+                Ok(p) => p,
+                Err(ChannelError::WouldBlock) => return Ok(()),
+                Err(ChannelError::Closed) => bail!("the spawner closed its socket"),
+                Err(e) => bail!("spawner socket: {e}"),
+            };
+            let Some(event) = SpawnerEvent::decode(&bytes) else {
+                warn!("ignored a malformed {}-byte spawner event", bytes.len());
+                continue;
+            };
+            match event {
+                SpawnerEvent::Spawned { helper, pid } => {
+                    let slot = self.slot_mut(helper);
+                    slot.pid = Some(pid);
+                    info!("{} started as pid {pid}", helper.executable());
+                }
+                SpawnerEvent::SpawnFailed { helper, errno } => {
+                    let i = self.slot_index(helper);
+                    self.helper_down(
+                        i,
+                        &format!("spawn failed: {}", std::io::Error::from_raw_os_error(errno)),
+                    )?;
+                }
+                SpawnerEvent::Exited { helper, pid, status } => {
+                    let i = self.slot_index(helper);
+                    let reason = spawner::describe_status(status);
+                    if self.slots[i].pid == Some(pid) && !matches!(self.slots[i].phase, Phase::Down { .. }) {
+                        self.helper_down(i, &reason)?;
+                    } else {
+                        debug!("{} (old pid {pid}) {reason}", helper.executable());
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_helper(&mut self, i: usize) -> anyhow::Result<()> {
+        loop {
+            let Some(channel) = self.slots[i].channel() else {
+                return Ok(());
+            };
+            let received = match channel.recv::<HelperMessage>() {
+                Ok(r) => r,
+                Err(ChannelError::WouldBlock) => return Ok(()),
+                Err(ChannelError::Closed) => return self.helper_down(i, "closed its channel"),
+                Err(e) if e.is_fatal() => return self.helper_down(i, &format!("channel error: {e}")),
+                Err(e) => {
+                    warn!("{}: dropped a bad message: {e}", self.slots[i].process.executable());
+                    continue;
+                }
+            };
+            match received.msg {
+                HelperMessage::Hello(hello) => self.on_hello(i, hello)?,
+                HelperMessage::Response { id, result } => {
+                    let slot = &mut self.slots[i];
+                    let what = slot.pending.remove(&id);
+                    match (result, what) {
+                        (Ok(Reply::Pong { nonce }), _) => {
+                            slot.liveness.pong(nonce, Instant::now());
+                        }
+                        (Ok(_), _) => {}
+                        (Err(e), what) => warn!(
+                            "{} failed {}: {e}",
+                            slot.process.executable(),
+                            what.unwrap_or_else(|| format!("unknown request {id}"))
+                        ),
+                    }
+                }
+                HelperMessage::Event(event) => {
+                    info!("{}: event {event:?}", self.slots[i].process.executable());
+                }
+            }
+        }
+    }
+
+    fn on_hello(&mut self, i: usize, hello: Hello) -> anyhow::Result<()> {
+        let process = self.slots[i].process;
+        let expected = role_of(process);
+        if hello.protocol_version != PROTOCOL_VERSION || hello.role != expected {
+            // Nothing good comes from respawning the same binary: stop.
+            bail!(
+                "{} greeted as {} protocol {}; expected {} protocol {PROTOCOL_VERSION} (mismatched installation?)",
+                process.executable(),
+                hello.role,
+                hello.protocol_version,
+                expected
+            );
+        }
+        let slot = &mut self.slots[i];
+        let Phase::Starting { channel } = std::mem::replace(&mut slot.phase, Phase::Down { respawn_at: Instant::now() }) else {
+            bail!("{} sent a second Hello", process.executable());
+        };
+        slot.phase = Phase::Up { channel };
+        slot.liveness.started(Instant::now());
+        let replay: Vec<Request> = slot.replay.requests().cloned().collect();
+        let count = replay.len();
+        for request in replay {
+            if let Err(e) = slot.send(request) {
+                return self.helper_down(i, &format!("replay failed: {e}"));
+            }
+        }
+        info!(
+            "{} (pid {}) is up; replayed {count} request(s)",
+            process.executable(),
+            pid_text(self.slots[i].pid)
+        );
+        if !self.ready && self.slots.iter().all(|s| matches!(s.phase, Phase::Up { .. })) {
+            self.dbus.request_name()?;
+            // request_name blocked on the bus; whatever arrived meanwhile is
+            // buffered in libdbus and will not wake mio again.
+            self.dbus.dispatch()?;
+            self.ready = true;
+        }
+        Ok(())
+    }
+
+    fn start_helper(&mut self, i: usize) -> anyhow::Result<()> {
+        let (ours, theirs) = Channel::pair().context("socketpair")?;
+        ours.set_nonblocking(true)?;
+        ours.send(
+            &ManagerMessage::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                role: Role::Manager,
+            }),
+            &[],
+        )
+        .map_err(|e| anyhow!("hello: {e}"))?;
+        let process = self.slots[i].process;
+        spawner::send_request(
+            &self.spawner,
+            SpawnerRequest::Spawn {
+                helper: process,
+                flags: self.options.spawn_flags,
+            },
+            Some(theirs.as_fd()),
+        )
+        .map_err(|e| anyhow!("spawner socket: {e}"))?;
+        drop(theirs);
+        self.poll.registry().register(
+            &mut SourceFd(&ours.as_raw_fd()),
+            helper_token(i),
+            Interest::READABLE,
+        )?;
+        let slot = &mut self.slots[i];
+        slot.phase = Phase::Starting { channel: ours };
+        slot.pid = None;
+        slot.started_at = Instant::now();
+        slot.pending.clear();
+        debug!("asked the spawner for {}", process.executable());
+        Ok(())
+    }
+
+    fn helper_down(&mut self, i: usize, reason: &str) -> anyhow::Result<()> {
+        let registry = self.poll.registry();
+        let slot = &mut self.slots[i];
+        if let Some(channel) = slot.channel() {
+            let _ = registry.deregister(&mut SourceFd(&channel.as_raw_fd()));
+        }
+        slot.liveness.stopped();
+        let in_flight = slot.pending.len();
+        slot.pending.clear();
+        let uptime = slot.started_at.elapsed();
+        match slot.policy.on_exit(uptime) {
+            Verdict::RespawnAfter(delay) => {
+                warn!(
+                    "{} (pid {}) {reason} after {:.1?}; {in_flight} request(s) lost; respawning in {delay:?} (failure {} of {})",
+                    slot.process.executable(),
+                    pid_text(slot.pid),
+                    uptime,
+                    slot.policy.failures(),
+                    crate::supervisor::BACKOFF.len()
+                );
+                slot.phase = Phase::Down {
+                    respawn_at: Instant::now() + delay,
+                };
+                Ok(())
+            }
+            Verdict::GiveUp { attempts } => {
+                slot.phase = Phase::Down {
+                    respawn_at: Instant::now() + Duration::from_secs(3600),
+                };
+                bail!(
+                    "giving up on {}: it failed {attempts} times in a row (last: {reason}); exiting so that init restarts the whole tree",
+                    slot.process.executable()
+                )
+            }
+        }
+    }
+
+    fn slot_index(&self, p: Process) -> usize {
+        self.slots
+            .iter()
+            .position(|s| s.process == p)
+            .unwrap_or_default()
+    }
+
+    fn slot_mut(&mut self, p: Process) -> &mut Slot {
+        let i = self.slot_index(p);
+        &mut self.slots[i]
+    }
+
+    /// Closes every helper channel (helpers exit on EOF), then the spawner's
+    /// socket, and waits for the spawner to reap them all.
+    fn shutdown(&mut self) {
+        for slot in &mut self.slots {
+            slot.phase = Phase::Down {
+                respawn_at: Instant::now(),
+            };
+        }
+        let (dead_a, _dead_b) = match Channel::pair() {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        // Replace the spawner socket with a dead one so ours closes now.
+        let spawner = std::mem::replace(&mut self.spawner, dead_a);
+        drop(spawner);
+        let deadline = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < deadline {
+            let mut status = 0;
+            // SAFETY: waitpid on our only child with a valid out pointer.
+            let pid = unsafe { libc::waitpid(self.spawner_pid, &mut status, libc::WNOHANG) };
+            if pid == self.spawner_pid || pid < 0 {
+                info!("helpers and spawner stopped");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        warn!("the spawner did not exit within 6 s");
+    }
+}

@@ -1,0 +1,381 @@
+//! The built `patchpaneld`, started the way init would start it, inside a test
+//! namespace and on a private bus, and stopped (with its whole tree) on drop.
+
+use std::collections::BTreeSet;
+use std::fs::{File, Permissions};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use crate::bins::bin_dir;
+use crate::bus::PrivateBus;
+use crate::command::describe;
+use crate::dbus_client::{BusClient, SERVICE};
+use crate::netns::{delete_netns_with_prefix, Netns};
+use crate::procfs::{send_signal, tree_of, ProcIdentity};
+use crate::tree::ProcessTree;
+use crate::wait::poll_until;
+
+/// How long the daemon may take to own its bus name and answer `GetDevices`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a SIGTERM'd daemon may take before the harness sends SIGKILL.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Set to `always` to print the daemon's log on drop even when the test passed.
+pub const LOG_ENV: &str = "PATCHPANEL_TEST_LOGS";
+
+static NEXT_INDEX: AtomicU32 = AtomicU32::new(0);
+
+/// Optional command-line flags for `patchpaneld`.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// `--user NAME`.
+    pub user: Option<String>,
+    /// `--seccomp=log` instead of the default (enforce).
+    pub seccomp_log: bool,
+    /// `--helper-dir DIR`.
+    pub helper_dir: Option<PathBuf>,
+    /// Anything else, appended as is.
+    pub extra_args: Vec<String>,
+}
+
+/// A running `patchpaneld` (the manager; the process the harness spawned, as
+/// `nsenter` execs it). On drop: SIGTERM, SIGKILL after [`STOP_TIMEOUT`], then
+/// SIGKILL to any process of its tree still alive, then deletion of any netns
+/// with its prefix; the log is printed if the test is panicking.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    exit: Option<ExitStatus>,
+    bus_address: String,
+    netns_prefix: String,
+    state_dir: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    /// Every process seen in the tree, killed on drop if still alive.
+    seen: Mutex<BTreeSet<ProcIdentity>>,
+    dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts the daemon with default flags; does not wait for it to be ready.
+    pub fn start(netns: &Netns, bus: &PrivateBus) -> Result<Self> {
+        Self::start_with(netns, bus, DaemonOptions::default())
+    }
+
+    /// Starts `nsenter --net=<netns> -- patchpaneld --log-to-stderr --config
+    /// <file>` with `DBUS_SYSTEM_BUS_ADDRESS` pointing at `bus`; does not wait.
+    pub fn start_with(netns: &Netns, bus: &PrivateBus, options: DaemonOptions) -> Result<Self> {
+        let bin_dir = bin_dir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("ppt-daemon-")
+            .tempdir()
+            .context("cannot create the daemon's directory")?;
+        // The manager runs as an unprivileged user and must reach its state dir.
+        std::fs::set_permissions(dir.path(), Permissions::from_mode(0o755))
+            .context("cannot make the daemon's directory reachable")?;
+        let index = NEXT_INDEX.fetch_add(1, Ordering::SeqCst);
+        let netns_prefix = format!("ppt{}n{index}-", std::process::id());
+        // Not created here: like /run/patchpanel at boot, the daemon makes it.
+        let state_dir = dir.path().join("state");
+        let config_path = dir.path().join("patchpanel.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "state_dir = {}\nnetns_prefix = {}\n",
+                toml_string(&state_dir.to_string_lossy()),
+                toml_string(&netns_prefix)
+            ),
+        )
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+        let log_path = dir.path().join("patchpaneld.log");
+        let log = File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", netns.path().display()))
+            .arg("--")
+            .arg(bin_dir.join("patchpaneld"))
+            .arg("--log-to-stderr")
+            .arg("--config")
+            .arg(&config_path);
+        if let Some(user) = &options.user {
+            cmd.arg("--user").arg(user);
+        }
+        if options.seccomp_log {
+            cmd.arg("--seccomp=log");
+        }
+        if let Some(helper_dir) = &options.helper_dir {
+            cmd.arg("--helper-dir").arg(helper_dir);
+        }
+        cmd.args(&options.extra_args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("cannot duplicate the log file")?)
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", describe(&cmd)))?;
+        Ok(Self {
+            child,
+            exit: None,
+            bus_address: bus.address().to_string(),
+            netns_prefix,
+            state_dir,
+            config_path,
+            log_path,
+            seen: Mutex::new(BTreeSet::new()),
+            dir,
+        })
+    }
+
+    /// Waits until `org.chromium.PatchPanel` answers `GetDevices` (all helpers
+    /// have answered their handshake), up to [`READY_TIMEOUT`].
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let client = BusClient::connect(&self.bus_address)?;
+        loop {
+            if let Some(status) = self.try_exit_status()? {
+                bail!(
+                    "patchpaneld exited ({status}) before it was ready; its log:\n{}",
+                    self.log()
+                );
+            }
+            let last_error = match client.get_devices() {
+                Ok(_) => return Ok(()),
+                Err(err) => err.to_string(),
+            };
+            if started.elapsed() >= READY_TIMEOUT {
+                bail!(
+                    "patchpaneld was not ready within {READY_TIMEOUT:?} (last GetDevices: \
+                     {last_error}; {SERVICE} owned: {:?}); its log:\n{}",
+                    client.name_has_owner(SERVICE),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The manager's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The manager, its spawner and the helpers, read from `/proc` now.
+    pub fn tree(&self) -> Result<ProcessTree> {
+        let tree = ProcessTree::scan(self.pid())?;
+        self.remember(&tree);
+        Ok(tree)
+    }
+
+    /// Polls [`Daemon::tree`] until `accept` returns true for a complete tree.
+    pub fn wait_for_tree(
+        &self,
+        timeout: Duration,
+        mut accept: impl FnMut(&ProcessTree) -> bool,
+    ) -> Result<ProcessTree> {
+        let mut last = String::from("no scan");
+        poll_until(timeout, || match self.tree() {
+            Ok(tree) if accept(&tree) => Some(tree),
+            Ok(tree) => {
+                last = format!("{tree:?}");
+                None
+            }
+            Err(err) => {
+                last = format!("{err:#}");
+                None
+            }
+        })
+        .with_context(|| format!("no acceptable process tree within {timeout:?}; last: {last}"))
+    }
+
+    /// What the daemon has printed so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_else(|err| format!("(no log: {err})"))
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The `state_dir` given in the config (not created by the harness).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The per-daemon `netns_prefix` given in the config.
+    pub fn netns_prefix(&self) -> &str {
+        &self.netns_prefix
+    }
+
+    /// The per-daemon scratch directory (config, log, state).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn bus_address(&self) -> &str {
+        &self.bus_address
+    }
+
+    /// A new `dbus-rs` client on the daemon's bus.
+    pub fn client(&self) -> Result<BusClient> {
+        BusClient::connect(&self.bus_address)
+    }
+
+    /// Sends `signal` to the manager; refuses once it has been reaped (its pid
+    /// may then belong to another process).
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        if let Some(status) = self.exit {
+            bail!("patchpaneld already exited ({status})");
+        }
+        send_signal(self.pid(), signal)
+    }
+
+    /// The manager's exit status if it has exited (reaping it).
+    pub fn try_exit_status(&mut self) -> Result<Option<ExitStatus>> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().context("cannot poll patchpaneld")?;
+        }
+        Ok(self.exit)
+    }
+
+    /// Waits up to `timeout` for the manager to exit; `None` if it is still
+    /// running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let mut error = None;
+        let status = poll_until(timeout, || match self.try_exit_status() {
+            Ok(status) => status,
+            Err(err) => {
+                error = Some(err);
+                Some(ExitStatus::default())
+            }
+        });
+        match error {
+            Some(err) => Err(err),
+            None => Ok(status),
+        }
+    }
+
+    fn remember(&self, tree: &ProcessTree) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for pid in tree.children_pids() {
+            if let Ok(identity) = ProcIdentity::of(pid) {
+                seen.insert(identity);
+            }
+        }
+    }
+
+    /// Stops the tree and removes leftovers; returns what went wrong.
+    fn stop(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut leftovers: BTreeSet<ProcIdentity> =
+            self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if matches!(self.try_exit_status(), Ok(None)) {
+            if let Ok(tree) = tree_of(self.pid()) {
+                leftovers.extend(tree.into_iter().filter(|p| p.pid != self.pid()));
+            }
+            if let Err(err) = self.signal(libc::SIGTERM) {
+                problems.push(format!("SIGTERM: {err:#}"));
+            }
+            match self.wait_exit(STOP_TIMEOUT) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    problems.push(format!(
+                        "patchpaneld ignored SIGTERM for {STOP_TIMEOUT:?}; sent SIGKILL"
+                    ));
+                    if let Err(err) = self.child.kill() {
+                        problems.push(format!("SIGKILL: {err}"));
+                    }
+                    match self.child.wait() {
+                        Ok(status) => self.exit = Some(status),
+                        Err(err) => problems.push(format!("cannot reap patchpaneld: {err}")),
+                    }
+                }
+                Err(err) => problems.push(format!("{err:#}")),
+            }
+        }
+        // The tree should follow the manager; give it a moment, then force it.
+        poll_until(Duration::from_secs(2), || {
+            leftovers.iter().all(ProcIdentity::is_gone).then_some(())
+        });
+        for process in leftovers.iter().filter(|p| !p.is_gone()) {
+            problems.push(format!(
+                "process {} of the tree outlived the manager; sent SIGKILL",
+                process.pid
+            ));
+            if let Err(err) = process.signal_if_alive(libc::SIGKILL) {
+                problems.push(format!("{err:#}"));
+            }
+        }
+        let (deleted, errors) = delete_netns_with_prefix(&self.netns_prefix);
+        if !deleted.is_empty() {
+            problems.push(format!("deleted leftover netns {deleted:?}"));
+        }
+        problems.extend(errors);
+        problems
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let problems = self.stop();
+        let always = std::env::var(LOG_ENV).is_ok_and(|v| v == "always");
+        if std::thread::panicking() || always {
+            eprintln!(
+                "----- patchpaneld log ({}) -----\n{}\n----- end of patchpaneld log -----",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+        for problem in problems {
+            eprintln!("harness: {problem}");
+        }
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(value: &str) -> String {
+    let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("\"{escaped}\"")
+}
+
+/// A namespace, a bus and a ready daemon, dropped in that reverse order (fields
+/// drop in declaration order: daemon first, namespace last).
+#[derive(Debug)]
+pub struct TestBed {
+    pub daemon: Daemon,
+    pub bus: PrivateBus,
+    pub netns: Netns,
+}
+
+impl TestBed {
+    /// Starts everything with default flags and waits until the daemon is ready.
+    pub fn start() -> Result<Self> {
+        Self::start_with(DaemonOptions::default())
+    }
+
+    /// Starts everything with `options` and waits until the daemon is ready.
+    pub fn start_with(options: DaemonOptions) -> Result<Self> {
+        let netns = Netns::new()?;
+        let bus = PrivateBus::start()?;
+        let mut daemon = Daemon::start_with(&netns, &bus, options)?;
+        daemon.wait_ready()?;
+        Ok(Self { daemon, bus, netns })
+    }
+
+    /// A new `dbus-rs` client on the test's bus.
+    pub fn client(&self) -> Result<BusClient> {
+        BusClient::connect(self.bus.address())
+    }
+}

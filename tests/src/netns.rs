@@ -1,0 +1,125 @@
+//! A named network namespace that lives exactly as long as a test.
+//!
+//! Names are `ppt-<test pid>-<n>`, so parallel tests (one process each under
+//! nextest, or threads under `cargo test`) never collide, and a namespace left
+//! behind by a crashed run can be recognised and replaced.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result};
+
+use crate::command::{output, run_ok};
+
+/// Where `ip netns` keeps its bind mounts.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+static NEXT_INDEX: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace created with `ip netns add` and deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a fresh namespace and brings its `lo` up.
+    pub fn new() -> Result<Self> {
+        let index = NEXT_INDEX.fetch_add(1, Ordering::SeqCst);
+        let name = format!("ppt-{}-{index}", std::process::id());
+        let path = PathBuf::from(NETNS_RUN_DIR).join(&name);
+        if path.exists() {
+            // Left behind by an earlier run whose pid was reused: ours by name.
+            run_ok(Command::new("ip").args(["netns", "delete", &name]))
+                .with_context(|| format!("cannot remove stale netns {name}"))?;
+        }
+        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
+        // From here on, Drop deletes it even if the rest fails.
+        let netns = Self { name };
+        run_ok(Command::new("ip").args(["-n", &netns.name, "link", "set", "lo", "up"]))?;
+        Ok(netns)
+    }
+
+    /// The namespace's name as `ip netns` knows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`, for `nsenter --net=`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(NETNS_RUN_DIR).join(&self.name)
+    }
+
+    /// The nsfs inode of the namespace, equal to the inode of
+    /// `/proc/<pid>/ns/net` for every process inside it.
+    pub fn inode(&self) -> Result<u64> {
+        let path = self.path();
+        let meta =
+            std::fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?;
+        Ok(meta.ino())
+    }
+
+    /// Runs a tool inside the namespace with `ip netns exec` and returns its
+    /// output whatever the exit status. Fine for tools such as `ip` or
+    /// `iptables-save`; the daemon itself is started with `nsenter --net=`
+    /// (see [`crate::Daemon`]) because `ip netns exec` adds a private mount
+    /// namespace that would hide the namespaces the daemon creates.
+    pub fn exec(&self, argv: &[&str]) -> Result<Output> {
+        output(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(argv),
+        )
+    }
+
+    /// Like [`Netns::exec`], but fails unless the tool exits 0; returns stdout.
+    pub fn exec_ok(&self, argv: &[&str]) -> Result<String> {
+        let out = run_ok(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(argv),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(err) = run_ok(Command::new("ip").args(["netns", "delete", &self.name])) {
+            eprintln!("harness: cannot delete netns {}: {err:#}", self.name);
+        }
+    }
+}
+
+/// Deletes every named namespace whose name starts with `prefix` (what a daemon
+/// with that `netns_prefix` may have left behind). Returns the deleted names and
+/// the errors met on the way; keeps going after an error.
+pub fn delete_netns_with_prefix(prefix: &str) -> (Vec<String>, Vec<String>) {
+    let mut deleted = Vec::new();
+    let mut errors = Vec::new();
+    if prefix.is_empty() {
+        errors.push("refusing to delete netns with an empty prefix".to_string());
+        return (deleted, errors);
+    }
+    let entries = match std::fs::read_dir(NETNS_RUN_DIR) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return (deleted, errors),
+        Err(err) => {
+            errors.push(format!("cannot list {NETNS_RUN_DIR}: {err}"));
+            return (deleted, errors);
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        match run_ok(Command::new("ip").args(["netns", "delete", &name])) {
+            Ok(_) => deleted.push(name),
+            Err(err) => errors.push(format!("{err:#}")),
+        }
+    }
+    (deleted, errors)
+}

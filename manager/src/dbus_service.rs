@@ -116,9 +116,28 @@ impl DbusService {
                 .read_write(Some(Duration::ZERO))
                 .map_err(|()| anyhow!("the system bus connection was lost"))?;
             while let Some(msg) = self.conn.channel().pop_message() {
-                if self.cr.handle_message(msg, &self.conn).is_err() {
-                    // Not a method call (a signal or a reply we did not ask
-                    // for): nothing to answer.
+                if let Some(reply) = wrong_signature(&msg) {
+                    let _ = self.conn.channel().send(reply);
+                    continue;
+                }
+                // A bug in one handler must not take the service down: answer
+                // that call with Failed and keep serving.
+                let member = msg.member().map(|m| m.to_string()).unwrap_or_default();
+                let failed = if msg.msg_type() == dbus::MessageType::MethodCall {
+                    internal_error(&msg)
+                } else {
+                    None
+                };
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    // Err: not a method call (a signal or a stray reply);
+                    // nothing to answer.
+                    let _ = self.cr.handle_message(msg, &self.conn);
+                }));
+                if handled.is_err() {
+                    log::error!("handler for {member} panicked; answered Failed");
+                    if let Some(reply) = failed {
+                        let _ = self.conn.channel().send(reply);
+                    }
                 }
             }
             self.conn.channel().flush();
@@ -127,6 +146,55 @@ impl DbusService {
             }
         }
     }
+}
+
+/// A call to one of our methods with arguments other than `ay` (`ay h` for
+/// methods with a lifeline) is bad input: answer `InvalidArgument` naming
+/// the expected signature, instead of the generic error crossroads gives.
+fn wrong_signature(msg: &dbus::Message) -> Option<dbus::Message> {
+    if msg.msg_type() != dbus::MessageType::MethodCall
+        || msg.interface().as_deref() != Some(names::INTERFACE)
+    {
+        return None;
+    }
+    let member = msg.member()?;
+    let spec = names::method(&member)?;
+    let expected = if spec.takes_fd { "ayh" } else { "ay" };
+    let got = signature_of(msg);
+    if got == expected {
+        return None;
+    }
+    warn!(
+        "{member} from {} refused: arguments ({got}) instead of ({expected})",
+        msg.sender().map(|s| s.to_string()).unwrap_or_default()
+    );
+    let text = format!("{member} takes ({expected}): a serialized {} protobuf{}; got ({got})",
+        spec.request,
+        if spec.takes_fd { " and a file descriptor" } else { "" });
+    let name = dbus::strings::ErrorName::new(names::ERROR_INVALID_ARGUMENT).ok()?;
+    let text = std::ffi::CString::new(text).ok()?;
+    Some(msg.error(&name, &text))
+}
+
+/// The reply for a call whose handler failed unexpectedly.
+fn internal_error(msg: &dbus::Message) -> Option<dbus::Message> {
+    let name = dbus::strings::ErrorName::new(names::ERROR_FAILED).ok()?;
+    let text = std::ffi::CString::new("internal error; see the patchpaneld log").ok()?;
+    Some(msg.error(&name, &text))
+}
+
+/// The message body's full signature, e.g. "ayh".
+fn signature_of(msg: &dbus::Message) -> String {
+    let mut it = msg.iter_init();
+    let mut sig = String::new();
+    // Iter::signature panics past the last argument, so stop on Invalid.
+    while it.arg_type() != dbus::arg::ArgType::Invalid {
+        sig.push_str(&it.signature());
+        if !it.next() {
+            break;
+        }
+    }
+    sig
 }
 
 fn socket_has_data(fd: RawFd) -> bool {

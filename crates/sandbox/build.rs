@@ -75,7 +75,12 @@ fn compile(
 fn emit(out: &mut String, ident: &str, prog: &[seccompiler::sock_filter]) {
     writeln!(out, "pub(crate) const {ident}: &[(u16, u8, u8, u32)] = &[").expect("fmt");
     for insn in prog {
-        writeln!(out, "    ({}, {}, {}, {}),", insn.code, insn.jt, insn.jf, insn.k).expect("fmt");
+        writeln!(
+            out,
+            "    ({}, {}, {}, {}),",
+            insn.code, insn.jt, insn.jf, insn.k
+        )
+        .expect("fmt");
     }
     writeln!(out, "];").expect("fmt");
 }

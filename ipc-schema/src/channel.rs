@@ -236,8 +236,7 @@ impl Channel {
         unsafe {
             let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
             while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS
-                {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                     let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
                     let header = libc::CMSG_LEN(0) as usize;
                     let count = ((*cmsg).cmsg_len as usize - header) / size_of::<RawFd>();
@@ -372,7 +371,10 @@ mod tests {
     fn peer_close_reads_as_closed() {
         let (a, b) = Channel::pair().expect("pair");
         drop(a);
-        assert!(matches!(b.recv::<ManagerMessage>(), Err(ChannelError::Closed)));
+        assert!(matches!(
+            b.recv::<ManagerMessage>(),
+            Err(ChannelError::Closed)
+        ));
     }
 
     #[test]

@@ -110,7 +110,9 @@ mod tests {
     fn every_truncation_of_a_message_is_rejected() {
         let msg = HelperMessage::Response {
             id: 300,
-            result: Err(HelperError::InvalidArgument("bad name eth0 -j ACCEPT".into())),
+            result: Err(HelperError::InvalidArgument(
+                "bad name eth0 -j ACCEPT".into(),
+            )),
         };
         let bytes = encode(&msg).expect("encode");
         for len in 0..bytes.len() {

@@ -109,8 +109,7 @@ fn valid_name_part(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && !s.starts_with('-')
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 

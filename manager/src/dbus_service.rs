@@ -35,7 +35,12 @@ fn caller(ctx: &Context) -> String {
 }
 
 /// Logs a refused call and turns it into an `InvalidArgument` D-Bus error.
-pub fn invalid_argument(ctx: &Context, method: &str, op: u64, what: impl std::fmt::Display) -> MethodErr {
+pub fn invalid_argument(
+    ctx: &Context,
+    method: &str,
+    op: u64,
+    what: impl std::fmt::Display,
+) -> MethodErr {
     warn!("{method} from {} (op {op}) refused: {what}", caller(ctx));
     MethodErr::from((names::ERROR_INVALID_ARGUMENT, format!("{method}: {what}")))
 }
@@ -78,8 +83,10 @@ impl DbusService {
                 ("response",),
                 |ctx: &mut Context, state: &mut State, (request,): (Vec<u8>,)| {
                     let op = next_operation();
-                    patchpanel_proto::decode_request::<patchpanel_proto::GetDevicesRequest>(&request)
-                        .map_err(|e| invalid_argument(ctx, names::GET_DEVICES, op, e))?;
+                    patchpanel_proto::decode_request::<patchpanel_proto::GetDevicesRequest>(
+                        &request,
+                    )
+                    .map_err(|e| invalid_argument(ctx, names::GET_DEVICES, op, e))?;
                     Ok((state.devices().encode_to_vec(),))
                 },
             );
@@ -168,9 +175,15 @@ fn wrong_signature(msg: &dbus::Message) -> Option<dbus::Message> {
         "{member} from {} refused: arguments ({got}) instead of ({expected})",
         msg.sender().map(|s| s.to_string()).unwrap_or_default()
     );
-    let text = format!("{member} takes ({expected}): a serialized {} protobuf{}; got ({got})",
+    let text = format!(
+        "{member} takes ({expected}): a serialized {} protobuf{}; got ({got})",
         spec.request,
-        if spec.takes_fd { " and a file descriptor" } else { "" });
+        if spec.takes_fd {
+            " and a file descriptor"
+        } else {
+            ""
+        }
+    );
     let name = dbus::strings::ErrorName::new(names::ERROR_INVALID_ARGUMENT).ok()?;
     let text = std::ffi::CString::new(text).ok()?;
     Some(msg.error(&name, &text))

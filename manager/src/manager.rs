@@ -11,14 +11,14 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use patchpanel_helper_runtime::role_of;
 use patchpanel_ipc::{
-    Channel, ChannelError, HelperMessage, Hello, LogLevel, ManagerMessage, Reply, Request, Role,
+    Channel, ChannelError, Hello, HelperMessage, LogLevel, ManagerMessage, Reply, Request, Role,
     PROTOCOL_VERSION,
 };
 use patchpanel_sandbox::Process;
 
 use crate::dbus_service::DbusService;
 use crate::spawner::{self, SpawnerEvent, SpawnerRequest};
-use crate::supervisor::{Liveness, RespawnPolicy, ReplayLog, Verdict};
+use crate::supervisor::{Liveness, ReplayLog, RespawnPolicy, Verdict};
 
 const SIGNALS: Token = Token(0);
 const SPAWNER: Token = Token(1);
@@ -26,7 +26,8 @@ const DBUS: Token = Token(2);
 const HELPER_BASE: usize = 10;
 
 fn pid_text(pid: Option<i32>) -> String {
-    pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into())
+    pid.map(|p| p.to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn helper_token(i: usize) -> Token {
@@ -37,10 +38,16 @@ fn helper_token(i: usize) -> Token {
 #[derive(Debug)]
 enum Phase {
     /// Asked the spawner; waiting for the helper's Hello.
-    Starting { channel: Channel },
-    Up { channel: Channel },
+    Starting {
+        channel: Channel,
+    },
+    Up {
+        channel: Channel,
+    },
     /// Dead; respawn at the instant.
-    Down { respawn_at: Instant },
+    Down {
+        respawn_at: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -140,10 +147,16 @@ impl Manager {
     ) -> anyhow::Result<Manager> {
         let poll = Poll::new().context("epoll")?;
         spawner.set_nonblocking(true)?;
-        poll.registry()
-            .register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
-        poll.registry()
-            .register(&mut SourceFd(&spawner.as_raw_fd()), SPAWNER, Interest::READABLE)?;
+        poll.registry().register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+        poll.registry().register(
+            &mut SourceFd(&spawner.as_raw_fd()),
+            SPAWNER,
+            Interest::READABLE,
+        )?;
         poll.registry()
             .register(&mut SourceFd(&dbus.fd()), DBUS, Interest::READABLE)?;
         let now = Instant::now();
@@ -303,7 +316,8 @@ impl Manager {
                 libc::SIGCHLD => {
                     let mut status = 0;
                     // SAFETY: waitpid on our only child, with a valid out pointer.
-                    let pid = unsafe { libc::waitpid(self.spawner_pid, &mut status, libc::WNOHANG) };
+                    let pid =
+                        unsafe { libc::waitpid(self.spawner_pid, &mut status, libc::WNOHANG) };
                     if pid == self.spawner_pid {
                         bail!(
                             "the spawner (pid {pid}) {}; cannot supervise helpers any more",
@@ -342,10 +356,16 @@ impl Manager {
                         &format!("spawn failed: {}", std::io::Error::from_raw_os_error(errno)),
                     )?;
                 }
-                SpawnerEvent::Exited { helper, pid, status } => {
+                SpawnerEvent::Exited {
+                    helper,
+                    pid,
+                    status,
+                } => {
                     let i = self.slot_index(helper);
                     let reason = spawner::describe_status(status);
-                    if self.slots[i].pid == Some(pid) && !matches!(self.slots[i].phase, Phase::Down { .. }) {
+                    if self.slots[i].pid == Some(pid)
+                        && !matches!(self.slots[i].phase, Phase::Down { .. })
+                    {
                         self.helper_down(i, &reason)?;
                     } else {
                         debug!("{} (old pid {pid}) {reason}", helper.executable());
@@ -364,9 +384,14 @@ impl Manager {
                 Ok(r) => r,
                 Err(ChannelError::WouldBlock) => return Ok(()),
                 Err(ChannelError::Closed) => return self.helper_down(i, "closed its channel"),
-                Err(e) if e.is_fatal() => return self.helper_down(i, &format!("channel error: {e}")),
+                Err(e) if e.is_fatal() => {
+                    return self.helper_down(i, &format!("channel error: {e}"))
+                }
                 Err(e) => {
-                    warn!("{}: dropped a bad message: {e}", self.slots[i].process.executable());
+                    warn!(
+                        "{}: dropped a bad message: {e}",
+                        self.slots[i].process.executable()
+                    );
                     continue;
                 }
             };
@@ -408,7 +433,12 @@ impl Manager {
             );
         }
         let slot = &mut self.slots[i];
-        let Phase::Starting { channel } = std::mem::replace(&mut slot.phase, Phase::Down { respawn_at: Instant::now() }) else {
+        let Phase::Starting { channel } = std::mem::replace(
+            &mut slot.phase,
+            Phase::Down {
+                respawn_at: Instant::now(),
+            },
+        ) else {
             bail!("{} sent a second Hello", process.executable());
         };
         slot.phase = Phase::Up { channel };
@@ -425,7 +455,12 @@ impl Manager {
             process.executable(),
             pid_text(self.slots[i].pid)
         );
-        if !self.ready && self.slots.iter().all(|s| matches!(s.phase, Phase::Up { .. })) {
+        if !self.ready
+            && self
+                .slots
+                .iter()
+                .all(|s| matches!(s.phase, Phase::Up { .. }))
+        {
             self.dbus.request_name()?;
             // request_name blocked on the bus; whatever arrived meanwhile is
             // buffered in libdbus and will not wake mio again.

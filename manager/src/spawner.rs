@@ -36,10 +36,20 @@ pub enum SpawnerRequest {
 /// What the spawner reports: 20 bytes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpawnerEvent {
-    Spawned { helper: Process, pid: i32 },
-    SpawnFailed { helper: Process, errno: i32 },
+    Spawned {
+        helper: Process,
+        pid: i32,
+    },
+    SpawnFailed {
+        helper: Process,
+        errno: i32,
+    },
     /// `status` as returned by waitpid.
-    Exited { helper: Process, pid: i32, status: i32 },
+    Exited {
+        helper: Process,
+        pid: i32,
+        status: i32,
+    },
 }
 
 pub const WIRE_LEN: usize = 20;
@@ -92,7 +102,10 @@ impl SpawnerRequest {
         let helper = helper_at(w[2])?;
         match w[1] {
             1 if w[3] & !(FLAG_SECCOMP_LOG | FLAG_LOG_TO_STDERR) == 0 && w[4] == 0 => {
-                Some(SpawnerRequest::Spawn { helper, flags: w[3] })
+                Some(SpawnerRequest::Spawn {
+                    helper,
+                    flags: w[3],
+                })
             }
             2 if w[3] == 0 && (w[4] as i32) > 0 => Some(SpawnerRequest::Kill {
                 helper,
@@ -228,7 +241,10 @@ fn serve(setup: &SpawnerSetup, channel: &Channel) -> Result<(), String> {
         }
         if pfds[1].revents != 0 {
             drain_signalfd(&sigchld);
-            reap(&mut children, if manager_gone { None } else { Some(channel) });
+            reap(
+                &mut children,
+                if manager_gone { None } else { Some(channel) },
+            );
         }
         if !manager_gone && pfds[0].revents != 0 {
             match channel.recv_raw() {
@@ -460,7 +476,13 @@ fn child_setup(
     // socket close-on-exec (the executable's fd included, which execveat
     // still uses before the exec completes).
     unsafe {
-        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
+        if libc::syscall(
+            libc::SYS_close_range,
+            4u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) < 0
+        {
             return "close_range".into();
         }
         libc::syscall(

@@ -140,7 +140,10 @@ mod tests {
     #[test]
     fn first_respawn_is_immediate() {
         let mut p = RespawnPolicy::default();
-        assert_eq!(p.on_exit(Duration::from_secs(1)), Verdict::RespawnAfter(Duration::ZERO));
+        assert_eq!(
+            p.on_exit(Duration::from_secs(1)),
+            Verdict::RespawnAfter(Duration::ZERO)
+        );
     }
 
     #[test]
@@ -158,7 +161,10 @@ mod tests {
         for _ in 0..4 {
             p.on_exit(Duration::ZERO);
         }
-        assert_eq!(p.on_exit(STABLE_AFTER), Verdict::RespawnAfter(Duration::ZERO));
+        assert_eq!(
+            p.on_exit(STABLE_AFTER),
+            Verdict::RespawnAfter(Duration::ZERO)
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use log::{debug, error, info, warn, LevelFilter};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use patchpanel_ipc::{
-    Channel, ChannelError, HelperError, HelperMessage, Hello, LogLevel, ManagerMessage, Reply,
+    Channel, ChannelError, Hello, HelperError, HelperMessage, LogLevel, ManagerMessage, Reply,
     Request, Role, PROTOCOL_VERSION,
 };
 use patchpanel_sandbox::{Process, SeccompMode};
@@ -174,7 +174,13 @@ fn serve<S: Service>(process: Process, args: &HelperArgs, mut service: S) -> Res
         warn!("self test: ptrace returned {rc}; the filter did not kill this process");
     }
 
-    send(&channel, &HelperMessage::Hello(Hello { protocol_version: PROTOCOL_VERSION, role }))?;
+    send(
+        &channel,
+        &HelperMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            role,
+        }),
+    )?;
     let mut greeted = false;
     let mut events = Events::with_capacity(16);
     loop {

@@ -76,7 +76,11 @@ impl Log for Logger {
                     .unwrap_or_else(|_| CString::from(c"<unloggable>"));
                 // SAFETY: "%s" with one valid NUL-terminated string argument.
                 unsafe {
-                    libc::syslog(syslog_priority(record.level()), c"%s".as_ptr(), text.as_ptr())
+                    libc::syslog(
+                        syslog_priority(record.level()),
+                        c"%s".as_ptr(),
+                        text.as_ptr(),
+                    )
                 };
             }
         }
@@ -96,7 +100,13 @@ pub fn init(ident: &'static str, sink: Sink, level: LevelFilter) {
                 .into_boxed_c_str(),
         );
         // SAFETY: c_ident lives for the rest of the process.
-        unsafe { libc::openlog(c_ident.as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, libc::LOG_DAEMON) };
+        unsafe {
+            libc::openlog(
+                c_ident.as_ptr(),
+                libc::LOG_PID | libc::LOG_NDELAY,
+                libc::LOG_DAEMON,
+            )
+        };
     }
     if log::set_boxed_logger(Box::new(Logger { ident, sink })).is_ok() {
         log::set_max_level(level);

@@ -134,7 +134,10 @@ fn os(step: &'static str, rc: libc::c_int) -> Result<(), SandboxError> {
     }
 }
 
-fn caps_step<T>(step: &'static str, r: Result<T, caps::errors::CapsError>) -> Result<T, SandboxError> {
+fn caps_step<T>(
+    step: &'static str,
+    r: Result<T, caps::errors::CapsError>,
+) -> Result<T, SandboxError> {
     r.map_err(|source| SandboxError::Caps { step, source })
 }
 
@@ -147,8 +150,16 @@ const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
 /// Step 1: trim the bounding set to `keep`. Needs CAP_SETPCAP.
 pub fn trim_bounding_set(keep: &CapsHashSet) -> Result<(), SandboxError> {
     for cap in caps::all() {
-        if !keep.contains(&cap) && caps_step("read bounding set", caps::has_cap(None, CapSet::Bounding, cap))? {
-            caps_step("drop from bounding set", caps::drop(None, CapSet::Bounding, cap))?;
+        if !keep.contains(&cap)
+            && caps_step(
+                "read bounding set",
+                caps::has_cap(None, CapSet::Bounding, cap),
+            )?
+        {
+            caps_step(
+                "drop from bounding set",
+                caps::drop(None, CapSet::Bounding, cap),
+            )?;
         }
     }
     Ok(())
@@ -166,18 +177,26 @@ fn set_securebits(keep_caps: bool, allow_ambient: bool) -> Result<(), SandboxErr
         bits |= SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
     }
     // SAFETY: prctl with integer arguments only.
-    os("PR_SET_SECUREBITS", unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) })
+    os("PR_SET_SECUREBITS", unsafe {
+        libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0)
+    })
 }
 
 /// Step 3: setgroups, setresgid, setresuid.
 fn change_user(user: &User) -> Result<(), SandboxError> {
     let groups = [user.gid];
     // SAFETY: `groups` is a valid array of the stated length.
-    os("setgroups", unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+    os("setgroups", unsafe {
+        libc::setgroups(groups.len(), groups.as_ptr())
+    })?;
     // SAFETY: plain integer arguments.
-    os("setresgid", unsafe { libc::setresgid(user.gid, user.gid, user.gid) })?;
+    os("setresgid", unsafe {
+        libc::setresgid(user.gid, user.gid, user.gid)
+    })?;
     // SAFETY: plain integer arguments.
-    os("setresuid", unsafe { libc::setresuid(user.uid, user.uid, user.uid) })
+    os("setresuid", unsafe {
+        libc::setresuid(user.uid, user.uid, user.uid)
+    })
 }
 
 /// Step 4: Permitted = Effective = `set`; Inheritable = `set` when the
@@ -204,7 +223,9 @@ fn raise_ambient(set: &CapsHashSet) -> Result<(), SandboxError> {
 /// Step 6.
 pub fn set_no_new_privs() -> Result<(), SandboxError> {
     // SAFETY: prctl with integer arguments only.
-    os("PR_SET_NO_NEW_PRIVS", unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+    os("PR_SET_NO_NEW_PRIVS", unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    })
 }
 
 /// Step 7: die with the parent. A credential change clears the death signal,
@@ -213,7 +234,13 @@ pub fn set_no_new_privs() -> Result<(), SandboxError> {
 pub fn die_with_parent(expected_parent: libc::pid_t) -> Result<(), SandboxError> {
     // SAFETY: prctl with integer arguments only.
     os("PR_SET_PDEATHSIG", unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0)
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
     })?;
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } != expected_parent {
@@ -226,7 +253,9 @@ pub fn die_with_parent(expected_parent: libc::pid_t) -> Result<(), SandboxError>
 /// belong to root, so other processes of the same user cannot read its memory.
 pub fn set_not_dumpable() -> Result<(), SandboxError> {
     // SAFETY: prctl with integer arguments only.
-    os("PR_SET_DUMPABLE", unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })
+    os("PR_SET_DUMPABLE", unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)
+    })
 }
 
 /// Sets the thread's `comm` (what `ps` shows).
@@ -273,7 +302,9 @@ pub fn enter_helper_sandbox(
     trim_bounding_set(&set)?;
     set_securebits(true, !set.is_empty())?;
     // SAFETY: prctl with integer arguments only.
-    os("PR_SET_KEEPCAPS", unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) })?;
+    os("PR_SET_KEEPCAPS", unsafe {
+        libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0)
+    })?;
     change_user(user)?;
     set_capabilities(&set, !set.is_empty())?;
     raise_ambient(&set)?;

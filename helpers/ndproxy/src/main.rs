@@ -9,5 +9,10 @@ use patchpanel_ipc::Role;
 use patchpanel_sandbox::Process;
 
 fn main() -> ExitCode {
-    patchpanel_helper_runtime::run(Process::NdProxy, NoService { role: Some(Role::NdProxy) })
+    patchpanel_helper_runtime::run(
+        Process::NdProxy,
+        NoService {
+            role: Some(Role::NdProxy),
+        },
+    )
 }

@@ -133,6 +133,7 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
 
     patchpanel_sandbox::enter_manager_sandbox(&user).context("dropping privileges")?;
     let dbus = dbus_service::DbusService::connect()?;
+    patchpanel_logging::log_panics();
     patchpanel_sandbox::install_filter(Process::Manager, flags.seccomp)
         .context("installing the seccomp filter")?;
     info!(

@@ -341,8 +341,10 @@ fn reap(children: &mut HashMap<i32, Process>, channel: Option<&Channel>) {
                 pid,
                 status,
             };
-            if let Err(e) = channel.send_raw(&event.encode(), &[]) {
-                warn!(target: "spawner", "cannot report to the manager: {e}");
+            match channel.send_raw(&event.encode(), &[]) {
+                // The manager is shutting down; it no longer wants reports.
+                Ok(()) | Err(patchpanel_ipc::ChannelError::Closed) => {}
+                Err(e) => warn!(target: "spawner", "cannot report to the manager: {e}"),
             }
         }
     }

@@ -48,10 +48,21 @@ pub struct DaemonOptions {
 /// `nsenter` execs it). On drop: SIGTERM, SIGKILL after [`STOP_TIMEOUT`], then
 /// SIGKILL to any process of its tree still alive, then deletion of any netns
 /// with its prefix; the log is printed if the test is panicking.
+///
+/// Drop also fails a test that otherwise passed (by panicking) when the teardown
+/// shows a daemon bug: the manager died during the test without the test asking
+/// for it, did not exit with status 0 on SIGTERM, or left processes or named
+/// namespaces behind.
 #[derive(Debug)]
 pub struct Daemon {
     child: Child,
     exit: Option<ExitStatus>,
+    /// Set once the test signals or waits for the manager: an exit is then its
+    /// business. Otherwise an exit before drop is reported as a failure.
+    exit_expected: bool,
+    /// Set when `wait_ready` already failed with the log: drop then reports
+    /// teardown problems without panicking over the original error.
+    failure_reported: bool,
     bus_address: String,
     netns_prefix: String,
     state_dir: PathBuf,
@@ -114,8 +125,9 @@ impl Daemon {
             cmd.arg("--helper-dir").arg(helper_dir);
         }
         cmd.args(&options.extra_args)
+            .env_clear()
+            .envs(init_environment())
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
-            .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("cannot duplicate the log file")?)
             .stderr(log);
@@ -125,6 +137,8 @@ impl Daemon {
         Ok(Self {
             child,
             exit: None,
+            exit_expected: false,
+            failure_reported: false,
             bus_address: bus.address().to_string(),
             netns_prefix,
             state_dir,
@@ -138,10 +152,16 @@ impl Daemon {
     /// Waits until `org.chromium.PatchPanel` answers `GetDevices` (all helpers
     /// have answered their handshake), up to [`READY_TIMEOUT`].
     pub fn wait_ready(&mut self) -> Result<()> {
+        let result = self.poll_ready();
+        self.failure_reported = result.is_err();
+        result
+    }
+
+    fn poll_ready(&mut self) -> Result<()> {
         let started = Instant::now();
         let client = BusClient::connect(&self.bus_address)?;
         loop {
-            if let Some(status) = self.try_exit_status()? {
+            if let Some(status) = self.poll_exit()? {
                 bail!(
                     "patchpaneld exited ({status}) before it was ready; its log:\n{}",
                     self.log()
@@ -235,7 +255,8 @@ impl Daemon {
 
     /// Sends `signal` to the manager; refuses once it has been reaped (its pid
     /// may then belong to another process).
-    pub fn signal(&self, signal: i32) -> Result<()> {
+    pub fn signal(&mut self, signal: i32) -> Result<()> {
+        self.exit_expected = true;
         if let Some(status) = self.exit {
             bail!("patchpaneld already exited ({status})");
         }
@@ -244,6 +265,11 @@ impl Daemon {
 
     /// The manager's exit status if it has exited (reaping it).
     pub fn try_exit_status(&mut self) -> Result<Option<ExitStatus>> {
+        self.exit_expected = true;
+        self.poll_exit()
+    }
+
+    fn poll_exit(&mut self) -> Result<Option<ExitStatus>> {
         if self.exit.is_none() {
             self.exit = self.child.try_wait().context("cannot poll patchpaneld")?;
         }
@@ -253,8 +279,9 @@ impl Daemon {
     /// Waits up to `timeout` for the manager to exit; `None` if it is still
     /// running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        self.exit_expected = true;
         let mut error = None;
-        let status = poll_until(timeout, || match self.try_exit_status() {
+        let status = poll_until(timeout, || match self.poll_exit() {
             Ok(status) => status,
             Err(err) => {
                 error = Some(err);
@@ -276,34 +303,64 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]; returns what went wrong.
+    fn terminate(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(err) = send_signal(self.pid(), libc::SIGTERM) {
+            problems.push(format!("SIGTERM: {err:#}"));
+        }
+        let mut error = None;
+        let status = poll_until(STOP_TIMEOUT, || match self.poll_exit() {
+            Ok(status) => status,
+            Err(err) => {
+                error = Some(err);
+                Some(ExitStatus::default())
+            }
+        });
+        if let Some(err) = error {
+            problems.push(format!("{err:#}"));
+            return problems;
+        }
+        match status {
+            Some(status) if status.code() == Some(0) => {}
+            Some(status) => problems.push(format!(
+                "patchpaneld ended with {} on SIGTERM (expected exit status 0)",
+                describe_status(status)
+            )),
+            None => {
+                problems.push(format!(
+                    "patchpaneld ignored SIGTERM for {STOP_TIMEOUT:?}; sent SIGKILL"
+                ));
+                if let Err(err) = self.child.kill() {
+                    problems.push(format!("SIGKILL: {err}"));
+                }
+                match self.child.wait() {
+                    Ok(status) => self.exit = Some(status),
+                    Err(err) => problems.push(format!("cannot reap patchpaneld: {err}")),
+                }
+            }
+        }
+        problems
+    }
+
     /// Stops the tree and removes leftovers; returns what went wrong.
     fn stop(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         let mut leftovers: BTreeSet<ProcIdentity> =
             self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if matches!(self.try_exit_status(), Ok(None)) {
-            if let Ok(tree) = tree_of(self.pid()) {
-                leftovers.extend(tree.into_iter().filter(|p| p.pid != self.pid()));
-            }
-            if let Err(err) = self.signal(libc::SIGTERM) {
-                problems.push(format!("SIGTERM: {err:#}"));
-            }
-            match self.wait_exit(STOP_TIMEOUT) {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    problems.push(format!(
-                        "patchpaneld ignored SIGTERM for {STOP_TIMEOUT:?}; sent SIGKILL"
-                    ));
-                    if let Err(err) = self.child.kill() {
-                        problems.push(format!("SIGKILL: {err}"));
-                    }
-                    match self.child.wait() {
-                        Ok(status) => self.exit = Some(status),
-                        Err(err) => problems.push(format!("cannot reap patchpaneld: {err}")),
-                    }
+        match self.poll_exit() {
+            Ok(Some(status)) if !self.exit_expected => problems.push(format!(
+                "patchpaneld exited during the test ({})",
+                describe_status(status)
+            )),
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if let Ok(tree) = tree_of(self.pid()) {
+                    leftovers.extend(tree.into_iter().filter(|p| p.pid != self.pid()));
                 }
-                Err(err) => problems.push(format!("{err:#}")),
+                problems.extend(self.terminate());
             }
+            Err(err) => problems.push(format!("{err:#}")),
         }
         // The tree should follow the manager; give it a moment, then force it.
         poll_until(Duration::from_secs(2), || {
@@ -330,18 +387,45 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         let problems = self.stop();
+        let panicking = std::thread::panicking();
         let always = std::env::var(LOG_ENV).is_ok_and(|v| v == "always");
-        if std::thread::panicking() || always {
+        if panicking || always || !problems.is_empty() {
             eprintln!(
                 "----- patchpaneld log ({}) -----\n{}\n----- end of patchpaneld log -----",
                 self.log_path.display(),
                 self.log()
             );
         }
-        for problem in problems {
-            eprintln!("harness: {problem}");
+        for problem in &problems {
+            eprintln!("harness: teardown: {problem}");
+        }
+        if !panicking && !self.failure_reported && !problems.is_empty() {
+            panic!("daemon teardown found problems:\n{}", problems.join("\n"));
         }
     }
+}
+
+/// An exit status in words, naming SIGSYS (a seccomp kill) when it is one.
+pub fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(libc::SIGSYS) => format!("{status} (SIGSYS: killed by its seccomp filter)"),
+        _ => status.to_string(),
+    }
+}
+
+/// The small environment init gives a daemon: a fixed `PATH`, plus `RUST_LOG`
+/// when the developer set it. Nothing else leaks in from the test runner (which
+/// sets e.g. `RUST_BACKTRACE`, whose backtrace printing needs `getcwd`).
+pub fn init_environment() -> Vec<(String, String)> {
+    let mut env = vec![(
+        "PATH".to_string(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+    )];
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        env.push(("RUST_LOG".to_string(), filter));
+    }
+    env
 }
 
 /// A TOML basic string.

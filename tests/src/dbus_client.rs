@@ -168,15 +168,24 @@ fn dbus_send(bus_address: &str, method: &str, argument: &str) -> Result<Vec<u8>,
 
 /// Reads the one `array of bytes` in a `dbus-send --print-reply` output.
 ///
-/// `dbus-send` prints a byte array in one of three forms: as a quoted string
-/// when every byte is printable ASCII (so the empty array is `""`), the same
-/// with ` + \0` when only the last byte is NUL, and otherwise as hex:
-/// `[` newline, rows of `%02x` bytes, `]`.
+/// `dbus-send` prints a byte array in one of four forms: an empty one as a
+/// generic empty array (`array [` newline `]`); as a quoted string when every
+/// byte is printable ASCII; the same with ` + \0` when only the last byte is
+/// NUL; and otherwise as hex: `array of bytes [` newline, rows of `%02x`, `]`.
 pub fn parse_byte_array_reply(stdout: &str) -> Result<Vec<u8>, String> {
     const MARKER: &str = "array of bytes ";
-    let start = stdout
-        .find(MARKER)
-        .ok_or_else(|| format!("no byte array in dbus-send output {stdout:?}"))?;
+    const EMPTY: &str = "array [";
+    let Some(start) = stdout.find(MARKER) else {
+        let empty = stdout
+            .find(EMPTY)
+            .map(|at| &stdout[at + EMPTY.len()..])
+            .is_some_and(|rest| rest.trim() == "]");
+        return if empty {
+            Ok(Vec::new())
+        } else {
+            Err(format!("no byte array in dbus-send output {stdout:?}"))
+        };
+    };
     let rest = &stdout[start + MARKER.len()..];
     if let Some(hex) = rest.strip_prefix('[') {
         let end = hex
@@ -214,9 +223,15 @@ mod tests {
         "method return time=1700000000.1 sender=:1.0 -> destination=:1.3 serial=5 reply_serial=2\n";
 
     #[test]
-    fn empty_array_is_printed_as_an_empty_string() {
-        let out = format!("{HEADER}   array of bytes \"\"\n");
+    fn empty_array_is_printed_as_a_generic_empty_array() {
+        let out = format!("{HEADER}   array [\n   ]\n");
         assert_eq!(parse_byte_array_reply(&out), Ok(vec![]));
+    }
+
+    #[test]
+    fn non_empty_generic_array_is_not_a_byte_array() {
+        let out = format!("{HEADER}   array [\n      string \"x\"\n   ]\n");
+        assert!(parse_byte_array_reply(&out).is_err());
     }
 
     #[test]

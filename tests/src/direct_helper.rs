@@ -15,6 +15,7 @@ use tempfile::TempDir;
 
 use crate::bins::bin_path;
 use crate::command::describe;
+use crate::daemon::init_environment;
 use crate::netns::Netns;
 use crate::tree::Helper;
 use crate::wait::poll_until;
@@ -55,6 +56,8 @@ impl DirectHelper {
             .arg(IPC_FD.to_string())
             .arg("--log-to-stderr")
             .args(extra_args)
+            .env_clear()
+            .envs(init_environment())
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("cannot duplicate the log file")?)
             .stderr(log);

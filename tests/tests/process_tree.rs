@@ -286,6 +286,20 @@ fn each_process_has_exactly_its_privileges() {
     assert!(wrong.is_empty(), "privileges differ:\n{}", wrong.join("\n"));
 }
 
+#[test]
+fn seccomp_log_flag_starts_the_same_tree() {
+    let bed = TestBed::start_with(DaemonOptions {
+        seccomp_log: true,
+        ..DaemonOptions::default()
+    })
+    .expect("start with --seccomp=log");
+
+    let tree = bed.daemon.tree().expect("complete process tree");
+
+    assert!(tree.other_spawner_children.is_empty());
+    assert_eq!(bed.client().expect("client").get_devices(), Ok(vec![]));
+}
+
 // ---------------------------------------------------------------------------
 // D-Bus entry point.
 
@@ -351,26 +365,40 @@ fn assert_killed_helper_is_respawned(helper: Helper) {
             tree.helper(helper) != old.pid && old.is_gone()
         })
         .unwrap_or_else(|err| panic!("{helper} was not respawned: {err:#}"));
+    let appeared = killed_at.elapsed();
+    let new_pid = after.helper(helper);
+    // Between exec and its own set-up (dropping inheritable and ambient
+    // capabilities, installing its filter) a helper is not yet sandboxed: wait
+    // for the end state, within the same budget.
+    let mut wrong = Vec::new();
+    let sandboxed = poll_until(RESPAWN_TIMEOUT.saturating_sub(appeared), || {
+        wrong = privilege_mismatches(Role::Helper(helper), new_pid);
+        wrong.is_empty().then_some(())
+    });
     let took = killed_at.elapsed();
-    eprintln!("MEASURED respawn {helper} {} ms", took.as_millis());
+    eprintln!(
+        "MEASURED respawn {helper} {} ms (new pid after {} ms)",
+        took.as_millis(),
+        appeared.as_millis()
+    );
 
-    assert_eq!(after.manager, before.manager);
-    assert_eq!(after.spawner, before.spawner, "the spawner was replaced");
+    assert!(
+        sandboxed.is_some(),
+        "respawned {helper} not sandboxed after {RESPAWN_TIMEOUT:?}:\n{}",
+        wrong.join("\n")
+    );
+    assert_eq!(argv0(new_pid).expect("argv"), helper.executable());
+    let now = bed.daemon.tree().expect("complete process tree");
+    assert_eq!(now.helper(helper), new_pid, "{helper} was replaced again");
+    assert_eq!(now.manager, before.manager);
+    assert_eq!(now.spawner, before.spawner, "the spawner was replaced");
     for other in Helper::ALL.into_iter().filter(|h| *h != helper) {
         assert_eq!(
-            after.helper(other),
+            now.helper(other),
             before.helper(other),
             "{other} was restarted too"
         );
     }
-    let new_pid = after.helper(helper);
-    assert_eq!(argv0(new_pid).expect("argv"), helper.executable());
-    let wrong = privilege_mismatches(Role::Helper(helper), new_pid);
-    assert!(
-        wrong.is_empty(),
-        "respawned {helper}:\n{}",
-        wrong.join("\n")
-    );
     let client = bed.client().expect("bus client");
     assert_eq!(client.get_devices(), Ok(vec![]), "GetDevices after respawn");
 }

@@ -165,6 +165,7 @@ fn serve<S: Service>(process: Process, args: &HelperArgs, mut service: S) -> Res
         patchpanel_sandbox::describe_current_caps(),
         args.seccomp.as_str()
     );
+    patchpanel_logging::log_panics();
     patchpanel_sandbox::install_filter(process, args.seccomp)
         .map_err(|e| format!("seccomp filter: {e}"))?;
     if args.selftest_forbidden_syscall {

@@ -89,6 +89,16 @@ impl Log for Logger {
     fn flush(&self) {}
 }
 
+/// Routes panic messages to the log instead of the default hook, which may
+/// walk the stack and read debug info (getcwd, open, ...): calls a seccomp
+/// filter rightly forbids, and which would turn a caught panic in a D-Bus
+/// handler into a SIGSYS kill of the whole process.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("panic: {info}");
+    }));
+}
+
 /// Installs the logger for this process. `ident` names the process in every
 /// line (`patchpaneld`, `patchpanel-ndproxy`, ...). Calling it twice is a no-op.
 pub fn init(ident: &'static str, sink: Sink, level: LevelFilter) {

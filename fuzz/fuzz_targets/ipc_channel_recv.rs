@@ -5,8 +5,9 @@
 //! Beyond "never panics" (ASan also watches the unsafe cmsg code), the result
 //! must agree with decoding the same bytes directly:
 //! * a packet that decodes arrives as the same message, with no descriptors;
-//! * a packet over `MAX_MESSAGE_SIZE` is `Oversize`, and a non-empty one that
-//!   does not decode is a `Codec` error;
+//! * a packet over `MAX_MESSAGE_SIZE` is `Oversize`, an empty one is
+//!   `EmptyPacket` (not a hang-up), and any other that does not decode is a
+//!   `Codec` error;
 //! * the queued packet is never reported as `WouldBlock`.
 #![no_main]
 
@@ -44,9 +45,12 @@ fuzz_target!(|data: &[u8]| {
                     "{} bytes gave {err}",
                     data.len()
                 );
-            } else if !data.is_empty() {
-                // An empty packet currently reads as `Closed` (recv_raw cannot
-                // tell it from EOF); anything else must be a decode error.
+            } else if data.is_empty() {
+                assert!(
+                    matches!(err, ChannelError::EmptyPacket),
+                    "an empty packet gave {err}"
+                );
+            } else {
                 assert!(
                     matches!(err, ChannelError::Codec(_)),
                     "{} bytes gave {err}",

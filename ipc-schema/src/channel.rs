@@ -24,6 +24,8 @@ pub enum ChannelError {
     Oversize,
     #[error("more than {MAX_FDS} descriptors in one packet")]
     TooManyFds,
+    #[error("empty packet")]
+    EmptyPacket,
     #[error(transparent)]
     Codec(#[from] CodecError),
     #[error("socket error: {0}")]
@@ -248,7 +250,13 @@ impl Channel {
             }
         }
         if n == 0 && fds.is_empty() {
-            return Err(ChannelError::Closed);
+            // A packet socket reads 0 both at EOF and for an empty packet
+            // (which no encoder of ours produces); only a hang-up is EOF.
+            return Err(if self.peer_hung_up() {
+                ChannelError::Closed
+            } else {
+                ChannelError::EmptyPacket
+            });
         }
         if n > MAX_MESSAGE_SIZE || hdr.msg_flags & libc::MSG_TRUNC != 0 {
             return Err(ChannelError::Oversize);
@@ -258,6 +266,19 @@ impl Channel {
         }
         buf.truncate(n);
         Ok((buf, fds))
+    }
+}
+
+impl Channel {
+    fn peer_hung_up(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n < 0 || pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
     }
 }
 
@@ -365,6 +386,17 @@ mod tests {
         assert!(matches!(err, ChannelError::Codec(_)));
         assert!(!err.is_fatal());
         assert_eq!(b.recv::<ManagerMessage>().expect("next").msg, ping(3));
+    }
+
+    #[test]
+    fn empty_packet_is_an_error_not_a_hang_up() {
+        let (a, b) = Channel::pair().expect("pair");
+        a.send_raw(&[], &[]).expect("send");
+        a.send(&ping(4), &[]).expect("send");
+        let err = b.recv::<ManagerMessage>().expect_err("empty decoded");
+        assert!(matches!(err, ChannelError::EmptyPacket), "{err:?}");
+        assert!(!err.is_fatal());
+        assert_eq!(b.recv::<ManagerMessage>().expect("next").msg, ping(4));
     }
 
     #[test]

@@ -265,8 +265,7 @@ fn serve(setup: &SpawnerSetup, channel: &Channel) -> Result<(), String> {
             if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 for (pid, helper) in &children {
                     warn!(target: "spawner", "{} (pid {pid}) did not exit; killing it", helper.executable());
-                    // SAFETY: kill with a pid of our own child.
-                    unsafe { libc::kill(*pid, libc::SIGKILL) };
+                    kill_child(*pid);
                 }
                 deadline = Some(std::time::Instant::now() + std::time::Duration::from_secs(2));
             }
@@ -310,8 +309,7 @@ fn handle(
         SpawnerRequest::Kill { helper, pid } => {
             if children.get(&pid) == Some(&helper) {
                 warn!(target: "spawner", "killing {} (pid {pid}) on the manager's request", helper.executable());
-                // SAFETY: kill with a pid of our own live child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                kill_child(pid);
             } else {
                 warn!(target: "spawner", "refused to kill pid {pid}: not a live {}", helper.executable());
             }
@@ -347,6 +345,14 @@ fn reap(children: &mut HashMap<i32, Process>, channel: Option<&Channel>) {
                 Err(e) => warn!(target: "spawner", "cannot report to the manager: {e}"),
             }
         }
+    }
+}
+
+/// SIGKILLs one of our children (not yet reaped, so the pid is still ours).
+fn kill_child(pid: i32) {
+    // SAFETY: kill with the pid of a child we have not reaped.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } < 0 {
+        error!(target: "spawner", "cannot kill pid {pid}: {}", io::Error::last_os_error());
     }
 }
 

@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 pub mod cap {
     pub const CHOWN: u32 = 0;
     pub const DAC_OVERRIDE: u32 = 1;
+    pub const KILL: u32 = 5;
     pub const SETGID: u32 = 6;
     pub const SETUID: u32 = 7;
     pub const SETPCAP: u32 = 8;

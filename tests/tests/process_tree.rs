@@ -60,7 +60,10 @@ struct Privileges {
     seccomp: u32,
 }
 
+// KILL: the helpers run under another uid, and the spawner must be able to
+// kill a hung one.
 const SPAWNER_CAPS: u64 = cap::mask(&[
+    cap::KILL,
     cap::SETUID,
     cap::SETGID,
     cap::SETPCAP,

@@ -90,12 +90,15 @@ impl Process {
 }
 
 /// Capabilities the spawner keeps: what it needs to drop privileges in its
-/// children, plus the union of what it hands out.
+/// children (SETUID, SETGID, SETPCAP), KILL (its children run under another
+/// uid, so killing a hung or lingering helper needs it), plus the union of
+/// what it hands out.
 pub fn spawner_capabilities() -> CapsHashSet {
     let mut set: CapsHashSet = [
         Capability::CAP_SETUID,
         Capability::CAP_SETGID,
         Capability::CAP_SETPCAP,
+        Capability::CAP_KILL,
     ]
     .into_iter()
     .collect();
@@ -351,10 +354,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spawner_holds_exactly_setid_setpcap_and_the_helper_union() {
+    fn spawner_holds_exactly_setid_setpcap_kill_and_the_helper_union() {
         let mut got: Vec<_> = spawner_capabilities().into_iter().collect();
         got.sort_by_key(|c| c.index());
         let want = vec![
+            Capability::CAP_KILL,
             Capability::CAP_SETGID,
             Capability::CAP_SETUID,
             Capability::CAP_SETPCAP,

@@ -1,0 +1,129 @@
+//! Supervision beyond a single respawn: state replay to a new helper,
+//! giving up on a helper that keeps failing, and killing a hung helper.
+
+use std::os::unix::fs::symlink;
+use std::time::Duration;
+
+use patchpanel_tests::daemon::DaemonOptions;
+use patchpanel_tests::procfs::send_signal;
+use patchpanel_tests::{
+    bins, poll_until, Daemon, Helper, Netns, PrivateBus, ProcIdentity, TestBed,
+};
+
+#[test]
+fn respawned_helper_gets_its_state_replayed() {
+    // The manager's log level is part of every helper's replayed state: a
+    // fresh helper starts at info, so a debug line from the new instance can
+    // only come from the replayed SetLogLevel.
+    let bed = TestBed::start_with(DaemonOptions {
+        extra_args: vec!["--log-level".into(), "debug".into()],
+        ..DaemonOptions::default()
+    })
+    .expect("start patchpaneld");
+    let old = bed.daemon.tree().expect("tree").helper(Helper::NdProxy);
+    let old = ProcIdentity::of(old).expect("identity");
+
+    send_signal(old.pid, libc::SIGKILL).expect("SIGKILL ndproxy");
+    let new = bed
+        .daemon
+        .wait_for_tree(Duration::from_secs(3), |t| {
+            t.helper(Helper::NdProxy) != old.pid && old.is_gone()
+        })
+        .expect("ndproxy respawned")
+        .helper(Helper::NdProxy);
+
+    let replayed = format!(
+        "patchpanel-ndproxy[{new}]: DEBUG patchpanel_helper_runtime: log level set to Debug"
+    );
+    let up = format!("patchpanel-ndproxy (pid {new}) is up; replayed 1 request(s)");
+    let seen = poll_until(Duration::from_secs(3), || {
+        let log = bed.daemon.log();
+        (log.contains(&replayed) && log.contains(&up)).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "no replay to pid {new}; log:\n{}",
+        bed.daemon.log()
+    );
+}
+
+#[test]
+fn helper_that_keeps_failing_makes_the_manager_give_up() {
+    // A helper directory where adb-proxy is /bin/false: it exits at once,
+    // every time. The manager backs off (0, 0.25, 0.5, 1, 2, 4 s), then
+    // says which helper it gave up on and exits non-zero for init.
+    let netns = Netns::new().expect("netns");
+    let bus = PrivateBus::start().expect("bus");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = bins::bin_dir().expect("bin dir");
+    for helper in Helper::ALL {
+        let target = if helper == Helper::AdbProxy {
+            std::path::PathBuf::from("/bin/false")
+        } else {
+            real.join(helper.executable())
+        };
+        symlink(&target, dir.path().join(helper.executable())).expect("symlink");
+    }
+    let mut daemon = Daemon::start_with(
+        &netns,
+        &bus,
+        DaemonOptions {
+            helper_dir: Some(dir.path().to_path_buf()),
+            ..DaemonOptions::default()
+        },
+    )
+    .expect("start patchpaneld");
+
+    let status = daemon
+        .wait_exit(Duration::from_secs(30))
+        .expect("wait for patchpaneld")
+        .unwrap_or_else(|| panic!("still running after 30 s; log:\n{}", daemon.log()));
+
+    assert_eq!(status.code(), Some(1), "exit status {status}");
+    let log = daemon.log();
+    assert!(
+        log.contains("giving up on patchpanel-adb-proxy: it failed 6 times in a row"),
+        "no give-up line; log:\n{log}"
+    );
+    assert!(
+        !log.contains("owning org.chromium.PatchPanel"),
+        "claimed the bus name without all helpers; log:\n{log}"
+    );
+}
+
+#[test]
+fn hung_helper_is_killed_and_respawned() {
+    // A stopped helper answers no ping: after the ping interval and timeout
+    // (10 s + 10 s) the manager has the spawner kill it, then respawns it.
+    let bed = TestBed::start().expect("start patchpaneld");
+    let old = bed
+        .daemon
+        .tree()
+        .expect("tree")
+        .helper(Helper::McastForwarder);
+    let old = ProcIdentity::of(old).expect("identity");
+
+    send_signal(old.pid, libc::SIGSTOP).expect("SIGSTOP mcast-forwarder");
+    let new = bed
+        .daemon
+        .wait_for_tree(Duration::from_secs(40), |t| {
+            t.helper(Helper::McastForwarder) != old.pid && old.is_gone()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "hung helper not replaced: {e:#}; log:\n{}",
+                bed.daemon.log()
+            )
+        });
+
+    let log = bed.daemon.log();
+    assert!(
+        log.contains(&format!(
+            "patchpanel-mcast-forwarder (pid {}) has not answered a ping",
+            old.pid
+        )),
+        "no hang diagnosis; log:\n{log}"
+    );
+    assert_ne!(new.helper(Helper::McastForwarder), old.pid);
+    assert_eq!(bed.client().expect("client").get_devices(), Ok(vec![]));
+}

@@ -280,18 +280,7 @@ impl Daemon {
     /// running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
         self.exit_expected = true;
-        let mut error = None;
-        let status = poll_until(timeout, || match self.poll_exit() {
-            Ok(status) => status,
-            Err(err) => {
-                error = Some(err);
-                Some(ExitStatus::default())
-            }
-        });
-        match error {
-            Some(err) => Err(err),
-            None => Ok(status),
-        }
+        crate::wait::poll_until_ok(timeout, || self.poll_exit())
     }
 
     fn remember(&self, tree: &ProcessTree) {

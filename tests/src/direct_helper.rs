@@ -18,7 +18,6 @@ use crate::command::describe;
 use crate::daemon::init_environment;
 use crate::netns::Netns;
 use crate::tree::Helper;
-use crate::wait::poll_until;
 
 /// The fd number the helper is told to use for IPC.
 pub const IPC_FD: RawFd = 3;
@@ -111,18 +110,7 @@ impl DirectHelper {
 
     /// Waits up to `timeout` for the helper to exit; `None` if still running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        let mut error = None;
-        let status = poll_until(timeout, || match self.try_exit_status() {
-            Ok(status) => status,
-            Err(err) => {
-                error = Some(err);
-                Some(ExitStatus::default())
-            }
-        });
-        match error {
-            Some(err) => Err(err),
-            None => Ok(status),
-        }
+        crate::wait::poll_until_ok(timeout, || self.try_exit_status())
     }
 
     /// What the helper printed so far.

@@ -21,3 +21,24 @@ pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
         std::thread::sleep(POLL_INTERVAL);
     }
 }
+
+/// Like [`poll_until`] for a fallible check: stops at the first error.
+/// `Ok(None)` when the deadline passed without a value.
+pub fn poll_until_ok<T, E>(
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
+    let mut error = None;
+    let value = poll_until(timeout, || match check() {
+        Ok(value) => value.map(Ok),
+        Err(err) => {
+            error = Some(err);
+            Some(Err(()))
+        }
+    });
+    match (error, value) {
+        (Some(err), _) => Err(err),
+        (None, Some(Ok(v))) => Ok(Some(v)),
+        (None, _) => Ok(None),
+    }
+}

@@ -18,7 +18,7 @@ mod supervisor;
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -177,18 +177,21 @@ fn open_executable(path: &Path) -> anyhow::Result<OwnedFd> {
         ));
     }
     // SAFETY: open returned a new descriptor that we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let meta = std::fs::metadata(path)
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // fstat on the descriptor we will exec, not a second lookup by path.
+    let meta = file
+        .metadata()
         .with_context(|| format!("cannot stat helper {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
         bail!("helper {} is not an executable file", path.display());
     }
+    let fd = OwnedFd::from(file);
     Ok(fd)
 }
 
 /// Creates the state directory (0755, owned by the manager's user).
-fn create_state_dir(dir: &PathBuf, user: &patchpanel_sandbox::User) -> anyhow::Result<()> {
+fn create_state_dir(dir: &Path, user: &patchpanel_sandbox::User) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -557,25 +557,21 @@ impl Manager {
 
     /// Closes every helper channel (helpers exit on EOF), then the spawner's
     /// socket, and waits for the spawner to reap them all.
-    fn shutdown(&mut self) {
-        for slot in &mut self.slots {
-            slot.phase = Phase::Down {
-                respawn_at: Instant::now(),
-            };
-        }
-        let (dead_a, _dead_b) = match Channel::pair() {
-            Ok(p) => p,
-            Err(_) => return,
-        };
-        // Replace the spawner socket with a dead one so ours closes now.
-        let spawner = std::mem::replace(&mut self.spawner, dead_a);
+    fn shutdown(self) {
+        let Manager {
+            slots,
+            spawner,
+            spawner_pid,
+            ..
+        } = self;
+        drop(slots);
         drop(spawner);
         let deadline = Instant::now() + Duration::from_secs(6);
         while Instant::now() < deadline {
             let mut status = 0;
             // SAFETY: waitpid on our only child with a valid out pointer.
-            let pid = unsafe { libc::waitpid(self.spawner_pid, &mut status, libc::WNOHANG) };
-            if pid == self.spawner_pid || pid < 0 {
+            let pid = unsafe { libc::waitpid(spawner_pid, &mut status, libc::WNOHANG) };
+            if pid == spawner_pid || pid < 0 {
                 info!("helpers and spawner stopped");
                 return;
             }

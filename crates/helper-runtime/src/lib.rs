@@ -22,22 +22,27 @@ pub const CHANNEL: Token = Token(0);
 
 /// What a helper adds to the common loop.
 pub trait Service {
-    /// Handles a request the runtime does not answer itself.
-    fn handle(&mut self, request: Request, fds: Vec<OwnedFd>) -> Result<Reply, HelperError>;
+    /// Handles a request the runtime does not answer itself; `None` when the
+    /// request is not one this helper serves (the runtime answers
+    /// `Unsupported`).
+    fn handle(
+        &mut self,
+        request: &Request,
+        fds: Vec<OwnedFd>,
+    ) -> Option<Result<Reply, HelperError>>;
 }
 
 /// A helper with nothing beyond the common requests (yet).
 #[derive(Debug, Default)]
-pub struct NoService {
-    pub role: Option<Role>,
-}
+pub struct NoService;
 
 impl Service for NoService {
-    fn handle(&mut self, request: Request, _fds: Vec<OwnedFd>) -> Result<Reply, HelperError> {
-        Err(HelperError::Unsupported {
-            helper: self.role.unwrap_or(Role::Manager),
-            request: format!("{request:?}"),
-        })
+    fn handle(
+        &mut self,
+        _request: &Request,
+        _fds: Vec<OwnedFd>,
+    ) -> Option<Result<Reply, HelperError>> {
+        None
     }
 }
 
@@ -221,7 +226,14 @@ fn serve<S: Service>(process: Process, args: &HelperArgs, mut service: S) -> Res
                                     debug!("log level set to {level:?}");
                                     Ok(Reply::Done)
                                 }
-                                other => service.handle(other, received.fds),
+                                other => {
+                                    service.handle(&other, received.fds).unwrap_or_else(|| {
+                                        Err(HelperError::Unsupported {
+                                            helper: role,
+                                            request: format!("{other:?}"),
+                                        })
+                                    })
+                                }
                             };
                             if let Err(e) = &result {
                                 warn!("request {id} failed: {e}");

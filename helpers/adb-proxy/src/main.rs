@@ -5,14 +5,8 @@
 use std::process::ExitCode;
 
 use patchpanel_helper_runtime::NoService;
-use patchpanel_ipc::Role;
 use patchpanel_sandbox::Process;
 
 fn main() -> ExitCode {
-    patchpanel_helper_runtime::run(
-        Process::AdbProxy,
-        NoService {
-            role: Some(Role::AdbProxy),
-        },
-    )
+    patchpanel_helper_runtime::run(Process::AdbProxy, NoService)
 }

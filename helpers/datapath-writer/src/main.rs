@@ -6,14 +6,8 @@
 use std::process::ExitCode;
 
 use patchpanel_helper_runtime::NoService;
-use patchpanel_ipc::Role;
 use patchpanel_sandbox::Process;
 
 fn main() -> ExitCode {
-    patchpanel_helper_runtime::run(
-        Process::DatapathWriter,
-        NoService {
-            role: Some(Role::DatapathWriter),
-        },
-    )
+    patchpanel_helper_runtime::run(Process::DatapathWriter, NoService)
 }

@@ -13,10 +13,12 @@
 pub mod channel;
 pub mod codec;
 mod messages;
+pub mod names;
 
 pub use channel::{Channel, ChannelError, Received};
 pub use codec::{decode, encode, CodecError};
 pub use messages::*;
+pub use names::{IfName, NameError, NetnsName};
 
 /// Largest encoded message, in bytes. Larger results are paged by the sender.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;

@@ -1,0 +1,455 @@
+//! The command line: subcommands, flags and the parsing of values that the
+//! server would otherwise reject with a less helpful message.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use patchpanel_proto::modify_port_rule_request::{Protocol, RuleType};
+use patchpanel_proto::traffic_counter::Source;
+
+/// Traffic source names accepted by `--source`: patchpanel's own
+/// `TrafficSource` names, as shill and the original CLI spell them, mapped to
+/// the protobuf `TrafficCounter.Source` (both VPN kinds are `VPN` there).
+pub const SOURCE_NAMES: &[(&str, Source)] = &[
+    ("chrome", Source::Chrome),
+    ("user", Source::User),
+    ("update_engine", Source::UpdateEngine),
+    ("system", Source::System),
+    ("host_vpn", Source::Vpn),
+    ("arc", Source::Arc),
+    ("crostini_vm", Source::CrostiniVm),
+    ("parallels_vm", Source::ParallelsVm),
+    ("tether_downstream", Source::Tethering),
+    ("arc_vpn", Source::Vpn),
+    ("bruschetta_vm", Source::BruschettaVm),
+    ("borealis_vm", Source::BorealisVm),
+    ("wifi_direct", Source::WifiDirect),
+    ("wifi_lohs", Source::WifiLohs),
+    ("unknown", Source::Unknown),
+];
+
+const AFTER_HELP: &str = "\
+The daemon is reached on the system bus; set DBUS_SYSTEM_BUS_ADDRESS to use another bus.
+Exit status: 0 on success, 1 when a call fails (the server's reason is printed), 2 on a usage error.";
+
+/// Client of patchpaneld (D-Bus service org.chromium.PatchPanel).
+#[derive(Debug, Parser)]
+#[command(name = "patchpanel", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Seconds to wait for each answer from patchpaneld.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        default_value = "10",
+        value_parser = parse_timeout
+    )]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the guest devices patchpanel manages (GetDevices).
+    Devices {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connect a network namespace to the host and hold it until SIGINT or
+    /// SIGTERM (ConnectNamespace).
+    #[command(
+        name = "connect-ns",
+        long_about = "Connect a network namespace to the host through a veth pair \
+                      (ConnectNamespace), print its names and addresses, then hold the \
+                      connection until SIGINT, SIGTERM or SIGHUP. Without --pid, \
+                      patchpanel creates a new named namespace (see `ip netns list`). \
+                      The namespace is disconnected as soon as this command exits, \
+                      however it exits."
+    )]
+    ConnectNs(ConnectNsArgs),
+    /// Show traffic counters, per source, device and IP family
+    /// (GetTrafficCounters).
+    Counters {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Interfaces to report (default: all).
+        #[arg(value_name = "DEVICE")]
+        devices: Vec<String>,
+    },
+    /// Open, lock down or forward a port (ModifyPortRule).
+    #[command(name = "port-rule", subcommand)]
+    PortRule(PortRuleCommand),
+    /// Print NetworkDeviceChanged signals as they arrive, until SIGINT or
+    /// SIGTERM.
+    Watch {
+        /// Print one JSON object per signal.
+        #[arg(long)]
+        json: bool,
+        /// Exit after this many signals.
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectNsArgs {
+    /// Connect the network namespace of this process (default: create a new
+    /// named namespace).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    pub pid: Option<i32>,
+    /// Send the namespace's traffic through this uplink only (default: follow
+    /// the default network).
+    #[arg(long, value_name = "IFNAME")]
+    pub outbound: Option<String>,
+    /// Route the namespace's traffic through the VPN when one is connected.
+    #[arg(long)]
+    pub route_on_vpn: bool,
+    /// Let user traffic, not only system traffic, use the namespace.
+    #[arg(long)]
+    pub allow_user_traffic: bool,
+    /// Count the traffic as this source (case-insensitive): chrome, user,
+    /// update_engine, system, host_vpn, arc, crostini_vm, parallels_vm,
+    /// tether_downstream, arc_vpn, bruschetta_vm, borealis_vm, wifi_direct,
+    /// wifi_lohs, unknown. Default: unknown, which the server counts as
+    /// system.
+    #[arg(long, value_name = "NAME", value_parser = parse_source)]
+    pub source: Option<Source>,
+    /// Also give the namespace a static IPv6 address.
+    #[arg(long)]
+    pub static_ipv6: bool,
+    /// Print one JSON object line (then hold) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortRuleCommand {
+    /// Add a rule.
+    Create(PortRuleArgs),
+    /// Remove a rule added with the same arguments.
+    Delete(PortRuleArgs),
+}
+
+impl PortRuleCommand {
+    /// The arguments, whichever the operation.
+    pub fn args(&self) -> &PortRuleArgs {
+        match self {
+            Self::Create(args) | Self::Delete(args) => args,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  patchpanel port-rule create access --proto tcp --port 8080 --ifname eth0
+  patchpanel port-rule create lockdown --proto tcp --port 5555
+  patchpanel port-rule create forwarding --proto tcp --ifname eth0 --port 2222 \\
+      --dst-ip 100.115.92.6 --dst-port 22")]
+pub struct PortRuleArgs {
+    /// What the rule does: accept inbound traffic to the port (access),
+    /// reserve a loopback port for one user (lockdown) or forward inbound
+    /// traffic to a guest (forwarding).
+    #[arg(value_enum)]
+    pub rule: RuleKind,
+    /// Transport protocol.
+    #[arg(long, value_enum)]
+    pub proto: ProtoKind,
+    /// Destination port to match.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// Interface the traffic arrives on.
+    #[arg(long, value_name = "IFNAME")]
+    pub ifname: Option<String>,
+    /// Destination address to match (default: any).
+    #[arg(long, value_name = "IP")]
+    pub input_dst_ip: Option<IpAddr>,
+    /// Forwarding: the guest address to forward to.
+    #[arg(long, value_name = "IP", required_if_eq("rule", "forwarding"))]
+    pub dst_ip: Option<IpAddr>,
+    /// Forwarding: the guest port to forward to.
+    #[arg(
+        long,
+        value_name = "PORT",
+        required_if_eq("rule", "forwarding"),
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub dst_port: Option<u16>,
+}
+
+/// `ModifyPortRuleRequest.type`, without the invalid value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RuleKind {
+    Access,
+    Lockdown,
+    Forwarding,
+}
+
+impl From<RuleKind> for RuleType {
+    fn from(kind: RuleKind) -> Self {
+        match kind {
+            RuleKind::Access => RuleType::Access,
+            RuleKind::Lockdown => RuleType::Lockdown,
+            RuleKind::Forwarding => RuleType::Forwarding,
+        }
+    }
+}
+
+/// `ModifyPortRuleRequest.proto`, without the invalid value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtoKind {
+    Tcp,
+    Udp,
+}
+
+impl From<ProtoKind> for Protocol {
+    fn from(kind: ProtoKind) -> Self {
+        match kind {
+            ProtoKind::Tcp => Protocol::Tcp,
+            ProtoKind::Udp => Protocol::Udp,
+        }
+    }
+}
+
+/// A `--source` value: a name of [`SOURCE_NAMES`] in any case (with `-` or
+/// `_`), or a protobuf name such as `VPN` or `TETHERING`.
+pub fn parse_source(text: &str) -> Result<Source, String> {
+    let name = text.trim().to_ascii_lowercase().replace('-', "_");
+    SOURCE_NAMES
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|(_, source)| *source)
+        .or_else(|| Source::from_str_name(&name.to_ascii_uppercase()))
+        .ok_or_else(|| {
+            let names: Vec<&str> = SOURCE_NAMES.iter().map(|(n, _)| *n).collect();
+            format!("unknown traffic source; one of: {}", names.join(", "))
+        })
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| "not a number of seconds".to_string())?;
+    if !(seconds > 0.0 && seconds <= 3600.0) {
+        return Err("must be more than 0 and at most 3600 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("patchpanel").chain(args.iter().copied()))
+    }
+
+    fn connect_ns(args: &[&str]) -> ConnectNsArgs {
+        let mut all = vec!["connect-ns"];
+        all.extend_from_slice(args);
+        match parse(&all).unwrap().command {
+            Command::ConnectNs(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_listed_source_name_parses_in_any_case() {
+        for (name, source) in SOURCE_NAMES {
+            assert_eq!(parse_source(name), Ok(*source), "{name}");
+            assert_eq!(
+                parse_source(&name.to_ascii_uppercase()),
+                Ok(*source),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn source_names_map_to_the_protobuf_numbers() {
+        assert_eq!(parse_source("Crostini_VM").unwrap() as i32, 9);
+        assert_eq!(parse_source("tether_downstream").unwrap() as i32, 11);
+        assert_eq!(parse_source("host_vpn").unwrap() as i32, 5);
+        assert_eq!(parse_source("arc_vpn").unwrap() as i32, 5);
+        assert_eq!(parse_source("wifi_lohs").unwrap() as i32, 13);
+    }
+
+    #[test]
+    fn source_accepts_dashes_and_protobuf_names() {
+        assert_eq!(parse_source("update-engine"), Ok(Source::UpdateEngine));
+        assert_eq!(parse_source("VPN"), Ok(Source::Vpn));
+        assert_eq!(parse_source("tethering"), Ok(Source::Tethering));
+    }
+
+    #[test]
+    fn unknown_source_lists_the_accepted_names() {
+        let err = parse_source("firefox").unwrap_err();
+
+        assert!(err.contains("crostini_vm"), "{err}");
+    }
+
+    #[test]
+    fn connect_ns_defaults_to_a_new_namespace_with_no_options() {
+        let args = connect_ns(&[]);
+
+        assert_eq!(args.pid, None);
+        assert_eq!(args.outbound, None);
+        assert_eq!(args.source, None);
+        assert!(!args.route_on_vpn && !args.allow_user_traffic && !args.static_ipv6 && !args.json);
+    }
+
+    #[test]
+    fn connect_ns_reads_every_option() {
+        let args = connect_ns(&[
+            "--pid",
+            "1234",
+            "--outbound",
+            "eth0",
+            "--route-on-vpn",
+            "--allow-user-traffic",
+            "--source",
+            "ARC",
+            "--static-ipv6",
+            "--json",
+        ]);
+
+        assert_eq!(args.pid, Some(1234));
+        assert_eq!(args.outbound.as_deref(), Some("eth0"));
+        assert_eq!(args.source, Some(Source::Arc));
+        assert!(args.route_on_vpn && args.allow_user_traffic && args.static_ipv6 && args.json);
+    }
+
+    #[test]
+    fn connect_ns_rejects_a_pid_below_one() {
+        for pid in ["0", "-1"] {
+            let err = parse(&["connect-ns", "--pid", pid]).unwrap_err();
+
+            assert_eq!(err.exit_code(), 2, "{pid}");
+        }
+    }
+
+    #[test]
+    fn connect_ns_rejects_an_unknown_source_as_a_usage_error() {
+        let err = parse(&["connect-ns", "--source", "firefox"]).unwrap_err();
+
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn counters_takes_any_number_of_devices() {
+        let cli = parse(&["counters", "--json", "eth0", "wlan0"]).unwrap();
+
+        let Command::Counters { json, devices } = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert!(json);
+        assert_eq!(devices, ["eth0", "wlan0"]);
+    }
+
+    #[test]
+    fn port_rule_create_access_needs_proto_and_port_only() {
+        let cli = parse(&[
+            "port-rule",
+            "create",
+            "access",
+            "--proto",
+            "tcp",
+            "--port",
+            "8080",
+        ])
+        .unwrap();
+
+        let Command::PortRule(PortRuleCommand::Create(args)) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(args.rule, RuleKind::Access);
+        assert_eq!(args.proto, ProtoKind::Tcp);
+        assert_eq!(args.port, 8080);
+        assert_eq!(args.dst_ip, None);
+    }
+
+    #[test]
+    fn port_rule_forwarding_requires_a_destination() {
+        let err = parse(&[
+            "port-rule",
+            "create",
+            "forwarding",
+            "--proto",
+            "udp",
+            "--port",
+            "53",
+            "--ifname",
+            "eth0",
+        ])
+        .unwrap_err();
+
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn port_rule_rejects_port_zero() {
+        let err = parse(&[
+            "port-rule",
+            "delete",
+            "access",
+            "--proto",
+            "tcp",
+            "--port",
+            "0",
+        ])
+        .unwrap_err();
+
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn port_rule_rejects_a_malformed_address() {
+        let err = parse(&[
+            "port-rule",
+            "create",
+            "forwarding",
+            "--proto",
+            "tcp",
+            "--port",
+            "22",
+            "--dst-ip",
+            "100.115.92",
+            "--dst-port",
+            "22",
+        ])
+        .unwrap_err();
+
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn timeout_accepts_fractions_and_rejects_zero() {
+        let cli = parse(&["--timeout", "0.5", "devices"]).unwrap();
+
+        assert_eq!(cli.timeout, Duration::from_millis(500));
+        assert!(parse(&["--timeout", "0", "devices"]).is_err());
+        assert!(parse(&["devices", "--timeout", "nan"]).is_err());
+    }
+
+    #[test]
+    fn missing_subcommand_is_a_usage_error() {
+        let err = parse(&[]).unwrap_err();
+
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,508 @@
+//! How answers are shown: tables and text for people, one JSON object per
+//! line for scripts. Pure functions from protobuf messages to strings, so the
+//! shapes are unit-tested without a bus.
+//!
+//! Addresses are printed as dotted text whatever their wire encoding
+//! (`addr4` or `u32 net-order`); enum values as their `.proto` names, or as
+//! the number when this build does not know it.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use patchpanel_proto::network_device::{GuestType, TechnologyType};
+use patchpanel_proto::network_device_changed_signal::Event;
+use patchpanel_proto::traffic_counter::{IpFamily, Source};
+use patchpanel_proto::{
+    ipv4_from_addr4, ipv4_from_net_u32, ConnectNamespaceResponse, IPv4Subnet, NetworkDevice,
+    NetworkDeviceChangedSignal, TrafficCounter,
+};
+use serde::Serialize;
+
+/// What `connect-ns` prints. The same keys as `tests/tools/connect_ns.py`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamespaceJson {
+    pub netns_name: String,
+    pub host_ifname: String,
+    pub host_ipv4_address: Option<String>,
+    pub peer_ifname: String,
+    pub peer_ipv4_address: Option<String>,
+    pub ipv4_subnet: Option<String>,
+}
+
+impl From<&ConnectNamespaceResponse> for NamespaceJson {
+    fn from(response: &ConnectNamespaceResponse) -> Self {
+        Self {
+            netns_name: response.netns_name.clone(),
+            host_ifname: response.host_ifname.clone(),
+            host_ipv4_address: net_u32(response.host_ipv4_address),
+            peer_ifname: response.peer_ifname.clone(),
+            peer_ipv4_address: net_u32(response.peer_ipv4_address),
+            ipv4_subnet: response.ipv4_subnet.as_ref().and_then(subnet),
+        }
+    }
+}
+
+/// One device of `devices --json` and `watch --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceJson {
+    pub ifname: String,
+    pub guest_ifname: String,
+    pub guest_type: String,
+    pub phys_ifname: String,
+    pub technology_type: String,
+    pub ipv4_subnet: Option<String>,
+    pub host_ipv4_addr: Option<String>,
+    pub guest_ipv4_addr: Option<String>,
+    pub dns_proxy_ipv4_addr: Option<String>,
+    pub dns_proxy_ipv6_addr: Option<String>,
+}
+
+impl From<&NetworkDevice> for DeviceJson {
+    fn from(device: &NetworkDevice) -> Self {
+        Self {
+            ifname: device.ifname.clone(),
+            guest_ifname: device.guest_ifname.clone(),
+            guest_type: enum_name(
+                device.guest_type,
+                GuestType::try_from(device.guest_type).map(|v| v.as_str_name()),
+            ),
+            phys_ifname: device.phys_ifname.clone(),
+            technology_type: enum_name(
+                device.technology_type,
+                TechnologyType::try_from(device.technology_type).map(|v| v.as_str_name()),
+            ),
+            ipv4_subnet: device.ipv4_subnet.as_ref().and_then(subnet),
+            host_ipv4_addr: net_u32(device.host_ipv4_addr),
+            guest_ipv4_addr: net_u32(device.ipv4_addr),
+            dns_proxy_ipv4_addr: ipv4_from_addr4(&device.dns_proxy_ipv4_addr)
+                .map(|a| a.to_string()),
+            dns_proxy_ipv6_addr: <[u8; 16]>::try_from(device.dns_proxy_ipv6_addr.as_slice())
+                .ok()
+                .map(|octets| Ipv6Addr::from(octets).to_string()),
+        }
+    }
+}
+
+/// `devices --json`.
+#[derive(Debug, Serialize)]
+pub struct DevicesJson {
+    pub devices: Vec<DeviceJson>,
+}
+
+/// One counter of `counters --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CounterJson {
+    pub device: String,
+    pub source: String,
+    pub ip_family: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+impl From<&TrafficCounter> for CounterJson {
+    fn from(counter: &TrafficCounter) -> Self {
+        Self {
+            device: counter.device.clone(),
+            source: enum_name(
+                counter.source,
+                Source::try_from(counter.source).map(|v| v.as_str_name()),
+            ),
+            ip_family: enum_name(
+                counter.ip_family,
+                IpFamily::try_from(counter.ip_family).map(|v| v.as_str_name()),
+            ),
+            rx_bytes: counter.rx_bytes,
+            tx_bytes: counter.tx_bytes,
+            rx_packets: counter.rx_packets,
+            tx_packets: counter.tx_packets,
+        }
+    }
+}
+
+/// `counters --json`.
+#[derive(Debug, Serialize)]
+pub struct CountersJson {
+    pub counters: Vec<CounterJson>,
+}
+
+/// One line of `watch --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceChangeJson {
+    pub event: String,
+    pub device: Option<DeviceJson>,
+}
+
+impl From<&NetworkDeviceChangedSignal> for DeviceChangeJson {
+    fn from(signal: &NetworkDeviceChangedSignal) -> Self {
+        Self {
+            event: enum_name(
+                signal.event,
+                Event::try_from(signal.event).map(|v| v.as_str_name()),
+            ),
+            device: signal.device.as_ref().map(DeviceJson::from),
+        }
+    }
+}
+
+/// One JSON object, on one line.
+pub fn json_line<T: Serialize>(value: &T) -> String {
+    // Serializing these plain structs cannot fail (no maps with non-string
+    // keys, no custom serializers); fall back to an error object regardless.
+    serde_json::to_string(value)
+        .unwrap_or_else(|err| format!("{{\"error\":{:?}}}", err.to_string()))
+}
+
+/// `connect-ns` for people.
+pub fn namespace_text(ns: &NamespaceJson, pid: Option<i32>) -> String {
+    let netns = match (ns.netns_name.as_str(), pid) {
+        ("", Some(pid)) => format!("(network namespace of pid {pid})"),
+        ("", None) => "-".to_string(),
+        (name, _) => name.to_string(),
+    };
+    let addr = |a: &Option<String>| a.clone().unwrap_or_else(|| "-".into());
+    format!(
+        "netns:  {netns}\nhost:   {} {}\npeer:   {} {}\nsubnet: {}\n",
+        ns.host_ifname,
+        addr(&ns.host_ipv4_address),
+        ns.peer_ifname,
+        addr(&ns.peer_ipv4_address),
+        addr(&ns.ipv4_subnet),
+    )
+}
+
+/// `devices` for people.
+pub fn devices_table(devices: &[NetworkDevice]) -> String {
+    if devices.is_empty() {
+        return "no guest devices\n".into();
+    }
+    let rows = devices
+        .iter()
+        .map(DeviceJson::from)
+        .map(|d| {
+            vec![
+                d.ifname,
+                dash(d.guest_ifname),
+                d.guest_type,
+                dash(d.phys_ifname),
+                opt(d.ipv4_subnet),
+                opt(d.host_ipv4_addr),
+                opt(d.guest_ipv4_addr),
+                d.technology_type,
+                opt(d.dns_proxy_ipv4_addr),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "IFNAME",
+            "GUEST_IFNAME",
+            "TYPE",
+            "UPLINK",
+            "SUBNET",
+            "HOST_ADDR",
+            "GUEST_ADDR",
+            "TECHNOLOGY",
+            "DNS_PROXY",
+        ],
+        rows,
+    )
+}
+
+/// `counters` for people.
+pub fn counters_table(counters: &[TrafficCounter]) -> String {
+    if counters.is_empty() {
+        return "no traffic counters\n".into();
+    }
+    let rows = counters
+        .iter()
+        .map(CounterJson::from)
+        .map(|c| {
+            vec![
+                c.device,
+                c.source,
+                c.ip_family,
+                c.rx_bytes.to_string(),
+                c.tx_bytes.to_string(),
+                c.rx_packets.to_string(),
+                c.tx_packets.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DEVICE",
+            "SOURCE",
+            "FAMILY",
+            "RX_BYTES",
+            "TX_BYTES",
+            "RX_PACKETS",
+            "TX_PACKETS",
+        ],
+        rows,
+    )
+}
+
+/// One `watch` line for people.
+pub fn device_change_text(signal: &NetworkDeviceChangedSignal) -> String {
+    let change = DeviceChangeJson::from(signal);
+    match change.device {
+        None => format!("{} (no device)", change.event),
+        Some(d) => format!(
+            "{} {} guest={} type={} uplink={} subnet={} host={} guest_addr={}",
+            change.event,
+            d.ifname,
+            dash(d.guest_ifname),
+            d.guest_type,
+            dash(d.phys_ifname),
+            opt(d.ipv4_subnet),
+            opt(d.host_ipv4_addr),
+            opt(d.guest_ipv4_addr),
+        ),
+    }
+}
+
+/// Left-aligned columns separated by two spaces, no trailing blanks.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// A `u32 net-order` address; 0 (unset) is `None`.
+fn net_u32(value: u32) -> Option<String> {
+    (value != 0).then(|| ipv4_from_net_u32(value).to_string())
+}
+
+/// `base/prefix`, from the `addr4` field or the deprecated one.
+fn subnet(subnet: &IPv4Subnet) -> Option<String> {
+    let base: Ipv4Addr = subnet.addr_v4()?;
+    (!(base.is_unspecified() && subnet.prefix_len == 0))
+        .then(|| format!("{base}/{}", subnet.prefix_len))
+}
+
+fn enum_name<E>(value: i32, known: Result<&'static str, E>) -> String {
+    known.map_or_else(|_| value.to_string(), str::to_string)
+}
+
+fn dash(text: String) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text
+    }
+}
+
+fn opt(text: Option<String>) -> String {
+    text.unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use patchpanel_proto::ipv4_to_net_u32;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn response() -> ConnectNamespaceResponse {
+        ConnectNamespaceResponse {
+            ipv4_subnet: Some(IPv4Subnet::new(Ipv4Addr::new(100, 115, 92, 128), 30)),
+            peer_ifname: "peer0".into(),
+            peer_ipv4_address: ipv4_to_net_u32(Ipv4Addr::new(100, 115, 92, 130)),
+            host_ifname: "arc_ns0".into(),
+            host_ipv4_address: ipv4_to_net_u32(Ipv4Addr::new(100, 115, 92, 129)),
+            netns_name: "connected_netns_0".into(),
+        }
+    }
+
+    fn device() -> NetworkDevice {
+        NetworkDevice {
+            ifname: "vmtap0".into(),
+            ipv4_addr: ipv4_to_net_u32(Ipv4Addr::new(100, 115, 92, 26)),
+            ipv4_subnet: Some(IPv4Subnet::new(Ipv4Addr::new(100, 115, 92, 24), 30)),
+            guest_type: GuestType::TerminaVm as i32,
+            phys_ifname: String::new(),
+            host_ipv4_addr: ipv4_to_net_u32(Ipv4Addr::new(100, 115, 92, 25)),
+            guest_ifname: "eth0".into(),
+            dns_proxy_ipv4_addr: vec![100, 115, 92, 27],
+            dns_proxy_ipv6_addr: Vec::new(),
+            technology_type: TechnologyType::Wifi as i32,
+        }
+    }
+
+    fn parsed(line: &str) -> Value {
+        assert!(!line.contains('\n'), "not one line: {line}");
+        serde_json::from_str(line).unwrap()
+    }
+
+    #[test]
+    fn namespace_json_has_dotted_addresses_and_the_subnet() {
+        let line = json_line(&NamespaceJson::from(&response()));
+
+        assert_eq!(
+            parsed(&line),
+            json!({
+                "netns_name": "connected_netns_0",
+                "host_ifname": "arc_ns0",
+                "host_ipv4_address": "100.115.92.129",
+                "peer_ifname": "peer0",
+                "peer_ipv4_address": "100.115.92.130",
+                "ipv4_subnet": "100.115.92.128/30",
+            })
+        );
+    }
+
+    #[test]
+    fn namespace_json_without_addresses_has_nulls() {
+        let ns = NamespaceJson::from(&ConnectNamespaceResponse {
+            host_ifname: "h".into(),
+            peer_ifname: "p".into(),
+            ..Default::default()
+        });
+
+        assert_eq!(ns.host_ipv4_address, None);
+        assert_eq!(ns.ipv4_subnet, None);
+    }
+
+    #[test]
+    fn namespace_text_names_the_pid_when_no_netns_was_created() {
+        let ns = NamespaceJson::from(&ConnectNamespaceResponse {
+            netns_name: String::new(),
+            ..response()
+        });
+
+        let text = namespace_text(&ns, Some(42));
+
+        assert!(
+            text.starts_with("netns:  (network namespace of pid 42)\n"),
+            "{text}"
+        );
+        assert!(text.contains("host:   arc_ns0 100.115.92.129\n"), "{text}");
+        assert!(text.contains("subnet: 100.115.92.128/30\n"), "{text}");
+    }
+
+    #[test]
+    fn devices_json_names_enums_and_decodes_both_address_encodings() {
+        let line = json_line(&DevicesJson {
+            devices: vec![DeviceJson::from(&device())],
+        });
+
+        assert_eq!(
+            parsed(&line),
+            json!({"devices": [{
+                "ifname": "vmtap0",
+                "guest_ifname": "eth0",
+                "guest_type": "TERMINA_VM",
+                "phys_ifname": "",
+                "technology_type": "WIFI",
+                "ipv4_subnet": "100.115.92.24/30",
+                "host_ipv4_addr": "100.115.92.25",
+                "guest_ipv4_addr": "100.115.92.26",
+                "dns_proxy_ipv4_addr": "100.115.92.27",
+                "dns_proxy_ipv6_addr": null,
+            }]})
+        );
+    }
+
+    #[test]
+    fn unknown_enum_numbers_are_printed_as_numbers() {
+        let json = DeviceJson::from(&NetworkDevice {
+            guest_type: 42,
+            ..device()
+        });
+
+        assert_eq!(json.guest_type, "42");
+    }
+
+    #[test]
+    fn devices_table_has_a_header_and_one_row_per_device() {
+        let text = devices_table(&[device(), device()]);
+
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("IFNAME  GUEST_IFNAME  TYPE"), "{text}");
+        assert!(
+            lines[1].starts_with("vmtap0  eth0          TERMINA_VM"),
+            "{text}"
+        );
+        assert!(lines[1].contains("100.115.92.24/30"), "{text}");
+        assert!(lines.iter().all(|l| !l.ends_with(' ')), "{text:?}");
+    }
+
+    #[test]
+    fn empty_device_list_says_so() {
+        assert_eq!(devices_table(&[]), "no guest devices\n");
+    }
+
+    #[test]
+    fn counters_json_names_source_and_family() {
+        let counter = TrafficCounter {
+            rx_bytes: 1,
+            tx_bytes: 2,
+            rx_packets: 3,
+            tx_packets: 4,
+            source: Source::CrostiniVm as i32,
+            device: "eth0".into(),
+            ip_family: IpFamily::Ipv6 as i32,
+        };
+
+        let line = json_line(&CountersJson {
+            counters: vec![CounterJson::from(&counter)],
+        });
+
+        assert_eq!(
+            parsed(&line),
+            json!({"counters": [{
+                "device": "eth0", "source": "CROSTINI_VM", "ip_family": "IPV6",
+                "rx_bytes": 1, "tx_bytes": 2, "rx_packets": 3, "tx_packets": 4,
+            }]})
+        );
+    }
+
+    #[test]
+    fn device_change_json_has_event_and_device() {
+        let signal = NetworkDeviceChangedSignal {
+            device: Some(device()),
+            event: Event::DeviceRemoved as i32,
+        };
+
+        let value = parsed(&json_line(&DeviceChangeJson::from(&signal)));
+
+        assert_eq!(value["event"], "DEVICE_REMOVED");
+        assert_eq!(value["device"]["ifname"], "vmtap0");
+    }
+
+    #[test]
+    fn device_change_text_starts_with_the_event_and_interface() {
+        let signal = NetworkDeviceChangedSignal {
+            device: Some(device()),
+            event: Event::DeviceAdded as i32,
+        };
+
+        let text = device_change_text(&signal);
+
+        assert!(
+            text.starts_with("DEVICE_ADDED vmtap0 guest=eth0 type=TERMINA_VM"),
+            "{text}"
+        );
+    }
+}

@@ -1,1 +1,173 @@
-//! (being written)
+//! A small synchronous rtnetlink library for patchpanel's datapath.
+//!
+//! Why it exists: the privileged datapath writer must create veth pairs and
+//! bridges, set addresses, routes and policy rules, in the host namespace and
+//! in guest namespaces; the unprivileged manager must read the same state and
+//! follow changes. Both want blocking, one-request-at-a-time calls that say
+//! exactly what failed (operation, input, errno), not an async runtime.
+//!
+//! What it owns:
+//! * [`Rtnl`]: one `NETLINK_ROUTE` socket bound to one network namespace
+//!   (made by a brief `setns` on a helper thread, never on the caller's
+//!   thread), with typed requests for [links](Link), [addresses](AddressInfo),
+//!   [routes](Route) and [rules](Rule). Every request is acked by the kernel;
+//!   "already so" answers (EEXIST on add, ENODEV/ESRCH/ENOENT/EADDRNOTAVAIL on
+//!   delete) come back as `Ok(false)` so callers can be idempotent.
+//! * [`RtnlMonitor`]: a non-blocking multicast socket for link, address and
+//!   route changes, with kernel-side overruns surfaced as
+//!   [`RtnlEvent::Overrun`] so the caller re-dumps instead of drifting.
+//! * [`netns`]: named network namespaces (`ip netns add/attach/delete`).
+//! * [`sysctl`]: `/proc/sys/net` reads and writes in any namespace.
+//!
+//! Messages are built and parsed with `neli`'s typed structures; only the
+//! outer framing of received datagrams is read by hand (see `wire`).
+//! Nothing here reads `/sys/class/net`: it shows the namespace sysfs was
+//! mounted in, not the socket's.
+
+mod address;
+mod error;
+mod link;
+mod monitor;
+pub mod netns;
+mod route;
+mod rule;
+mod socket;
+mod sys;
+pub mod sysctl;
+mod wire;
+
+pub use address::AddressInfo;
+pub use error::{Result, RtnlError};
+pub use link::Link;
+pub use monitor::{MonitorGroups, RtnlEvent, RtnlMonitor};
+pub use route::{LinkRef, Route, RouteScope, RouteType};
+pub use rule::Rule;
+pub use socket::Rtnl;
+
+use std::net::IpAddr;
+
+/// An IP address family, for dumps and rules that carry no address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4 (`AF_INET`).
+    V4,
+    /// IPv6 (`AF_INET6`).
+    V6,
+}
+
+impl Family {
+    /// The family of an address.
+    pub fn of(addr: &IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The `AF_*` constant.
+    pub fn af(self) -> u8 {
+        match self {
+            Family::V4 => libc::AF_INET as u8,
+            Family::V6 => libc::AF_INET6 as u8,
+        }
+    }
+
+    /// The longest prefix of this family (32 or 128).
+    pub fn max_prefix_len(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    pub(crate) fn from_af(af: u8) -> Option<Family> {
+        match i32::from(af) {
+            libc::AF_INET => Some(Family::V4),
+            libc::AF_INET6 => Some(Family::V6),
+            _ => None,
+        }
+    }
+}
+
+/// Longest interface name the kernel accepts (`IFNAMSIZ - 1`).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// Longest interface alias the kernel accepts (`IFALIASZ - 1`).
+pub const MAX_ALIAS_LEN: usize = 255;
+
+/// Checks an interface name the way the kernel's `dev_valid_name` does, so a
+/// bad name fails here with the name in the message rather than as EINVAL.
+pub fn validate_ifname(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > MAX_IFNAME_LEN {
+        Some("longer than 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("is . or ..")
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
+    {
+        Some("contains '/', ':', NUL or whitespace")
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => Err(RtnlError::invalid("interface name", name, r)),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn validate_alias(alias: &str) -> Result<()> {
+    if alias.len() > MAX_ALIAS_LEN {
+        return Err(RtnlError::invalid(
+            "interface alias",
+            alias,
+            "longer than 255 bytes",
+        ));
+    }
+    if alias.contains('\0') {
+        return Err(RtnlError::invalid("interface alias", alias, "contains NUL"));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_prefix(what: &'static str, addr: &IpAddr, prefix_len: u8) -> Result<()> {
+    let max = Family::of(addr).max_prefix_len();
+    if prefix_len > max {
+        return Err(RtnlError::invalid(
+            what,
+            format!("{addr}/{prefix_len}"),
+            format!("prefix length above {max}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifname_validation_accepts_kernel_names() {
+        for ok in ["eth0", "vmtap0", "arc_ns0", "veth.1-x", "a23456789012345"] {
+            validate_ifname(ok).unwrap();
+        }
+    }
+
+    #[test]
+    fn ifname_validation_rejects_what_the_kernel_rejects() {
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "a234567890123456"] {
+            assert!(validate_ifname(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn prefix_validation_is_per_family() {
+        let v4: IpAddr = "10.0.0.0".parse().unwrap();
+        let v6: IpAddr = "fd00::".parse().unwrap();
+        assert!(validate_prefix("route", &v4, 32).is_ok());
+        assert!(validate_prefix("route", &v4, 33).is_err());
+        assert!(validate_prefix("route", &v6, 128).is_ok());
+        assert!(validate_prefix("route", &v6, 129).is_err());
+    }
+}

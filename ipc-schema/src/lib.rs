@@ -12,8 +12,9 @@
 
 pub mod channel;
 pub mod codec;
+pub mod datapath;
 mod messages;
-pub mod names;
+pub use patchpanel_names as names;
 
 pub use channel::{Channel, ChannelError, Received};
 pub use codec::{decode, encode, CodecError};
@@ -28,4 +29,4 @@ pub const MAX_FDS: usize = 8;
 
 /// Bumped whenever a message changes shape. Both ends refuse a peer whose
 /// `Hello` carries another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

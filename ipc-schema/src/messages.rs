@@ -1,5 +1,8 @@
 use serde::{Deserialize, Serialize};
 
+use crate::datapath::{Plan, PlanReport, WriterConfig};
+use crate::names::{IfName, NetnsName};
+
 /// Which process is at the other end of a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {
@@ -69,6 +72,24 @@ pub enum Request {
     Ping { nonce: u64 },
     /// Sets the helper's log verbosity. Part of every helper's replayed state.
     SetLogLevel(LogLevel),
+    /// Datapath writer: what it owns and where. Replayed; required before
+    /// any other datapath request.
+    ConfigureWriter(WriterConfig),
+    /// Datapath writer: creates patchpanel's firewall chains and jumps if
+    /// missing (idempotent). Replayed.
+    SetupFirewall,
+    /// Datapath writer: applies one operation's steps. Fds (pidfds) ride
+    /// beside the request. Answered with [`Reply::Applied`].
+    Apply(Plan),
+    /// Datapath writer: removes everything patchpanel owns (links, named
+    /// namespaces, routes, rules, firewall chains and jumps) except the
+    /// listed links and namespaces and, if `keep_accounting`, the traffic
+    /// accounting chains. Answered with [`Reply::Applied`].
+    RemoveOwned {
+        keep_links: Vec<IfName>,
+        keep_netns: Vec<NetnsName>,
+        keep_accounting: bool,
+    },
 }
 
 /// Successful answers.
@@ -76,6 +97,7 @@ pub enum Request {
 pub enum Reply {
     Pong { nonce: u64 },
     Done,
+    Applied(PlanReport),
 }
 
 /// Why a helper refused or failed a request.

@@ -42,6 +42,9 @@ pub struct DaemonOptions {
     pub helper_dir: Option<PathBuf>,
     /// Anything else, appended as is.
     pub extra_args: Vec<String>,
+    /// TOML appended to the generated configuration file (e.g. a larger
+    /// `[pools.netns]`).
+    pub extra_config: String,
 }
 
 /// A running `patchpaneld` (the manager; the process the harness spawned, as
@@ -98,9 +101,10 @@ impl Daemon {
         std::fs::write(
             &config_path,
             format!(
-                "state_dir = {}\nnetns_prefix = {}\n",
+                "state_dir = {}\nnetns_prefix = {}\n{}",
                 toml_string(&state_dir.to_string_lossy()),
-                toml_string(&netns_prefix)
+                toml_string(&netns_prefix),
+                options.extra_config
             ),
         )
         .with_context(|| format!("cannot write {}", config_path.display()))?;

@@ -184,9 +184,11 @@ mod tests {
 
     #[test]
     fn deserializing_a_bad_name_fails() {
-        let bytes = crate::encode(&String::from("eth0 -j ACCEPT")).unwrap();
-        assert!(crate::decode::<IfName>(&bytes).is_err());
-        let bytes = crate::encode(&String::from("eth0")).unwrap();
-        assert_eq!(crate::decode::<IfName>(&bytes).unwrap().as_str(), "eth0");
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(String::from("eth0 -j ACCEPT"), config).unwrap();
+        assert!(bincode::serde::decode_from_slice::<IfName, _>(&bytes, config).is_err());
+        let bytes = bincode::serde::encode_to_vec(String::from("eth0"), config).unwrap();
+        let (name, _) = bincode::serde::decode_from_slice::<IfName, _>(&bytes, config).unwrap();
+        assert_eq!(name.as_str(), "eth0");
     }
 }

@@ -1,0 +1,243 @@
+//! Typed datapath operations: what the manager asks the datapath writer to
+//! do to the kernel.
+//!
+//! The manager turns one D-Bus operation into one [`Plan`]; the writer
+//! re-validates every step, applies them in order and, for an
+//! [`ApplyMode::Atomic`] plan, undoes the steps already applied when one
+//! fails, so a refused or failed operation leaves nothing behind. Teardown
+//! plans run in [`ApplyMode::BestEffort`]: every step is attempted and every
+//! failure reported.
+//!
+//! Only things patchpanel owns can be removed: links carrying its alias,
+//! namespaces whose name starts with its prefix, routes and rules tagged
+//! with its routing protocol number, its own firewall chains. The writer
+//! checks this itself; the manager's word is not enough.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{IfName, NetnsName};
+
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// `IFLA_IFALIAS` of every link patchpanel creates: the mark that makes a
+/// link patchpanel's to remove.
+pub const LINK_ALIAS: &str = "patchpanel";
+
+/// Routing protocol number (`rtm_protocol`, `FRA_PROTOCOL`) of every route
+/// and ip rule patchpanel installs: `ip route show proto 157`. The kernel
+/// matches it on delete, so a removal can only hit patchpanel's entries.
+pub const ROUTE_PROTOCOL: u8 = 157;
+
+/// Where a step acts: the daemon's own namespace or a named one patchpanel
+/// created or attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Netns {
+    Host,
+    Named(NetnsName),
+}
+
+/// The sysctls patchpanel may change, and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sysctl {
+    /// `net/ipv4/ip_forward`
+    Ipv4Forward,
+    /// `net/ipv6/conf/all/forwarding`
+    Ipv6Forwarding,
+    /// `net/ipv6/conf/all/proxy_ndp`
+    Ipv6ProxyNdp,
+    /// `net/ipv4/ip_default_ttl` (65 inside connected namespaces)
+    Ipv4DefaultTtl,
+    /// `net/ipv6/conf/<if>/hop_limit`
+    Ipv6HopLimit(IfName),
+    /// `net/ipv6/conf/<if>/accept_ra`
+    Ipv6AcceptRa(IfName),
+    /// `net/ipv4/conf/<if>/route_localnet`
+    RouteLocalnet(IfName),
+    /// `net/netfilter/nf_conntrack_helper`
+    ConntrackHelper,
+}
+
+impl Sysctl {
+    /// The path below `/proc/sys`.
+    pub fn key(&self) -> String {
+        match self {
+            Sysctl::Ipv4Forward => "net/ipv4/ip_forward".into(),
+            Sysctl::Ipv6Forwarding => "net/ipv6/conf/all/forwarding".into(),
+            Sysctl::Ipv6ProxyNdp => "net/ipv6/conf/all/proxy_ndp".into(),
+            Sysctl::Ipv4DefaultTtl => "net/ipv4/ip_default_ttl".into(),
+            Sysctl::Ipv6HopLimit(i) => format!("net/ipv6/conf/{i}/hop_limit"),
+            Sysctl::Ipv6AcceptRa(i) => format!("net/ipv6/conf/{i}/accept_ra"),
+            Sysctl::RouteLocalnet(i) => format!("net/ipv4/conf/{i}/route_localnet"),
+            Sysctl::ConntrackHelper => "net/netfilter/nf_conntrack_helper".into(),
+        }
+    }
+}
+
+/// A route patchpanel installs (tagged with its routing protocol number).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    pub dst: IpAddr,
+    pub prefix_len: u8,
+    pub gateway: Option<IpAddr>,
+    pub dev: Option<IfName>,
+    /// Routing table id; 254 is main.
+    pub table: u32,
+    pub metric: Option<u32>,
+}
+
+/// An ip rule patchpanel installs (tagged with its routing protocol number).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    pub ipv6: bool,
+    pub priority: u32,
+    pub fwmark: Option<(u32, u32)>,
+    pub iif: Option<IfName>,
+    pub oif: Option<IfName>,
+    pub src: Option<(IpAddr, u8)>,
+    pub dst: Option<(IpAddr, u8)>,
+    pub table: u32,
+    pub suppress_prefixlen: Option<u32>,
+}
+
+/// One change to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// `ip netns add`. Undo: delete it.
+    CreateNetns { name: NetnsName },
+    /// `ip netns attach NAME PID`. The process is pinned by a pidfd sent
+    /// beside the request (fd index `pidfd`): the writer refuses if the
+    /// process has exited (the pid could have been reused), and refuses
+    /// pid 1's namespace and its own. Undo: delete the name.
+    AttachNetns {
+        name: NetnsName,
+        pid: i32,
+        pidfd: u8,
+    },
+    /// Removes a named namespace (the name must carry the prefix).
+    DeleteNetns { name: NetnsName },
+    /// A veth pair: `host` in the daemon's namespace, `peer` created directly
+    /// in `peer_netns`; both marked as patchpanel's. Undo: delete `host`.
+    CreateVeth {
+        host: IfName,
+        peer: IfName,
+        peer_netns: Netns,
+        host_mac: Mac,
+        peer_mac: Mac,
+    },
+    /// Deletes a link patchpanel created (it must carry patchpanel's alias).
+    DeleteLink { netns: Netns, name: IfName },
+    /// Adds an address (with the subnet's broadcast for IPv4). Undo: remove it.
+    AddAddress {
+        netns: Netns,
+        link: IfName,
+        addr: IpAddr,
+        prefix_len: u8,
+    },
+    /// Brings a link up, setting multicast on or off. Undo: down.
+    LinkUp {
+        netns: Netns,
+        link: IfName,
+        multicast: bool,
+    },
+    /// Undo: delete the route.
+    AddRoute { netns: Netns, route: RouteSpec },
+    DeleteRoute { netns: Netns, route: RouteSpec },
+    /// Undo: delete the rule.
+    AddRule(RuleSpec),
+    DeleteRule(RuleSpec),
+    /// Writes a sysctl. The reply reports the value it replaced so the
+    /// manager can restore it on stop. Undo: write the old value back.
+    SetSysctl {
+        netns: Netns,
+        sysctl: Sysctl,
+        value: String,
+    },
+    /// Makes routing table `table` hold exactly `routes` (all through
+    /// `dev`): what shill would do for an uplink. Routes patchpanel put
+    /// there before and that are not listed are removed.
+    SyncTable {
+        table: u32,
+        routes: Vec<RouteSpec>,
+    },
+}
+
+/// How failures are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyMode {
+    /// Stop at the first failure and undo what was applied, in reverse.
+    Atomic,
+    /// Attempt every step, report every failure (teardown).
+    BestEffort,
+}
+
+/// The steps of one operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// What the plan is for, for logs (e.g. "ConnectNamespace op 12").
+    pub label: String,
+    pub mode: ApplyMode,
+    pub steps: Vec<Step>,
+}
+
+/// What a writer did with a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanReport {
+    /// Old values of the sysctls the plan wrote, in plan order.
+    pub replaced_sysctls: Vec<(Netns, Sysctl, String)>,
+    /// BestEffort: one line per failed step.
+    pub failures: Vec<String>,
+}
+
+/// What the writer needs to know before it applies anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterConfig {
+    /// Names of patchpanel's namespaces start with this.
+    pub netns_prefix: String,
+    /// Where named namespaces live (`/run/netns`).
+    pub netns_dir: String,
+}
+
+/// The subnet broadcast address of an IPv4 address/prefix.
+pub fn broadcast(addr: Ipv4Addr, prefix_len: u8) -> Ipv4Addr {
+    let host_bits = 32u32.saturating_sub(u32::from(prefix_len.min(32)));
+    let mask = if host_bits == 32 {
+        0
+    } else {
+        u32::MAX << host_bits
+    };
+    Ipv4Addr::from(u32::from(addr) | !mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_of_a_slash_30() {
+        assert_eq!(
+            broadcast(Ipv4Addr::new(100, 115, 92, 129), 30),
+            Ipv4Addr::new(100, 115, 92, 131)
+        );
+        assert_eq!(
+            broadcast(Ipv4Addr::new(10, 0, 0, 1), 0),
+            Ipv4Addr::new(255, 255, 255, 255)
+        );
+        assert_eq!(
+            broadcast(Ipv4Addr::new(10, 0, 0, 1), 32),
+            Ipv4Addr::new(10, 0, 0, 1)
+        );
+    }
+
+    #[test]
+    fn sysctl_keys_are_under_net() {
+        let eth0 = IfName::new("eth0").unwrap();
+        assert_eq!(
+            Sysctl::Ipv6AcceptRa(eth0).key(),
+            "net/ipv6/conf/eth0/accept_ra"
+        );
+        assert_eq!(Sysctl::Ipv4Forward.key(), "net/ipv4/ip_forward");
+    }
+}

@@ -1,0 +1,159 @@
+//! A small internet for end-to-end tests: the daemon's namespace with an
+//! uplink `eth0`, and an "upstream" namespace acting as the router and the
+//! remote host.
+//!
+//! ```text
+//!   daemon netns                         upstream netns
+//!   eth0 192.0.2.2/24  <---- veth ---->  up0 192.0.2.1/24
+//!   default via 192.0.2.1                lo  203.0.113.1/32 (the "internet host")
+//! ```
+//!
+//! The upstream namespace has no route to the guests' 100.115.92.0/23, so a
+//! guest reaches 203.0.113.1 only through patchpanel's NAT, and the remote
+//! side sees the uplink address 192.0.2.2 as the source.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::command::run_ok;
+use crate::{Daemon, DaemonOptions, Netns, PrivateBus};
+
+/// The remote host's address, inside the upstream namespace.
+pub const REMOTE_HOST: &str = "203.0.113.1";
+/// The uplink's address in the daemon's namespace.
+pub const UPLINK_ADDR: &str = "192.0.2.2";
+/// The upstream router's address.
+pub const GATEWAY: &str = "192.0.2.1";
+
+/// Two namespaces wired as above.
+#[derive(Debug)]
+pub struct Internet {
+    pub upstream: Netns,
+}
+
+impl Internet {
+    /// Builds the upstream namespace and the uplink `eth0` inside `netns`.
+    pub fn attach(netns: &Netns) -> Result<Internet> {
+        let upstream = Netns::new()?;
+        let internet = Internet { upstream };
+        internet.plug(netns)?;
+        internet
+            .upstream
+            .exec_ok(&["ip", "addr", "add", &format!("{REMOTE_HOST}/32"), "dev", "lo"])?;
+        Ok(internet)
+    }
+
+    /// (Re)creates the uplink veth `eth0` <-> `up0` with its addresses and
+    /// the default route.
+    pub fn plug(&self, netns: &Netns) -> Result<()> {
+        run_ok(Command::new("ip").args([
+            "-n",
+            netns.name(),
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up0",
+            "netns",
+            self.upstream.name(),
+        ]))
+        .context("cannot create the uplink veth")?;
+        netns.exec_ok(&["ip", "addr", "add", &format!("{UPLINK_ADDR}/24"), "dev", "eth0"])?;
+        netns.exec_ok(&["ip", "link", "set", "eth0", "up"])?;
+        self.upstream
+            .exec_ok(&["ip", "addr", "replace", &format!("{GATEWAY}/24"), "dev", "up0"])?;
+        self.upstream.exec_ok(&["ip", "link", "set", "up0", "up"])?;
+        netns.exec_ok(&["ip", "route", "replace", "default", "via", GATEWAY, "dev", "eth0"])?;
+        Ok(())
+    }
+
+    /// Removes the uplink (its peer goes with it).
+    pub fn unplug(&self, netns: &Netns) -> Result<()> {
+        netns.exec_ok(&["ip", "link", "del", "eth0"])?;
+        Ok(())
+    }
+}
+
+/// A daemon whose namespace is connected to an [`Internet`]. Fields drop in
+/// order: daemon, bus, internet, namespace.
+#[derive(Debug)]
+pub struct World {
+    pub daemon: Daemon,
+    pub bus: PrivateBus,
+    pub internet: Internet,
+    pub netns: Netns,
+}
+
+impl World {
+    pub fn start() -> Result<World> {
+        World::start_with(DaemonOptions::default())
+    }
+
+    pub fn start_with(options: DaemonOptions) -> Result<World> {
+        let netns = Netns::new()?;
+        let internet = Internet::attach(&netns)?;
+        let bus = PrivateBus::start()?;
+        let mut daemon = Daemon::start_with(&netns, &bus, options)?;
+        daemon.wait_ready()?;
+        Ok(World {
+            daemon,
+            bus,
+            internet,
+            netns,
+        })
+    }
+
+    /// Runs `argv` inside the named namespace `name` (one the daemon made).
+    pub fn exec_in(&self, name: &str, argv: &[&str]) -> Result<std::process::Output> {
+        crate::command::output(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{name}"))
+                .arg("--")
+                .args(argv),
+        )
+    }
+}
+
+/// A snapshot of everything patchpanel could touch in a namespace, for
+/// before/after comparisons: links, addresses, routes of all tables, ip
+/// rules, iptables and ip6tables rules (without counters).
+pub fn kernel_snapshot(netns: &Netns) -> Result<String> {
+    let mut out = String::new();
+    for argv in [
+        &["ip", "-o", "link", "show"][..],
+        &["ip", "-o", "addr", "show"],
+        &["ip", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+        &["ip", "rule", "show"],
+        &["ip", "-6", "rule", "show"],
+        &["iptables-save"],
+        &["ip6tables-save"],
+    ] {
+        let text = netns.exec_ok(argv)?;
+        out.push_str(&format!("## {}\n", argv.join(" ")));
+        for line in text.lines() {
+            // Comments carry timestamps; counters change with traffic.
+            if line.starts_with('#') {
+                continue;
+            }
+            let line = strip_counters(line);
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+fn strip_counters(line: &str) -> String {
+    // ":CHAIN POLICY [p:b]" -> ":CHAIN POLICY"
+    if line.starts_with(':') {
+        if let Some(i) = line.find(" [") {
+            return line[..i].to_string();
+        }
+    }
+    line.to_string()
+}

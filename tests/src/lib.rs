@@ -22,6 +22,7 @@ pub mod netns;
 pub mod procfs;
 pub mod tree;
 pub mod wait;
+pub mod world;
 
 mod command;
 

@@ -1,0 +1,143 @@
+//! What a firewall backend does, independent of the tool behind it.
+//!
+//! The datapath writer holds one backend. `setup` (at start, idempotent)
+//! creates the layout's chains and hooks; `apply` applies one operation's
+//! [`Batch`] all-or-nothing; `remove_all` takes patchpanel's state out of
+//! the kernel, whatever part of it exists; `dump` is for diagnostics and
+//! tests.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::layout::Layout;
+use crate::model::{Batch, BuiltinChain, Family, InverseError, OwnedChain, Table, ValidationError};
+
+pub trait FirewallBackend {
+    /// Creates the layout's missing dynamic chains, rewrites its static
+    /// chains, and leaves exactly one hook at position 1 of each hooked
+    /// built-in chain. Never changes a policy or a rule without
+    /// patchpanel's comment in a built-in chain. Safe to call again.
+    fn setup(&mut self, layout: &Layout) -> Result<SetupReport, FirewallError>;
+
+    /// Validates and applies `batch`. On failure, undoes what it applied
+    /// and returns the error (naming the failing line).
+    fn apply(&mut self, batch: &Batch) -> Result<(), FirewallError>;
+
+    /// Removes patchpanel's hooks and chains in both families, except the
+    /// chains `keep` names (accounting chains persist across restarts).
+    /// Works on partial state; keeps going after an error and reports all.
+    fn remove_all(&mut self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<Removed>, RemoveAllError>;
+
+    /// The whole rule set of `family`, in `iptables-save` format.
+    fn dump(&mut self, family: Family) -> Result<String, FirewallError>;
+}
+
+/// What `setup` changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetupReport {
+    /// Dynamic chains that did not exist.
+    pub created: Vec<(Family, Table, OwnedChain)>,
+    /// Static chains written (every setup rewrites them).
+    pub rewritten: Vec<(Family, Table, OwnedChain)>,
+    /// Built-in chains whose hook was missing, misplaced or duplicated.
+    pub hooks_fixed: Vec<(Family, Table, BuiltinChain)>,
+}
+
+/// One thing `remove_all` removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    pub family: Family,
+    pub table: Table,
+    pub what: RemovedKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemovedKind {
+    /// A hook (`-m comment --comment patchpanel` rule) in a built-in chain.
+    Hook { builtin: String, spec: String },
+    /// A chain (flushed and deleted).
+    Chain { name: String },
+}
+
+impl fmt::Display for Removed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.what {
+            RemovedKind::Hook { builtin, spec } => {
+                write!(
+                    f,
+                    "{} {} hook: -A {builtin} {spec}",
+                    self.family, self.table
+                )
+            }
+            RemovedKind::Chain { name } => {
+                write!(f, "{} {} chain {name}", self.family, self.table)
+            }
+        }
+    }
+}
+
+/// A firewall operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("invalid firewall change: {0}")]
+    Invalid(#[from] ValidationError),
+    #[error("{tool} not found in {searched:?}")]
+    ToolNotFound {
+        tool: &'static str,
+        searched: Vec<PathBuf>,
+    },
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} ({family} {table}) failed ({status}){}: {stderr}", failed_lines_text(.failed_lines))]
+    Restore {
+        program: PathBuf,
+        family: Family,
+        table: Table,
+        status: String,
+        /// The input lines the tool reported, as `line N: <text>`.
+        failed_lines: Vec<String>,
+        stderr: String,
+    },
+    #[error("{program} -t {table} failed ({status}): {stderr}")]
+    Save {
+        program: PathBuf,
+        table: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{cause}; undoing the part already applied also failed: {}", join(.rollback))]
+    Rollback {
+        cause: Box<FirewallError>,
+        rollback: Vec<FirewallError>,
+    },
+    #[error(transparent)]
+    NoInverse(#[from] InverseError),
+}
+
+fn failed_lines_text(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(" at {}", lines.join("; "))
+    }
+}
+
+fn join(errors: &[FirewallError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `remove_all` met errors; it still removed `removed`.
+#[derive(Debug, thiserror::Error)]
+#[error("{} error(s) removing patchpanel's firewall state (removed {} objects): {}", .errors.len(), .removed.len(), join(.errors))]
+pub struct RemoveAllError {
+    pub removed: Vec<Removed>,
+    pub errors: Vec<FirewallError>,
+}

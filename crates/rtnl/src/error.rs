@@ -20,7 +20,7 @@ pub enum RtnlError {
         source: io::Error,
     },
     /// The kernel answered a netlink request with an error.
-    #[error("{op}: {} (errno {errno}){}", io::Error::from_raw_os_error(*errno), fmt_ext(message))]
+    #[error("{op}: {}{}", io::Error::from_raw_os_error(*errno), fmt_ext(message))]
     Kernel {
         /// The request, with its input.
         op: String,
@@ -121,7 +121,7 @@ mod tests {
         };
         let text = e.to_string();
         assert!(text.starts_with("create veth a/b: "), "{text}");
-        assert!(text.contains("errno 17"), "{text}");
+        assert!(text.contains("(os error 17)"), "{text}");
         assert!(text.ends_with(": link exists"), "{text}");
         assert_eq!(e.errno(), Some(libc::EEXIST));
     }

@@ -29,6 +29,7 @@ const FRA_SUPPRESS_PREFIXLEN: u16 = 14;
 const FRA_TABLE: u16 = 15;
 const FRA_FWMASK: u16 = 16;
 const FRA_OIFNAME: u16 = 17;
+const FRA_PROTOCOL: u16 = 21;
 
 /// A policy routing rule (`ip rule`), action "lookup `table`".
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -52,6 +53,9 @@ pub struct Rule {
     /// `suppress_prefixlength`: ignore routes of this table with a prefix
     /// this short or shorter.
     pub suppress_prefixlen: Option<u32>,
+    /// `FRA_PROTOCOL`: who installed the rule (`ip rule ... proto N`). 0
+    /// leaves it unset. The kernel matches it on delete when non-zero.
+    pub protocol: u8,
 }
 
 impl Rule {
@@ -67,6 +71,7 @@ impl Rule {
             dst: None,
             table,
             suppress_prefixlen: None,
+            protocol: 0,
         }
     }
 
@@ -136,6 +141,9 @@ pub(crate) fn rule_request(rule: &Rule) -> std::result::Result<Fibmsg, String> {
     if let Some(p) = rule.suppress_prefixlen {
         attrs.push(attr(Frattr::SuppressPrefixlen, p)?);
     }
+    if rule.protocol != 0 {
+        attrs.push(attr(Frattr::Protocol, rule.protocol)?);
+    }
     FibmsgBuilder::default()
         .fib_family(RtAddrFamily::from(rule.family.af()))
         .fib_dst_len(rule.dst.map_or(0, |(_, l)| l))
@@ -168,6 +176,7 @@ pub(crate) fn parse_rule(payload: &[u8]) -> std::result::Result<Option<Rule>, St
             FRA_OIFNAME => rule.oif = Some(wire::str_of(value)),
             FRA_SRC => rule.src = Some((wire::ip_of("FRA_SRC", af, value)?, *msg.fib_src_len())),
             FRA_DST => rule.dst = Some((wire::ip_of("FRA_DST", af, value)?, *msg.fib_dst_len())),
+            FRA_PROTOCOL => rule.protocol = value.first().copied().unwrap_or(0),
             FRA_SUPPRESS_PREFIXLEN => {
                 // The kernel stores "unset" as -1 (and older kernels dump it).
                 let v = wire::u32_of("FRA_SUPPRESS_PREFIXLEN", value)?;

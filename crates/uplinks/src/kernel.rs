@@ -6,9 +6,15 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::{IfName, Technology, Uplink};
+use std::os::fd::{AsRawFd, RawFd};
 
-/// The main routing table.
+use patchpanel_rtnl::{
+    Family, LinkRef, MonitorGroups, Route, RouteType, Rtnl, RtnlError, RtnlEvent, RtnlMonitor,
+};
+
+use crate::{IfName, Technology, Uplink, UplinkError};
+
+/// The main routing table (`RT_TABLE_MAIN`).
 pub(crate) const RT_TABLE_MAIN: u32 = 254;
 
 /// Offset of shill's per-interface routing tables (reference §4.12).
@@ -122,6 +128,143 @@ impl KernelView {
         };
         best(false).or_else(|| best(true))
     }
+}
+
+/// Whether `fd` has bytes waiting, without consuming them.
+pub(crate) fn socket_has_data(fd: RawFd) -> bool {
+    let mut b = 0u8;
+    // SAFETY: a 1-byte non-blocking peek into a local buffer; `fd` is a
+    // socket this crate owns.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut b as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
+}
+
+/// Kernel state kept current from an rtnetlink monitor.
+///
+/// Every wake-up with at least one notification re-dumps links, addresses
+/// and routes instead of applying the notifications one by one: the kernel
+/// removes IPv4 routes of a link that goes down without telling anyone, an
+/// [`RtnlEvent::Overrun`] needs a re-dump anyway, and a host has a handful
+/// of links. The monitor is opened before the first dump so no change falls
+/// between the two.
+#[derive(Debug)]
+pub(crate) struct KernelWatcher {
+    rtnl: Rtnl,
+    monitor: RtnlMonitor,
+    view: KernelView,
+}
+
+/// Receive buffer for the monitor: room for a burst of guest veths coming
+/// and going before we read.
+const MONITOR_BUFFER: usize = 1 << 20;
+
+fn netlink(context: &'static str) -> impl FnOnce(RtnlError) -> UplinkError {
+    move |source| UplinkError::Netlink { context, source }
+}
+
+impl KernelWatcher {
+    /// Opens the monitor and the request socket in the calling thread's
+    /// network namespace, and dumps the current state.
+    pub fn open() -> Result<KernelWatcher, UplinkError> {
+        let monitor = RtnlMonitor::new(MonitorGroups::ALL).map_err(netlink("open the monitor"))?;
+        if let Err(e) = monitor.set_recv_buffer_size(MONITOR_BUFFER) {
+            log::warn!("uplinks: {e}; overruns will cost a re-dump");
+        }
+        let rtnl = Rtnl::new().map_err(netlink("open the request socket"))?;
+        let view = dump(&rtnl)?;
+        Ok(KernelWatcher {
+            rtnl,
+            monitor,
+            view,
+        })
+    }
+
+    /// The monitor socket, to register READABLE.
+    pub fn fd(&self) -> RawFd {
+        self.monitor.as_raw_fd()
+    }
+
+    /// Drains the monitor; re-dumps if anything was read. Returns whether
+    /// it did.
+    pub fn process(&mut self) -> Result<bool, UplinkError> {
+        let events = self
+            .monitor
+            .read_events()
+            .map_err(netlink("read the monitor"))?;
+        if events.is_empty() {
+            return Ok(false);
+        }
+        if events.contains(&RtnlEvent::Overrun) {
+            log::info!("uplinks: rtnetlink notifications were lost; re-dumping");
+        }
+        self.view = dump(&self.rtnl)?;
+        Ok(true)
+    }
+
+    /// The state as of the last dump.
+    pub fn view(&self) -> &KernelView {
+        &self.view
+    }
+}
+
+/// Links, addresses and the default routes of every table.
+fn dump(rtnl: &Rtnl) -> Result<KernelView, UplinkError> {
+    let links = rtnl
+        .links()
+        .map_err(netlink("dump links"))?
+        .into_iter()
+        .map(|l| KernelLink {
+            ifindex: l.index,
+            loopback: l.name == "lo",
+            name: l.name,
+            up: l.up,
+        })
+        .collect();
+    let addrs = rtnl
+        .addresses(None)
+        .map_err(netlink("dump addresses"))?
+        .into_iter()
+        .map(|a| KernelAddr {
+            ifindex: a.ifindex,
+            addr: a.addr,
+            prefix_len: a.prefix_len,
+        })
+        .collect();
+    let mut default_routes = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let routes = rtnl.routes(family, None).map_err(netlink("dump routes"))?;
+        default_routes.extend(routes.into_iter().filter_map(default_route));
+    }
+    Ok(KernelView {
+        links,
+        addrs,
+        default_routes,
+    })
+}
+
+/// A unicast route to `0.0.0.0/0` or `::/0`, as a [`DefaultRoute`].
+fn default_route(r: Route) -> Option<DefaultRoute> {
+    if r.prefix_len != 0 || r.kind != RouteType::Unicast {
+        return None;
+    }
+    let oif = match r.oif {
+        Some(LinkRef::Index(i)) => Some(i),
+        _ => None,
+    };
+    Some(DefaultRoute {
+        table: r.table,
+        oif,
+        gateway: r.gateway,
+        metric: r.metric.unwrap_or(0),
+        ipv6: r.dst.is_ipv6(),
+    })
 }
 
 #[cfg(test)]
@@ -281,44 +424,5 @@ mod tests {
         let uplinks = [v.uplink("eth0", Technology::Ethernet).unwrap()];
 
         assert_eq!(v.default_by_route(uplinks.iter()), None);
-    }
-}
-
-/// Whether `fd` has bytes waiting, without consuming them.
-pub(crate) fn socket_has_data(fd: std::os::fd::RawFd) -> bool {
-    let mut b = 0u8;
-    // SAFETY: a 1-byte non-blocking peek into a local buffer; `fd` is a
-    // socket this crate owns.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&mut b as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n > 0
-}
-
-/// TEMPORARY stub until patchpanel-rtnl lands.
-#[derive(Debug)]
-pub(crate) struct KernelWatcher {
-    view: KernelView,
-}
-
-impl KernelWatcher {
-    pub fn open() -> Result<KernelWatcher, crate::UplinkError> {
-        Ok(KernelWatcher {
-            view: KernelView::default(),
-        })
-    }
-    pub fn fd(&self) -> std::os::fd::RawFd {
-        -1
-    }
-    pub fn process(&mut self) -> Result<bool, crate::UplinkError> {
-        Ok(false)
-    }
-    pub fn view(&self) -> &KernelView {
-        &self.view
     }
 }

@@ -124,10 +124,11 @@ pub enum UplinkError {
     BusCall { call: String, message: String },
     #[error("the D-Bus connection was lost")]
     BusLost,
-    #[error("rtnetlink: {context}: {detail}")]
+    #[error("rtnetlink: {context}: {source}")]
     Netlink {
         context: &'static str,
-        detail: String, // TEMPORARY until patchpanel-rtnl lands
+        #[source]
+        source: patchpanel_rtnl::RtnlError,
     },
     #[error("invalid uplink prefix {0:?}")]
     BadPrefix(String),

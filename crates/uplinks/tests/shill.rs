@@ -1,4 +1,4 @@
-//! The shill source against a fake shill on a private bus, with dummy
+//! The shill source against a fake shill on a private bus, with veth
 //! `eth0`/`wlan0` links in the test's own network namespace.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
@@ -6,7 +6,7 @@
 mod common;
 
 use common::fake_shill::{FakeShill, Value};
-use common::{brief, collect_until, ends_with, enter_private_netns, ifindex, ip};
+use common::{add_link, brief, collect_until, ends_with, enter_private_netns, ifindex, ip};
 use patchpanel_tests::PrivateBus;
 use patchpanel_uplinks::{
     open, shill_is_running, IfName, Mode, ShillUplinks, Technology, UplinkConfig, UplinkEvent,
@@ -21,7 +21,7 @@ fn name(n: &str) -> IfName {
 fn world() -> (PrivateBus, FakeShill) {
     enter_private_netns();
     for link in ["eth0", "wlan0"] {
-        ip(&["link", "add", link, "type", "dummy"]);
+        add_link(link);
         ip(&["link", "set", link, "up"]);
     }
     let bus = PrivateBus::start().unwrap();
@@ -181,8 +181,8 @@ fn shill_leaving_removes_every_uplink_and_its_return_adds_them_again() {
 #[test]
 fn shill_source_started_before_shill_waits_for_it() {
     enter_private_netns();
-    ip(&["link", "add", "eth0", "type", "dummy"]);
-    ip(&["link", "add", "wlan0", "type", "dummy"]);
+    add_link("eth0");
+    add_link("wlan0");
     let bus = PrivateBus::start().unwrap();
     let mut source = ShillUplinks::open(Some(bus.address())).unwrap();
     assert_eq!(collect_until(&mut source, |_| true), []);

@@ -58,13 +58,23 @@ pub fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The kernel's ifindex of `name`.
+/// Creates the link `name` (down): a veth whose peer `p-<name>` matches no
+/// uplink prefix. (Test kernels may lack the dummy driver; veth is built in
+/// wherever containers run.)
+pub fn add_link(name: &str) {
+    let peer = format!("p-{name}");
+    ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
+    ip(&["link", "set", &peer, "up"]);
+}
+
+/// The kernel's ifindex of `name`, from `ip -o link` (not `/sys/class/net`,
+/// which shows the namespace sysfs was mounted in, not the test's).
 pub fn ifindex(name: &str) -> u32 {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
-        .expect("read ifindex")
-        .trim()
-        .parse()
-        .expect("parse ifindex")
+    let line = ip(&["-o", "link", "show", "dev", name]);
+    line.split(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ifindex in {line:?}"))
 }
 
 /// Waits for readability on the source's descriptors for at most `timeout`.

@@ -40,7 +40,7 @@ pub use address::AddressInfo;
 pub use error::{Result, RtnlError};
 pub use link::Link;
 pub use monitor::{MonitorGroups, RtnlEvent, RtnlMonitor};
-pub use route::{LinkRef, Route, RouteScope, RouteType};
+pub use route::{LinkRef, Route, RouteScope, RouteType, RT_TABLE_MAIN};
 pub use rule::Rule;
 pub use socket::Rtnl;
 

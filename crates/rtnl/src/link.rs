@@ -58,9 +58,15 @@ pub struct Link {
     pub master: Option<u32>,
 }
 
-/// Parses an `RTM_NEWLINK`/`RTM_DELLINK` body.
-pub(crate) fn parse_link(payload: &[u8]) -> std::result::Result<Link, String> {
+/// Parses an `RTM_NEWLINK`/`RTM_DELLINK` body. `None` for messages of
+/// another family: the bridge announces port changes as `AF_BRIDGE`
+/// NEWLINK/DELLINK on the same multicast group, and an `AF_BRIDGE` DELLINK
+/// (a port leaving its bridge) must not read as the link going away.
+pub(crate) fn parse_link(payload: &[u8]) -> std::result::Result<Option<Link>, String> {
     let msg: Ifinfomsg = wire::decode(payload)?;
+    if u8::from(*msg.ifi_family()) != libc::AF_UNSPEC as u8 {
+        return Ok(None);
+    }
     let index = u32::try_from(*msg.ifi_index())
         .map_err(|_| format!("negative ifindex {}", msg.ifi_index()))?;
     let flags = *msg.ifi_flags();
@@ -108,12 +114,12 @@ pub(crate) fn parse_link(payload: &[u8]) -> std::result::Result<Link, String> {
     if !has_name {
         return Err(format!("link {index} has no IFLA_IFNAME"));
     }
-    Ok(link)
+    Ok(Some(link))
 }
 
 fn parse_link_msg(m: &RawMsg<'_>) -> std::result::Result<Option<Link>, String> {
     if m.ty == libc::RTM_NEWLINK {
-        parse_link(m.payload).map(Some)
+        parse_link(m.payload)
     } else {
         Ok(None)
     }
@@ -458,7 +464,11 @@ mod tests {
     }
 
     fn newlink_payload(index: i32, flags: u32, attrs: &[Vec<u8>]) -> Vec<u8> {
-        let mut v = vec![0u8, 0];
+        family_newlink_payload(libc::AF_UNSPEC as u8, index, flags, attrs)
+    }
+
+    fn family_newlink_payload(family: u8, index: i32, flags: u32, attrs: &[Vec<u8>]) -> Vec<u8> {
+        let mut v = vec![family, 0];
         v.extend_from_slice(&1u16.to_ne_bytes()); // ARPHRD_ETHER
         v.extend_from_slice(&index.to_ne_bytes());
         v.extend_from_slice(&flags.to_ne_bytes());
@@ -485,7 +495,7 @@ mod tests {
                 rta(0x8000 | 55, &[]), // unknown nested attribute: ignored
             ],
         );
-        let link = parse_link(&payload).unwrap();
+        let link = parse_link(&payload).unwrap().unwrap();
         assert_eq!(
             link,
             Link {
@@ -517,8 +527,14 @@ mod tests {
     }
 
     #[test]
+    fn parse_link_skips_bridge_port_messages() {
+        let payload = family_newlink_payload(libc::AF_BRIDGE as u8, 4, 0, &[rta(3, b"vh0\0")]);
+        assert_eq!(parse_link(&payload).unwrap(), None);
+    }
+
+    #[test]
     fn parse_link_ignores_a_non_ethernet_address() {
         let payload = newlink_payload(1, 0, &[rta(3, b"lo\0"), rta(1, &[0; 4])]);
-        assert_eq!(parse_link(&payload).unwrap().mac, None);
+        assert_eq!(parse_link(&payload).unwrap().unwrap().mac, None);
     }
 }

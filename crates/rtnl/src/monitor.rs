@@ -172,8 +172,8 @@ pub(crate) fn decode_datagram(buf: &[u8], events: &mut Vec<RtnlEvent>) {
     };
     for m in msgs {
         let event = match m.ty {
-            libc::RTM_NEWLINK => parse_link(m.payload).map(|l| Some(RtnlEvent::NewLink(l))),
-            libc::RTM_DELLINK => parse_link(m.payload).map(|l| Some(RtnlEvent::DelLink(l))),
+            libc::RTM_NEWLINK => parse_link(m.payload).map(|l| l.map(RtnlEvent::NewLink)),
+            libc::RTM_DELLINK => parse_link(m.payload).map(|l| l.map(RtnlEvent::DelLink)),
             libc::RTM_NEWROUTE => parse_route(m.payload).map(|r| r.map(RtnlEvent::NewRoute)),
             libc::RTM_DELROUTE => parse_route(m.payload).map(|r| r.map(RtnlEvent::DelRoute)),
             libc::RTM_NEWADDR => parse_address(m.payload).map(|a| a.map(RtnlEvent::NewAddress)),

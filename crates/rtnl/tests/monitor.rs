@@ -169,3 +169,27 @@ fn monitor_in_another_namespace_sees_only_that_namespace() {
         );
     });
 }
+
+#[test]
+fn releasing_a_bridge_port_is_not_reported_as_the_link_going_away() {
+    in_fresh_netns(|| {
+        let rtnl = Rtnl::new().unwrap();
+        rtnl.create_bridge("br0", "pp").unwrap();
+        rtnl.create_veth("vh0", "vp0", None, "pp").unwrap();
+        let mut mon = RtnlMonitor::new(MonitorGroups::LINK).unwrap();
+        rtnl.set_master("vh0", Some("br0")).unwrap();
+        rtnl.set_master("vh0", None).unwrap();
+        // A later change marks the end of the port events (alias changes
+        // are not announced, state changes are).
+        rtnl.set_up("vh0", true).unwrap();
+        let events = collect_until(&mut mon, |ev| {
+            ev.iter()
+                .any(|e| matches!(e, RtnlEvent::NewLink(l) if l.name == "vh0" && l.up))
+        });
+        assert!(
+            !events.iter().any(|e| matches!(e, RtnlEvent::DelLink(_))),
+            "{events:?}"
+        );
+        assert!(rtnl.link("vh0").unwrap().is_some());
+    });
+}

@@ -59,12 +59,6 @@ pub const DROP_OUTPUT_TO_BRUSCHETTA: &str = "drop_output_to_bruschetta";
 /// filter: per-guest forwarding accepts (upstream appends them to FORWARD).
 pub const GUEST_FORWARD: &str = "guest_forward";
 
-/// Per-interface chain prefixes (the interface name follows).
-pub const PREROUTING_PREFIX: &str = "PREROUTING_";
-pub const POSTROUTING_PREFIX: &str = "POSTROUTING_";
-pub const RX_PREFIX: &str = "rx_";
-pub const TX_PREFIX: &str = "tx_";
-
 const ROOT_CHAINS: [&str; 5] = [
     "patchpanel_PREROUTING",
     "patchpanel_INPUT",

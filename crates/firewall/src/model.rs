@@ -30,6 +30,33 @@ pub const MAX_CHANGES_PER_FAMILY: usize = 4096;
 pub const INTERFACE_CHAIN_PREFIXES: [&str; 5] =
     ["PREROUTING_", "POSTROUTING_", "rx_", "tx_", "egress_"];
 
+/// The prefixes of per-interface chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InterfaceChainPrefix {
+    /// `PREROUTING_<if>`: a downstream interface's marks (mangle).
+    Prerouting,
+    /// `POSTROUTING_<if>`: an uplink's connection pinning (mangle).
+    Postrouting,
+    /// `rx_<if>`: accounting of traffic received on an uplink (mangle).
+    Rx,
+    /// `tx_<if>`: accounting of traffic sent on an uplink (mangle).
+    Tx,
+    /// `egress_<if>`: IPv6 source prefix enforcement (filter).
+    Egress,
+}
+
+impl InterfaceChainPrefix {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InterfaceChainPrefix::Prerouting => INTERFACE_CHAIN_PREFIXES[0],
+            InterfaceChainPrefix::Postrouting => INTERFACE_CHAIN_PREFIXES[1],
+            InterfaceChainPrefix::Rx => INTERFACE_CHAIN_PREFIXES[2],
+            InterfaceChainPrefix::Tx => INTERFACE_CHAIN_PREFIXES[3],
+            InterfaceChainPrefix::Egress => INTERFACE_CHAIN_PREFIXES[4],
+        }
+    }
+}
+
 /// IP version: iptables and ip6tables are separate tools and rule sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Family {
@@ -156,9 +183,13 @@ impl OwnedChain {
         Ok(OwnedChain(name.to_string()))
     }
 
-    /// `<prefix><ifname>`, e.g. `PREROUTING_arc_ns0`.
-    pub fn for_interface(prefix: &str, ifname: &IfName) -> Result<OwnedChain, ValidationError> {
-        OwnedChain::new(&format!("{prefix}{ifname}"))
+    /// `<prefix><ifname>` for a prefix of [`INTERFACE_CHAIN_PREFIXES`]:
+    /// always valid (the longest prefix, 12 bytes, plus a 15-byte interface
+    /// name fits in 28).
+    pub fn interface_chain(prefix: InterfaceChainPrefix, ifname: &IfName) -> OwnedChain {
+        let name = format!("{}{ifname}", prefix.as_str());
+        debug_assert!(is_owned_chain_name(&name), "{name}");
+        OwnedChain(name)
     }
 
     /// A name from the static catalog (checked by the catalog's tests).

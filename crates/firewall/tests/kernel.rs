@@ -1,0 +1,447 @@
+//! Kernel tests of the iptables-nft-restore backend (root only).
+//!
+//! Each test runs in a thread that first moves itself into a fresh network
+//! namespace (`unshare(CLONE_NEWNET)`); the iptables tools it spawns inherit
+//! that namespace. The host's root namespace is never touched. Each test
+//! loads a fixture of "host" rules (a DROP rule in INPUT, a custom chain,
+//! Docker's FORWARD DROP policy, a MASQUERADE, in both families and all three
+//! tables) and asserts the real rule set with `iptables-save`.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use patchpanel_firewall::guest::{self, Mode, Namespace};
+use patchpanel_firewall::model::{Family, Match, Rule, Table, Target};
+use patchpanel_firewall::save::{normalize, parse};
+use patchpanel_firewall::{
+    Batch, BuiltinChain, Change, FirewallBackend, FirewallError, IptablesRestore, Layout,
+    OwnedChain, TrafficSource,
+};
+use patchpanel_names::IfName;
+
+/// Runs `body` in a new network namespace (on a thread of its own) and
+/// returns its result; a panic in `body` fails the test.
+fn in_fresh_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "kernel tests need root (they create network namespaces)"
+    );
+    let handle = std::thread::spawn(move || {
+        // SAFETY: unshare takes only a flag; CLONE_NEWNET affects this
+        // thread alone, which ends when the test body returns.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        body()
+    });
+    match handle.join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) {
+    use std::io::Write as _;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn restore(family: Family, text: &str) {
+    let program = match family {
+        Family::V4 => "/usr/sbin/iptables-nft-restore",
+        Family::V6 => "/usr/sbin/ip6tables-nft-restore",
+    };
+    run(program, &["--noflush", "-w"], Some(text));
+}
+
+fn iptables(family: Family, args: &[&str]) {
+    let program = match family {
+        Family::V4 => "/usr/sbin/iptables-nft",
+        Family::V6 => "/usr/sbin/ip6tables-nft",
+    };
+    let mut all = vec!["-w"];
+    all.extend_from_slice(args);
+    run(program, &all, None);
+}
+
+const HOST_V4: &str = "\
+*filter
+:HOSTCHAIN - [0:0]
+-A INPUT -s 10.9.9.9/32 -j DROP
+-A FORWARD -j HOSTCHAIN
+-A HOSTCHAIN -p tcp -m tcp --dport 22 -j ACCEPT
+-A HOSTCHAIN -j RETURN
+COMMIT
+*nat
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+COMMIT
+*mangle
+-A PREROUTING -i eth9 -j MARK --set-xmark 0x5/0xff
+COMMIT
+";
+
+const HOST_V6: &str = "\
+*filter
+-A INPUT -s 2001:db8::9/128 -j DROP
+COMMIT
+*nat
+-A POSTROUTING -s fd00:17::/64 -j MASQUERADE
+COMMIT
+*mangle
+-A OUTPUT -o eth9 -j ACCEPT
+COMMIT
+";
+
+/// Loads the host fixture; FORWARD policy DROP in both families (Docker).
+fn load_host_fixture() {
+    restore(Family::V4, HOST_V4);
+    restore(Family::V6, HOST_V6);
+    iptables(Family::V4, &["-P", "FORWARD", "DROP"]);
+    iptables(Family::V6, &["-P", "FORWARD", "DROP"]);
+}
+
+/// Both families' rule sets, without comments and counters.
+fn snapshot(fw: &mut IptablesRestore) -> String {
+    let v4 = normalize(&fw.dump(Family::V4).unwrap());
+    let v6 = normalize(&fw.dump(Family::V6).unwrap());
+    format!("## IPv4\n{v4}## IPv6\n{v6}")
+}
+
+/// Every `:BUILTIN POLICY` line of a snapshot.
+fn policies(snapshot: &str) -> Vec<String> {
+    snapshot
+        .lines()
+        .filter(|l| l.starts_with(':') && !l.ends_with(" -"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn ifname(name: &str) -> IfName {
+    IfName::new(name).unwrap()
+}
+
+fn namespace() -> Namespace {
+    Namespace {
+        host_ifname: ifname("arc_ns0"),
+        host_ipv4: Ipv4Addr::new(100, 115, 92, 129),
+        peer_ipv4: Ipv4Addr::new(100, 115, 92, 130),
+        ipv6: Some((
+            "fd00:1:2:3::1".parse().unwrap(),
+            "fd00:1:2:3::2".parse().unwrap(),
+        )),
+        source: TrafficSource::System,
+        mode: Mode::System,
+    }
+}
+
+/// For every hooked built-in chain: exactly one rule with patchpanel's
+/// comment, and it is the first rule.
+fn assert_one_hook_first(fw: &mut IptablesRestore, layout: &Layout) {
+    for family in Family::ALL {
+        let tables = parse(&fw.dump(family).unwrap());
+        for want in layout.tables(family) {
+            let have = tables
+                .iter()
+                .find(|t| t.name == want.table.name())
+                .unwrap_or_else(|| panic!("{family} {} missing", want.table));
+            for hook in &want.hooks {
+                let hooks = have.hooks_in(hook.builtin);
+                assert_eq!(
+                    hooks,
+                    vec![(
+                        0,
+                        format!("-m comment --comment patchpanel -j {}", hook.root).as_str()
+                    )],
+                    "{family} {} {}",
+                    want.table,
+                    hook.builtin
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn setup_apply_inverse_and_remove_all_leave_the_host_rules_exactly_as_they_were() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        let mut fw = IptablesRestore::new().unwrap();
+        let before = snapshot(&mut fw);
+        let layout = Layout::default();
+
+        fw.setup(&layout).unwrap();
+        let after_setup = snapshot(&mut fw);
+        assert_eq!(policies(&after_setup), policies(&before));
+        assert!(after_setup.contains(":FORWARD DROP\n"));
+        assert_one_hook_first(&mut fw, &layout);
+
+        let batch = guest::connected_namespace(&namespace());
+        fw.apply(&batch).unwrap();
+        let applied = snapshot(&mut fw);
+        for line in [
+            "-A guest_forward -o arc_ns0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-A guest_forward -i arc_ns0 -j ACCEPT",
+            "-A PREROUTING_arc_ns0 -j MARK --set-xmark 0x1/0x1",
+            "-A PREROUTING_arc_ns0 -j MARK --set-xmark 0x400/0x3f00",
+            "-A PREROUTING_arc_ns0 -j CONNMARK --restore-mark --nfmask 0xffff0000 --ctmask 0xffff0000",
+            "-A patchpanel_PREROUTING -i arc_ns0 -j PREROUTING_arc_ns0",
+            "-A skip_apply_vpn_mark -o arc_ns0 -j ACCEPT",
+        ] {
+            // Once per family.
+            assert_eq!(applied.matches(&format!("{line}\n")).count(), 2, "{line}\n{applied}");
+        }
+
+        fw.apply(&batch.inverse().unwrap()).unwrap();
+        assert_eq!(snapshot(&mut fw), after_setup);
+
+        let removed = fw.remove_all(&|_| false).unwrap();
+        assert!(!removed.is_empty());
+        assert_eq!(snapshot(&mut fw), before);
+    });
+}
+
+#[test]
+fn setup_twice_changes_nothing_and_keeps_one_hook_at_position_one() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        let mut fw = IptablesRestore::new().unwrap();
+        let layout = Layout::default();
+        let first = fw.setup(&layout).unwrap();
+        assert!(!first.created.is_empty());
+        assert!(!first.hooks_fixed.is_empty());
+        // Dynamic content must survive a second setup.
+        fw.apply(&guest::connected_namespace(&namespace())).unwrap();
+        let once = snapshot(&mut fw);
+
+        let second = fw.setup(&layout).unwrap();
+        assert_eq!(second.created, vec![]);
+        assert_eq!(second.hooks_fixed, vec![]);
+        assert_eq!(snapshot(&mut fw), once);
+        assert_one_hook_first(&mut fw, &layout);
+    });
+}
+
+#[test]
+fn setup_moves_a_displaced_hook_back_to_position_one_and_drops_duplicates() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        let mut fw = IptablesRestore::new().unwrap();
+        let layout = Layout::default();
+        fw.setup(&layout).unwrap();
+        // Another firewall inserts ahead of us; something appends a copy.
+        iptables(
+            Family::V4,
+            &["-I", "INPUT", "1", "-s", "10.8.8.8", "-j", "DROP"],
+        );
+        iptables(
+            Family::V6,
+            &[
+                "-A",
+                "FORWARD",
+                "-m",
+                "comment",
+                "--comment",
+                "patchpanel",
+                "-j",
+                "patchpanel_FORWARD",
+            ],
+        );
+
+        let report = fw.setup(&layout).unwrap();
+        assert_eq!(
+            report.hooks_fixed,
+            vec![
+                (Family::V4, Table::Filter, BuiltinChain::Input),
+                (Family::V6, Table::Filter, BuiltinChain::Forward)
+            ]
+        );
+        assert_one_hook_first(&mut fw, &layout);
+        let v4 = fw.dump(Family::V4).unwrap();
+        assert!(v4.contains("-A INPUT -s 10.8.8.8/32 -j DROP\n"), "{v4}");
+    });
+}
+
+#[test]
+fn a_batch_with_a_failing_line_leaves_nothing_applied_and_names_the_line() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        let mut fw = IptablesRestore::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let before = snapshot(&mut fw);
+
+        // IPv4 filter and mangle and IPv6 filter succeed; IPv6 mangle then
+        // fails on a rule that does not exist.
+        let mut batch = guest::connected_namespace(&namespace());
+        let missing = Rule::new(Target::Accept).with(Match::oif(&ifname("nosuch0")));
+        batch.ipv6.push(Change::Delete {
+            table: Table::Mangle,
+            chain: OwnedChain::new("skip_apply_vpn_mark").unwrap(),
+            rule: missing,
+        });
+        let err = fw.apply(&batch).unwrap_err();
+
+        match &err {
+            FirewallError::Restore {
+                family,
+                table,
+                failed_lines,
+                ..
+            } => {
+                assert_eq!((*family, *table), (Family::V6, Table::Mangle));
+                assert_eq!(failed_lines.len(), 1, "{err}");
+                assert!(
+                    failed_lines[0].ends_with(": -D skip_apply_vpn_mark -o nosuch0 -j ACCEPT"),
+                    "{err}"
+                );
+            }
+            other => panic!("unexpected error: {other}"),
+        }
+        assert_eq!(snapshot(&mut fw), before);
+    });
+}
+
+#[test]
+fn creating_a_chain_that_exists_fails_instead_of_flushing_it() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        let mut fw = IptablesRestore::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let batch = guest::connected_namespace(&namespace());
+        fw.apply(&batch).unwrap();
+        let before = snapshot(&mut fw);
+
+        let err = fw.apply(&batch).unwrap_err().to_string();
+        assert!(err.contains("-N PREROUTING_arc_ns0"), "{err}");
+        assert_eq!(snapshot(&mut fw), before);
+    });
+}
+
+#[test]
+fn remove_all_cleans_partial_leftovers_and_keeps_accounting_chains() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        let mut fw = IptablesRestore::new().unwrap();
+        let before = snapshot(&mut fw);
+        // What a crash in the middle of a setup could leave: a hooked root
+        // chain in one table, an unhooked per-interface chain, a chain in
+        // the other family, and an accounting chain with its jump.
+        restore(
+            Family::V4,
+            "*nat\n\
+             -N patchpanel_POSTROUTING\n\
+             -A patchpanel_POSTROUTING -m mark --mark 0x1/0x1 -j MASQUERADE\n\
+             -I POSTROUTING 1 -m comment --comment patchpanel -j patchpanel_POSTROUTING\n\
+             COMMIT\n\
+             *mangle\n\
+             -N PREROUTING_veth9\n\
+             -A PREROUTING_veth9 -j MARK --set-mark 0x1/0x1\n\
+             -N rx_eth0\n\
+             -A rx_eth0 -m mark --mark 0x100/0x3f00 -j RETURN\n\
+             -A rx_eth0\n\
+             -N patchpanel_INPUT\n\
+             -A patchpanel_INPUT -i eth0 -j rx_eth0\n\
+             COMMIT\n",
+        );
+        restore(Family::V6, "*filter\n-N guest_forward\nCOMMIT\n");
+
+        let keep = |name: &str| name.starts_with("rx_") || name.starts_with("tx_");
+        let removed = fw.remove_all(&keep).unwrap();
+        let names: Vec<String> = removed.iter().map(ToString::to_string).collect();
+        assert_eq!(names.len(), 5, "{names:#?}");
+
+        let v4 = fw.dump(Family::V4).unwrap();
+        assert!(
+            v4.contains("-A rx_eth0 -m mark --mark 0x100/0x3f00 -j RETURN\n"),
+            "{v4}"
+        );
+        iptables(Family::V4, &["-t", "mangle", "-F", "rx_eth0"]);
+        iptables(Family::V4, &["-t", "mangle", "-X", "rx_eth0"]);
+        assert_eq!(snapshot(&mut fw), before);
+    });
+}
+
+#[test]
+fn remove_all_keeps_going_after_an_error_and_reports_it() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        let mut fw = IptablesRestore::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        // A host rule (no patchpanel comment, so never ours to delete)
+        // jumps into one of our chains: that chain cannot be deleted.
+        iptables(Family::V4, &["-A", "OUTPUT", "-j", "egress_port_firewall"]);
+
+        let err = fw.remove_all(&|_| false).unwrap_err();
+        assert_eq!(err.errors.len(), 1, "{err}");
+        assert!(
+            err.errors[0].to_string().contains("egress_port_firewall"),
+            "{err}"
+        );
+        // Everything else went: IPv6 entirely, other IPv4 chains and hooks.
+        let v6 = normalize(&fw.dump(Family::V6).unwrap());
+        assert!(!v6.contains("patchpanel"), "{v6}");
+        let v4 = normalize(&fw.dump(Family::V4).unwrap());
+        assert!(!v4.contains("patchpanel"), "{v4}");
+        assert!(!v4.contains("guest_forward"), "{v4}");
+        assert!(v4.contains(":egress_port_firewall -\n"), "{v4}");
+        assert!(v4.contains("-A OUTPUT -j egress_port_firewall\n"), "{v4}");
+    });
+}
+
+#[test]
+fn uplink_pinning_applies_and_reverts_exactly() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        let mut fw = IptablesRestore::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let before = snapshot(&mut fw);
+        let batch = guest::uplink_pinning(&ifname("eth0"), 1002);
+        fw.apply(&batch).unwrap();
+        let v4 = fw.dump(Family::V4).unwrap();
+        assert!(
+            v4.contains("-A POSTROUTING_eth0 -j CONNMARK --set-xmark 0x3ea0000/0xffff0000\n"),
+            "{v4}"
+        );
+        fw.apply(&guest::uplink_pinning_teardown(&ifname("eth0"), 1002))
+            .unwrap();
+        assert_eq!(snapshot(&mut fw), before);
+    });
+}
+
+#[test]
+fn an_invalid_batch_is_refused_before_anything_runs() {
+    in_fresh_netns(|| {
+        let mut fw = IptablesRestore::new().unwrap();
+        let mut batch = Batch::new();
+        batch.ipv4.push(Change::Append {
+            table: Table::Filter,
+            chain: OwnedChain::new("guest_forward").unwrap(),
+            rule: Rule::new(Target::Masquerade),
+        });
+        let err = fw.apply(&batch).unwrap_err();
+        assert!(matches!(err, FirewallError::Invalid(_)), "{err}");
+    });
+}

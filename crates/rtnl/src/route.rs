@@ -140,6 +140,9 @@ impl RouteType {
 }
 
 /// A route. The family is the family of `dst`.
+///
+/// Dumps report multipath routes (`RTA_MULTIPATH`) without their next hops
+/// (no gateway, no oif); patchpanel installs only single-path routes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
     /// Destination network address (host bits must be zero).

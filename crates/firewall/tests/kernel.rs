@@ -445,3 +445,36 @@ fn an_invalid_batch_is_refused_before_anything_runs() {
         assert!(matches!(err, FirewallError::Invalid(_)), "{err}");
     });
 }
+
+#[test]
+fn inspect_reports_a_foreign_nftables_drop_chain_but_not_iptables_policies() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        run(
+            "/usr/sbin/nft",
+            &["-f", "-"],
+            Some(
+                "table inet hostfw {\n\
+               chain fwd_chain { type filter hook forward priority 0; policy drop; }\n\
+             }\n",
+            ),
+        );
+        let (conflicts, errors) = patchpanel_firewall::conflicts::inspect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let drops: Vec<String> = conflicts
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    patchpanel_firewall::conflicts::Conflict::DropChain { .. }
+                )
+            })
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(drops.len(), 1, "{drops:?}");
+        assert!(
+            drops[0].contains("'inet hostfw fwd_chain' (hook forward)"),
+            "{drops:?}"
+        );
+    });
+}

@@ -1,0 +1,265 @@
+//! The measured side: `ConnectNamespace` round trips and lifeline teardowns
+//! against a real `patchpaneld` in a private [`World`].
+//!
+//! Connect: from just before the call to its answer. The daemon answers only
+//! once the datapath is in place, so the answer is when the namespace is
+//! usable; each answer is checked (outside the timing) to name a namespace
+//! and a host veth that exist, and the first one of each series must also
+//! reach the upstream host through NAT.
+//!
+//! Teardown: from dropping the lifeline until both the named namespace
+//! (`/run/netns/<name>`) and the host-side veth in the daemon's namespace
+//! are gone, polled every [`TEARDOWN_POLL`]. Before the next iteration the
+//! benchmark also waits (untimed) for `GetDevices` to be back to its
+//! baseline, so that one teardown's tail never overlaps the next connect.
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use patchpanel_client::proto::{ConnectNamespaceRequest, ConnectNamespaceResponse};
+use patchpanel_client::{Client, Lifeline};
+use patchpanel_tests::netns::NETNS_RUN_DIR;
+use patchpanel_tests::world::{World, REMOTE_HOST};
+use patchpanel_tests::DaemonOptions;
+
+use crate::interrupt;
+use crate::link_probe::LinkProbe;
+
+/// How often teardown completion is checked.
+pub const TEARDOWN_POLL: Duration = Duration::from_micros(200);
+/// How long a teardown may take before the benchmark gives up.
+pub const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the daemon may take to report the baseline device count again.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `[pools.netns]` with room for the loaded namespaces plus the measured
+/// one: 256 /30s at 100.115.96.0/22, clear of the default pools in
+/// 100.115.92.0/23.
+pub const NETNS_POOL_CONFIG: &str =
+    "[pools.netns]\nbase = \"100.115.96.0\"\nprefix_len = 30\ncount = 256\n";
+
+/// What the patchpanel side measured.
+#[derive(Debug, Default)]
+pub struct PatchpanelSamples {
+    pub connect_alone: Vec<Duration>,
+    pub connect_loaded: Vec<Duration>,
+    pub teardown_alone: Vec<Duration>,
+    pub teardown_loaded: Vec<Duration>,
+    /// What the daemon's shutdown at the end found wrong (the numbers stand,
+    /// but the run failed).
+    pub cleanup_problems: Vec<String>,
+}
+
+/// A connected namespace, held by its lifeline.
+#[derive(Debug)]
+struct Connected {
+    response: ConnectNamespaceResponse,
+    lifeline: Lifeline,
+}
+
+/// The daemon, a client and a probe into the daemon's namespace.
+struct Bench<'w> {
+    world: &'w World,
+    client: Client,
+    probe: LinkProbe,
+}
+
+/// Starts a daemon with a pool for `loaded + 1` namespaces and measures
+/// `iterations` connect/teardown pairs after `warmup` unmeasured ones, first
+/// alone, then with `loaded` namespaces held connected.
+pub fn measure(iterations: usize, warmup: usize, loaded: usize) -> Result<PatchpanelSamples> {
+    if loaded + 1 > 256 {
+        bail!("the benchmark's pool holds 256 namespaces; {loaded} loaded is too many");
+    }
+    interrupt::check()?;
+    let world = World::start_with(DaemonOptions {
+        extra_config: NETNS_POOL_CONFIG.into(),
+        ..Default::default()
+    })
+    .context("cannot start the daemon's world")?;
+    let mut samples = measure_in(&world, iterations, warmup, loaded);
+    if samples.is_err() {
+        eprintln!(
+            "----- patchpaneld log ({}) -----\n{}\n----- end -----",
+            world.daemon.log_path().display(),
+            world.daemon.log()
+        );
+    }
+    // The harness's Drop panics when the daemon's teardown shows a bug
+    // (leftover processes or namespaces, a bad exit status), after cleaning
+    // up and printing the problems. Keep the measurements and report it.
+    let stopped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(world)));
+    if let (Err(panic), Ok(samples)) = (stopped, samples.as_mut()) {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the daemon's teardown panicked".to_string());
+        samples.cleanup_problems.push(message);
+    }
+    samples
+}
+
+fn measure_in(
+    world: &World,
+    iterations: usize,
+    warmup: usize,
+    loaded: usize,
+) -> Result<PatchpanelSamples> {
+    let bench = Bench {
+        world,
+        client: Client::connect_to(world.bus.address()).context("cannot connect to the bus")?,
+        probe: LinkProbe::in_netns(&world.netns.path())?,
+    };
+    let mut samples = PatchpanelSamples::default();
+
+    let baseline = bench.device_count()?;
+    for i in 0..warmup + iterations {
+        let (connect, teardown) = bench.cycle(i == 0, baseline)?;
+        if i >= warmup {
+            samples.connect_alone.push(connect);
+            samples.teardown_alone.push(teardown);
+        }
+    }
+
+    let mut background = Vec::with_capacity(loaded);
+    for _ in 0..loaded {
+        let (_, connected) = bench.connect()?;
+        background.push(connected);
+    }
+    let loaded_baseline = bench.device_count()?;
+    if loaded_baseline != baseline + loaded {
+        bail!("GetDevices lists {loaded_baseline} devices with {loaded} namespaces connected");
+    }
+    for i in 0..warmup + iterations {
+        let (connect, teardown) = bench.cycle(i == 0, loaded_baseline)?;
+        if i >= warmup {
+            samples.connect_loaded.push(connect);
+            samples.teardown_loaded.push(teardown);
+        }
+    }
+
+    // Release the loaded namespaces and wait for the daemon to finish, so
+    // that it stops with nothing left to clean (its Drop checks that).
+    drop(background);
+    bench.wait_for_device_count(baseline, Duration::from_secs(60))?;
+    Ok(samples)
+}
+
+impl Bench<'_> {
+    /// One connect/teardown pair; `check` adds the NAT ping.
+    fn cycle(&self, check: bool, baseline: usize) -> Result<(Duration, Duration)> {
+        let (connect, connected) = self.connect()?;
+        if check {
+            self.ping_through_nat(&connected.response)?;
+        }
+        let teardown = self.teardown(connected)?;
+        self.wait_for_device_count(baseline, SETTLE_TIMEOUT)?;
+        Ok((connect, teardown))
+    }
+
+    /// `ConnectNamespace` for a new named namespace: the round trip, and the
+    /// namespace after checking that what the answer names exists.
+    fn connect(&self) -> Result<(Duration, Connected)> {
+        interrupt::check()?;
+        let request = ConnectNamespaceRequest {
+            pid: -1,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let (response, lifeline) = self
+            .client
+            .connect_namespace(&request)
+            .context("ConnectNamespace failed")?;
+        let elapsed = started.elapsed();
+
+        if response.netns_name.is_empty() {
+            bail!("ConnectNamespace(pid -1) answered without a namespace name: {response:?}");
+        }
+        if !netns_path(&response.netns_name).exists() {
+            bail!(
+                "ConnectNamespace answered before {} existed",
+                netns_path(&response.netns_name).display()
+            );
+        }
+        if !self.probe.exists(&response.host_ifname)? {
+            bail!(
+                "ConnectNamespace answered before the host veth {} existed",
+                response.host_ifname
+            );
+        }
+        Ok((elapsed, Connected { response, lifeline }))
+    }
+
+    /// Drops the lifeline and polls until the namespace and the host veth
+    /// are gone.
+    fn teardown(&self, connected: Connected) -> Result<Duration> {
+        interrupt::check()?;
+        let Connected { response, lifeline } = connected;
+        let netns = netns_path(&response.netns_name);
+        let started = Instant::now();
+        drop(lifeline);
+        loop {
+            if !netns.exists() && !self.probe.exists(&response.host_ifname)? {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > TEARDOWN_TIMEOUT {
+                bail!(
+                    "{} or {} still present {TEARDOWN_TIMEOUT:?} after the lifeline closed",
+                    netns.display(),
+                    response.host_ifname
+                );
+            }
+            std::thread::sleep(TEARDOWN_POLL);
+        }
+    }
+
+    fn ping_through_nat(&self, response: &ConnectNamespaceResponse) -> Result<()> {
+        let out = self
+            .world
+            .exec_in(
+                &response.netns_name,
+                &["ping", "-c", "1", "-W", "3", REMOTE_HOST],
+            )
+            .context("cannot run ping")?;
+        if !out.status.success() {
+            bail!(
+                "namespace {} cannot reach {REMOTE_HOST} through NAT: {}",
+                response.netns_name,
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        Ok(())
+    }
+
+    fn device_count(&self) -> Result<usize> {
+        Ok(self
+            .client
+            .get_devices()
+            .context("GetDevices failed")?
+            .len())
+    }
+
+    fn wait_for_device_count(&self, expected: usize, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            interrupt::check()?;
+            let count = self.device_count()?;
+            if count == expected {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "GetDevices still lists {count} devices after {timeout:?}, expected {expected}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
+}

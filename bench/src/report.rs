@@ -1,0 +1,209 @@
+//! The printed result: one row per measured series, then the ratios and the
+//! issue's targets (p50 under 20 ms; at most 1.5x slower with the load than
+//! without).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::stats::{millis, Summary};
+
+/// The p50 every patchpanel series should stay under.
+pub const P50_TARGET: Duration = Duration::from_millis(20);
+/// How much slower the loaded p50 may be than the unloaded one.
+pub const SCALING_TARGET: f64 = 1.5;
+
+/// One line of the table; `None` when the series was not measured.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub label: String,
+    pub summary: Option<Summary>,
+}
+
+impl Row {
+    pub fn new(label: impl Into<String>, samples: Option<&[Duration]>) -> Row {
+        Row {
+            label: label.into(),
+            summary: samples.and_then(Summary::of),
+        }
+    }
+}
+
+/// The table of p50/p99 in milliseconds and sample counts.
+pub fn table(rows: &[Row]) -> String {
+    let width = rows
+        .iter()
+        .map(|r| r.label.len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:width$}  {:>8}  {:>8}  {:>5}",
+        "", "p50 ms", "p99 ms", "n"
+    );
+    for row in rows {
+        match row.summary {
+            Some(s) => {
+                let _ = writeln!(
+                    out,
+                    "{:width$}  {:>8.2}  {:>8.2}  {:>5}",
+                    row.label,
+                    millis(s.p50),
+                    millis(s.p99),
+                    s.count
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "{:width$}  {:>8}  {:>8}  {:>5}",
+                    row.label, "n/a", "n/a", "-"
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The p50s one verdict line compares: patchpanel alone and loaded, and
+/// netavark alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Comparison {
+    pub patchpanel_alone: Option<Summary>,
+    pub patchpanel_loaded: Option<Summary>,
+    pub netavark_alone: Option<Summary>,
+}
+
+/// `ratio patchpanel/netavark <what> @1: x.xx ; @N/@1 patchpanel: x.xx
+/// (target <= 1.5: PASS); p50 target < 20 ms: PASS`. The p50 target must
+/// hold both alone and loaded.
+pub fn verdict(what: &str, loaded: usize, c: &Comparison) -> String {
+    let p50 = |s: Option<Summary>| s.map(|s| s.p50);
+    let versus_netavark = ratio(p50(c.patchpanel_alone), p50(c.netavark_alone));
+    let scaling = ratio(p50(c.patchpanel_loaded), p50(c.patchpanel_alone));
+    let scaling_verdict = scaling.map(|r| pass(r <= SCALING_TARGET));
+    let target_verdict = match (p50(c.patchpanel_alone), p50(c.patchpanel_loaded)) {
+        (Some(a), Some(b)) => Some(pass(a < P50_TARGET && b < P50_TARGET)),
+        _ => None,
+    };
+    format!(
+        "ratio patchpanel/netavark {what} @1: {} ; @{loaded}/@1 patchpanel: {} (target <= {SCALING_TARGET}: {}); p50 target < {} ms: {}",
+        number(versus_netavark),
+        number(scaling),
+        scaling_verdict.unwrap_or("n/a"),
+        P50_TARGET.as_millis(),
+        target_verdict.unwrap_or("n/a"),
+    )
+}
+
+fn ratio(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if !b.is_zero() => Some(a.as_secs_f64() / b.as_secs_f64()),
+        _ => None,
+    }
+}
+
+fn number(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}"))
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(p50_ms: u64, p99_ms: u64) -> Option<Summary> {
+        Some(Summary {
+            count: 50,
+            p50: Duration::from_millis(p50_ms),
+            p99: Duration::from_millis(p99_ms),
+        })
+    }
+
+    #[test]
+    fn the_table_prints_milliseconds_with_two_decimals() {
+        let rows = [Row {
+            label: "patchpanel connect @1".into(),
+            summary: summary(12, 15),
+        }];
+
+        let text = table(&rows);
+
+        assert!(
+            text.contains("patchpanel connect @1     12.00     15.00     50"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_unmeasured_series_prints_as_not_available() {
+        let text = table(&[Row::new("netavark setup @1", None)]);
+
+        assert!(text.contains("netavark setup @1"), "{text}");
+        assert!(text.contains("n/a"), "{text}");
+    }
+
+    #[test]
+    fn verdict_passes_fast_flat_series() {
+        let line = verdict(
+            "connect",
+            100,
+            &Comparison {
+                patchpanel_alone: summary(10, 12),
+                patchpanel_loaded: summary(12, 14),
+                netavark_alone: summary(40, 50),
+            },
+        );
+
+        assert_eq!(
+            line,
+            "ratio patchpanel/netavark connect @1: 0.25 ; @100/@1 patchpanel: 1.20 \
+             (target <= 1.5: PASS); p50 target < 20 ms: PASS"
+        );
+    }
+
+    #[test]
+    fn verdict_fails_a_loaded_p50_over_the_target() {
+        let line = verdict(
+            "connect",
+            100,
+            &Comparison {
+                patchpanel_alone: summary(15, 16),
+                patchpanel_loaded: summary(25, 30),
+                netavark_alone: summary(30, 40),
+            },
+        );
+
+        assert!(
+            line.ends_with("(target <= 1.5: FAIL); p50 target < 20 ms: FAIL"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn verdict_without_patchpanel_numbers_says_not_available() {
+        let line = verdict(
+            "connect",
+            100,
+            &Comparison {
+                patchpanel_alone: None,
+                patchpanel_loaded: None,
+                netavark_alone: summary(30, 40),
+            },
+        );
+
+        assert_eq!(
+            line,
+            "ratio patchpanel/netavark connect @1: n/a ; @100/@1 patchpanel: n/a \
+             (target <= 1.5: n/a); p50 target < 20 ms: n/a"
+        );
+    }
+}

@@ -28,6 +28,10 @@ pub trait FirewallBackend {
     /// Works on partial state; keeps going after an error and reports all.
     fn remove_all(&mut self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<Removed>, RemoveAllError>;
 
+    /// The user-defined chains of one table (to create persistent chains,
+    /// such as accounting chains, only when they are missing).
+    fn list_chains(&mut self, family: Family, table: Table) -> Result<Vec<String>, FirewallError>;
+
     /// The whole rule set of `family`, in `iptables-save` format.
     fn dump(&mut self, family: Family) -> Result<String, FirewallError>;
 }

@@ -349,6 +349,16 @@ impl FirewallBackend for IptablesRestore {
         }
     }
 
+    fn list_chains(&mut self, family: Family, table: Table) -> Result<Vec<String>, FirewallError> {
+        Ok(self
+            .save_table(family, table)?
+            .chains
+            .into_iter()
+            .filter(|c| c.policy.is_none())
+            .map(|c| c.name)
+            .collect())
+    }
+
     fn dump(&mut self, family: Family) -> Result<String, FirewallError> {
         let program = self.tools.save(family);
         let out = run(program, &[], None)?;

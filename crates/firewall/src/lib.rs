@@ -18,16 +18,20 @@
 //! * [`layout`]: the chains patchpanel owns and its hooks in built-in chains;
 //! * [`fwmark`]: the fwmark bit layout and traffic sources;
 //! * [`guest`]: per-guest and per-uplink rules;
+//! * [`ports`]: ModifyPortRule's access, lockdown and forwarding rules;
+//! * [`counters`]: traffic accounting chains and their jumps;
 //! * [`conflicts`]: warnings about other firewalls that would drop guest
 //!   traffic.
 
 pub mod backend;
 pub mod conflicts;
+pub mod counters;
 pub mod fwmark;
 pub mod guest;
 pub mod iptables;
 pub mod layout;
 pub mod model;
+pub mod ports;
 pub mod render;
 pub mod save;
 

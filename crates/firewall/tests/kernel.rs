@@ -12,8 +12,10 @@
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
+use patchpanel_firewall::counters;
 use patchpanel_firewall::guest::{self, Mode, Namespace};
 use patchpanel_firewall::model::{Family, Match, Rule, Table, Target};
+use patchpanel_firewall::ports::{self, Forwarding, PortProtocol};
 use patchpanel_firewall::save::{normalize, parse};
 use patchpanel_firewall::{
     Batch, BuiltinChain, Change, FirewallBackend, FirewallError, IptablesRestore, Layout,
@@ -476,5 +478,62 @@ fn inspect_reports_a_foreign_nftables_drop_chain_but_not_iptables_policies() {
             drops[0].contains("'inet hostfw fwd_chain' (hook forward)"),
             "{drops:?}"
         );
+    });
+}
+
+#[test]
+fn port_rules_and_accounting_apply_and_accounting_survives_remove_all() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        let mut fw = IptablesRestore::new().unwrap();
+        let before = snapshot(&mut fw);
+        fw.setup(&Layout::default()).unwrap();
+        let eth0 = ifname("eth0");
+        let mut batch = ports::access(PortProtocol::Tcp, 5555, Some(&eth0)).unwrap();
+        batch.extend(ports::lockdown(PortProtocol::Udp, 8080, 1000).unwrap());
+        batch.extend(
+            ports::forwarding(&Forwarding {
+                proto: PortProtocol::Tcp,
+                ifname: eth0.clone(),
+                input_dst: None,
+                input_port: 8022,
+                dst: Ipv4Addr::new(100, 115, 92, 6),
+                dst_port: 22,
+            })
+            .unwrap(),
+        );
+        assert!(!fw
+            .list_chains(Family::V4, Table::Mangle)
+            .unwrap()
+            .contains(&"rx_eth0".to_string()));
+        batch.extend(counters::accounting_chains(&eth0));
+        batch.extend(counters::accounting_jumps(&eth0));
+        fw.apply(&batch).unwrap();
+        let v4 = fw.dump(Family::V4).unwrap();
+        for line in [
+            "-A ingress_port_firewall -i eth0 -p tcp -m tcp --dport 5555 -j ACCEPT",
+            "-A ingress_port_forwarding -i eth0 -p tcp -m tcp --dport 8022 -j DNAT --to-destination 100.115.92.6:22",
+            "-A patchpanel_FORWARD -i eth0 -j rx_eth0",
+            "-A rx_eth0 -m mark --mark 0x2400/0x3f00 -j RETURN",
+            "-A tx_eth0",
+        ] {
+            assert!(v4.contains(&format!("{line}\n")), "{line}\n{v4}");
+        }
+        assert!(fw
+            .list_chains(Family::V6, Table::Mangle)
+            .unwrap()
+            .contains(&"tx_eth0".to_string()));
+
+        fw.remove_all(&counters::is_accounting_chain).unwrap();
+        for family in Family::ALL {
+            let mut kept = fw.list_chains(family, Table::Mangle).unwrap();
+            kept.sort();
+            assert_eq!(kept, ["rx_eth0", "tx_eth0"], "{family}");
+        }
+        // The kept chains still count; a restart creates only the jumps.
+        fw.setup(&Layout::default()).unwrap();
+        fw.apply(&counters::accounting_jumps(&eth0)).unwrap();
+        fw.remove_all(&|_| false).unwrap();
+        assert_eq!(snapshot(&mut fw), before);
     });
 }

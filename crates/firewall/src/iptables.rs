@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use crate::backend::{
     FirewallBackend, FirewallError, RemoveAllError, Removed, RemovedKind, SetupReport,
 };
-use crate::layout::{hook_rule, ChainContent, Layout, TableLayout};
+use crate::layout::{hook_rule, is_catalog_chain, ChainContent, Layout, TableLayout};
 use crate::model::{is_owned_chain_name, Batch, BuiltinChain, Change, Family, Table};
 use crate::render::{command_line, render_table, rule_spec, table_block};
 use crate::save::{self, SavedTable};
@@ -260,12 +260,26 @@ impl IptablesRestore {
                 ));
             }
         }
+        // A per-interface-looking chain that a foreign rule jumps to is not
+        // ours (firewalld's iptables backend has `PREROUTING_direct`,
+        // `POSTROUTING_ZONES`...): leave it, and its rules, alone. A catalog
+        // chain is ours whoever jumps to it; deleting it then fails loudly.
+        let foreign_targets = have.foreign_jump_targets();
         let chains: Vec<&str> = have
             .chains
             .iter()
             .filter(|c| c.policy.is_none() && BuiltinChain::from_name(&c.name).is_none())
             .map(|c| c.name.as_str())
             .filter(|name| is_owned_chain_name(name) && !keep(name))
+            .filter(|name| {
+                let foreign = !is_catalog_chain(name) && foreign_targets.contains(name);
+                if foreign {
+                    log::warn!(
+                        "{family} {table}: leaving chain {name} alone: a rule patchpanel does not own jumps to it"
+                    );
+                }
+                !foreign
+            })
             .collect();
         if hooks.is_empty() && chains.is_empty() {
             return;

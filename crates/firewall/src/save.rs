@@ -1,8 +1,10 @@
 //! Reading `iptables-save` output: which chains exist, which rules each
 //! holds, which of them are patchpanel's hooks.
 
+use std::collections::BTreeSet;
+
 use crate::layout::HOOK_COMMENT;
-use crate::model::BuiltinChain;
+use crate::model::{is_owned_chain_name, BuiltinChain};
 
 /// One `*table` block of `iptables-save` output.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,6 +49,44 @@ impl SavedTable {
             .map(|(i, r)| (i, r.spec.as_str()))
             .collect()
     }
+}
+
+impl SavedTable {
+    /// Chains jumped to (`-j`/`-g`) by rules patchpanel does not own: rules
+    /// in built-in chains without its comment, in chains whose names are
+    /// not patchpanel's, and (transitively) in chains such rules jump to.
+    pub fn foreign_jump_targets(&self) -> BTreeSet<&str> {
+        let mut foreign: BTreeSet<&str> = BTreeSet::new();
+        loop {
+            let before = foreign.len();
+            for rule in &self.rules {
+                let foreign_rule = if BuiltinChain::from_name(&rule.chain).is_some() {
+                    !has_hook_comment(&rule.spec)
+                } else {
+                    !is_owned_chain_name(&rule.chain) || foreign.contains(rule.chain.as_str())
+                };
+                if foreign_rule {
+                    if let Some(target) = jump_target(&rule.spec) {
+                        foreign.insert(target);
+                    }
+                }
+            }
+            if foreign.len() == before {
+                return foreign;
+            }
+        }
+    }
+}
+
+/// The chain a rule spec jumps or goes to, if any.
+pub fn jump_target(spec: &str) -> Option<&str> {
+    let mut words = spec.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "-j" || w == "-g" || w == "--jump" || w == "--goto" {
+            return words.next();
+        }
+    }
+    None
 }
 
 /// Parses `iptables-save` output (any number of tables).
@@ -171,6 +211,25 @@ COMMIT
         );
         assert_eq!(hooks[1].0, 2);
         assert!(!has_hook_comment("-m comment --comment patchpanel2 -j X"));
+    }
+
+    #[test]
+    fn foreign_jump_targets_ignore_patchpanel_rules() {
+        let text = "*mangle\n:PREROUTING ACCEPT [0:0]\n:PREROUTING_direct - [0:0]\n\
+                    :patchpanel_PREROUTING - [0:0]\n:PREROUTING_eth0 - [0:0]\n\
+                    -A PREROUTING -m comment --comment patchpanel -j patchpanel_PREROUTING\n\
+                    -A PREROUTING -j PREROUTING_direct\n\
+                    -A patchpanel_PREROUTING -i eth0 -j PREROUTING_eth0\n\
+                    -A PREROUTING_direct -g PREROUTING_ZONES\n\
+                    -A PREROUTING_ZONES -j HOSTCHAIN\nCOMMIT\n";
+        let tables = parse(text);
+        let targets: Vec<&str> = tables[0].foreign_jump_targets().into_iter().collect();
+        assert_eq!(
+            targets,
+            ["HOSTCHAIN", "PREROUTING_ZONES", "PREROUTING_direct"]
+        );
+        assert_eq!(jump_target("-i eth0 -j ACCEPT"), Some("ACCEPT"));
+        assert_eq!(jump_target("-m mark --mark 0x1/0x1"), None);
     }
 
     #[test]

@@ -537,3 +537,26 @@ fn port_rules_and_accounting_apply_and_accounting_survives_remove_all() {
         assert_eq!(snapshot(&mut fw), before);
     });
 }
+
+#[test]
+fn remove_all_leaves_a_foreign_chain_that_only_looks_like_ours() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        // firewalld's iptables backend names chains like our per-interface
+        // ones.
+        restore(
+            Family::V4,
+            "*mangle\n\
+             -N PREROUTING_direct\n\
+             -A PREROUTING_direct -i eth9 -j MARK --set-mark 0x7/0xff\n\
+             -A PREROUTING -j PREROUTING_direct\n\
+             COMMIT\n",
+        );
+        let mut fw = IptablesRestore::new().unwrap();
+        let before = snapshot(&mut fw);
+        fw.setup(&Layout::default()).unwrap();
+        fw.apply(&guest::connected_namespace(&namespace())).unwrap();
+        fw.remove_all(&|_| false).unwrap();
+        assert_eq!(snapshot(&mut fw), before);
+    });
+}

@@ -24,6 +24,16 @@ pub struct Config {
     pub uplink_prefixes: Vec<String>,
     /// Log verbosity of the manager and, replayed to them, the helpers.
     pub log_level: String,
+    /// Where named network namespaces live (what `ip netns` uses).
+    pub netns_dir: PathBuf,
+    /// Uplink source: "auto" (shill if on the bus, else netlink), "shill"
+    /// or "netlink". `--uplinks` overrides it.
+    pub uplinks: String,
+    /// Guest address pools replacing the defaults, by name: `arc0`,
+    /// `arc_net`, `termina_vm`, `lxd_fallback`, `netns`, `lxd_container`,
+    /// `parallels_vm`. E.g. `[pools.netns] base = "100.115.96.0"
+    /// prefix_len = 30 count = 128`.
+    pub pools: std::collections::BTreeMap<String, patchpanel_addr::PoolConfig>,
 }
 
 impl Default for Config {
@@ -37,6 +47,9 @@ impl Default for Config {
                 .map(|s| s.to_string())
                 .collect(),
             log_level: "info".into(),
+            netns_dir: PathBuf::from("/run/netns"),
+            uplinks: "auto".into(),
+            pools: Default::default(),
         }
     }
 }
@@ -50,10 +63,13 @@ pub struct Flags {
     pub log_to_stderr: bool,
     pub seccomp: SeccompMode,
     pub log_level: Option<String>,
+    pub uplinks: Option<String>,
+    pub cleanup: bool,
 }
 
 pub const USAGE: &str = "usage: patchpaneld [--config PATH] [--user NAME] [--helper-dir DIR] \
-[--log-to-stderr] [--seccomp=enforce|log] [--log-level error|warn|info|debug|trace]";
+[--log-to-stderr] [--seccomp=enforce|log] [--log-level error|warn|info|debug|trace] \
+[--uplinks=auto|shill|netlink] [--cleanup]";
 
 impl Flags {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Flags, String> {
@@ -64,6 +80,8 @@ impl Flags {
             log_to_stderr: false,
             seccomp: SeccompMode::Enforce,
             log_level: None,
+            uplinks: None,
+            cleanup: false,
         };
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
@@ -84,12 +102,43 @@ impl Flags {
                 "--log-to-stderr" => f.log_to_stderr = true,
                 "--seccomp" => f.seccomp = value()?.parse()?,
                 "--log-level" => f.log_level = Some(value()?),
+                "--uplinks" => {
+                    let v = value()?;
+                    parse_uplinks(&v)?;
+                    f.uplinks = Some(v);
+                }
+                "--cleanup" => f.cleanup = true,
                 "--help" | "-h" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
         }
         Ok(f)
     }
+}
+
+/// Checks an uplink source name.
+pub fn parse_uplinks(s: &str) -> Result<(), String> {
+    match s {
+        "auto" | "shill" | "netlink" => Ok(()),
+        other => Err(format!(
+            "uplinks must be auto, shill or netlink, not {other:?}"
+        )),
+    }
+}
+
+/// The pool a config name stands for.
+pub fn pool_by_name(name: &str) -> Option<patchpanel_addr::GuestPool> {
+    use patchpanel_addr::GuestPool::*;
+    Some(match name {
+        "arc0" => Arc0,
+        "arc_net" => ArcNet,
+        "termina_vm" => TerminaVm,
+        "lxd_fallback" => LxdFallback,
+        "netns" => Netns,
+        "lxd_container" => LxdContainer,
+        "parallels_vm" => ParallelsVm,
+        _ => return None,
+    })
 }
 
 pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
@@ -163,7 +212,28 @@ impl Config {
             }
         }
         parse_level(&self.log_level)?;
+        if !self.netns_dir.is_absolute() {
+            return Err(format!(
+                "netns_dir {} must be an absolute path",
+                self.netns_dir.display()
+            ));
+        }
+        parse_uplinks(&self.uplinks)?;
+        self.address_manager()?;
         Ok(())
+    }
+
+    /// The guest address pools: defaults with the configured overrides.
+    pub fn address_manager(&self) -> Result<patchpanel_addr::AddressManager, String> {
+        let mut overrides = Vec::new();
+        for (name, cfg) in &self.pools {
+            let pool = pool_by_name(name).ok_or_else(|| {
+                format!("unknown pool {name:?} (arc0, arc_net, termina_vm, lxd_fallback, netns, lxd_container, parallels_vm)")
+            })?;
+            overrides.push((pool, *cfg));
+        }
+        patchpanel_addr::AddressManager::with_overrides(overrides)
+            .map_err(|e| format!("pools: {e}"))
     }
 }
 
@@ -234,6 +304,43 @@ mod tests {
         assert_eq!(f.seccomp, SeccompMode::Log);
         assert_eq!(f.user.as_deref(), Some("nobody"));
         assert!(f.log_to_stderr);
+    }
+
+    #[test]
+    fn a_pool_can_be_enlarged() {
+        let c =
+            Config::parse("[pools.netns]\nbase = \"100.115.96.0\"\nprefix_len = 30\ncount = 128\n")
+                .expect("parse");
+        let pools = c.address_manager().expect("pools");
+        assert_eq!(
+            pools.pool_config(patchpanel_addr::GuestPool::Netns).count,
+            128
+        );
+    }
+
+    #[test]
+    fn overlapping_or_unknown_pools_are_errors() {
+        assert!(Config::parse(
+            "[pools.netns]\nbase = \"100.115.92.0\"\nprefix_len = 30\ncount = 4\n"
+        )
+        .is_err());
+        assert!(
+            Config::parse("[pools.nope]\nbase = \"10.0.0.0\"\nprefix_len = 30\ncount = 4\n")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn cleanup_and_uplinks_flags() {
+        let f = Flags::parse(
+            ["--cleanup", "--uplinks=netlink"]
+                .iter()
+                .map(|s| s.to_string()),
+        )
+        .expect("parse");
+        assert!(f.cleanup);
+        assert_eq!(f.uplinks.as_deref(), Some("netlink"));
+        assert!(Flags::parse(["--uplinks=magic".to_string()]).is_err());
     }
 
     #[test]

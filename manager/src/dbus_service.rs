@@ -14,42 +14,24 @@ use anyhow::{anyhow, Context as _};
 use dbus::blocking::LocalConnection;
 use dbus::channel::{BusType, Channel};
 use dbus::MethodErr;
-use dbus_crossroads::{Context, Crossroads};
+use dbus_crossroads::Crossroads;
 use log::{info, warn};
 use patchpanel_proto::names;
-use prost::Message as _;
-
-use crate::state::State;
 
 static OPERATION_ID: AtomicU64 = AtomicU64::new(1);
 
-fn next_operation() -> u64 {
+/// A fresh id that ties together the log lines of one D-Bus operation.
+pub fn next_operation() -> u64 {
     OPERATION_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-fn caller(ctx: &Context) -> String {
-    ctx.message()
-        .sender()
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| "<unknown>".into())
-}
-
-/// Logs a refused call and turns it into an `InvalidArgument` D-Bus error.
-pub fn invalid_argument(
-    ctx: &Context,
-    method: &str,
-    op: u64,
-    what: impl std::fmt::Display,
-) -> MethodErr {
-    warn!("{method} from {} (op {op}) refused: {what}", caller(ctx));
-    MethodErr::from((names::ERROR_INVALID_ARGUMENT, format!("{method}: {what}")))
-}
-
-/// The connection and the method table.
+/// The connection, the introspection table and the calls waiting for the
+/// manager.
 pub struct DbusService {
     conn: LocalConnection,
     cr: Crossroads,
     fd: RawFd,
+    calls: Vec<dbus::Message>,
 }
 
 impl std::fmt::Debug for DbusService {
@@ -58,10 +40,32 @@ impl std::fmt::Debug for DbusService {
     }
 }
 
+/// A failed call: the D-Bus error it becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// Bad input: `org.chromium.PatchPanel.Error.InvalidArgument`.
+    InvalidArgument(String),
+    /// Kernel or internal failure: `org.chromium.PatchPanel.Error.Failed`.
+    Failed(String),
+    /// A method of the interface this build does not serve:
+    /// `org.freedesktop.DBus.Error.UnknownMethod`.
+    Unsupported(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::InvalidArgument(m) | CallError::Failed(m) | CallError::Unsupported(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
 impl DbusService {
     /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` is honoured)
-    /// and builds the method table. The name is requested later, once the
-    /// helpers are up, so that owning it means "ready".
+    /// and builds the introspection table. The name is requested later,
+    /// once the helpers are up, so that owning it means "ready".
     pub fn connect() -> anyhow::Result<DbusService> {
         let mut channel = Channel::get_private(BusType::System).map_err(|e| {
             anyhow!(
@@ -76,23 +80,48 @@ impl DbusService {
         let fd = channel.watch().fd;
         let conn = LocalConnection::from(channel);
         let mut cr = Crossroads::new();
-        let iface = cr.register(names::INTERFACE, |b| {
-            b.method(
-                names::GET_DEVICES,
-                ("request",),
-                ("response",),
-                |ctx: &mut Context, state: &mut State, (request,): (Vec<u8>,)| {
-                    let op = next_operation();
-                    patchpanel_proto::decode_request::<patchpanel_proto::GetDevicesRequest>(
-                        &request,
-                    )
-                    .map_err(|e| invalid_argument(ctx, names::GET_DEVICES, op, e))?;
-                    Ok((state.devices().encode_to_vec(),))
-                },
-            );
-        });
-        cr.insert(names::PATH, &[iface], State::default());
-        Ok(DbusService { conn, cr, fd })
+        // Calls to our interface never reach crossroads (the manager takes
+        // them first, see `dispatch`); the table is there for Introspect.
+        let iface = cr.register(
+            names::INTERFACE,
+            |b: &mut dbus_crossroads::IfaceBuilder<()>| {
+                for spec in names::METHODS
+                    .iter()
+                    .filter(|m| IMPLEMENTED.contains(&m.name))
+                {
+                    if spec.takes_fd {
+                        b.method(
+                            spec.name,
+                            ("request", "fd"),
+                            ("response",),
+                            |_,
+                             _,
+                             (_r, _fd): (Vec<u8>, dbus::arg::OwnedFd)|
+                             -> Result<(Vec<u8>,), MethodErr> {
+                                Err(MethodErr::failed("not routed"))
+                            },
+                        );
+                    } else {
+                        b.method(
+                            spec.name,
+                            ("request",),
+                            ("response",),
+                            |_, _, (_r,): (Vec<u8>,)| -> Result<(Vec<u8>,), MethodErr> {
+                                Err(MethodErr::failed("not routed"))
+                            },
+                        );
+                    }
+                }
+                b.signal::<(Vec<u8>,), _>(names::NETWORK_DEVICE_CHANGED, ("signal",));
+            },
+        );
+        cr.insert(names::PATH, &[iface], ());
+        Ok(DbusService {
+            conn,
+            cr,
+            fd,
+            calls: Vec::new(),
+        })
     }
 
     /// The socket to register with mio.
@@ -114,8 +143,10 @@ impl DbusService {
         Ok(())
     }
 
-    /// Reads, dispatches and writes until libdbus and the socket are empty.
-    /// An error means the bus connection is gone.
+    /// Reads until libdbus and the socket are empty. Calls to our
+    /// interface with the right signature are queued for [`Self::take_calls`];
+    /// everything else is answered here. An error means the bus
+    /// connection is gone.
     pub fn dispatch(&mut self) -> anyhow::Result<()> {
         loop {
             self.conn
@@ -127,25 +158,15 @@ impl DbusService {
                     let _ = self.conn.channel().send(reply);
                     continue;
                 }
-                // A bug in one handler must not take the service down: answer
-                // that call with Failed and keep serving.
-                let member = msg.member().map(|m| m.to_string()).unwrap_or_default();
-                let failed = if msg.msg_type() == dbus::MessageType::MethodCall {
-                    internal_error(&msg)
-                } else {
-                    None
-                };
-                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    // Err: not a method call (a signal or a stray reply);
-                    // nothing to answer.
-                    let _ = self.cr.handle_message(msg, &self.conn);
-                }));
-                if handled.is_err() {
-                    log::error!("handler for {member} panicked; answered Failed");
-                    if let Some(reply) = failed {
-                        let _ = self.conn.channel().send(reply);
-                    }
+                if msg.msg_type() == dbus::MessageType::MethodCall
+                    && msg.interface().as_deref() == Some(names::INTERFACE)
+                {
+                    self.calls.push(msg);
+                    continue;
                 }
+                // Err: not a method call (a signal or a stray reply);
+                // nothing to answer.
+                let _ = self.cr.handle_message(msg, &self.conn);
             }
             self.conn.channel().flush();
             if !socket_has_data(self.fd) {
@@ -153,6 +174,67 @@ impl DbusService {
             }
         }
     }
+
+    /// The calls queued by [`Self::dispatch`], oldest first.
+    pub fn take_calls(&mut self) -> Vec<dbus::Message> {
+        std::mem::take(&mut self.calls)
+    }
+
+    /// Answers `call` with `result` (a serialized response or an error).
+    pub fn reply(&self, call: &dbus::Message, result: Result<Vec<u8>, CallError>) {
+        let reply = match result {
+            Ok(bytes) => call.method_return().append1(bytes),
+            Err(e) => {
+                let (name, text) = match &e {
+                    CallError::InvalidArgument(m) => (names::ERROR_INVALID_ARGUMENT, m),
+                    CallError::Failed(m) => (names::ERROR_FAILED, m),
+                    CallError::Unsupported(m) => ("org.freedesktop.DBus.Error.UnknownMethod", m),
+                };
+                let text = std::ffi::CString::new(text.replace('\0', " "))
+                    .unwrap_or_else(|_| c"error".to_owned());
+                match dbus::strings::ErrorName::new(name) {
+                    Ok(n) => call.error(&n, &text),
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = self.conn.channel().send(reply);
+        self.conn.channel().flush();
+    }
+
+    /// Emits a signal on our object.
+    pub fn emit(&self, member: &str, payload: Vec<u8>) {
+        match dbus::Message::new_signal(names::PATH, names::INTERFACE, member) {
+            Ok(m) => {
+                let _ = self.conn.channel().send(m.append1(payload));
+                self.conn.channel().flush();
+            }
+            Err(e) => warn!("cannot build signal {member}: {e}"),
+        }
+    }
+
+    /// The uid of a bus peer, from the bus daemon.
+    pub fn caller_uid(&self, sender: &str) -> anyhow::Result<u32> {
+        let proxy = self.conn.with_proxy(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            Duration::from_secs(5),
+        );
+        let (uid,): (u32,) = proxy
+            .method_call("org.freedesktop.DBus", "GetConnectionUnixUser", (sender,))
+            .with_context(|| format!("cannot learn the uid of {sender}"))?;
+        Ok(uid)
+    }
+}
+
+/// The methods this build serves; the others answer UnknownMethod.
+pub const IMPLEMENTED: &[&str] = &[names::GET_DEVICES, names::CONNECT_NAMESPACE];
+
+/// The sender of a call, for logs.
+pub fn sender(msg: &dbus::Message) -> String {
+    msg.sender()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "<unknown>".into())
 }
 
 /// A call to one of our methods with arguments other than `ay` (`ay h` for
@@ -186,13 +268,6 @@ fn wrong_signature(msg: &dbus::Message) -> Option<dbus::Message> {
     );
     let name = dbus::strings::ErrorName::new(names::ERROR_INVALID_ARGUMENT).ok()?;
     let text = std::ffi::CString::new(text).ok()?;
-    Some(msg.error(&name, &text))
-}
-
-/// The reply for a call whose handler failed unexpectedly.
-fn internal_error(msg: &dbus::Message) -> Option<dbus::Message> {
-    let name = dbus::strings::ErrorName::new(names::ERROR_FAILED).ok()?;
-    let text = std::ffi::CString::new("internal error; see the patchpaneld log").ok()?;
     Some(msg.error(&name, &text))
 }
 

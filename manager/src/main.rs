@@ -10,10 +10,16 @@
 
 mod config;
 mod dbus_service;
+mod lifeline;
 mod manager;
+mod namespaces;
+mod operations;
+mod pids;
+mod routing;
 mod spawner;
 mod state;
 mod supervisor;
+mod uplinks;
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -132,7 +138,27 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
     drop(executables);
 
     patchpanel_sandbox::enter_manager_sandbox(&user).context("dropping privileges")?;
-    let dbus = dbus_service::DbusService::connect()?;
+    let addrs = config.address_manager().map_err(|e| anyhow!(e))?;
+    let (dbus, uplink_source) = if flags.cleanup {
+        (None, None)
+    } else {
+        let dbus = dbus_service::DbusService::connect()?;
+        let mode = match flags.uplinks.as_deref().unwrap_or(&config.uplinks) {
+            "shill" => patchpanel_uplinks::Mode::Shill,
+            "netlink" => patchpanel_uplinks::Mode::Netlink,
+            _ => patchpanel_uplinks::Mode::Auto,
+        };
+        let source = patchpanel_uplinks::open(
+            mode,
+            &patchpanel_uplinks::UplinkConfig {
+                prefixes: config.uplink_prefixes.clone(),
+                bus_address: None,
+            },
+        )
+        .context("cannot track uplinks")?;
+        info!("uplinks from {}", source.name());
+        (Some(dbus), Some(source))
+    };
     patchpanel_logging::log_panics();
     patchpanel_sandbox::install_filter(Process::Manager, flags.seccomp)
         .context("installing the seccomp filter")?;
@@ -150,14 +176,27 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
     if flags.log_to_stderr {
         spawn_flags |= spawner::FLAG_LOG_TO_STDERR;
     }
+    let manage_uplink_routing = uplink_source
+        .as_ref()
+        .is_some_and(|s| s.name() == "netlink");
     manager::Manager::new(
         signals,
         manager_end,
         pid,
         dbus,
+        uplink_source,
+        state::StateFile::new(&config.state_dir),
+        addrs,
         manager::Options {
             spawn_flags,
             log_level: ipc_level(level),
+            netns_prefix: config.netns_prefix.clone(),
+            writer: patchpanel_ipc::datapath::WriterConfig {
+                netns_prefix: config.netns_prefix.clone(),
+                netns_dir: config.netns_dir.to_string_lossy().into_owned(),
+            },
+            cleanup_only: flags.cleanup,
+            manage_uplink_routing,
         },
     )?
     .run()

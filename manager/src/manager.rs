@@ -16,14 +16,26 @@ use patchpanel_ipc::{
 };
 use patchpanel_sandbox::Process;
 
-use crate::dbus_service::DbusService;
+use patchpanel_addr::AddressManager;
+use patchpanel_ipc::datapath::WriterConfig;
+use patchpanel_uplinks::UplinkSource;
+
+use crate::dbus_service::{CallError, DbusService};
+use crate::lifeline::LifelineWatcher;
 use crate::spawner::{self, SpawnerEvent, SpawnerRequest};
+use crate::state::{State, StateFile};
 use crate::supervisor::{Liveness, ReplayLog, RespawnPolicy, Verdict};
+use crate::uplinks::UplinkView;
 
 const SIGNALS: Token = Token(0);
 const SPAWNER: Token = Token(1);
 const DBUS: Token = Token(2);
+const UPLINKS_BASE: usize = 3;
+const UPLINKS_MAX: usize = 4;
 const HELPER_BASE: usize = 10;
+const LIFELINE_BASE: usize = 1000;
+/// How long a D-Bus call waits for the writer before giving up.
+const WRITER_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn pid_text(pid: Option<i32>) -> String {
     pid.map(|p| p.to_string())
@@ -73,13 +85,29 @@ impl Slot {
     }
 
     fn send(&mut self, request: Request) -> Result<u64, ChannelError> {
+        self.send_with_fds(request, &[])
+    }
+
+    fn send_with_fds(
+        &mut self,
+        request: Request,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<u64, ChannelError> {
         let id = self.next_id;
         self.next_id += 1;
-        let what = format!("{request:?}");
+        let what = request_label(&request);
         let channel = self.channel().ok_or(ChannelError::Closed)?;
-        channel.send(&ManagerMessage::Request { id, body: request }, &[])?;
+        channel.send(&ManagerMessage::Request { id, body: request }, fds)?;
         self.pending.insert(id, what);
         Ok(id)
+    }
+}
+
+/// A short description of a request for logs (plans can be long).
+fn request_label(request: &Request) -> String {
+    match request {
+        Request::Apply(plan) => format!("plan {:?} ({} steps)", plan.label, plan.steps.len()),
+        other => format!("{other:?}"),
     }
 }
 
@@ -88,18 +116,34 @@ impl Slot {
 pub struct Options {
     pub spawn_flags: u32,
     pub log_level: LogLevel,
+    pub netns_prefix: String,
+    pub writer: WriterConfig,
+    /// `--cleanup`: remove everything owned, then exit.
+    pub cleanup_only: bool,
+    /// Netlink mode: patchpanel builds the per-uplink routing tables and
+    /// rules that shill would otherwise own.
+    pub manage_uplink_routing: bool,
 }
 
 pub struct Manager {
-    poll: Poll,
+    pub(crate) poll: Poll,
     signals: OwnedFd,
     spawner: Channel,
     spawner_pid: libc::pid_t,
-    dbus: DbusService,
+    pub(crate) dbus: Option<DbusService>,
     slots: Vec<Slot>,
-    options: Options,
+    pub(crate) options: Options,
     ready: bool,
     nonce: u64,
+    pub(crate) state: State,
+    pub(crate) state_file: StateFile,
+    pub(crate) addrs: AddressManager,
+    pub(crate) uplinks: UplinkView,
+    uplink_source: Option<Box<dyn UplinkSource>>,
+    pub(crate) lifelines: LifelineWatcher,
+    pub(crate) datapath_ready: bool,
+    datapath_started: bool,
+    cleanup_done: bool,
 }
 
 impl std::fmt::Debug for Manager {
@@ -138,11 +182,15 @@ enum Exit {
 }
 
 impl Manager {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         signals: OwnedFd,
         spawner: Channel,
         spawner_pid: libc::pid_t,
-        dbus: DbusService,
+        dbus: Option<DbusService>,
+        uplink_source: Option<Box<dyn UplinkSource>>,
+        state_file: StateFile,
+        addrs: AddressManager,
         options: Options,
     ) -> anyhow::Result<Manager> {
         let poll = Poll::new().context("epoll")?;
@@ -157,14 +205,39 @@ impl Manager {
             SPAWNER,
             Interest::READABLE,
         )?;
-        poll.registry()
-            .register(&mut SourceFd(&dbus.fd()), DBUS, Interest::READABLE)?;
+        if let Some(dbus) = &dbus {
+            poll.registry()
+                .register(&mut SourceFd(&dbus.fd()), DBUS, Interest::READABLE)?;
+        }
+        if let Some(source) = &uplink_source {
+            for (i, fd) in source.fds().into_iter().take(UPLINKS_MAX).enumerate() {
+                poll.registry().register(
+                    &mut SourceFd(&fd),
+                    Token(UPLINKS_BASE + i),
+                    Interest::READABLE,
+                )?;
+            }
+        }
+        let mut uplinks = UplinkView::default();
+        let mut uplink_source = uplink_source;
+        if let Some(source) = uplink_source.as_mut() {
+            // The first read reports every uplink present as Added.
+            for event in source.process().context("reading the uplinks")? {
+                uplinks.apply(&event);
+            }
+            info!("uplinks at start: [{}]", uplinks.names().join(", "));
+        }
         let now = Instant::now();
         let slots = Process::HELPERS
             .iter()
             .map(|&process| {
                 let mut replay = ReplayLog::default();
                 replay.record("log-level", Request::SetLogLevel(options.log_level));
+                if process == Process::DatapathWriter {
+                    // SetupFirewall joins the replay once the first start
+                    // has removed the previous run's leftovers.
+                    replay.record("config", Request::ConfigureWriter(options.writer.clone()));
+                }
                 Slot {
                     process,
                     phase: Phase::Down { respawn_at: now },
@@ -188,12 +261,22 @@ impl Manager {
             options,
             ready: false,
             nonce: 1,
+            state: State::default(),
+            state_file,
+            addrs,
+            uplinks,
+            uplink_source,
+            lifelines: LifelineWatcher::new(LIFELINE_BASE),
+            datapath_ready: false,
+            datapath_started: false,
+            cleanup_done: false,
         })
     }
 
     /// Runs until SIGTERM/SIGINT (Ok) or a fatal failure (Err).
     pub fn run(mut self) -> anyhow::Result<()> {
         let result = self.event_loop();
+        self.stop_datapath();
         self.shutdown();
         match result {
             Exit::Clean => Ok(()),
@@ -225,9 +308,17 @@ impl Manager {
                         Err(e) => Err(e),
                     },
                     SPAWNER => self.on_spawner(),
-                    DBUS => self.dbus.dispatch(),
+                    DBUS => self.on_dbus(),
+                    Token(t) if (UPLINKS_BASE..UPLINKS_BASE + UPLINKS_MAX).contains(&t) => {
+                        self.on_uplinks();
+                        Ok(())
+                    }
                     Token(t) if t >= HELPER_BASE && t < HELPER_BASE + self.slots.len() => {
                         self.on_helper(t - HELPER_BASE)
+                    }
+                    t if self.lifelines.owns(t) => {
+                        self.on_lifeline(t);
+                        Ok(())
                     }
                     Token(t) => {
                         warn!("event for unknown token {t}");
@@ -237,6 +328,9 @@ impl Manager {
                 if let Err(e) = step {
                     return Exit::Failed(e);
                 }
+            }
+            if self.options.cleanup_only && self.cleanup_done {
+                return Exit::Clean;
             }
         }
     }
@@ -395,27 +489,116 @@ impl Manager {
                     continue;
                 }
             };
-            match received.msg {
-                HelperMessage::Hello(hello) => self.on_hello(i, hello)?,
-                HelperMessage::Response { id, result } => {
-                    let slot = &mut self.slots[i];
-                    let what = slot.pending.remove(&id);
-                    match (result, what) {
-                        (Ok(Reply::Pong { nonce }), _) => {
-                            slot.liveness.pong(nonce, Instant::now());
-                        }
-                        (Ok(_), _) => {}
-                        (Err(e), what) => warn!(
-                            "{} failed {}: {e}",
-                            slot.process.executable(),
-                            what.unwrap_or_else(|| format!("unknown request {id}"))
-                        ),
+            self.on_helper_message(i, received.msg)?;
+        }
+    }
+
+    fn on_helper_message(&mut self, i: usize, msg: HelperMessage) -> anyhow::Result<()> {
+        match msg {
+            HelperMessage::Hello(hello) => self.on_hello(i, hello)?,
+            HelperMessage::Response { id, result } => {
+                let slot = &mut self.slots[i];
+                let what = slot.pending.remove(&id);
+                match (result, what) {
+                    (Ok(Reply::Pong { nonce }), _) => {
+                        slot.liveness.pong(nonce, Instant::now());
                     }
-                }
-                HelperMessage::Event(event) => {
-                    info!("{}: event {event:?}", self.slots[i].process.executable());
+                    (Ok(_), _) => {}
+                    (Err(e), what) => warn!(
+                        "{} failed {}: {e}",
+                        slot.process.executable(),
+                        what.unwrap_or_else(|| format!("unknown request {id}"))
+                    ),
                 }
             }
+            HelperMessage::Event(event) => {
+                info!("{}: event {event:?}", self.slots[i].process.executable());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `request` to a helper and waits for its answer, handling
+    /// whatever else the helper sends meanwhile. The D-Bus loop is blocked
+    /// for the duration: writer operations are short, and serializing them
+    /// keeps state changes in order.
+    pub(crate) fn call_helper(
+        &mut self,
+        process: Process,
+        request: Request,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<Reply, CallError> {
+        let i = self.slot_index(process);
+        let name = process.executable();
+        if !matches!(self.slots[i].phase, Phase::Up { .. }) {
+            return Err(CallError::Failed(format!(
+                "{name} is not running (it is being restarted); try again"
+            )));
+        }
+        let id = match self.slots[i].send_with_fds(request, fds) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = self.helper_down(i, &format!("send failed: {e}"));
+                return Err(CallError::Failed(format!("{name} is unreachable: {e}")));
+            }
+        };
+        let deadline = Instant::now() + WRITER_TIMEOUT;
+        loop {
+            let Some(channel) = self.slots[i].channel() else {
+                return Err(CallError::Failed(format!(
+                    "{name} exited during the request"
+                )));
+            };
+            let received = match channel.recv::<HelperMessage>() {
+                Ok(r) => r,
+                Err(ChannelError::WouldBlock) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.slots[i].pending.remove(&id);
+                        return Err(CallError::Failed(format!(
+                            "{name} did not answer within {WRITER_TIMEOUT:?}"
+                        )));
+                    }
+                    wait_readable(channel, left);
+                    continue;
+                }
+                Err(ChannelError::Closed) => {
+                    let _ = self.helper_down(i, "closed its channel");
+                    return Err(CallError::Failed(format!(
+                        "{name} exited during the request"
+                    )));
+                }
+                Err(e) if e.is_fatal() => {
+                    let _ = self.helper_down(i, &format!("channel error: {e}"));
+                    return Err(CallError::Failed(format!("{name}: {e}")));
+                }
+                Err(e) => {
+                    warn!("{name}: dropped a bad message: {e}");
+                    continue;
+                }
+            };
+            match received.msg {
+                HelperMessage::Response { id: got, result } if got == id => {
+                    self.slots[i].pending.remove(&id);
+                    return result.map_err(crate::operations::call_error);
+                }
+                other => {
+                    if let Err(e) = self.on_helper_message(i, other) {
+                        warn!("{name}: {e:#}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_uplinks(&mut self) {
+        let Some(source) = self.uplink_source.as_mut() else {
+            return;
+        };
+        match source.process() {
+            Ok(events) if events.is_empty() => {}
+            Ok(events) => self.on_uplink_events(events),
+            Err(e) => warn!("uplinks ({}): {e}", source.name()),
         }
     }
 
@@ -455,17 +638,29 @@ impl Manager {
             process.executable(),
             pid_text(self.slots[i].pid)
         );
+        if process == Process::DatapathWriter && !self.datapath_started {
+            self.datapath_started = true;
+            self.start_datapath()?;
+            if self.options.cleanup_only {
+                info!("cleanup done");
+                self.cleanup_done = true;
+                return Ok(());
+            }
+        }
         if !self.ready
+            && self.datapath_ready
             && self
                 .slots
                 .iter()
                 .all(|s| matches!(s.phase, Phase::Up { .. }))
         {
-            self.dbus.request_name()?;
+            if let Some(dbus) = &self.dbus {
+                dbus.request_name()?;
+            }
+            self.ready = true;
             // request_name blocked on the bus; whatever arrived meanwhile is
             // buffered in libdbus and will not wake mio again.
-            self.dbus.dispatch()?;
-            self.ready = true;
+            self.on_dbus()?;
         }
         Ok(())
     }
@@ -543,6 +738,11 @@ impl Manager {
         }
     }
 
+    /// Adds a request to what a respawned helper is told after its Hello.
+    pub(crate) fn record_replay(&mut self, p: Process, key: &str, request: Request) {
+        self.slot_mut(p).replay.record(key, request);
+    }
+
     fn slot_index(&self, p: Process) -> usize {
         self.slots
             .iter()
@@ -579,4 +779,18 @@ impl Manager {
         }
         warn!("the spawner did not exit within 6 s");
     }
+}
+
+/// Waits until `channel` is readable or `timeout` passes.
+fn wait_readable(channel: &Channel, timeout: Duration) {
+    let mut p = libc::pollfd {
+        fd: channel.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis())
+        .unwrap_or(i32::MAX)
+        .max(1);
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) };
 }

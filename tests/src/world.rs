@@ -38,9 +38,14 @@ impl Internet {
         let upstream = Netns::new()?;
         let internet = Internet { upstream };
         internet.plug(netns)?;
-        internet
-            .upstream
-            .exec_ok(&["ip", "addr", "add", &format!("{REMOTE_HOST}/32"), "dev", "lo"])?;
+        internet.upstream.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{REMOTE_HOST}/32"),
+            "dev",
+            "lo",
+        ])?;
         Ok(internet)
     }
 
@@ -62,12 +67,27 @@ impl Internet {
             self.upstream.name(),
         ]))
         .context("cannot create the uplink veth")?;
-        netns.exec_ok(&["ip", "addr", "add", &format!("{UPLINK_ADDR}/24"), "dev", "eth0"])?;
+        netns.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{UPLINK_ADDR}/24"),
+            "dev",
+            "eth0",
+        ])?;
         netns.exec_ok(&["ip", "link", "set", "eth0", "up"])?;
-        self.upstream
-            .exec_ok(&["ip", "addr", "replace", &format!("{GATEWAY}/24"), "dev", "up0"])?;
+        self.upstream.exec_ok(&[
+            "ip",
+            "addr",
+            "replace",
+            &format!("{GATEWAY}/24"),
+            "dev",
+            "up0",
+        ])?;
         self.upstream.exec_ok(&["ip", "link", "set", "up0", "up"])?;
-        netns.exec_ok(&["ip", "route", "replace", "default", "via", GATEWAY, "dev", "eth0"])?;
+        netns.exec_ok(&[
+            "ip", "route", "replace", "default", "via", GATEWAY, "dev", "eth0",
+        ])?;
         Ok(())
     }
 

@@ -63,6 +63,7 @@ struct Privileges {
 // KILL: the helpers run under another uid, and the spawner must be able to
 // kill a hung one.
 const SPAWNER_CAPS: u64 = cap::mask(&[
+    cap::DAC_OVERRIDE,
     cap::KILL,
     cap::SETUID,
     cap::SETGID,
@@ -73,6 +74,7 @@ const SPAWNER_CAPS: u64 = cap::mask(&[
     cap::SYS_PTRACE,
 ]);
 const WRITER_CAPS: u64 = cap::mask(&[
+    cap::DAC_OVERRIDE,
     cap::NET_ADMIN,
     cap::NET_RAW,
     cap::SYS_ADMIN,

@@ -64,7 +64,10 @@ impl Process {
             // NET_ADMIN: links, routes, rules, firewall. NET_RAW: iptables.
             // SYS_ADMIN: setns and netns bind mounts. SYS_PTRACE: opening
             // /proc/<pid>/ns/net of other users' processes.
+            // DAC_OVERRIDE: named namespaces are files in root's
+            // /run/netns (created, bind-mounted over, unlinked).
             Process::DatapathWriter => &[
+                Capability::CAP_DAC_OVERRIDE,
                 Capability::CAP_NET_ADMIN,
                 Capability::CAP_NET_RAW,
                 Capability::CAP_SYS_ADMIN,

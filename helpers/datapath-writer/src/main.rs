@@ -1,13 +1,50 @@
 //! `patchpanel-datapath-writer`: the only process that changes kernel network
-//! state (links, addresses, routes, rules, firewall), on typed requests from
-//! the manager. In this revision it answers the common requests only; the
-//! datapath operations arrive with the ConnectNamespace work.
+//! state (namespaces, links, addresses, routes, rules, sysctls, firewall),
+//! on typed plans from the manager.
+//!
+//! It trusts nothing it is sent: every name is re-validated on decode
+//! (`IfName`, `NetnsName`), every removal is checked against what
+//! patchpanel owns ([`owned`]), and pids arrive pinned by pidfds
+//! ([`netns`]). Atomic plans are undone step by step when one step fails
+//! ([`apply`]).
 
+mod apply;
+mod netns;
+mod owned;
+
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
-use patchpanel_helper_runtime::NoService;
+use patchpanel_helper_runtime::Service;
+use patchpanel_ipc::{HelperError, Reply, Request};
 use patchpanel_sandbox::Process;
 
+use crate::apply::Writer;
+
+impl Service for Writer {
+    fn handle(
+        &mut self,
+        request: &Request,
+        fds: Vec<OwnedFd>,
+    ) -> Option<Result<Reply, HelperError>> {
+        Some(match request {
+            Request::ConfigureWriter(config) => {
+                self.configure(config.clone()).map(|()| Reply::Done)
+            }
+            Request::SetupFirewall => self.setup_firewall().map(|()| Reply::Done),
+            Request::Apply(plan) => self.apply(plan, fds).map(Reply::Applied),
+            Request::RemoveOwned {
+                keep_links,
+                keep_netns,
+                keep_accounting,
+            } => self
+                .remove_owned(keep_links, keep_netns, *keep_accounting)
+                .map(Reply::Applied),
+            _ => return None,
+        })
+    }
+}
+
 fn main() -> ExitCode {
-    patchpanel_helper_runtime::run(Process::DatapathWriter, NoService)
+    patchpanel_helper_runtime::run(Process::DatapathWriter, Writer::default())
 }

@@ -1,0 +1,555 @@
+//! Applying a plan: each step, its undo, and rollback of an atomic plan.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+
+use log::{debug, info, warn};
+use patchpanel_firewall::{Batch, FirewallBackend, IptablesRestore};
+use patchpanel_ipc::datapath::{
+    broadcast, ApplyMode, Netns, Plan, PlanReport, RouteSpec, RuleSpec, Step, Sysctl, WriterConfig,
+    LINK_ALIAS, ROUTE_PROTOCOL,
+};
+use patchpanel_ipc::{HelperError, IfName, NetnsName};
+use patchpanel_rtnl::{Rtnl, RtnlError};
+
+use crate::{netns, owned};
+
+/// The writer's state: configuration and one rtnetlink socket per
+/// namespace it touched.
+#[derive(Default)]
+pub struct Writer {
+    pub(crate) config: Option<WriterConfig>,
+    pub(crate) firewall: Option<IptablesRestore>,
+    host: Option<Rtnl>,
+    sockets: HashMap<NetnsName, Rtnl>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("config", &self.config)
+            .field("namespaces", &self.sockets.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// How to reverse one applied step.
+#[derive(Debug)]
+enum Undo {
+    Step(Step),
+    DeleteAddress {
+        netns: Netns,
+        link: IfName,
+        addr: IpAddr,
+        prefix_len: u8,
+    },
+    LinkDown {
+        netns: Netns,
+        link: IfName,
+    },
+    Firewall(Batch),
+    Nothing,
+}
+
+pub(crate) fn os_error(operation: impl Into<String>, e: &RtnlError) -> HelperError {
+    HelperError::Os {
+        operation: operation.into(),
+        errno: e.errno().unwrap_or(0),
+        message: e.to_string(),
+    }
+}
+
+pub(crate) fn io_error(operation: impl Into<String>, e: &std::io::Error) -> HelperError {
+    HelperError::Os {
+        operation: operation.into(),
+        errno: e.raw_os_error().unwrap_or(0),
+        message: e.to_string(),
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> HelperError {
+    HelperError::InvalidArgument(msg.into())
+}
+
+impl Writer {
+    pub fn configure(&mut self, config: WriterConfig) -> Result<(), HelperError> {
+        if !config.netns_dir.starts_with('/') {
+            return Err(invalid(format!(
+                "netns_dir {:?} is not absolute",
+                config.netns_dir
+            )));
+        }
+        NetnsName::new(&config.netns_prefix).map_err(|e| invalid(format!("netns prefix: {e}")))?;
+        info!(
+            "configured: namespaces {}/{}*",
+            config.netns_dir, config.netns_prefix
+        );
+        self.config = Some(config);
+        Ok(())
+    }
+
+    pub(crate) fn config(&self) -> Result<&WriterConfig, HelperError> {
+        self.config
+            .as_ref()
+            .ok_or_else(|| invalid("the writer has not been configured"))
+    }
+
+    pub(crate) fn netns_dir(&self) -> Result<PathBuf, HelperError> {
+        Ok(PathBuf::from(&self.config()?.netns_dir))
+    }
+
+    pub(crate) fn firewall(&mut self) -> Result<&mut IptablesRestore, HelperError> {
+        if self.firewall.is_none() {
+            let fw = IptablesRestore::new().map_err(|e| HelperError::Os {
+                operation: "firewall backend".into(),
+                errno: 0,
+                message: e.to_string(),
+            })?;
+            self.firewall = Some(fw);
+        }
+        self.firewall
+            .as_mut()
+            .ok_or_else(|| invalid("no firewall backend"))
+    }
+
+    pub fn setup_firewall(&mut self) -> Result<(), HelperError> {
+        let layout = patchpanel_firewall::Layout::default();
+        let report = self
+            .firewall()?
+            .setup(&layout)
+            .map_err(|e| firewall_error("firewall setup", &e))?;
+        info!("firewall ready: {report:?}");
+        for warning in patchpanel_firewall::conflicts::warnings() {
+            warn!("{warning}");
+        }
+        Ok(())
+    }
+
+    /// The rtnetlink socket of a namespace, opened on first use.
+    pub(crate) fn rtnl(&mut self, ns: &Netns) -> Result<&Rtnl, HelperError> {
+        match ns {
+            Netns::Host => {
+                if self.host.is_none() {
+                    self.host = Some(Rtnl::new().map_err(|e| os_error("rtnetlink socket", &e))?);
+                }
+                self.host
+                    .as_ref()
+                    .ok_or_else(|| invalid("no rtnetlink socket"))
+            }
+            Netns::Named(name) => {
+                if !self.sockets.contains_key(name) {
+                    let fd = self.open_netns(name)?;
+                    let sock = Rtnl::in_netns(fd.as_fd())
+                        .map_err(|e| os_error(format!("rtnetlink socket in {name}"), &e))?;
+                    self.sockets.insert(name.clone(), sock);
+                }
+                self.sockets
+                    .get(name)
+                    .ok_or_else(|| invalid("no rtnetlink socket"))
+            }
+        }
+    }
+
+    pub(crate) fn forget_netns(&mut self, name: &NetnsName) {
+        self.sockets.remove(name);
+    }
+
+    /// An fd for one of our named namespaces.
+    pub(crate) fn open_netns(&self, name: &NetnsName) -> Result<OwnedFd, HelperError> {
+        self.check_owned_netns(name)?;
+        let dir = self.netns_dir()?;
+        patchpanel_rtnl::netns::open_named(&dir, name.as_str())
+            .map_err(|e| os_error(format!("open namespace {name}"), &e))
+    }
+
+    pub(crate) fn netns_fd(&self, ns: &Netns) -> Result<Option<OwnedFd>, HelperError> {
+        match ns {
+            Netns::Host => Ok(None),
+            Netns::Named(name) => Ok(Some(self.open_netns(name)?)),
+        }
+    }
+
+    pub(crate) fn check_owned_netns(&self, name: &NetnsName) -> Result<(), HelperError> {
+        let prefix = &self.config()?.netns_prefix;
+        if !name.as_str().starts_with(prefix.as_str()) {
+            return Err(invalid(format!(
+                "namespace {name} is not patchpanel's (names start with {prefix:?})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies `plan`. Atomic: the first failure undoes what was done and
+    /// is returned. Best effort: every step runs; failures are listed.
+    pub fn apply(&mut self, plan: &Plan, fds: Vec<OwnedFd>) -> Result<PlanReport, HelperError> {
+        self.config()?;
+        let mut report = PlanReport {
+            replaced_sysctls: Vec::new(),
+            failures: Vec::new(),
+        };
+        let mut undo: Vec<Undo> = Vec::new();
+        debug!("plan {:?}: {} steps", plan.label, plan.steps.len());
+        for (i, step) in plan.steps.iter().enumerate() {
+            match self.step(step, &fds, &mut report) {
+                Ok(u) => undo.push(u),
+                Err(e) => match plan.mode {
+                    ApplyMode::BestEffort => {
+                        report.failures.push(format!("step {}: {e}", i + 1));
+                    }
+                    ApplyMode::Atomic => {
+                        let failures = self.rollback(undo);
+                        warn!(
+                            "plan {:?}: step {} ({}) failed: {e}; rolled back {}",
+                            plan.label,
+                            i + 1,
+                            step_name(step),
+                            if failures.is_empty() {
+                                "cleanly".to_string()
+                            } else {
+                                format!("with errors: {}", failures.join("; "))
+                            }
+                        );
+                        return Err(e);
+                    }
+                },
+            }
+        }
+        Ok(report)
+    }
+
+    fn rollback(&mut self, undo: Vec<Undo>) -> Vec<String> {
+        let mut failures = Vec::new();
+        let mut scratch = PlanReport {
+            replaced_sysctls: Vec::new(),
+            failures: Vec::new(),
+        };
+        for u in undo.into_iter().rev() {
+            let result = match u {
+                Undo::Nothing => Ok(()),
+                Undo::Step(step) => self.step(&step, &[], &mut scratch).map(|_| ()),
+                Undo::DeleteAddress {
+                    netns,
+                    link,
+                    addr,
+                    prefix_len,
+                } => self.rtnl(&netns).and_then(|r| {
+                    r.delete_address(link.as_str(), addr, prefix_len)
+                        .map(|_| ())
+                        .map_err(|e| os_error(format!("delete address {addr} from {link}"), &e))
+                }),
+                Undo::LinkDown { netns, link } => self.rtnl(&netns).and_then(|r| {
+                    r.set_up(link.as_str(), false)
+                        .map_err(|e| os_error(format!("set {link} down"), &e))
+                }),
+                Undo::Firewall(batch) => self.firewall().and_then(|fw| {
+                    fw.apply(&batch)
+                        .map_err(|e| firewall_error("firewall undo", &e))
+                }),
+            };
+            if let Err(e) = result {
+                failures.push(e.to_string());
+            }
+        }
+        failures
+    }
+
+    fn step(
+        &mut self,
+        step: &Step,
+        fds: &[OwnedFd],
+        report: &mut PlanReport,
+    ) -> Result<Undo, HelperError> {
+        match step {
+            Step::CreateNetns { name } => {
+                self.check_owned_netns(name)?;
+                let dir = self.netns_dir()?;
+                patchpanel_rtnl::netns::create_named(&dir, name.as_str())
+                    .map_err(|e| os_error(format!("create namespace {name}"), &e))?;
+                Ok(Undo::Step(Step::DeleteNetns { name: name.clone() }))
+            }
+            Step::AttachNetns { name, pid, pidfd } => {
+                self.check_owned_netns(name)?;
+                let pidfd = fds
+                    .get(usize::from(*pidfd))
+                    .ok_or_else(|| invalid(format!("no pidfd #{pidfd} beside the request")))?;
+                let ns = netns::namespace_of_pinned(*pid, pidfd)?;
+                let dir = self.netns_dir()?;
+                patchpanel_rtnl::netns::attach_named(&dir, name.as_str(), ns.as_fd())
+                    .map_err(|e| os_error(format!("attach pid {pid} as {name}"), &e))?;
+                Ok(Undo::Step(Step::DeleteNetns { name: name.clone() }))
+            }
+            Step::DeleteNetns { name } => {
+                self.check_owned_netns(name)?;
+                self.forget_netns(name);
+                let dir = self.netns_dir()?;
+                patchpanel_rtnl::netns::delete_named(&dir, name.as_str())
+                    .map_err(|e| os_error(format!("delete namespace {name}"), &e))?;
+                Ok(Undo::Nothing)
+            }
+            Step::CreateVeth {
+                host,
+                peer,
+                peer_netns,
+                host_mac,
+                peer_mac,
+            } => {
+                let peer_fd = self.netns_fd(peer_netns)?;
+                let rtnl = self.rtnl(&Netns::Host)?;
+                if rtnl
+                    .link(host.as_str())
+                    .map_err(|e| os_error(format!("look up {host}"), &e))?
+                    .is_some()
+                {
+                    return Err(invalid(format!("interface {host} already exists")));
+                }
+                rtnl.create_veth(
+                    host.as_str(),
+                    peer.as_str(),
+                    peer_fd.as_ref().map(|f| f.as_fd()),
+                    LINK_ALIAS,
+                )
+                .map_err(|e| os_error(format!("create veth {host} <-> {peer}"), &e))?;
+                let undo = Undo::Step(Step::DeleteLink {
+                    netns: Netns::Host,
+                    name: host.clone(),
+                });
+                let macs = rtnl
+                    .set_mac(host.as_str(), *host_mac)
+                    .map_err(|e| os_error(format!("set MAC of {host}"), &e))
+                    .and_then(|()| {
+                        self.rtnl(peer_netns)?
+                            .set_mac(peer.as_str(), *peer_mac)
+                            .map_err(|e| os_error(format!("set MAC of {peer}"), &e))
+                    });
+                if let Err(e) = macs {
+                    let _ = self.rollback(vec![undo]);
+                    return Err(e);
+                }
+                Ok(undo)
+            }
+            Step::DeleteLink { netns, name } => {
+                owned::delete_owned_link(self.rtnl(netns)?, name)?;
+                Ok(Undo::Nothing)
+            }
+            Step::AddAddress {
+                netns,
+                link,
+                addr,
+                prefix_len,
+            } => {
+                let brd = match addr {
+                    IpAddr::V4(a) if *prefix_len < 31 => Some(broadcast(*a, *prefix_len)),
+                    _ => None,
+                };
+                self.rtnl(netns)?
+                    .add_address(link.as_str(), *addr, *prefix_len, brd)
+                    .map_err(|e| os_error(format!("add {addr}/{prefix_len} to {link}"), &e))?;
+                Ok(Undo::DeleteAddress {
+                    netns: netns.clone(),
+                    link: link.clone(),
+                    addr: *addr,
+                    prefix_len: *prefix_len,
+                })
+            }
+            Step::LinkUp {
+                netns,
+                link,
+                multicast,
+            } => {
+                let rtnl = self.rtnl(netns)?;
+                rtnl.set_multicast(link.as_str(), *multicast)
+                    .map_err(|e| os_error(format!("set multicast on {link}"), &e))?;
+                rtnl.set_up(link.as_str(), true)
+                    .map_err(|e| os_error(format!("set {link} up"), &e))?;
+                Ok(Undo::LinkDown {
+                    netns: netns.clone(),
+                    link: link.clone(),
+                })
+            }
+            Step::AddRoute { netns, route } => {
+                let r = to_route(route)?;
+                self.rtnl(netns)?
+                    .add_route(&r)
+                    .map_err(|e| os_error(format!("add route {}", describe_route(route)), &e))?;
+                Ok(Undo::Step(Step::DeleteRoute {
+                    netns: netns.clone(),
+                    route: route.clone(),
+                }))
+            }
+            Step::DeleteRoute { netns, route } => {
+                let r = to_route(route)?;
+                self.rtnl(netns)?
+                    .delete_route(&r)
+                    .map_err(|e| os_error(format!("delete route {}", describe_route(route)), &e))?;
+                Ok(Undo::Nothing)
+            }
+            Step::AddRule(rule) => {
+                let r = to_rule(rule);
+                self.rtnl(&Netns::Host)?
+                    .add_rule(&r)
+                    .map_err(|e| os_error(format!("add rule {rule:?}"), &e))?;
+                Ok(Undo::Step(Step::DeleteRule(rule.clone())))
+            }
+            Step::DeleteRule(rule) => {
+                let r = to_rule(rule);
+                self.rtnl(&Netns::Host)?
+                    .delete_rule(&r)
+                    .map_err(|e| os_error(format!("delete rule {rule:?}"), &e))?;
+                Ok(Undo::Nothing)
+            }
+            Step::SetSysctl {
+                netns,
+                sysctl,
+                value,
+            } => {
+                validate_sysctl_value(sysctl, value)?;
+                let fd = self.netns_fd(netns)?;
+                let key = sysctl.key();
+                let ns = fd.as_ref().map(|f| f.as_fd());
+                let old = patchpanel_rtnl::sysctl::read(ns, &key)
+                    .map_err(|e| os_error(format!("read {key}"), &e))?;
+                let old = old.trim().to_string();
+                if old != *value {
+                    patchpanel_rtnl::sysctl::write(ns, &key, value)
+                        .map_err(|e| os_error(format!("write {key}={value}"), &e))?;
+                }
+                report
+                    .replaced_sysctls
+                    .push((netns.clone(), sysctl.clone(), old.clone()));
+                Ok(Undo::Step(Step::SetSysctl {
+                    netns: netns.clone(),
+                    sysctl: sysctl.clone(),
+                    value: old,
+                }))
+            }
+            Step::SyncTable { table, routes } => {
+                owned::sync_table(self.rtnl(&Netns::Host)?, *table, routes)?;
+                Ok(Undo::Nothing)
+            }
+            Step::Firewall(batch) => {
+                batch
+                    .validate()
+                    .map_err(|e| invalid(format!("firewall batch: {e}")))?;
+                if batch.is_empty() {
+                    return Ok(Undo::Nothing);
+                }
+                let inverse = batch
+                    .inverse()
+                    .map_err(|e| invalid(format!("firewall batch has no inverse: {e}")))?;
+                self.firewall()?
+                    .apply(batch)
+                    .map_err(|e| firewall_error("firewall", &e))?;
+                Ok(Undo::Firewall(inverse))
+            }
+        }
+    }
+}
+
+pub(crate) fn firewall_error(what: &str, e: &patchpanel_firewall::FirewallError) -> HelperError {
+    HelperError::Os {
+        operation: what.into(),
+        errno: 0,
+        message: e.to_string(),
+    }
+}
+
+fn step_name(step: &Step) -> &'static str {
+    match step {
+        Step::CreateNetns { .. } => "create namespace",
+        Step::AttachNetns { .. } => "attach namespace",
+        Step::DeleteNetns { .. } => "delete namespace",
+        Step::CreateVeth { .. } => "create veth",
+        Step::DeleteLink { .. } => "delete link",
+        Step::AddAddress { .. } => "add address",
+        Step::LinkUp { .. } => "link up",
+        Step::AddRoute { .. } => "add route",
+        Step::DeleteRoute { .. } => "delete route",
+        Step::AddRule(_) => "add rule",
+        Step::DeleteRule(_) => "delete rule",
+        Step::SetSysctl { .. } => "set sysctl",
+        Step::SyncTable { .. } => "sync table",
+        Step::Firewall(_) => "firewall",
+    }
+}
+
+/// Sysctl values are small integers; anything else is refused.
+fn validate_sysctl_value(sysctl: &Sysctl, value: &str) -> Result<(), HelperError> {
+    let ok = !value.is_empty()
+        && value.len() <= 6
+        && value
+            .strip_prefix('-')
+            .unwrap_or(value)
+            .bytes()
+            .all(|b| b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{} = {value:?}: only small integers are written",
+            sysctl.key()
+        )))
+    }
+}
+
+fn describe_route(r: &RouteSpec) -> String {
+    format!(
+        "{}/{}{}{} table {}",
+        r.dst,
+        r.prefix_len,
+        r.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
+        r.dev
+            .as_ref()
+            .map(|d| format!(" dev {d}"))
+            .unwrap_or_default(),
+        r.table
+    )
+}
+
+pub(crate) fn to_route(r: &RouteSpec) -> Result<patchpanel_rtnl::Route, HelperError> {
+    let max = if r.dst.is_ipv4() { 32 } else { 128 };
+    if r.prefix_len > max {
+        return Err(invalid(format!(
+            "prefix length {} for {}",
+            r.prefix_len, r.dst
+        )));
+    }
+    if let Some(gw) = r.gateway {
+        if gw.is_ipv4() != r.dst.is_ipv4() {
+            return Err(invalid(format!("gateway {gw} for {}", r.dst)));
+        }
+    }
+    let mut route = patchpanel_rtnl::Route::new(r.dst, r.prefix_len);
+    route.gateway = r.gateway;
+    route.oif = r
+        .dev
+        .as_ref()
+        .map(|d| patchpanel_rtnl::LinkRef::Name(d.to_string()));
+    route.table = r.table;
+    route.metric = r.metric;
+    route.protocol = ROUTE_PROTOCOL;
+    if r.gateway.is_none() && r.prefix_len > 0 {
+        route.scope = patchpanel_rtnl::RouteScope::Link;
+    }
+    Ok(route)
+}
+
+pub(crate) fn to_rule(r: &RuleSpec) -> patchpanel_rtnl::Rule {
+    patchpanel_rtnl::Rule {
+        family: if r.ipv6 {
+            patchpanel_rtnl::Family::V6
+        } else {
+            patchpanel_rtnl::Family::V4
+        },
+        priority: r.priority,
+        fwmark: r.fwmark,
+        iif: r.iif.as_ref().map(|i| i.to_string()),
+        oif: r.oif.as_ref().map(|i| i.to_string()),
+        src: r.src,
+        dst: r.dst,
+        table: r.table,
+        suppress_prefixlen: r.suppress_prefixlen,
+        protocol: ROUTE_PROTOCOL,
+    }
+}

@@ -1,0 +1,450 @@
+//! Where D-Bus calls, lifeline hang-ups and uplink changes become datapath
+//! plans: the service layer between the adaptor ([`crate::dbus_service`])
+//! and the writer channel. Policy (names, addresses, rules) is delegated to
+//! the pure modules [`crate::namespaces`] and [`crate::routing`]; this
+//! module sequences allocation, the writer call, state and replies.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use log::{error, info, warn};
+use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, PlanReport, Step, Sysctl};
+use patchpanel_ipc::{HelperError, Reply, Request};
+use patchpanel_proto::names;
+use patchpanel_proto::network_device_changed_signal::Event as DeviceEvent;
+use patchpanel_proto::NetworkDeviceChangedSignal;
+use patchpanel_sandbox::Process;
+use prost::Message as _;
+
+use crate::dbus_service::{self, CallError};
+use crate::lifeline::Guarded;
+use crate::manager::Manager;
+use crate::state::{ConnectedNamespace, Loaded};
+use crate::{namespaces, pids, routing};
+
+impl Manager {
+    /// Reads the bus and serves every queued call.
+    pub(crate) fn on_dbus(&mut self) -> anyhow::Result<()> {
+        let Some(dbus) = self.dbus.as_mut() else {
+            return Ok(());
+        };
+        dbus.dispatch()?;
+        let calls = dbus.take_calls();
+        for call in calls {
+            self.on_call(call);
+        }
+        Ok(())
+    }
+
+    fn on_call(&mut self, call: dbus::Message) {
+        let op = dbus_service::next_operation();
+        let member = call.member().map(|m| m.to_string()).unwrap_or_default();
+        let sender = dbus_service::sender(&call);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.route_call(&member, &call, op)
+        }));
+        let result = match outcome {
+            Ok(r) => r,
+            Err(_) => {
+                error!("{member} from {sender} (op {op}): handler panicked");
+                Err(CallError::Failed(
+                    "internal error; see the patchpaneld log".into(),
+                ))
+            }
+        };
+        if let Err(e) = &result {
+            warn!("{member} from {sender} (op {op}) refused: {e}");
+        }
+        if let Some(dbus) = &self.dbus {
+            dbus.reply(&call, result);
+        }
+    }
+
+    fn route_call(
+        &mut self,
+        member: &str,
+        call: &dbus::Message,
+        op: u64,
+    ) -> Result<Vec<u8>, CallError> {
+        if !self.datapath_ready {
+            return Err(CallError::Failed(
+                "patchpanel is still starting its datapath; try again".into(),
+            ));
+        }
+        match member {
+            names::GET_DEVICES => {
+                let bytes: Vec<u8> = call
+                    .read1()
+                    .map_err(|e| CallError::InvalidArgument(format!("{member}: {e}")))?;
+                patchpanel_proto::decode_request::<patchpanel_proto::GetDevicesRequest>(&bytes)
+                    .map_err(|e| CallError::InvalidArgument(format!("{member}: {e}")))?;
+                Ok(self.state.devices().encode_to_vec())
+            }
+            names::CONNECT_NAMESPACE => self.connect_namespace(call, op),
+            other => Err(CallError::Unsupported(format!(
+                "{other} is not implemented by this patchpanel"
+            ))),
+        }
+    }
+
+    fn connect_namespace(&mut self, call: &dbus::Message, op: u64) -> Result<Vec<u8>, CallError> {
+        let (bytes, lifeline): (Vec<u8>, dbus::arg::OwnedFd) = call
+            .read2()
+            .map_err(|e| CallError::InvalidArgument(format!("ConnectNamespace: {e}")))?;
+        let lifeline: OwnedFd = lifeline;
+        let request =
+            patchpanel_proto::decode_request::<patchpanel_proto::ConnectNamespaceRequest>(&bytes)
+                .map_err(|e| CallError::InvalidArgument(format!("ConnectNamespace: {e}")))?;
+        let request = namespaces::parse_request(&request)?;
+        let client = dbus_service::sender(call);
+        let uid = match &self.dbus {
+            Some(d) => d
+                .caller_uid(&client)
+                .map_err(|e| CallError::Failed(format!("{e:#}")))?,
+            None => return Err(CallError::Failed("no bus".into())),
+        };
+        let pidfd = if request.pid == -1 {
+            None
+        } else {
+            Some(pids::pin(request.pid, uid)?)
+        };
+        let id = self.state.next_namespace_id;
+        let ctx = namespaces::Context {
+            id,
+            netns_prefix: &self.options.netns_prefix,
+            uplinks: &self.uplinks,
+            client: client.clone(),
+            client_uid: uid,
+        };
+        let ns = namespaces::allocate(&request, &ctx, &mut self.addrs)?;
+        self.state.next_namespace_id += 1;
+        let plan = namespaces::connect_plan(&ns, format!("ConnectNamespace op {op}"));
+        let fds: Vec<_> = pidfd.iter().map(|f| f.as_fd()).collect();
+        if let Err(e) = self.apply(plan, &fds) {
+            namespaces::release(&ns, &mut self.addrs);
+            self.save_state();
+            return Err(e);
+        }
+        let token = self
+            .lifelines
+            .watch(self.poll.registry(), lifeline, Guarded::Namespace(ns.id));
+        if let Err(e) = token {
+            // Without a lifeline nobody would ever release it.
+            self.disconnect_namespace(ns.id, "its lifeline could not be watched");
+            namespaces::release(&ns, &mut self.addrs);
+            return Err(CallError::Failed(format!("cannot watch the lifeline: {e}")));
+        }
+        info!(
+            "ConnectNamespace op {op}: {} for {client} (uid {uid}, pid {}): {} {} <-> {} {} ({:?})",
+            ns.netns,
+            ns.pid,
+            ns.host_ifname,
+            ns.host_addr(),
+            ns.peer_ifname,
+            ns.peer_addr(),
+            ns.mode
+        );
+        let response = namespaces::response(&ns);
+        if ns.route_on_vpn {
+            self.device_changed(&ns, DeviceEvent::DeviceAdded);
+        }
+        self.state.namespaces.insert(ns.id, ns);
+        self.save_state();
+        Ok(response.encode_to_vec())
+    }
+
+    /// Removes namespace `id` (its lifeline closed, or the daemon stops).
+    pub(crate) fn disconnect_namespace(&mut self, id: u32, why: &str) {
+        let Some(ns) = self.state.namespaces.get(&id).cloned() else {
+            return;
+        };
+        let op = dbus_service::next_operation();
+        let plan = namespaces::disconnect_plan(&ns, format!("disconnect {} op {op}", ns.netns));
+        match self.apply(plan, &[]) {
+            Ok(report) if report.failures.is_empty() => {
+                info!("{} removed: {why}", ns.netns)
+            }
+            Ok(report) => warn!(
+                "{} removed ({why}) with {} error(s): {}",
+                ns.netns,
+                report.failures.len(),
+                report.failures.join("; ")
+            ),
+            Err(e) => error!("{} could not be removed ({why}): {e}", ns.netns),
+        }
+        self.lifelines
+            .forget(self.poll.registry(), Guarded::Namespace(id));
+        self.state.namespaces.remove(&id);
+        namespaces::release(&ns, &mut self.addrs);
+        if ns.route_on_vpn {
+            self.device_changed(&ns, DeviceEvent::DeviceRemoved);
+        }
+        self.save_state();
+    }
+
+    pub(crate) fn on_lifeline(&mut self, token: mio::Token) {
+        if let Some(Guarded::Namespace(id)) = self.lifelines.fired(self.poll.registry(), token) {
+            self.disconnect_namespace(id, "the client's lifeline closed");
+        }
+    }
+
+    fn device_changed(&self, ns: &ConnectedNamespace, event: DeviceEvent) {
+        let signal = NetworkDeviceChangedSignal {
+            device: Some(ns.device()),
+            event: event as i32,
+        };
+        if let Some(dbus) = &self.dbus {
+            dbus.emit(names::NETWORK_DEVICE_CHANGED, signal.encode_to_vec());
+        }
+    }
+
+    /// Sends a plan to the writer and waits for its answer.
+    pub(crate) fn apply(
+        &mut self,
+        plan: Plan,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<PlanReport, CallError> {
+        let label = plan.label.clone();
+        match self.call_helper(Process::DatapathWriter, Request::Apply(plan), fds) {
+            Ok(Reply::Applied(report)) => {
+                for (netns, sysctl, old) in &report.replaced_sysctls {
+                    self.state
+                        .record_sysctl_original(netns.clone(), sysctl.clone(), old.clone());
+                }
+                Ok(report)
+            }
+            Ok(other) => Err(CallError::Failed(format!(
+                "{label}: the writer answered {other:?}"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn save_state(&self) {
+        if let Err(e) = self.state_file.save(&self.state) {
+            error!(
+                "cannot save {}: {e}; a restart would not know what to clean up",
+                self.state_file.path().display()
+            );
+        }
+    }
+
+    /// The first time the writer is up: clean up after a previous run and
+    /// turn forwarding on.
+    pub(crate) fn start_datapath(&mut self) -> anyhow::Result<()> {
+        let previous = match self.state_file.load() {
+            Loaded::Missing => None,
+            Loaded::Found(s) => Some(s),
+            Loaded::Unusable(why) => {
+                warn!("{why}; removing every leftover patchpanel owns");
+                None
+            }
+        };
+        if let Some(prev) = &previous {
+            info!(
+                "previous state found: {} namespace(s) tied to lifelines that died with the old manager; removing them",
+                prev.namespaces.len()
+            );
+            self.state.sysctl_originals = prev.sysctl_originals.clone();
+            self.state.next_namespace_id = prev.next_namespace_id;
+            for ns in prev.namespaces.values() {
+                let plan = namespaces::disconnect_plan(ns, format!("leftover {}", ns.netns));
+                if let Err(e) = self.apply(plan, &[]) {
+                    warn!("leftover {}: {e}", ns.netns);
+                }
+            }
+        }
+        self.remove_owned(!self.options.cleanup_only)?;
+        if self.options.cleanup_only {
+            self.restore_sysctls();
+            let _ = self.state_file.remove();
+            return Ok(());
+        }
+        match self.call_helper(Process::DatapathWriter, Request::SetupFirewall, &[]) {
+            Ok(_) => {
+                self.record_replay(Process::DatapathWriter, "firewall", Request::SetupFirewall)
+            }
+            Err(e) => anyhow::bail!("cannot set up the firewall: {e}"),
+        }
+        let mut steps = Vec::new();
+        for sysctl in [Sysctl::Ipv4Forward, Sysctl::Ipv6Forwarding] {
+            steps.push(Step::SetSysctl {
+                netns: Netns::Host,
+                sysctl,
+                value: "1".into(),
+            });
+        }
+        self.apply(
+            Plan {
+                label: "start: forwarding on".into(),
+                mode: ApplyMode::Atomic,
+                steps,
+            },
+            &[],
+        )
+        .map_err(|e| anyhow::anyhow!("cannot turn forwarding on: {e}"))?;
+        self.save_state();
+        for step in routing::uplink_steps_all(&self.uplinks, self.options.manage_uplink_routing) {
+            self.apply_quietly("uplink routing", step);
+        }
+        self.datapath_ready = true;
+        Ok(())
+    }
+
+    fn remove_owned(&mut self, keep_accounting: bool) -> anyhow::Result<()> {
+        match self.call_helper(
+            Process::DatapathWriter,
+            Request::RemoveOwned {
+                keep_links: Vec::new(),
+                keep_netns: Vec::new(),
+                keep_accounting,
+            },
+            &[],
+        ) {
+            Ok(Reply::Applied(r)) if r.failures.is_empty() => Ok(()),
+            Ok(Reply::Applied(r)) => {
+                warn!(
+                    "removing leftovers: {} error(s): {}",
+                    r.failures.len(),
+                    r.failures.join("; ")
+                );
+                Ok(())
+            }
+            Ok(other) => anyhow::bail!("removing leftovers: unexpected answer {other:?}"),
+            Err(e) => anyhow::bail!("removing leftovers: {e}"),
+        }
+    }
+
+    /// Writes back the sysctl values found before patchpanel changed them.
+    fn restore_sysctls(&mut self) {
+        let steps: Vec<Step> = self
+            .state
+            .sysctl_originals
+            .iter()
+            .map(|(netns, sysctl, value)| Step::SetSysctl {
+                netns: netns.clone(),
+                sysctl: sysctl.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        if steps.is_empty() {
+            return;
+        }
+        let plan = Plan {
+            label: "stop: restore sysctls".into(),
+            mode: ApplyMode::BestEffort,
+            steps,
+        };
+        match self.call_helper(Process::DatapathWriter, Request::Apply(plan), &[]) {
+            Ok(Reply::Applied(r)) if !r.failures.is_empty() => {
+                warn!("restoring sysctls: {}", r.failures.join("; "))
+            }
+            Ok(_) => self.state.sysctl_originals.clear(),
+            Err(e) => warn!("restoring sysctls: {e}"),
+        }
+    }
+
+    /// A clean stop: remove every namespace, everything owned but the
+    /// accounting chains, restore sysctls, forget the state file.
+    pub(crate) fn stop_datapath(&mut self) {
+        if !self.datapath_ready {
+            return;
+        }
+        let ids: Vec<u32> = self.state.namespaces.keys().copied().collect();
+        for id in ids {
+            self.disconnect_namespace(id, "patchpanel is stopping");
+        }
+        if let Err(e) = self.remove_owned(true) {
+            warn!("{e}");
+        }
+        self.restore_sysctls();
+        if let Err(e) = self.state_file.remove() {
+            warn!("cannot remove {}: {e}", self.state_file.path().display());
+        }
+        self.datapath_ready = false;
+    }
+
+    /// Applies one best-effort step, logging failures.
+    fn apply_quietly(&mut self, what: &str, step: Step) {
+        let plan = Plan {
+            label: what.to_string(),
+            mode: ApplyMode::BestEffort,
+            steps: vec![step],
+        };
+        match self.apply(plan, &[]) {
+            Ok(r) if !r.failures.is_empty() => warn!("{what}: {}", r.failures.join("; ")),
+            Ok(_) => {}
+            Err(e) => warn!("{what}: {e}"),
+        }
+    }
+
+    /// Follows an uplink change: per-uplink routing (netlink mode) and
+    /// namespaces pinned to an uplink that came back with a new ifindex.
+    pub(crate) fn on_uplink_events(&mut self, events: Vec<patchpanel_uplinks::UplinkEvent>) {
+        for event in events {
+            info!("uplink: {event:?}");
+            let before = self.uplinks.clone();
+            self.uplinks.apply(&event);
+            if !self.datapath_ready {
+                continue;
+            }
+            for step in routing::uplink_steps_for_event(
+                &before,
+                &self.uplinks,
+                &event,
+                self.options.manage_uplink_routing,
+            ) {
+                self.apply_quietly("uplink routing", step);
+            }
+            if let patchpanel_uplinks::UplinkEvent::Added(u) = &event {
+                self.repin_namespaces(u.name.as_str(), u.ifindex);
+            }
+        }
+    }
+
+    /// Namespaces pinned to `uplink` whose routing tag carries an old
+    /// ifindex get their rules rebuilt for the new one.
+    fn repin_namespaces(&mut self, uplink: &str, ifindex: u32) {
+        let stale: Vec<u32> = self
+            .state
+            .namespaces
+            .values()
+            .filter(|ns| ns.mode.pinned_to(uplink).is_some_and(|old| old != ifindex))
+            .map(|ns| ns.id)
+            .collect();
+        for id in stale {
+            let Some(old) = self.state.namespaces.get(&id).cloned() else {
+                continue;
+            };
+            let mut new = old.clone();
+            new.mode = routing::RoutingMode::Pinned {
+                uplink: patchpanel_ipc::IfName::new(uplink)
+                    .unwrap_or_else(|_| old.host_ifname.clone()),
+                ifindex,
+            };
+            let plan = Plan {
+                label: format!("re-pin {} to {uplink} (ifindex {ifindex})", old.netns),
+                mode: ApplyMode::Atomic,
+                steps: vec![
+                    Step::Firewall(routing::namespace_firewall_teardown(&old)),
+                    Step::Firewall(routing::namespace_firewall(&new)),
+                ],
+            };
+            match self.apply(plan, &[]) {
+                Ok(_) => {
+                    info!("{} follows {uplink} to ifindex {ifindex}", old.netns);
+                    self.state.namespaces.insert(id, new);
+                }
+                Err(e) => warn!("{}: cannot follow {uplink}: {e}", old.netns),
+            }
+        }
+        self.save_state();
+    }
+}
+
+/// Maps a helper's refusal to the D-Bus error class.
+pub fn call_error(e: HelperError) -> CallError {
+    match e {
+        HelperError::InvalidArgument(m) => CallError::InvalidArgument(m),
+        other => CallError::Failed(other.to_string()),
+    }
+}

@@ -1,0 +1,139 @@
+//! Pinning a client-supplied pid.
+//!
+//! A pid is only a number: by the time the writer acts on it the process
+//! may have exited and the number been reused. A pidfd pins the process;
+//! every check made through the pid number is confirmed afterwards by
+//! asking the pidfd whether that process is still alive, so the checks
+//! applied to the process the pidfd names.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::dbus_service::CallError;
+
+/// Opens a pidfd for `pid`, refusing pid 1, pids that do not exist and,
+/// for a non-root caller, pids owned by another user.
+pub fn pin(pid: i32, caller_uid: u32) -> Result<OwnedFd, CallError> {
+    if pid == 1 {
+        return Err(CallError::InvalidArgument(
+            "pid 1 is the host's init; its network namespace is the host's".into(),
+        ));
+    }
+    if pid <= 0 {
+        return Err(CallError::InvalidArgument(format!(
+            "pid {pid} is not a process id (use -1 for a new namespace)"
+        )));
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::ESRCH) {
+            CallError::InvalidArgument(format!("no process with pid {pid}"))
+        } else {
+            CallError::Failed(format!("cannot pin pid {pid}: {e}"))
+        });
+    }
+    // SAFETY: pidfd_open returned a new descriptor that we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: getpid has no preconditions.
+    if pid == unsafe { libc::getpid() } {
+        return Err(CallError::InvalidArgument(format!(
+            "pid {pid} is patchpanel itself"
+        )));
+    }
+    if caller_uid != 0 {
+        let owner = process_uid(pid)
+            .ok_or_else(|| CallError::InvalidArgument(format!("no process with pid {pid}")))?;
+        if owner != caller_uid {
+            return Err(CallError::InvalidArgument(format!(
+                "pid {pid} belongs to uid {owner}, not to the caller (uid {caller_uid})"
+            )));
+        }
+    }
+    if !is_alive(&pidfd) {
+        return Err(CallError::InvalidArgument(format!(
+            "process {pid} exited during the request"
+        )));
+    }
+    Ok(pidfd)
+}
+
+/// The real uid of `pid`, from `/proc/<pid>/status` (world-readable).
+fn process_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+}
+
+/// A pidfd polls readable once its process has exited.
+pub fn is_alive(pidfd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_1_is_refused() {
+        assert!(matches!(pin(1, 0), Err(CallError::InvalidArgument(m)) if m.contains("init")));
+    }
+
+    #[test]
+    fn nonsense_pids_are_refused() {
+        for pid in [0, -2, i32::MIN] {
+            assert!(
+                matches!(pin(pid, 0), Err(CallError::InvalidArgument(_))),
+                "{pid}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pid_that_does_not_exist_is_refused() {
+        // pid_max is at most 2^22; this one cannot exist.
+        let e = pin(i32::MAX, 0).unwrap_err();
+        assert_eq!(
+            e,
+            CallError::InvalidArgument(format!("no process with pid {}", i32::MAX))
+        );
+    }
+
+    #[test]
+    fn a_live_child_is_pinned_and_its_exit_is_seen() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pidfd = pin(child.id() as i32, 0).unwrap();
+        assert!(is_alive(&pidfd));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!is_alive(&pidfd));
+    }
+
+    #[test]
+    fn a_non_root_caller_cannot_pin_another_users_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        let other = if me == 0 { 4242 } else { me + 1 };
+        let e = pin(child.id() as i32, other).unwrap_err();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(matches!(e, CallError::InvalidArgument(m) if m.contains("belongs to uid")));
+    }
+}

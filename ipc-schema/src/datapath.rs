@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::{Deserialize, Serialize};
 
 use crate::names::{IfName, NetnsName};
+use patchpanel_firewall::Batch;
 
 /// A MAC address.
 pub type Mac = [u8; 6];
@@ -106,7 +107,9 @@ pub struct RuleSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Step {
     /// `ip netns add`. Undo: delete it.
-    CreateNetns { name: NetnsName },
+    CreateNetns {
+        name: NetnsName,
+    },
     /// `ip netns attach NAME PID`. The process is pinned by a pidfd sent
     /// beside the request (fd index `pidfd`): the writer refuses if the
     /// process has exited (the pid could have been reused), and refuses
@@ -117,7 +120,9 @@ pub enum Step {
         pidfd: u8,
     },
     /// Removes a named namespace (the name must carry the prefix).
-    DeleteNetns { name: NetnsName },
+    DeleteNetns {
+        name: NetnsName,
+    },
     /// A veth pair: `host` in the daemon's namespace, `peer` created directly
     /// in `peer_netns`; both marked as patchpanel's. Undo: delete `host`.
     CreateVeth {
@@ -128,7 +133,10 @@ pub enum Step {
         peer_mac: Mac,
     },
     /// Deletes a link patchpanel created (it must carry patchpanel's alias).
-    DeleteLink { netns: Netns, name: IfName },
+    DeleteLink {
+        netns: Netns,
+        name: IfName,
+    },
     /// Adds an address (with the subnet's broadcast for IPv4). Undo: remove it.
     AddAddress {
         netns: Netns,
@@ -143,8 +151,14 @@ pub enum Step {
         multicast: bool,
     },
     /// Undo: delete the route.
-    AddRoute { netns: Netns, route: RouteSpec },
-    DeleteRoute { netns: Netns, route: RouteSpec },
+    AddRoute {
+        netns: Netns,
+        route: RouteSpec,
+    },
+    DeleteRoute {
+        netns: Netns,
+        route: RouteSpec,
+    },
     /// Undo: delete the rule.
     AddRule(RuleSpec),
     DeleteRule(RuleSpec),
@@ -162,6 +176,9 @@ pub enum Step {
         table: u32,
         routes: Vec<RouteSpec>,
     },
+    /// One firewall batch (both families), rendered by the writer for its
+    /// backend. Undo: the inverse batch.
+    Firewall(Batch),
 }
 
 /// How failures are handled.

@@ -25,7 +25,9 @@ pub enum NameError {
         name: String,
         max: usize,
     },
-    #[error("{kind} name {name:?} contains {ch:?}; only letters, digits, '_', '-' and '.' are allowed")]
+    #[error(
+        "{kind} name {name:?} contains {ch:?}; only letters, digits, '_', '-' and '.' are allowed"
+    )]
     BadCharacter {
         kind: &'static str,
         name: String,

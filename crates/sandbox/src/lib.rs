@@ -361,6 +361,7 @@ mod tests {
         let mut got: Vec<_> = spawner_capabilities().into_iter().collect();
         got.sort_by_key(|c| c.index());
         let want = vec![
+            Capability::CAP_DAC_OVERRIDE,
             Capability::CAP_KILL,
             Capability::CAP_SETGID,
             Capability::CAP_SETUID,

@@ -45,6 +45,9 @@ pub struct DaemonOptions {
     /// TOML appended to the generated configuration file (e.g. a larger
     /// `[pools.netns]`).
     pub extra_config: String,
+    /// Reuse another daemon's state dir and namespace prefix (a restart of
+    /// "the same" daemon after a crash).
+    pub successor_of: Option<(PathBuf, String)>,
 }
 
 /// A running `patchpaneld` (the manager; the process the harness spawned, as
@@ -94,9 +97,15 @@ impl Daemon {
         std::fs::set_permissions(dir.path(), Permissions::from_mode(0o755))
             .context("cannot make the daemon's directory reachable")?;
         let index = NEXT_INDEX.fetch_add(1, Ordering::SeqCst);
-        let netns_prefix = format!("ppt{}n{index}-", std::process::id());
-        // Not created here: like /run/patchpanel at boot, the daemon makes it.
-        let state_dir = dir.path().join("state");
+        let (state_dir, netns_prefix) = match &options.successor_of {
+            Some((state_dir, prefix)) => (state_dir.clone(), prefix.clone()),
+            // The state dir is not created here: like /run/patchpanel at
+            // boot, the daemon makes it.
+            None => (
+                dir.path().join("state"),
+                format!("ppt{}n{index}-", std::process::id()),
+            ),
+        };
         let config_path = dir.path().join("patchpanel.toml");
         std::fs::write(
             &config_path,

@@ -310,3 +310,231 @@ pub fn response(ns: &ConnectedNamespace) -> ConnectNamespaceResponse {
         netns_name: ns.netns.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patchpanel_addr::SeededRandom;
+
+    fn addrs() -> AddressManager {
+        AddressManager::new().with_random_source(Box::new(SeededRandom::new(7)))
+    }
+
+    fn request(pid: i32) -> ConnectNamespaceRequest {
+        ConnectNamespaceRequest {
+            pid,
+            ..Default::default()
+        }
+    }
+
+    fn build(req: &ConnectNamespaceRequest, id: u32, a: &mut AddressManager) -> ConnectedNamespace {
+        let parsed = parse_request(req).unwrap();
+        let view = UplinkView::default();
+        let ctx = Context {
+            id,
+            netns_prefix: "pp-",
+            uplinks: &view,
+            client: ":1.1".into(),
+            client_uid: 0,
+        };
+        allocate(&parsed, &ctx, a).unwrap()
+    }
+
+    #[test]
+    fn unknown_traffic_source_means_system() {
+        let r = parse_request(&request(-1)).unwrap();
+        assert_eq!(r.source, TrafficSource::System);
+    }
+
+    #[test]
+    fn names_and_addresses_follow_the_id_and_the_netns_pool() {
+        let mut a = addrs();
+        let ns = build(&request(-1), 3, &mut a);
+        assert_eq!(ns.netns.as_str(), "pp-connected_netns_3");
+        assert_eq!(ns.host_ifname.as_str(), "arc_ns3");
+        assert_eq!(ns.peer_ifname.as_str(), "veth3");
+        assert_eq!(ns.host_addr(), Ipv4Addr::new(100, 115, 92, 129));
+        assert_eq!(ns.peer_addr(), Ipv4Addr::new(100, 115, 92, 130));
+        assert_eq!(ns.mode, RoutingMode::System);
+        assert!(ns.host_mac.0[0] & 0x02 != 0, "locally administered");
+    }
+
+    #[test]
+    fn released_subnets_are_handed_out_again() {
+        let mut a = addrs();
+        let first = build(&request(-1), 0, &mut a);
+        let second = build(&request(-1), 1, &mut a);
+        assert_ne!(first.subnet, second.subnet);
+        release(&first, &mut a);
+        let third = build(&request(-1), 2, &mut a);
+        assert_eq!(third.subnet, first.subnet);
+    }
+
+    #[test]
+    fn the_pool_runs_out_with_a_clear_error() {
+        let mut a = addrs();
+        let parsed = parse_request(&request(-1)).unwrap();
+        let view = UplinkView::default();
+        let mut last = None;
+        for id in 0..17 {
+            let ctx = Context {
+                id,
+                netns_prefix: "pp-",
+                uplinks: &view,
+                client: String::new(),
+                client_uid: 0,
+            };
+            last = Some(allocate(&parsed, &ctx, &mut a));
+        }
+        match last {
+            Some(Err(CallError::Failed(m))) => assert!(m.contains("no address"), "{m}"),
+            other => panic!("the 17th namespace should not fit in 16 /30s: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_namespace_plan_creates_then_wires_then_routes() {
+        let mut a = addrs();
+        let ns = build(&request(-1), 0, &mut a);
+        let plan = connect_plan(&ns, "t".into());
+        assert_eq!(plan.mode, ApplyMode::Atomic);
+        let kinds: Vec<&str> = plan
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::CreateNetns { .. } => "netns",
+                Step::CreateVeth { .. } => "veth",
+                Step::AddAddress { .. } => "addr",
+                Step::LinkUp { .. } => "up",
+                Step::SetSysctl { .. } => "sysctl",
+                Step::AddRoute { .. } => "route",
+                Step::Firewall(_) => "firewall",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["netns", "veth", "addr", "addr", "up", "up", "sysctl", "route", "firewall"]
+        );
+        match &plan.steps[7] {
+            Step::AddRoute { netns, route } => {
+                assert_eq!(*netns, Netns::Named(ns.netns.clone()));
+                assert_eq!(route.prefix_len, 0);
+                assert_eq!(route.gateway, Some(IpAddr::V4(ns.host_addr())));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pid_is_attached_through_the_pidfd_beside_the_request() {
+        let mut a = addrs();
+        let ns = build(&request(4242), 0, &mut a);
+        let plan = connect_plan(&ns, "t".into());
+        assert!(matches!(
+            plan.steps[0],
+            Step::AttachNetns {
+                pid: 4242,
+                pidfd: 0,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn static_ipv6_adds_ula_addresses_hop_limit_and_a_default_route() {
+        let mut a = addrs();
+        let mut req = request(-1);
+        req.static_ipv6 = true;
+        let ns = build(&req, 0, &mut a);
+        let v6 = ns.ipv6.clone().unwrap();
+        assert_eq!(v6.subnet.prefix_len(), 64);
+        assert_ne!(v6.host, v6.peer);
+        let plan = connect_plan(&ns, "t".into());
+        let v6_addrs = plan
+            .steps
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s,
+                    Step::AddAddress {
+                        addr: IpAddr::V6(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(v6_addrs, 2);
+        assert!(plan.steps.iter().any(|s| matches!(
+            s,
+            Step::SetSysctl {
+                sysctl: Sysctl::Ipv6HopLimit(_),
+                ..
+            }
+        )));
+        assert!(plan.steps.iter().any(|s| matches!(
+            s,
+            Step::AddRoute { route, .. } if route.dst.is_ipv6()
+        )));
+    }
+
+    #[test]
+    fn teardown_removes_firewall_before_links_and_names() {
+        let mut a = addrs();
+        let ns = build(&request(-1), 0, &mut a);
+        let plan = disconnect_plan(&ns, "t".into());
+        assert_eq!(plan.mode, ApplyMode::BestEffort);
+        assert!(matches!(plan.steps[0], Step::Firewall(_)));
+        assert!(matches!(plan.steps[1], Step::DeleteLink { .. }));
+        assert!(matches!(plan.steps[2], Step::DeleteNetns { .. }));
+    }
+
+    #[test]
+    fn bad_requests_are_invalid_arguments() {
+        let mut r = request(-1);
+        r.outbound_physical_device = "eth0 -j ACCEPT".into();
+        assert!(matches!(
+            parse_request(&r),
+            Err(CallError::InvalidArgument(_))
+        ));
+        let mut r = request(-1);
+        r.outbound_physical_device = "eth0".into();
+        r.route_on_vpn = true;
+        assert!(matches!(
+            parse_request(&r),
+            Err(CallError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            parse_request(&request(-7)),
+            Err(CallError::InvalidArgument(_))
+        ));
+        let mut r = request(-1);
+        r.traffic_source = 99;
+        assert!(matches!(
+            parse_request(&r),
+            Err(CallError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn an_unknown_outbound_device_is_refused_with_the_known_ones() {
+        let mut a = addrs();
+        let mut r = request(-1);
+        r.outbound_physical_device = "wlan9".into();
+        let parsed = parse_request(&r).unwrap();
+        let view = UplinkView::default();
+        let ctx = Context {
+            id: 0,
+            netns_prefix: "pp-",
+            uplinks: &view,
+            client: String::new(),
+            client_uid: 0,
+        };
+        match allocate(&parsed, &ctx, &mut a) {
+            Err(CallError::InvalidArgument(m)) => assert!(m.contains("not a known uplink"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Nothing was taken from the pool.
+        assert_eq!(build(&request(-1), 1, &mut a).subnet.index, 1);
+    }
+}

@@ -582,3 +582,90 @@ fn the_hosts_own_rules_links_and_routes_are_never_touched() {
     drop(daemon);
     drop(internet);
 }
+
+/// Runs the CLI as `nobody` (uid 65534) against the test's bus.
+fn cli_as_nobody(world: &World, args: &[&str]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(patchpanel_tests::bin_path("patchpanel").expect("cli"))
+        .args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", world.bus.address());
+    cmd
+}
+
+#[test]
+fn a_non_root_caller_cannot_connect_another_users_process() {
+    let world = World::start().expect("world");
+    // Root's process, in its own namespace.
+    let mut guest = Command::new("unshare")
+        .args(["--net", "sleep", "60"])
+        .spawn()
+        .expect("unshare");
+    let out = cli_as_nobody(&world, &["connect-ns", "--pid", &guest.id().to_string()])
+        .output()
+        .expect("patchpanel");
+    guest.kill().expect("kill");
+    guest.wait().expect("wait");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("belongs to uid 0"), "{stderr}");
+    assert!(client(&world).get_devices().expect("devices").is_empty());
+}
+
+#[test]
+fn a_non_root_caller_can_connect_its_own_process() {
+    let world = World::start().expect("world");
+    // nobody's process, in its own namespace (made by root, then dropped).
+    let mut guest = Command::new("unshare")
+        .args([
+            "--net",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sleep",
+            "60",
+        ])
+        .spawn()
+        .expect("unshare");
+    let pid = guest.id();
+    poll_until(Duration::from_secs(5), || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534"))
+            .then_some(())
+    })
+    .expect("guest dropped to nobody");
+    let mut child = cli_as_nobody(&world, &["connect-ns", "--json", "--pid", &pid.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("patchpanel");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let netns = v["netns_name"].as_str().expect("netns_name").to_string();
+    let ping = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "3",
+            REMOTE_HOST,
+        ])
+        .output()
+        .expect("ping");
+    assert!(ping.status.success());
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    wait_gone(&world, &netns);
+    guest.kill().expect("kill");
+    guest.wait().expect("wait");
+}

@@ -180,3 +180,29 @@ fn cleanup_on_a_clean_machine_is_a_no_op() {
     };
     assert_eq!(strip(&after), strip(&before));
 }
+
+#[test]
+fn another_firewall_that_drops_forwarded_traffic_is_warned_about_at_start() {
+    let netns = Netns::new().expect("netns");
+    netns
+        .exec_ok(&["nft", "add", "table", "inet", "hostfw"])
+        .expect("nft table");
+    netns
+        .exec_ok(&[
+            "nft",
+            "add chain inet hostfw forward { type filter hook forward priority 0; policy drop; }",
+        ])
+        .expect("nft chain");
+    let bus = PrivateBus::start().expect("bus");
+    let mut daemon = Daemon::start(&netns, &bus).expect("daemon");
+    daemon.wait_ready().expect("ready");
+    let log = daemon.log();
+    assert!(
+        log.contains("inet hostfw forward") && log.contains("will drop guest traffic"),
+        "{log}"
+    );
+    drop(daemon);
+    // The host's table is not patchpanel's: it is still there.
+    let tables = netns.exec_ok(&["nft", "list", "tables"]).expect("nft");
+    assert!(tables.contains("inet hostfw"), "{tables}");
+}

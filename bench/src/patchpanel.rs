@@ -33,6 +33,9 @@ pub const TEARDOWN_POLL: Duration = Duration::from_micros(200);
 pub const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the daemon may take to report the baseline device count again.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long releasing all the loaded namespaces at once may take (also the
+/// D-Bus call timeout meanwhile: the daemon may be busy for seconds).
+pub const RELEASE_ALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A `[pools.netns]` with room for the loaded namespaces plus the measured
 /// one: 256 /30s at 100.115.96.0/22, clear of the default pools in
@@ -108,7 +111,7 @@ fn measure_in(
     warmup: usize,
     loaded: usize,
 ) -> Result<PatchpanelSamples> {
-    let bench = Bench {
+    let mut bench = Bench {
         world,
         client: Client::connect_to(world.bus.address()).context("cannot connect to the bus")?,
         probe: LinkProbe::in_netns(&world.netns.path())?,
@@ -117,7 +120,9 @@ fn measure_in(
 
     let baseline = bench.device_count()?;
     for i in 0..warmup + iterations {
-        let (connect, teardown) = bench.cycle(i == 0, baseline)?;
+        let (connect, teardown) = bench
+            .cycle(i == 0, baseline)
+            .with_context(|| format!("iteration {i} with no other namespace"))?;
         if i >= warmup {
             samples.connect_alone.push(connect);
             samples.teardown_alone.push(teardown);
@@ -126,7 +131,9 @@ fn measure_in(
 
     let mut background = Vec::with_capacity(loaded);
     for _ in 0..loaded {
-        let (_, connected) = bench.connect()?;
+        let (_, connected) = bench
+            .connect()
+            .with_context(|| format!("connecting loaded namespace {}", background.len()))?;
         background.push(connected);
     }
     let loaded_baseline = bench.device_count()?;
@@ -134,17 +141,32 @@ fn measure_in(
         bail!("GetDevices lists {loaded_baseline} devices with {loaded} namespaces connected");
     }
     for i in 0..warmup + iterations {
-        let (connect, teardown) = bench.cycle(i == 0, loaded_baseline)?;
+        let (connect, teardown) = bench
+            .cycle(i == 0, loaded_baseline)
+            .with_context(|| format!("iteration {i} with {loaded} namespaces connected"))?;
         if i >= warmup {
             samples.connect_loaded.push(connect);
             samples.teardown_loaded.push(teardown);
         }
     }
 
-    // Release the loaded namespaces and wait for the daemon to finish, so
-    // that it stops with nothing left to clean (its Drop checks that).
+    // Release the loaded namespaces at once and wait for the daemon to
+    // finish, so that it stops with nothing left to clean (its Drop checks
+    // that). Not a measured series, but worth a line: the daemon may not
+    // answer D-Bus calls while it works through the backlog. A failure here
+    // does not void the numbers above.
+    let started = Instant::now();
     drop(background);
-    bench.wait_for_device_count(baseline, Duration::from_secs(60))?;
+    bench.client.set_timeout(RELEASE_ALL_TIMEOUT);
+    match bench.wait_for_device_count(baseline, RELEASE_ALL_TIMEOUT) {
+        Ok(()) => eprintln!(
+            "patchpanel: releasing {loaded} namespaces at once took {:.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        ),
+        Err(err) => samples
+            .cleanup_problems
+            .push(format!("releasing {loaded} namespaces at once: {err:#}")),
+    }
     Ok(samples)
 }
 
@@ -155,8 +177,10 @@ impl Bench<'_> {
         if check {
             self.ping_through_nat(&connected.response)?;
         }
+        let netns = connected.response.netns_name.clone();
         let teardown = self.teardown(connected)?;
-        self.wait_for_device_count(baseline, SETTLE_TIMEOUT)?;
+        self.wait_for_device_count(baseline, SETTLE_TIMEOUT)
+            .with_context(|| format!("waiting for the daemon to forget {netns}"))?;
         Ok((connect, teardown))
     }
 

@@ -286,6 +286,9 @@ impl Manager {
         for step in routing::uplink_steps_all(&self.uplinks, self.options.manage_uplink_routing) {
             self.apply_quietly("uplink routing", step);
         }
+        // The uplinks' accept_ra originals were just recorded: a crash from
+        // here on must still let the successor restore them.
+        self.save_state();
         self.datapath_ready = true;
         Ok(())
     }

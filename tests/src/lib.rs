@@ -18,6 +18,7 @@ pub mod bus;
 pub mod daemon;
 pub mod dbus_client;
 pub mod direct_helper;
+pub mod fake_shill;
 pub mod netns;
 pub mod procfs;
 pub mod tree;

@@ -46,13 +46,43 @@ pub const NETNS_POOL_CONFIG: &str =
 /// What the patchpanel side measured.
 #[derive(Debug, Default)]
 pub struct PatchpanelSamples {
-    pub connect_alone: Vec<Duration>,
-    pub connect_loaded: Vec<Duration>,
-    pub teardown_alone: Vec<Duration>,
-    pub teardown_loaded: Vec<Duration>,
+    /// With no other namespace connected.
+    pub alone: Series,
+    /// With the loaded namespaces connected.
+    pub loaded: Series,
     /// What the daemon's shutdown at the end found wrong (the numbers stand,
     /// but the run failed).
     pub cleanup_problems: Vec<String>,
+}
+
+/// One series of connect/teardown pairs.
+#[derive(Debug, Default)]
+pub struct Series {
+    /// `ConnectNamespace` round trips.
+    pub connect: Vec<Duration>,
+    /// Lifeline closed to both the namespace and the host veth gone.
+    pub teardown: Vec<Duration>,
+    /// Lifeline closed to `/run/netns/<name>` gone (part of `teardown`).
+    pub netns_gone: Vec<Duration>,
+    /// Lifeline closed to the host veth gone (part of `teardown`).
+    pub veth_gone: Vec<Duration>,
+}
+
+impl Series {
+    fn push(&mut self, connect: Duration, teardown: Teardown) {
+        self.connect.push(connect);
+        self.teardown
+            .push(teardown.netns_gone.max(teardown.veth_gone));
+        self.netns_gone.push(teardown.netns_gone);
+        self.veth_gone.push(teardown.veth_gone);
+    }
+}
+
+/// When each trace of a released namespace was first seen gone.
+#[derive(Debug, Clone, Copy)]
+struct Teardown {
+    netns_gone: Duration,
+    veth_gone: Duration,
 }
 
 /// A connected namespace, held by its lifeline.
@@ -124,8 +154,7 @@ fn measure_in(
             .cycle(i == 0, baseline)
             .with_context(|| format!("iteration {i} with no other namespace"))?;
         if i >= warmup {
-            samples.connect_alone.push(connect);
-            samples.teardown_alone.push(teardown);
+            samples.alone.push(connect, teardown);
         }
     }
 
@@ -145,8 +174,7 @@ fn measure_in(
             .cycle(i == 0, loaded_baseline)
             .with_context(|| format!("iteration {i} with {loaded} namespaces connected"))?;
         if i >= warmup {
-            samples.connect_loaded.push(connect);
-            samples.teardown_loaded.push(teardown);
+            samples.loaded.push(connect, teardown);
         }
     }
 
@@ -172,7 +200,7 @@ fn measure_in(
 
 impl Bench<'_> {
     /// One connect/teardown pair; `check` adds the NAT ping.
-    fn cycle(&self, check: bool, baseline: usize) -> Result<(Duration, Duration)> {
+    fn cycle(&self, check: bool, baseline: usize) -> Result<(Duration, Teardown)> {
         let (connect, connected) = self.connect()?;
         if check {
             self.ping_through_nat(&connected.response)?;
@@ -218,18 +246,29 @@ impl Bench<'_> {
     }
 
     /// Drops the lifeline and polls until the namespace and the host veth
-    /// are gone.
-    fn teardown(&self, connected: Connected) -> Result<Duration> {
+    /// are gone, noting when each went.
+    fn teardown(&self, connected: Connected) -> Result<Teardown> {
         interrupt::check()?;
         let Connected { response, lifeline } = connected;
         let netns = netns_path(&response.netns_name);
+        let (mut netns_gone, mut veth_gone) = (None, None);
         let started = Instant::now();
         drop(lifeline);
         loop {
-            if !netns.exists() && !self.probe.exists(&response.host_ifname)? {
-                return Ok(started.elapsed());
+            let now = started.elapsed();
+            if netns_gone.is_none() && !netns.exists() {
+                netns_gone = Some(now);
             }
-            if started.elapsed() > TEARDOWN_TIMEOUT {
+            if veth_gone.is_none() && !self.probe.exists(&response.host_ifname)? {
+                veth_gone = Some(now);
+            }
+            if let (Some(netns_gone), Some(veth_gone)) = (netns_gone, veth_gone) {
+                return Ok(Teardown {
+                    netns_gone,
+                    veth_gone,
+                });
+            }
+            if now > TEARDOWN_TIMEOUT {
                 bail!(
                     "{} or {} still present {TEARDOWN_TIMEOUT:?} after the lifeline closed",
                     netns.display(),

@@ -66,6 +66,7 @@ fn run(args: &Args) -> Result<bool> {
     let warmup = args.warmup as usize;
     let loaded = args.loaded;
     let mut ok = true;
+    let load_at_start = load_average();
 
     let netavark = if args.only != Some(Side::Patchpanel) {
         eprintln!("measuring netavark ({iterations} iterations, then with {loaded} containers)...");
@@ -97,6 +98,7 @@ fn run(args: &Args) -> Result<bool> {
         "{}",
         render(patchpanel.as_ref(), netavark.as_ref(), usize::from(loaded))
     );
+    println!("{}", machine_line(load_at_start, load_average()));
     Ok(ok)
 }
 
@@ -113,11 +115,11 @@ fn render(pp: Option<&PatchpanelSamples>, nv: Option<&NetavarkSamples>, loaded: 
     let rows = [
         Row::new(
             format!("patchpanel connect {one}"),
-            pp.map(|s| &s.connect_alone[..]),
+            pp.map(|s| &s.alone.connect[..]),
         ),
         Row::new(
             format!("patchpanel connect {many}"),
-            pp.map(|s| &s.connect_loaded[..]),
+            pp.map(|s| &s.loaded.connect[..]),
         ),
         Row::new(
             format!("netavark setup {one}"),
@@ -129,11 +131,11 @@ fn render(pp: Option<&PatchpanelSamples>, nv: Option<&NetavarkSamples>, loaded: 
         ),
         Row::new(
             format!("patchpanel teardown {one}"),
-            pp.map(|s| &s.teardown_alone[..]),
+            pp.map(|s| &s.alone.teardown[..]),
         ),
         Row::new(
             format!("patchpanel teardown {many}"),
-            pp.map(|s| &s.teardown_loaded[..]),
+            pp.map(|s| &s.loaded.teardown[..]),
         ),
         Row::new(
             format!("netavark teardown {one}"),
@@ -142,6 +144,22 @@ fn render(pp: Option<&PatchpanelSamples>, nv: Option<&NetavarkSamples>, loaded: 
         Row::new(
             format!("netavark teardown {many}"),
             nv.map(|s| &s.teardown_loaded[..]),
+        ),
+        Row::new(
+            format!("patchpanel /run/netns gone {one}"),
+            pp.map(|s| &s.alone.netns_gone[..]),
+        ),
+        Row::new(
+            format!("patchpanel /run/netns gone {many}"),
+            pp.map(|s| &s.loaded.netns_gone[..]),
+        ),
+        Row::new(
+            format!("patchpanel host veth gone {one}"),
+            pp.map(|s| &s.alone.veth_gone[..]),
+        ),
+        Row::new(
+            format!("patchpanel host veth gone {many}"),
+            pp.map(|s| &s.loaded.veth_gone[..]),
         ),
         Row::new(
             "(nsenter alone, in netavark rows)",
@@ -164,5 +182,23 @@ fn render(pp: Option<&PatchpanelSamples>, nv: Option<&NetavarkSamples>, loaded: 
         report::table(&rows),
         report::verdict("connect", loaded, &connect),
         report::verdict("teardown", loaded, &teardown),
+    )
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// CPUs and load before and after: other work on the machine skews the
+/// numbers, and a reader comparing runs should know.
+fn machine_line(start: Option<f64>, end: Option<f64>) -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let load = |l: Option<f64>| l.map_or_else(|| "?".to_string(), |l| format!("{l:.2}"));
+    format!(
+        "machine: {cpus} CPUs; 1-min load average {} at start, {} at end",
+        load(start),
+        load(end)
     )
 }

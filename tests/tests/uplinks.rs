@@ -133,8 +133,10 @@ fn owned_routes(netns: &Netns) -> BTreeSet<String> {
     counted(routes)
 }
 
-/// The mangle lines (IPv4 and IPv6, counters stripped) that mention
-/// `ifname` or its pinning chain.
+/// The mangle lines (IPv4 and IPv6, counters stripped) of `ifname`'s
+/// connection pinning: its chain `POSTROUTING_<ifname>`, the rules in it and
+/// the jump to it, and the CONNMARK restore on input from `ifname` (not
+/// other features' rules for the uplink, such as traffic accounting).
 fn pinning(netns: &Netns, ifname: &str) -> BTreeSet<String> {
     let chain = format!("POSTROUTING_{ifname}");
     let mut lines = Vec::new();
@@ -147,10 +149,12 @@ fn pinning(netns: &Netns, ifname: &str) -> BTreeSet<String> {
                 Some(decl) => format!(":{}", decl.split_whitespace().next().unwrap_or("")),
                 None => line.to_string(),
             };
-            let mentions = line
-                .split_whitespace()
-                .any(|w| w == ifname || w == chain || w == format!(":{chain}"));
-            if mentions {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let in_chain = words
+                .iter()
+                .any(|w| *w == chain || *w == format!(":{chain}"));
+            let restore = words.contains(&ifname) && words.contains(&"--restore-mark");
+            if in_chain || restore {
                 lines.push(format!("{family} {line}"));
             }
         }
@@ -808,10 +812,20 @@ fn a_clean_stop_removes_uplink_routing_and_restores_accept_ra() {
     assert_eq!(pinning(&netns, "wlan0"), BTreeSet::new());
     assert_eq!(accept_ra(&netns, "eth0"), "0");
     assert_eq!(accept_ra(&netns, "wlan0"), wlan0_before);
-    // Nothing but (possibly empty) tables and built-in chains remains.
+    // Nothing but (possibly empty) tables, built-in chains and the traffic
+    // accounting chains `rx_<uplink>`/`tx_<uplink>` remains: a clean stop
+    // keeps the counters, on purpose, for the next run.
+    let accounting = |l: &str| {
+        let chain = l
+            .strip_prefix("-A ")
+            .or_else(|| l.strip_prefix(':'))
+            .unwrap_or("");
+        chain.starts_with("rx_") || chain.starts_with("tx_")
+    };
     let leftovers: Vec<&str> = fw
         .lines()
         .filter(|l| l.starts_with("-A") || (l.starts_with(':') && l.contains(" - ")))
+        .filter(|l| !accounting(l))
         .collect();
     assert_eq!(leftovers, Vec::<&str>::new(), "{fw}");
     drop(daemon);

@@ -161,7 +161,8 @@ pub struct Route {
     pub scope: RouteScope,
     /// Route type.
     pub kind: RouteType,
-    /// `rtm_protocol` (who installed it); adds default to `RTPROT_BOOT` as iproute2.
+    /// `rtm_protocol` (who installed it); adds default to `RTPROT_BOOT` as
+    /// iproute2, and deletes match it.
     pub protocol: u8,
 }
 
@@ -232,8 +233,9 @@ pub(crate) fn header_table(table: u32) -> u8 {
     u8::try_from(table).unwrap_or(libc::RT_TABLE_UNSPEC)
 }
 
-/// `RTM_NEWROUTE`/`RTM_DELROUTE` body. For deletes, protocol and scope are
-/// wildcards (as iproute2 sends them) so a route matches whoever installed it.
+/// `RTM_NEWROUTE`/`RTM_DELROUTE` body. For deletes, the scope is a wildcard
+/// and the protocol is `route.protocol`: the kernel then deletes only a
+/// route of that protocol (of any protocol with `RTPROT_UNSPEC`).
 pub(crate) fn route_request(
     route: &Route,
     oif: Option<u32>,
@@ -254,7 +256,7 @@ pub(crate) fn route_request(
         attrs.push(attr(Rta::Priority, metric)?);
     }
     let (protocol, scope) = if delete {
-        (libc::RTPROT_UNSPEC, libc::RT_SCOPE_NOWHERE)
+        (route.protocol, libc::RT_SCOPE_NOWHERE)
     } else {
         (route.protocol, route.scope.to_u8())
     };
@@ -328,7 +330,8 @@ impl Rtnl {
         self.ack(&op, Rtm::Newroute, NlmF::CREATE | NlmF::REPLACE, body)
     }
 
-    /// Deletes the route: `Ok(false)` if there was no such route (or its
+    /// Deletes the route if it has `route.protocol` (any route with
+    /// `RTPROT_UNSPEC`): `Ok(false)` if there was no such route (or its
     /// output device no longer exists).
     pub fn delete_route(&self, route: &Route) -> Result<bool> {
         route.validate()?;
@@ -430,10 +433,14 @@ mod tests {
     }
 
     #[test]
-    fn delete_request_wildcards_protocol_and_scope() {
+    fn delete_request_wildcards_the_scope_and_keeps_the_protocol() {
         let mut r = Route::new("10.1.0.0".parse().unwrap(), 16);
         r.metric = Some(10);
         r.scope = RouteScope::Link;
+        r.protocol = 157;
+        let b = bytes(&route_request(&r, None, true).unwrap());
+        assert_eq!(&b[..8], &[libc::AF_INET as u8, 16, 0, 0, 254, 157, 255, 1]);
+        r.protocol = libc::RTPROT_UNSPEC;
         let b = bytes(&route_request(&r, None, true).unwrap());
         assert_eq!(&b[..8], &[libc::AF_INET as u8, 16, 0, 0, 254, 0, 255, 1]);
         let mut attrs = rta(15, &254u32.to_ne_bytes());

@@ -45,9 +45,17 @@ enum Undo {
         addr: IpAddr,
         prefix_len: u8,
     },
-    LinkDown {
+    /// Puts a link's up and multicast flags back as they were.
+    RestoreLink {
         netns: Netns,
         link: IfName,
+        up: bool,
+        multicast: bool,
+    },
+    /// Puts back the route of ours that an added route replaced.
+    RestoreRoute {
+        netns: Netns,
+        route: patchpanel_rtnl::Route,
     },
     Firewall(Batch),
     Nothing,
@@ -239,9 +247,20 @@ impl Writer {
                         .map(|_| ())
                         .map_err(|e| os_error(format!("delete address {addr} from {link}"), &e))
                 }),
-                Undo::LinkDown { netns, link } => self.rtnl(&netns).and_then(|r| {
-                    r.set_up(link.as_str(), false)
-                        .map_err(|e| os_error(format!("set {link} down"), &e))
+                Undo::RestoreLink {
+                    netns,
+                    link,
+                    up,
+                    multicast,
+                } => self.rtnl(&netns).and_then(|r| {
+                    r.set_up(link.as_str(), up)
+                        .map_err(|e| os_error(format!("set {link} up={up}"), &e))?;
+                    r.set_multicast(link.as_str(), multicast)
+                        .map_err(|e| os_error(format!("set multicast on {link}"), &e))
+                }),
+                Undo::RestoreRoute { netns, route } => self.rtnl(&netns).and_then(|r| {
+                    r.add_route(&route)
+                        .map_err(|e| os_error("restore a replaced route", &e))
                 }),
                 Undo::Firewall(batch) => self.firewall().and_then(|fw| {
                     fw.apply(&batch)
@@ -343,9 +362,14 @@ impl Writer {
                     IpAddr::V4(a) if *prefix_len < 31 => Some(broadcast(*a, *prefix_len)),
                     _ => None,
                 };
-                self.rtnl(netns)?
+                let added = self
+                    .rtnl(netns)?
                     .add_address(link.as_str(), *addr, *prefix_len, brd)
                     .map_err(|e| os_error(format!("add {addr}/{prefix_len} to {link}"), &e))?;
+                if !added {
+                    // It was there before this plan: not ours to undo.
+                    return Ok(Undo::Nothing);
+                }
                 Ok(Undo::DeleteAddress {
                     netns: netns.clone(),
                     link: link.clone(),
@@ -359,24 +383,43 @@ impl Writer {
                 multicast,
             } => {
                 let rtnl = self.rtnl(netns)?;
+                let before = rtnl
+                    .link(link.as_str())
+                    .map_err(|e| os_error(format!("look up {link}"), &e))?
+                    .ok_or_else(|| HelperError::Os {
+                        operation: format!("set {link} up"),
+                        errno: libc::ENODEV,
+                        message: format!("no link named {link}"),
+                    })?;
                 rtnl.set_multicast(link.as_str(), *multicast)
                     .map_err(|e| os_error(format!("set multicast on {link}"), &e))?;
-                rtnl.set_up(link.as_str(), true)
-                    .map_err(|e| os_error(format!("set {link} up"), &e))?;
-                Ok(Undo::LinkDown {
+                if let Err(e) = rtnl.set_up(link.as_str(), true) {
+                    let _ = rtnl.set_multicast(link.as_str(), before.multicast);
+                    return Err(os_error(format!("set {link} up"), &e));
+                }
+                Ok(Undo::RestoreLink {
                     netns: netns.clone(),
                     link: link.clone(),
+                    up: before.up,
+                    multicast: before.multicast,
                 })
             }
             Step::AddRoute { netns, route } => {
                 let r = to_route(route)?;
-                self.rtnl(netns)?
-                    .add_route(&r)
+                let rtnl = self.rtnl(netns)?;
+                let replaced = owned::replaced_route(rtnl, &r)?;
+                rtnl.add_route(&r)
                     .map_err(|e| os_error(format!("add route {}", describe_route(route)), &e))?;
-                Ok(Undo::Step(Step::DeleteRoute {
-                    netns: netns.clone(),
-                    route: route.clone(),
-                }))
+                Ok(match replaced {
+                    Some(old) => Undo::RestoreRoute {
+                        netns: netns.clone(),
+                        route: old,
+                    },
+                    None => Undo::Step(Step::DeleteRoute {
+                        netns: netns.clone(),
+                        route: route.clone(),
+                    }),
+                })
             }
             Step::DeleteRoute { netns, route } => {
                 let r = to_route(route)?;
@@ -387,10 +430,16 @@ impl Writer {
             }
             Step::AddRule(rule) => {
                 let r = to_rule(rule);
-                self.rtnl(&Netns::Host)?
+                let added = self
+                    .rtnl(&Netns::Host)?
                     .add_rule(&r)
                     .map_err(|e| os_error(format!("add rule {rule:?}"), &e))?;
-                Ok(Undo::Step(Step::DeleteRule(rule.clone())))
+                // An identical rule of ours was there before this plan.
+                Ok(if added {
+                    Undo::Step(Step::DeleteRule(rule.clone()))
+                } else {
+                    Undo::Nothing
+                })
             }
             Step::DeleteRule(rule) => {
                 let r = to_rule(rule);

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use log::info;
 use patchpanel_ipc::datapath::{PlanReport, RouteSpec, LINK_ALIAS, ROUTE_PROTOCOL};
 use patchpanel_ipc::{HelperError, IfName, NetnsName};
-use patchpanel_rtnl::Rtnl;
+use patchpanel_rtnl::{Route, Rtnl};
 
 use patchpanel_firewall::FirewallBackend;
 
@@ -32,6 +32,40 @@ pub fn delete_owned_link(rtnl: &Rtnl, name: &IfName) -> Result<(), HelperError> 
     Ok(())
 }
 
+/// The metric the kernel gives a route added without one.
+fn effective_metric(r: &Route) -> u32 {
+    match (r.family(), r.metric) {
+        // IP6_RT_PRIO_USER
+        (patchpanel_rtnl::Family::V6, None | Some(0)) => 1024,
+        (_, m) => m.unwrap_or(0),
+    }
+}
+
+/// The route that adding `route` would replace (routes are added with
+/// `NLM_F_REPLACE`: same table, destination and metric), so that its undo
+/// can put it back. A route that is not patchpanel's is never replaced:
+/// that is refused.
+pub fn replaced_route(rtnl: &Rtnl, route: &Route) -> Result<Option<Route>, HelperError> {
+    let existing = rtnl
+        .routes(route.family(), Some(route.table))
+        .map_err(|e| os_error(format!("list table {}", route.table), &e))?;
+    let Some(old) = existing.into_iter().find(|r| {
+        r.dst == route.dst
+            && r.prefix_len == route.prefix_len
+            && effective_metric(r) == effective_metric(route)
+    }) else {
+        return Ok(None);
+    };
+    if old.protocol != ROUTE_PROTOCOL {
+        return Err(HelperError::InvalidArgument(format!(
+            "refusing to replace the route to {}/{} in table {}: it is not patchpanel's \
+             (protocol {})",
+            old.dst, old.prefix_len, old.table, old.protocol
+        )));
+    }
+    Ok(Some(old))
+}
+
 /// Makes table `table` hold exactly `routes` among patchpanel's routes.
 pub fn sync_table(rtnl: &Rtnl, table: u32, routes: &[RouteSpec]) -> Result<(), HelperError> {
     if table < 1000 {
@@ -47,7 +81,10 @@ pub fn sync_table(rtnl: &Rtnl, table: u32, routes: &[RouteSpec]) -> Result<(), H
                 r.table
             )));
         }
-        wanted.push(to_route(r)?);
+        let route = to_route(r)?;
+        // Checked before anything changes.
+        replaced_route(rtnl, &route)?;
+        wanted.push(route);
     }
     for family in [patchpanel_rtnl::Family::V4, patchpanel_rtnl::Family::V6] {
         let existing = rtnl

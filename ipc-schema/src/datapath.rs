@@ -179,6 +179,9 @@ pub enum Step {
     /// One firewall batch (both families), rendered by the writer for its
     /// backend. Undo: the inverse batch.
     Firewall(Batch),
+    /// Creates the accounting chains `rx_<if>`/`tx_<if>` unless they exist
+    /// (they outlive patchpanel so counts persist). No undo.
+    EnsureAccounting(IfName),
 }
 
 /// How failures are handled.

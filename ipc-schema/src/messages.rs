@@ -76,8 +76,14 @@ pub enum Request {
     /// any other datapath request.
     ConfigureWriter(WriterConfig),
     /// Datapath writer: creates patchpanel's firewall chains and jumps if
-    /// missing (idempotent). Replayed.
-    SetupFirewall,
+    /// missing (idempotent), with the host-traffic tagging of the layout
+    /// config. Replayed.
+    SetupFirewall(patchpanel_firewall::LayoutConfig),
+    /// Datapath writer: the accounting counters of these uplinks (all if
+    /// empty), zero samples left out. Answered with [`Reply::Counters`]. The
+    /// manager asks for a bounded number of uplinks at a time so the answer
+    /// fits one message.
+    ReadCounters { ifnames: Vec<IfName> },
     /// Datapath writer: applies one operation's steps. Fds (pidfds) ride
     /// beside the request. Answered with [`Reply::Applied`].
     Apply(Plan),
@@ -90,6 +96,22 @@ pub enum Request {
         keep_netns: Vec<NetnsName>,
         keep_accounting: bool,
     },
+    /// ndproxy: relays RS from the downlink to the uplink, RA from the
+    /// uplink to the downlink, and NS/NA both ways (and between downlinks
+    /// of the same uplink); sets both links all-multicast while any pair
+    /// uses them. Answered with [`Reply::Done`], also when already proxying.
+    /// Replayed.
+    NdProxyStart {
+        uplink_ifindex: u32,
+        downlink_ifindex: u32,
+    },
+    /// ndproxy: stops what [`Request::NdProxyStart`] started for this pair.
+    /// Answered with [`Reply::Done`], also when the pair was not proxied or
+    /// its links are gone.
+    NdProxyStop {
+        uplink_ifindex: u32,
+        downlink_ifindex: u32,
+    },
 }
 
 /// Successful answers.
@@ -98,6 +120,7 @@ pub enum Reply {
     Pong { nonce: u64 },
     Done,
     Applied(PlanReport),
+    Counters(Vec<patchpanel_firewall::counters::CounterSample>),
 }
 
 /// Why a helper refused or failed a request.

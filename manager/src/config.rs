@@ -34,6 +34,45 @@ pub struct Config {
     /// `parallels_vm`. E.g. `[pools.netns] base = "100.115.96.0"
     /// prefix_len = 30 count = 128`.
     pub pools: std::collections::BTreeMap<String, patchpanel_addr::PoolConfig>,
+    /// The only user LOCKDOWN port rules let through (default `chronos`
+    /// if that user exists, else root).
+    pub lockdown_user: Option<String>,
+    /// Networks FORWARDING port rules may send to.
+    pub forwarding_targets: Vec<patchpanel_addr::Ipv4Subnet>,
+    /// Tag the host's own traffic with its source (by uid) for the traffic
+    /// counters; untagged local traffic counts as SYSTEM.
+    pub local_traffic_marking: bool,
+    /// User name -> traffic source (chrome, user, update_engine, system) of
+    /// local traffic. Users missing from passwd are skipped.
+    pub traffic_sources: std::collections::BTreeMap<String, String>,
+}
+
+/// Upstream's uid -> source list (`kLocalSourceTypes`), by name.
+pub const DEFAULT_TRAFFIC_SOURCES: &[(&str, &str)] = &[
+    ("chronos", "chrome"),
+    ("debugd", "user"),
+    ("cups", "user"),
+    ("lpadmin", "user"),
+    ("printscanmgr", "user"),
+    ("dns-proxy-user", "user"),
+    ("pluginvm", "user"),
+    ("kerberosd", "system"),
+    ("kerberosd-exec", "system"),
+    ("tlsdate", "system"),
+    ("fuse-smbfs", "system"),
+];
+
+/// A local traffic source name of the configuration.
+pub fn local_source(name: &str) -> Option<patchpanel_firewall::TrafficSource> {
+    use patchpanel_firewall::TrafficSource::*;
+    Some(match name.to_ascii_lowercase().replace('-', "_").as_str() {
+        "chrome" => Chrome,
+        "user" => User,
+        "update_engine" => UpdateEngine,
+        "system" => System,
+        "vpn" | "host_vpn" => HostVpn,
+        _ => return None,
+    })
 }
 
 impl Default for Config {
@@ -50,6 +89,13 @@ impl Default for Config {
             netns_dir: PathBuf::from("/run/netns"),
             uplinks: "auto".into(),
             pools: Default::default(),
+            lockdown_user: None,
+            forwarding_targets: vec![patchpanel_addr::GUEST_ADDRESS_SPACE],
+            local_traffic_marking: true,
+            traffic_sources: DEFAULT_TRAFFIC_SOURCES
+                .iter()
+                .map(|(u, s)| (u.to_string(), s.to_string()))
+                .collect(),
         }
     }
 }
@@ -220,6 +266,26 @@ impl Config {
         }
         parse_uplinks(&self.uplinks)?;
         self.address_manager()?;
+        if let Some(u) = &self.lockdown_user {
+            if !valid_name_part(u, 32) {
+                return Err(format!("lockdown_user {u:?} is not a valid user name"));
+            }
+        }
+        if self.forwarding_targets.is_empty() {
+            return Err("forwarding_targets must name at least one network".into());
+        }
+        for (user, source) in &self.traffic_sources {
+            if !valid_name_part(user, 32) {
+                return Err(format!(
+                    "traffic_sources: {user:?} is not a valid user name"
+                ));
+            }
+            if local_source(source).is_none() {
+                return Err(format!(
+                    "traffic_sources: {user} = {source:?}: use chrome, user, update_engine, system or vpn"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -328,6 +394,23 @@ mod tests {
             Config::parse("[pools.nope]\nbase = \"10.0.0.0\"\nprefix_len = 30\ncount = 4\n")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn traffic_sources_and_forwarding_targets_are_checked() {
+        let c = Config::parse(
+            "forwarding_targets = [\"10.0.0.0/8\"]\n[traffic_sources]\nnobody = \"user\"\n",
+        )
+        .expect("parse");
+        assert_eq!(c.forwarding_targets[0].to_string(), "10.0.0.0/8");
+        assert_eq!(
+            c.traffic_sources.get("nobody").map(String::as_str),
+            Some("user")
+        );
+        assert!(Config::parse("[traffic_sources]\nnobody = \"arc\"\n").is_err());
+        assert!(Config::parse("forwarding_targets = [\"10.0.0.1/8\"]\n").is_err());
+        assert!(Config::parse("forwarding_targets = []\n").is_err());
+        assert!(Config::parse("lockdown_user = \"a b\"\n").is_err());
     }
 
     #[test]

@@ -228,7 +228,12 @@ impl DbusService {
 }
 
 /// The methods this build serves; the others answer UnknownMethod.
-pub const IMPLEMENTED: &[&str] = &[names::GET_DEVICES, names::CONNECT_NAMESPACE];
+pub const IMPLEMENTED: &[&str] = &[
+    names::GET_DEVICES,
+    names::CONNECT_NAMESPACE,
+    names::MODIFY_PORT_RULE,
+    names::GET_TRAFFIC_COUNTERS,
+];
 
 /// The sender of a call, for logs.
 pub fn sender(msg: &dbus::Message) -> String {

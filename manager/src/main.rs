@@ -9,12 +9,14 @@
 //! filter; and runs the event loop.
 
 mod config;
+mod counters;
 mod dbus_service;
 mod lifeline;
 mod manager;
 mod namespaces;
 mod operations;
 mod pids;
+mod port_rules;
 mod routing;
 mod spawner;
 mod state;
@@ -107,6 +109,7 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
             .map(Path::to_path_buf)
             .ok_or_else(|| anyhow!("our executable has no directory"))?,
     };
+    let (port_policy, layout) = site_policy(&config)?;
     let executables = Process::HELPERS
         .iter()
         .map(|p| open_executable(&helper_dir.join(p.executable())))
@@ -197,9 +200,56 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
             },
             cleanup_only: flags.cleanup,
             manage_uplink_routing,
+            port_policy,
+            layout,
         },
     )?
     .run()
+}
+
+/// Resolves the user names of the configuration (LOCKDOWN's allowed user,
+/// the uid -> traffic source map) against passwd, in the root phase.
+fn site_policy(
+    config: &Config,
+) -> anyhow::Result<(port_rules::PortPolicy, patchpanel_firewall::LayoutConfig)> {
+    let lockdown_uid = match &config.lockdown_user {
+        Some(name) => {
+            patchpanel_sandbox::lookup_user(name)
+                .with_context(|| format!("cannot look up lockdown_user {name:?}"))?
+                .ok_or_else(|| anyhow!("lockdown_user {name:?} does not exist"))?
+                .uid
+        }
+        None => match patchpanel_sandbox::lookup_user("chronos") {
+            Ok(Some(u)) => u.uid,
+            _ => 0,
+        },
+    };
+    info!("LOCKDOWN port rules let uid {lockdown_uid} through");
+    let mut uid_sources = Vec::new();
+    for (user, source) in &config.traffic_sources {
+        let Some(source) = config::local_source(source) else {
+            continue;
+        };
+        match patchpanel_sandbox::lookup_user(user) {
+            Ok(Some(u)) => uid_sources.push((u.uid, source)),
+            Ok(None) => log::debug!("traffic_sources: no user {user}; skipped"),
+            Err(e) => log::warn!("traffic_sources: cannot look up {user}: {e}"),
+        }
+    }
+    let local_traffic =
+        config
+            .local_traffic_marking
+            .then_some(patchpanel_firewall::layout::LocalTraffic {
+                uid_sources,
+                update_engine_cgroup: None,
+            });
+    Ok((
+        port_rules::PortPolicy {
+            lockdown_uid,
+            forwarding_targets: config.forwarding_targets.clone(),
+        },
+        patchpanel_firewall::LayoutConfig { local_traffic },
+    ))
 }
 
 /// Opens a helper executable as O_PATH for a later execveat.

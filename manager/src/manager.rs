@@ -123,6 +123,8 @@ pub struct Options {
     /// Netlink mode: patchpanel builds the per-uplink routing tables and
     /// rules that shill would otherwise own.
     pub manage_uplink_routing: bool,
+    pub port_policy: crate::port_rules::PortPolicy,
+    pub layout: patchpanel_firewall::LayoutConfig,
 }
 
 pub struct Manager {

@@ -19,7 +19,7 @@ use crate::dbus_service::{self, CallError};
 use crate::lifeline::Guarded;
 use crate::manager::Manager;
 use crate::state::{ConnectedNamespace, Loaded};
-use crate::{namespaces, pids, routing};
+use crate::{counters, namespaces, pids, port_rules, routing};
 
 impl Manager {
     /// Reads the bus and serves every queued call.
@@ -80,6 +80,8 @@ impl Manager {
                 Ok(self.state.devices().encode_to_vec())
             }
             names::CONNECT_NAMESPACE => self.connect_namespace(call, op),
+            names::MODIFY_PORT_RULE => self.modify_port_rule(call, op),
+            names::GET_TRAFFIC_COUNTERS => self.get_traffic_counters(call),
             other => Err(CallError::Unsupported(format!(
                 "{other} is not implemented by this patchpanel"
             ))),
@@ -259,11 +261,13 @@ impl Manager {
             let _ = self.state_file.remove();
             return Ok(());
         }
-        match self.call_helper(Process::DatapathWriter, Request::SetupFirewall, &[]) {
-            Ok(_) => {
-                self.record_replay(Process::DatapathWriter, "firewall", Request::SetupFirewall)
-            }
+        let setup = Request::SetupFirewall(self.options.layout.clone());
+        match self.call_helper(Process::DatapathWriter, setup.clone(), &[]) {
+            Ok(_) => self.record_replay(Process::DatapathWriter, "firewall", setup),
             Err(e) => anyhow::bail!("cannot set up the firewall: {e}"),
+        }
+        if let Some(prev) = &previous {
+            self.readopt_port_rules(&prev.port_rules);
         }
         let mut steps = Vec::new();
         for sysctl in [Sysctl::Ipv4Forward, Sysctl::Ipv6Forwarding] {
@@ -291,6 +295,127 @@ impl Manager {
         self.save_state();
         self.datapath_ready = true;
         Ok(())
+    }
+
+    /// A crash restart: the previous run's port rules are still wanted
+    /// (permission_broker holds them), so they are applied again.
+    fn readopt_port_rules(&mut self, rules: &[port_rules::PortRule]) {
+        for rule in rules {
+            let result = port_rules::batch(rule, &self.options.port_policy).and_then(|batch| {
+                self.apply(
+                    Plan {
+                        label: format!("re-adopt port rule {rule:?}"),
+                        mode: ApplyMode::Atomic,
+                        steps: vec![Step::Firewall(batch)],
+                    },
+                    &[],
+                )
+            });
+            match result {
+                Ok(_) => self.state.port_rules.push(rule.clone()),
+                Err(e) => warn!("port rule {rule:?} from the previous run not re-applied: {e}"),
+            }
+        }
+        if !rules.is_empty() {
+            info!(
+                "re-applied {} of {} port rule(s) of the previous run",
+                self.state.port_rules.len(),
+                rules.len()
+            );
+        }
+    }
+
+    fn modify_port_rule(&mut self, call: &dbus::Message, op: u64) -> Result<Vec<u8>, CallError> {
+        let bytes: Vec<u8> = call
+            .read1()
+            .map_err(|e| CallError::InvalidArgument(format!("ModifyPortRule: {e}")))?;
+        let request =
+            patchpanel_proto::decode_request::<patchpanel_proto::ModifyPortRuleRequest>(&bytes)
+                .map_err(|e| CallError::InvalidArgument(format!("ModifyPortRule: {e}")))?;
+        let policy = self.options.port_policy.clone();
+        let (rule, batch, create) = match port_rules::parse(&request, &policy)? {
+            port_rules::PortOp::Create(rule) => {
+                if let Some(why) = port_rules::conflict(&self.state.port_rules, &rule) {
+                    return Err(CallError::InvalidArgument(format!("ModifyPortRule: {why}")));
+                }
+                let batch = port_rules::batch(&rule, &policy)?;
+                (rule, batch, true)
+            }
+            port_rules::PortOp::Delete(rule) => {
+                if !self.state.port_rules.contains(&rule) {
+                    return Err(CallError::InvalidArgument(
+                        "ModifyPortRule: no such rule to delete".into(),
+                    ));
+                }
+                let batch = port_rules::batch(&rule, &policy)?
+                    .inverse()
+                    .map_err(|e| CallError::Failed(format!("ModifyPortRule: {e}")))?;
+                (rule, batch, false)
+            }
+        };
+        self.apply(
+            Plan {
+                label: format!("ModifyPortRule op {op}"),
+                mode: ApplyMode::Atomic,
+                steps: vec![Step::Firewall(batch)],
+            },
+            &[],
+        )?;
+        info!(
+            "ModifyPortRule op {op} from {}: {} {rule:?}",
+            dbus_service::sender(call),
+            if create { "created" } else { "deleted" }
+        );
+        if create {
+            self.state.port_rules.push(rule);
+        } else {
+            self.state.port_rules.retain(|r| *r != rule);
+        }
+        self.save_state();
+        Ok(patchpanel_proto::ModifyPortRuleResponse { success: true }.encode_to_vec())
+    }
+
+    fn get_traffic_counters(&mut self, call: &dbus::Message) -> Result<Vec<u8>, CallError> {
+        let bytes: Vec<u8> = call
+            .read1()
+            .map_err(|e| CallError::InvalidArgument(format!("GetTrafficCounters: {e}")))?;
+        let request =
+            patchpanel_proto::decode_request::<patchpanel_proto::TrafficCountersRequest>(&bytes)
+                .map_err(|e| CallError::InvalidArgument(format!("GetTrafficCounters: {e}")))?;
+        let mut wanted = Vec::new();
+        for d in &request.devices {
+            wanted.push(patchpanel_ipc::IfName::new(d).map_err(|e| {
+                CallError::InvalidArgument(format!("GetTrafficCounters: devices: {e}"))
+            })?);
+        }
+        if wanted.is_empty() {
+            wanted = self
+                .uplinks
+                .all()
+                .map(|u| u.name.clone())
+                .collect::<Vec<_>>();
+        }
+        let mut samples = Vec::new();
+        for chunk in wanted.chunks(counters::UPLINKS_PER_READ) {
+            match self.call_helper(
+                Process::DatapathWriter,
+                Request::ReadCounters {
+                    ifnames: chunk.to_vec(),
+                },
+                &[],
+            )? {
+                Reply::Counters(s) => samples.extend(s),
+                other => {
+                    return Err(CallError::Failed(format!(
+                        "GetTrafficCounters: the writer answered {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(patchpanel_proto::TrafficCountersResponse {
+            counters: counters::aggregate(&samples),
+        }
+        .encode_to_vec())
     }
 
     fn remove_owned(&mut self, keep_accounting: bool) -> anyhow::Result<()> {

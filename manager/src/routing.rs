@@ -243,6 +243,7 @@ impl Ord for RuleKey {
 pub fn uplink_steps_all(view: &UplinkView, manage: bool) -> Vec<Step> {
     let mut steps = Vec::new();
     for u in view.all() {
+        steps.push(Step::EnsureAccounting(u.name.clone()));
         steps.push(Step::Firewall(pinning(u)));
         if manage {
             steps.extend(uplink_link_steps(u));
@@ -255,9 +256,12 @@ pub fn uplink_steps_all(view: &UplinkView, manage: bool) -> Vec<Step> {
 }
 
 /// Connection pinning (reference §4.6): connections leaving through the
-/// uplink remember it and their source.
+/// uplink remember it and their source; and the jumps to the uplink's
+/// accounting chains (reference §6).
 fn pinning(u: &Uplink) -> Batch {
-    patchpanel_firewall::guest::uplink_pinning(&u.name, table_of(u))
+    let mut batch = patchpanel_firewall::guest::uplink_pinning(&u.name, table_of(u));
+    batch.extend(patchpanel_firewall::counters::accounting_jumps(&u.name));
+    batch
 }
 
 fn uplink_link_steps(u: &Uplink) -> Vec<Step> {
@@ -283,7 +287,10 @@ pub fn uplink_steps_for_event(
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     match event {
-        UplinkEvent::Added(u) => steps.push(Step::Firewall(pinning(u))),
+        UplinkEvent::Added(u) => {
+            steps.push(Step::EnsureAccounting(u.name.clone()));
+            steps.push(Step::Firewall(pinning(u)));
+        }
         UplinkEvent::Removed(u) => steps.push(Step::Firewall(pinning(u).inverse_or_empty())),
         _ => {}
     }
@@ -419,7 +426,9 @@ mod tests {
         let v = view(&[uplink("eth0", 2, [192, 0, 2, 10], None)], Some("eth0"));
         let steps = uplink_steps_all(&v, false);
         assert!(
-            steps.iter().all(|s| matches!(s, Step::Firewall(_))),
+            steps
+                .iter()
+                .all(|s| matches!(s, Step::Firewall(_) | Step::EnsureAccounting(_))),
             "{steps:#?}"
         );
     }

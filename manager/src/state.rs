@@ -90,6 +90,8 @@ pub struct State {
     pub namespaces: BTreeMap<u32, ConnectedNamespace>,
     /// Sysctls patchpanel changed, with the value it found first.
     pub sysctl_originals: Vec<(Netns, Sysctl, String)>,
+    /// Active ModifyPortRule rules, in creation order.
+    pub port_rules: Vec<crate::port_rules::PortRule>,
 }
 
 impl Default for State {
@@ -99,6 +101,7 @@ impl Default for State {
             next_namespace_id: 0,
             namespaces: BTreeMap::new(),
             sysctl_originals: Vec::new(),
+            port_rules: Vec::new(),
         }
     }
 }

@@ -32,6 +32,9 @@ pub trait FirewallBackend {
     /// such as accounting chains, only when they are missing).
     fn list_chains(&mut self, family: Family, table: Table) -> Result<Vec<String>, FirewallError>;
 
+    /// The totals of every accounting rule (`rx_*`/`tx_*`), both families.
+    /// A dump that cannot be parsed is an error, never zeros.
+    fn read_counters(&mut self) -> Result<Vec<crate::counters::CounterSample>, FirewallError>;
     /// The whole rule set of `family`, in `iptables-save` format.
     fn dump(&mut self, family: Family) -> Result<String, FirewallError>;
 }
@@ -120,6 +123,12 @@ pub enum FirewallError {
     },
     #[error(transparent)]
     NoInverse(#[from] InverseError),
+    #[error("{program}: {source}")]
+    Counters {
+        program: PathBuf,
+        #[source]
+        source: crate::counters::CounterParseError,
+    },
 }
 
 fn failed_lines_text(lines: &[String]) -> String {

@@ -373,6 +373,31 @@ impl FirewallBackend for IptablesRestore {
             .collect())
     }
 
+    fn read_counters(&mut self) -> Result<Vec<crate::counters::CounterSample>, FirewallError> {
+        let mut samples = Vec::new();
+        for family in Family::ALL {
+            let program = self.tools.save(family);
+            let out = run(program, &["-c", "-t", Table::Mangle.name()], None)?;
+            if !out.success {
+                return Err(FirewallError::Save {
+                    program: program.to_path_buf(),
+                    table: Table::Mangle.name().to_string(),
+                    status: out.status,
+                    stderr: out.stderr.trim().to_string(),
+                });
+            }
+            samples.extend(
+                crate::counters::parse_counters(&out.stdout, family).map_err(|source| {
+                    FirewallError::Counters {
+                        program: program.to_path_buf(),
+                        source,
+                    }
+                })?,
+            );
+        }
+        Ok(samples)
+    }
+
     fn dump(&mut self, family: Family) -> Result<String, FirewallError> {
         let program = self.tools.save(family);
         let out = run(program, &[], None)?;

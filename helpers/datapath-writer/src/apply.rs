@@ -122,8 +122,14 @@ impl Writer {
             .ok_or_else(|| invalid("no firewall backend"))
     }
 
-    pub fn setup_firewall(&mut self) -> Result<(), HelperError> {
-        let layout = patchpanel_firewall::Layout::default();
+    pub fn setup_firewall(
+        &mut self,
+        config: &patchpanel_firewall::LayoutConfig,
+    ) -> Result<(), HelperError> {
+        let layout = patchpanel_firewall::Layout::new(config);
+        layout
+            .validate()
+            .map_err(|e| invalid(format!("firewall layout: {e}")))?;
         let report = self
             .firewall()?
             .setup(&layout)
@@ -133,6 +139,22 @@ impl Writer {
             warn!("{warning}");
         }
         Ok(())
+    }
+
+    /// Non-zero accounting counters of `ifnames` (every uplink if empty).
+    pub fn read_counters(
+        &mut self,
+        ifnames: &[IfName],
+    ) -> Result<Vec<patchpanel_firewall::counters::CounterSample>, HelperError> {
+        let samples = self
+            .firewall()?
+            .read_counters()
+            .map_err(|e| firewall_error("read counters", &e))?;
+        Ok(samples
+            .into_iter()
+            .filter(|s| s.packets != 0 || s.bytes != 0)
+            .filter(|s| ifnames.is_empty() || ifnames.iter().any(|i| i.as_str() == s.ifname))
+            .collect())
     }
 
     /// The rtnetlink socket of a namespace, opened on first use.
@@ -477,6 +499,27 @@ impl Writer {
                 owned::sync_table(self.rtnl(&Netns::Host)?, *table, routes)?;
                 Ok(Undo::Nothing)
             }
+            Step::EnsureAccounting(ifname) => {
+                let fw = self.firewall()?;
+                let chain = patchpanel_firewall::counters::rx_chain(ifname);
+                let full = patchpanel_firewall::counters::accounting_chains(ifname);
+                let mut missing = patchpanel_firewall::Batch::new();
+                for family in patchpanel_firewall::Family::ALL {
+                    let have = fw
+                        .list_chains(family, patchpanel_firewall::Table::Mangle)
+                        .map_err(|e| firewall_error("list accounting chains", &e))?;
+                    if !have.iter().any(|c| c == chain.as_str()) {
+                        missing
+                            .changes_mut(family)
+                            .extend(full.changes(family).iter().cloned());
+                    }
+                }
+                if !missing.is_empty() {
+                    fw.apply(&missing)
+                        .map_err(|e| firewall_error("create accounting chains", &e))?;
+                }
+                Ok(Undo::Nothing)
+            }
             Step::Firewall(batch) => {
                 batch
                     .validate()
@@ -520,6 +563,7 @@ fn step_name(step: &Step) -> &'static str {
         Step::SetSysctl { .. } => "set sysctl",
         Step::SyncTable { .. } => "sync table",
         Step::Firewall(_) => "firewall",
+        Step::EnsureAccounting(_) => "accounting chains",
     }
 }
 

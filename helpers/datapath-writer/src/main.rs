@@ -31,7 +31,8 @@ impl Service for Writer {
             Request::ConfigureWriter(config) => {
                 self.configure(config.clone()).map(|()| Reply::Done)
             }
-            Request::SetupFirewall => self.setup_firewall().map(|()| Reply::Done),
+            Request::SetupFirewall(config) => self.setup_firewall(config).map(|()| Reply::Done),
+            Request::ReadCounters { ifnames } => self.read_counters(ifnames).map(Reply::Counters),
             Request::Apply(plan) => self.apply(plan, fds).map(Reply::Applied),
             Request::RemoveOwned {
                 keep_links,

@@ -1,0 +1,159 @@
+//! GetTrafficCounters (upstream-core §6): the writer reads the accounting
+//! rules' totals; this module turns them into the D-Bus answer, keyed by
+//! (device, source, IP family) with rx and tx side by side. Pure.
+
+use std::collections::BTreeMap;
+
+use patchpanel_firewall::counters::{CounterSample, Direction};
+use patchpanel_firewall::{Family, TrafficSource};
+use patchpanel_proto::traffic_counter::{IpFamily, Source};
+use patchpanel_proto::TrafficCounter;
+
+/// How many uplinks one writer request covers, so that the answer (at
+/// most 2 directions x 15 rules x 2 families per uplink) fits one IPC
+/// message.
+pub const UPLINKS_PER_READ: usize = 16;
+
+/// The D-Bus source of a fwmark source; `None` (untagged) is UNKNOWN.
+pub fn proto_source(source: Option<TrafficSource>) -> Source {
+    let Some(source) = source else {
+        return Source::Unknown;
+    };
+    match source {
+        TrafficSource::Chrome => Source::Chrome,
+        TrafficSource::User => Source::User,
+        TrafficSource::UpdateEngine => Source::UpdateEngine,
+        TrafficSource::System => Source::System,
+        TrafficSource::HostVpn | TrafficSource::ArcVpn => Source::Vpn,
+        TrafficSource::Arc => Source::Arc,
+        TrafficSource::CrostiniVm => Source::CrostiniVm,
+        TrafficSource::ParallelsVm => Source::ParallelsVm,
+        TrafficSource::TetherDownstream => Source::Tethering,
+        TrafficSource::BruschettaVm => Source::BruschettaVm,
+        TrafficSource::BorealisVm => Source::BorealisVm,
+        TrafficSource::WifiDirect => Source::WifiDirect,
+        TrafficSource::WifiLohs => Source::WifiLohs,
+        TrafficSource::Unknown => Source::Unknown,
+    }
+}
+
+/// Sums samples into one counter per (device, source, family), in a
+/// stable order; zero counters are left out.
+pub fn aggregate(samples: &[CounterSample]) -> Vec<TrafficCounter> {
+    let mut by_key: BTreeMap<(String, i32, i32), TrafficCounter> = BTreeMap::new();
+    for s in samples {
+        let source = proto_source(s.source) as i32;
+        let family = match s.family {
+            Family::V4 => IpFamily::Ipv4,
+            Family::V6 => IpFamily::Ipv6,
+        } as i32;
+        let c = by_key
+            .entry((s.ifname.clone(), source, family))
+            .or_insert_with(|| TrafficCounter {
+                source,
+                device: s.ifname.clone(),
+                ip_family: family,
+                ..Default::default()
+            });
+        match s.direction {
+            Direction::Rx => {
+                c.rx_bytes += s.bytes;
+                c.rx_packets += s.packets;
+            }
+            Direction::Tx => {
+                c.tx_bytes += s.bytes;
+                c.tx_packets += s.packets;
+            }
+        }
+    }
+    by_key
+        .into_values()
+        .filter(|c| c.rx_bytes + c.tx_bytes + c.rx_packets + c.tx_packets > 0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(
+        ifname: &str,
+        family: Family,
+        direction: Direction,
+        source: Option<TrafficSource>,
+        bytes: u64,
+    ) -> CounterSample {
+        CounterSample {
+            family,
+            direction,
+            ifname: ifname.into(),
+            source,
+            packets: bytes / 100,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn rx_and_tx_of_one_source_and_family_share_a_counter() {
+        let c = aggregate(&[
+            sample(
+                "eth0",
+                Family::V4,
+                Direction::Rx,
+                Some(TrafficSource::Arc),
+                1000,
+            ),
+            sample(
+                "eth0",
+                Family::V4,
+                Direction::Tx,
+                Some(TrafficSource::Arc),
+                500,
+            ),
+            sample(
+                "eth0",
+                Family::V6,
+                Direction::Tx,
+                Some(TrafficSource::Arc),
+                300,
+            ),
+        ]);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].source, Source::Arc as i32);
+        assert_eq!(c[0].ip_family, IpFamily::Ipv4 as i32);
+        assert_eq!((c[0].rx_bytes, c[0].tx_bytes), (1000, 500));
+        assert_eq!((c[0].rx_packets, c[0].tx_packets), (10, 5));
+        assert_eq!(c[1].ip_family, IpFamily::Ipv6 as i32);
+    }
+
+    #[test]
+    fn host_and_arc_vpn_are_both_vpn_and_untagged_is_unknown() {
+        let c = aggregate(&[
+            sample(
+                "eth0",
+                Family::V4,
+                Direction::Rx,
+                Some(TrafficSource::HostVpn),
+                100,
+            ),
+            sample(
+                "eth0",
+                Family::V4,
+                Direction::Rx,
+                Some(TrafficSource::ArcVpn),
+                100,
+            ),
+            sample("eth0", Family::V4, Direction::Rx, None, 100),
+        ]);
+        assert_eq!(c.len(), 2);
+        let vpn = c.iter().find(|c| c.source == Source::Vpn as i32).unwrap();
+        assert_eq!(vpn.rx_bytes, 200);
+        assert!(c.iter().any(|c| c.source == Source::Unknown as i32));
+    }
+
+    #[test]
+    fn zero_counters_are_left_out() {
+        let c = aggregate(&[sample("eth0", Family::V4, Direction::Rx, None, 0)]);
+        assert!(c.is_empty());
+    }
+}

@@ -1,0 +1,330 @@
+//! ModifyPortRule policy (upstream-core §5): validate a request into a
+//! [`PortRule`], refuse duplicates and deletes of unknown rules, and build
+//! the firewall batch. Pure; the manager applies the batch and keeps the
+//! set of active rules in its state (so a crash restart re-applies them).
+
+use std::net::Ipv4Addr;
+
+use patchpanel_addr::Ipv4Subnet;
+use patchpanel_firewall::ports::{self, Forwarding, PortProtocol};
+use patchpanel_firewall::Batch;
+use patchpanel_ipc::IfName;
+use patchpanel_proto::modify_port_rule_request::{Operation, Protocol, RuleType};
+use patchpanel_proto::ModifyPortRuleRequest;
+use serde::{Deserialize, Serialize};
+
+use crate::dbus_service::CallError;
+
+/// One active port rule; equality is the identity used for duplicates
+/// and deletes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PortRule {
+    Access {
+        proto: PortProtocol,
+        port: u16,
+        ifname: Option<IfName>,
+    },
+    Lockdown {
+        proto: PortProtocol,
+        port: u16,
+    },
+    Forwarding(Forwarding),
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortOp {
+    Create(PortRule),
+    Delete(PortRule),
+}
+
+/// Site policy the rules are checked against.
+#[derive(Debug, Clone)]
+pub struct PortPolicy {
+    /// The only uid LOCKDOWN lets through.
+    pub lockdown_uid: u32,
+    /// Forwarding targets must be inside one of these.
+    pub forwarding_targets: Vec<Ipv4Subnet>,
+}
+
+fn invalid(m: impl Into<String>) -> CallError {
+    CallError::InvalidArgument(m.into())
+}
+
+fn port(what: &str, value: u32) -> Result<u16, CallError> {
+    match u16::try_from(value) {
+        Ok(0) => Err(invalid(format!("{what} 0 is not a port"))),
+        Ok(p) => Ok(p),
+        Err(_) => Err(invalid(format!("{what} {value} is above 65535"))),
+    }
+}
+
+fn ipv4(what: &str, text: &str) -> Result<Ipv4Addr, CallError> {
+    text.parse().map_err(|_| {
+        invalid(format!(
+            "{what} {:?} is not an IPv4 address",
+            text.escape_debug().to_string()
+        ))
+    })
+}
+
+fn ifname(text: &str) -> Result<Option<IfName>, CallError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    IfName::new(text)
+        .map(Some)
+        .map_err(|e| invalid(format!("input_ifname: {e}")))
+}
+
+/// Validates a request.
+pub fn parse(req: &ModifyPortRuleRequest, policy: &PortPolicy) -> Result<PortOp, CallError> {
+    let proto = match Protocol::try_from(req.proto) {
+        Ok(Protocol::Tcp) => PortProtocol::Tcp,
+        Ok(Protocol::Udp) => PortProtocol::Udp,
+        _ => {
+            return Err(invalid(format!(
+                "proto {} is not TCP (1) or UDP (2)",
+                req.proto
+            )))
+        }
+    };
+    let rule = match RuleType::try_from(req.r#type) {
+        Ok(RuleType::Access) => PortRule::Access {
+            proto,
+            port: port("input_dst_port", req.input_dst_port)?,
+            ifname: ifname(&req.input_ifname)?,
+        },
+        Ok(RuleType::Lockdown) => {
+            // The interface is always loopback; a name given anyway must
+            // still be a valid one.
+            ifname(&req.input_ifname)?;
+            PortRule::Lockdown {
+                proto,
+                port: port("input_dst_port", req.input_dst_port)?,
+            }
+        }
+        Ok(RuleType::Forwarding) => {
+            let ifname = ifname(&req.input_ifname)?
+                .ok_or_else(|| invalid("forwarding needs input_ifname"))?;
+            let input_dst = if req.input_dst_ip.is_empty() {
+                None
+            } else {
+                Some(ipv4("input_dst_ip", &req.input_dst_ip)?)
+            };
+            let dst = ipv4("dst_ip", &req.dst_ip)?;
+            if !policy.forwarding_targets.iter().any(|n| n.contains(dst)) {
+                return Err(invalid(format!(
+                    "dst_ip {dst} is not a guest address (allowed: {})",
+                    policy
+                        .forwarding_targets
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            PortRule::Forwarding(Forwarding {
+                proto,
+                ifname,
+                input_dst,
+                input_port: port("input_dst_port", req.input_dst_port)?,
+                dst,
+                dst_port: port("dst_port", req.dst_port)?,
+            })
+        }
+        _ => {
+            return Err(invalid(format!(
+                "type {} is not ACCESS (1), LOCKDOWN (2) or FORWARDING (3)",
+                req.r#type
+            )))
+        }
+    };
+    match Operation::try_from(req.op) {
+        Ok(Operation::Create) => Ok(PortOp::Create(rule)),
+        Ok(Operation::Delete) => Ok(PortOp::Delete(rule)),
+        _ => Err(invalid(format!(
+            "op {} is not CREATE (1) or DELETE (2)",
+            req.op
+        ))),
+    }
+}
+
+/// The firewall changes that install `rule`.
+pub fn batch(rule: &PortRule, policy: &PortPolicy) -> Result<Batch, CallError> {
+    let b = match rule {
+        PortRule::Access {
+            proto,
+            port,
+            ifname,
+        } => ports::access(*proto, *port, ifname.as_ref()),
+        PortRule::Lockdown { proto, port } => ports::lockdown(*proto, *port, policy.lockdown_uid),
+        PortRule::Forwarding(f) => ports::forwarding(f),
+    };
+    b.map_err(|e| invalid(e.to_string()))
+}
+
+/// Where a rule conflicts with the active set: the same rule exists, or
+/// another forward already takes the same inbound port on the interface.
+pub fn conflict(active: &[PortRule], rule: &PortRule) -> Option<String> {
+    if active.contains(rule) {
+        return Some("the same rule already exists".into());
+    }
+    if let PortRule::Forwarding(f) = rule {
+        for other in active {
+            if let PortRule::Forwarding(o) = other {
+                if o.proto == f.proto
+                    && o.ifname == f.ifname
+                    && o.input_port == f.input_port
+                    && o.input_dst == f.input_dst
+                {
+                    return Some(format!(
+                        "port {} on {} is already forwarded to {}:{}",
+                        f.input_port, f.ifname, o.dst, o.dst_port
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> PortPolicy {
+        PortPolicy {
+            lockdown_uid: 1000,
+            forwarding_targets: vec!["100.115.92.0/23".parse().unwrap()],
+        }
+    }
+
+    fn forward(port: u32, dst: &str) -> ModifyPortRuleRequest {
+        ModifyPortRuleRequest {
+            op: Operation::Create as i32,
+            r#type: RuleType::Forwarding as i32,
+            proto: Protocol::Tcp as i32,
+            input_ifname: "eth0".into(),
+            input_dst_ip: String::new(),
+            input_dst_port: port,
+            dst_ip: dst.into(),
+            dst_port: 80,
+        }
+    }
+
+    fn refused(req: &ModifyPortRuleRequest, needle: &str) {
+        match parse(req, &policy()) {
+            Err(CallError::InvalidArgument(m)) => {
+                assert!(m.contains(needle), "{needle:?} in {m:?}")
+            }
+            other => panic!("{needle}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_forward_to_a_guest_is_accepted() {
+        let op = parse(&forward(8080, "100.115.92.130"), &policy()).unwrap();
+        let PortOp::Create(rule) = op else { panic!() };
+        let text = patchpanel_firewall::render::render(
+            &batch(&rule, &policy()).unwrap(),
+            patchpanel_firewall::Family::V4,
+        );
+        assert!(
+            text.contains("-I ingress_port_forwarding 1 -i eth0 -p tcp --dport 8080 -j DNAT --to-destination 100.115.92.130:80"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ports_must_be_between_1_and_65535() {
+        refused(&forward(0, "100.115.92.130"), "0 is not a port");
+        refused(&forward(65536, "100.115.92.130"), "above 65535");
+        let mut r = forward(8080, "100.115.92.130");
+        r.dst_port = 0;
+        refused(&r, "dst_port 0");
+    }
+
+    #[test]
+    fn forwarding_outside_the_guest_space_is_refused() {
+        refused(&forward(8080, "8.8.8.8"), "not a guest address");
+        refused(&forward(8080, "100.115.94.1"), "not a guest address");
+    }
+
+    #[test]
+    fn malformed_addresses_and_names_are_refused() {
+        refused(&forward(8080, "100.115.92"), "not an IPv4 address");
+        refused(&forward(8080, "fe80::1"), "not an IPv4 address");
+        for bad in [
+            "eth0 -j ACCEPT",
+            "eth0\"",
+            "eth0\n-A INPUT",
+            "eth 0",
+            "-eth0",
+        ] {
+            let mut r = forward(8080, "100.115.92.130");
+            r.input_ifname = bad.into();
+            refused(&r, "input_ifname");
+        }
+        let mut r = forward(8080, "100.115.92.130");
+        r.input_dst_ip = "1.2.3.4 -j ACCEPT".into();
+        refused(&r, "input_dst_ip");
+    }
+
+    #[test]
+    fn unknown_enums_are_refused() {
+        let mut r = forward(8080, "100.115.92.130");
+        r.proto = 0;
+        refused(&r, "proto");
+        let mut r = forward(8080, "100.115.92.130");
+        r.r#type = 9;
+        refused(&r, "type");
+        let mut r = forward(8080, "100.115.92.130");
+        r.op = 0;
+        refused(&r, "op");
+    }
+
+    #[test]
+    fn forwarding_needs_an_interface() {
+        let mut r = forward(8080, "100.115.92.130");
+        r.input_ifname.clear();
+        refused(&r, "needs input_ifname");
+    }
+
+    #[test]
+    fn duplicates_and_taken_ports_conflict() {
+        let PortOp::Create(a) = parse(&forward(8080, "100.115.92.130"), &policy()).unwrap() else {
+            panic!()
+        };
+        let PortOp::Create(b) = parse(&forward(8080, "100.115.92.134"), &policy()).unwrap() else {
+            panic!()
+        };
+        let active = vec![a.clone()];
+        assert!(conflict(&active, &a).unwrap().contains("already exists"));
+        assert!(conflict(&active, &b).unwrap().contains("already forwarded"));
+        let PortOp::Create(c) = parse(&forward(8081, "100.115.92.130"), &policy()).unwrap() else {
+            panic!()
+        };
+        assert!(conflict(&active, &c).is_none());
+    }
+
+    #[test]
+    fn lockdown_rejects_everyone_but_the_allowed_uid() {
+        let req = ModifyPortRuleRequest {
+            op: Operation::Create as i32,
+            r#type: RuleType::Lockdown as i32,
+            proto: Protocol::Udp as i32,
+            input_dst_port: 5353,
+            ..Default::default()
+        };
+        let PortOp::Create(rule) = parse(&req, &policy()).unwrap() else {
+            panic!()
+        };
+        let text = patchpanel_firewall::render::render(
+            &batch(&rule, &policy()).unwrap(),
+            patchpanel_firewall::Family::V6,
+        );
+        assert!(text.contains("--uid-owner 1000"), "{text}");
+        assert!(text.contains("-j REJECT"), "{text}");
+    }
+}

@@ -24,6 +24,7 @@ pub mod procfs;
 pub mod tree;
 pub mod wait;
 pub mod world;
+pub mod writer_client;
 
 mod command;
 

@@ -18,6 +18,7 @@
 //!   [`RtnlEvent::Overrun`] so the caller re-dumps instead of drifting.
 //! * [`netns`]: named network namespaces (`ip netns add/attach/delete`).
 //! * [`sysctl`]: `/proc/sys/net` reads and writes in any namespace.
+//! * [`tun`]: persistent TAP devices for VMs (`/dev/net/tun` ioctls).
 //!
 //! Messages are built and parsed with `neli`'s typed structures; only the
 //! outer framing of received datagrams is read by hand (see `wire`).
@@ -34,6 +35,7 @@ mod rule;
 mod socket;
 mod sys;
 pub mod sysctl;
+pub mod tun;
 mod wire;
 
 pub use address::AddressInfo;

@@ -182,6 +182,33 @@ pub enum Step {
     /// Creates the accounting chains `rx_<if>`/`tx_<if>` unless they exist
     /// (they outlive patchpanel so counts persist). No undo.
     EnsureAccounting(IfName),
+    /// A persistent TAP for a VM in the daemon's namespace, owned by the VM
+    /// user the writer was configured with
+    /// ([`WriterConfig::tap_owner_uid`]; the manager cannot choose another
+    /// owner), marked as patchpanel's, with `mac`. Never attaches to an
+    /// existing device. Undo: delete it.
+    CreateTap {
+        name: IfName,
+        mac: Mac,
+    },
+    /// A bridge in the daemon's namespace, marked as patchpanel's. Undo:
+    /// delete it.
+    CreateBridge {
+        name: IfName,
+    },
+    /// Enslaves `link` to the bridge `master`, or frees it with `None`
+    /// (daemon's namespace; both must be patchpanel's). Undo: the previous
+    /// master.
+    SetMaster {
+        link: IfName,
+        master: Option<IfName>,
+    },
+    /// Fails unless link `name` exists and is patchpanel's: re-adopting a
+    /// guest after a restart. No undo.
+    ExpectLink {
+        netns: Netns,
+        name: IfName,
+    },
 }
 
 /// How failures are handled.
@@ -218,6 +245,9 @@ pub struct WriterConfig {
     pub netns_prefix: String,
     /// Where named namespaces live (`/run/netns`).
     pub netns_dir: String,
+    /// Owner of the TAPs made for VMs (the `crosvm` user); `None` when that
+    /// user does not exist, and then no TAP is made.
+    pub tap_owner_uid: Option<u32>,
 }
 
 /// The subnet broadcast address of an IPv4 address/prefix.

@@ -36,6 +36,9 @@ use patchpanel_sandbox::{Process, SeccompMode};
 
 use crate::config::{Config, Flags};
 
+/// The user crosvm runs as: owner of every VM TAP.
+const VM_USER: &str = "crosvm";
+
 fn main() -> ExitCode {
     let flags = match Flags::parse(std::env::args().skip(1)) {
         Ok(f) => f,
@@ -110,6 +113,7 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
             .ok_or_else(|| anyhow!("our executable has no directory"))?,
     };
     let (port_policy, layout) = site_policy(&config)?;
+    let vm_user = vm_user();
     let executables = Process::HELPERS
         .iter()
         .map(|p| open_executable(&helper_dir.join(p.executable())))
@@ -197,6 +201,7 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
             writer: patchpanel_ipc::datapath::WriterConfig {
                 netns_prefix: config.netns_prefix.clone(),
                 netns_dir: config.netns_dir.to_string_lossy().into_owned(),
+                tap_owner_uid: vm_user.map(|u| u.uid),
             },
             cleanup_only: flags.cleanup,
             manage_uplink_routing,
@@ -250,6 +255,25 @@ fn site_policy(
         },
         patchpanel_firewall::LayoutConfig { local_traffic },
     ))
+}
+
+/// The user that owns VM TAPs (crosvm opens them by name), looked up in
+/// the root phase. Without it patchpanel still serves everything but VMs.
+fn vm_user() -> Option<patchpanel_sandbox::User> {
+    match patchpanel_sandbox::lookup_user(VM_USER) {
+        Ok(Some(u)) => {
+            info!("VM TAPs will belong to {VM_USER} (uid {})", u.uid);
+            Some(u)
+        }
+        Ok(None) => {
+            log::warn!("no user {VM_USER}: VM startups will be refused (scripts/bootstrap creates it)");
+            None
+        }
+        Err(e) => {
+            log::warn!("cannot look up {VM_USER}: {e}; VM startups will be refused");
+            None
+        }
+    }
 }
 
 /// Opens a helper executable as O_PATH for a later execveat.

@@ -64,6 +64,7 @@ impl WriterClient {
         let config = WriterConfig {
             netns_prefix: prefix.to_string(),
             netns_dir: NETNS_RUN_DIR.to_string(),
+            tap_owner_uid: None,
         };
         match client.request(Request::ConfigureWriter(config))? {
             Ok(Reply::Done) => Ok(client),

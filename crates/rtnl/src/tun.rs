@@ -99,9 +99,9 @@ mod tests {
     /// seccomp/datapath-writer.json allows exactly these request numbers.
     #[test]
     fn request_numbers_match_the_seccomp_policy() {
-        assert_eq!(libc::TUNSETIFF as u64, 0x4004_54ca);
-        assert_eq!(libc::TUNSETPERSIST as u64, 0x4004_54cb);
-        assert_eq!(libc::TUNSETOWNER as u64, 0x4004_54cc);
+        let requests: [libc::c_ulong; 3] =
+            [libc::TUNSETIFF, libc::TUNSETPERSIST, libc::TUNSETOWNER];
+        assert_eq!(requests, [0x4004_54ca, 0x4004_54cb, 0x4004_54cc]);
     }
 
     #[test]

@@ -520,6 +520,28 @@ impl Writer {
                 }
                 Ok(Undo::Nothing)
             }
+            Step::CreateTap { name, mac } => self.create_tap(name, *mac),
+            Step::CreateBridge { name } => {
+                let rtnl = self.rtnl(&Netns::Host)?;
+                if rtnl
+                    .link(name.as_str())
+                    .map_err(|e| os_error(format!("look up {name}"), &e))?
+                    .is_some()
+                {
+                    return Err(invalid(format!("interface {name} already exists")));
+                }
+                rtnl.create_bridge(name.as_str(), LINK_ALIAS)
+                    .map_err(|e| os_error(format!("create bridge {name}"), &e))?;
+                Ok(Undo::Step(Step::DeleteLink {
+                    netns: Netns::Host,
+                    name: name.clone(),
+                }))
+            }
+            Step::SetMaster { link, master } => self.set_master(link, master.as_ref()),
+            Step::ExpectLink { netns, name } => {
+                owned::expect_owned_link(self.rtnl(netns)?, name)?;
+                Ok(Undo::Nothing)
+            }
             Step::Firewall(batch) => {
                 batch
                     .validate()
@@ -536,6 +558,76 @@ impl Writer {
                 Ok(Undo::Firewall(inverse))
             }
         }
+    }
+}
+
+impl Writer {
+    /// A persistent TAP owned by the configured VM user, then its alias
+    /// and MAC; deleted again if those cannot be set.
+    fn create_tap(&mut self, name: &IfName, mac: [u8; 6]) -> Result<Undo, HelperError> {
+        let owner = self.config()?.tap_owner_uid.ok_or_else(|| {
+            invalid(format!(
+                "cannot create {name}: no VM user is configured to own TAPs"
+            ))
+        })?;
+        let rtnl = self.rtnl(&Netns::Host)?;
+        if rtnl
+            .link(name.as_str())
+            .map_err(|e| os_error(format!("look up {name}"), &e))?
+            .is_some()
+        {
+            return Err(invalid(format!("interface {name} already exists")));
+        }
+        patchpanel_rtnl::tun::create_persistent_tap(name.as_str(), Some(owner))
+            .map_err(|e| os_error(format!("create tap {name}"), &e))?;
+        let labelled = rtnl
+            .set_alias(name.as_str(), LINK_ALIAS)
+            .and_then(|()| rtnl.set_mac(name.as_str(), mac));
+        if let Err(e) = labelled {
+            // Not marked as ours yet: removed by name, right away.
+            let _ = rtnl.delete_link(name.as_str());
+            return Err(os_error(format!("label tap {name}"), &e));
+        }
+        Ok(Undo::Step(Step::DeleteLink {
+            netns: Netns::Host,
+            name: name.clone(),
+        }))
+    }
+
+    /// Enslaves `link` to `master` (or frees it); both must be ours and the
+    /// master a bridge. The undo puts the previous master back.
+    fn set_master(&mut self, link: &IfName, master: Option<&IfName>) -> Result<Undo, HelperError> {
+        let rtnl = self.rtnl(&Netns::Host)?;
+        let before = owned::expect_owned_link(rtnl, link)?;
+        if let Some(m) = master {
+            let bridge = owned::expect_owned_link(rtnl, m)?;
+            if bridge.kind.as_deref() != Some("bridge") {
+                return Err(invalid(format!("{m} is not a bridge")));
+            }
+        }
+        let previous = match before.master {
+            None => None,
+            Some(index) => rtnl
+                .links()
+                .map_err(|e| os_error("list links", &e))?
+                .into_iter()
+                .find(|l| l.index == index)
+                .and_then(|l| IfName::new(&l.name).ok()),
+        };
+        rtnl.set_master(link.as_str(), master.map(|m| m.as_str()))
+            .map_err(|e| {
+                os_error(
+                    format!(
+                        "set master of {link} to {}",
+                        master.map_or("none", |m| m.as_str())
+                    ),
+                    &e,
+                )
+            })?;
+        Ok(Undo::Step(Step::SetMaster {
+            link: link.clone(),
+            master: previous,
+        }))
     }
 }
 
@@ -564,6 +656,10 @@ fn step_name(step: &Step) -> &'static str {
         Step::SyncTable { .. } => "sync table",
         Step::Firewall(_) => "firewall",
         Step::EnsureAccounting(_) => "accounting chains",
+        Step::CreateTap { .. } => "create tap",
+        Step::CreateBridge { .. } => "create bridge",
+        Step::SetMaster { .. } => "set master",
+        Step::ExpectLink { .. } => "expect link",
     }
 }
 

@@ -32,6 +32,25 @@ pub fn delete_owned_link(rtnl: &Rtnl, name: &IfName) -> Result<(), HelperError> 
     Ok(())
 }
 
+/// The link `name`, which must exist and be patchpanel's.
+pub fn expect_owned_link(rtnl: &Rtnl, name: &IfName) -> Result<patchpanel_rtnl::Link, HelperError> {
+    let link = rtnl
+        .link(name.as_str())
+        .map_err(|e| os_error(format!("look up {name}"), &e))?
+        .ok_or_else(|| HelperError::Os {
+            operation: format!("look up {name}"),
+            errno: libc::ENODEV,
+            message: format!("no link named {name}"),
+        })?;
+    if link.alias.as_deref() != Some(LINK_ALIAS) {
+        return Err(HelperError::InvalidArgument(format!(
+            "{name} was not created by patchpanel (alias {:?})",
+            link.alias.unwrap_or_default()
+        )));
+    }
+    Ok(link)
+}
+
 /// The metric the kernel gives a route added without one.
 fn effective_metric(r: &Route) -> u32 {
     match (r.family(), r.metric) {

@@ -266,7 +266,9 @@ fn vm_user() -> Option<patchpanel_sandbox::User> {
             Some(u)
         }
         Ok(None) => {
-            log::warn!("no user {VM_USER}: VM startups will be refused (scripts/bootstrap creates it)");
+            log::warn!(
+                "no user {VM_USER}: VM startups will be refused (scripts/bootstrap creates it)"
+            );
             None
         }
         Err(e) => {

@@ -18,11 +18,14 @@
 //! * [`layout`]: the chains patchpanel owns and its hooks in built-in chains;
 //! * [`fwmark`]: the fwmark bit layout and traffic sources;
 //! * [`guest`]: per-guest and per-uplink rules;
+//! * [`auto_dnat`]: unsolicited inbound traffic on an uplink sent to a guest
+//!   (ARC);
 //! * [`ports`]: ModifyPortRule's access, lockdown and forwarding rules;
 //! * [`counters`]: traffic accounting chains and their jumps;
 //! * [`conflicts`]: warnings about other firewalls that would drop guest
 //!   traffic.
 
+pub mod auto_dnat;
 pub mod backend;
 pub mod conflicts;
 pub mod counters;

@@ -93,8 +93,13 @@ impl IptablesRestore {
     /// Runs one `*table` block through the restore tool.
     fn restore(&self, family: Family, table: Table, text: &str) -> Result<(), FirewallError> {
         let program = self.tools.restore(family);
-        log::debug!("{} {family} {table} batch:\n{text}", program.display());
+        let started = std::time::Instant::now();
         let out = run(program, &["--noflush", "-w"], Some(text))?;
+        log::debug!(
+            "{} {family} {table} batch ({:.1?}):\n{text}",
+            program.display(),
+            started.elapsed()
+        );
         if out.success {
             return Ok(());
         }

@@ -222,7 +222,16 @@ impl Writer {
         let mut undo: Vec<Undo> = Vec::new();
         debug!("plan {:?}: {} steps", plan.label, plan.steps.len());
         for (i, step) in plan.steps.iter().enumerate() {
-            match self.step(step, &fds, &mut report) {
+            let started = std::time::Instant::now();
+            let result = self.step(step, &fds, &mut report);
+            debug!(
+                "plan {:?} step {} ({}) took {:.1?}",
+                plan.label,
+                i + 1,
+                step_name(step),
+                started.elapsed()
+            );
+            match result {
                 Ok(u) => undo.push(u),
                 Err(e) => match plan.mode {
                     ApplyMode::BestEffort => {

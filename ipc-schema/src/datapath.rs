@@ -182,6 +182,15 @@ pub enum Step {
     /// Creates the accounting chains `rx_<if>`/`tx_<if>` unless they exist
     /// (they outlive patchpanel so counts persist). No undo.
     EnsureAccounting(IfName),
+    /// Waits (at most `timeout_ms`) until these host links are gone: a
+    /// deleted namespace takes its end of a veth pair, and the kernel
+    /// removes both ends asynchronously, many namespaces per RCU grace
+    /// period, much faster than deleting each link. Never fails; a link
+    /// still present afterwards is for a following DeleteLink.
+    AwaitLinksGone {
+        names: Vec<IfName>,
+        timeout_ms: u32,
+    },
     /// A persistent TAP for a VM in the daemon's namespace, owned by the VM
     /// user the writer was configured with
     /// ([`WriterConfig::tap_owner_uid`]; the manager cannot choose another

@@ -233,6 +233,16 @@ pub const IMPLEMENTED: &[&str] = &[
     names::CONNECT_NAMESPACE,
     names::MODIFY_PORT_RULE,
     names::GET_TRAFFIC_COUNTERS,
+    names::ARC_STARTUP,
+    names::ARC_SHUTDOWN,
+    names::ARC_VM_STARTUP,
+    names::ARC_VM_SHUTDOWN,
+    names::TERMINA_VM_STARTUP,
+    names::TERMINA_VM_SHUTDOWN,
+    names::PLUGIN_VM_STARTUP,
+    names::PLUGIN_VM_SHUTDOWN,
+    names::PARALLELS_VM_STARTUP,
+    names::PARALLELS_VM_SHUTDOWN,
 ];
 
 /// The sender of a call, for logs.

@@ -11,6 +11,8 @@
 mod config;
 mod counters;
 mod dbus_service;
+mod guest_service;
+mod guests;
 mod lifeline;
 mod manager;
 mod namespaces;

@@ -288,6 +288,7 @@ impl Manager {
 
     fn event_loop(&mut self) -> Exit {
         let mut events = Events::with_capacity(64);
+        let mut fired = Vec::new();
         loop {
             let now = Instant::now();
             if let Err(e) = self.on_timers(now) {
@@ -319,7 +320,7 @@ impl Manager {
                         self.on_helper(t - HELPER_BASE)
                     }
                     t if self.lifelines.owns(t) => {
-                        self.on_lifeline(t);
+                        fired.push(t);
                         Ok(())
                     }
                     Token(t) => {
@@ -330,6 +331,9 @@ impl Manager {
                 if let Err(e) = step {
                     return Exit::Failed(e);
                 }
+            }
+            if !fired.is_empty() {
+                self.on_lifelines(std::mem::take(&mut fired));
             }
             if self.options.cleanup_only && self.cleanup_done {
                 return Exit::Clean;

@@ -275,22 +275,54 @@ pub fn connect_plan(ns: &ConnectedNamespace, label: String) -> Plan {
     }
 }
 
-/// The steps that remove a namespace: firewall first, then the link
-/// (which takes its peer along), then the name.
+/// How long a teardown waits for the kernel to remove the veth pairs of
+/// deleted namespaces before deleting what is left explicitly (a process
+/// still inside a namespace keeps it, and its veth, alive).
+pub const LINKS_GONE_TIMEOUT_MS: u32 = 250;
+
+/// The steps that remove a namespace.
 pub fn disconnect_plan(ns: &ConnectedNamespace, label: String) -> Plan {
+    disconnect_many_plan(std::slice::from_ref(ns), label)
+}
+
+/// The steps that remove several namespaces at once (lifelines that closed
+/// together): firewall rules first, in one batch; then the namespaces
+/// patchpanel created, whose deletion takes their veth pairs along (the
+/// kernel removes many in one go); then every link still there, and the
+/// names of attached namespaces (their processes keep the namespaces).
+pub fn disconnect_many_plan(namespaces: &[ConnectedNamespace], label: String) -> Plan {
+    let mut firewall = patchpanel_firewall::Batch::new();
+    for ns in namespaces {
+        firewall.extend(routing::namespace_firewall_teardown(ns));
+    }
+    let mut steps = vec![Step::Firewall(firewall)];
+    let created: Vec<&ConnectedNamespace> = namespaces.iter().filter(|n| n.pid == -1).collect();
+    for ns in &created {
+        steps.push(Step::DeleteNetns {
+            name: ns.netns.clone(),
+        });
+    }
+    if !created.is_empty() {
+        steps.push(Step::AwaitLinksGone {
+            names: created.iter().map(|n| n.host_ifname.clone()).collect(),
+            timeout_ms: LINKS_GONE_TIMEOUT_MS,
+        });
+    }
+    for ns in namespaces {
+        steps.push(Step::DeleteLink {
+            netns: Netns::Host,
+            name: ns.host_ifname.clone(),
+        });
+    }
+    for ns in namespaces.iter().filter(|n| n.pid != -1) {
+        steps.push(Step::DeleteNetns {
+            name: ns.netns.clone(),
+        });
+    }
     Plan {
         label,
         mode: ApplyMode::BestEffort,
-        steps: vec![
-            Step::Firewall(routing::namespace_firewall_teardown(ns)),
-            Step::DeleteLink {
-                netns: Netns::Host,
-                name: ns.host_ifname.clone(),
-            },
-            Step::DeleteNetns {
-                name: ns.netns.clone(),
-            },
-        ],
+        steps,
     }
 }
 
@@ -479,14 +511,45 @@ mod tests {
     }
 
     #[test]
-    fn teardown_removes_firewall_before_links_and_names() {
+    fn a_created_namespace_is_deleted_before_its_link_is_checked() {
         let mut a = addrs();
         let ns = build(&request(-1), 0, &mut a);
         let plan = disconnect_plan(&ns, "t".into());
         assert_eq!(plan.mode, ApplyMode::BestEffort);
         assert!(matches!(plan.steps[0], Step::Firewall(_)));
+        assert!(matches!(plan.steps[1], Step::DeleteNetns { .. }));
+        assert!(matches!(plan.steps[2], Step::AwaitLinksGone { .. }));
+        assert!(matches!(plan.steps[3], Step::DeleteLink { .. }));
+        assert_eq!(plan.steps.len(), 4);
+    }
+
+    #[test]
+    fn an_attached_namespace_loses_its_link_then_its_name() {
+        let mut a = addrs();
+        let ns = build(&request(4242), 0, &mut a);
+        let plan = disconnect_plan(&ns, "t".into());
+        assert!(matches!(plan.steps[0], Step::Firewall(_)));
         assert!(matches!(plan.steps[1], Step::DeleteLink { .. }));
         assert!(matches!(plan.steps[2], Step::DeleteNetns { .. }));
+        assert_eq!(plan.steps.len(), 3);
+    }
+
+    #[test]
+    fn namespaces_released_together_share_one_firewall_batch() {
+        let mut a = addrs();
+        let list: Vec<ConnectedNamespace> =
+            (0..3).map(|i| build(&request(-1), i, &mut a)).collect();
+        let plan = disconnect_many_plan(&list, "t".into());
+        let firewall = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Firewall(_)))
+            .count();
+        assert_eq!(firewall, 1);
+        match &plan.steps[4] {
+            Step::AwaitLinksGone { names, .. } => assert_eq!(names.len(), 3),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -82,6 +82,7 @@ impl Manager {
             names::CONNECT_NAMESPACE => self.connect_namespace(call, op),
             names::MODIFY_PORT_RULE => self.modify_port_rule(call, op),
             names::GET_TRAFFIC_COUNTERS => self.get_traffic_counters(call),
+            m if crate::guest_service::METHODS.contains(&m) => self.guest_call(m, call, op),
             other => Err(CallError::Unsupported(format!(
                 "{other} is not implemented by this patchpanel"
             ))),
@@ -156,37 +157,57 @@ impl Manager {
 
     /// Removes namespace `id` (its lifeline closed, or the daemon stops).
     pub(crate) fn disconnect_namespace(&mut self, id: u32, why: &str) {
-        let Some(ns) = self.state.namespaces.get(&id).cloned() else {
+        self.disconnect_namespaces(&[id], why);
+    }
+
+    /// Removes several namespaces with one writer plan (lifelines that
+    /// closed together, or the daemon stopping).
+    pub(crate) fn disconnect_namespaces(&mut self, ids: &[u32], why: &str) {
+        let list: Vec<ConnectedNamespace> = ids
+            .iter()
+            .filter_map(|id| self.state.namespaces.get(id).cloned())
+            .collect();
+        if list.is_empty() {
             return;
-        };
+        }
+        let names = list
+            .iter()
+            .map(|n| n.netns.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let op = dbus_service::next_operation();
-        let plan = namespaces::disconnect_plan(&ns, format!("disconnect {} op {op}", ns.netns));
+        let plan = namespaces::disconnect_many_plan(&list, format!("disconnect {names} op {op}"));
         match self.apply(plan, &[]) {
-            Ok(report) if report.failures.is_empty() => {
-                info!("{} removed: {why}", ns.netns)
-            }
+            Ok(report) if report.failures.is_empty() => info!("{names} removed: {why}"),
             Ok(report) => warn!(
-                "{} removed ({why}) with {} error(s): {}",
-                ns.netns,
+                "{names} removed ({why}) with {} error(s): {}",
                 report.failures.len(),
                 report.failures.join("; ")
             ),
-            Err(e) => error!("{} could not be removed ({why}): {e}", ns.netns),
+            Err(e) => error!("{names} could not be removed ({why}): {e}"),
         }
-        self.lifelines
-            .forget(self.poll.registry(), Guarded::Namespace(id));
-        self.state.namespaces.remove(&id);
-        namespaces::release(&ns, &mut self.addrs);
-        if ns.route_on_vpn {
-            self.device_changed(&ns, DeviceEvent::DeviceRemoved);
+        for ns in &list {
+            self.lifelines
+                .forget(self.poll.registry(), Guarded::Namespace(ns.id));
+            self.state.namespaces.remove(&ns.id);
+            namespaces::release(ns, &mut self.addrs);
+            if ns.route_on_vpn {
+                self.device_changed(ns, DeviceEvent::DeviceRemoved);
+            }
         }
         self.save_state();
     }
 
-    pub(crate) fn on_lifeline(&mut self, token: mio::Token) {
-        if let Some(Guarded::Namespace(id)) = self.lifelines.fired(self.poll.registry(), token) {
-            self.disconnect_namespace(id, "the client's lifeline closed");
-        }
+    /// Lifelines that fired in one wake-up: their namespaces go together.
+    pub(crate) fn on_lifelines(&mut self, tokens: Vec<mio::Token>) {
+        let ids: Vec<u32> = tokens
+            .into_iter()
+            .filter_map(|t| match self.lifelines.fired(self.poll.registry(), t) {
+                Some(Guarded::Namespace(id)) => Some(id),
+                None => None,
+            })
+            .collect();
+        self.disconnect_namespaces(&ids, "the client's lifeline closed");
     }
 
     fn device_changed(&self, ns: &ConnectedNamespace, event: DeviceEvent) {
@@ -235,7 +256,7 @@ impl Manager {
     pub(crate) fn start_datapath(&mut self) -> anyhow::Result<()> {
         let previous = match self.state_file.load() {
             Loaded::Missing => None,
-            Loaded::Found(s) => Some(s),
+            Loaded::Found(s) => Some(*s),
             Loaded::Unusable(why) => {
                 warn!("{why}; removing every leftover patchpanel owns");
                 None
@@ -255,7 +276,12 @@ impl Manager {
                 }
             }
         }
-        self.remove_owned(!self.options.cleanup_only)?;
+        // A crash restart keeps the previous guests' links to re-adopt them.
+        let (keep_links, keep_netns) = match &previous {
+            Some(prev) if !self.options.cleanup_only => Manager::guest_leftovers(prev),
+            _ => (Vec::new(), Vec::new()),
+        };
+        self.remove_owned(!self.options.cleanup_only, keep_links, keep_netns)?;
         if self.options.cleanup_only {
             self.restore_sysctls();
             let _ = self.state_file.remove();
@@ -268,6 +294,7 @@ impl Manager {
         }
         if let Some(prev) = &previous {
             self.readopt_port_rules(&prev.port_rules);
+            self.readopt_guests(prev);
         }
         let mut steps = Vec::new();
         for sysctl in [Sysctl::Ipv4Forward, Sysctl::Ipv6Forwarding] {
@@ -293,6 +320,8 @@ impl Manager {
         // The uplinks' accept_ra originals were just recorded: a crash from
         // here on must still let the successor restore them.
         self.save_state();
+        // A re-adopted ARC follows the uplinks that changed meanwhile.
+        self.arc_follow_uplinks();
         self.datapath_ready = true;
         Ok(())
     }
@@ -418,12 +447,17 @@ impl Manager {
         .encode_to_vec())
     }
 
-    fn remove_owned(&mut self, keep_accounting: bool) -> anyhow::Result<()> {
+    fn remove_owned(
+        &mut self,
+        keep_accounting: bool,
+        keep_links: Vec<patchpanel_ipc::IfName>,
+        keep_netns: Vec<patchpanel_ipc::NetnsName>,
+    ) -> anyhow::Result<()> {
         match self.call_helper(
             Process::DatapathWriter,
             Request::RemoveOwned {
-                keep_links: Vec::new(),
-                keep_netns: Vec::new(),
+                keep_links,
+                keep_netns,
                 keep_accounting,
             },
             &[],
@@ -478,10 +512,9 @@ impl Manager {
             return;
         }
         let ids: Vec<u32> = self.state.namespaces.keys().copied().collect();
-        for id in ids {
-            self.disconnect_namespace(id, "patchpanel is stopping");
-        }
-        if let Err(e) = self.remove_owned(true) {
+        self.disconnect_namespaces(&ids, "patchpanel is stopping");
+        self.stop_guests("patchpanel is stopping");
+        if let Err(e) = self.remove_owned(true, Vec::new(), Vec::new()) {
             warn!("{e}");
         }
         self.restore_sysctls();
@@ -526,6 +559,9 @@ impl Manager {
             if let patchpanel_uplinks::UplinkEvent::Added(u) = &event {
                 self.repin_namespaces(u.name.as_str(), u.ifindex);
             }
+        }
+        if self.datapath_ready {
+            self.arc_follow_uplinks();
         }
     }
 

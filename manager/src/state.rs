@@ -92,6 +92,12 @@ pub struct State {
     pub sysctl_originals: Vec<(Netns, Sysctl, String)>,
     /// Active ModifyPortRule rules, in creation order.
     pub port_rules: Vec<crate::port_rules::PortRule>,
+    /// The running ARC (container or VM), if any.
+    #[serde(default)]
+    pub arc: Option<crate::guests::ArcGuest>,
+    /// Running Termina and Parallels VMs, in start order.
+    #[serde(default)]
+    pub vms: Vec<crate::guests::VmGuest>,
 }
 
 impl Default for State {
@@ -102,15 +108,21 @@ impl Default for State {
             namespaces: BTreeMap::new(),
             sysctl_originals: Vec::new(),
             port_rules: Vec::new(),
+            arc: None,
+            vms: Vec::new(),
         }
     }
 }
 
 impl State {
     pub fn devices(&self) -> GetDevicesResponse {
-        GetDevicesResponse {
-            devices: self.namespaces.values().map(|n| n.device()).collect(),
+        let mut devices: Vec<NetworkDevice> =
+            self.namespaces.values().map(|n| n.device()).collect();
+        if let Some(arc) = &self.arc {
+            devices.extend(crate::guests::arc_devices(arc));
         }
+        devices.extend(self.vms.iter().map(crate::guests::vm_device));
+        GetDevicesResponse { devices }
     }
 
     /// Remembers the first value seen for a sysctl; later changes of the
@@ -142,7 +154,7 @@ pub enum Loaded {
     /// No file: a clean start.
     Missing,
     /// A previous manager's state.
-    Found(State),
+    Found(Box<State>),
     /// A file that could not be used; the reason is logged and the file is
     /// treated as missing.
     Unusable(String),
@@ -166,7 +178,7 @@ impl StateFile {
             Err(e) => return Loaded::Unusable(format!("cannot read {}: {e}", self.path.display())),
         };
         match serde_json::from_str::<State>(&text) {
-            Ok(s) if s.version == STATE_VERSION => Loaded::Found(s),
+            Ok(s) if s.version == STATE_VERSION => Loaded::Found(Box::new(s)),
             Ok(s) => Loaded::Unusable(format!(
                 "{} has version {}, this build writes {STATE_VERSION}",
                 self.path.display(),
@@ -216,7 +228,7 @@ mod tests {
         state.record_sysctl_original(Netns::Host, Sysctl::Ipv4Forward, "0".into());
         file.save(&state).unwrap();
         match file.load() {
-            Loaded::Found(s) => assert_eq!(s, state),
+            Loaded::Found(s) => assert_eq!(*s, state),
             other => panic!("{other:?}"),
         }
         file.remove().unwrap();

@@ -22,6 +22,7 @@ pub mod fake_shill;
 pub mod netns;
 pub mod procfs;
 pub mod tree;
+pub mod vm;
 pub mod wait;
 pub mod world;
 pub mod writer_client;

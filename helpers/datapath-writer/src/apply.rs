@@ -508,6 +508,31 @@ impl Writer {
                 owned::sync_table(self.rtnl(&Netns::Host)?, *table, routes)?;
                 Ok(Undo::Nothing)
             }
+            Step::AwaitLinksGone { names, timeout_ms } => {
+                let deadline = std::time::Instant::now()
+                    + std::time::Duration::from_millis(u64::from((*timeout_ms).min(5_000)));
+                let rtnl = self.rtnl(&Netns::Host)?;
+                let mut left: Vec<&IfName> = names.iter().collect();
+                loop {
+                    let mut still = Vec::new();
+                    for name in left {
+                        match rtnl.link(name.as_str()) {
+                            Ok(None) => {}
+                            Ok(Some(_)) => still.push(name),
+                            Err(e) => return Err(os_error(format!("look up {name}"), &e)),
+                        }
+                    }
+                    left = still;
+                    if left.is_empty() || std::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                if !left.is_empty() {
+                    debug!("still present after {timeout_ms} ms: {left:?}");
+                }
+                Ok(Undo::Nothing)
+            }
             Step::EnsureAccounting(ifname) => {
                 let fw = self.firewall()?;
                 let chain = patchpanel_firewall::counters::rx_chain(ifname);
@@ -665,6 +690,7 @@ fn step_name(step: &Step) -> &'static str {
         Step::SyncTable { .. } => "sync table",
         Step::Firewall(_) => "firewall",
         Step::EnsureAccounting(_) => "accounting chains",
+        Step::AwaitLinksGone { .. } => "await links gone",
         Step::CreateTap { .. } => "create tap",
         Step::CreateBridge { .. } => "create bridge",
         Step::SetMaster { .. } => "set master",

@@ -202,9 +202,10 @@ impl Manager {
     pub(crate) fn on_lifelines(&mut self, tokens: Vec<mio::Token>) {
         let ids: Vec<u32> = tokens
             .into_iter()
-            .filter_map(|t| match self.lifelines.fired(self.poll.registry(), t) {
-                Some(Guarded::Namespace(id)) => Some(id),
-                None => None,
+            .filter_map(|t| {
+                self.lifelines
+                    .fired(self.poll.registry(), t)
+                    .map(|Guarded::Namespace(id)| id)
             })
             .collect();
         self.disconnect_namespaces(&ids, "the client's lifeline closed");

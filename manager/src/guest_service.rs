@@ -555,7 +555,11 @@ impl Manager {
         self.save_state();
     }
 
-    fn apply_teardown(&mut self, plan: Plan) {
+    /// Removes what is left of a guest that could not be re-adopted: its
+    /// links and routes. Its rules went with the start's cleanup already.
+    fn apply_teardown(&mut self, mut plan: Plan) {
+        plan.steps
+            .retain(|s| !matches!(s, patchpanel_ipc::datapath::Step::Firewall(_)));
         let label = plan.label.clone();
         log_report(&label, self.apply(plan, &[]));
     }

@@ -60,11 +60,21 @@ impl WriterClient {
     /// Starts the writer inside `netns` and configures it to own the
     /// namespaces starting with `prefix` in `/run/netns`.
     pub fn configured(netns: &Netns, prefix: &str) -> Result<Self> {
+        Self::configured_with_tap_owner(netns, prefix, None)
+    }
+
+    /// Like [`WriterClient::configured`], with the owner of the TAPs it
+    /// makes (none: it makes no TAP).
+    pub fn configured_with_tap_owner(
+        netns: &Netns,
+        prefix: &str,
+        tap_owner_uid: Option<u32>,
+    ) -> Result<Self> {
         let mut client = Self::spawn(netns)?;
         let config = WriterConfig {
             netns_prefix: prefix.to_string(),
             netns_dir: NETNS_RUN_DIR.to_string(),
-            tap_owner_uid: None,
+            tap_owner_uid,
         };
         match client.request(Request::ConfigureWriter(config))? {
             Ok(Reply::Done) => Ok(client),

@@ -506,3 +506,32 @@ fn bad_arc_requests_are_refused_and_change_nothing() {
     let container = started_container(&world);
     assert!(container_pings(&container, REMOTE_HOST));
 }
+
+#[test]
+fn an_arcvm_startup_that_fails_halfway_is_rolled_back() {
+    let world = World::start().expect("world");
+    let c = client(&world);
+    // Someone else's TAP with the name of ARCVM's fourth: the first three
+    // are made before the writer refuses to take that one over.
+    world
+        .netns
+        .exec_ok(&["ip", "tuntap", "add", "vmtap3", "mode", "tap"])
+        .expect("foreign tap");
+    let before = kernel_snapshot(&world.netns).expect("snapshot");
+
+    let result = c.arcvm_startup(40);
+
+    assert!(
+        matches!(&result, Err(ClientError::InvalidArgument(m)) if m.contains("vmtap3 already exists")),
+        "{result:?}"
+    );
+    assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
+    assert!(c.get_devices().expect("GetDevices").is_empty());
+    world
+        .netns
+        .exec_ok(&["ip", "link", "del", "vmtap3"])
+        .expect("delete the foreign tap");
+    let resp = c.arcvm_startup(40).expect("ArcVmStartup");
+    assert_eq!(resp.tap_device_ifnames.len(), 6);
+    c.arcvm_shutdown(40).expect("ArcVmShutdown");
+}

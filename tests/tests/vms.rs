@@ -398,3 +398,42 @@ fn a_clean_stop_removes_every_vm() {
         .expect("ip route");
     assert!(!routes.contains("proto 157"), "{routes}");
 }
+
+#[test]
+fn a_startup_that_fails_halfway_is_rolled_back_and_frees_its_addresses() {
+    let world = World::start().expect("world");
+    let c = client(&world);
+    // A route of the host's own to the subnet the LXD container would get:
+    // the TAP, its address and link state are made before the writer
+    // refuses to replace that route, so all of them must be undone.
+    world
+        .netns
+        .exec_ok(&["ip", "route", "add", "100.115.92.192/28", "dev", "eth0"])
+        .expect("host route");
+    let before = kernel_snapshot(&world.netns).expect("snapshot");
+
+    let result = c.terminavm_startup(5);
+
+    assert!(
+        matches!(
+            &result,
+            Err(ClientError::Failed(m) | ClientError::InvalidArgument(m))
+                if m.contains("not patchpanel's")
+        ),
+        "{result:?}"
+    );
+    assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
+    assert!(c.get_devices().expect("GetDevices").is_empty());
+
+    world
+        .netns
+        .exec_ok(&["ip", "route", "del", "100.115.92.192/28", "dev", "eth0"])
+        .expect("host route");
+    let resp = c.terminavm_startup(5).expect("TerminaVmStartup");
+    assert_eq!(resp.tap_device_ifname, "vmtap0");
+    assert_eq!(
+        resp.ipv4_subnet.as_ref().and_then(|s| s.addr_v4()),
+        Some(Ipv4Addr::new(100, 115, 92, 24)),
+        "the failed startup returned its subnet"
+    );
+}

@@ -5,6 +5,7 @@
 //! `NetworkDeviceChanged`. ARC's devices follow the uplinks; after a crash
 //! the previous run's guests are re-adopted.
 
+use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
 
 use log::{error, info, warn};
@@ -44,6 +45,20 @@ fn request<T: prost::Message + Default>(
         .map_err(|e| CallError::InvalidArgument(format!("{method}: {e}")))?;
     patchpanel_proto::decode_request::<T>(&bytes)
         .map_err(|e| CallError::InvalidArgument(format!("{method}: {e}")))
+}
+
+/// The names of the links in the daemon's namespace, read without
+/// privileges. TAP names avoid them: a `vmtap<N>` of another program is
+/// never asked for (the writer would refuse it anyway). Empty if the
+/// kernel cannot be read; the writer's check still stands.
+fn kernel_links() -> BTreeSet<String> {
+    match patchpanel_rtnl::Rtnl::new().and_then(|r| r.links()) {
+        Ok(links) => links.into_iter().map(|l| l.name).collect(),
+        Err(e) => {
+            warn!("cannot list the links to choose TAP names: {e}");
+            BTreeSet::new()
+        }
+    }
 }
 
 fn log_report(what: &str, result: Result<PlanReport, CallError>) {
@@ -199,7 +214,8 @@ impl Manager {
         pidfd: Option<OwnedFd>,
         op: u64,
     ) -> Result<(), CallError> {
-        let taken = guests::taken_taps(None, &self.state.vms);
+        let mut taken = guests::taken_taps(None, &self.state.vms);
+        taken.extend(kernel_links());
         let mut arc = guests::arc_allocate(kind, &mut self.addrs, &taken)?;
         let what = if arc.is_vm() {
             "ArcVmStartup"
@@ -414,7 +430,8 @@ impl Manager {
             );
             self.stop_vm(pos, "it starts again");
         }
-        let taken = guests::taken_taps(self.state.arc.as_ref(), &self.state.vms);
+        let mut taken = guests::taken_taps(self.state.arc.as_ref(), &self.state.vms);
+        taken.extend(kernel_links());
         let vm = guests::vm_allocate(kind, id, index, &mut self.addrs, &taken)?;
         let plan = guests::vm_start_plan(&vm, format!("start {} op {op}", vm.label()));
         if let Err(e) = self.apply(plan, &[]) {

@@ -508,30 +508,59 @@ fn bad_arc_requests_are_refused_and_change_nothing() {
 }
 
 #[test]
+fn tap_names_skip_links_of_other_programs() {
+    let world = World::start().expect("world");
+    world
+        .netns
+        .exec_ok(&["ip", "tuntap", "add", "vmtap1", "mode", "tap"])
+        .expect("foreign tap");
+
+    let resp = client(&world).arcvm_startup(41).expect("ArcVmStartup");
+
+    assert_eq!(
+        resp.tap_device_ifnames,
+        ["vmtap0", "vmtap2", "vmtap3", "vmtap4", "vmtap5", "vmtap6"]
+    );
+    assert!(link_json(&world.netns, "vmtap1")
+        .expect("vmtap1")
+        .get("ifalias")
+        .is_none());
+    client(&world).arcvm_shutdown(41).expect("ArcVmShutdown");
+    assert!(
+        link_json(&world.netns, "vmtap1").is_some(),
+        "not ours to delete"
+    );
+}
+
+#[test]
 fn an_arcvm_startup_that_fails_halfway_is_rolled_back() {
     let world = World::start().expect("world");
     let c = client(&world);
-    // Someone else's TAP with the name of ARCVM's fourth: the first three
-    // are made before the writer refuses to take that one over.
+    // Someone else's bridge with the name of ARC's bridge for eth0: the six
+    // TAPs and arcbr0 are made before the writer refuses to take it over.
     world
         .netns
-        .exec_ok(&["ip", "tuntap", "add", "vmtap3", "mode", "tap"])
-        .expect("foreign tap");
+        .exec_ok(&["ip", "link", "add", "arc_eth0", "type", "bridge"])
+        .expect("foreign bridge");
     let before = kernel_snapshot(&world.netns).expect("snapshot");
 
     let result = c.arcvm_startup(40);
 
     assert!(
-        matches!(&result, Err(ClientError::InvalidArgument(m)) if m.contains("vmtap3 already exists")),
+        matches!(&result, Err(ClientError::InvalidArgument(m)) if m.contains("arc_eth0 already exists")),
         "{result:?}"
     );
     assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
     assert!(c.get_devices().expect("GetDevices").is_empty());
     world
         .netns
-        .exec_ok(&["ip", "link", "del", "vmtap3"])
-        .expect("delete the foreign tap");
+        .exec_ok(&["ip", "link", "del", "arc_eth0"])
+        .expect("delete the foreign bridge");
     let resp = c.arcvm_startup(40).expect("ArcVmStartup");
-    assert_eq!(resp.tap_device_ifnames.len(), 6);
+    assert_eq!(
+        resp.tap_device_ifnames[0], "vmtap0",
+        "the TAP names were freed"
+    );
+    assert_eq!(c.get_devices().expect("GetDevices").len(), 1);
     c.arcvm_shutdown(40).expect("ArcVmShutdown");
 }

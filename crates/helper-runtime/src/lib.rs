@@ -10,10 +10,10 @@ use std::process::ExitCode;
 
 use log::{debug, error, info, warn, LevelFilter};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 use patchpanel_ipc::{
-    Channel, ChannelError, Hello, HelperError, HelperMessage, LogLevel, ManagerMessage, Reply,
-    Request, Role, PROTOCOL_VERSION,
+    Channel, ChannelError, Event, Hello, HelperError, HelperMessage, LogLevel, ManagerMessage,
+    Reply, Request, Role, PROTOCOL_VERSION,
 };
 use patchpanel_sandbox::{Process, SeccompMode};
 
@@ -30,6 +30,21 @@ pub trait Service {
         request: &Request,
         fds: Vec<OwnedFd>,
     ) -> Option<Result<Reply, HelperError>>;
+
+    /// Opens the helper's own sockets and registers them with the loop
+    /// under tokens other than [`CHANNEL`]. Called once, after the sandbox
+    /// is finished and before the seccomp filter is installed, so it may
+    /// make system calls the filter forbids. An error ends the helper.
+    fn start(&mut self, _registry: &Registry) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// One of the sources registered by [`Service::start`] is ready
+    /// (edge-triggered: drain it). Returns the events to send to the
+    /// manager; an error ends the helper.
+    fn ready(&mut self, _token: Token) -> Result<Vec<Event>, String> {
+        Ok(Vec::new())
+    }
 }
 
 /// A helper with nothing beyond the common requests (yet).
@@ -161,6 +176,7 @@ fn serve<S: Service>(process: Process, args: &HelperArgs, mut service: S) -> Res
             Interest::READABLE,
         )
         .map_err(|e| format!("epoll: {e}"))?;
+    service.start(poll.registry())?;
 
     info!(
         "{} sandboxed: uid {} {} seccomp={}",
@@ -198,6 +214,9 @@ fn serve<S: Service>(process: Process, args: &HelperArgs, mut service: S) -> Res
         }
         for event in events.iter() {
             if event.token() != CHANNEL {
+                for e in service.ready(event.token())? {
+                    send(&channel, &HelperMessage::Event(e))?;
+                }
                 continue;
             }
             // Edge-triggered: drain until the socket is empty.

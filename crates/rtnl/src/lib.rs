@@ -29,6 +29,7 @@ mod address;
 mod error;
 mod link;
 mod monitor;
+pub mod neigh;
 pub mod netns;
 mod route;
 mod rule;

@@ -79,7 +79,11 @@ fn a_successor_re_adopts_arc_and_vms_and_their_traffic_flows_on() {
     devices.sort_by_key(key);
     expected.sort_by_key(key);
     assert_eq!(devices, expected, "{}", successor.log());
-    assert!(successor.log().contains("re-adopted ARC"), "{}", successor.log());
+    assert!(
+        successor.log().contains("re-adopted ARC"),
+        "{}",
+        successor.log()
+    );
     // Rules were applied again: both guests still get out.
     assert!(pings(|| container
         .exec(&["ping", "-c", "1", "-W", "2", REMOTE_HOST])
@@ -124,7 +128,12 @@ fn a_vm_whose_tap_vanished_during_the_crash_is_removed() {
     let c = Client::connect_to(bus.address()).expect("client");
     let devices = c.get_devices().expect("GetDevices");
     let names: Vec<&str> = devices.iter().map(|d| d.ifname.as_str()).collect();
-    assert_eq!(names, [kept.tap_device_ifname.as_str()], "{}", successor.log());
+    assert_eq!(
+        names,
+        [kept.tap_device_ifname.as_str()],
+        "{}",
+        successor.log()
+    );
     let routes = netns
         .exec_ok(&["ip", "route", "show", "table", "all"])
         .expect("ip route");

@@ -16,6 +16,7 @@ mod guests;
 mod lifeline;
 mod manager;
 mod namespaces;
+mod ndproxy_service;
 mod operations;
 mod pids;
 mod port_rules;

@@ -144,6 +144,7 @@ pub struct Manager {
     uplink_source: Option<Box<dyn UplinkSource>>,
     pub(crate) lifelines: LifelineWatcher,
     pub(crate) datapath_ready: bool,
+    pub(crate) ndproxy: crate::ndproxy_service::NdProxyState,
     datapath_started: bool,
     cleanup_done: bool,
 }
@@ -270,6 +271,7 @@ impl Manager {
             uplink_source,
             lifelines: LifelineWatcher::new(LIFELINE_BASE),
             datapath_ready: false,
+            ndproxy: Default::default(),
             datapath_started: false,
             cleanup_done: false,
         })
@@ -517,9 +519,13 @@ impl Manager {
                     ),
                 }
             }
-            HelperMessage::Event(event) => {
-                info!("{}: event {event:?}", self.slots[i].process.executable());
-            }
+            HelperMessage::Event(event) => match event {
+                patchpanel_ipc::Event::NeighborDetected { ifindex, addr } => {
+                    self.on_neighbor_detected(ifindex, addr)
+                }
+                #[allow(unreachable_patterns)]
+                other => info!("{}: event {other:?}", self.slots[i].process.executable()),
+            },
         }
         Ok(())
     }
@@ -747,6 +753,11 @@ impl Manager {
     /// Adds a request to what a respawned helper is told after its Hello.
     pub(crate) fn record_replay(&mut self, p: Process, key: &str, request: Request) {
         self.slot_mut(p).replay.record(key, request);
+    }
+
+    /// Removes a request from a helper's replay log.
+    pub(crate) fn forget_replay(&mut self, p: Process, key: &str) {
+        self.slot_mut(p).replay.forget(key);
     }
 
     fn slot_index(&self, p: Process) -> usize {

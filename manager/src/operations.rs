@@ -150,6 +150,7 @@ impl Manager {
         if ns.route_on_vpn {
             self.device_changed(&ns, DeviceEvent::DeviceAdded);
         }
+        self.start_ndproxy(&ns);
         self.state.namespaces.insert(ns.id, ns);
         self.save_state();
         Ok(response.encode_to_vec())
@@ -175,6 +176,9 @@ impl Manager {
             .map(|n| n.netns.to_string())
             .collect::<Vec<_>>()
             .join(", ");
+        for ns in &list {
+            self.stop_ndproxy(ns.id);
+        }
         let op = dbus_service::next_operation();
         let plan = namespaces::disconnect_many_plan(&list, format!("disconnect {names} op {op}"));
         match self.apply(plan, &[]) {
@@ -563,6 +567,7 @@ impl Manager {
         }
         if self.datapath_ready {
             self.arc_follow_uplinks();
+            self.follow_ndproxy_uplinks();
         }
     }
 

@@ -74,6 +74,11 @@ impl ReplayLog {
         }
     }
 
+    /// Drops the entry under `key` (the state it rebuilt is gone).
+    pub fn forget(&mut self, key: &str) {
+        self.entries.retain(|(k, _)| k != key);
+    }
+
     pub fn requests(&self) -> impl Iterator<Item = &Request> {
         self.entries.iter().map(|(_, r)| r)
     }

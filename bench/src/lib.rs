@@ -5,18 +5,32 @@
 //! every trace is gone, with none and with 100 other namespaces connected. It
 //! measures netavark's `setup` and `teardown` of a container on a bridge
 //! network in the same run, so that the numbers come with a yardstick taken
-//! on the same machine at the same time. See `bench/README.md`.
+//! on the same machine at the same time.
+//!
+//! `bench-port-rules` creates and deletes 1000 port forwards one
+//! `ModifyPortRule` call at a time and times `GetTrafficCounters` with 1, 10
+//! and 50 uplinks, each next to the naive way (one `iptables` process per
+//! rule; `iptables -L` and `ip6tables -L` parsed), interleaved call by call.
+//! See `bench/README.md`.
 //!
 //! Everything runs in private network namespaces built with the
 //! `patchpanel-tests` harness; the host's root namespace is never touched.
 //! The modules own one concern each: the measurements of each side
-//! ([`patchpanel`], [`netavark`]), the kernel check that a link is gone
-//! ([`link_probe`]), percentiles ([`stats`]), the printed table ([`report`])
-//! and an orderly stop on SIGINT/SIGTERM ([`interrupt`]).
+//! ([`patchpanel`], [`netavark`], [`port_rules`], [`traffic_counters`]), a
+//! daemon's world for one measurement ([`world`]), the kernel check that a
+//! link is gone ([`link_probe`]), a thread inside another namespace and a
+//! timed process for the naive peers ([`netns_thread`], [`process`]),
+//! percentiles ([`stats`]), the printed table ([`report`]) and an orderly
+//! stop on SIGINT/SIGTERM ([`interrupt`]).
 
 pub mod interrupt;
 pub mod link_probe;
 pub mod netavark;
+pub mod netns_thread;
 pub mod patchpanel;
+pub mod port_rules;
+pub mod process;
 pub mod report;
 pub mod stats;
+pub mod traffic_counters;
+pub mod world;

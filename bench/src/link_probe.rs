@@ -86,7 +86,8 @@ impl IfReq {
 
 const _: () = assert!(std::mem::size_of::<IfReq>() == 40);
 
-fn setns_net(ns: BorrowedFd<'_>) -> io::Result<()> {
+/// Moves the calling thread (only it) into the network namespace `ns`.
+pub(crate) fn setns_net(ns: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: setns takes a descriptor we hold open and a flag; it changes
     // only the calling thread's network namespace and touches no memory.
     let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };

@@ -13,7 +13,6 @@
 //! benchmark also waits (untimed) for `GetDevices` to be back to its
 //! baseline, so that one teardown's tail never overlaps the next connect.
 
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use patchpanel_tests::DaemonOptions;
 
 use crate::interrupt;
 use crate::link_probe::LinkProbe;
+use crate::world::in_world;
 
 /// How often teardown completion is checked.
 pub const TEARDOWN_POLL: Duration = Duration::from_micros(200);
@@ -107,32 +107,15 @@ pub fn measure(iterations: usize, warmup: usize, loaded: usize) -> Result<Patchp
         bail!("the benchmark's pool holds 256 namespaces; {loaded} loaded is too many");
     }
     interrupt::check()?;
-    let world = World::start_with(DaemonOptions {
+    let options = DaemonOptions {
         extra_config: NETNS_POOL_CONFIG.into(),
         ..Default::default()
-    })
-    .context("cannot start the daemon's world")?;
-    let mut samples = measure_in(&world, iterations, warmup, loaded);
-    if samples.is_err() {
-        eprintln!(
-            "----- patchpaneld log ({}) -----\n{}\n----- end -----",
-            world.daemon.log_path().display(),
-            world.daemon.log()
-        );
-    }
-    // The harness's Drop panics when the daemon's teardown shows a bug
-    // (leftover processes or namespaces, a bad exit status), after cleaning
-    // up and printing the problems. Keep the measurements and report it.
-    let stopped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(world)));
-    if let (Err(panic), Ok(samples)) = (stopped, samples.as_mut()) {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the daemon's teardown panicked".to_string());
-        samples.cleanup_problems.push(message);
-    }
-    samples
+    };
+    let (mut samples, problem) = in_world(options, |world| {
+        measure_in(world, iterations, warmup, loaded)
+    })?;
+    samples.cleanup_problems.extend(problem);
+    Ok(samples)
 }
 
 fn measure_in(

@@ -1,6 +1,7 @@
 //! The printed result: one row per measured series, then the ratios and the
 //! issue's targets (p50 under 20 ms; at most 1.5x slower with the load than
-//! without).
+//! without), or, for the benchmarks without targets, the ratios to the peer
+//! and the growth of each side ([`scaling_line`]).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -97,6 +98,63 @@ pub fn verdict(what: &str, loaded: usize, c: &Comparison) -> String {
     )
 }
 
+/// One point of a scaling comparison: its label (`#500`, `@10`) and the
+/// p50/p99 of both sides there.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub label: String,
+    pub patchpanel: Option<Summary>,
+    pub peer: Option<Summary>,
+}
+
+/// `<what>: ratio patchpanel/<peer> #1: x.xx ; #500: x.xx ; #1000: x.xx ;
+/// #1000/#1 patchpanel: x.xx, <peer>: x.xx`: the p50 ratio at each point,
+/// then how much each side's p50 grew from the first point to the last.
+pub fn scaling_line(what: &str, peer: &str, points: &[Point]) -> String {
+    let p50 = |s: Option<Summary>| s.map(|s| s.p50);
+    let mut out = format!("{what}: ratio patchpanel/{peer}");
+    for (i, point) in points.iter().enumerate() {
+        let separator = if i == 0 { "" } else { " ;" };
+        let _ = write!(
+            out,
+            "{separator} {}: {}",
+            point.label,
+            number(ratio(p50(point.patchpanel), p50(point.peer)))
+        );
+    }
+    if let (Some(first), Some(last)) = (points.first(), points.last()) {
+        if points.len() > 1 {
+            let _ = write!(
+                out,
+                " ; {}/{} patchpanel: {}, {peer}: {}",
+                last.label,
+                first.label,
+                number(ratio(p50(last.patchpanel), p50(first.patchpanel))),
+                number(ratio(p50(last.peer), p50(first.peer))),
+            );
+        }
+    }
+    out
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+pub fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// CPUs and load before and after: other work on the machine skews the
+/// numbers, and a reader comparing runs should know.
+pub fn machine_line(start: Option<f64>, end: Option<f64>) -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let load = |l: Option<f64>| l.map_or_else(|| "?".to_string(), |l| format!("{l:.2}"));
+    format!(
+        "machine: {cpus} CPUs; 1-min load average {} at start, {} at end",
+        load(start),
+        load(end)
+    )
+}
+
 fn ratio(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if !b.is_zero() => Some(a.as_secs_f64() / b.as_secs_f64()),
@@ -185,6 +243,57 @@ mod tests {
         assert!(
             line.ends_with("(target <= 1.5: FAIL); p50 target < 20 ms: FAIL"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn scaling_line_gives_ratios_per_point_and_growth_per_side() {
+        let line = scaling_line(
+            "create",
+            "naive",
+            &[
+                Point {
+                    label: "#1".into(),
+                    patchpanel: summary(4, 5),
+                    peer: summary(8, 9),
+                },
+                Point {
+                    label: "#1000".into(),
+                    patchpanel: summary(6, 7),
+                    peer: summary(24, 30),
+                },
+            ],
+        );
+
+        assert_eq!(
+            line,
+            "create: ratio patchpanel/naive #1: 0.50 ; #1000: 0.25 ; \
+             #1000/#1 patchpanel: 1.50, naive: 3.00"
+        );
+    }
+
+    #[test]
+    fn scaling_line_with_one_side_missing_says_not_available() {
+        let line = scaling_line(
+            "delete",
+            "naive",
+            &[
+                Point {
+                    label: "#1".into(),
+                    patchpanel: None,
+                    peer: summary(8, 9),
+                },
+                Point {
+                    label: "#2".into(),
+                    patchpanel: None,
+                    peer: summary(8, 9),
+                },
+            ],
+        );
+
+        assert_eq!(
+            line,
+            "delete: ratio patchpanel/naive #1: n/a ; #2: n/a ; #2/#1 patchpanel: n/a, naive: 1.00"
         );
     }
 

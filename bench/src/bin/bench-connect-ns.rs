@@ -66,7 +66,7 @@ fn run(args: &Args) -> Result<bool> {
     let warmup = args.warmup as usize;
     let loaded = args.loaded;
     let mut ok = true;
-    let load_at_start = load_average();
+    let load_at_start = report::load_average();
 
     let netavark = if args.only != Some(Side::Patchpanel) {
         eprintln!("measuring netavark ({iterations} iterations, then with {loaded} containers)...");
@@ -98,7 +98,10 @@ fn run(args: &Args) -> Result<bool> {
         "{}",
         render(patchpanel.as_ref(), netavark.as_ref(), usize::from(loaded))
     );
-    println!("{}", machine_line(load_at_start, load_average()));
+    println!(
+        "{}",
+        report::machine_line(load_at_start, report::load_average())
+    );
     Ok(ok)
 }
 
@@ -182,23 +185,5 @@ fn render(pp: Option<&PatchpanelSamples>, nv: Option<&NetavarkSamples>, loaded: 
         report::table(&rows),
         report::verdict("connect", loaded, &connect),
         report::verdict("teardown", loaded, &teardown),
-    )
-}
-
-/// The 1-minute load average, from `/proc/loadavg`.
-fn load_average() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
-/// CPUs and load before and after: other work on the machine skews the
-/// numbers, and a reader comparing runs should know.
-fn machine_line(start: Option<f64>, end: Option<f64>) -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let load = |l: Option<f64>| l.map_or_else(|| "?".to_string(), |l| format!("{l:.2}"));
-    format!(
-        "machine: {cpus} CPUs; 1-min load average {} at start, {} at end",
-        load(start),
-        load(end)
     )
 }

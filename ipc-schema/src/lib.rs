@@ -24,9 +24,13 @@ pub use names::{IfName, NameError, NetnsName};
 /// Largest encoded message, in bytes. Larger results are paged by the sender.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
+/// Counter samples per `Reply::Counters` page: a full page of the longest
+/// samples fits one message (tested).
+pub const COUNTERS_PER_PAGE: usize = 1000;
+
 /// Most file descriptors passed beside one message.
 pub const MAX_FDS: usize = 8;
 
 /// Bumped whenever a message changes shape. Both ends refuse a peer whose
 /// `Hello` carries another version.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;

@@ -80,10 +80,10 @@ pub enum Request {
     /// config. Replayed.
     SetupFirewall(patchpanel_firewall::LayoutConfig),
     /// Datapath writer: the accounting counters of these uplinks (all if
-    /// empty), zero samples left out. Answered with [`Reply::Counters`]. The
-    /// manager asks for a bounded number of uplinks at a time so the answer
-    /// fits one message.
-    ReadCounters { ifnames: Vec<IfName> },
+    /// empty), zero samples left out, in pages that fit one message:
+    /// `offset` 0 reads the kernel's counters once, later offsets page
+    /// through that same reading. Answered with [`Reply::Counters`].
+    ReadCounters { ifnames: Vec<IfName>, offset: u32 },
     /// Datapath writer: applies one operation's steps. Fds (pidfds) ride
     /// beside the request. Answered with [`Reply::Applied`].
     Apply(Plan),
@@ -117,10 +117,16 @@ pub enum Request {
 /// Successful answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    Pong { nonce: u64 },
+    Pong {
+        nonce: u64,
+    },
     Done,
     Applied(PlanReport),
-    Counters(Vec<patchpanel_firewall::counters::CounterSample>),
+    /// One page of counter samples; `next` is the offset of the next page.
+    Counters {
+        samples: Vec<patchpanel_firewall::counters::CounterSample>,
+        next: Option<u32>,
+    },
 }
 
 /// Why a helper refused or failed a request.
@@ -156,4 +162,32 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use patchpanel_firewall::counters::{CounterSample, Direction};
+    use patchpanel_firewall::{Family, TrafficSource};
+
+    #[test]
+    fn a_full_page_of_counters_fits_one_message() {
+        let sample = CounterSample {
+            family: Family::V6,
+            direction: Direction::Tx,
+            ifname: "abcdefghijklmno".into(),
+            source: Some(TrafficSource::WifiLohs),
+            packets: u64::MAX,
+            bytes: u64::MAX,
+        };
+        let reply = HelperMessage::Response {
+            id: u64::MAX,
+            result: Ok(Reply::Counters {
+                samples: vec![sample; crate::COUNTERS_PER_PAGE],
+                next: Some(u32::MAX),
+            }),
+        };
+        let bytes = crate::encode(&reply).expect("encodes");
+        assert!(bytes.len() < crate::MAX_MESSAGE_SIZE, "{}", bytes.len());
+    }
 }

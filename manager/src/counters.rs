@@ -9,11 +9,6 @@ use patchpanel_firewall::{Family, TrafficSource};
 use patchpanel_proto::traffic_counter::{IpFamily, Source};
 use patchpanel_proto::TrafficCounter;
 
-/// How many uplinks one writer request covers, so that the answer (at
-/// most 2 directions x 15 rules x 2 families per uplink) fits one IPC
-/// message.
-pub const UPLINKS_PER_READ: usize = 16;
-
 /// The D-Bus source of a fwmark source; `None` (untagged) is UNKNOWN.
 pub fn proto_source(source: Option<TrafficSource>) -> Source {
     let Some(source) = source else {

@@ -430,15 +430,26 @@ impl Manager {
                 .collect::<Vec<_>>();
         }
         let mut samples = Vec::new();
-        for chunk in wanted.chunks(counters::UPLINKS_PER_READ) {
+        let mut offset = 0;
+        loop {
             match self.call_helper(
                 Process::DatapathWriter,
                 Request::ReadCounters {
-                    ifnames: chunk.to_vec(),
+                    ifnames: wanted.clone(),
+                    offset,
                 },
                 &[],
             )? {
-                Reply::Counters(s) => samples.extend(s),
+                Reply::Counters {
+                    samples: page,
+                    next,
+                } => {
+                    samples.extend(page);
+                    match next {
+                        Some(n) if n > offset => offset = n,
+                        _ => break,
+                    }
+                }
                 other => {
                     return Err(CallError::Failed(format!(
                         "GetTrafficCounters: the writer answered {other:?}"

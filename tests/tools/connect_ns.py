@@ -252,14 +252,14 @@ def main(argv):
     except (DecodeError, UnicodeDecodeError) as err:
         print("connect_ns.py: cannot decode ConnectNamespaceResponse: %s" % err, file=sys.stderr)
         return 1
-    print(json.dumps(response, sort_keys=True), flush=True)
-
     def release(signum, _frame):
         raise SystemExit(0)
 
+    # Handlers first: a caller may signal as soon as it reads the JSON line.
     signal.signal(signal.SIGTERM, release)
     signal.signal(signal.SIGINT, release)
     try:
+        print(json.dumps(response, sort_keys=True), flush=True)
         while sys.stdin.buffer.read(4096):
             pass
     finally:

@@ -24,6 +24,8 @@ pub struct Writer {
     pub(crate) firewall: Option<IptablesRestore>,
     host: Option<Rtnl>,
     sockets: HashMap<NetnsName, Rtnl>,
+    /// The last counter reading, paged out by `read_counters`.
+    counters: Vec<patchpanel_firewall::counters::CounterSample>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -141,20 +143,34 @@ impl Writer {
         Ok(())
     }
 
-    /// Non-zero accounting counters of `ifnames` (every uplink if empty).
+    /// Non-zero accounting counters of `ifnames` (every uplink if empty),
+    /// one page from `offset`; offset 0 takes a fresh reading.
     pub fn read_counters(
         &mut self,
         ifnames: &[IfName],
-    ) -> Result<Vec<patchpanel_firewall::counters::CounterSample>, HelperError> {
-        let samples = self
-            .firewall()?
-            .read_counters()
-            .map_err(|e| firewall_error("read counters", &e))?;
-        Ok(samples
-            .into_iter()
-            .filter(|s| s.packets != 0 || s.bytes != 0)
-            .filter(|s| ifnames.is_empty() || ifnames.iter().any(|i| i.as_str() == s.ifname))
-            .collect())
+        offset: u32,
+    ) -> Result<
+        (
+            Vec<patchpanel_firewall::counters::CounterSample>,
+            Option<u32>,
+        ),
+        HelperError,
+    > {
+        if offset == 0 {
+            let samples = self
+                .firewall()?
+                .read_counters()
+                .map_err(|e| firewall_error("read counters", &e))?;
+            self.counters = samples
+                .into_iter()
+                .filter(|s| s.packets != 0 || s.bytes != 0)
+                .filter(|s| ifnames.is_empty() || ifnames.iter().any(|i| i.as_str() == s.ifname))
+                .collect();
+        }
+        let start = (offset as usize).min(self.counters.len());
+        let end = (start + patchpanel_ipc::COUNTERS_PER_PAGE).min(self.counters.len());
+        let next = (end < self.counters.len()).then_some(end as u32);
+        Ok((self.counters[start..end].to_vec(), next))
     }
 
     /// The rtnetlink socket of a namespace, opened on first use.

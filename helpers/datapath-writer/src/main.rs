@@ -32,7 +32,9 @@ impl Service for Writer {
                 self.configure(config.clone()).map(|()| Reply::Done)
             }
             Request::SetupFirewall(config) => self.setup_firewall(config).map(|()| Reply::Done),
-            Request::ReadCounters { ifnames } => self.read_counters(ifnames).map(Reply::Counters),
+            Request::ReadCounters { ifnames, offset } => self
+                .read_counters(ifnames, *offset)
+                .map(|(samples, next)| Reply::Counters { samples, next }),
             Request::Apply(plan) => self.apply(plan, fds).map(Reply::Applied),
             Request::RemoveOwned {
                 keep_links,

@@ -16,7 +16,15 @@ use patchpanel_sandbox::Process;
 
 use crate::manager::Manager;
 use crate::routing::{RoutingMode, MAIN_TABLE};
-use crate::state::ConnectedNamespace;
+
+/// Which guest a proxied downlink belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProxyKey {
+    Namespace(u32),
+    /// ARC's bridge for this uplink.
+    Arc(String),
+    Vm(String, u64),
+}
 
 /// One proxied downlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +44,7 @@ impl ProxyPair {
 /// What the manager knows of the helper's work.
 #[derive(Debug, Default)]
 pub struct NdProxyState {
-    /// Namespace id -> its pair.
-    pairs: BTreeMap<u32, ProxyPair>,
+    pairs: BTreeMap<ProxyKey, ProxyPair>,
     /// Guest addresses with a route: (downlink ifindex, address).
     routed: BTreeSet<(u32, Ipv6Addr)>,
 }
@@ -49,68 +56,121 @@ pub fn routable(addr: &Ipv6Addr) -> bool {
 }
 
 impl Manager {
-    /// The uplink a namespace's IPv6 follows: its pinned uplink, else the
-    /// default network.
-    fn ipv6_uplink(&self, ns: &ConnectedNamespace) -> Option<(IfName, u32)> {
-        match &ns.mode {
-            RoutingMode::Pinned { uplink, .. } => self
-                .uplinks
-                .get(uplink.as_str())
-                .map(|u| (u.name.clone(), u.ifindex)),
-            RoutingMode::System | RoutingMode::User => self
-                .uplinks
-                .default_uplink()
-                .map(|u| (u.name.clone(), u.ifindex)),
+    /// Every downlink that should be proxied now, with its uplink: connected
+    /// namespaces without static IPv6 (their pinned uplink, else the default
+    /// network), ARC's bridges (their own uplink), VM TAPs (the default
+    /// network).
+    fn wanted_ndproxy(&self) -> BTreeMap<ProxyKey, (IfName, u32, IfName)> {
+        let default = self
+            .uplinks
+            .default_uplink()
+            .map(|u| (u.name.clone(), u.ifindex));
+        let mut wanted = BTreeMap::new();
+        for ns in self.state.namespaces.values().filter(|n| n.ipv6.is_none()) {
+            let uplink = match &ns.mode {
+                RoutingMode::Pinned { uplink, .. } => self
+                    .uplinks
+                    .get(uplink.as_str())
+                    .map(|u| (u.name.clone(), u.ifindex)),
+                RoutingMode::System | RoutingMode::User => default.clone(),
+            };
+            if let Some((name, ifindex)) = uplink {
+                wanted.insert(
+                    ProxyKey::Namespace(ns.id),
+                    (name, ifindex, ns.host_ifname.clone()),
+                );
+            }
         }
+        if let Some(arc) = &self.state.arc {
+            for device in arc.devices.values() {
+                let Some(up) = &device.uplink else { continue };
+                if let Some(u) = self.uplinks.get(up.name.as_str()) {
+                    wanted.insert(
+                        ProxyKey::Arc(up.name.to_string()),
+                        (u.name.clone(), u.ifindex, device.bridge.clone()),
+                    );
+                }
+            }
+        }
+        if let Some((name, ifindex)) = default {
+            for vm in &self.state.vms {
+                wanted.insert(
+                    ProxyKey::Vm(vm.kind.name().to_string(), vm.id),
+                    (name.clone(), ifindex, vm.tap.clone()),
+                );
+            }
+        }
+        wanted
     }
 
-    /// Starts proxying for a namespace without static IPv6. Failures are
-    /// logged: IPv4 works without it.
-    pub(crate) fn start_ndproxy(&mut self, ns: &ConnectedNamespace) {
-        if ns.ipv6.is_some() {
+    /// Brings the helper's pairs in line with the guests and uplinks:
+    /// stops pairs no longer wanted (or re-pointed), starts new ones.
+    /// Called after every D-Bus call, lifeline teardown and uplink change.
+    pub(crate) fn sync_ndproxy(&mut self) {
+        if !self.datapath_ready {
             return;
         }
-        let Some((uplink, uplink_ifindex)) = self.ipv6_uplink(ns) else {
-            debug!("{}: no uplink for IPv6 yet", ns.netns);
-            return;
+        let wanted = self.wanted_ndproxy();
+        let stale: Vec<ProxyKey> = self
+            .ndproxy
+            .pairs
+            .iter()
+            .filter(|(key, pair)| {
+                wanted.get(*key).is_none_or(|(_, ifindex, downlink)| {
+                    *ifindex != pair.uplink_ifindex || *downlink != pair.downlink
+                })
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            self.stop_ndproxy(&key);
+        }
+        let rtnl = match patchpanel_rtnl::Rtnl::new() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("IPv6 proxying: no rtnetlink socket: {e}");
+                return;
+            }
         };
-        let downlink_ifindex =
-            match patchpanel_rtnl::Rtnl::new().and_then(|r| r.ifindex(ns.host_ifname.as_str())) {
+        for (key, (uplink, uplink_ifindex, downlink)) in wanted {
+            if self.ndproxy.pairs.contains_key(&key) {
+                continue;
+            }
+            let downlink_ifindex = match rtnl.ifindex(downlink.as_str()) {
                 Ok(i) => i,
                 Err(e) => {
-                    warn!("{}: cannot find {}: {e}", ns.netns, ns.host_ifname);
-                    return;
+                    debug!("IPv6 proxying for {key:?}: {downlink}: {e}");
+                    continue;
                 }
             };
-        let pair = ProxyPair {
-            uplink,
-            uplink_ifindex,
-            downlink: ns.host_ifname.clone(),
-            downlink_ifindex,
-        };
-        let request = Request::NdProxyStart {
-            uplink_ifindex,
-            downlink_ifindex,
-        };
-        // Recorded first: a helper that is restarting gets it on replay.
-        self.record_replay(Process::NdProxy, &pair.replay_key(), request.clone());
-        if let Err(e) = self.call_helper(Process::NdProxy, request, &[]) {
-            warn!(
-                "{}: IPv6 proxying {} <-> {} not started now ({e}); it will be on the helper's next start",
-                ns.netns, pair.uplink, pair.downlink
-            );
-        } else {
-            info!(
-                "{}: IPv6 neighbour proxying {} <-> {}",
-                ns.netns, pair.uplink, pair.downlink
-            );
+            let pair = ProxyPair {
+                uplink,
+                uplink_ifindex,
+                downlink,
+                downlink_ifindex,
+            };
+            let request = Request::NdProxyStart {
+                uplink_ifindex,
+                downlink_ifindex,
+            };
+            // Recorded first: a helper that is restarting gets it on replay.
+            self.record_replay(Process::NdProxy, &pair.replay_key(), request.clone());
+            match self.call_helper(Process::NdProxy, request, &[]) {
+                Ok(_) => info!(
+                    "IPv6 neighbour proxying {} <-> {} ({key:?})",
+                    pair.uplink, pair.downlink
+                ),
+                Err(e) => warn!(
+                    "IPv6 proxying {} <-> {} not started now ({e}); it will be on the helper's next start",
+                    pair.uplink, pair.downlink
+                ),
+            }
+            self.ndproxy.pairs.insert(key, pair);
         }
-        self.ndproxy.pairs.insert(ns.id, pair);
     }
 
-    /// Stops proxying for a namespace (it is going away).
-    pub(crate) fn stop_ndproxy(&mut self, id: u32) {
-        let Some(pair) = self.ndproxy.pairs.remove(&id) else {
+    fn stop_ndproxy(&mut self, key: &ProxyKey) {
+        let Some(pair) = self.ndproxy.pairs.remove(key) else {
             return;
         };
         self.forget_replay(Process::NdProxy, &pair.replay_key());
@@ -123,39 +183,6 @@ impl Manager {
         };
         if let Err(e) = self.call_helper(Process::NdProxy, request, &[]) {
             debug!("ndproxy stop {} <-> {}: {e}", pair.uplink, pair.downlink);
-        }
-    }
-
-    /// Re-points namespaces whose IPv6 uplink changed (the default network
-    /// moved, or an uplink came back with a new ifindex).
-    pub(crate) fn follow_ndproxy_uplinks(&mut self) {
-        let stale: Vec<u32> = self
-            .ndproxy
-            .pairs
-            .iter()
-            .filter(|(id, pair)| {
-                let want = self
-                    .state
-                    .namespaces
-                    .get(id)
-                    .and_then(|ns| self.ipv6_uplink(ns))
-                    .map(|(_, ifindex)| ifindex);
-                want != Some(pair.uplink_ifindex)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        let unproxied: Vec<u32> = self
-            .state
-            .namespaces
-            .values()
-            .filter(|ns| ns.ipv6.is_none() && !self.ndproxy.pairs.contains_key(&ns.id))
-            .map(|ns| ns.id)
-            .collect();
-        for id in stale.iter().chain(unproxied.iter()) {
-            self.stop_ndproxy(*id);
-            if let Some(ns) = self.state.namespaces.get(id).cloned() {
-                self.start_ndproxy(&ns);
-            }
         }
     }
 

@@ -57,6 +57,8 @@ impl Manager {
         if let Some(dbus) = &self.dbus {
             dbus.reply(&call, result);
         }
+        // Guests may have come or gone: IPv6 proxying follows.
+        self.sync_ndproxy();
     }
 
     fn route_call(
@@ -150,7 +152,6 @@ impl Manager {
         if ns.route_on_vpn {
             self.device_changed(&ns, DeviceEvent::DeviceAdded);
         }
-        self.start_ndproxy(&ns);
         self.state.namespaces.insert(ns.id, ns);
         self.save_state();
         Ok(response.encode_to_vec())
@@ -176,9 +177,6 @@ impl Manager {
             .map(|n| n.netns.to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        for ns in &list {
-            self.stop_ndproxy(ns.id);
-        }
         let op = dbus_service::next_operation();
         let plan = namespaces::disconnect_many_plan(&list, format!("disconnect {names} op {op}"));
         match self.apply(plan, &[]) {
@@ -213,6 +211,7 @@ impl Manager {
             })
             .collect();
         self.disconnect_namespaces(&ids, "the client's lifeline closed");
+        self.sync_ndproxy();
     }
 
     fn device_changed(&self, ns: &ConnectedNamespace, event: DeviceEvent) {
@@ -328,6 +327,7 @@ impl Manager {
         // A re-adopted ARC follows the uplinks that changed meanwhile.
         self.arc_follow_uplinks();
         self.datapath_ready = true;
+        self.sync_ndproxy();
         Ok(())
     }
 
@@ -578,7 +578,7 @@ impl Manager {
         }
         if self.datapath_ready {
             self.arc_follow_uplinks();
-            self.follow_ndproxy_uplinks();
+            self.sync_ndproxy();
         }
     }
 

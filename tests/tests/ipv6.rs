@@ -184,3 +184,40 @@ fn a_killed_ndproxy_comes_back_and_proxying_resumes_without_a_new_call() {
         "no IPv6 to the guest after ndproxy respawned"
     );
 }
+
+#[test]
+fn a_vm_behind_its_tap_gets_a_global_ipv6_address_through_the_proxy() {
+    let world = World::start().expect("world");
+    let _radvd = radvd(&world);
+    let vm = Client::connect_to(world.bus.address())
+        .expect("client")
+        .terminavm_startup(7)
+        .expect("TerminaVmStartup");
+    let host = patchpanel_proto::ipv4_from_addr4(&vm.gateway_ipv4_address).expect("gateway");
+    let guest_v4 = patchpanel_proto::ipv4_from_addr4(&vm.ipv4_address).expect("address");
+    let fake = patchpanel_tests::vm::FakeVm::boot(
+        &world.netns,
+        &vm.tap_device_ifname,
+        "eth0",
+        &guest_v4.to_string(),
+        30,
+        &host.to_string(),
+    )
+    .expect("fake VM");
+    let guest_ns = fake.netns().name().to_string();
+    let guest = poll_until(SLAAC_TIMEOUT, || global_address(&guest_ns, "eth0"))
+        .unwrap_or_else(|| panic!("no SLAAC address in the VM\n{}", world.daemon.log()));
+    let up = world.internet.upstream.name().to_string();
+    let reachable = poll_until(Duration::from_secs(15), || {
+        (ping6(&guest_ns, UPSTREAM_HOST) && ping6(&up, &guest)).then_some(())
+    });
+    assert!(
+        reachable.is_some(),
+        "ping6 VM <-> upstream failed for {guest}"
+    );
+    drop(fake);
+    Client::connect_to(world.bus.address())
+        .expect("client")
+        .terminavm_shutdown(7)
+        .expect("shutdown");
+}

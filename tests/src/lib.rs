@@ -21,6 +21,7 @@ pub mod direct_helper;
 pub mod fake_shill;
 pub mod netns;
 pub mod procfs;
+pub mod traffic;
 pub mod tree;
 pub mod vm;
 pub mod wait;

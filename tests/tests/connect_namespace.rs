@@ -3,13 +3,13 @@
 //! lifeline teardown, refusals, uplink changes, stop and cleanup.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use patchpanel_client::{Client, Error as ClientError, Lifeline};
 use patchpanel_proto::{ConnectNamespaceRequest, ConnectNamespaceResponse};
 use patchpanel_tests::world::{kernel_snapshot, World, REMOTE_HOST, UPLINK_ADDR};
-use patchpanel_tests::{poll_until, DaemonOptions};
+use patchpanel_tests::{poll_until, traffic, DaemonOptions};
 
 /// Generous: teardown is measured in the benchmark, not here.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,61 +39,6 @@ fn ping_from(world: &World, netns: &str) -> bool {
         .exec_in(netns, &["ping", "-c", "1", "-W", "3", REMOTE_HOST])
         .expect("ping");
     out.status.success()
-}
-
-/// Starts a one-shot TCP server in the upstream namespace that prints the
-/// peer address of the connection it accepts.
-fn tcp_server(world: &World, port: u16) -> Child {
-    let script = format!(
-        "import socket,sys\n\
-         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         s.bind(('{REMOTE_HOST}',{port})); s.listen(1)\n\
-         print('listening', flush=True)\n\
-         s.settimeout(20)\n\
-         c,a=s.accept(); print(a[0], flush=True); c.sendall(b'hello'); c.close()\n"
-    );
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            world.internet.upstream.name(),
-            "/usr/bin/python3",
-            "-c",
-            &script,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line.trim(), "listening");
-    child
-}
-
-fn server_saw(mut server: Child) -> String {
-    let mut out = String::new();
-    std::io::Read::read_to_string(server.stdout.as_mut().expect("stdout"), &mut out).expect("read");
-    let _ = server.wait();
-    out.trim().to_string()
-}
-
-fn tcp_connect_from(world: &World, netns: &str, port: u16) -> String {
-    let script = format!(
-        "import socket\n\
-         c=socket.create_connection(('{REMOTE_HOST}',{port}),timeout=5)\n\
-         print(c.recv(16).decode())\n"
-    );
-    let out = world
-        .exec_in(netns, &["/usr/bin/python3", "-c", &script])
-        .expect("client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Fails with the lines that differ between two kernel snapshots.
@@ -143,10 +88,18 @@ fn a_new_namespace_reaches_the_upstream_host_through_nat() {
         "ping through NAT failed"
     );
 
-    let server = tcp_server(&world, 8080);
-    assert_eq!(tcp_connect_from(&world, &resp.netns_name, 8080), "hello");
+    let mut server =
+        traffic::reply_server(world.internet.upstream.name(), REMOTE_HOST, 8080, "hello")
+            .expect("server");
+    let reply = traffic::fetch(&resp.netns_name, 0, REMOTE_HOST, 8080).expect("client");
+    assert_eq!(reply, "hello");
+    let mut peer = String::new();
+    BufReader::new(server.stdout.as_mut().expect("stdout"))
+        .read_line(&mut peer)
+        .expect("read");
+    traffic::stop(server);
     assert_eq!(
-        server_saw(server),
+        peer.trim(),
         UPLINK_ADDR,
         "the upstream side must see the uplink address"
     );

@@ -2,66 +2,45 @@
 //! namespace and from local processes of tagged uids show up per source and
 //! family; counts survive a manager restart.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use patchpanel_client::Client;
 use patchpanel_proto::traffic_counter::{IpFamily, Source};
 use patchpanel_proto::{ConnectNamespaceRequest, TrafficCounter};
 use patchpanel_tests::world::{World, REMOTE_HOST};
-use patchpanel_tests::{poll_until, Daemon, DaemonOptions};
+use patchpanel_tests::{poll_until, traffic, Daemon, DaemonOptions};
 
 /// Bytes each test sends; headers add a few percent on top.
 const PAYLOAD: usize = 200_000;
 
 /// A sink in the upstream namespace that reads until EOF, repeatedly.
 fn sink(world: &World, port: u16) -> Child {
-    let script = format!(
-        "import socket\n\
-         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         s.bind(('{REMOTE_HOST}',{port})); s.listen(8)\n\
-         print('listening', flush=True)\n\
-         while True:\n    c,a=s.accept()\n    while c.recv(65536): pass\n    c.close()\n"
-    );
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            world.internet.upstream.name(),
-            "/usr/bin/python3",
-            "-c",
-            &script,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sink");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line.trim(), "listening");
-    child
+    traffic::listener(
+        world.internet.upstream.name(),
+        &format!(
+            "import socket\n\
+             s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('{REMOTE_HOST}',{port})); s.listen(8)\n\
+             print('listening', flush=True)\n\
+             while True:\n    c,a=s.accept()\n    while c.recv(65536): pass\n    c.close()\n"
+        ),
+    )
+    .expect("sink")
 }
 
 /// Sends PAYLOAD bytes to the sink from namespace `netns` as `uid`.
 fn send(netns: &str, uid: u32, port: u16) {
-    let script = format!(
-        "import socket\n\
-         c=socket.create_connection(('{REMOTE_HOST}',{port}),timeout=5)\n\
-         c.sendall(b'x'*{PAYLOAD}); c.shutdown(socket.SHUT_WR); c.recv(1); c.close()\n"
-    );
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{netns}"))
-        .args([
-            "setpriv",
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-        ])
-        .args(["/usr/bin/python3", "-c", &script])
-        .output()
-        .expect("send");
+    let out = traffic::run(
+        netns,
+        uid,
+        &format!(
+            "import socket\n\
+             c=socket.create_connection(('{REMOTE_HOST}',{port}),timeout=5)\n\
+             c.sendall(b'x'*{PAYLOAD}); c.shutdown(socket.SHUT_WR); c.recv(1); c.close()\n"
+        ),
+    )
+    .expect("send");
     assert!(
         out.status.success(),
         "{}",
@@ -111,9 +90,7 @@ fn a_namespace_is_counted_under_its_traffic_source() {
     let c = counters(&world);
     let arc = find(&c, Source::Arc, IpFamily::Ipv4).unwrap_or_else(|| panic!("{c:#?}"));
     assert_tx_about(&arc, PAYLOAD as u64);
-    let mut s = server;
-    let _ = s.kill();
-    let _ = s.wait();
+    traffic::stop(server);
 }
 
 #[test]
@@ -133,9 +110,7 @@ fn local_traffic_is_counted_by_uid() {
     assert_tx_about(&user, PAYLOAD as u64);
     let system = find(&c, Source::System, IpFamily::Ipv4).unwrap_or_else(|| panic!("{c:#?}"));
     assert_tx_about(&system, 2 * PAYLOAD as u64);
-    let mut s = server;
-    let _ = s.kill();
-    let _ = s.wait();
+    traffic::stop(server);
 }
 
 #[test]
@@ -172,9 +147,7 @@ fn counters_survive_a_manager_restart() {
         "the counts went back: {before:?} -> {after:?}"
     );
     drop(again);
-    let mut s = server;
-    let _ = s.kill();
-    let _ = s.wait();
+    traffic::stop(server);
 }
 
 #[test]

@@ -3,15 +3,13 @@
 //! (ACCESS), and to a loopback port from two users (LOCKDOWN); invalid
 //! requests change nothing.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use patchpanel_client::{Client, Error as ClientError};
 use patchpanel_proto::modify_port_rule_request::{Operation, Protocol, RuleType};
 use patchpanel_proto::{ConnectNamespaceRequest, ModifyPortRuleRequest};
 use patchpanel_tests::world::{Internet, World, UPLINK_ADDR};
-use patchpanel_tests::{Daemon, DaemonOptions, Netns, PrivateBus};
+use patchpanel_tests::{traffic, Daemon, DaemonOptions, Netns, PrivateBus};
 
 fn client(bus: &PrivateBus) -> Client {
     Client::connect_to(bus.address()).expect("client")
@@ -36,56 +34,12 @@ fn forward(op: Operation, port: u32, dst: &str, dst_port: u32) -> ModifyPortRule
     }
 }
 
-/// A TCP server that answers every connection with `reply`, started with
-/// `argv_prefix` (e.g. `nsenter --net=...`); prints "listening" first.
-fn server(argv_prefix: &[&str], addr: &str, port: u16, reply: &str) -> Child {
-    let script = format!(
-        "import socket\n\
-         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         s.bind(('{addr}',{port})); s.listen(8)\n\
-         print('listening', flush=True)\n\
-         while True:\n    c,a=s.accept(); c.sendall(b'{reply}'); c.close()\n"
-    );
-    let mut child = Command::new(argv_prefix[0])
-        .args(&argv_prefix[1..])
-        .args(["/usr/bin/python3", "-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line.trim(), "listening");
-    child
+fn server(netns: &str, addr: &str, port: u16, reply: &str) -> std::process::Child {
+    traffic::reply_server(netns, addr, port, reply).expect("server")
 }
 
-/// Connects from inside `netns` (a path under /run/netns) as `uid`; the
-/// server's reply, or the error's kind.
 fn fetch(netns: &str, uid: u32, addr: &str, port: u16) -> String {
-    let script = format!(
-        "import socket\n\
-         try:\n    c=socket.create_connection(('{addr}',{port}),timeout=2); print(c.recv(64).decode())\n\
-         except ConnectionRefusedError: print('refused')\n\
-         except (socket.timeout, TimeoutError): print('timeout')\n"
-    );
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{netns}"))
-        .args([
-            "setpriv",
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-        ])
-        .args(["/usr/bin/python3", "-c", &script])
-        .output()
-        .expect("client");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn kill(mut c: Child) {
-    let _ = c.kill();
-    let _ = c.wait();
+    traffic::fetch(netns, uid, addr, port).expect("client")
 }
 
 #[test]
@@ -99,16 +53,7 @@ fn a_forwarded_port_reaches_a_server_in_a_guest_until_deleted() {
         })
         .expect("connect");
     let guest_ip = "100.115.92.130";
-    let srv = server(
-        &[
-            "nsenter",
-            &format!("--net=/run/netns/{}", ns.netns_name),
-            "--",
-        ],
-        guest_ip,
-        8000,
-        "guest",
-    );
+    let srv = server(&ns.netns_name, guest_ip, 8000, "guest");
     let upstream = world.internet.upstream.name().to_string();
     assert_eq!(fetch(&upstream, 0, UPLINK_ADDR, 8080), "refused");
 
@@ -119,7 +64,7 @@ fn a_forwarded_port_reaches_a_server_in_a_guest_until_deleted() {
     c.modify_port_rule(&forward(Operation::Delete, 8080, guest_ip, 8000))
         .expect("delete");
     assert_eq!(fetch(&upstream, 0, UPLINK_ADDR, 8080), "refused");
-    kill(srv);
+    traffic::stop(srv);
 }
 
 #[test]
@@ -135,16 +80,7 @@ fn access_opens_a_host_port_under_a_default_drop_input_policy() {
     let bus = PrivateBus::start().expect("bus");
     let mut daemon = Daemon::start(&netns, &bus).expect("daemon");
     daemon.wait_ready().expect("ready");
-    let srv = server(
-        &[
-            "nsenter",
-            &format!("--net=/run/netns/{}", netns.name()),
-            "--",
-        ],
-        "0.0.0.0",
-        9090,
-        "host",
-    );
+    let srv = server(netns.name(), "0.0.0.0", 9090, "host");
     let upstream = internet.upstream.name().to_string();
     assert_eq!(fetch(&upstream, 0, UPLINK_ADDR, 9090), "timeout");
 
@@ -167,7 +103,7 @@ fn access_opens_a_host_port_under_a_default_drop_input_policy() {
         .exec_ok(&["iptables-save", "-t", "filter"])
         .expect("save");
     assert!(policy.contains(":INPUT DROP"), "{policy}");
-    kill(srv);
+    traffic::stop(srv);
     drop(daemon);
 }
 
@@ -179,12 +115,7 @@ fn lockdown_lets_only_the_allowed_user_reach_a_loopback_port() {
     })
     .expect("world");
     let ns = world.netns.name().to_string();
-    let srv = server(
-        &["nsenter", &format!("--net=/run/netns/{ns}"), "--"],
-        "127.0.0.1",
-        7070,
-        "secret",
-    );
+    let srv = server(&ns, "127.0.0.1", 7070, "secret");
     assert_eq!(fetch(&ns, 65534, "127.0.0.1", 7070), "secret");
     let c = client(&world.bus);
     c.modify_port_rule(&rule(Operation::Create, RuleType::Lockdown, 7070))
@@ -194,7 +125,7 @@ fn lockdown_lets_only_the_allowed_user_reach_a_loopback_port() {
     c.modify_port_rule(&rule(Operation::Delete, RuleType::Lockdown, 7070))
         .expect("delete");
     assert_eq!(fetch(&ns, 65534, "127.0.0.1", 7070), "secret");
-    kill(srv);
+    traffic::stop(srv);
 }
 
 #[test]

@@ -1,0 +1,84 @@
+//! Real traffic for end-to-end tests: small Python programs (Debian's
+//! `/usr/bin/python3`) run inside a named namespace, as a given user.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+fn python_in(netns: &str, uid: u32, script: &str) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{netns}"))
+        .arg("--")
+        .args([
+            "setpriv",
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+        ])
+        .args(["/usr/bin/python3", "-c", script]);
+    cmd
+}
+
+/// Starts a server `script` (as root) in named namespace `netns` and waits
+/// until it prints `listening`. Its further output stays readable on the
+/// child's stdout. Kill it when done.
+pub fn listener(netns: &str, script: &str) -> Result<Child> {
+    let mut child = python_in(netns, 0, script)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start python3")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().context("no stdout")?)
+        .read_line(&mut line)
+        .context("reading the server's first line")?;
+    if line.trim() != "listening" {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("the server in {netns} did not start: {line:?}");
+    }
+    Ok(child)
+}
+
+/// Runs a client `script` in named namespace `netns` as `uid`.
+pub fn run(netns: &str, uid: u32, script: &str) -> Result<Output> {
+    python_in(netns, uid, script)
+        .output()
+        .context("cannot run python3")
+}
+
+/// A server on `addr:port` that answers each connection with `reply`.
+pub fn reply_server(netns: &str, addr: &str, port: u16, reply: &str) -> Result<Child> {
+    listener(
+        netns,
+        &format!(
+            "import socket\n\
+             s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('{addr}',{port})); s.listen(8)\n\
+             print('listening', flush=True)\n\
+             while True:\n    c,a=s.accept(); print(a[0], flush=True); c.sendall(b'{reply}'); c.close()\n"
+        ),
+    )
+}
+
+/// Connects to `addr:port` from `netns` as `uid`: the reply, or `refused`
+/// or `timeout` (2 s).
+pub fn fetch(netns: &str, uid: u32, addr: &str, port: u16) -> Result<String> {
+    let out = run(
+        netns,
+        uid,
+        &format!(
+            "import socket\n\
+             try:\n    c=socket.create_connection(('{addr}',{port}),timeout=2); print(c.recv(64).decode())\n\
+             except ConnectionRefusedError: print('refused')\n\
+             except (socket.timeout, TimeoutError): print('timeout')\n"
+        ),
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Kills a server started here and reaps it.
+pub fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}

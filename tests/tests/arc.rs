@@ -564,3 +564,55 @@ fn an_arcvm_startup_that_fails_halfway_is_rolled_back() {
     assert_eq!(c.get_devices().expect("GetDevices").len(), 1);
     c.arcvm_shutdown(40).expect("ArcVmShutdown");
 }
+
+#[test]
+fn an_explicit_port_forward_wins_over_the_automatic_dnat_to_arc() {
+    use patchpanel_proto::modify_port_rule_request::{Operation, Protocol, RuleType};
+    let world = World::start().expect("world");
+    let container = started_container(&world);
+    let _arc_server = tcp_server(container.command(&[]), "0.0.0.0", 9100, "arc");
+    let c = client(&world);
+    let (ns, _lifeline) = c
+        .connect_namespace(&patchpanel_proto::ConnectNamespaceRequest {
+            pid: -1,
+            ..Default::default()
+        })
+        .expect("ConnectNamespace");
+    let guest = patchpanel_proto::ipv4_from_net_u32(ns.peer_ipv4_address);
+    let forwarded = patchpanel_tests::traffic::reply_server(
+        &ns.netns_name,
+        &guest.to_string(),
+        9100,
+        "forwarded",
+    )
+    .expect("server in the namespace");
+    assert_eq!(
+        connect_from_upstream(&world, UPLINK_ADDR, 9100).as_deref(),
+        Ok("arc"),
+        "without a forward, ARC's automatic DNAT takes the port"
+    );
+    let mut rule = patchpanel_proto::ModifyPortRuleRequest {
+        op: Operation::Create as i32,
+        r#type: RuleType::Forwarding as i32,
+        proto: Protocol::Tcp as i32,
+        input_ifname: "eth0".into(),
+        input_dst_port: 9100,
+        dst_ip: guest.to_string(),
+        dst_port: 9100,
+        ..Default::default()
+    };
+    c.modify_port_rule(&rule).expect("create");
+    assert_eq!(
+        connect_from_upstream(&world, UPLINK_ADDR, 9100).as_deref(),
+        Ok("forwarded")
+    );
+    rule.op = Operation::Delete as i32;
+    c.modify_port_rule(&rule).expect("delete");
+    // ARC's test server answers one connection: a new one for the last check.
+    let _arc_server = tcp_server(container.command(&[]), "0.0.0.0", 9100, "arc");
+    assert_eq!(
+        connect_from_upstream(&world, UPLINK_ADDR, 9100).as_deref(),
+        Ok("arc")
+    );
+    patchpanel_tests::traffic::stop(forwarded);
+}

@@ -164,3 +164,30 @@ fn unknown_or_malformed_devices_are_refused() {
         .expect("counters")
         .is_empty());
 }
+
+#[test]
+fn a_vm_is_counted_as_crostini() {
+    let world = World::start().expect("world");
+    let server = sink(&world, 9003);
+    let c = Client::connect_to(world.bus.address()).expect("client");
+    let vm = c.terminavm_startup(11).expect("TerminaVmStartup");
+    let host = patchpanel_proto::ipv4_from_addr4(&vm.gateway_ipv4_address).expect("gateway");
+    let guest = patchpanel_proto::ipv4_from_addr4(&vm.ipv4_address).expect("address");
+    let fake = patchpanel_tests::vm::FakeVm::boot(
+        &world.netns,
+        &vm.tap_device_ifname,
+        "eth0",
+        &guest.to_string(),
+        30,
+        &host.to_string(),
+    )
+    .expect("fake VM");
+    send(fake.netns().name(), 0, 9003);
+    let counted = counters(&world);
+    let crostini = find(&counted, Source::CrostiniVm, IpFamily::Ipv4)
+        .unwrap_or_else(|| panic!("{counted:#?}"));
+    assert_tx_about(&crostini, PAYLOAD as u64);
+    drop(fake);
+    c.terminavm_shutdown(11).expect("shutdown");
+    traffic::stop(server);
+}

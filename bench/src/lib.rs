@@ -11,20 +11,31 @@
 //! `ModifyPortRule` call at a time and times `GetTrafficCounters` with 1, 10
 //! and 50 uplinks, each next to the naive way (one `iptables` process per
 //! rule; `iptables -L` and `ip6tables -L` parsed), interleaved call by call.
+//!
+//! `bench-guests` times `TerminaVmStartup` until the TAP is usable and
+//! `ArcStartup` with three uplinks until ARC's devices are in place (and
+//! both shutdowns), interleaved with netavark setting up one bridge network
+//! and three in one call. `bench-ndproxy` times the NS->NA round trip and
+//! the NS answer rate through `ndproxyd`, `ndppd` and the kernel's own
+//! proxy entries, from a raw ICMPv6 socket upstream.
 //! See `bench/README.md`.
 //!
 //! Everything runs in private network namespaces built with the
 //! `patchpanel-tests` harness; the host's root namespace is never touched.
 //! The modules own one concern each: the measurements of each side
-//! ([`patchpanel`], [`netavark`], [`port_rules`], [`traffic_counters`]), a
+//! ([`patchpanel`], [`netavark`], [`port_rules`], [`traffic_counters`],
+//! [`guests`], [`ndproxy`]), the NS/NA probe ([`nd_probe`]), a
 //! daemon's world for one measurement ([`world`]), the kernel check that a
 //! link is gone ([`link_probe`]), a thread inside another namespace and a
 //! timed process for the naive peers ([`netns_thread`], [`process`]),
 //! percentiles ([`stats`]), the printed table ([`report`]) and an orderly
 //! stop on SIGINT/SIGTERM ([`interrupt`]).
 
+pub mod guests;
 pub mod interrupt;
 pub mod link_probe;
+pub mod nd_probe;
+pub mod ndproxy;
 pub mod netavark;
 pub mod netns_thread;
 pub mod patchpanel;

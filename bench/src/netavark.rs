@@ -40,29 +40,79 @@ pub const MAX_CONTAINER_INDEX: u8 = 252;
 /// container with interface `eth0` and a static address on one bridge
 /// network without DNS.
 pub fn network_options(index: u8) -> Result<serde_json::Value> {
+    network_options_multi(index, 1)
+}
+
+/// The most bridge networks one container may be attached to.
+pub const MAX_NETWORKS: u8 = 8;
+
+/// Like [`network_options`], with the container attached to `networks`
+/// bridge networks in one call (several entries in `networks` and
+/// `network_info`, as podman passes them): network `k` is
+/// [`network_name`]`(k)` on bridge [`bridge_name`]`(k)`, subnet
+/// 10.89.`k`.0/24, and the container's interface in it `eth<k>` with the
+/// static address 10.89.`k`.(index + 2). Network 0 is exactly the one of
+/// [`network_options`].
+pub fn network_options_multi(index: u8, networks: u8) -> Result<serde_json::Value> {
+    if networks == 0 || networks > MAX_NETWORKS {
+        bail!("a container is attached to 1 to {MAX_NETWORKS} networks, not {networks}");
+    }
     let address = container_address(index)?;
-    Ok(json!({
-        "container_id": container_id(index),
-        "container_name": format!("bench{index}"),
-        "networks": {
-            NETWORK_NAME: {
-                "interface_name": "eth0",
-                "static_ips": [address.to_string()],
-            }
-        },
-        "network_info": {
-            NETWORK_NAME: {
-                "name": NETWORK_NAME,
-                "id": NETWORK_ID,
+    let mut per_container = serde_json::Map::new();
+    let mut info = serde_json::Map::new();
+    for k in 0..networks {
+        let [a, b, _, d] = address.octets();
+        let [ga, gb, _, gd] = GATEWAY.octets();
+        let name = network_name(k);
+        per_container.insert(
+            name.clone(),
+            json!({
+                "interface_name": format!("eth{k}"),
+                "static_ips": [Ipv4Addr::new(a, b, k, d).to_string()],
+            }),
+        );
+        info.insert(
+            name.clone(),
+            json!({
+                "name": name,
+                "id": network_id(k),
                 "driver": "bridge",
-                "network_interface": BRIDGE,
-                "subnets": [{ "subnet": SUBNET, "gateway": GATEWAY.to_string() }],
+                "network_interface": bridge_name(k),
+                "subnets": [{
+                    "subnet": format!("{ga}.{gb}.{k}.0/24"),
+                    "gateway": Ipv4Addr::new(ga, gb, k, gd).to_string(),
+                }],
                 "ipv6_enabled": false,
                 "internal": false,
                 "dns_enabled": false,
-            }
-        }
+            }),
+        );
+    }
+    Ok(json!({
+        "container_id": container_id(index),
+        "container_name": format!("bench{index}"),
+        "networks": per_container,
+        "network_info": info,
     }))
+}
+
+/// The name of network `k` ([`NETWORK_NAME`] for 0).
+pub fn network_name(k: u8) -> String {
+    if k == 0 {
+        NETWORK_NAME.to_string()
+    } else {
+        format!("{NETWORK_NAME}{k}")
+    }
+}
+
+/// The bridge of network `k` ([`BRIDGE`] for 0).
+pub fn bridge_name(k: u8) -> String {
+    format!("podman-bench{k}")
+}
+
+/// The 64-hex-digit id of network `k` ([`NETWORK_ID`] for 0).
+pub fn network_id(k: u8) -> String {
+    format!("{}{:02x}", &NETWORK_ID[..62], u16::from(k) + 1)
 }
 
 /// The static address of container `index`.
@@ -137,8 +187,17 @@ impl BridgeNetwork {
 
     /// A new container namespace with its options file; not attached yet.
     pub fn container(&self, index: u8) -> Result<Container> {
-        let options = network_options(index)?;
-        let options_path = self.dir.path().join(format!("container-{index}.json"));
+        self.container_on(index, 1)
+    }
+
+    /// A new container namespace whose options attach it to `networks`
+    /// bridge networks in one call (see [`network_options_multi`]).
+    pub fn container_on(&self, index: u8, networks: u8) -> Result<Container> {
+        let options = network_options_multi(index, networks)?;
+        let options_path = self
+            .dir
+            .path()
+            .join(format!("container-{index}-{networks}.json"));
         std::fs::write(&options_path, options.to_string())
             .with_context(|| format!("cannot write {}", options_path.display()))?;
         let netns = Netns::new().context("cannot create a container namespace")?;
@@ -318,6 +377,33 @@ mod tests {
         let per_container = &options["networks"][NETWORK_NAME];
         assert_eq!(per_container["interface_name"], "eth0");
         assert_eq!(per_container["static_ips"][0], "10.89.0.7");
+    }
+
+    #[test]
+    fn three_networks_get_their_own_bridges_subnets_and_interfaces() {
+        let options = network_options_multi(5, 3).expect("valid");
+
+        assert_eq!(options["networks"].as_object().expect("map").len(), 3);
+        let single = network_options(5).expect("valid");
+        for map in ["networks", "network_info"] {
+            assert_eq!(options[map][NETWORK_NAME], single[map][NETWORK_NAME]);
+        }
+        let third = &options["network_info"]["podman-bench2"];
+        assert_eq!(third["network_interface"], "podman-bench2");
+        assert_eq!(third["subnets"][0]["subnet"], "10.89.2.0/24");
+        assert_eq!(third["subnets"][0]["gateway"], "10.89.2.1");
+        assert_eq!(third["id"].as_str().expect("id").len(), 64);
+        assert_ne!(third["id"], options["network_info"][NETWORK_NAME]["id"]);
+        let per_container = &options["networks"]["podman-bench2"];
+        assert_eq!(per_container["interface_name"], "eth2");
+        assert_eq!(per_container["static_ips"][0], "10.89.2.7");
+    }
+
+    #[test]
+    fn network_zero_is_the_single_network() {
+        assert_eq!(network_id(0), NETWORK_ID);
+        assert_eq!(bridge_name(0), BRIDGE);
+        assert_eq!(network_name(0), NETWORK_NAME);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::stats::{millis, Summary};
+use crate::stats::Summary;
 
 /// The p50 every patchpanel series should stay under.
 pub const P50_TARGET: Duration = Duration::from_millis(20);
@@ -31,6 +31,16 @@ impl Row {
 
 /// The table of p50/p99 in milliseconds and sample counts.
 pub fn table(rows: &[Row]) -> String {
+    table_in(rows, "ms", 1000.0, 2)
+}
+
+/// The table of p50/p99 in microseconds (one decimal), for series of a
+/// few microseconds.
+pub fn table_micros(rows: &[Row]) -> String {
+    table_in(rows, "us", 1_000_000.0, 1)
+}
+
+fn table_in(rows: &[Row], unit: &str, per_second: f64, decimals: usize) -> String {
     let width = rows
         .iter()
         .map(|r| r.label.len())
@@ -38,20 +48,17 @@ pub fn table(rows: &[Row]) -> String {
         .unwrap_or(0)
         .max(10);
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:width$}  {:>8}  {:>8}  {:>5}",
-        "", "p50 ms", "p99 ms", "n"
-    );
+    let (p50, p99) = (format!("p50 {unit}"), format!("p99 {unit}"));
+    let _ = writeln!(out, "{:width$}  {p50:>8}  {p99:>8}  {:>5}", "", "n");
     for row in rows {
         match row.summary {
             Some(s) => {
                 let _ = writeln!(
                     out,
-                    "{:width$}  {:>8.2}  {:>8.2}  {:>5}",
+                    "{:width$}  {:>8.decimals$}  {:>8.decimals$}  {:>5}",
                     row.label,
-                    millis(s.p50),
-                    millis(s.p99),
+                    s.p50.as_secs_f64() * per_second,
+                    s.p99.as_secs_f64() * per_second,
                     s.count
                 );
             }
@@ -137,6 +144,31 @@ pub fn scaling_line(what: &str, peer: &str, points: &[Point]) -> String {
     out
 }
 
+/// `<what>: ratio <pair> <label>: x.xx (p99 x.xx) ; ...`: the p50 ratio
+/// (and the p99 ratio) of the measured side (`patchpanel` in [`Point`]) to
+/// its peer at each point, without growth (for points that are different
+/// operations, not a scale). `pair` names both, e.g. `patchpanel/netavark`.
+pub fn ratios_line(what: &str, pair: &str, points: &[Point]) -> String {
+    let mut out = format!("{what}: ratio {pair}");
+    for (i, point) in points.iter().enumerate() {
+        let separator = if i == 0 { "" } else { " ;" };
+        let _ = write!(
+            out,
+            "{separator} {}: {} (p99 {})",
+            point.label,
+            number(ratio(
+                point.patchpanel.map(|s| s.p50),
+                point.peer.map(|s| s.p50)
+            )),
+            number(ratio(
+                point.patchpanel.map(|s| s.p99),
+                point.peer.map(|s| s.p99)
+            )),
+        );
+    }
+    out
+}
+
 /// The 1-minute load average, from `/proc/loadavg`.
 pub fn load_average() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
@@ -197,6 +229,26 @@ mod tests {
 
         assert!(
             text.contains("patchpanel connect @1     12.00     15.00     50"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_micros_table_prints_microseconds_with_one_decimal() {
+        let rows = [Row {
+            label: "kernel proxy NS->NA".into(),
+            summary: Some(Summary {
+                count: 200,
+                p50: Duration::from_nanos(3_450),
+                p99: Duration::from_micros(12),
+            }),
+        }];
+
+        let text = table_micros(&rows);
+
+        assert!(text.contains("p50 us    p99 us"), "{text}");
+        assert!(
+            text.contains("kernel proxy NS->NA       3.5      12.0    200"),
             "{text}"
         );
     }
@@ -269,6 +321,31 @@ mod tests {
             line,
             "create: ratio patchpanel/naive #1: 0.50 ; #1000: 0.25 ; \
              #1000/#1 patchpanel: 1.50, naive: 3.00"
+        );
+    }
+
+    #[test]
+    fn ratios_line_gives_p50_and_p99_ratios_per_point() {
+        let line = ratios_line(
+            "Termina",
+            "patchpanel/netavark",
+            &[
+                Point {
+                    label: "startup".into(),
+                    patchpanel: summary(5, 10),
+                    peer: summary(20, 20),
+                },
+                Point {
+                    label: "shutdown".into(),
+                    patchpanel: None,
+                    peer: summary(8, 9),
+                },
+            ],
+        );
+
+        assert_eq!(
+            line,
+            "Termina: ratio patchpanel/netavark startup: 0.25 (p99 0.50) ; shutdown: n/a (p99 n/a)"
         );
     }
 

@@ -238,7 +238,7 @@ fn add_uplinks(world: &World, from: usize, to: usize) -> Result<()> {
 }
 
 /// `ip -n <netns> -batch -` with `commands` on stdin.
-fn ip_batch(netns: &Netns, commands: &str) -> Result<()> {
+pub(crate) fn ip_batch(netns: &Netns, commands: &str) -> Result<()> {
     let mut child = Command::new("ip")
         .args(["-n", netns.name(), "-batch", "-"])
         .stdin(Stdio::piped())

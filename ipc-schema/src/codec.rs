@@ -1,14 +1,22 @@
-//! bincode 2 with a hard size limit, so a hostile length prefix can never
-//! make the decoder allocate more than [`MAX_MESSAGE_SIZE`].
+//! bincode 2 with hard limits: an encoded message is at most
+//! [`MAX_MESSAGE_SIZE`] bytes, and decoding one may allocate at most
+//! [`MAX_DECODED_SIZE`] (bincode counts the memory the decoded values take,
+//! which for a list of small enums is several times their wire size), so a
+//! hostile length prefix can never make the decoder allocate more.
 
 use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::MAX_MESSAGE_SIZE;
 
-type Config = Configuration<LittleEndian, Varint, Limit<MAX_MESSAGE_SIZE>>;
+/// Most memory decoding one message may allocate.
+pub const MAX_DECODED_SIZE: usize = 16 * MAX_MESSAGE_SIZE;
 
-const CONFIG: Config = config::standard().with_limit::<MAX_MESSAGE_SIZE>();
+type EncodeConfig = Configuration<LittleEndian, Varint, Limit<MAX_MESSAGE_SIZE>>;
+type DecodeConfig = Configuration<LittleEndian, Varint, Limit<MAX_DECODED_SIZE>>;
+
+const ENCODE: EncodeConfig = config::standard().with_limit::<MAX_MESSAGE_SIZE>();
+const DECODE: DecodeConfig = config::standard().with_limit::<MAX_DECODED_SIZE>();
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -24,7 +32,7 @@ pub enum CodecError {
 
 /// Encodes one message; fails rather than produce a packet the peer must refuse.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
-    let bytes = bincode::serde::encode_to_vec(msg, CONFIG)?;
+    let bytes = bincode::serde::encode_to_vec(msg, ENCODE)?;
     if bytes.len() > MAX_MESSAGE_SIZE {
         return Err(CodecError::TooLarge(bytes.len()));
     }
@@ -36,7 +44,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() > MAX_MESSAGE_SIZE {
         return Err(CodecError::TooLarge(bytes.len()));
     }
-    let (msg, used) = bincode::serde::decode_from_slice(bytes, CONFIG)?;
+    let (msg, used) = bincode::serde::decode_from_slice(bytes, DECODE)?;
     if used != bytes.len() {
         return Err(CodecError::Trailing {
             used,

@@ -190,4 +190,38 @@ mod size_tests {
         let bytes = crate::encode(&reply).expect("encodes");
         assert!(bytes.len() < crate::MAX_MESSAGE_SIZE, "{}", bytes.len());
     }
+
+    #[test]
+    fn a_message_that_encodes_within_the_limit_also_decodes() {
+        use crate::datapath::{ApplyMode, Netns, Plan, Step};
+        use crate::IfName;
+        // Small enums take several times their wire size once decoded;
+        // the decoder's allocation limit must allow for that.
+        let step = Step::DeleteLink {
+            netns: Netns::Host,
+            name: IfName::new("arc_ns12345").unwrap(),
+        };
+        let mut steps = Vec::new();
+        loop {
+            steps.extend(std::iter::repeat_n(step.clone(), 16));
+            let msg = ManagerMessage::Request {
+                id: 1,
+                body: Request::Apply(Plan {
+                    label: "big".into(),
+                    mode: ApplyMode::BestEffort,
+                    steps: steps.clone(),
+                }),
+            };
+            match crate::encode(&msg) {
+                Ok(bytes) => {
+                    crate::decode::<ManagerMessage>(&bytes).unwrap_or_else(|e| {
+                        panic!("{} bytes, {} steps: {e}", bytes.len(), steps.len())
+                    });
+                }
+                Err(crate::CodecError::TooLarge(_)) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(steps.len() > 1000);
+    }
 }

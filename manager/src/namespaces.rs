@@ -77,7 +77,7 @@ pub struct Context<'a> {
     pub netns_prefix: &'a str,
     pub uplinks: &'a UplinkView,
     pub client: String,
-    pub client_uid: u32,
+    pub client_uid: Option<u32>,
 }
 
 /// Chooses the routing mode, names and addresses. On error nothing stays
@@ -280,6 +280,10 @@ pub fn connect_plan(ns: &ConnectedNamespace, label: String) -> Plan {
 /// still inside a namespace keeps it, and its veth, alive).
 pub const LINKS_GONE_TIMEOUT_MS: u32 = 250;
 
+/// Most namespaces removed by one plan: the plan stays far below the IPC
+/// message limit and one firewall batch stays small.
+pub const TEARDOWN_GROUP: usize = 16;
+
 /// The steps that remove a namespace.
 pub fn disconnect_plan(ns: &ConnectedNamespace, label: String) -> Plan {
     disconnect_many_plan(std::slice::from_ref(ns), label)
@@ -367,7 +371,7 @@ mod tests {
             netns_prefix: "pp-",
             uplinks: &view,
             client: ":1.1".into(),
-            client_uid: 0,
+            client_uid: None,
         };
         allocate(&parsed, &ctx, a).unwrap()
     }
@@ -414,7 +418,7 @@ mod tests {
                 netns_prefix: "pp-",
                 uplinks: &view,
                 client: String::new(),
-                client_uid: 0,
+                client_uid: None,
             };
             last = Some(allocate(&parsed, &ctx, &mut a));
         }
@@ -535,6 +539,35 @@ mod tests {
     }
 
     #[test]
+    fn a_teardown_group_fits_one_ipc_message() {
+        let mut a = AddressManager::with_overrides([(
+            GuestPool::Netns,
+            patchpanel_addr::PoolConfig {
+                base: Ipv4Addr::new(100, 115, 96, 0),
+                prefix_len: 30,
+                count: 64,
+            },
+        )])
+        .unwrap();
+        let mut req = request(4242);
+        req.static_ipv6 = true;
+        let list: Vec<ConnectedNamespace> = (0..TEARDOWN_GROUP as u32)
+            .map(|i| build(&req, 1_000_000 + i, &mut a))
+            .collect();
+        let plan = disconnect_many_plan(&list, "t".repeat(2000));
+        let msg = patchpanel_ipc::ManagerMessage::Request {
+            id: u64::MAX,
+            body: patchpanel_ipc::Request::Apply(plan),
+        };
+        let bytes = patchpanel_ipc::encode(&msg).expect("fits");
+        assert!(
+            bytes.len() < patchpanel_ipc::MAX_MESSAGE_SIZE / 2,
+            "{}",
+            bytes.len()
+        );
+    }
+
+    #[test]
     fn namespaces_released_together_share_one_firewall_batch() {
         let mut a = addrs();
         let list: Vec<ConnectedNamespace> =
@@ -591,7 +624,7 @@ mod tests {
             netns_prefix: "pp-",
             uplinks: &view,
             client: String::new(),
-            client_uid: 0,
+            client_uid: None,
         };
         match allocate(&parsed, &ctx, &mut a) {
             Err(CallError::InvalidArgument(m)) => assert!(m.contains("not a known uplink"), "{m}"),

@@ -101,16 +101,20 @@ impl Manager {
                 .map_err(|e| CallError::InvalidArgument(format!("ConnectNamespace: {e}")))?;
         let request = namespaces::parse_request(&request)?;
         let client = dbus_service::sender(call);
-        let uid = match &self.dbus {
-            Some(d) => d
-                .caller_uid(&client)
-                .map_err(|e| CallError::Failed(format!("{e:#}")))?,
-            None => return Err(CallError::Failed("no bus".into())),
-        };
-        let pidfd = if request.pid == -1 {
-            None
+        // The caller's uid matters only for the ownership of an existing
+        // pid. Asking the bus is a blocking round trip (and the bus delays
+        // it while fd-carrying calls queue up for us), so a new namespace
+        // does without.
+        let (uid, pidfd) = if request.pid == -1 {
+            (None, None)
         } else {
-            Some(pids::pin(request.pid, uid)?)
+            let uid = match &self.dbus {
+                Some(d) => d
+                    .caller_uid(&client)
+                    .map_err(|e| CallError::Failed(format!("{e:#}")))?,
+                None => return Err(CallError::Failed("no bus".into())),
+            };
+            (Some(uid), Some(pids::pin(request.pid, uid)?))
         };
         let id = self.state.next_namespace_id;
         let ctx = namespaces::Context {
@@ -139,8 +143,10 @@ impl Manager {
             return Err(CallError::Failed(format!("cannot watch the lifeline: {e}")));
         }
         info!(
-            "ConnectNamespace op {op}: {} for {client} (uid {uid}, pid {}): {} {} <-> {} {} ({:?})",
+            "ConnectNamespace op {op}: {} for {client} (uid {}, pid {}): {} {} <-> {} {} ({:?})",
             ns.netns,
+            uid.map(|u| u.to_string())
+                .unwrap_or_else(|| "not asked".into()),
             ns.pid,
             ns.host_ifname,
             ns.host_addr(),
@@ -162,9 +168,15 @@ impl Manager {
         self.disconnect_namespaces(&[id], why);
     }
 
-    /// Removes several namespaces with one writer plan (lifelines that
-    /// closed together, or the daemon stopping).
+    /// Removes several namespaces, a bounded group per writer plan
+    /// (lifelines that closed together, or the daemon stopping).
     pub(crate) fn disconnect_namespaces(&mut self, ids: &[u32], why: &str) {
+        for group in ids.chunks(namespaces::TEARDOWN_GROUP) {
+            self.disconnect_group(group, why);
+        }
+    }
+
+    fn disconnect_group(&mut self, ids: &[u32], why: &str) {
         let list: Vec<ConnectedNamespace> = ids
             .iter()
             .filter_map(|id| self.state.namespaces.get(id).cloned())
@@ -186,7 +198,20 @@ impl Manager {
                 report.failures.len(),
                 report.failures.join("; ")
             ),
-            Err(e) => error!("{names} could not be removed ({why}): {e}"),
+            Err(e) => {
+                // The writer never ran the plan: keep the namespaces (and
+                // their addresses) in the state, so that the next stop or
+                // start removes them instead of leaking them.
+                error!(
+                    "{names} could not be removed ({why}): {e}; kept for removal at the next stop or start"
+                );
+                for ns in &list {
+                    self.lifelines
+                        .forget(self.poll.registry(), Guarded::Namespace(ns.id));
+                }
+                self.save_state();
+                return;
+            }
         }
         for ns in &list {
             self.lifelines

@@ -48,7 +48,9 @@ pub struct ConnectedNamespace {
     pub ipv6: Option<StaticIpv6>,
     /// Bus name and uid of the caller, for logs.
     pub client: String,
-    pub client_uid: u32,
+    /// Asked of the bus only when the caller named an existing pid.
+    #[serde(default)]
+    pub client_uid: Option<u32>,
 }
 
 impl ConnectedNamespace {

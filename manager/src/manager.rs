@@ -523,8 +523,6 @@ impl Manager {
                 patchpanel_ipc::Event::NeighborDetected { ifindex, addr } => {
                     self.on_neighbor_detected(ifindex, addr)
                 }
-                #[allow(unreachable_patterns)]
-                other => info!("{}: event {other:?}", self.slots[i].process.executable()),
             },
         }
         Ok(())

@@ -90,7 +90,7 @@ pub struct RouteSpec {
 }
 
 /// An ip rule patchpanel installs (tagged with its routing protocol number).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RuleSpec {
     pub ipv6: bool,
     pub priority: u32,

@@ -125,6 +125,13 @@ impl Manager {
         for key in stale {
             self.stop_ndproxy(&key);
         }
+        let new: Vec<_> = wanted
+            .into_iter()
+            .filter(|(key, _)| !self.ndproxy.pairs.contains_key(key))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
         let rtnl = match patchpanel_rtnl::Rtnl::new() {
             Ok(r) => r,
             Err(e) => {
@@ -132,10 +139,7 @@ impl Manager {
                 return;
             }
         };
-        for (key, (uplink, uplink_ifindex, downlink)) in wanted {
-            if self.ndproxy.pairs.contains_key(&key) {
-                continue;
-            }
+        for (key, (uplink, uplink_ifindex, downlink)) in new {
             let downlink_ifindex = match rtnl.ifindex(downlink.as_str()) {
                 Ok(i) => i,
                 Err(e) => {

@@ -113,10 +113,10 @@ fn table_of(u: &Uplink) -> u32 {
 }
 
 /// The ip rules patchpanel wants for the uplinks in `view`.
-pub fn desired_rules(view: &UplinkView) -> BTreeSet<RuleKey> {
+pub fn desired_rules(view: &UplinkView) -> BTreeSet<RuleSpec> {
     let mut rules = BTreeSet::new();
     for ipv6 in [false, true] {
-        rules.insert(RuleKey(RuleSpec {
+        rules.insert(RuleSpec {
             ipv6,
             priority: MAIN_RULE_PRIORITY,
             fwmark: None,
@@ -126,7 +126,7 @@ pub fn desired_rules(view: &UplinkView) -> BTreeSet<RuleKey> {
             dst: None,
             table: MAIN_TABLE,
             suppress_prefixlen: Some(0),
-        }));
+        });
     }
     for u in view.all() {
         let name = u.name.clone();
@@ -143,27 +143,27 @@ pub fn desired_rules(view: &UplinkView) -> BTreeSet<RuleKey> {
             table,
             suppress_prefixlen: None,
         };
-        rules.insert(RuleKey(RuleSpec {
+        rules.insert(RuleSpec {
             fwmark: Some((table << 16, 0xffff_0000)),
             ..base.clone()
-        }));
-        rules.insert(RuleKey(RuleSpec {
+        });
+        rules.insert(RuleSpec {
             oif: Some(name.clone()),
             ..base.clone()
-        }));
-        rules.insert(RuleKey(RuleSpec {
+        });
+        rules.insert(RuleSpec {
             iif: Some(name.clone()),
             ..base.clone()
-        }));
+        });
         for (addr, _) in &u.ipv4 {
-            rules.insert(RuleKey(RuleSpec {
+            rules.insert(RuleSpec {
                 src: Some((IpAddr::V4(*addr), 32)),
                 ..base.clone()
-            }));
+            });
         }
     }
     if let Some(d) = view.default_uplink() {
-        rules.insert(RuleKey(RuleSpec {
+        rules.insert(RuleSpec {
             ipv6: false,
             priority: CATCH_ALL_PRIORITY,
             fwmark: None,
@@ -173,7 +173,7 @@ pub fn desired_rules(view: &UplinkView) -> BTreeSet<RuleKey> {
             dst: None,
             table: table_of(d),
             suppress_prefixlen: None,
-        }));
+        });
     }
     rules
 }
@@ -217,28 +217,6 @@ fn network(addr: Ipv4Addr, len: u8) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(addr) & mask)
 }
 
-/// A rule with a total order, so desired sets can be diffed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleKey(pub RuleSpec);
-
-impl RuleKey {
-    fn sort_key(&self) -> String {
-        format!("{:?}", self.0)
-    }
-}
-
-impl PartialOrd for RuleKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for RuleKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.sort_key().cmp(&other.sort_key())
-    }
-}
-
 /// Everything for the uplinks present at start.
 pub fn uplink_steps_all(view: &UplinkView, manage: bool) -> Vec<Step> {
     let mut steps = Vec::new();
@@ -250,7 +228,7 @@ pub fn uplink_steps_all(view: &UplinkView, manage: bool) -> Vec<Step> {
         }
     }
     if manage {
-        steps.extend(desired_rules(view).into_iter().map(|r| Step::AddRule(r.0)));
+        steps.extend(desired_rules(view).into_iter().map(Step::AddRule));
     }
     steps
 }
@@ -307,8 +285,8 @@ pub fn uplink_steps_for_event(
     }
     let old = desired_rules(before);
     let new = desired_rules(after);
-    steps.extend(old.difference(&new).map(|r| Step::DeleteRule(r.0.clone())));
-    steps.extend(new.difference(&old).map(|r| Step::AddRule(r.0.clone())));
+    steps.extend(old.difference(&new).cloned().map(Step::DeleteRule));
+    steps.extend(new.difference(&old).cloned().map(Step::AddRule));
     steps
 }
 
@@ -360,7 +338,7 @@ mod tests {
             &[uplink("eth0", 2, [192, 0, 2, 10], Some([192, 0, 2, 1]))],
             Some("eth0"),
         );
-        let rules: Vec<RuleSpec> = desired_rules(&v).into_iter().map(|r| r.0).collect();
+        let rules: Vec<RuleSpec> = desired_rules(&v).into_iter().collect();
         let for_table: Vec<&RuleSpec> = rules.iter().filter(|r| r.table == 1002).collect();
         assert!(for_table
             .iter()
@@ -391,7 +369,7 @@ mod tests {
         );
         assert_eq!(v.rank("wlan0"), 0);
         assert_eq!(v.rank("eth0"), 1);
-        let rules: Vec<RuleSpec> = desired_rules(&v).into_iter().map(|r| r.0).collect();
+        let rules: Vec<RuleSpec> = desired_rules(&v).into_iter().collect();
         assert!(rules.iter().any(|r| r.table == 1002 && r.priority == 1020));
         assert!(rules.iter().any(|r| r.table == 1003 && r.priority == 1010));
     }

@@ -136,24 +136,43 @@ impl RtnlMonitor {
 
     /// Reads every pending notification (until the socket would block).
     pub fn read_events(&mut self) -> Result<Vec<RtnlEvent>> {
-        let mut events = Vec::new();
-        loop {
-            match self.sock.recv(&mut self.buf[..], Msg::DONTWAIT) {
-                Ok((0, _)) => break,
-                Ok((n, _)) => decode_datagram(&self.buf[..n], &mut events),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    // The socket keeps working after an overrun; keep draining.
-                    if events.last() != Some(&RtnlEvent::Overrun) {
-                        events.push(RtnlEvent::Overrun);
-                    }
-                }
-                Err(e) => return Err(RtnlError::sys("read rtnetlink monitor", e)),
-            }
-        }
-        Ok(events)
+        drain(
+            &self.sock,
+            &mut self.buf,
+            "read rtnetlink monitor",
+            RtnlEvent::Overrun,
+            decode_datagram,
+        )
     }
+}
+
+/// Reads a non-blocking notification socket until it would block,
+/// decoding each datagram into events. ENOBUFS (the kernel dropped
+/// notifications) becomes one `overrun` event: the socket keeps working,
+/// and the caller re-reads the state it mirrors.
+pub(crate) fn drain<E: PartialEq + Clone>(
+    sock: &NlSocket,
+    buf: &mut [u8],
+    what: &str,
+    overrun: E,
+    decode: fn(&[u8], &mut Vec<E>),
+) -> Result<Vec<E>> {
+    let mut events = Vec::new();
+    loop {
+        match sock.recv(&mut buf[..], Msg::DONTWAIT) {
+            Ok((0, _)) => break,
+            Ok((n, _)) => decode(&buf[..n], &mut events),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                if events.last() != Some(&overrun) {
+                    events.push(overrun.clone());
+                }
+            }
+            Err(e) => return Err(RtnlError::sys(what.to_string(), e)),
+        }
+    }
+    Ok(events)
 }
 
 impl AsRawFd for RtnlMonitor {

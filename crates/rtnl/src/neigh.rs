@@ -13,13 +13,11 @@
 //! socket must not force a re-dump of the other's tables.
 
 use std::fmt;
-use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use neli::consts::nl::NlmF;
 use neli::consts::rtnl::{Nda, Ntf, Nud, RtAddrFamily, Rtm, Rtn};
-use neli::consts::socket::Msg;
 use neli::rtnl::{Ndmsg, NdmsgBuilder};
 use neli::socket::NlSocket;
 use neli::types::{Buffer, RtBuffer};
@@ -245,22 +243,13 @@ impl NeighborMonitor {
 
     /// Reads every pending notification (until the socket would block).
     pub fn read_events(&mut self) -> Result<Vec<NeighborEvent>> {
-        let mut events = Vec::new();
-        loop {
-            match self.sock.recv(&mut self.buf[..], Msg::DONTWAIT) {
-                Ok((0, _)) => break,
-                Ok((n, _)) => decode_datagram(&self.buf[..n], &mut events),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    if events.last() != Some(&NeighborEvent::Overrun) {
-                        events.push(NeighborEvent::Overrun);
-                    }
-                }
-                Err(e) => return Err(RtnlError::sys("read neighbour monitor", e)),
-            }
-        }
-        Ok(events)
+        crate::monitor::drain(
+            &self.sock,
+            &mut self.buf,
+            "read neighbour monitor",
+            NeighborEvent::Overrun,
+            decode_datagram,
+        )
     }
 }
 

@@ -45,6 +45,12 @@ pub struct Config {
     /// User name -> traffic source (chrome, user, update_engine, system) of
     /// local traffic. Users missing from passwd are skipped.
     pub traffic_sources: std::collections::BTreeMap<String, String>,
+    /// Relay TCP port 5555 to ARC's adbd while ARC runs (the generic
+    /// host's stand-in for ChromeOS's developer mode / ADB sideloading
+    /// signals). Off by default.
+    pub adb_allowed: bool,
+    /// Concurrent ADB connections the relay takes; more are refused.
+    pub adb_max_connections: u32,
 }
 
 /// Upstream's uid -> source list (`kLocalSourceTypes`), by name.
@@ -96,6 +102,8 @@ impl Default for Config {
                 .iter()
                 .map(|(u, s)| (u.to_string(), s.to_string()))
                 .collect(),
+            adb_allowed: false,
+            adb_max_connections: 32,
         }
     }
 }
@@ -274,6 +282,12 @@ impl Config {
         if self.forwarding_targets.is_empty() {
             return Err("forwarding_targets must name at least one network".into());
         }
+        if !(1..=1024).contains(&self.adb_max_connections) {
+            return Err(format!(
+                "adb_max_connections {} must be 1-1024",
+                self.adb_max_connections
+            ));
+        }
         for (user, source) in &self.traffic_sources {
             if !valid_name_part(user, 32) {
                 return Err(format!(
@@ -318,6 +332,17 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.netns_prefix, "t1-");
         assert_eq!(c.user, "patchpaneld");
+    }
+
+    #[test]
+    fn adb_is_off_by_default_and_its_connection_limit_is_checked() {
+        let c = Config::default();
+        assert!(!c.adb_allowed);
+        let c = Config::parse("adb_allowed = true\nadb_max_connections = 4\n").expect("parse");
+        assert!(c.adb_allowed);
+        assert_eq!(c.adb_max_connections, 4);
+        let e = Config::parse("adb_max_connections = 0").expect_err("0 accepted");
+        assert!(e.contains("adb_max_connections"), "{e}");
     }
 
     #[test]

@@ -432,7 +432,8 @@ impl Manager {
         }
         let mut taken = guests::taken_taps(self.state.arc.as_ref(), &self.state.vms);
         taken.extend(kernel_links());
-        let vm = guests::vm_allocate(kind, id, index, &mut self.addrs, &taken)?;
+        let mut vm = guests::vm_allocate(kind, id, index, &mut self.addrs, &taken)?;
+        vm.adb_sideload = kind == VmKind::Termina && self.adb.policy.allowed;
         let plan = guests::vm_start_plan(&vm, format!("start {} op {op}", vm.label()));
         if let Err(e) = self.apply(plan, &[]) {
             guests::vm_release(&vm, &mut self.addrs);

@@ -24,7 +24,7 @@ use patchpanel_addr::{AddressManager, GuestPool, GuestSubnet, MacAddr};
 use patchpanel_firewall::auto_dnat::{auto_dnat, AutoDnatTarget};
 use patchpanel_firewall::guest::{downstream, Downstream, Inbound, Mode};
 use patchpanel_firewall::Batch;
-use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteSpec, Step};
+use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteSpec, Step, Sysctl};
 use patchpanel_ipc::{IfName, NetnsName};
 use patchpanel_proto::network_device::{GuestType, TechnologyType};
 use patchpanel_proto::{
@@ -226,6 +226,10 @@ pub struct VmGuest {
     pub subnet: GuestSubnet,
     /// Termina: the LXD container subnet routed through the VM.
     pub lxd: Option<GuestSubnet>,
+    /// Termina with ADB allowed: `adb connect arc` from the VM reaches the
+    /// host's ADB relay (DNAT to 127.0.0.1:5555, route_localnet on the TAP).
+    #[serde(default)]
+    pub adb_sideload: bool,
 }
 
 impl VmGuest {
@@ -842,6 +846,7 @@ pub fn vm_allocate(
         random_mac,
         subnet,
         lxd,
+        adb_sideload: false,
     })
 }
 
@@ -874,13 +879,35 @@ pub fn vm_adopt(vm: &VmGuest, addrs: &mut AddressManager) -> Result<(), String> 
 /// The firewall of a VM's TAP: forwarding both ways, SNAT, its source,
 /// and routing that follows the default network.
 pub fn vm_firewall(vm: &VmGuest) -> Batch {
-    downstream(&Downstream {
+    let mut batch = downstream(&Downstream {
         ifname: vm.tap.clone(),
         source: vm.kind.source(),
         mode: Mode::User,
         inbound: Inbound::Open,
         snat_ipv6: false,
         peer: None,
+    });
+    if vm.adb_sideload {
+        batch.extend(patchpanel_firewall::auto_dnat::adb_sideload(
+            &vm.tap,
+            ARC_ADB_ADDR,
+            crate::adb_service::ADB_PORT,
+        ));
+    }
+    batch
+}
+
+/// Where Crostini's `adb connect arc` goes: ARC's fixed arc0 address, as
+/// upstream hard-codes it.
+pub const ARC_ADB_ADDR: Ipv4Addr = Ipv4Addr::new(100, 115, 92, 2);
+
+/// `route_localnet=1` on a sideloading VM's TAP (the DNAT to 127.0.0.1
+/// needs it); it goes away with the TAP.
+fn sideload_sysctl(vm: &VmGuest) -> Option<Step> {
+    vm.adb_sideload.then(|| Step::SetSysctl {
+        netns: Netns::Host,
+        sysctl: Sysctl::RouteLocalnet(vm.tap.clone()),
+        value: "1".into(),
     })
 }
 
@@ -922,6 +949,7 @@ pub fn vm_start_plan(vm: &VmGuest, label: String) -> Plan {
             route,
         });
     }
+    steps.extend(sideload_sysctl(vm));
     steps.push(Step::Firewall(vm_firewall(vm)));
     Plan {
         label,
@@ -964,6 +992,7 @@ pub fn vm_readopt_plan(vm: &VmGuest, label: String) -> Plan {
             route,
         });
     }
+    steps.extend(sideload_sysctl(vm));
     steps.push(Step::Firewall(vm_firewall(vm)));
     Plan {
         label,

@@ -8,6 +8,7 @@
 //! capabilities, no_new_privs; connects to the bus; installs its seccomp
 //! filter; and runs the event loop.
 
+mod adb_service;
 mod config;
 mod counters;
 mod dbus_service;
@@ -15,6 +16,7 @@ mod guest_service;
 mod guests;
 mod lifeline;
 mod manager;
+mod mcast_service;
 mod namespaces;
 mod ndproxy_service;
 mod operations;
@@ -210,6 +212,10 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
             manage_uplink_routing,
             port_policy,
             layout,
+            adb: adb_service::AdbPolicy {
+                allowed: config.adb_allowed,
+                max_connections: config.adb_max_connections,
+            },
         },
     )?
     .run()

@@ -125,6 +125,7 @@ pub struct Options {
     pub manage_uplink_routing: bool,
     pub port_policy: crate::port_rules::PortPolicy,
     pub layout: patchpanel_firewall::LayoutConfig,
+    pub adb: crate::adb_service::AdbPolicy,
 }
 
 pub struct Manager {
@@ -145,6 +146,8 @@ pub struct Manager {
     pub(crate) lifelines: LifelineWatcher,
     pub(crate) datapath_ready: bool,
     pub(crate) ndproxy: crate::ndproxy_service::NdProxyState,
+    pub(crate) adb: crate::adb_service::AdbRelay,
+    pub(crate) mcast: crate::mcast_service::McastForwarding,
     datapath_started: bool,
     cleanup_done: bool,
 }
@@ -254,7 +257,9 @@ impl Manager {
                 }
             })
             .collect();
+        let adb = crate::adb_service::AdbRelay::new(options.adb);
         Ok(Manager {
+            adb,
             poll,
             signals,
             spawner,
@@ -272,6 +277,7 @@ impl Manager {
             lifelines: LifelineWatcher::new(LIFELINE_BASE),
             datapath_ready: false,
             ndproxy: Default::default(),
+            mcast: Default::default(),
             datapath_started: false,
             cleanup_done: false,
         })
@@ -636,10 +642,11 @@ impl Manager {
         };
         slot.phase = Phase::Up { channel };
         slot.liveness.started(Instant::now());
-        let replay: Vec<Request> = slot.replay.requests().cloned().collect();
+        let replay: Vec<_> = slot.replay.entries().cloned().collect();
         let count = replay.len();
-        for request in replay {
-            if let Err(e) = slot.send(request) {
+        for entry in replay {
+            let fds: Vec<_> = entry.fds.iter().map(|f| f.as_fd()).collect();
+            if let Err(e) = slot.send_with_fds(entry.request, &fds) {
                 return self.helper_down(i, &format!("replay failed: {e}"));
             }
         }
@@ -751,6 +758,17 @@ impl Manager {
     /// Adds a request to what a respawned helper is told after its Hello.
     pub(crate) fn record_replay(&mut self, p: Process, key: &str, request: Request) {
         self.slot_mut(p).replay.record(key, request);
+    }
+
+    /// Like [`Manager::record_replay`], with descriptors sent beside it.
+    pub(crate) fn record_replay_with_fds(
+        &mut self,
+        p: Process,
+        key: &str,
+        request: Request,
+        fds: Vec<std::rc::Rc<OwnedFd>>,
+    ) {
+        self.slot_mut(p).replay.record_with_fds(key, request, fds);
     }
 
     /// Removes a request from a helper's replay log.

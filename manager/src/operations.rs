@@ -57,8 +57,10 @@ impl Manager {
         if let Some(dbus) = &self.dbus {
             dbus.reply(&call, result);
         }
-        // Guests may have come or gone: IPv6 proxying follows.
+        // Guests may have come or gone: IPv6 proxying and ADB follow.
         self.sync_ndproxy();
+        self.sync_mcast();
+        self.sync_adb();
     }
 
     fn route_call(
@@ -259,6 +261,11 @@ impl Manager {
         match self.call_helper(Process::DatapathWriter, Request::Apply(plan), fds) {
             Ok(Reply::Applied(report)) => {
                 for (netns, sysctl, old) in &report.replaced_sysctls {
+                    // Set only on TAPs patchpanel creates: it dies with them,
+                    // there is nothing to restore at stop.
+                    if matches!(sysctl, patchpanel_ipc::datapath::Sysctl::RouteLocalnet(_)) {
+                        continue;
+                    }
                     self.state
                         .record_sysctl_original(netns.clone(), sysctl.clone(), old.clone());
                 }
@@ -353,6 +360,8 @@ impl Manager {
         self.arc_follow_uplinks();
         self.datapath_ready = true;
         self.sync_ndproxy();
+        self.sync_mcast();
+        self.sync_adb();
         Ok(())
     }
 
@@ -604,6 +613,7 @@ impl Manager {
         if self.datapath_ready {
             self.arc_follow_uplinks();
             self.sync_ndproxy();
+            self.sync_mcast();
         }
     }
 

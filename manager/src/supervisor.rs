@@ -4,6 +4,8 @@
 //! next respawn, when to give up, and which requests rebuild a new helper's
 //! state ([`ReplayLog`]). The manager's event loop carries them out.
 
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use patchpanel_ipc::Request;
@@ -58,19 +60,39 @@ impl RespawnPolicy {
 ///
 /// Every operation the manager sends that leaves state behind in a helper is
 /// recorded here (keyed so a later request replaces an earlier one for the
-/// same object) and sent again, in order, to a respawned instance.
+/// same object) and sent again, in order, to a respawned instance. An
+/// entry may hold descriptors that ride beside its request (the ADB
+/// listener): the log keeps them open, so they outlive the helper.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayLog {
-    entries: Vec<(String, Request)>,
+    entries: Vec<(String, ReplayEntry)>,
+}
+
+/// One replayed request and the descriptors sent beside it.
+#[derive(Debug, Clone)]
+pub struct ReplayEntry {
+    pub request: Request,
+    pub fds: Vec<Rc<OwnedFd>>,
 }
 
 impl ReplayLog {
     /// Records `request` under `key`, replacing an earlier entry with that key.
     pub fn record(&mut self, key: impl Into<String>, request: Request) {
+        self.record_with_fds(key, request, Vec::new());
+    }
+
+    /// Like [`ReplayLog::record`], with descriptors to send beside it.
+    pub fn record_with_fds(
+        &mut self,
+        key: impl Into<String>,
+        request: Request,
+        fds: Vec<Rc<OwnedFd>>,
+    ) {
         let key = key.into();
+        let entry = ReplayEntry { request, fds };
         match self.entries.iter_mut().find(|(k, _)| *k == key) {
-            Some(entry) => entry.1 = request,
-            None => self.entries.push((key, request)),
+            Some(slot) => slot.1 = entry,
+            None => self.entries.push((key, entry)),
         }
     }
 
@@ -79,8 +101,8 @@ impl ReplayLog {
         self.entries.retain(|(k, _)| k != key);
     }
 
-    pub fn requests(&self) -> impl Iterator<Item = &Request> {
-        self.entries.iter().map(|(_, r)| r)
+    pub fn entries(&self) -> impl Iterator<Item = &ReplayEntry> {
+        self.entries.iter().map(|(_, e)| e)
     }
 }
 
@@ -178,7 +200,7 @@ mod tests {
         log.record("log-level", Request::SetLogLevel(LogLevel::Info));
         log.record("ping", Request::Ping { nonce: 1 });
         log.record("log-level", Request::SetLogLevel(LogLevel::Debug));
-        let got: Vec<_> = log.requests().cloned().collect();
+        let got: Vec<_> = log.entries().map(|e| e.request.clone()).collect();
         assert_eq!(
             got,
             vec![

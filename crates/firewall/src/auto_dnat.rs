@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::{
     named, APPLY_AUTO_DNAT_TO_ARC, APPLY_AUTO_DNAT_TO_CROSTINI, APPLY_AUTO_DNAT_TO_PARALLELS,
+    INGRESS_PORT_FIREWALL, INGRESS_PORT_FORWARDING,
 };
 use crate::model::{Batch, Change, Family, Match, OwnedChain, Protocol, Rule, Table, Target};
 
@@ -77,6 +78,42 @@ pub fn auto_dnat_teardown(target: AutoDnatTarget, uplink: &IfName, guest: Ipv4Ad
     auto_dnat(target, uplink, guest).inverse_or_empty()
 }
 
+/// Crostini ADB sideloading (upstream-core §4.8): TCP from the VM's `tap`
+/// to ARC's adbd (`arc:port`) is sent to the host's ADB relay on
+/// `127.0.0.1:port` instead, and the relay's port is opened on the TAP.
+/// The TAP also needs `route_localnet=1` for the kernel to route to
+/// 127.0.0.1 from outside. IPv4 only.
+pub fn adb_sideload(tap: &IfName, arc: Ipv4Addr, port: u16) -> Batch {
+    let mut batch = Batch::new();
+    batch.push(
+        Family::V4,
+        Change::Append {
+            table: Table::Nat,
+            chain: named(INGRESS_PORT_FORWARDING),
+            rule: Rule::new(Target::Dnat {
+                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port: Some(port),
+            })
+            .with(Match::iif(tap))
+            .with(Match::dst(crate::model::Cidr::host(IpAddr::V4(arc))))
+            .with(Match::Protocol(Protocol::Tcp))
+            .with(Match::DestinationPort(port)),
+        },
+    );
+    batch.push(
+        Family::V4,
+        Change::Append {
+            table: Table::Filter,
+            chain: named(INGRESS_PORT_FIREWALL),
+            rule: Rule::new(Target::Accept)
+                .with(Match::iif(tap))
+                .with(Match::Protocol(Protocol::Tcp))
+                .with(Match::DestinationPort(port)),
+        },
+    );
+    batch
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +137,25 @@ mod tests {
 COMMIT
 "
         );
+    }
+
+    #[test]
+    fn adb_sideload_sends_the_vm_to_the_host_relay_and_opens_its_port_on_the_tap() {
+        let tap = IfName::new("vmtap0").unwrap();
+        let batch = adb_sideload(&tap, Ipv4Addr::new(100, 115, 92, 2), 5555);
+        batch.validate().unwrap();
+        assert_eq!(
+            render(&batch, Family::V4),
+            "\
+*filter
+-A ingress_port_firewall -i vmtap0 -p tcp --dport 5555 -j ACCEPT
+COMMIT
+*nat
+-A ingress_port_forwarding -i vmtap0 -d 100.115.92.2/32 -p tcp --dport 5555 -j DNAT --to-destination 127.0.0.1:5555
+COMMIT
+"
+        );
+        assert_eq!(render(&batch, Family::V6), "");
     }
 
     #[test]

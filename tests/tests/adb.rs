@@ -1,0 +1,243 @@
+//! ADB over TCP to ARC through the whole daemon: port 5555 listens only
+//! while ARC runs and `adb_allowed` is set, data crosses the relay intact
+//! both ways (from the host and from the LAN), the port closes when ARC
+//! stops, and a killed adb-proxy relays again with no new D-Bus call.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use patchpanel_client::Client;
+use patchpanel_tests::vm::{FakeContainer, FakeVm};
+use patchpanel_tests::world::{World, UPLINK_ADDR};
+use patchpanel_tests::{poll_until, DaemonOptions, Helper, Netns};
+
+const ADB_ON: &str = "adb_allowed = true\nadb_max_connections = 8\n";
+const MIB: usize = 1 << 20;
+
+/// adbd's stand-in in ARC: a threaded echo server on 0.0.0.0:5555. Killed
+/// on drop.
+struct EchoServer(Child);
+
+impl EchoServer {
+    fn start(mut cmd: Command) -> EchoServer {
+        let script = "import socket,threading\n\
+            s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+            s.bind(('0.0.0.0',5555)); s.listen(128)\n\
+            print('listening', flush=True)\n\
+            def echo(c):\n\
+            \x20   while True:\n\
+            \x20       d=c.recv(1<<16)\n\
+            \x20       if not d: break\n\
+            \x20       c.sendall(d)\n\
+            \x20   c.close()\n\
+            while True:\n\
+            \x20   c,a=s.accept(); threading.Thread(target=echo,args=(c,),daemon=True).start()\n";
+        let mut child = cmd
+            .args(["/usr/bin/python3", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("echo server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line.trim(), "listening");
+        EchoServer(child)
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `mib` MiB of random bytes to `addr:5555` from `netns`, half-closes,
+/// reads the echo to EOF; Ok(true) when every byte came back in order.
+fn echo_round_trip(netns: &Netns, addr: &str, mib: usize) -> Result<bool, String> {
+    let script = format!(
+        "import socket,hashlib,threading,os\n\
+         c=socket.create_connection(('{addr}',5555),timeout=20)\n\
+         data=os.urandom({MIB}); out=hashlib.sha256(); back=hashlib.sha256()\n\
+         def send():\n\
+         \x20   for i in range({mib}): c.sendall(data); out.update(data)\n\
+         \x20   c.shutdown(socket.SHUT_WR)\n\
+         t=threading.Thread(target=send); t.start(); n=0\n\
+         while True:\n\
+         \x20   d=c.recv(1<<16)\n\
+         \x20   if not d: break\n\
+         \x20   back.update(d); n+=len(d)\n\
+         t.join(); print(n, out.hexdigest()==back.hexdigest())\n"
+    );
+    let out = netns
+        .exec(&["/usr/bin/python3", "-c", &script])
+        .map_err(|e| format!("{e:#}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(text == format!("{} True", mib * MIB))
+}
+
+/// Whether anything accepts TCP on `addr:5555` from `netns`.
+fn port_open(netns: &Netns, addr: &str) -> bool {
+    netns
+        .exec(&[
+            "/usr/bin/python3",
+            "-c",
+            &format!("import socket; socket.create_connection(('{addr}',5555),timeout=3)"),
+        ])
+        .is_ok_and(|o| o.status.success())
+}
+
+fn started_arc(world: &World) -> FakeContainer {
+    let container = FakeContainer::start().expect("container");
+    Client::connect_to(world.bus.address())
+        .expect("client")
+        .arc_startup(container.pid())
+        .expect("ArcStartup");
+    container.bring_up("arc0", None).expect("arc0 up");
+    container
+}
+
+fn adb_world() -> World {
+    World::start_with(DaemonOptions {
+        extra_config: ADB_ON.into(),
+        ..Default::default()
+    })
+    .expect("world")
+}
+
+#[test]
+fn adb_reaches_arc_from_the_host_and_the_lan_with_every_byte_intact() {
+    let world = adb_world();
+    assert!(
+        !port_open(&world.netns, "127.0.0.1"),
+        "5555 open before ARC"
+    );
+    let arc = started_arc(&world);
+    let _adbd = EchoServer::start(arc.command(&[]));
+
+    assert_eq!(echo_round_trip(&world.netns, "127.0.0.1", 16), Ok(true));
+    assert_eq!(echo_round_trip(&world.netns, "::1", 1), Ok(true));
+    assert_eq!(
+        echo_round_trip(&world.internet.upstream, UPLINK_ADDR, 4),
+        Ok(true)
+    );
+}
+
+#[test]
+fn the_adb_port_closes_when_arc_stops() {
+    let world = adb_world();
+    let arc = started_arc(&world);
+    let _adbd = EchoServer::start(arc.command(&[]));
+    assert_eq!(echo_round_trip(&world.netns, "127.0.0.1", 1), Ok(true));
+
+    Client::connect_to(world.bus.address())
+        .expect("client")
+        .arc_shutdown(arc.pid())
+        .expect("ArcShutdown");
+    assert!(
+        !port_open(&world.netns, "127.0.0.1"),
+        "5555 open after ArcShutdown"
+    );
+    assert!(world.daemon.log().contains("port 5555 closed"));
+}
+
+#[test]
+fn the_adb_port_stays_closed_when_adb_is_not_allowed() {
+    let world = World::start().expect("world");
+    let arc = started_arc(&world);
+    let _adbd = EchoServer::start(arc.command(&[]));
+    assert!(!port_open(&world.netns, "127.0.0.1"));
+}
+
+#[test]
+fn a_killed_adb_proxy_relays_again_without_a_new_call() {
+    let world = adb_world();
+    let arc = started_arc(&world);
+    let _adbd = EchoServer::start(arc.command(&[]));
+    assert_eq!(echo_round_trip(&world.netns, "127.0.0.1", 1), Ok(true));
+
+    let old = world.daemon.tree().expect("tree").helper(Helper::AdbProxy);
+    // SAFETY: kill takes integers only.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    poll_until(Duration::from_secs(5), || {
+        let p = world.daemon.tree().ok()?.helper(Helper::AdbProxy);
+        (p != old).then_some(p)
+    })
+    .expect("adb-proxy respawned");
+    let back = poll_until(Duration::from_secs(10), || {
+        echo_round_trip(&world.netns, "127.0.0.1", 1)
+            .ok()
+            .filter(|ok| *ok)
+    });
+    assert_eq!(back, Some(true), "no relay after adb-proxy respawned");
+}
+
+fn boot_termina(world: &World) -> FakeVm {
+    let vm = Client::connect_to(world.bus.address())
+        .expect("client")
+        .terminavm_startup(7)
+        .expect("TerminaVmStartup");
+    let addr = patchpanel_proto::ipv4_from_addr4(&vm.ipv4_address).expect("address");
+    let gateway = patchpanel_proto::ipv4_from_addr4(&vm.gateway_ipv4_address).expect("gateway");
+    FakeVm::boot(
+        &world.netns,
+        &vm.tap_device_ifname,
+        "eth0",
+        &addr.to_string(),
+        30,
+        &gateway.to_string(),
+    )
+    .expect("vm")
+}
+
+fn sideload_rules(world: &World) -> Vec<String> {
+    let mut rules = Vec::new();
+    for table in ["nat", "filter"] {
+        let dump = world
+            .netns
+            .exec_ok(&["iptables-save", "-t", table])
+            .expect("iptables-save");
+        rules.extend(
+            dump.lines()
+                .filter(|l| l.contains("--dport 5555"))
+                .map(str::to_string),
+        );
+    }
+    rules
+}
+
+#[test]
+fn crostini_sideloads_through_the_relay_only_when_adb_is_allowed() {
+    let world = adb_world();
+    let arc = started_arc(&world);
+    let _adbd = EchoServer::start(arc.command(&[]));
+    let vm = boot_termina(&world);
+
+    // `adb connect arc` from the VM: ARC's address, answered by the relay.
+    assert_eq!(echo_round_trip(vm.netns(), "100.115.92.2", 4), Ok(true));
+    let rules = sideload_rules(&world);
+    assert_eq!(rules.len(), 2, "{rules:#?}");
+    assert!(
+        rules[0].contains("-j DNAT --to-destination 127.0.0.1:5555"),
+        "{rules:#?}"
+    );
+
+    Client::connect_to(world.bus.address())
+        .expect("client")
+        .terminavm_shutdown(7)
+        .expect("TerminaVmShutdown");
+    assert_eq!(sideload_rules(&world), Vec::<String>::new());
+}
+
+#[test]
+fn without_adb_a_termina_vm_gets_no_sideloading_rules() {
+    let world = World::start().expect("world");
+    let _vm = boot_termina(&world);
+    assert_eq!(sideload_rules(&world), Vec::<String>::new());
+}

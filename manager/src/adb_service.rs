@@ -214,6 +214,32 @@ mod tests {
         }
     }
 
+    fn arc(kind: ArcKind) -> ArcGuest {
+        let mut addrs = patchpanel_addr::AddressManager::new();
+        crate::guests::arc_allocate(kind, &mut addrs, &Default::default()).expect("ARC")
+    }
+
+    #[test]
+    fn the_container_is_reached_at_its_arc0_address_and_arcvm_over_vsock() {
+        let container = arc(ArcKind::Container {
+            pid: 4242,
+            netns: patchpanel_ipc::NetnsName::new("pp-arc_netns").expect("name"),
+        });
+        assert_eq!(
+            wanted_target(&policy(true), Some(&container)),
+            Some(AdbTarget::Tcp("100.115.92.2:5555".parse().expect("addr")))
+        );
+        let vm = arc(ArcKind::Vm { cid: 33 });
+        assert_eq!(
+            wanted_target(&policy(true), Some(&vm)),
+            Some(AdbTarget::Vsock {
+                cid: 33,
+                port: 5555
+            })
+        );
+        assert_eq!(wanted_target(&policy(false), Some(&vm)), None);
+    }
+
     #[test]
     fn nothing_is_relayed_without_arc_or_when_adb_is_not_allowed() {
         assert_eq!(wanted_target(&policy(true), None), None);

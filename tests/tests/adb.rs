@@ -241,3 +241,46 @@ fn without_adb_a_termina_vm_gets_no_sideloading_rules() {
     let _vm = boot_termina(&world);
     assert_eq!(sideload_rules(&world), Vec::<String>::new());
 }
+
+#[test]
+fn the_connection_limit_refuses_the_next_one_and_a_closed_client_frees_its_slot() {
+    let world = adb_world();
+    let arc = started_arc(&world);
+    let _adbd = EchoServer::start(arc.command(&[]));
+    // Eight clients hold a relayed connection (each proves it with an echo);
+    // the ninth is closed by the relay; once one leaves, a new one works.
+    let script = "import socket\n\
+        def echo(c):\n\
+        \x20   c.sendall(b'ping'); return c.recv(4) == b'ping'\n\
+        held=[socket.create_connection(('127.0.0.1',5555),timeout=5) for i in range(8)]\n\
+        print(all(echo(c) for c in held))\n\
+        extra=socket.create_connection(('127.0.0.1',5555),timeout=5)\n\
+        try:\n\
+        \x20   extra.sendall(b'ping'); refused = extra.recv(4) == b''\n\
+        except (ConnectionResetError, BrokenPipeError):\n\
+        \x20   refused = True\n\
+        print(refused)\n\
+        held.pop().close()\n\
+        import time\n\
+        for i in range(50):\n\
+        \x20   c=socket.create_connection(('127.0.0.1',5555),timeout=5)\n\
+        \x20   try:\n\
+        \x20       ok=echo(c)\n\
+        \x20   except OSError:\n\
+        \x20       ok=False\n\
+        \x20   if ok: break\n\
+        \x20   time.sleep(0.1)\n\
+        print(ok)\n";
+    let out = world
+        .netns
+        .exec(&["/usr/bin/python3", "-c", script])
+        .expect("client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.split_whitespace().collect::<Vec<_>>(),
+        ["True", "True", "True"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(world.daemon.log().contains("refused an ADB connection"));
+}

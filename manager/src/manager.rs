@@ -147,7 +147,6 @@ pub struct Manager {
     pub(crate) datapath_ready: bool,
     pub(crate) ndproxy: crate::ndproxy_service::NdProxyState,
     pub(crate) adb: crate::adb_service::AdbRelay,
-    pub(crate) mcast: crate::mcast_service::McastForwarding,
     datapath_started: bool,
     cleanup_done: bool,
 }
@@ -277,7 +276,6 @@ impl Manager {
             lifelines: LifelineWatcher::new(LIFELINE_BASE),
             datapath_ready: false,
             ndproxy: Default::default(),
-            mcast: Default::default(),
             datapath_started: false,
             cleanup_done: false,
         })

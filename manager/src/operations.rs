@@ -59,7 +59,6 @@ impl Manager {
         }
         // Guests may have come or gone: IPv6 proxying and ADB follow.
         self.sync_ndproxy();
-        self.sync_mcast();
         self.sync_adb();
     }
 
@@ -360,7 +359,6 @@ impl Manager {
         self.arc_follow_uplinks();
         self.datapath_ready = true;
         self.sync_ndproxy();
-        self.sync_mcast();
         self.sync_adb();
         Ok(())
     }
@@ -613,7 +611,6 @@ impl Manager {
         if self.datapath_ready {
             self.arc_follow_uplinks();
             self.sync_ndproxy();
-            self.sync_mcast();
         }
     }
 

@@ -130,6 +130,33 @@ fn adb_reaches_arc_from_the_host_and_the_lan_with_every_byte_intact() {
 }
 
 #[test]
+fn a_hundred_mib_cross_the_relay_each_way_and_a_hundred_clients_are_served_at_once() {
+    let world = World::start_with(DaemonOptions {
+        extra_config: "adb_allowed = true\nadb_max_connections = 128\n".into(),
+        ..Default::default()
+    })
+    .expect("world");
+    let arc = started_arc(&world);
+    let _adbd = EchoServer::start(arc.command(&[]));
+    assert_eq!(echo_round_trip(&world.netns, "127.0.0.1", 100), Ok(true));
+
+    let script = "import socket\n\
+        cs=[socket.create_connection(('127.0.0.1',5555),timeout=10) for i in range(100)]\n\
+        for i,c in enumerate(cs): c.sendall(b'%03d' % i)\n\
+        print(all(c.recv(3) == b'%03d' % i for i,c in enumerate(cs)))\n";
+    let out = world
+        .netns
+        .exec(&["/usr/bin/python3", "-c", script])
+        .expect("clients");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "True",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn the_adb_port_closes_when_arc_stops() {
     let world = adb_world();
     let arc = started_arc(&world);

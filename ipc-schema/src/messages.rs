@@ -112,6 +112,15 @@ pub enum Request {
         uplink_ifindex: u32,
         downlink_ifindex: u32,
     },
+    /// mcast-forwarder: forwards mDNS and SSDP between the pair's links
+    /// (IPv4 and IPv6, the directions the pair allows), rewriting A records
+    /// of the guest's address in IPv4 mDNS answers to the uplink's. Replaces
+    /// an earlier pair for the same downlink. Answered with
+    /// [`Reply::Done`]. Replayed.
+    McastStart(McastPair),
+    /// mcast-forwarder: stops what [`Request::McastStart`] started for this
+    /// downlink. Answered with [`Reply::Done`], also when nothing ran.
+    McastStop { uplink: IfName, downlink: IfName },
     /// adb-proxy: accepts on the listening TCP socket passed beside the
     /// request (one fd; the helper cannot open it) and relays each
     /// connection to `target`, at most `max_connections` at once. Replaces
@@ -124,6 +133,21 @@ pub enum Request {
     /// adb-proxy: stops accepting and closes every relayed connection.
     /// Answered with [`Reply::Done`], also when nothing ran.
     AdbStop,
+}
+
+/// One guest link forwarded to one uplink by the mcast-forwarder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McastPair {
+    pub uplink: IfName,
+    /// The uplink's IPv4 address that guest A records are rewritten to.
+    pub uplink_ipv4: Option<[u8; 4]>,
+    pub downlink: IfName,
+    /// The guest's private IPv4 address (A records to rewrite).
+    pub guest_ipv4: Option<[u8; 4]>,
+    /// Uplink -> guest.
+    pub inbound: bool,
+    /// Guest -> uplink.
+    pub outbound: bool,
 }
 
 /// Where the ADB relay sends connections: the ARC container's adbd over

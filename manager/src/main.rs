@@ -16,6 +16,7 @@ mod guest_service;
 mod guests;
 mod lifeline;
 mod manager;
+mod mcast_service;
 mod namespaces;
 mod ndproxy_service;
 mod operations;

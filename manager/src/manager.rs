@@ -147,6 +147,7 @@ pub struct Manager {
     pub(crate) datapath_ready: bool,
     pub(crate) ndproxy: crate::ndproxy_service::NdProxyState,
     pub(crate) adb: crate::adb_service::AdbRelay,
+    pub(crate) mcast: crate::mcast_service::McastForwarding,
     datapath_started: bool,
     cleanup_done: bool,
 }
@@ -276,6 +277,7 @@ impl Manager {
             lifelines: LifelineWatcher::new(LIFELINE_BASE),
             datapath_ready: false,
             ndproxy: Default::default(),
+            mcast: Default::default(),
             datapath_started: false,
             cleanup_done: false,
         })

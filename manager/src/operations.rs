@@ -59,6 +59,7 @@ impl Manager {
         }
         // Guests may have come or gone: IPv6 proxying and ADB follow.
         self.sync_ndproxy();
+        self.sync_mcast();
         self.sync_adb();
     }
 
@@ -359,6 +360,7 @@ impl Manager {
         self.arc_follow_uplinks();
         self.datapath_ready = true;
         self.sync_ndproxy();
+        self.sync_mcast();
         self.sync_adb();
         Ok(())
     }
@@ -611,6 +613,7 @@ impl Manager {
         if self.datapath_ready {
             self.arc_follow_uplinks();
             self.sync_ndproxy();
+            self.sync_mcast();
         }
     }
 

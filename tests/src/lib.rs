@@ -19,8 +19,10 @@ pub mod daemon;
 pub mod dbus_client;
 pub mod direct_helper;
 pub mod fake_shill;
+pub mod mcast;
 pub mod netns;
 pub mod procfs;
+pub mod spawned;
 pub mod traffic;
 pub mod tree;
 pub mod vm;
@@ -39,5 +41,6 @@ pub use dbus_client::{
 pub use direct_helper::DirectHelper;
 pub use netns::Netns;
 pub use procfs::{ProcIdentity, ProcStat, ProcStatus};
+pub use spawned::Spawned;
 pub use tree::{Helper, ProcessTree};
 pub use wait::poll_until;

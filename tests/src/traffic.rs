@@ -40,6 +40,15 @@ pub fn listener(netns: &str, script: &str) -> Result<Child> {
     Ok(child)
 }
 
+/// Starts `script` (as root) in named namespace `netns` with its stdout
+/// piped, without waiting for anything. Kill it with [`stop`].
+pub fn spawn(netns: &str, script: &str) -> Result<Child> {
+    python_in(netns, 0, script)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start python3")
+}
+
 /// Runs a client `script` in named namespace `netns` as `uid`.
 pub fn run(netns: &str, uid: u32, script: &str) -> Result<Output> {
     python_in(netns, uid, script)

@@ -1,0 +1,427 @@
+//! The forwarder's sockets, built with libc because every one needs an
+//! option std does not offer (`SO_BINDTODEVICE`, `ip_mreqn`, `IP_HDRINCL`,
+//! a socket filter) and receives must report truncation.
+//!
+//! * a *group* socket per (link, protocol, family): UDP bound to the
+//!   wildcard address and the protocol port, pinned to the link with
+//!   `SO_BINDTODEVICE`, member of the group on that link, loopback off,
+//!   multicast TTL/hop limit set (255 for mDNS, RFC 6762 §11);
+//! * a *session* socket: the same but on an ephemeral port and in no group,
+//!   used to send one query that expects a unicast answer and to catch it;
+//! * a *raw* socket per link for broadcast: `AF_INET`, `SOCK_RAW`,
+//!   `IPPROTO_UDP`, `IP_HDRINCL`, `SO_BROADCAST`, pinned to the link, with a
+//!   filter passing only broadcast destinations.
+//!
+//! This is the crate's only module with `unsafe`: thin wrappers, each with
+//! its `SAFETY` comment.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Whether a group socket speaks IPv4 or IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points at a live `T` of the length passed.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
+fn open(domain: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd returned is new and owned here.
+    let fd = check(unsafe {
+        libc::socket(
+            domain,
+            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn bind_to_device(fd: RawFd, ifname: &str) -> io::Result<()> {
+    let name = CString::new(ifname).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let bytes = name.as_bytes_with_nul();
+    // SAFETY: the name is NUL-terminated and the length covers it.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            bytes.as_ptr().cast(),
+            bytes.len() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn from_sockaddr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    match i32::from(storage.ss_family) {
+        libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family and length say the storage holds a sockaddr_in.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family and length say the storage holds a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn bind(fd: RawFd, addr: &SocketAddr) -> io::Result<()> {
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: `storage` holds a sockaddr of `len` bytes.
+    check(unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) })
+        .map(|_| ())
+}
+
+/// A UDP socket on `ifname` for one family: bound to the device, loopback
+/// off, multicast TTL/hop limit `ttl`, sending on `ifindex`; bound to
+/// `port` on the wildcard address (0: ephemeral), and a member of `group`
+/// on `ifindex` if given.
+pub fn udp(
+    family: Family,
+    ifname: &str,
+    ifindex: u32,
+    port: u16,
+    group: Option<std::net::IpAddr>,
+    ttl: u8,
+) -> io::Result<OwnedFd> {
+    let domain = match family {
+        Family::V4 => libc::AF_INET,
+        Family::V6 => libc::AF_INET6,
+    };
+    let sock = open(domain, libc::SOCK_DGRAM, 0)?;
+    let fd = sock.as_raw_fd();
+    let one: libc::c_int = 1;
+    let zero: libc::c_int = 0;
+    let ttl = libc::c_int::from(ttl);
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
+    bind_to_device(fd, ifname)?;
+    match family {
+        Family::V4 => {
+            let mreqn = libc::ip_mreqn {
+                imr_multiaddr: libc::in_addr { s_addr: 0 },
+                imr_address: libc::in_addr { s_addr: 0 },
+                imr_ifindex: ifindex as libc::c_int,
+            };
+            setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &mreqn)?;
+            setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &zero)?;
+            setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, &ttl)?;
+        }
+        Family::V6 => {
+            setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &one)?;
+            let index = ifindex as libc::c_int;
+            setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &index)?;
+            setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, &zero)?;
+            setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, &ttl)?;
+        }
+    }
+    let wildcard = match family {
+        Family::V4 => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+        Family::V6 => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+    };
+    bind(fd, &wildcard)?;
+    match group {
+        Some(std::net::IpAddr::V4(g)) => {
+            let mreqn = libc::ip_mreqn {
+                imr_multiaddr: libc::in_addr {
+                    s_addr: u32::from(g).to_be(),
+                },
+                imr_address: libc::in_addr { s_addr: 0 },
+                imr_ifindex: ifindex as libc::c_int,
+            };
+            setsockopt(fd, libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, &mreqn)?;
+        }
+        Some(std::net::IpAddr::V6(g)) => {
+            let mreq = libc::ipv6_mreq {
+                ipv6mr_multiaddr: libc::in6_addr {
+                    s6_addr: g.octets(),
+                },
+                ipv6mr_interface: ifindex,
+            };
+            setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, &mreq)?;
+        }
+        None => {}
+    }
+    Ok(sock)
+}
+
+/// A classic BPF instruction (`struct sock_filter`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct Insn {
+    code: u16,
+    jt: u8,
+    jf: u8,
+    k: u32,
+}
+
+/// Passes IPv4 packets whose destination is 255.255.255.255 or has its two
+/// lowest bits set (every directed broadcast of a prefix up to /30 does);
+/// userspace then checks the exact directed broadcast of the link. Keeps
+/// the uplink's unicast UDP (DNS, QUIC...) from waking the forwarder.
+const BROADCAST_FILTER: [Insn; 6] = [
+    // ld [16]: the destination address (a raw socket's data starts at the
+    // IP header).
+    Insn {
+        code: 0x20,
+        jt: 0,
+        jf: 0,
+        k: 16,
+    },
+    // jeq #255.255.255.255 -> accept
+    Insn {
+        code: 0x15,
+        jt: 3,
+        jf: 0,
+        k: 0xffff_ffff,
+    },
+    // and #3
+    Insn {
+        code: 0x54,
+        jt: 0,
+        jf: 0,
+        k: 3,
+    },
+    // jeq #3 -> accept, else drop
+    Insn {
+        code: 0x15,
+        jt: 1,
+        jf: 0,
+        k: 3,
+    },
+    // ret #0 (drop)
+    Insn {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    },
+    // ret #0x40000 (the whole packet)
+    Insn {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0x40000,
+    },
+];
+
+#[repr(C)]
+struct Program {
+    len: u16,
+    filter: *const Insn,
+}
+
+/// The raw broadcast socket of a link (see the module comment). The filter
+/// is attached before the device binding, so nothing unfiltered is queued.
+pub fn raw_broadcast(ifname: &str) -> io::Result<OwnedFd> {
+    let sock = open(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
+    let fd = sock.as_raw_fd();
+    let one: libc::c_int = 1;
+    let program = Program {
+        len: BROADCAST_FILTER.len() as u16,
+        filter: BROADCAST_FILTER.as_ptr(),
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &program)?;
+    // Drop what arrived between socket() and the filter.
+    let mut scratch = [0u8; 1];
+    while recv_from(fd, &mut scratch).is_ok() {}
+    setsockopt(fd, libc::IPPROTO_IP, libc::IP_HDRINCL, &one)?;
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, &one)?;
+    bind_to_device(fd, ifname)?;
+    Ok(sock)
+}
+
+/// One datagram received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes in the buffer.
+    pub len: usize,
+    /// The sender (for raw sockets: the IP source, port 0).
+    pub from: SocketAddr,
+    /// The datagram was longer than the buffer; `len` bytes are a prefix.
+    pub truncated: bool,
+}
+
+/// `recvfrom` with `MSG_TRUNC`, so a datagram longer than `buf` is seen.
+pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `buf` and `storage` are live and their lengths are passed.
+    let n = unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_TRUNC,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let from =
+        from_sockaddr(&storage, len).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+    let n = n as usize;
+    Ok(Received {
+        len: n.min(buf.len()),
+        from,
+        truncated: n > buf.len(),
+    })
+}
+
+/// `sendto`; the whole datagram or an error.
+pub fn send_to(fd: RawFd, payload: &[u8], to: &SocketAddr) -> io::Result<()> {
+    let (storage, len) = sockaddr(to);
+    // SAFETY: `payload` and `storage` are live and their lengths are passed.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            payload.as_ptr().cast(),
+            payload.len(),
+            0,
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The index of a link, if it exists.
+pub fn ifindex(ifname: &str) -> Option<u32> {
+    let name = CString::new(ifname).ok()?;
+    // SAFETY: `name` is NUL-terminated.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => None,
+        i => Some(i),
+    }
+}
+
+/// A link's IPv4 address, netmask and broadcast address (`SIOCGIFADDR`,
+/// `SIOCGIFNETMASK`, `SIOCGIFBRDADDR` on `fd`, any AF_INET socket), read
+/// per use so DHCP changes are followed without a netlink listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V4Config {
+    pub addr: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+    pub broadcast: Option<Ipv4Addr>,
+}
+
+impl V4Config {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::from(self.netmask);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+fn ifreq_v4(fd: RawFd, ifname: &str, request: libc::c_ulong) -> Option<Ipv4Addr> {
+    // SAFETY: all-zero is a valid ifreq.
+    let mut req: libc::ifreq = unsafe { zeroed() };
+    let bytes = ifname.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: `req` is a live ifreq with a NUL-terminated name; the
+    // request is one of the SIOCGIF* that fill ifr_ifru with a sockaddr.
+    if unsafe { libc::ioctl(fd, request as _, &mut req) } < 0 {
+        return None;
+    }
+    // SAFETY: the ioctl filled the union with a sockaddr_in.
+    let sin: libc::sockaddr_in =
+        unsafe { std::ptr::read((&req.ifr_ifru as *const libc::__c_anonymous_ifr_ifru).cast()) };
+    Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+}
+
+/// The link's IPv4 configuration, or None without an IPv4 address.
+pub fn v4_config(fd: RawFd, ifname: &str) -> Option<V4Config> {
+    let addr = ifreq_v4(fd, ifname, libc::SIOCGIFADDR)?;
+    let netmask = ifreq_v4(fd, ifname, libc::SIOCGIFNETMASK)?;
+    let broadcast = ifreq_v4(fd, ifname, libc::SIOCGIFBRDADDR).filter(|b| !b.is_unspecified());
+    Some(V4Config {
+        addr,
+        netmask,
+        broadcast,
+    })
+}

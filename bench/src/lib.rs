@@ -31,6 +31,7 @@
 //! percentiles ([`stats`]), the printed table ([`report`]) and an orderly
 //! stop on SIGINT/SIGTERM ([`interrupt`]).
 
+pub mod adb;
 pub mod guests;
 pub mod interrupt;
 pub mod link_probe;

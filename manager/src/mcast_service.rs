@@ -28,10 +28,13 @@ pub fn wanted_pairs(
     arc: Option<&ArcGuest>,
     vms: &[VmGuest],
 ) -> BTreeMap<IfName, McastPair> {
-    let first_v4 = |name: &IfName| -> Option<(IfName, [u8; 4])> {
+    // An uplink without IPv4 (IPv6-only network) still forwards IPv6.
+    let first_v4 = |name: &IfName| -> Option<(IfName, Option<[u8; 4]>)> {
         let u = uplinks.get(name.as_str())?;
-        let (addr, _) = u.ipv4.first()?;
-        Some((u.name.clone(), addr.octets()))
+        Some((
+            u.name.clone(),
+            u.ipv4.first().map(|(addr, _)| addr.octets()),
+        ))
     };
     let mut wanted = BTreeMap::new();
     if let Some(arc) = arc {
@@ -68,13 +71,13 @@ pub fn wanted_pairs(
 
 fn pair(
     uplink: IfName,
-    uplink_v4: [u8; 4],
+    uplink_v4: Option<[u8; 4]>,
     downlink: IfName,
     guest: Option<Ipv4Addr>,
 ) -> McastPair {
     McastPair {
         uplink,
-        uplink_ipv4: Some(uplink_v4),
+        uplink_ipv4: uplink_v4,
         downlink,
         guest_ipv4: guest.map(|g| g.octets()),
         inbound: true,
@@ -185,7 +188,7 @@ mod tests {
     fn p(down: &str, uplink_v4: [u8; 4]) -> McastPair {
         pair(
             name("eth0"),
-            uplink_v4,
+            Some(uplink_v4),
             name(down),
             Some(Ipv4Addr::new(100, 115, 92, 26)),
         )

@@ -6,9 +6,16 @@ use std::process::{Child, Command, Output, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+/// `netns` is a namespace name, or a path (`/proc/<pid>/ns/net`) if it
+/// starts with `/`.
 fn python_in(netns: &str, uid: u32, script: &str) -> Command {
+    let path = if netns.starts_with('/') {
+        netns.to_string()
+    } else {
+        format!("/run/netns/{netns}")
+    };
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{netns}"))
+    cmd.arg(format!("--net={path}"))
         .arg("--")
         .args([
             "setpriv",

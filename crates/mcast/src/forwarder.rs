@@ -206,7 +206,9 @@ impl std::fmt::Display for Stats {
 struct Link {
     ifindex: u32,
     group: BTreeMap<(Protocol, Family), (Token, OwnedFd)>,
-    raw: Option<(Token, OwnedFd)>,
+    /// Broadcast: the packet socket that receives and the raw socket
+    /// that sends.
+    raw: Option<(Token, OwnedFd, OwnedFd)>,
 }
 
 #[derive(Debug)]
@@ -480,17 +482,19 @@ impl Forwarder {
             }
         }
         if self.protocols.broadcast {
-            match socket::raw_broadcast(name) {
-                Ok(fd) => {
+            let opened = socket::packet_broadcast(ifindex)
+                .and_then(|rx| Ok((rx, socket::raw_sender(name)?)));
+            match opened {
+                Ok((rx, tx)) => {
                     let token = self.register(
-                        &fd,
+                        &rx,
                         Some(Source::Raw {
                             link: name.to_string(),
                         }),
                     )?;
-                    link.raw = Some((token, fd));
+                    link.raw = Some((token, rx, tx));
                 }
-                Err(e) => warn!("{name}: no broadcast socket: {e}"),
+                Err(e) => warn!("{name}: no broadcast sockets: {e}"),
             }
         }
         if link.group.is_empty() && link.raw.is_none() {
@@ -510,7 +514,8 @@ impl Forwarder {
         let Some(link) = self.links.remove(name) else {
             return;
         };
-        for (token, fd) in link.group.into_values().chain(link.raw) {
+        let raw = link.raw.map(|(token, rx, _tx)| (token, rx));
+        for (token, fd) in link.group.into_values().chain(raw) {
             let _ = self.registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
             self.sources.remove(&token);
         }
@@ -590,7 +595,7 @@ impl Forwarder {
                 .links
                 .get(link)
                 .and_then(|l| l.raw.as_ref())
-                .map(|(_, fd)| fd.as_raw_fd()),
+                .map(|(_, rx, _)| rx.as_raw_fd()),
             Source::Session => self.sessions.get(&token).map(|s| s.fd.as_raw_fd()),
         };
         let Some(fd) = fd else { return true };
@@ -607,6 +612,10 @@ impl Forwarder {
                     break;
                 }
             };
+            if got.outgoing {
+                // Our own relayed copies, and what the host itself sends.
+                continue;
+            }
             self.stats.received += 1;
             if got.truncated {
                 self.stats.truncated += 1;
@@ -940,7 +949,7 @@ impl Forwarder {
         let Some((ifindex, fd)) = self
             .links
             .get(link)
-            .and_then(|l| l.raw.as_ref().map(|(_, fd)| (l.ifindex, fd.as_raw_fd())))
+            .and_then(|l| l.raw.as_ref().map(|(_, _, tx)| (l.ifindex, tx.as_raw_fd())))
         else {
             return;
         };

@@ -8,9 +8,9 @@
 //!   multicast TTL/hop limit set (255 for mDNS, RFC 6762 §11);
 //! * a *session* socket: the same but on an ephemeral port and in no group,
 //!   used to send one query that expects a unicast answer and to catch it;
-//! * a *raw* socket per link for broadcast: `AF_INET`, `SOCK_RAW`,
-//!   `IPPROTO_UDP`, `IP_HDRINCL`, `SO_BROADCAST`, pinned to the link, with a
-//!   filter passing only broadcast destinations.
+//! * for broadcast, per link, a packet socket that receives IPv4
+//!   broadcasts (filtered in the kernel) and a raw `IP_HDRINCL` socket that
+//!   sends the relayed copies.
 //!
 //! This is the crate's only module with `unsafe`: thin wrappers, each with
 //! its `SAFETY` comment.
@@ -136,8 +136,23 @@ fn from_sockaddr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Opti
                 sin6.sin6_scope_id,
             )))
         }
+        // A packet socket's sender is a link-layer address; the IP source
+        // is in the packet.
+        libc::AF_PACKET => Some(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)),
         _ => None,
     }
+}
+
+/// Whether a packet socket's `sockaddr_ll` says the packet is one this
+/// host sent.
+fn outgoing(storage: &libc::sockaddr_storage) -> bool {
+    if i32::from(storage.ss_family) != libc::AF_PACKET {
+        return false;
+    }
+    // SAFETY: the family says the storage holds a sockaddr_ll.
+    let sll: libc::sockaddr_ll =
+        unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+    sll.sll_pkttype == libc::PACKET_OUTGOING
 }
 
 fn bind(fd: RawFd, addr: &SocketAddr) -> io::Result<()> {
@@ -234,8 +249,8 @@ struct Insn {
 /// userspace then checks the exact directed broadcast of the link. Keeps
 /// the uplink's unicast UDP (DNS, QUIC...) from waking the forwarder.
 const BROADCAST_FILTER: [Insn; 6] = [
-    // ld [16]: the destination address (a raw socket's data starts at the
-    // IP header).
+    // ld [16]: the destination address (a SOCK_DGRAM packet socket's data
+    // starts at the IP header).
     Insn {
         code: 0x20,
         jt: 0,
@@ -285,20 +300,61 @@ struct Program {
     filter: *const Insn,
 }
 
-/// The raw broadcast socket of a link (see the module comment). The filter
-/// is attached before the device binding, so nothing unfiltered is queued.
-pub fn raw_broadcast(ifname: &str) -> io::Result<OwnedFd> {
+/// Drops every packet: the filter of the send-only raw socket.
+const DROP_ALL: [Insn; 1] = [Insn {
+    code: 0x06,
+    jt: 0,
+    jf: 0,
+    k: 0,
+}];
+
+fn attach(fd: RawFd, filter: &[Insn]) -> io::Result<()> {
+    let program = Program {
+        len: filter.len() as u16,
+        filter: filter.as_ptr(),
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &program)
+}
+
+/// `ETH_P_IP` in network byte order, as `sockaddr_ll` and `socket` want it.
+const ETH_P_IP_BE: u16 = (libc::ETH_P_IP as u16).to_be();
+
+/// The broadcast receive socket of a link: `AF_PACKET`, `SOCK_DGRAM` (bare
+/// IPv4 packets), created with protocol 0 so nothing is queued before the
+/// filter is attached, then bound to IPv4 on `ifindex`. A packet socket
+/// sees broadcasts before netfilter, so the auto-DNAT to ARC on the uplink
+/// (which turns an inbound broadcast into a unicast the kernel then refuses
+/// to forward) cannot hide them.
+pub fn packet_broadcast(ifindex: u32) -> io::Result<OwnedFd> {
+    let sock = open(libc::AF_PACKET, libc::SOCK_DGRAM, 0)?;
+    let fd = sock.as_raw_fd();
+    attach(fd, &BROADCAST_FILTER)?;
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ETH_P_IP_BE;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: `sll` is a live sockaddr_ll of the length passed.
+    check(unsafe {
+        libc::bind(
+            fd,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    })?;
+    Ok(sock)
+}
+
+/// The broadcast send socket of a link: `AF_INET`, `SOCK_RAW`,
+/// `IPPROTO_UDP`, `IP_HDRINCL` (the forwarder writes the IP header, so a
+/// LAN sender's source survives), `SO_BROADCAST`, pinned to the link. It
+/// receives nothing (a raw UDP socket would get a copy of every UDP
+/// datagram to the host): its filter drops all.
+pub fn raw_sender(ifname: &str) -> io::Result<OwnedFd> {
     let sock = open(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
     let fd = sock.as_raw_fd();
     let one: libc::c_int = 1;
-    let program = Program {
-        len: BROADCAST_FILTER.len() as u16,
-        filter: BROADCAST_FILTER.as_ptr(),
-    };
-    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &program)?;
-    // Drop what arrived between socket() and the filter.
-    let mut scratch = [0u8; 1];
-    while recv_from(fd, &mut scratch).is_ok() {}
+    attach(fd, &DROP_ALL)?;
     setsockopt(fd, libc::IPPROTO_IP, libc::IP_HDRINCL, &one)?;
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, &one)?;
     bind_to_device(fd, ifname)?;
@@ -314,6 +370,8 @@ pub struct Received {
     pub from: SocketAddr,
     /// The datagram was longer than the buffer; `len` bytes are a prefix.
     pub truncated: bool,
+    /// A packet socket's copy of a packet this host sent.
+    pub outgoing: bool,
 }
 
 /// `recvfrom` with `MSG_TRUNC`, so a datagram longer than `buf` is seen.
@@ -342,6 +400,7 @@ pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
         len: n.min(buf.len()),
         from,
         truncated: n > buf.len(),
+        outgoing: outgoing(&storage),
     })
 }
 

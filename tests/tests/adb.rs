@@ -311,3 +311,194 @@ fn the_connection_limit_refuses_the_next_one_and_a_closed_client_frees_its_slot(
     );
     assert!(world.daemon.log().contains("refused an ADB connection"));
 }
+
+/// A Python script running in the background, its stdout read line by
+/// line. Killed on drop.
+struct Script {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Script {
+    /// Runs `script` with `args` through `cmd` (nsenter into the right
+    /// namespace, or nothing).
+    fn start(mut cmd: Command, script: &str, args: &[&str]) -> Script {
+        let mut child = cmd
+            .args(["/usr/bin/python3", "-c", script])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        Script { child, out }
+    }
+
+    /// The next line it prints, trimmed ("" once it has exited).
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("read");
+        line.trim().to_string()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn in_netns(netns: &Netns) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns.path().display()))
+        .arg("--");
+    cmd
+}
+
+/// How long the far end may take to see its peer go.
+const CLOSE_BOUND_SECONDS: u32 = 10;
+
+/// Once its request is answered, prints `connected`, then waits up to
+/// [`CLOSE_BOUND_SECONDS`] for the other side: prints `eof`, `reset`,
+/// `data` or `timeout` and the seconds it waited. With the argument
+/// `serve` it accepts one connection on 5555 and echoes the request;
+/// with `connect` it connects to 127.0.0.1:5555 and sends it.
+const WAITS_FOR_CLOSE: &str = "import socket,sys,time\n\
+    if sys.argv[1] == 'serve':\n\
+    \x20   s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+    \x20   s.bind(('0.0.0.0',5555)); s.listen(8); print('listening', flush=True)\n\
+    \x20   c,a=s.accept(); c.sendall(c.recv(4))\n\
+    else:\n\
+    \x20   c=socket.create_connection(('127.0.0.1',5555),timeout=5)\n\
+    \x20   c.sendall(b'ping'); assert c.recv(4) == b'ping'\n\
+    print('connected', flush=True)\n\
+    c.settimeout(float(sys.argv[2])); t=time.monotonic()\n\
+    try:\n\
+    \x20   r = 'eof' if c.recv(1) == b'' else 'data'\n\
+    except ConnectionResetError:\n\
+    \x20   r = 'reset'\n\
+    except socket.timeout:\n\
+    \x20   r = 'timeout'\n\
+    print(r, round(time.monotonic()-t, 3), flush=True)\n\
+    time.sleep(600)\n";
+
+/// `eof` or `reset` (the peer went), in `line` ("<what> <seconds>").
+fn saw_the_peer_go(line: &str) -> bool {
+    matches!(line.split_whitespace().next(), Some("eof" | "reset"))
+}
+
+#[test]
+fn killing_either_end_of_a_relayed_connection_closes_the_other() {
+    let world = adb_world();
+    let arc = started_arc(&world);
+    let bound = CLOSE_BOUND_SECONDS.to_string();
+
+    // adbd dies under a connected client: the client sees EOF or a reset.
+    let mut adbd = EchoServer::start(arc.command(&[]));
+    let mut client = Script::start(
+        in_netns(&world.netns),
+        WAITS_FOR_CLOSE,
+        &["connect", &bound],
+    );
+    assert_eq!(client.line(), "connected");
+    let _ = adbd.0.kill();
+    let _ = adbd.0.wait();
+    let seen = client.line();
+    assert!(
+        saw_the_peer_go(&seen),
+        "client after adbd was killed: {seen:?}"
+    );
+    client.kill();
+
+    // The client dies: adbd sees EOF or a reset.
+    let mut adbd = Script::start(arc.command(&[]), WAITS_FOR_CLOSE, &["serve", &bound]);
+    assert_eq!(adbd.line(), "listening");
+    let mut client = Script::start(
+        in_netns(&world.netns),
+        WAITS_FOR_CLOSE,
+        &["connect", &bound],
+    );
+    assert_eq!(client.line(), "connected");
+    assert_eq!(adbd.line(), "connected");
+    client.kill();
+    let seen = adbd.line();
+    assert!(
+        saw_the_peer_go(&seen),
+        "adbd after the client was killed: {seen:?}"
+    );
+}
+
+/// VMADDR_CID_LOCAL: the local host, through the vsock loopback transport.
+const VSOCK_CID_LOCAL: u32 = 1;
+
+/// Whether vsock loopback works here: binds an AF_VSOCK listener to
+/// VMADDR_CID_LOCAL, connects to it and passes a byte. Prints `ok` or why
+/// not.
+const VSOCK_LOOPBACK_PROBE: &str = "import socket\n\
+    def probe():\n\
+    \x20   try:\n\
+    \x20       s=socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\n\
+    \x20   except (AttributeError, OSError) as e:\n\
+    \x20       return f'no AF_VSOCK socket: {e}'\n\
+    \x20   try:\n\
+    \x20       s.bind((1, 0xFFFFFFFF)); s.listen(1)\n\
+    \x20   except OSError as e:\n\
+    \x20       return f'cannot bind AF_VSOCK to VMADDR_CID_LOCAL (no vsock loopback transport): {e}'\n\
+    \x20   c=socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); c.settimeout(3); s.settimeout(3)\n\
+    \x20   try:\n\
+    \x20       c.connect((1, s.getsockname()[1])); a,_=s.accept(); c.sendall(b'x')\n\
+    \x20       return 'ok' if a.recv(1) == b'x' else 'vsock loopback lost a byte'\n\
+    \x20   except OSError as e:\n\
+    \x20       return f'cannot connect to VMADDR_CID_LOCAL: {e}'\n\
+    print(probe())\n";
+
+/// ARCVM's adbd stand-in on the host side of vsock loopback: a threaded
+/// echo server on AF_VSOCK (VMADDR_CID_ANY, 5555).
+const VSOCK_ECHO_SERVER: &str = "import socket,threading\n\
+    s=socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\n\
+    s.bind((0xFFFFFFFF, 5555)); s.listen(16)\n\
+    print('listening', flush=True)\n\
+    def echo(c):\n\
+    \x20   while True:\n\
+    \x20       d=c.recv(1<<16)\n\
+    \x20       if not d: break\n\
+    \x20       c.sendall(d)\n\
+    \x20   c.close()\n\
+    while True:\n\
+    \x20   c,a=s.accept(); threading.Thread(target=echo,args=(c,),daemon=True).start()\n";
+
+#[test]
+fn adb_reaches_arcvm_over_vsock_with_every_byte_intact() {
+    let probe = Command::new("/usr/bin/python3")
+        .args(["-c", VSOCK_LOOPBACK_PROBE])
+        .output()
+        .expect("python3");
+    let verdict = String::from_utf8_lossy(&probe.stdout).trim().to_string();
+    if verdict != "ok" {
+        eprintln!(
+            "skipped: {verdict}{}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        );
+        return;
+    }
+    let world = adb_world();
+    // In the daemon's namespace, where the relay connects from.
+    let mut adbd = Script::start(in_netns(&world.netns), VSOCK_ECHO_SERVER, &[]);
+    assert_eq!(adbd.line(), "listening");
+
+    Client::connect_to(world.bus.address())
+        .expect("client")
+        .arcvm_startup(VSOCK_CID_LOCAL)
+        .expect("ArcVmStartup");
+
+    assert_eq!(echo_round_trip(&world.netns, "127.0.0.1", 16), Ok(true));
+    assert_eq!(
+        echo_round_trip(&world.internet.upstream, UPLINK_ADDR, 4),
+        Ok(true)
+    );
+}

@@ -54,13 +54,16 @@ impl Manager {
         if let Err(e) = &result {
             warn!("{member} from {sender} (op {op}) refused: {e}");
         }
-        if let Some(dbus) = &self.dbus {
-            dbus.reply(&call, result);
-        }
-        // Guests may have come or gone: IPv6 proxying and ADB follow.
+        // Guests may have come or gone: IPv6 proxying, multicast and ADB
+        // follow before the caller hears back, so that when ArcShutdown
+        // returns the ADB port is closed (the reply used to go first, and a
+        // client could still connect right after it).
         self.sync_ndproxy();
         self.sync_mcast();
         self.sync_adb();
+        if let Some(dbus) = &self.dbus {
+            dbus.reply(&call, result);
+        }
     }
 
     fn route_call(

@@ -123,6 +123,29 @@ pub enum FirewallError {
     },
     #[error(transparent)]
     NoInverse(#[from] InverseError),
+    #[error("{operation}: {message}")]
+    Netlink {
+        operation: String,
+        errno: i32,
+        message: String,
+    },
+    #[error("nf_tables refused the transaction ({message}, {errors} error(s)) at {at}; nothing was applied")]
+    Transaction {
+        errno: i32,
+        message: String,
+        /// The change the kernel named first.
+        at: String,
+        errors: usize,
+    },
+    #[error("no matching rule to delete: {what}")]
+    NoSuchRule { what: String },
+    #[error("not supported by the nftables backend: {what}")]
+    Unsupported { what: String },
+    #[error("nf_tables accounting rules: {source}")]
+    NftCounters {
+        #[source]
+        source: crate::counters::CounterParseError,
+    },
     #[error("{program}: {source}")]
     Counters {
         program: PathBuf,

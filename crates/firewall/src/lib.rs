@@ -34,6 +34,7 @@ pub mod guest;
 pub mod iptables;
 pub mod layout;
 pub mod model;
+pub mod nft;
 pub mod ports;
 pub mod render;
 pub mod save;
@@ -46,3 +47,4 @@ pub use model::{
     Batch, BuiltinChain, Chain, Change, Cidr, Family, InverseError, Match, OwnedChain, Rule, Table,
     Target, ValidationError,
 };
+pub use nft::Nftables;

@@ -1,0 +1,963 @@
+//! The native nf_tables backend: patchpanel's own tables, one netlink
+//! transaction per operation, no process spawned.
+//!
+//! Each iptables table of the model is an nf_tables table of patchpanel's
+//! in both families: `ip patchpanel_filter`, `ip patchpanel_nat`,
+//! `ip patchpanel_mangle` and the same three in `ip6`. Chains keep their
+//! model names. A hook is a base chain named after the built-in chain
+//! (`FORWARD`...) at iptables' hook and priority, whose one rule jumps to
+//! the root chain (`patchpanel_FORWARD`); the built-in chains of
+//! iptables-nft are never touched. A whole [`Batch`] (both families, all
+//! tables) is one transaction: the kernel applies all of it or nothing.
+//!
+//! Every rule carries its iptables spec (`-i eth0 -j ACCEPT`) as its
+//! comment (nft's userdata), so `nft list` shows what each rule means,
+//! `Delete` finds its rule, and counters and dumps read back in the same
+//! words as the iptables backend. Rule handles of the chains an operation
+//! deletes from are cached (learned from the kernel's echo of each new
+//! rule), so deleting the 1000th rule costs what deleting the first does.
+
+pub mod expr;
+pub mod wire;
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::backend::{
+    FirewallBackend, FirewallError, RemoveAllError, Removed, RemovedKind, SetupReport,
+};
+use crate::counters::{is_accounting_chain, CounterSample};
+use crate::layout::{hook_rule, ChainContent, Layout};
+use crate::model::{Batch, BuiltinChain, Change, Family, Rule, Table};
+use crate::render::{change_lines, rule_spec};
+use wire::{chain_attr, msg, rule_attr, table_attr, MsgBuilder, NfSocket, Reply};
+
+/// The nf_tables table holding one model table of one family.
+pub fn table_name(table: Table) -> &'static str {
+    match table {
+        Table::Filter => "patchpanel_filter",
+        Table::Nat => "patchpanel_nat",
+        Table::Mangle => "patchpanel_mangle",
+    }
+}
+
+fn nfproto(family: Family) -> u8 {
+    match family {
+        Family::V4 => wire::NFPROTO_IPV4,
+        Family::V6 => wire::NFPROTO_IPV6,
+    }
+}
+
+fn family_of(nfproto: u8) -> Option<Family> {
+    match nfproto {
+        wire::NFPROTO_IPV4 => Some(Family::V4),
+        wire::NFPROTO_IPV6 => Some(Family::V6),
+        _ => None,
+    }
+}
+
+fn table_of(name: &str) -> Option<Table> {
+    Table::ALL.into_iter().find(|t| table_name(*t) == name)
+}
+
+/// Hook number, priority and chain type of a built-in chain, as
+/// iptables-nft registers it.
+fn base_chain(table: Table, builtin: BuiltinChain) -> (u32, i32, &'static str) {
+    let hook = match builtin {
+        BuiltinChain::Prerouting => 0,
+        BuiltinChain::Input => 1,
+        BuiltinChain::Forward => 2,
+        BuiltinChain::Output => 3,
+        BuiltinChain::Postrouting => 4,
+    };
+    match table {
+        Table::Filter => (hook, 0, "filter"),
+        // Marks set in OUTPUT re-route the packet, as in iptables' mangle.
+        Table::Mangle if builtin == BuiltinChain::Output => (hook, -150, "route"),
+        Table::Mangle => (hook, -150, "filter"),
+        Table::Nat => match builtin {
+            BuiltinChain::Prerouting | BuiltinChain::Output => (hook, -100, "nat"),
+            _ => (hook, 100, "nat"),
+        },
+    }
+}
+
+/// The most a comment (userdata) holds: the kernel's 256 bytes less the
+/// TLV header and the NUL.
+const MAX_SPEC_LEN: usize = 253;
+const UDATA_COMMENT: u8 = 0;
+
+fn userdata(spec: &str) -> Vec<u8> {
+    let mut u = Vec::with_capacity(spec.len() + 3);
+    u.push(UDATA_COMMENT);
+    u.push((spec.len() + 1) as u8);
+    u.extend_from_slice(spec.as_bytes());
+    u.push(0);
+    u
+}
+
+fn spec_of_userdata(u: &[u8]) -> Option<String> {
+    let mut rest = u;
+    while rest.len() >= 2 {
+        let (ty, len) = (rest[0], usize::from(rest[1]));
+        let value = rest.get(2..2 + len)?;
+        if ty == UDATA_COMMENT {
+            let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+            return Some(String::from_utf8_lossy(&value[..end]).into_owned());
+        }
+        rest = &rest[2 + len..];
+    }
+    None
+}
+
+/// A rule as read back: its handle, spec and counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpedRule {
+    pub family: Family,
+    pub table: Table,
+    pub chain: String,
+    pub handle: u64,
+    pub spec: String,
+    pub counter: Option<(u64, u64)>,
+}
+
+/// A chain as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpedChain {
+    pub family: Family,
+    pub table: Table,
+    pub name: String,
+    pub is_base: bool,
+}
+
+fn parse_rule(r: &Reply) -> Option<DumpedRule> {
+    let family = family_of(r.family)?;
+    let table = table_of(&wire::attr_str(&r.attrs, rule_attr::TABLE)?)?;
+    let chain = wire::attr_str(&r.attrs, rule_attr::CHAIN)?;
+    let handle = wire::attr_be64(&r.attrs, rule_attr::HANDLE)?;
+    let spec = wire::attr(&r.attrs, rule_attr::USERDATA)
+        .and_then(spec_of_userdata)
+        .unwrap_or_default();
+    let mut counter = None;
+    if let Some(list) = wire::attr(&r.attrs, rule_attr::EXPRESSIONS) {
+        for (_, e) in wire::attrs(list) {
+            if wire::attr_str(e, wire::NFTA_EXPR_NAME).as_deref() == Some("counter") {
+                let data = wire::attr(e, wire::NFTA_EXPR_DATA).unwrap_or(&[]);
+                let bytes = wire::attr_be64(data, 1).unwrap_or(0);
+                let packets = wire::attr_be64(data, 2).unwrap_or(0);
+                counter = Some((packets, bytes));
+            }
+        }
+    }
+    Some(DumpedRule {
+        family,
+        table,
+        chain,
+        handle,
+        spec,
+        counter,
+    })
+}
+
+type ChainKey = (Family, Table, String);
+
+/// A rule of a chain whose content is known: its handle once the kernel
+/// gave one, else its id in the transaction being built.
+#[derive(Debug, Clone)]
+struct Entry {
+    handle: Option<u64>,
+    id: Option<u32>,
+    spec: String,
+}
+
+/// The messages of one transaction and what each one does (for errors).
+struct Tx {
+    messages: Vec<Vec<u8>>,
+    /// (sequence number, description) of each message.
+    what: Vec<(u32, String)>,
+    /// Each NEWRULE message's chain, in order (to match the echoes).
+    new_rules: Vec<ChainKey>,
+    next_id: u32,
+}
+
+impl Tx {
+    fn new() -> Tx {
+        Tx {
+            messages: Vec::new(),
+            what: Vec::new(),
+            new_rules: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    fn push(
+        &mut self,
+        sock: &mut NfSocket,
+        what: impl Into<String>,
+        build: impl FnOnce(u32) -> MsgBuilder,
+    ) {
+        let seq = sock.next_seq(1);
+        self.messages.push(build(seq).finish());
+        self.what.push((seq, what.into()));
+    }
+
+    fn try_push(
+        &mut self,
+        sock: &mut NfSocket,
+        what: impl Into<String>,
+        build: impl FnOnce(u32) -> Result<MsgBuilder, FirewallError>,
+    ) -> Result<(), FirewallError> {
+        let seq = sock.next_seq(1);
+        self.messages.push(build(seq)?.finish());
+        self.what.push((seq, what.into()));
+        Ok(())
+    }
+
+    fn describe(&self, seq: u32) -> String {
+        self.what
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, w)| w.clone())
+            .unwrap_or_else(|| format!("message {seq}"))
+    }
+}
+
+/// The nf_tables backend.
+pub struct Nftables {
+    sock: NfSocket,
+    /// Chains whose rules (handles and specs) are known.
+    cache: HashMap<ChainKey, Vec<Entry>>,
+}
+
+impl std::fmt::Debug for Nftables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nftables")
+            .field("cached_chains", &self.cache.len())
+            .finish()
+    }
+}
+
+fn netlink_error(operation: impl Into<String>, e: &std::io::Error) -> FirewallError {
+    FirewallError::Netlink {
+        operation: operation.into(),
+        errno: e.raw_os_error().unwrap_or(0),
+        message: e.to_string(),
+    }
+}
+
+impl Nftables {
+    pub fn new() -> Result<Nftables, FirewallError> {
+        let sock = NfSocket::open().map_err(|e| netlink_error("open an nf_tables socket", &e))?;
+        Ok(Nftables {
+            sock,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// Whether this kernel has nf_tables (a dump of tables answers).
+    pub fn available() -> Result<(), String> {
+        let mut sock = NfSocket::open().map_err(|e| format!("netlink socket: {e}"))?;
+        sock.dump(msg::GETTABLE, wire::NFPROTO_IPV4, &[])
+            .map(|_| ())
+            .map_err(|e| format!("nf_tables does not answer: {e}"))
+    }
+
+    /// Every chain of patchpanel's tables in `family`.
+    pub fn chains(&mut self, family: Family) -> Result<Vec<DumpedChain>, FirewallError> {
+        let replies = self
+            .sock
+            .dump(msg::GETCHAIN, nfproto(family), &[])
+            .map_err(|e| netlink_error(format!("list {family} chains"), &e))?;
+        Ok(replies
+            .iter()
+            .filter_map(|r| {
+                let table = table_of(&wire::attr_str(&r.attrs, chain_attr::TABLE)?)?;
+                Some(DumpedChain {
+                    family,
+                    table,
+                    name: wire::attr_str(&r.attrs, chain_attr::NAME)?,
+                    is_base: wire::attr(&r.attrs, chain_attr::HOOK).is_some(),
+                })
+            })
+            .collect())
+    }
+
+    /// Every rule of one of patchpanel's tables (or one chain of it).
+    pub fn rules(
+        &mut self,
+        family: Family,
+        table: Table,
+        chain: Option<&str>,
+    ) -> Result<Vec<DumpedRule>, FirewallError> {
+        let mut filter = vec![(rule_attr::TABLE, table_name(table))];
+        if let Some(chain) = chain {
+            filter.push((rule_attr::CHAIN, chain));
+        }
+        match self.sock.dump(msg::GETRULE, nfproto(family), &filter) {
+            Ok(replies) => Ok(replies.iter().filter_map(parse_rule).collect()),
+            // The table or chain does not exist: no rules.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
+            Err(e) => Err(netlink_error(
+                format!("list {family} {} rules", table_name(table)),
+                &e,
+            )),
+        }
+    }
+
+    /// Loads the rules of `key` into the cache if they are not there.
+    fn load(&mut self, key: &ChainKey) -> Result<(), FirewallError> {
+        if self.cache.contains_key(key) {
+            return Ok(());
+        }
+        let rules = self.rules(key.0, key.1, Some(&key.2))?;
+        let entries = rules
+            .into_iter()
+            .filter(|r| r.chain == key.2)
+            .map(|r| Entry {
+                handle: Some(r.handle),
+                id: None,
+                spec: r.spec,
+            })
+            .collect();
+        self.cache.insert(key.clone(), entries);
+        Ok(())
+    }
+
+    fn rule_message(
+        seq: u32,
+        family: Family,
+        table: Table,
+        chain: &str,
+        flags: u16,
+        rule: &Rule,
+        spec: &str,
+    ) -> Result<MsgBuilder, FirewallError> {
+        let mut m = MsgBuilder::nft(msg::NEWRULE, flags, seq, nfproto(family));
+        m.str(rule_attr::TABLE, table_name(table));
+        m.str(rule_attr::CHAIN, chain);
+        let n = m.nest(rule_attr::EXPRESSIONS);
+        expr::compile(&mut m, rule, family, is_accounting_chain(chain)).map_err(|e| {
+            FirewallError::Unsupported {
+                what: e.to_string(),
+            }
+        })?;
+        m.end(n);
+        if !spec.is_empty() {
+            m.attr(rule_attr::USERDATA, &userdata(spec));
+        }
+        Ok(m)
+    }
+
+    /// Adds the messages of one change; keeps `sim` (the known chains'
+    /// contents as they will be after the transaction) up to date.
+    fn add_change(
+        &mut self,
+        tx: &mut Tx,
+        sim: &mut HashMap<ChainKey, Vec<Entry>>,
+        family: Family,
+        change: &Change,
+    ) -> Result<(), FirewallError> {
+        let table = change.table();
+        let chain = change.chain().as_str().to_string();
+        let key: ChainKey = (family, table, chain.clone());
+        let what = format!("{family} {}: {}", table, change_lines(change).join(" "));
+        let proto = nfproto(family);
+        let tname = table_name(table);
+        // Every chain this transaction touches has a known content, so
+        // positions and deletions refer to what the kernel will hold.
+        if !matches!(change, Change::NewChain { .. }) && !sim.contains_key(&key) {
+            self.load(&key)?;
+            sim.insert(key.clone(), self.cache[&key].clone());
+        }
+        match change {
+            Change::NewChain { .. } => {
+                tx.push(&mut self.sock, what, |seq| {
+                    let mut m = MsgBuilder::nft(
+                        msg::NEWCHAIN,
+                        wire::NLM_F_CREATE | wire::NLM_F_EXCL,
+                        seq,
+                        proto,
+                    );
+                    m.str(chain_attr::TABLE, tname);
+                    m.str(chain_attr::NAME, &chain);
+                    m
+                });
+                sim.insert(key, Vec::new());
+            }
+            Change::DeleteChain { .. } => {
+                tx.push(&mut self.sock, what, |seq| {
+                    let mut m = MsgBuilder::nft(msg::DELCHAIN, 0, seq, proto);
+                    m.str(chain_attr::TABLE, tname);
+                    m.str(chain_attr::NAME, &chain);
+                    m
+                });
+                sim.remove(&key);
+            }
+            Change::FlushChain { .. } => {
+                tx.push(&mut self.sock, what, |seq| {
+                    let mut m = MsgBuilder::nft(msg::DELRULE, 0, seq, proto);
+                    m.str(rule_attr::TABLE, tname);
+                    m.str(rule_attr::CHAIN, &chain);
+                    m
+                });
+                sim.insert(key, Vec::new());
+            }
+            Change::Append { rule, .. } | Change::Insert { rule, .. } => {
+                let spec = rule_spec(rule);
+                if spec.len() > MAX_SPEC_LEN {
+                    return Err(FirewallError::Unsupported {
+                        what: format!("a rule longer than {MAX_SPEC_LEN} bytes: {spec}"),
+                    });
+                }
+                let position = match change {
+                    Change::Insert { position, .. } => Some(*position as usize),
+                    _ => None,
+                };
+                let id = tx.next_id;
+                tx.next_id += 1;
+                // Where it goes: appended, first, or after a known rule.
+                let mut flags = wire::NLM_F_CREATE | wire::NLM_F_ECHO;
+                let mut after: Option<(Option<u64>, Option<u32>)> = None;
+                let mut index = None;
+                match position {
+                    None => flags |= wire::NLM_F_APPEND,
+                    Some(1) => index = Some(0),
+                    Some(p) => {
+                        let entries = &sim[&key];
+                        if p - 1 > entries.len() {
+                            return Err(FirewallError::Unsupported {
+                                what: format!(
+                                    "{what}: index of insertion too big ({} rules)",
+                                    entries.len()
+                                ),
+                            });
+                        }
+                        let prev = &entries[p - 2];
+                        after = Some((prev.handle, prev.id));
+                        flags |= wire::NLM_F_APPEND;
+                        index = Some(p - 1);
+                    }
+                }
+                tx.try_push(&mut self.sock, what, |seq| {
+                    let mut m = Self::rule_message(seq, family, table, &chain, flags, rule, &spec)?;
+                    m.be32(rule_attr::ID, id);
+                    match after {
+                        Some((Some(handle), _)) => {
+                            m.be64(rule_attr::POSITION, handle);
+                        }
+                        Some((None, Some(pid))) => {
+                            m.be32(rule_attr::POSITION_ID, pid);
+                        }
+                        _ => {}
+                    }
+                    Ok(m)
+                })?;
+                tx.new_rules.push(key.clone());
+                if let Some(entries) = sim.get_mut(&key) {
+                    let entry = Entry {
+                        handle: None,
+                        id: Some(id),
+                        spec,
+                    };
+                    match index {
+                        Some(i) => entries.insert(i, entry),
+                        None => entries.push(entry),
+                    }
+                }
+            }
+            Change::Delete { rule, .. } => {
+                let spec = rule_spec(rule);
+                let entries = sim
+                    .get_mut(&key)
+                    .unwrap_or_else(|| unreachable!("inserted above"));
+                let Some(at) = entries.iter().position(|e| e.spec == spec) else {
+                    return Err(FirewallError::NoSuchRule { what });
+                };
+                let entry = entries.remove(at);
+                tx.push(&mut self.sock, what, |seq| {
+                    let mut m = MsgBuilder::nft(msg::DELRULE, 0, seq, proto);
+                    m.str(rule_attr::TABLE, tname);
+                    m.str(rule_attr::CHAIN, &chain);
+                    match (entry.handle, entry.id) {
+                        (Some(h), _) => {
+                            m.be64(rule_attr::HANDLE, h);
+                        }
+                        (None, Some(id)) => {
+                            m.be32(rule_attr::ID, id);
+                        }
+                        (None, None) => unreachable!("an entry has a handle or an id"),
+                    }
+                    m
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits `tx`; on success stores `sim` with the handles the kernel
+    /// echoed.
+    fn commit(
+        &mut self,
+        tx: Tx,
+        mut sim: HashMap<ChainKey, Vec<Entry>>,
+    ) -> Result<(), FirewallError> {
+        if tx.messages.is_empty() {
+            return Ok(());
+        }
+        let last_seq = tx.what.last().map(|(s, _)| *s).unwrap_or(0);
+        let mut messages = tx.messages.clone();
+        // The last message asks for the ack that ends the wait.
+        if let Some(last) = messages.last_mut() {
+            let flags = u16::from_ne_bytes([last[6], last[7]]) | wire::NLM_F_ACK;
+            last[6..8].copy_from_slice(&flags.to_ne_bytes());
+        }
+        let started = std::time::Instant::now();
+        let result = self
+            .sock
+            .transact(messages, last_seq)
+            .map_err(|e| netlink_error("nf_tables transaction", &e))?;
+        log::debug!(
+            "nf_tables transaction of {} messages ({:.1?})",
+            tx.messages.len(),
+            started.elapsed()
+        );
+        match result {
+            Ok(echoes) => {
+                // Echoed new rules come in transaction order.
+                let mut pending: HashMap<ChainKey, VecDeque<u32>> = HashMap::new();
+                for (id, key) in (1..).zip(tx.new_rules.iter()) {
+                    pending.entry(key.clone()).or_default().push_back(id);
+                }
+                let mut handles: HashMap<u32, u64> = HashMap::new();
+                for r in echoes.iter().filter(|r| r.nft_type() == Some(msg::NEWRULE)) {
+                    if let Some(d) = parse_rule(r) {
+                        let key = (d.family, d.table, d.chain);
+                        if let Some(id) = pending.get_mut(&key).and_then(VecDeque::pop_front) {
+                            handles.insert(id, d.handle);
+                        }
+                    }
+                }
+                for (key, mut entries) in sim.drain() {
+                    let complete = entries.iter_mut().all(|e| {
+                        if e.handle.is_none() {
+                            e.handle = e.id.and_then(|id| handles.get(&id).copied());
+                        }
+                        e.id = None;
+                        e.handle.is_some()
+                    });
+                    if complete {
+                        self.cache.insert(key, entries);
+                    } else {
+                        self.cache.remove(&key);
+                    }
+                }
+                Ok(())
+            }
+            Err(errors) => {
+                let first = &errors[0];
+                Err(FirewallError::Transaction {
+                    errno: first.errno,
+                    message: std::io::Error::from_raw_os_error(first.errno).to_string(),
+                    at: tx.describe(first.seq),
+                    errors: errors.len(),
+                })
+            }
+        }
+    }
+
+    fn try_apply(&mut self, batch: &Batch) -> Result<(), FirewallError> {
+        let mut tx = Tx::new();
+        let mut sim: HashMap<ChainKey, Vec<Entry>> = HashMap::new();
+        for family in Family::ALL {
+            for table in Table::ALL {
+                for change in batch.changes(family).iter().filter(|c| c.table() == table) {
+                    self.add_change(&mut tx, &mut sim, family, change)?;
+                }
+            }
+        }
+        // Chains this transaction changes but whose content is not known
+        // any more: forget them.
+        for key in &tx.new_rules {
+            if !sim.contains_key(key) {
+                self.cache.remove(key);
+            }
+        }
+        self.commit(tx, sim)
+    }
+
+    fn ensure_tables(&mut self, tx: &mut Tx) {
+        for family in Family::ALL {
+            for table in Table::ALL {
+                let proto = nfproto(family);
+                tx.push(
+                    &mut self.sock,
+                    format!("{family} table {}", table_name(table)),
+                    |seq| {
+                        let mut m = MsgBuilder::nft(msg::NEWTABLE, wire::NLM_F_CREATE, seq, proto);
+                        m.str(table_attr::NAME, table_name(table));
+                        m
+                    },
+                );
+            }
+        }
+    }
+}
+
+impl FirewallBackend for Nftables {
+    fn setup(&mut self, layout: &Layout) -> Result<SetupReport, FirewallError> {
+        layout.validate()?;
+        let mut report = SetupReport::default();
+        let mut have: HashMap<(Family, Table), Vec<DumpedChain>> = HashMap::new();
+        for family in Family::ALL {
+            for c in self.chains(family)? {
+                have.entry((c.family, c.table)).or_default().push(c);
+            }
+        }
+        let mut tx = Tx::new();
+        self.ensure_tables(&mut tx);
+        let mut rules: Vec<(Family, Table, String, Rule)> = Vec::new();
+        let mut flushes: Vec<(Family, Table, String)> = Vec::new();
+        for want in &layout.tables {
+            let (family, table) = (want.family, want.table);
+            let existing = have.get(&(family, table)).cloned().unwrap_or_default();
+            let exists = |name: &str| existing.iter().any(|c| c.name == name);
+            let proto = nfproto(family);
+            let tname = table_name(table);
+            for spec in &want.chains {
+                let name = spec.chain.as_str().to_string();
+                if !exists(&name) {
+                    tx.push(
+                        &mut self.sock,
+                        format!("{family} {table}: -N {name}"),
+                        |seq| {
+                            let mut m =
+                                MsgBuilder::nft(msg::NEWCHAIN, wire::NLM_F_CREATE, seq, proto);
+                            m.str(chain_attr::TABLE, tname);
+                            m.str(chain_attr::NAME, &name);
+                            m
+                        },
+                    );
+                }
+                match &spec.content {
+                    ChainContent::Dynamic => {
+                        if !exists(&name) {
+                            report.created.push((family, table, spec.chain.clone()));
+                        }
+                    }
+                    ChainContent::Static(content) => {
+                        flushes.push((family, table, name.clone()));
+                        for r in content {
+                            rules.push((family, table, name.clone(), r.clone()));
+                        }
+                        report.rewritten.push((family, table, spec.chain.clone()));
+                    }
+                }
+            }
+            for hook in &want.hooks {
+                let name = hook.builtin.name();
+                let jump = hook_rule(&hook.root);
+                let right = exists(name) && {
+                    let current = self.rules(family, table, Some(name))?;
+                    current.len() == 1 && current[0].spec == rule_spec(&jump)
+                };
+                if right {
+                    continue;
+                }
+                if !exists(name) {
+                    let (hooknum, priority, kind) = base_chain(table, hook.builtin);
+                    tx.push(
+                        &mut self.sock,
+                        format!("{family} {table}: base chain {name}"),
+                        |seq| {
+                            let mut m =
+                                MsgBuilder::nft(msg::NEWCHAIN, wire::NLM_F_CREATE, seq, proto);
+                            m.str(chain_attr::TABLE, tname);
+                            m.str(chain_attr::NAME, name);
+                            let h = m.nest(chain_attr::HOOK);
+                            m.be32(chain_attr::HOOK_NUM, hooknum);
+                            m.be32(chain_attr::HOOK_PRIORITY, priority as u32);
+                            m.end(h);
+                            m.be32(chain_attr::POLICY, 1); // NF_ACCEPT
+                            m.str(chain_attr::TYPE, kind);
+                            m
+                        },
+                    );
+                }
+                flushes.push((family, table, name.to_string()));
+                rules.push((family, table, name.to_string(), jump));
+                report.hooks_fixed.push((family, table, hook.builtin));
+            }
+        }
+        for (family, table, chain) in &flushes {
+            let proto = nfproto(*family);
+            tx.push(
+                &mut self.sock,
+                format!("{family} {table}: -F {chain}"),
+                |seq| {
+                    let mut m = MsgBuilder::nft(msg::DELRULE, 0, seq, proto);
+                    m.str(rule_attr::TABLE, table_name(*table));
+                    m.str(rule_attr::CHAIN, chain);
+                    m
+                },
+            );
+        }
+        for (family, table, chain, rule) in &rules {
+            let spec = rule_spec(rule);
+            tx.try_push(
+                &mut self.sock,
+                format!("{family} {table}: -A {chain} {spec}"),
+                |seq| {
+                    Self::rule_message(
+                        seq,
+                        *family,
+                        *table,
+                        chain,
+                        wire::NLM_F_CREATE | wire::NLM_F_APPEND,
+                        rule,
+                        &spec,
+                    )
+                },
+            )?;
+        }
+        for (family, table, chain) in &flushes {
+            self.cache.remove(&(*family, *table, chain.clone()));
+        }
+        self.commit(tx, HashMap::new())?;
+        Ok(report)
+    }
+
+    fn apply(&mut self, batch: &Batch) -> Result<(), FirewallError> {
+        batch.validate()?;
+        match self.try_apply(batch) {
+            Ok(()) => Ok(()),
+            Err(e @ (FirewallError::Transaction { .. } | FirewallError::NoSuchRule { .. }))
+                if !self.cache.is_empty() =>
+            {
+                // A handle we held may be stale (someone else changed our
+                // chains): read them again and try once more.
+                log::warn!("nf_tables: {e}; re-reading patchpanel's chains and retrying once");
+                self.cache.clear();
+                self.try_apply(batch)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_all(&mut self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<Removed>, RemoveAllError> {
+        self.cache.clear();
+        let mut removed = Vec::new();
+        let mut errors = Vec::new();
+        // Per table: the messages and what they remove.
+        let mut parts: Vec<(Tx, Vec<Removed>)> = Vec::new();
+        for family in Family::ALL {
+            let chains = match self.chains(family) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            for table in Table::ALL {
+                let ours: Vec<&DumpedChain> = chains.iter().filter(|c| c.table == table).collect();
+                let mut tables_exist = false;
+                if let Ok(replies) = self.sock.dump(msg::GETTABLE, nfproto(family), &[]) {
+                    tables_exist = replies.iter().any(|r| {
+                        wire::attr_str(&r.attrs, table_attr::NAME).as_deref()
+                            == Some(table_name(table))
+                    });
+                }
+                if !tables_exist {
+                    continue;
+                }
+                let proto = nfproto(family);
+                let tname = table_name(table);
+                let mut tx = Tx::new();
+                let mut what = Vec::new();
+                for c in &ours {
+                    what.push(Removed {
+                        family,
+                        table,
+                        what: if c.is_base {
+                            RemovedKind::Hook {
+                                builtin: c.name.clone(),
+                                spec: format!("-j patchpanel_{}", c.name),
+                            }
+                        } else {
+                            RemovedKind::Chain {
+                                name: c.name.clone(),
+                            }
+                        },
+                    });
+                }
+                let kept: Vec<&&DumpedChain> = ours
+                    .iter()
+                    .filter(|c| !c.is_base && keep(&c.name))
+                    .collect();
+                if kept.is_empty() {
+                    tx.push(
+                        &mut self.sock,
+                        format!("{family} delete table {tname}"),
+                        |seq| {
+                            let mut m = MsgBuilder::nft(msg::DELTABLE, 0, seq, proto);
+                            m.str(table_attr::NAME, tname);
+                            m
+                        },
+                    );
+                } else {
+                    what.retain(|r| !matches!(&r.what, RemovedKind::Chain { name } if keep(name)));
+                    for c in &ours {
+                        if kept.iter().any(|k| k.name == c.name) {
+                            continue;
+                        }
+                        tx.push(
+                            &mut self.sock,
+                            format!("{family} {tname}: -F {}", c.name),
+                            |seq| {
+                                let mut m = MsgBuilder::nft(msg::DELRULE, 0, seq, proto);
+                                m.str(rule_attr::TABLE, tname);
+                                m.str(rule_attr::CHAIN, &c.name);
+                                m
+                            },
+                        );
+                    }
+                    for c in &ours {
+                        if kept.iter().any(|k| k.name == c.name) {
+                            continue;
+                        }
+                        tx.push(
+                            &mut self.sock,
+                            format!("{family} {tname}: -X {}", c.name),
+                            |seq| {
+                                let mut m = MsgBuilder::nft(msg::DELCHAIN, 0, seq, proto);
+                                m.str(chain_attr::TABLE, tname);
+                                m.str(chain_attr::NAME, &c.name);
+                                m
+                            },
+                        );
+                    }
+                }
+                parts.push((tx, what));
+            }
+        }
+        // Everything in one transaction; if that fails, table by table.
+        let mut all = Tx::new();
+        for (tx, _) in &parts {
+            all.messages.extend(tx.messages.iter().cloned());
+            all.what.extend(tx.what.iter().cloned());
+        }
+        match self.commit(all, HashMap::new()) {
+            Ok(()) => removed.extend(parts.into_iter().flat_map(|(_, w)| w)),
+            Err(e) => {
+                log::warn!("nf_tables: removing patchpanel's tables in one transaction failed ({e}); table by table");
+                for (tx, what) in parts {
+                    match self.commit(tx, HashMap::new()) {
+                        Ok(()) => removed.extend(what),
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(removed)
+        } else {
+            Err(RemoveAllError { removed, errors })
+        }
+    }
+
+    fn list_chains(&mut self, family: Family, table: Table) -> Result<Vec<String>, FirewallError> {
+        Ok(self
+            .chains(family)?
+            .into_iter()
+            .filter(|c| c.table == table && !c.is_base)
+            .map(|c| c.name)
+            .collect())
+    }
+
+    fn read_counters(&mut self) -> Result<Vec<CounterSample>, FirewallError> {
+        let mut samples = Vec::new();
+        for family in Family::ALL {
+            let mut text = String::new();
+            for r in self.rules(family, Table::Mangle, None)? {
+                if !is_accounting_chain(&r.chain) {
+                    continue;
+                }
+                let (p, b) = r.counter.unwrap_or((0, 0));
+                text.push_str(&format!("[{p}:{b}] -A {} {}\n", r.chain, r.spec));
+            }
+            samples.extend(
+                crate::counters::parse_counters(&text, family)
+                    .map_err(|source| FirewallError::NftCounters { source })?,
+            );
+        }
+        Ok(samples)
+    }
+
+    fn dump(&mut self, family: Family) -> Result<String, FirewallError> {
+        let chains = self.chains(family)?;
+        let mut out = String::new();
+        for table in Table::ALL {
+            let ours: Vec<&DumpedChain> = chains.iter().filter(|c| c.table == table).collect();
+            if ours.is_empty() {
+                continue;
+            }
+            out.push_str(&format!(
+                "# nf_tables table {} {}\n*{table}\n",
+                family_word(family),
+                table_name(table)
+            ));
+            for c in &ours {
+                let policy = if c.is_base { "ACCEPT" } else { "-" };
+                out.push_str(&format!(":{} {policy} [0:0]\n", c.name));
+            }
+            for r in self.rules(family, table, None)? {
+                if r.spec.is_empty() {
+                    out.push_str(&format!("-A {}\n", r.chain));
+                } else {
+                    out.push_str(&format!("-A {} {}\n", r.chain, r.spec));
+                }
+            }
+            out.push_str("COMMIT\n");
+        }
+        Ok(out)
+    }
+}
+
+fn family_word(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userdata_is_an_nft_comment_and_reads_back() {
+        let u = userdata("-i eth0 -j ACCEPT");
+        assert_eq!(u[0], 0);
+        assert_eq!(usize::from(u[1]), "-i eth0 -j ACCEPT".len() + 1);
+        assert_eq!(spec_of_userdata(&u).as_deref(), Some("-i eth0 -j ACCEPT"));
+        assert_eq!(spec_of_userdata(&[0, 200, 1]), None);
+    }
+
+    #[test]
+    fn base_chains_sit_where_iptables_puts_them() {
+        assert_eq!(
+            base_chain(Table::Nat, BuiltinChain::Prerouting),
+            (0, -100, "nat")
+        );
+        assert_eq!(
+            base_chain(Table::Nat, BuiltinChain::Postrouting),
+            (4, 100, "nat")
+        );
+        assert_eq!(
+            base_chain(Table::Mangle, BuiltinChain::Output),
+            (3, -150, "route")
+        );
+        assert_eq!(
+            base_chain(Table::Filter, BuiltinChain::Forward),
+            (2, 0, "filter")
+        );
+    }
+}

@@ -1,0 +1,394 @@
+//! Kernel tests of the native nf_tables backend (root only).
+//!
+//! Each test runs in a thread that first moves itself into a fresh network
+//! namespace (`unshare(CLONE_NEWNET)`); the backend's netlink socket and
+//! the `nft`/`ping` processes it spawns live there. The host's root
+//! namespace is never touched. What the kernel holds is read back with
+//! `nft`, an independent tool.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use patchpanel_firewall::counters;
+use patchpanel_firewall::guest::{self, Mode, Namespace};
+use patchpanel_firewall::layout::{LayoutConfig, LocalTraffic};
+use patchpanel_firewall::model::{Family, Match, Rule, Table, Target};
+use patchpanel_firewall::ports::{self, Forwarding, PortProtocol};
+use patchpanel_firewall::{
+    Batch, Change, FirewallBackend, FirewallError, Layout, Nftables, OwnedChain, TrafficSource,
+};
+use patchpanel_names::IfName;
+
+fn in_fresh_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "kernel tests need root (they create network namespaces)"
+    );
+    let handle = std::thread::spawn(move || {
+        // SAFETY: unshare takes only a flag; CLONE_NEWNET affects this
+        // thread alone, which ends when the test body returns.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        body()
+    });
+    match handle.join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The whole rule set as `nft` prints it, handles and counters aside.
+fn ruleset() -> String {
+    run("nft", &["list", "ruleset"], None)
+        .lines()
+        .map(|l| {
+            // "counter packets 3 bytes 252" -> "counter"
+            match l.find("counter packets") {
+                Some(i) => {
+                    let rest = &l[i..];
+                    let end = rest.find(" bytes ").map(|j| {
+                        let after = &rest[j + 7..];
+                        j + 7 + after.find(' ').unwrap_or(after.len())
+                    });
+                    format!("{}counter{}", &l[..i], &rest[end.unwrap_or(rest.len())..])
+                }
+                None => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A host that already has iptables-nft rules and a foreign nft table.
+fn load_host_fixture() {
+    run(
+        "iptables-nft-restore",
+        &["--noflush", "-w"],
+        Some("*filter\n:FORWARD DROP [0:0]\n-A INPUT -s 10.9.9.9/32 -j DROP\nCOMMIT\n*nat\n-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\nCOMMIT\n"),
+    );
+    run(
+        "nft",
+        &["-f", "-"],
+        Some("table inet host {\n chain input {\n  type filter hook input priority 10; policy accept;\n  tcp dport 22 accept\n }\n}\n"),
+    );
+}
+
+fn ifname(name: &str) -> IfName {
+    IfName::new(name).unwrap()
+}
+
+fn namespace() -> Namespace {
+    Namespace {
+        host_ifname: ifname("arc_ns0"),
+        host_ipv4: Ipv4Addr::new(100, 115, 92, 129),
+        peer_ipv4: Ipv4Addr::new(100, 115, 92, 130),
+        ipv6: Some((
+            "fd00:1:2:3::1".parse().unwrap(),
+            "fd00:1:2:3::2".parse().unwrap(),
+        )),
+        source: TrafficSource::System,
+        mode: Mode::System,
+    }
+}
+
+fn local_layout() -> Layout {
+    Layout::new(&LayoutConfig {
+        local_traffic: Some(LocalTraffic {
+            uid_sources: vec![(1000, TrafficSource::User)],
+            update_engine_cgroup: Some(0x10001),
+        }),
+    })
+}
+
+#[test]
+fn setup_apply_inverse_and_remove_all_leave_the_ruleset_exactly_as_found() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        let before = ruleset();
+        let mut fw = Nftables::new().unwrap();
+        let layout = local_layout();
+        let report = fw.setup(&layout).unwrap();
+        assert!(!report.created.is_empty());
+        let after_setup = ruleset();
+        for t in [
+            "ip patchpanel_filter",
+            "ip6 patchpanel_nat",
+            "ip6 patchpanel_mangle",
+        ] {
+            assert!(
+                after_setup.contains(&format!("table {t} {{")),
+                "{t}\n{after_setup}"
+            );
+        }
+        assert!(
+            after_setup.contains("type filter hook forward priority filter; policy accept;"),
+            "{after_setup}"
+        );
+        assert!(after_setup.contains("type route hook output priority mangle; policy accept;"));
+        // The host's own rules are untouched.
+        assert!(after_setup.contains("tcp dport 22 accept"));
+
+        let batch = guest::connected_namespace(&namespace());
+        fw.apply(&batch).unwrap();
+        let v4 = fw.dump(Family::V4).unwrap();
+        for line in [
+            "-A guest_forward -o arc_ns0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-A guest_forward -i arc_ns0 -j ACCEPT",
+            "-A PREROUTING_arc_ns0 -j MARK --set-mark 0x1/0x1",
+            "-A PREROUTING_arc_ns0 -j CONNMARK --restore-mark --mask 0xffff0000",
+            "-A patchpanel_PREROUTING -i arc_ns0 -j PREROUTING_arc_ns0",
+        ] {
+            assert!(
+                v4.contains(&format!("{line}\n")),
+                "{line}\n{v4}\n{}",
+                ruleset()
+            );
+        }
+        // nft itself reads the rules back as what they mean.
+        let applied = ruleset();
+        assert!(applied.contains("iifname \"arc_ns0\" accept"), "{applied}");
+        assert!(
+            applied.contains("ct state established,related accept"),
+            "{applied}"
+        );
+
+        fw.apply(&batch.inverse().unwrap()).unwrap();
+        assert_eq!(ruleset(), after_setup);
+
+        let removed = fw.remove_all(&|_| false).unwrap();
+        assert!(!removed.is_empty());
+        assert_eq!(ruleset(), before);
+    });
+}
+
+#[test]
+fn setup_twice_changes_nothing() {
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        let layout = local_layout();
+        fw.setup(&layout).unwrap();
+        let once = ruleset();
+        let report = fw.setup(&layout).unwrap();
+        assert!(report.created.is_empty(), "{report:?}");
+        assert!(report.hooks_fixed.is_empty(), "{report:?}");
+        assert_eq!(ruleset(), once);
+        // A hook someone flushed is put back.
+        run(
+            "nft",
+            &["flush", "chain", "ip", "patchpanel_filter", "FORWARD"],
+            None,
+        );
+        let report = fw.setup(&layout).unwrap();
+        assert_eq!(report.hooks_fixed.len(), 1, "{report:?}");
+        assert_eq!(ruleset(), once);
+        fw.remove_all(&|_| false).unwrap();
+    });
+}
+
+#[test]
+fn a_batch_the_kernel_refuses_halfway_leaves_the_ruleset_identical() {
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let before = ruleset();
+        let mut batch = guest::connected_namespace(&namespace());
+        // Valid to the model, refused by the kernel: the chain is missing.
+        batch.push(
+            Family::V6,
+            Change::Append {
+                table: Table::Filter,
+                chain: OwnedChain::new("egress_nosuch0").unwrap(),
+                rule: Rule::new(Target::Drop),
+            },
+        );
+        let err = fw.apply(&batch).unwrap_err();
+        assert!(matches!(err, FirewallError::Transaction { .. }), "{err}");
+        assert!(err.to_string().contains("egress_nosuch0"), "{err}");
+        assert_eq!(ruleset(), before);
+        // Deleting a rule that is not there is refused before anything is sent.
+        let mut batch = Batch::new();
+        batch.push(
+            Family::V4,
+            Change::Delete {
+                table: Table::Filter,
+                chain: OwnedChain::new("guest_forward").unwrap(),
+                rule: Rule::new(Target::Accept).with(Match::iif(&ifname("nope0"))),
+            },
+        );
+        let err = fw.apply(&batch).unwrap_err();
+        assert!(matches!(err, FirewallError::NoSuchRule { .. }), "{err}");
+        assert_eq!(ruleset(), before);
+        fw.remove_all(&|_| false).unwrap();
+    });
+}
+
+#[test]
+fn a_thousand_port_rules_add_and_delete_in_any_order() {
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let before = ruleset();
+        let eth0 = ifname("eth0");
+        let mut batches = Vec::new();
+        for port in 1000..2000u16 {
+            let b = ports::access(PortProtocol::Tcp, port, Some(&eth0)).unwrap();
+            fw.apply(&b).unwrap();
+            batches.push(b);
+        }
+        let v4 = fw.dump(Family::V4).unwrap();
+        assert_eq!(v4.matches("-A ingress_port_firewall ").count(), 1000);
+        // Every other one from the middle out, then the rest.
+        let (odd, even): (Vec<_>, Vec<_>) =
+            batches.iter().enumerate().partition(|(i, _)| i % 2 == 1);
+        for (_, b) in odd.iter().rev().chain(even.iter()) {
+            fw.apply(&b.inverse().unwrap()).unwrap();
+        }
+        assert_eq!(ruleset(), before);
+        fw.remove_all(&|_| false).unwrap();
+    });
+}
+
+#[test]
+fn inserted_rules_land_where_iptables_would_put_them() {
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let chain = OwnedChain::new("ingress_port_firewall").unwrap();
+        let rule = |port| {
+            Rule::new(Target::Accept)
+                .with(Match::Protocol(patchpanel_firewall::model::Protocol::Tcp))
+                .with(Match::DestinationPort(port))
+        };
+        let mut batch = Batch::new();
+        for (position, port) in [(1, 10), (1, 20), (2, 30), (4, 40)] {
+            batch.push(
+                Family::V4,
+                Change::Insert {
+                    table: Table::Filter,
+                    chain: chain.clone(),
+                    position,
+                    rule: rule(port),
+                },
+            );
+        }
+        fw.apply(&batch).unwrap();
+        // In another transaction, against handles from the echo.
+        let mut batch = Batch::new();
+        batch.push(
+            Family::V4,
+            Change::Insert {
+                table: Table::Filter,
+                chain: chain.clone(),
+                position: 3,
+                rule: rule(50),
+            },
+        );
+        fw.apply(&batch).unwrap();
+        let v4 = fw.dump(Family::V4).unwrap();
+        let ports: Vec<&str> = v4
+            .lines()
+            .filter(|l| l.starts_with("-A ingress_port_firewall"))
+            .map(|l| {
+                l.rsplit("--dport ")
+                    .next()
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ports, ["20", "30", "50", "10", "40"]);
+        fw.remove_all(&|_| false).unwrap();
+    });
+}
+
+#[test]
+fn port_rules_and_accounting_count_real_packets_and_accounting_survives_remove_all() {
+    in_fresh_netns(|| {
+        run("ip", &["link", "set", "lo", "up"], None);
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let lo = ifname("lo");
+        let mut batch = ports::forwarding(&Forwarding {
+            proto: PortProtocol::Tcp,
+            ifname: ifname("eth0"),
+            input_dst: None,
+            input_port: 8022,
+            dst: Ipv4Addr::new(100, 115, 92, 6),
+            dst_port: 22,
+        })
+        .unwrap();
+        batch.extend(counters::accounting_chains(&lo));
+        batch.extend(counters::accounting_jumps(&lo));
+        fw.apply(&batch).unwrap();
+        assert!(
+            ruleset().contains("dnat to 100.115.92.6:22"),
+            "{}",
+            ruleset()
+        );
+        run("ping", &["-c", "3", "-i", "0.2", "-q", "127.0.0.1"], None);
+        let samples = fw.read_counters().unwrap();
+        let rx: u64 = samples
+            .iter()
+            .filter(|s| {
+                s.family == Family::V4 && s.direction == counters::Direction::Rx && s.ifname == "lo"
+            })
+            .map(|s| s.packets)
+            .sum();
+        assert!(
+            rx >= 6,
+            "3 echo requests and 3 replies come in on lo: {samples:?}"
+        );
+        fw.remove_all(&counters::is_accounting_chain).unwrap();
+        for family in Family::ALL {
+            let mut kept = fw.list_chains(family, Table::Mangle).unwrap();
+            kept.sort();
+            assert_eq!(kept, ["rx_lo", "tx_lo"], "{family}");
+        }
+        // A restart creates only the jumps, and counting goes on.
+        fw.setup(&Layout::default()).unwrap();
+        fw.apply(&counters::accounting_jumps(&lo)).unwrap();
+        let again: u64 = fw
+            .read_counters()
+            .unwrap()
+            .iter()
+            .filter(|s| s.family == Family::V4 && s.direction == counters::Direction::Rx)
+            .map(|s| s.packets)
+            .sum();
+        assert!(again >= rx);
+        fw.remove_all(&|_| false).unwrap();
+        assert_eq!(ruleset(), "");
+    });
+}

@@ -257,6 +257,8 @@ pub struct WriterConfig {
     /// Owner of the TAPs made for VMs (the `crosvm` user); `None` when that
     /// user does not exist, and then no TAP is made.
     pub tap_owner_uid: Option<u32>,
+    /// The firewall backend.
+    pub firewall: patchpanel_firewall::FirewallChoice,
 }
 
 /// The subnet broadcast address of an IPv4 address/prefix.

@@ -51,6 +51,10 @@ pub struct Config {
     pub adb_allowed: bool,
     /// Concurrent ADB connections the relay takes; more are refused.
     pub adb_max_connections: u32,
+    /// "nftables" (patchpanel's own nf_tables tables, one netlink
+    /// transaction per operation), "iptables" (`iptables-nft-restore`), or
+    /// "auto": nftables where the kernel has nf_tables, else iptables.
+    pub firewall_backend: String,
 }
 
 /// Upstream's uid -> source list (`kLocalSourceTypes`), by name.
@@ -104,6 +108,7 @@ impl Default for Config {
                 .collect(),
             adb_allowed: false,
             adb_max_connections: 32,
+            firewall_backend: "auto".into(),
         }
     }
 }
@@ -281,6 +286,12 @@ impl Config {
         }
         if self.forwarding_targets.is_empty() {
             return Err("forwarding_targets must name at least one network".into());
+        }
+        if patchpanel_firewall::FirewallChoice::parse(&self.firewall_backend).is_none() {
+            return Err(format!(
+                "firewall_backend {:?}: use \"nftables\", \"iptables\" or \"auto\"",
+                self.firewall_backend
+            ));
         }
         if !(1..=1024).contains(&self.adb_max_connections) {
             return Err(format!(

@@ -207,6 +207,8 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
                 netns_prefix: config.netns_prefix.clone(),
                 netns_dir: config.netns_dir.to_string_lossy().into_owned(),
                 tap_owner_uid: vm_user.map(|u| u.uid),
+                firewall: patchpanel_firewall::FirewallChoice::parse(&config.firewall_backend)
+                    .unwrap_or_default(),
             },
             cleanup_only: flags.cleanup,
             manage_uplink_routing,

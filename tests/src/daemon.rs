@@ -110,9 +110,14 @@ impl Daemon {
         std::fs::write(
             &config_path,
             format!(
-                "state_dir = {}\nnetns_prefix = {}\n{}",
+                "state_dir = {}\nnetns_prefix = {}\n{}{}",
                 toml_string(&state_dir.to_string_lossy()),
                 toml_string(&netns_prefix),
+                if options.extra_config.contains("firewall_backend") {
+                    String::new()
+                } else {
+                    format!("firewall_backend = {}\n", toml_string(firewall_backend()))
+                },
                 options.extra_config
             ),
         )
@@ -431,6 +436,16 @@ pub fn init_environment() -> Vec<(String, String)> {
 }
 
 /// A TOML basic string.
+/// The firewall backend the tests run against: `PATCHPANEL_TEST_FIREWALL`
+/// (`iptables` or `nftables`), iptables when unset. CI runs the end-to-end
+/// tests once with each.
+pub fn firewall_backend() -> &'static str {
+    match std::env::var("PATCHPANEL_TEST_FIREWALL").as_deref() {
+        Ok("nftables") => "nftables",
+        _ => "iptables",
+    }
+}
+
 fn toml_string(value: &str) -> String {
     let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
     format!("\"{escaped}\"")

@@ -75,6 +75,8 @@ impl WriterClient {
             netns_prefix: prefix.to_string(),
             netns_dir: NETNS_RUN_DIR.to_string(),
             tap_owner_uid,
+            firewall: patchpanel_firewall::FirewallChoice::parse(crate::daemon::firewall_backend())
+                .unwrap_or_default(),
         };
         match client.request(Request::ConfigureWriter(config))? {
             Ok(Reply::Done) => Ok(client),

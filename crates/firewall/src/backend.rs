@@ -12,6 +12,28 @@ use std::path::PathBuf;
 use crate::layout::Layout;
 use crate::model::{Batch, BuiltinChain, Family, InverseError, OwnedChain, Table, ValidationError};
 
+/// Which backend the datapath writer uses (`firewall_backend` in the
+/// configuration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FirewallChoice {
+    /// nf_tables if the kernel answers, else iptables (logged).
+    #[default]
+    Auto,
+    Nftables,
+    Iptables,
+}
+
+impl FirewallChoice {
+    pub fn parse(s: &str) -> Option<FirewallChoice> {
+        match s {
+            "auto" => Some(FirewallChoice::Auto),
+            "nftables" => Some(FirewallChoice::Nftables),
+            "iptables" => Some(FirewallChoice::Iptables),
+            _ => None,
+        }
+    }
+}
+
 pub trait FirewallBackend {
     /// Creates the layout's missing dynamic chains, rewrites its static
     /// chains, and leaves exactly one hook at position 1 of each hooked

@@ -26,6 +26,11 @@ pub const SOURCE_MASK: u32 = 0x0000_3f00;
 pub const QOS_MASK: u32 = 0x0000_00e0;
 /// Legacy SNAT bit: packets carrying it are masqueraded on the way out.
 pub const SNAT_MARK: u32 = 0x0000_0001;
+/// Set by the nftables backend on every packet one of its filter chains
+/// accepts, so that a narrow `-m mark --mark 0x10/0x10 -j ACCEPT` in
+/// iptables' own filter chain lets it through a DROP policy there (an
+/// accept in one nf_tables base chain does not bind another).
+pub const ACCEPTED_MARK: u32 = 0x0000_0010;
 
 /// Per-uplink routing tables are numbered ifindex + this.
 pub const TABLE_ID_OFFSET: u32 = 1000;

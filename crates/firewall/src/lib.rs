@@ -39,7 +39,9 @@ pub mod ports;
 pub mod render;
 pub mod save;
 
-pub use backend::{FirewallBackend, FirewallError, RemoveAllError, Removed, SetupReport};
+pub use backend::{
+    FirewallBackend, FirewallChoice, FirewallError, RemoveAllError, Removed, SetupReport,
+};
 pub use fwmark::TrafficSource;
 pub use iptables::{IptablesRestore, ToolPaths};
 pub use layout::{Layout, LayoutConfig};

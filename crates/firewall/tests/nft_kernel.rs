@@ -153,7 +153,7 @@ fn setup_apply_inverse_and_remove_all_leave_the_ruleset_exactly_as_found() {
             );
         }
         assert!(
-            after_setup.contains("type filter hook forward priority filter; policy accept;"),
+            after_setup.contains("type filter hook forward priority filter - 1; policy accept;"),
             "{after_setup}"
         );
         assert!(after_setup.contains("type route hook output priority mangle; policy accept;"));
@@ -178,9 +178,20 @@ fn setup_apply_inverse_and_remove_all_leave_the_ruleset_exactly_as_found() {
         }
         // nft itself reads the rules back as what they mean.
         let applied = ruleset();
-        assert!(applied.contains("iifname \"arc_ns0\" accept"), "{applied}");
         assert!(
-            applied.contains("ct state established,related accept"),
+            applied.contains("iifname \"arc_ns0\" meta mark set meta mark | 0x00000010 accept"),
+            "{applied}"
+        );
+        // Docker's FORWARD DROP gets the narrow accept at its top.
+        assert!(
+            applied
+                .contains("policy drop;\n\t\tmeta mark & 0x00000010 == 0x00000010  counter accept"),
+            "{applied}"
+        );
+        assert!(
+            applied.contains(
+                "ct state established,related meta mark set meta mark | 0x00000010 accept"
+            ),
             "{applied}"
         );
 

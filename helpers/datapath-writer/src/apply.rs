@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use log::{debug, info, warn};
-use patchpanel_firewall::{Batch, FirewallBackend, IptablesRestore};
+use patchpanel_firewall::{Batch, FirewallBackend, FirewallChoice, IptablesRestore, Nftables};
 use patchpanel_ipc::datapath::{
     broadcast, ApplyMode, Netns, Plan, PlanReport, RouteSpec, RuleSpec, Step, Sysctl, WriterConfig,
     LINK_ALIAS, ROUTE_PROTOCOL,
@@ -21,7 +21,9 @@ use crate::{netns, owned};
 #[derive(Default)]
 pub struct Writer {
     pub(crate) config: Option<WriterConfig>,
-    pub(crate) firewall: Option<IptablesRestore>,
+    pub(crate) firewall: Option<Box<dyn FirewallBackend + Send>>,
+    /// Which backend `firewall` is.
+    pub(crate) firewall_kind: Option<FirewallChoice>,
     host: Option<Rtnl>,
     sockets: HashMap<NetnsName, Rtnl>,
     /// The last counter reading, paged out by `read_counters`.
@@ -79,6 +81,34 @@ pub(crate) fn io_error(operation: impl Into<String>, e: &std::io::Error) -> Help
     }
 }
 
+/// Opens the configured backend; `Auto` takes nf_tables when the kernel
+/// answers and says why when it falls back.
+fn open_backend(
+    choice: FirewallChoice,
+) -> Result<(FirewallChoice, Box<dyn FirewallBackend + Send>), String> {
+    let nft = || -> Result<(FirewallChoice, Box<dyn FirewallBackend + Send>), String> {
+        let fw = Nftables::new().map_err(|e| e.to_string())?;
+        info!("firewall backend: nftables (patchpanel's own nf_tables tables over netlink)");
+        Ok((FirewallChoice::Nftables, Box::new(fw)))
+    };
+    let ipt = || -> Result<(FirewallChoice, Box<dyn FirewallBackend + Send>), String> {
+        let fw = IptablesRestore::new().map_err(|e| e.to_string())?;
+        info!("firewall backend: iptables (iptables-nft-restore, one process per table)");
+        Ok((FirewallChoice::Iptables, Box::new(fw)))
+    };
+    match choice {
+        FirewallChoice::Nftables => nft(),
+        FirewallChoice::Iptables => ipt(),
+        FirewallChoice::Auto => match Nftables::available() {
+            Ok(()) => nft(),
+            Err(why) => {
+                warn!("firewall backend: iptables, because {why}");
+                ipt()
+            }
+        },
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> HelperError {
     HelperError::InvalidArgument(msg.into())
 }
@@ -110,18 +140,35 @@ impl Writer {
         Ok(PathBuf::from(&self.config()?.netns_dir))
     }
 
-    pub(crate) fn firewall(&mut self) -> Result<&mut IptablesRestore, HelperError> {
+    /// The firewall backend, chosen on first use from the configuration.
+    pub(crate) fn firewall(&mut self) -> Result<&mut (dyn FirewallBackend + Send), HelperError> {
         if self.firewall.is_none() {
-            let fw = IptablesRestore::new().map_err(|e| HelperError::Os {
+            let choice = self.config.as_ref().map(|c| c.firewall).unwrap_or_default();
+            let (kind, fw) = open_backend(choice).map_err(|e| HelperError::Os {
                 operation: "firewall backend".into(),
                 errno: 0,
-                message: e.to_string(),
+                message: e,
             })?;
             self.firewall = Some(fw);
+            self.firewall_kind = Some(kind);
         }
-        self.firewall
-            .as_mut()
-            .ok_or_else(|| invalid("no firewall backend"))
+        match self.firewall.as_deref_mut() {
+            Some(fw) => Ok(fw),
+            None => Err(invalid("no firewall backend")),
+        }
+    }
+
+    /// The backend that is not in use, if it can be opened: its leftovers
+    /// (from before a change of `firewall_backend`) are removed at start.
+    pub(crate) fn other_firewall(&mut self) -> Option<Box<dyn FirewallBackend + Send>> {
+        match self.firewall_kind? {
+            FirewallChoice::Nftables => IptablesRestore::new()
+                .ok()
+                .map(|b| Box::new(b) as Box<dyn FirewallBackend + Send>),
+            _ => Nftables::new()
+                .ok()
+                .map(|b| Box::new(b) as Box<dyn FirewallBackend + Send>),
+        }
     }
 
     pub fn setup_firewall(
@@ -136,7 +183,13 @@ impl Writer {
             .firewall()?
             .setup(&layout)
             .map_err(|e| firewall_error("firewall setup", &e))?;
-        info!("firewall ready: {report:?}");
+        info!(
+            "firewall ready: {} chain(s) created, {} rewritten, {} hook(s) fixed",
+            report.created.len(),
+            report.rewritten.len(),
+            report.hooks_fixed.len()
+        );
+        debug!("firewall setup: {report:?}");
         for warning in patchpanel_firewall::conflicts::warnings() {
             warn!("{warning}");
         }

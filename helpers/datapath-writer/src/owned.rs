@@ -9,8 +9,6 @@ use patchpanel_ipc::datapath::{PlanReport, RouteSpec, LINK_ALIAS, ROUTE_PROTOCOL
 use patchpanel_ipc::{HelperError, IfName, NetnsName};
 use patchpanel_rtnl::{Route, Rtnl};
 
-use patchpanel_firewall::FirewallBackend;
-
 use crate::apply::{io_error, os_error, to_route, Writer};
 
 /// Deletes `name` if it is patchpanel's; a missing link is not an error.
@@ -147,6 +145,14 @@ impl Writer {
                 Err(e) => failures.push(format!("firewall cleanup: {e}")),
             },
             Err(e) => failures.push(e.to_string()),
+        }
+        // Leftovers of the other backend (the configuration changed, or a
+        // predecessor used it): all of it goes, accounting included.
+        if let Some(mut other) = self.other_firewall() {
+            match other.remove_all(&|_| false) {
+                Ok(r) => removed.extend(r.iter().map(|r| format!("{r} (other firewall backend)"))),
+                Err(e) => failures.push(format!("firewall cleanup of the other backend: {e}")),
+            }
         }
         let keep: HashSet<&str> = keep_links.iter().map(|l| l.as_str()).collect();
         let host = self.rtnl(&patchpanel_ipc::datapath::Netns::Host)?;

@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use super::wire::{
     MsgBuilder, NFPROTO_IPV4, NFPROTO_IPV6, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_LIST_ELEM,
 };
-use crate::model::{CtStates, Family, IfMatch, Match, Protocol, Rule, Target};
+use crate::fwmark::ACCEPTED_MARK;
+use crate::model::{CtStates, Family, IfMatch, Match, Protocol, Rule, Table, Target};
 
 const REG_VERDICT: u32 = 0;
 const REG1: u32 = 1;
@@ -58,10 +59,12 @@ pub struct Unsupported {
 
 /// Appends the expressions of `rule` (as used in `family`) to `m`, inside
 /// an open `NFTA_RULE_EXPRESSIONS` nest. `count`: add a counter.
+/// An accept in the filter table also sets [`ACCEPTED_MARK`].
 pub fn compile(
     m: &mut MsgBuilder,
     rule: &Rule,
     family: Family,
+    table: Table,
     count: bool,
 ) -> Result<(), Unsupported> {
     let mut e = Exprs { m };
@@ -70,6 +73,15 @@ pub fn compile(
     }
     if count || rule.target == Target::Count {
         e.expr("counter", |_| {});
+    }
+    if table == Table::Filter && rule.target == Target::Accept {
+        e.meta_load(META_MARK, REG1);
+        e.bitwise(
+            REG1,
+            &(!ACCEPTED_MARK).to_ne_bytes(),
+            &ACCEPTED_MARK.to_ne_bytes(),
+        );
+        e.meta_set(META_MARK, REG1);
     }
     e.target(&rule.target, family);
     Ok(())
@@ -385,7 +397,7 @@ mod tests {
     fn names(rule: &Rule, family: Family) -> Vec<String> {
         let mut m = MsgBuilder::nft(0, 0, 0, 0);
         let n = m.nest(4);
-        compile(&mut m, rule, family, false).unwrap();
+        compile(&mut m, rule, family, Table::Nat, false).unwrap();
         m.end(n);
         let bytes = m.finish();
         let body = &bytes[20..];
@@ -399,6 +411,27 @@ mod tests {
     fn an_accept_on_an_interface_is_a_load_a_compare_and_a_verdict() {
         let rule = Rule::new(Target::Accept).with(Match::iif(&IfName::new("eth0").unwrap()));
         assert_eq!(names(&rule, Family::V4), ["meta", "cmp", "immediate"]);
+    }
+
+    #[test]
+    fn a_filter_accept_marks_the_packet_first() {
+        let mut m = MsgBuilder::nft(0, 0, 0, 0);
+        let n = m.nest(4);
+        compile(
+            &mut m,
+            &Rule::new(Target::Accept),
+            Family::V4,
+            Table::Filter,
+            false,
+        )
+        .unwrap();
+        m.end(n);
+        let bytes = m.finish();
+        let (_, list) = super::super::wire::attrs(&bytes[20..]).next().unwrap();
+        let names: Vec<String> = super::super::wire::attrs(list)
+            .map(|(_, e)| super::super::wire::attr_str(e, NFTA_EXPR_NAME).unwrap())
+            .collect();
+        assert_eq!(names, ["meta", "bitwise", "meta", "immediate"]);
     }
 
     #[test]

@@ -70,7 +70,9 @@ fn base_chain(table: Table, builtin: BuiltinChain) -> (u32, i32, &'static str) {
         BuiltinChain::Postrouting => 4,
     };
     match table {
-        Table::Filter => (hook, 0, "filter"),
+        // Just before iptables' filter chains, so that what patchpanel
+        // accepts carries ACCEPTED_MARK when they see it.
+        Table::Filter => (hook, -1, "filter"),
         // Marks set in OUTPUT re-route the packet, as in iptables' mangle.
         Table::Mangle if builtin == BuiltinChain::Output => (hook, -150, "route"),
         Table::Mangle => (hook, -150, "filter"),
@@ -335,7 +337,7 @@ impl Nftables {
         m.str(rule_attr::TABLE, table_name(table));
         m.str(rule_attr::CHAIN, chain);
         let n = m.nest(rule_attr::EXPRESSIONS);
-        expr::compile(&mut m, rule, family, is_accounting_chain(chain)).map_err(|e| {
+        expr::compile(&mut m, rule, family, table, is_accounting_chain(chain)).map_err(|e| {
             FirewallError::Unsupported {
                 what: e.to_string(),
             }
@@ -722,6 +724,7 @@ impl FirewallBackend for Nftables {
             self.cache.remove(&(*family, *table, chain.clone()));
         }
         self.commit(tx, HashMap::new())?;
+        self.coexist_with_iptables_policies();
         Ok(report)
     }
 
@@ -744,7 +747,7 @@ impl FirewallBackend for Nftables {
 
     fn remove_all(&mut self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<Removed>, RemoveAllError> {
         self.cache.clear();
-        let mut removed = Vec::new();
+        let mut removed = remove_narrow_accepts(&mut self.sock);
         let mut errors = Vec::new();
         // Per table: the messages and what they remove.
         let mut parts: Vec<(Tx, Vec<Removed>)> = Vec::new();
@@ -921,6 +924,146 @@ impl FirewallBackend for Nftables {
     }
 }
 
+impl Nftables {
+    /// iptables' own filter chains with a DROP policy (Docker sets
+    /// `FORWARD DROP`) drop what patchpanel's chains accepted: an accept
+    /// binds only its own base chain. Where one is found, one narrow rule
+    /// at its top lets through what patchpanel accepted
+    /// ([`ACCEPTED_MARK`](crate::fwmark::ACCEPTED_MARK)); it carries
+    /// patchpanel's comment, so the iptables cleanup removes it. Run at
+    /// setup only: a policy set later is not seen until the next start.
+    fn coexist_with_iptables_policies(&mut self) {
+        for family in Family::ALL {
+            let replies = match self.sock.dump(
+                msg::GETCHAIN,
+                nfproto(family),
+                &[(chain_attr::TABLE, "filter")],
+            ) {
+                Ok(r) => r,
+                Err(_) => continue, // no iptables filter table: nothing drops
+            };
+            for r in &replies {
+                let Some(name) = wire::attr_str(&r.attrs, chain_attr::NAME) else {
+                    continue;
+                };
+                if !["INPUT", "FORWARD", "OUTPUT"].contains(&name.as_str())
+                    || wire::attr_be32(&r.attrs, chain_attr::POLICY) != Some(0)
+                {
+                    continue;
+                }
+                match narrow_accept(family, &name) {
+                    Ok(true) => log::info!(
+                        "{family} iptables filter {name} has policy DROP: added `-m mark --mark {m:#x}/{m:#x} -m comment --comment patchpanel -j ACCEPT` at its top so that what patchpanel accepts gets through",
+                        m = crate::fwmark::ACCEPTED_MARK
+                    ),
+                    Ok(false) => {}
+                    Err(e) => log::warn!(
+                        "{family} iptables filter {name} has policy DROP and the accept for patchpanel's traffic could not be added ({e}): guest traffic there will be dropped"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Adds the narrow accept to iptables' `chain` unless it is there; true if
+/// it was added.
+fn narrow_accept(family: Family, chain: &str) -> Result<bool, String> {
+    narrow_accept_op(family, chain, "-I")
+}
+
+/// Removes the narrow accepts from iptables' filter chains; what it
+/// removed.
+fn remove_narrow_accepts(sock: &mut NfSocket) -> Vec<Removed> {
+    let mut removed = Vec::new();
+    for family in Family::ALL {
+        let Ok(replies) = sock.dump(
+            msg::GETCHAIN,
+            nfproto(family),
+            &[(chain_attr::TABLE, "filter")],
+        ) else {
+            continue;
+        };
+        for r in &replies {
+            let Some(name) = wire::attr_str(&r.attrs, chain_attr::NAME) else {
+                continue;
+            };
+            if !["INPUT", "FORWARD", "OUTPUT"].contains(&name.as_str()) {
+                continue;
+            }
+            while let Ok(true) = narrow_accept_op(family, &name, "-D") {
+                removed.push(Removed {
+                    family,
+                    table: Table::Filter,
+                    what: RemovedKind::Hook {
+                        builtin: name.clone(),
+                        spec: format!(
+                            "-m mark --mark {m:#x}/{m:#x} -m comment --comment patchpanel -j ACCEPT",
+                            m = crate::fwmark::ACCEPTED_MARK
+                        ),
+                    },
+                });
+            }
+        }
+    }
+    removed
+}
+
+/// `-I` (insert unless present) or `-D` (delete if present) the narrow
+/// accept; true if it changed something.
+fn narrow_accept_op(family: Family, chain: &str, op: &str) -> Result<bool, String> {
+    let tool = match family {
+        Family::V4 => "iptables-nft",
+        Family::V6 => "ip6tables-nft",
+    };
+    let path = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|d| std::path::Path::new(d).join(tool))
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("{tool} not found"))?;
+    let mark = format!("{m:#x}/{m:#x}", m = crate::fwmark::ACCEPTED_MARK);
+    let spec = [
+        "-m",
+        "mark",
+        "--mark",
+        &mark,
+        "-m",
+        "comment",
+        "--comment",
+        crate::layout::HOOK_COMMENT,
+        "-j",
+        "ACCEPT",
+    ];
+    let run = |args: &[&str]| {
+        std::process::Command::new(&path)
+            .arg("-w")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", path.display()))
+    };
+    let mut check = vec!["-C", chain];
+    check.extend_from_slice(&spec);
+    let present = run(&check)?.status.success();
+    if present == (op == "-I") {
+        return Ok(false);
+    }
+    let mut insert = if op == "-I" {
+        vec!["-I", chain, "1"]
+    } else {
+        vec!["-D", chain]
+    };
+    insert.extend_from_slice(&spec);
+    let out = run(&insert)?;
+    if out.status.success() {
+        Ok(true)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
 fn family_word(family: Family) -> &'static str {
     match family {
         Family::V4 => "ip",
@@ -957,7 +1100,7 @@ mod tests {
         );
         assert_eq!(
             base_chain(Table::Filter, BuiltinChain::Forward),
-            (2, 0, "filter")
+            (2, -1, "filter")
         );
     }
 }

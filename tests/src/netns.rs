@@ -83,6 +83,76 @@ impl Netns {
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+
+    /// `iptables-save` (`ip6tables-save` when `v6`), of one table if given,
+    /// followed, when the tests run against the nftables backend, by
+    /// patchpanel's own nf_tables tables in the same form (`-A chain spec`,
+    /// read back from each rule's comment by `nft`). Host rules and
+    /// patchpanel's rules are then checked the same way with either
+    /// backend.
+    pub fn firewall_save(&self, v6: bool, table: Option<&str>) -> Result<String> {
+        let tool = if v6 {
+            "ip6tables-save"
+        } else {
+            "iptables-save"
+        };
+        let mut argv = vec![tool];
+        if let Some(t) = table {
+            argv.extend(["-t", t]);
+        }
+        let mut text = self.exec_ok(&argv)?;
+        if crate::daemon::firewall_backend() == "nftables" {
+            let family = if v6 { "ip6" } else { "ip" };
+            for t in ["filter", "nat", "mangle"] {
+                if table.is_some_and(|want| want != t) {
+                    continue;
+                }
+                let name = format!("patchpanel_{t}");
+                let Ok(listing) = self.exec_ok(&["nft", "list", "table", family, &name]) else {
+                    continue; // no such table
+                };
+                text.push_str(&nft_as_save(&listing, family, t));
+            }
+        }
+        Ok(text)
+    }
+}
+
+/// `nft list table` output of one of patchpanel's tables as
+/// `iptables-save` lines.
+pub fn nft_as_save(listing: &str, family: &str, table: &str) -> String {
+    let mut out = format!("# nf_tables {family} patchpanel_{table}\n*{table}\n");
+    let mut chain = None;
+    for line in listing.lines() {
+        let l = line.trim();
+        if let Some(rest) = l.strip_prefix("chain ") {
+            chain = rest.strip_suffix(" {").map(str::to_string);
+            if let Some(c) = &chain {
+                out.push_str(&format!(":{c} - [0:0]\n"));
+            }
+            continue;
+        }
+        let Some(c) = &chain else { continue };
+        if l == "}" {
+            chain = None;
+            continue;
+        }
+        if l.is_empty() || l.starts_with("type ") {
+            continue;
+        }
+        match l.rfind(" comment \"") {
+            Some(i) => {
+                let spec = l[i + 10..].trim_end_matches('"');
+                out.push_str(&format!("-A {c} {spec}\n"));
+            }
+            None if l == "counter" || l.starts_with("counter packets") => {
+                out.push_str(&format!("-A {c}\n"));
+            }
+            None => out.push_str(&format!("-A {c} # {l}\n")),
+        }
+    }
+    out.push_str("COMMIT\n");
+    out
 }
 
 impl Drop for Netns {

@@ -228,7 +228,7 @@ fn sideload_rules(world: &World) -> Vec<String> {
     for table in ["nat", "filter"] {
         let dump = world
             .netns
-            .exec_ok(&["iptables-save", "-t", table])
+            .firewall_save(false, Some(table))
             .expect("iptables-save");
         rules.extend(
             dump.lines()

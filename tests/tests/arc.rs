@@ -246,7 +246,7 @@ fn inbound_connections_reach_arc_unless_the_host_listens_on_the_port() {
 
     let nat = world
         .netns
-        .exec_ok(&["iptables-save", "-t", "nat"])
+        .firewall_save(false, Some("nat"))
         .expect("iptables-save");
     let expected = [
         "-A apply_auto_dnat_to_arc -i eth0 -m socket --nowildcard -j ACCEPT",

@@ -338,10 +338,7 @@ fn an_explicit_outbound_device_pins_the_namespace_and_follows_the_uplink() {
     assert_ne!(new_table, table);
     let followed = poll_until(Duration::from_secs(5), || {
         let rules = world.netns.exec_ok(&["ip", "rule", "show"]).ok()?;
-        let mangle = world
-            .netns
-            .exec_ok(&["iptables-save", "-t", "mangle"])
-            .ok()?;
+        let mangle = world.netns.firewall_save(false, Some("mangle")).ok()?;
         let tag = format!("0x{:x}", new_table << 16);
         (rules.contains(&format!("lookup {new_table}")) && mangle.contains(&tag)).then_some(())
     });
@@ -421,7 +418,7 @@ fn a_clean_stop_restores_the_namespace_and_the_sysctls() {
     );
     let fw = world
         .netns
-        .exec_ok(&["iptables-save"])
+        .firewall_save(false, None)
         .expect("iptables-save");
     assert!(!fw.contains("patchpanel"), "{fw}");
     let links = world.netns.exec_ok(&["ip", "-o", "link"]).expect("ip");
@@ -510,9 +507,7 @@ fn the_hosts_own_rules_links_and_routes_are_never_touched() {
         .output()
         .expect("ping");
     assert!(out.status.success(), "ping under FORWARD DROP failed");
-    let during = netns
-        .exec_ok(&["iptables-save", "-t", "filter"])
-        .expect("save");
+    let during = netns.firewall_save(false, Some("filter")).expect("save");
     assert!(
         during.contains(":FORWARD DROP"),
         "the policy must stay DROP:\n{during}"

@@ -88,9 +88,7 @@ fn access_opens_a_host_port_under_a_default_drop_input_policy() {
     access.input_ifname = "eth0".into();
     client(&bus).modify_port_rule(&access).expect("create");
     assert_eq!(fetch(&upstream, 0, UPLINK_ADDR, 9090), "host");
-    let v6 = netns
-        .exec_ok(&["ip6tables-save", "-t", "filter"])
-        .expect("save");
+    let v6 = netns.firewall_save(true, Some("filter")).expect("save");
     assert!(
         v6.contains("-A ingress_port_firewall -i eth0 -p tcp -m tcp --dport 9090 -j ACCEPT"),
         "ACCESS covers IPv6 too:\n{v6}"
@@ -99,9 +97,7 @@ fn access_opens_a_host_port_under_a_default_drop_input_policy() {
     access.op = Operation::Delete as i32;
     client(&bus).modify_port_rule(&access).expect("delete");
     assert_eq!(fetch(&upstream, 0, UPLINK_ADDR, 9090), "timeout");
-    let policy = netns
-        .exec_ok(&["iptables-save", "-t", "filter"])
-        .expect("save");
+    let policy = netns.firewall_save(false, Some("filter")).expect("save");
     assert!(policy.contains(":INPUT DROP"), "{policy}");
     traffic::stop(srv);
     drop(daemon);
@@ -133,8 +129,8 @@ fn invalid_port_rules_are_refused_and_change_nothing() {
     let world = World::start().expect("world");
     let c = client(&world.bus);
     let save = || {
-        let v4 = world.netns.exec_ok(&["iptables-save"]).expect("save");
-        let v6 = world.netns.exec_ok(&["ip6tables-save"]).expect("save");
+        let v4 = world.netns.firewall_save(false, None).expect("save");
+        let v6 = world.netns.firewall_save(true, None).expect("save");
         format!("{v4}{v6}")
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -226,9 +222,7 @@ fn port_rules_survive_a_manager_crash() {
     )
     .expect("successor");
     second.wait_ready().expect("ready");
-    let nat = netns
-        .exec_ok(&["iptables-save", "-t", "nat"])
-        .expect("save");
+    let nat = netns.firewall_save(false, Some("nat")).expect("save");
     assert_eq!(
         nat.matches("--to-destination 100.115.92.130:443").count(),
         1,

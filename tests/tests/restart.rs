@@ -144,7 +144,7 @@ fn cleanup_removes_everything_a_crashed_daemon_left() {
 #[test]
 fn cleanup_on_a_clean_machine_is_a_no_op() {
     let netns = Netns::new().expect("netns");
-    let before = netns.exec_ok(&["iptables-save"]).expect("save");
+    let before = netns.firewall_save(false, None).expect("save");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pp.toml");
     std::fs::write(
@@ -171,7 +171,7 @@ fn cleanup_on_a_clean_machine_is_a_no_op() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let after = netns.exec_ok(&["iptables-save"]).expect("save");
+    let after = netns.firewall_save(false, None).expect("save");
     let strip = |s: &str| {
         s.lines()
             .filter(|l| !l.starts_with('#'))

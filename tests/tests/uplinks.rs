@@ -140,10 +140,10 @@ fn owned_routes(netns: &Netns) -> BTreeSet<String> {
 fn pinning(netns: &Netns, ifname: &str) -> BTreeSet<String> {
     let chain = format!("POSTROUTING_{ifname}");
     let mut lines = Vec::new();
-    for (family, tool) in [("v4", "iptables-save"), ("v6", "ip6tables-save")] {
+    for (family, v6) in [("v4", false), ("v6", true)] {
         let out = netns
-            .exec_ok(&[tool, "-t", "mangle"])
-            .unwrap_or_else(|e| panic!("{tool}: {e:#}"));
+            .firewall_save(v6, Some("mangle"))
+            .unwrap_or_else(|e| panic!("{family} firewall: {e:#}"));
         for line in out.lines().filter(|l| !l.starts_with('#')) {
             let line = match line.strip_prefix(':') {
                 Some(decl) => format!(":{}", decl.split_whitespace().next().unwrap_or("")),
@@ -165,8 +165,8 @@ fn pinning(netns: &Netns, ifname: &str) -> BTreeSet<String> {
 /// Every line of `iptables-save` and `ip6tables-save`.
 fn firewall(netns: &Netns) -> String {
     let mut out = String::new();
-    for tool in ["iptables-save", "ip6tables-save"] {
-        out.push_str(&netns.exec_ok(&[tool]).expect(tool));
+    for v6 in [false, true] {
+        out.push_str(&netns.firewall_save(v6, None).expect("firewall"));
     }
     out
 }

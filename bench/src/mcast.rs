@@ -284,10 +284,10 @@ pub fn measure(params: &Params) -> Result<Results> {
         params.warmup, params.probes
     );
     let outcome = round_trips(&live, params)?;
-    for (i, trips) in outcome {
+    for (&(i, _), trips) in live.iter().zip(outcome) {
         if let Ok(s) = samples[i].1.as_mut() {
-            s.round_trip = trips.0;
-            s.lost = trips.1;
+            s.round_trip = trips.samples;
+            s.lost = trips.lost;
         }
     }
 
@@ -333,20 +333,22 @@ pub fn measure(params: &Params) -> Result<Results> {
     Ok(samples)
 }
 
-/// Interleaved round trips: for each live world its (samples, lost).
-#[allow(clippy::type_complexity)]
-fn round_trips(
-    live: &[(usize, &World)],
-    params: &Params,
-) -> Result<Vec<(usize, (Vec<Duration>, usize))>> {
+/// One world's round trips.
+#[derive(Debug, Default)]
+struct Trips {
+    samples: Vec<Duration>,
+    lost: usize,
+}
+
+/// Interleaved round trips, in the order of `live`.
+fn round_trips(live: &[(usize, &World)], params: &Params) -> Result<Vec<Trips>> {
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let responders: Vec<_> = live
             .iter()
             .map(|(_, w)| scope.spawn(|| respond(&w.guest_socket, w.setup.guest_address(), &stop)))
             .collect();
-        let mut out: Vec<(usize, (Vec<Duration>, usize))> =
-            live.iter().map(|(i, _)| (*i, (Vec::new(), 0))).collect();
+        let mut out: Vec<Trips> = live.iter().map(|_| Trips::default()).collect();
         let result = (|| -> Result<()> {
             for n in 0..params.warmup + params.probes {
                 for (k, (_, world)) in live.iter().enumerate() {
@@ -356,8 +358,8 @@ fn round_trips(
                         continue;
                     }
                     match got {
-                        Some(rtt) => out[k].1 .0.push(rtt),
-                        None => out[k].1 .1 += 1,
+                        Some(rtt) => out[k].samples.push(rtt),
+                        None => out[k].lost += 1,
                     }
                 }
             }

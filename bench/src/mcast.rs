@@ -228,6 +228,10 @@ fn per_second(n: u64, time: Duration) -> f64 {
 #[derive(Debug, Default)]
 pub struct SetupSamples {
     pub round_trip: Vec<Duration>,
+    /// Each measured round, in order: the round trip, or `None` when lost.
+    /// The setups took turns round by round, so round `i` of two setups
+    /// was measured at nearly the same moment.
+    pub rounds: Vec<Option<Duration>>,
     /// Round trips without an answer within [`PROBE_TIMEOUT`].
     pub lost: usize,
     pub rates: Vec<RateSample>,
@@ -287,6 +291,7 @@ pub fn measure(params: &Params) -> Result<Results> {
     for (&(i, _), trips) in live.iter().zip(outcome) {
         if let Ok(s) = samples[i].1.as_mut() {
             s.round_trip = trips.samples;
+            s.rounds = trips.rounds;
             s.lost = trips.lost;
         }
     }
@@ -337,6 +342,7 @@ pub fn measure(params: &Params) -> Result<Results> {
 #[derive(Debug, Default)]
 struct Trips {
     samples: Vec<Duration>,
+    rounds: Vec<Option<Duration>>,
     lost: usize,
 }
 
@@ -357,6 +363,7 @@ fn round_trips(live: &[(usize, &World)], params: &Params) -> Result<Vec<Trips>> 
                     if n < params.warmup {
                         continue;
                     }
+                    out[k].rounds.push(got);
                     match got {
                         Some(rtt) => out[k].samples.push(rtt),
                         None => out[k].lost += 1,
@@ -823,6 +830,25 @@ fn count_records(socket: &MdnsSocket, sending: &AtomicBool) -> Result<(HashSet<u
     Ok((seen, duplicates, datagrams))
 }
 
+/// The median of the round-by-round differences `a[i] - b[i]` in
+/// microseconds (rounds lost on either side skipped): what `a` adds over
+/// `b`, with the machine's slow moments, which hit both in the same round,
+/// taken out. `None` without a common round.
+pub fn paired_added_micros(a: &[Option<Duration>], b: &[Option<Duration>]) -> Option<f64> {
+    let mut diffs: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter_map(|(x, y)| Some(x.as_ref()?.as_secs_f64() - y.as_ref()?.as_secs_f64()))
+        .map(|d| d * 1e6)
+        .collect();
+    if diffs.is_empty() {
+        return None;
+    }
+    diffs.sort_by(f64::total_cmp);
+    // Nearest rank, as in crate::stats: the lower middle of an even count.
+    Some(diffs[(diffs.len() - 1) / 2])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -874,5 +900,18 @@ mod tests {
         assert!(conf.contains("use-ipv6=no\n"), "{conf}");
         assert!(conf.contains("enable-dbus=no\n"), "{conf}");
         assert!(conf.contains("disable-publishing=yes\n"), "{conf}");
+    }
+
+    #[test]
+    fn paired_added_latency_is_the_median_difference_of_common_rounds() {
+        let us = |v: u64| Some(Duration::from_micros(v));
+        let forwarder = [us(50), us(900), None, us(60), us(55)];
+        let direct = [us(20), us(870), us(25), None, us(30)];
+
+        let added = paired_added_micros(&forwarder, &direct).expect("common rounds");
+
+        // Differences 30, 30, 25: the median is 30.
+        assert!((added - 30.0).abs() < 1e-6, "{added}");
+        assert_eq!(paired_added_micros(&[None], &direct[..1]), None);
     }
 }

@@ -254,6 +254,16 @@ fn render(results: &Results, params: &Params) -> String {
         show(avahi_p50),
         show(avahi_p99),
     );
+    let paired = |setup: Setup| match (get(setup), get(Setup::Direct)) {
+        (Some(a), Some(d)) => mcast::paired_added_micros(&a.rounds, &d.rounds),
+        _ => None,
+    };
+    let _ = writeln!(
+        out,
+        "added over direct, median of round-by-round differences: mcastd {}, avahi {}",
+        show(paired(Setup::Mcastd)),
+        show(paired(Setup::Avahi)),
+    );
 
     // The rate verdict compares the highest rate each one reached in a
     // direction, whatever the offered rate that took.

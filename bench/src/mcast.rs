@@ -28,8 +28,8 @@
 //!   time, so that no cache and no duplicate suppression on either
 //!   reflector can answer it), a responder thread on the guest link
 //!   answers with an A record, and the LAN peer times from its send to
-//!   the answer. The setups take turns probe by probe, so a slow moment of
-//!   the machine hits all three.
+//!   the answer. The setups take turns probe by probe (the order rotating
+//!   every round), so a slow moment of the machine hits all three.
 //! * *rate*: one peer sends responses with one fresh A record each
 //!   (`h<n>.local`) at an offered rate for a while, the other counts the
 //!   distinct records that arrive (a reflector may pack several into one
@@ -357,7 +357,11 @@ fn round_trips(live: &[(usize, &World)], params: &Params) -> Result<Vec<Trips>> 
         let mut out: Vec<Trips> = live.iter().map(|_| Trips::default()).collect();
         let result = (|| -> Result<()> {
             for n in 0..params.warmup + params.probes {
-                for (k, (_, world)) in live.iter().enumerate() {
+                // The order rotates every round, so that no setup always
+                // follows the same one.
+                for j in 0..live.len() {
+                    let k = (j + n) % live.len();
+                    let world = live[k].1;
                     interrupt::check()?;
                     let got = round_trip(&world.lan_socket, &world.names, PROBE_TIMEOUT)?;
                     if n < params.warmup {

@@ -17,14 +17,19 @@
 //! both shutdowns), interleaved with netavark setting up one bridge network
 //! and three in one call. `bench-ndproxy` times the NS->NA round trip and
 //! the NS answer rate through `ndproxyd`, `ndppd` and the kernel's own
-//! proxy entries, from a raw ICMPv6 socket upstream.
+//! proxy entries, from a raw ICMPv6 socket upstream. `bench-adb` measures
+//! the ADB relay next to socat and a direct (DNAT) path. `bench-mcast`
+//! times an mDNS query -> answer round trip across `mcastd`, avahi-daemon's
+//! reflector and the direct path, and counts the mDNS records each
+//! forwards per second.
 //! See `bench/README.md`.
 //!
 //! Everything runs in private network namespaces built with the
 //! `patchpanel-tests` harness; the host's root namespace is never touched.
 //! The modules own one concern each: the measurements of each side
 //! ([`patchpanel`], [`netavark`], [`port_rules`], [`traffic_counters`],
-//! [`guests`], [`ndproxy`]), the NS/NA probe ([`nd_probe`]), a
+//! [`guests`], [`ndproxy`], [`adb`], [`mcast`]), the NS/NA probe
+//! ([`nd_probe`]), the mDNS peers ([`mdns_peer`]), a
 //! daemon's world for one measurement ([`world`]), the kernel check that a
 //! link is gone ([`link_probe`]), a thread inside another namespace and a
 //! timed process for the naive peers ([`netns_thread`], [`process`]),
@@ -35,6 +40,8 @@ pub mod adb;
 pub mod guests;
 pub mod interrupt;
 pub mod link_probe;
+pub mod mcast;
+pub mod mdns_peer;
 pub mod nd_probe;
 pub mod ndproxy;
 pub mod netavark;

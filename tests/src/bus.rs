@@ -1,10 +1,13 @@
 //! A private system-type D-Bus daemon per test.
 //!
 //! The daemon under test drops to an unprivileged user, so the socket directory
-//! is world-traversable (0755) and the policy lets every user connect, own names
-//! and exchange messages: the tests check patchpanel, not a bus policy. The
-//! socket is a path (not an abstract name) so that it is reachable from any
-//! network namespace.
+//! is world-traversable (0755). By default the policy lets every user connect,
+//! own names and exchange messages: most tests check patchpanel, not a bus
+//! policy. [`PrivateBus::start_with_policy`] instead starts a bus with the
+//! stock system bus defaults (deny owning and method calls, allow replies and
+//! signals) plus `<include>`d policy files, for the tests of
+//! `upstart/org.chromium.PatchPanel.conf`. The socket is a path (not an
+//! abstract name) so that it is reachable from any network namespace.
 
 use std::fs::{File, Permissions};
 use std::os::unix::fs::PermissionsExt;
@@ -33,6 +36,21 @@ pub struct PrivateBus {
 impl PrivateBus {
     /// Starts the bus and waits until its socket accepts connections.
     pub fn start() -> Result<Self> {
+        Self::start_config(|socket| bus_config(socket, OPEN_POLICY))
+    }
+
+    /// Starts a bus whose policy is the stock system bus's defaults plus the
+    /// given files, as `<include>`s (what `/etc/dbus-1/system.d/*.conf` are
+    /// on a real system bus), and waits until its socket accepts connections.
+    pub fn start_with_policy(includes: &[&Path]) -> Result<Self> {
+        let mut policy = SYSTEM_DEFAULT_POLICY.to_string();
+        for include in includes {
+            policy.push_str(&format!("  <include>{}</include>\n", include.display()));
+        }
+        Self::start_config(|socket| bus_config(socket, &policy))
+    }
+
+    fn start_config(config_text: impl FnOnce(&Path) -> String) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("ppt-bus-")
             .tempdir()
@@ -42,7 +60,7 @@ impl PrivateBus {
         let socket = dir.path().join("system_bus_socket");
         let address = format!("unix:path={}", socket.display());
         let config = dir.path().join("bus.conf");
-        std::fs::write(&config, bus_config(&socket))
+        std::fs::write(&config, config_text(&socket))
             .with_context(|| format!("cannot write {}", config.display()))?;
         let log_path = dir.path().join("bus.log");
         let log = File::create(&log_path)
@@ -113,17 +131,8 @@ impl Drop for PrivateBus {
     }
 }
 
-/// A system-type bus configuration listening on `socket`, allowing everything
-/// to everyone, with EXTERNAL (uid) authentication.
-fn bus_config(socket: &Path) -> String {
-    format!(
-        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
+/// Everything to everyone.
+const OPEN_POLICY: &str = r#"  <policy context="default">
     <allow user="*"/>
     <allow own="*"/>
     <allow send_type="method_call"/>
@@ -135,7 +144,46 @@ fn bus_config(socket: &Path) -> String {
     <allow receive_type="error"/>
     <allow receive_type="signal"/>
   </policy>
-</busconfig>
+"#;
+
+/// The default context of Debian's `/usr/share/dbus-1/system.conf`: anyone
+/// may connect and talk to the bus itself; owning names and sending method
+/// calls need a hole punched by an included file; requested replies and
+/// signals pass.
+const SYSTEM_DEFAULT_POLICY: &str = r#"  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus"
+          send_interface="org.freedesktop.DBus"
+          send_member="UpdateActivationEnvironment"/>
+  </policy>
+"#;
+
+/// A system-type bus configuration listening on `socket` with `policy`, with
+/// EXTERNAL (uid) authentication.
+fn bus_config(socket: &Path, policy: &str) -> String {
+    format!(
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+{policy}</busconfig>
 "#,
         socket = socket.display()
     )

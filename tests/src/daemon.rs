@@ -42,6 +42,9 @@ pub struct DaemonOptions {
     pub helper_dir: Option<PathBuf>,
     /// Anything else, appended as is.
     pub extra_args: Vec<String>,
+    /// A command line that execs the rest, run between `nsenter` and
+    /// `patchpaneld` (e.g. `setpriv` applying a systemd unit's hardening).
+    pub wrapper: Vec<String>,
     /// TOML appended to the generated configuration file (e.g. a larger
     /// `[pools.netns]`).
     pub extra_config: String,
@@ -129,6 +132,7 @@ impl Daemon {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", netns.path().display()))
             .arg("--")
+            .args(&options.wrapper)
             .arg(bin_dir.join("patchpaneld"))
             .arg("--log-to-stderr")
             .arg("--config")

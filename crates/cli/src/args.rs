@@ -93,6 +93,26 @@ pub enum Command {
     /// Start or stop the ARC container's network (ArcStartup, ArcShutdown).
     #[command(subcommand)]
     Arc(ArcCommand),
+    /// Show uplinks, guests, their links, addresses, routes, fwmarks and
+    /// firewall chains as a tree (GetDevices plus the kernel state of this
+    /// network namespace).
+    #[command(long_about = "Show the host's uplinks and guests as a tree: each \
+                      guest device (GetDevices) under the uplink it uses, with its \
+                      links, addresses, routes, the fwmarks its traffic gets and the \
+                      iptables chains that serve it. Links, addresses, routes and ip \
+                      rules are read with `ip -j` in the network namespace this \
+                      command runs in (run it where patchpaneld runs, e.g. with \
+                      `ip netns exec` or `nsenter --net=`); chains with \
+                      iptables-save/ip6tables-save, which need root: without it the \
+                      chains are left out with a note.")]
+    Topology {
+        /// Print one JSON object instead of the tree.
+        #[arg(long, conflicts_with = "dot")]
+        json: bool,
+        /// Print a Graphviz graph (for `dot -Tsvg`).
+        #[arg(long)]
+        dot: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -604,6 +624,17 @@ mod tests {
             cli.command,
             Command::Arc(ArcCommand::Stop(ArcArgs { pid: 42, .. }))
         ));
+    }
+
+    #[test]
+    fn topology_json_and_dot_exclude_each_other() {
+        assert!(parse(&["topology", "--dot"]).is_ok());
+        assert_eq!(
+            parse(&["topology", "--dot", "--json"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `patchpanel`: the command-line client of patchpaneld.
 //!
 //! Each subcommand is one D-Bus call through `patchpanel-client` (or a
-//! subscription to its signals), its answer printed as text or as JSON.
-//! `connect-ns`, `watch`,
+//! subscription to its signals), its answer printed as text or as JSON;
+//! `topology` adds what it reads from the kernel. `connect-ns`, `watch`,
 //! `monitor` and `counters --watch` keep running until SIGINT, SIGTERM or
 //! SIGHUP; a lifeline held by `connect-ns` is released by the process
 //! exiting, however it exits.
@@ -16,6 +16,7 @@ mod args;
 mod exit;
 mod output;
 mod rates;
+mod topology;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -79,6 +80,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Monitor(args) => monitor(&client, &args, signals),
         Command::Vm(command) => vm(&client, &command),
         Command::Arc(command) => arc(&client, &command),
+        Command::Topology { json, dot } => topology(&client, json, dot),
     }
 }
 
@@ -339,6 +341,17 @@ fn print_guest(guest: &GuestJson, json: bool) -> Result<()> {
         print(&format!("{}\n", json_line(guest)))
     } else {
         print(&guest_text(guest))
+    }
+}
+
+fn topology(client: &Client, json: bool, dot: bool) -> Result<()> {
+    let topology = topology::gather(client)?;
+    if json {
+        print(&format!("{}\n", json_line(&topology)))
+    } else if dot {
+        print(&topology::render::dot(&topology))
+    } else {
+        print(&topology::render::tree(&topology))
     }
 }
 

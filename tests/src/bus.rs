@@ -33,6 +33,14 @@ pub struct PrivateBus {
 impl PrivateBus {
     /// Starts the bus and waits until its socket accepts connections.
     pub fn start() -> Result<Self> {
+        Self::start_with_policy("")
+    }
+
+    /// Like [`PrivateBus::start`], with `rules` (policy elements such as
+    /// `<deny send_member="GetDevices"/>`) appended to the allow-everything
+    /// default policy, so that they override it: for tests of callers the
+    /// bus refuses.
+    pub fn start_with_policy(rules: &str) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("ppt-bus-")
             .tempdir()
@@ -42,7 +50,7 @@ impl PrivateBus {
         let socket = dir.path().join("system_bus_socket");
         let address = format!("unix:path={}", socket.display());
         let config = dir.path().join("bus.conf");
-        std::fs::write(&config, bus_config(&socket))
+        std::fs::write(&config, bus_config(&socket, rules))
             .with_context(|| format!("cannot write {}", config.display()))?;
         let log_path = dir.path().join("bus.log");
         let log = File::create(&log_path)
@@ -114,8 +122,8 @@ impl Drop for PrivateBus {
 }
 
 /// A system-type bus configuration listening on `socket`, allowing everything
-/// to everyone, with EXTERNAL (uid) authentication.
-fn bus_config(socket: &Path) -> String {
+/// to everyone but what `rules` deny, with EXTERNAL (uid) authentication.
+fn bus_config(socket: &Path, rules: &str) -> String {
     format!(
         r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -134,9 +142,10 @@ fn bus_config(socket: &Path) -> String {
     <allow receive_type="method_return"/>
     <allow receive_type="error"/>
     <allow receive_type="signal"/>
+    {rules}
   </policy>
 </busconfig>
 "#,
-        socket = socket.display()
+        socket = socket.display(),
     )
 }

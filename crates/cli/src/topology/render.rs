@@ -88,15 +88,10 @@ fn uplink_node(topology: &Topology, uplink: &Uplink) -> Node {
     let mut children = details(
         &uplink.addresses,
         &uplink.routes,
+        &uplink.rules,
         &uplink.fwmarks,
         &uplink.chains,
     );
-    if !uplink.rules.is_empty() {
-        children.insert(
-            children.len().min(2),
-            Node::branch("ip rules", uplink.rules.iter().map(rule_node).collect()),
-        );
-    }
     children.extend(
         topology
             .guests
@@ -140,15 +135,19 @@ fn guest_node(guest: &Guest) -> Node {
     children.extend(details(
         &guest.addresses,
         &guest.routes,
+        &[],
         &guest.fwmarks,
         &guest.chains,
     ));
     Node::branch(label, children)
 }
 
+/// Addresses, routes, ip rules, fwmarks and chains, each group left out
+/// when empty.
 fn details(
     addresses: &[String],
     routes: &[Route],
+    rules: &[Rule],
     marks: &[Fwmark],
     chains: &[Chain],
 ) -> Vec<Node> {
@@ -160,6 +159,12 @@ fn details(
         nodes.push(Node::branch(
             "routes",
             routes.iter().map(|r| Node::leaf(route_text(r))).collect(),
+        ));
+    }
+    if !rules.is_empty() {
+        nodes.push(Node::branch(
+            "ip rules",
+            rules.iter().map(rule_node).collect(),
         ));
     }
     if !marks.is_empty() {
@@ -276,21 +281,16 @@ pub fn dot(topology: &Topology) -> String {
             quote(&lines.join("\n"))
         );
         if let Some(uplink) = &guest.uplink {
-            let style = if guest.follows_default {
-                ", style=dashed, label=\"default\""
+            let attributes = if guest.follows_default {
+                " [style=dashed, label=\"default\"]"
             } else {
                 ""
             };
             let _ = writeln!(
                 out,
-                "  {} -> {}{};",
+                "  {} -> {}{attributes};",
                 quote(&id),
                 quote(&format!("uplink:{uplink}")),
-                if style.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{}]", &style[2..])
-                }
             );
         }
         for member in &guest.members {

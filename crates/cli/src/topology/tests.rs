@@ -375,3 +375,19 @@ fn mark_meanings_follow_the_fwmark_layout() {
     assert_eq!(mark_meaning(0x8000, 0xc000), "route on VPN");
     assert_eq!(mark_meaning(0x5, 0xff), "");
 }
+
+#[test]
+fn uplink_groups_come_in_order_routes_rules_fwmarks_chains() {
+    let mut k = kernel(true);
+    k.addrs.retain(|a| a.ifname != "eth0");
+
+    let text = tree(&assemble(&devices(), &k));
+
+    let at = |group: &str| {
+        text.find(&format!("─ {group}\n"))
+            .unwrap_or_else(|| panic!("no {group} in {text}"))
+    };
+    assert!(at("routes") < at("ip rules"), "{text}");
+    assert!(at("ip rules") < at("fwmarks"), "{text}");
+    assert!(at("fwmarks") < at("chains"), "{text}");
+}

@@ -50,6 +50,15 @@ impl PrivateBus {
         Self::start_config(|socket| bus_config(socket, &policy))
     }
 
+    /// Like [`PrivateBus::start`], with `rules` (policy elements such as
+    /// `<deny send_member="GetDevices"/>`) appended to the allow-everything
+    /// policy, so that they override it: for tests of callers the bus
+    /// refuses.
+    pub fn start_with_rules(rules: &str) -> Result<Self> {
+        let policy = OPEN_POLICY.replace("  </policy>\n", &format!("    {rules}\n  </policy>\n"));
+        Self::start_config(|socket| bus_config(socket, &policy))
+    }
+
     fn start_config(config_text: impl FnOnce(&Path) -> String) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("ppt-bus-")

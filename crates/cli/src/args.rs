@@ -31,7 +31,9 @@ pub const SOURCE_NAMES: &[(&str, Source)] = &[
 
 const AFTER_HELP: &str = "\
 The daemon is reached on the system bus; set DBUS_SYSTEM_BUS_ADDRESS to use another bus.
-Exit status: 0 on success, 1 when a call fails (the server's reason is printed), 2 on a usage error.";
+Exit status: 0 success; 1 the daemon refused or failed the request (its reason is printed);
+2 usage error; 3 patchpaneld is not running or the bus cannot be reached;
+4 the bus policy does not allow this user the call. See docs/cli.md.";
 
 /// Client of patchpaneld (D-Bus service org.chromium.PatchPanel).
 #[derive(Debug, Parser)]
@@ -72,28 +74,186 @@ pub enum Command {
     )]
     ConnectNs(ConnectNsArgs),
     /// Show traffic counters, per source, device and IP family
-    /// (GetTrafficCounters).
-    Counters {
-        /// Print one JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Interfaces to report (default: all).
-        #[arg(value_name = "DEVICE")]
-        devices: Vec<String>,
-    },
+    /// (GetTrafficCounters); with --watch, rates per uplink and source.
+    Counters(CountersArgs),
     /// Open, lock down or forward a port (ModifyPortRule).
     #[command(name = "port-rule", subcommand)]
     PortRule(PortRuleCommand),
     /// Print NetworkDeviceChanged signals as they arrive, until SIGINT or
-    /// SIGTERM.
-    Watch {
-        /// Print one JSON object per signal.
-        #[arg(long)]
+    /// SIGTERM (`monitor` prints every signal).
+    Watch(FollowArgs),
+    /// Print every signal of org.chromium.PatchPanel as it arrives
+    /// (NetworkDeviceChanged, NeighborReachabilityEvent, ...), one line
+    /// each, until SIGINT or SIGTERM.
+    Monitor(FollowArgs),
+    /// Start or stop a VM's network (TerminaVmStartup, PluginVmStartup,
+    /// ArcVmStartup and their shutdowns).
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Start or stop the ARC container's network (ArcStartup, ArcShutdown).
+    #[command(subcommand)]
+    Arc(ArcCommand),
+    /// Show uplinks, guests, their links, addresses, routes, fwmarks and
+    /// firewall chains as a tree (GetDevices plus the kernel state of this
+    /// network namespace).
+    #[command(long_about = "Show the host's uplinks and guests as a tree: each \
+                      guest device (GetDevices) under the uplink it uses, with its \
+                      links, addresses, routes, the fwmarks its traffic gets and the \
+                      iptables chains that serve it. Links, addresses, routes and ip \
+                      rules are read with `ip -j` in the network namespace this \
+                      command runs in (run it where patchpaneld runs, e.g. with \
+                      `ip netns exec` or `nsenter --net=`); chains with \
+                      iptables-save/ip6tables-save, which need root: without it the \
+                      chains are left out with a note.")]
+    Topology {
+        /// Print one JSON object instead of the tree.
+        #[arg(long, conflicts_with = "dot")]
         json: bool,
-        /// Exit after this many signals.
-        #[arg(long, value_name = "N")]
-        count: Option<usize>,
+        /// Print a Graphviz graph (for `dot -Tsvg`).
+        #[arg(long)]
+        dot: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct CountersArgs {
+    /// Print JSON (one object; with --watch one object per report).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep reading the counters and print rates (bytes/s, packets/s) per
+    /// uplink and source, until SIGINT or SIGTERM.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between two reports of --watch.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "1",
+        requires = "watch",
+        value_parser = parse_interval
+    )]
+    pub interval: Duration,
+    /// With --watch: exit after this many reports.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<usize>,
+    /// Interfaces to report (default: all).
+    #[arg(value_name = "DEVICE")]
+    pub devices: Vec<String>,
+}
+
+/// `watch` and `monitor`.
+#[derive(Debug, Args)]
+pub struct FollowArgs {
+    /// Print one JSON object per signal.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit after this many signals.
+    #[arg(long, value_name = "N")]
+    pub count: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM's TAP and addresses; prints them.
+    #[command(subcommand)]
+    Start(VmStart),
+    /// Remove a VM's TAP and addresses.
+    #[command(subcommand)]
+    Stop(VmStop),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmStart {
+    /// A Crostini (Termina) VM (TerminaVmStartup).
+    Termina {
+        #[command(flatten)]
+        cid: CidArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// A Plugin (Parallels) VM (PluginVmStartup).
+    Plugin {
+        #[command(flatten)]
+        id: PluginIdArg,
+        /// The 1-based subnet to use (the VM keeps subnet and MAC across
+        /// runs); 0 takes the first free one.
+        #[arg(long, value_name = "INDEX", default_value = "0",
+              value_parser = clap::value_parser!(i32).range(0..))]
+        subnet_index: i32,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// ARCVM (ArcVmStartup).
+    Arcvm {
+        #[command(flatten)]
+        cid: CidArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmStop {
+    /// TerminaVmShutdown.
+    Termina {
+        #[command(flatten)]
+        cid: CidArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// PluginVmShutdown.
+    Plugin {
+        #[command(flatten)]
+        id: PluginIdArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// ArcVmShutdown.
+    Arcvm {
+        #[command(flatten)]
+        cid: CidArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArcCommand {
+    /// ArcStartup: set up ARC's networks in the namespace of the
+    /// container's init; prints the ARC devices then listed.
+    Start(ArcArgs),
+    /// ArcShutdown: remove them.
+    Stop(ArcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ArcArgs {
+    /// Pid of the container's init.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    pub pid: i32,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct CidArg {
+    /// The VM's vsock context id.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cid: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct PluginIdArg {
+    /// The caller's id of the VM.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub id: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -231,6 +391,16 @@ pub fn parse_source(text: &str) -> Result<Source, String> {
         })
 }
 
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| "not a number of seconds".to_string())?;
+    if !(0.1..=3600.0).contains(&seconds) {
+        return Err("must be at least 0.1 and at most 3600 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
@@ -353,11 +523,129 @@ mod tests {
     fn counters_takes_any_number_of_devices() {
         let cli = parse(&["counters", "--json", "eth0", "wlan0"]).unwrap();
 
-        let Command::Counters { json, devices } = cli.command else {
+        let Command::Counters(args) = cli.command else {
             panic!("parsed as {:?}", cli.command);
         };
-        assert!(json);
-        assert_eq!(devices, ["eth0", "wlan0"]);
+        assert!(args.json && !args.watch);
+        assert_eq!(args.devices, ["eth0", "wlan0"]);
+    }
+
+    #[test]
+    fn counters_watch_takes_an_interval_and_a_count() {
+        let cli = parse(&["counters", "--watch", "--interval", "0.5", "--count", "3"]).unwrap();
+
+        let Command::Counters(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert!(args.watch);
+        assert_eq!(args.interval, Duration::from_millis(500));
+        assert_eq!(args.count, Some(3));
+    }
+
+    #[test]
+    fn counters_interval_without_watch_is_a_usage_error() {
+        let err = parse(&["counters", "--interval", "2"]).unwrap_err();
+
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn counters_interval_below_a_tenth_of_a_second_is_refused() {
+        assert!(parse(&["counters", "--watch", "--interval", "0.01"]).is_err());
+    }
+
+    #[test]
+    fn vm_start_plugin_reads_id_and_subnet_index() {
+        let cli = parse(&[
+            "vm",
+            "start",
+            "plugin",
+            "--id",
+            "9",
+            "--subnet-index",
+            "3",
+            "--json",
+        ])
+        .unwrap();
+
+        let Command::Vm(VmCommand::Start(VmStart::Plugin {
+            id,
+            subnet_index,
+            json,
+        })) = cli.command
+        else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!((id.id, subnet_index, json.json), (9, 3, true));
+    }
+
+    #[test]
+    fn vm_start_plugin_defaults_to_any_subnet() {
+        let cli = parse(&["vm", "start", "plugin", "--id", "9"]).unwrap();
+
+        assert!(matches!(
+            cli.command,
+            Command::Vm(VmCommand::Start(VmStart::Plugin {
+                subnet_index: 0,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn vm_start_termina_requires_a_nonzero_cid() {
+        assert_eq!(
+            parse(&["vm", "start", "termina"]).unwrap_err().exit_code(),
+            2
+        );
+        assert_eq!(
+            parse(&["vm", "start", "termina", "--cid", "0"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        assert!(matches!(
+            parse(&["vm", "stop", "arcvm", "--cid", "5"])
+                .unwrap()
+                .command,
+            Command::Vm(VmCommand::Stop(VmStop::Arcvm {
+                cid: CidArg { cid: 5 },
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn arc_requires_a_pid() {
+        assert_eq!(parse(&["arc", "start"]).unwrap_err().exit_code(), 2);
+        let cli = parse(&["arc", "stop", "--pid", "42"]).unwrap();
+
+        assert!(matches!(
+            cli.command,
+            Command::Arc(ArcCommand::Stop(ArcArgs { pid: 42, .. }))
+        ));
+    }
+
+    #[test]
+    fn topology_json_and_dot_exclude_each_other() {
+        assert!(parse(&["topology", "--dot"]).is_ok());
+        assert_eq!(
+            parse(&["topology", "--dot", "--json"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn monitor_takes_json_and_count() {
+        let cli = parse(&["monitor", "--json", "--count", "2"]).unwrap();
+
+        let Command::Monitor(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert!(args.json);
+        assert_eq!(args.count, Some(2));
     }
 
     #[test]

@@ -1,45 +1,65 @@
 //! `patchpanel`: the command-line client of patchpaneld.
 //!
-//! Each subcommand is one D-Bus call through `patchpanel-client`, its answer
-//! printed as a table or as JSON. `connect-ns` and `watch` keep running until
-//! SIGINT, SIGTERM or SIGHUP; a lifeline held by `connect-ns` is released by
-//! the process exiting, however it exits.
+//! Each subcommand is one D-Bus call through `patchpanel-client` (or a
+//! subscription to its signals), its answer printed as text or as JSON;
+//! `topology` adds what it reads from the kernel. `connect-ns`, `watch`,
+//! `monitor` and `counters --watch` keep running until SIGINT, SIGTERM or
+//! SIGHUP; a lifeline held by `connect-ns` is released by the process
+//! exiting, however it exits.
 //!
-//! Exit status: 0 on success, 1 when a call fails (the message is
-//! `patchpanel: <what failed>: <server's reason>`), 2 on a usage error
-//! (clap's own exit code).
+//! Exit status ([`exit`], docs/cli.md): 0 on success, 1 when a call fails
+//! (the message is `patchpanel: <what failed>: <server's reason>`), 2 on a
+//! usage error (clap's own exit code), 3 when patchpaneld is not on the bus,
+//! 4 when the bus policy refuses the call.
 
 mod args;
+mod exit;
 mod output;
+mod rates;
+mod topology;
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use patchpanel_client::Client;
+use patchpanel_client::{Client, Subscription};
 use patchpanel_proto::modify_port_rule_request::{Operation, Protocol, RuleType};
 use patchpanel_proto::{ConnectNamespaceRequest, ModifyPortRuleRequest};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::args::{Cli, Command, ConnectNsArgs, PortRuleCommand};
+use crate::args::{
+    ArcCommand, Cli, Command, ConnectNsArgs, CountersArgs, FollowArgs, PortRuleCommand, VmCommand,
+    VmStart, VmStop,
+};
 use crate::output::{
-    counters_table, device_change_text, devices_table, json_line, namespace_text, CounterJson,
-    CountersJson, DeviceChangeJson, DeviceJson, DevicesJson, NamespaceJson,
+    counters_table, device_change_text, devices_table, guest_text, json_line, namespace_text,
+    rates_table, signal_text, CounterJson, CountersJson, DeviceChangeJson, DeviceJson, DevicesJson,
+    GuestJson, NamespaceJson, SignalJson,
 };
 
-/// How often `watch` looks for a termination signal between bus reads.
+/// How often the long-running commands look for a termination signal
+/// between bus reads or counter readings.
 const WATCH_SLICE: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version are "errors" that print to stdout and exit 0.
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            // Printing to stderr can only fail when stderr is gone.
+            let _ = err.print();
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
             eprintln!("patchpanel: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::code_for(&err))
         }
     }
 }
@@ -53,9 +73,14 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices { json } => devices(&client, json),
         Command::ConnectNs(args) => connect_ns(&client, &args, signals),
-        Command::Counters { json, devices } => counters(&client, &devices, json),
+        Command::Counters(args) if args.watch => counters_watch(&client, &args, signals),
+        Command::Counters(args) => counters(&client, &args.devices, args.json),
         Command::PortRule(command) => port_rule(&client, &command),
-        Command::Watch { json, count } => watch(&client, json, count, signals),
+        Command::Watch(args) => watch(&client, &args, signals),
+        Command::Monitor(args) => monitor(&client, &args, signals),
+        Command::Vm(command) => vm(&client, &command),
+        Command::Arc(command) => arc(&client, &command),
+        Command::Topology { json, dot } => topology(&client, json, dot),
     }
 }
 
@@ -151,31 +176,183 @@ fn port_rule(client: &Client, command: &PortRuleCommand) -> Result<()> {
     print(&format!("{verb}d {rule} rule\n"))
 }
 
-fn watch(client: &Client, json: bool, count: Option<usize>, mut signals: Signals) -> Result<()> {
-    let mut changes = client
+fn watch(client: &Client, args: &FollowArgs, signals: Signals) -> Result<()> {
+    let changes = client
         .watch_device_changes()
         .context("cannot watch device changes")?;
-    let limit = count.unwrap_or(usize::MAX);
+    follow(changes, args, signals, |signal| {
+        if args.json {
+            json_line(&DeviceChangeJson::from(signal))
+        } else {
+            device_change_text(signal)
+        }
+    })
+}
+
+fn monitor(client: &Client, args: &FollowArgs, signals: Signals) -> Result<()> {
+    let all = client
+        .watch_signals()
+        .context("cannot subscribe to the signals of patchpaneld")?;
+    follow(all, args, signals, |signal| {
+        if args.json {
+            json_line(&SignalJson::from(signal))
+        } else {
+            signal_text(signal)
+        }
+    })
+}
+
+/// Prints one line per item of `subscription` until `args.count` items or a
+/// termination signal.
+fn follow<T>(
+    mut subscription: Subscription<'_, T>,
+    args: &FollowArgs,
+    mut signals: Signals,
+    line: impl Fn(&T) -> String,
+) -> Result<()> {
+    let limit = args.count.unwrap_or(usize::MAX);
     let mut seen = 0;
     while seen < limit {
         if signals.pending().next().is_some() {
             break;
         }
-        let Some(signal) = changes
+        let Some(item) = subscription
             .next_timeout(WATCH_SLICE)
-            .context("cannot read a device change")?
+            .context("cannot read a signal")?
         else {
             continue;
         };
         seen += 1;
-        let line = if json {
-            json_line(&DeviceChangeJson::from(&signal))
-        } else {
-            device_change_text(&signal)
-        };
-        print(&format!("{line}\n"))?;
+        print(&format!("{}\n", line(&item)))?;
     }
     Ok(())
+}
+
+fn counters_watch(client: &Client, args: &CountersArgs, mut signals: Signals) -> Result<()> {
+    let read = || {
+        client
+            .get_traffic_counters(&args.devices)
+            .context("cannot read the traffic counters")
+    };
+    let mut before = read()?;
+    let mut then = Instant::now();
+    let limit = args.count.unwrap_or(usize::MAX);
+    for _ in 0..limit {
+        let deadline = then + args.interval;
+        loop {
+            if signals.pending().next().is_some() {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(WATCH_SLICE));
+        }
+        let after = read()?;
+        let now = Instant::now();
+        let report = rates::rates(&before, &after, now - then);
+        if args.json {
+            print(&format!("{}\n", json_line(&report)))?;
+        } else {
+            print(&format!("{}\n", rates_table(&report)))?;
+        }
+        (before, then) = (after, now);
+    }
+    Ok(())
+}
+
+fn vm(client: &Client, command: &VmCommand) -> Result<()> {
+    let (result, json) = match command {
+        VmCommand::Start(VmStart::Termina { cid, json }) => (
+            client
+                .terminavm_startup(cid.cid)
+                .map(|r| GuestJson::termina(cid.cid, &r))
+                .context("cannot start the Termina VM's network"),
+            json,
+        ),
+        VmCommand::Start(VmStart::Plugin {
+            id,
+            subnet_index,
+            json,
+        }) => (
+            client
+                .pluginvm_startup(id.id, *subnet_index)
+                .map(|r| GuestJson::plugin(id.id, &r))
+                .context("cannot start the Plugin VM's network"),
+            json,
+        ),
+        VmCommand::Start(VmStart::Arcvm { cid, json }) => (
+            client
+                .arcvm_startup(cid.cid)
+                .map(|r| GuestJson::arcvm(cid.cid, &r))
+                .context("cannot start ARCVM's network"),
+            json,
+        ),
+        VmCommand::Stop(VmStop::Termina { cid, json }) => (
+            client
+                .terminavm_shutdown(cid.cid)
+                .map(|()| GuestJson::stopped("termina", Some(cid.cid), None, None))
+                .context("cannot stop the Termina VM's network"),
+            json,
+        ),
+        VmCommand::Stop(VmStop::Plugin { id, json }) => (
+            client
+                .pluginvm_shutdown(id.id)
+                .map(|()| GuestJson::stopped("plugin", None, Some(id.id), None))
+                .context("cannot stop the Plugin VM's network"),
+            json,
+        ),
+        VmCommand::Stop(VmStop::Arcvm { cid, json }) => (
+            client
+                .arcvm_shutdown(cid.cid)
+                .map(|()| GuestJson::stopped("arcvm", Some(cid.cid), None, None))
+                .context("cannot stop ARCVM's network"),
+            json,
+        ),
+    };
+    print_guest(&result?, json.json)
+}
+
+fn arc(client: &Client, command: &ArcCommand) -> Result<()> {
+    let guest = match command {
+        ArcCommand::Start(args) => {
+            client
+                .arc_startup(args.pid)
+                .context("cannot start ARC's network")?;
+            let devices = client
+                .get_devices()
+                .context("ARC started, but the devices cannot be listed")?;
+            GuestJson::arc(args.pid, &devices)
+        }
+        ArcCommand::Stop(args) => {
+            client
+                .arc_shutdown(args.pid)
+                .context("cannot stop ARC's network")?;
+            GuestJson::stopped("arc", None, None, Some(args.pid))
+        }
+    };
+    let (ArcCommand::Start(args) | ArcCommand::Stop(args)) = command;
+    print_guest(&guest, args.json.json)
+}
+
+fn print_guest(guest: &GuestJson, json: bool) -> Result<()> {
+    if json {
+        print(&format!("{}\n", json_line(guest)))
+    } else {
+        print(&guest_text(guest))
+    }
+}
+
+fn topology(client: &Client, json: bool, dot: bool) -> Result<()> {
+    let topology = topology::gather(client)?;
+    if json {
+        print(&format!("{}\n", json_line(&topology)))
+    } else if dot {
+        print(&topology::render::dot(&topology))
+    } else {
+        print(&topology::render::tree(&topology))
+    }
 }
 
 /// Writes to stdout and flushes, so that a reader of a pipe sees each line

@@ -8,14 +8,19 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use patchpanel_client::Signal;
+use patchpanel_proto::neighbor_reachability_event_signal::{EventType, Role};
 use patchpanel_proto::network_device::{GuestType, TechnologyType};
 use patchpanel_proto::network_device_changed_signal::Event;
 use patchpanel_proto::traffic_counter::{IpFamily, Source};
 use patchpanel_proto::{
-    ipv4_from_addr4, ipv4_from_net_u32, ConnectNamespaceResponse, IPv4Subnet, NetworkDevice,
-    NetworkDeviceChangedSignal, TrafficCounter,
+    ipv4_from_addr4, ipv4_from_net_u32, ArcVmStartupResponse, ConnectNamespaceResponse, IPv4Subnet,
+    NeighborReachabilityEventSignal, NetworkDevice, NetworkDeviceChangedSignal,
+    PluginVmStartupResponse, TerminaVmStartupResponse, TrafficCounter,
 };
 use serde::Serialize;
+
+use crate::rates::RatesJson;
 
 /// What `connect-ns` prints. The same keys as `tests/tools/connect_ns.py`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -143,6 +148,284 @@ impl From<&NetworkDeviceChangedSignal> for DeviceChangeJson {
             device: signal.device.as_ref().map(DeviceJson::from),
         }
     }
+}
+
+/// One line of `monitor --json`: `signal` is the D-Bus member, the other
+/// keys are the decoded payload's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignalJson {
+    pub signal: String,
+    #[serde(flatten)]
+    pub body: SignalBody,
+}
+
+/// The payload of a [`SignalJson`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum SignalBody {
+    DeviceChanged(DeviceChangeJson),
+    Neighbor(NeighborJson),
+    /// A signal this build cannot decode: its payload in hex.
+    Other {
+        payload_hex: String,
+    },
+}
+
+/// `NeighborReachabilityEvent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NeighborJson {
+    pub ifindex: i32,
+    pub ip_addr: String,
+    pub role: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+}
+
+impl From<&NeighborReachabilityEventSignal> for NeighborJson {
+    fn from(signal: &NeighborReachabilityEventSignal) -> Self {
+        Self {
+            ifindex: signal.ifindex,
+            ip_addr: signal.ip_addr.clone(),
+            role: enum_name(
+                signal.role,
+                Role::try_from(signal.role).map(|v| v.as_str_name()),
+            ),
+            event_type: enum_name(
+                signal.r#type,
+                EventType::try_from(signal.r#type).map(|v| v.as_str_name()),
+            ),
+        }
+    }
+}
+
+impl From<&Signal> for SignalJson {
+    fn from(signal: &Signal) -> Self {
+        let body = match signal {
+            Signal::NetworkDeviceChanged(s) => SignalBody::DeviceChanged(DeviceChangeJson::from(s)),
+            Signal::NeighborReachabilityEvent(s) => SignalBody::Neighbor(NeighborJson::from(s)),
+            Signal::Other { payload, .. } => SignalBody::Other {
+                payload_hex: payload.iter().map(|b| format!("{b:02x}")).collect(),
+            },
+        };
+        Self {
+            signal: signal.member().to_string(),
+            body,
+        }
+    }
+}
+
+/// One `monitor` line for people: the member, then the payload.
+pub fn signal_text(signal: &Signal) -> String {
+    match signal {
+        Signal::NetworkDeviceChanged(s) => {
+            format!("{} {}", signal.member(), device_change_text(s))
+        }
+        Signal::NeighborReachabilityEvent(s) => {
+            let n = NeighborJson::from(s);
+            format!(
+                "{} ifindex={} ip={} role={} type={}",
+                signal.member(),
+                n.ifindex,
+                n.ip_addr,
+                n.role,
+                n.event_type
+            )
+        }
+        Signal::Other { member, payload } => format!("{member} ({} bytes)", payload.len()),
+    }
+}
+
+/// What `vm start`, `vm stop`, `arc start` and `arc stop` print with
+/// `--json`. `guest` is `termina`, `plugin`, `arcvm` or `arc`; the keys that
+/// do not apply to a guest are left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GuestJson {
+    pub guest: &'static str,
+    /// `started` or `stopped`.
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tap_device_ifname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tap_device_ifnames: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv4_subnet: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_ipv4_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_ipv4_subnet: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_ipv4_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arc0_ipv4_address: Option<String>,
+    /// `arc start`: the ARC devices GetDevices lists right after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<DeviceJson>>,
+}
+
+impl GuestJson {
+    pub fn termina(cid: u32, r: &TerminaVmStartupResponse) -> Self {
+        Self {
+            guest: "termina",
+            action: "started",
+            cid: Some(cid),
+            tap_device_ifname: Some(r.tap_device_ifname.clone()),
+            ipv4_subnet: r.ipv4_subnet.as_ref().and_then(subnet),
+            ipv4_address: addr4(&r.ipv4_address),
+            gateway_ipv4_address: addr4(&r.gateway_ipv4_address),
+            container_ipv4_subnet: r.container_ipv4_subnet.as_ref().and_then(subnet),
+            container_ipv4_address: addr4(&r.container_ipv4_address),
+            ..Default::default()
+        }
+    }
+
+    pub fn plugin(id: u64, r: &PluginVmStartupResponse) -> Self {
+        Self {
+            guest: "plugin",
+            action: "started",
+            id: Some(id),
+            tap_device_ifname: Some(r.tap_device_ifname.clone()),
+            ipv4_subnet: r.ipv4_subnet.as_ref().and_then(subnet),
+            ipv4_address: addr4(&r.ipv4_address),
+            ..Default::default()
+        }
+    }
+
+    pub fn arcvm(cid: u32, r: &ArcVmStartupResponse) -> Self {
+        Self {
+            guest: "arcvm",
+            action: "started",
+            cid: Some(cid),
+            tap_device_ifnames: Some(r.tap_device_ifnames.clone()),
+            arc0_ipv4_address: addr4(&r.arc0_ipv4_address),
+            ..Default::default()
+        }
+    }
+
+    pub fn arc(pid: i32, devices: &[NetworkDevice]) -> Self {
+        Self {
+            guest: "arc",
+            action: "started",
+            pid: Some(pid),
+            devices: Some(
+                devices
+                    .iter()
+                    .filter(|d| d.guest_type() == GuestType::Arc)
+                    .map(DeviceJson::from)
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// A stop: the guest and its key only.
+    pub fn stopped(
+        guest: &'static str,
+        cid: Option<u32>,
+        id: Option<u64>,
+        pid: Option<i32>,
+    ) -> Self {
+        Self {
+            guest,
+            action: "stopped",
+            cid,
+            id,
+            pid,
+            ..Default::default()
+        }
+    }
+}
+
+/// `vm`/`arc` for people: a title line, then one `key: value` line per
+/// field that has a value.
+pub fn guest_text(g: &GuestJson) -> String {
+    let what = match g.guest {
+        "termina" => "Termina VM",
+        "plugin" => "Plugin VM",
+        "arcvm" => "ARCVM",
+        _ => "ARC container",
+    };
+    let key = match (g.cid, g.id, g.pid) {
+        (Some(cid), _, _) => format!("cid {cid}"),
+        (_, Some(id), _) => format!("id {id}"),
+        (_, _, Some(pid)) => format!("pid {pid}"),
+        _ => String::new(),
+    };
+    let mut out = format!("{} {what} {key}\n", g.action);
+    let mut field = |name: &str, value: &Option<String>| {
+        if let Some(value) = value {
+            out.push_str(&format!("{:<20}{value}\n", format!("{name}:")));
+        }
+    };
+    field("tap", &g.tap_device_ifname);
+    field("taps", &g.tap_device_ifnames.as_ref().map(|t| t.join(" ")));
+    field("subnet", &g.ipv4_subnet);
+    field("address", &g.ipv4_address);
+    field("gateway", &g.gateway_ipv4_address);
+    field("container subnet", &g.container_ipv4_subnet);
+    field("container address", &g.container_ipv4_address);
+    field("arc0 address", &g.arc0_ipv4_address);
+    if let Some(devices) = &g.devices {
+        if devices.is_empty() {
+            out.push_str("no ARC devices yet (they follow the uplinks)\n");
+        }
+        for d in devices {
+            out.push_str(&format!(
+                "device:             {} uplink={} guest={} {} host={}\n",
+                d.ifname,
+                dash(d.phys_ifname.clone()),
+                dash(d.guest_ifname.clone()),
+                opt(d.guest_ipv4_addr.clone()),
+                opt(d.host_ipv4_addr.clone()),
+            ));
+        }
+    }
+    out
+}
+
+/// One `counters --watch` report for people.
+pub fn rates_table(report: &RatesJson) -> String {
+    if report.rates.is_empty() {
+        return format!(
+            "no traffic counters (interval {:.1}s)\n",
+            report.interval_secs
+        );
+    }
+    let rate = |v: f64| format!("{v:.1}");
+    let rows = report
+        .rates
+        .iter()
+        .map(|r| {
+            vec![
+                r.device.clone(),
+                r.source.clone(),
+                rate(r.rx_bytes_per_sec),
+                rate(r.tx_bytes_per_sec),
+                rate(r.rx_packets_per_sec),
+                rate(r.tx_packets_per_sec),
+                r.rx_bytes.to_string(),
+                r.tx_bytes.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DEVICE", "SOURCE", "RX_B/S", "TX_B/S", "RX_PKT/S", "TX_PKT/S", "RX_BYTES", "TX_BYTES",
+        ],
+        rows,
+    )
+}
+
+/// An `addr4` field; empty or malformed is `None`.
+fn addr4(bytes: &[u8]) -> Option<String> {
+    ipv4_from_addr4(bytes).map(|a| a.to_string())
 }
 
 /// One JSON object, on one line.
@@ -504,5 +787,133 @@ mod tests {
             text.starts_with("DEVICE_ADDED vmtap0 guest=eth0 type=TERMINA_VM"),
             "{text}"
         );
+    }
+
+    fn termina_response() -> TerminaVmStartupResponse {
+        TerminaVmStartupResponse {
+            tap_device_ifname: "vmtap0".into(),
+            ipv4_subnet: Some(IPv4Subnet::new(Ipv4Addr::new(100, 115, 92, 24), 30)),
+            ipv4_address: vec![100, 115, 92, 26],
+            gateway_ipv4_address: vec![100, 115, 92, 25],
+            container_ipv4_subnet: Some(IPv4Subnet::new(Ipv4Addr::new(100, 115, 92, 192), 28)),
+            container_ipv4_address: vec![100, 115, 92, 193],
+        }
+    }
+
+    #[test]
+    fn termina_json_has_every_address_and_no_keys_of_other_guests() {
+        let value = parsed(&json_line(&GuestJson::termina(7, &termina_response())));
+
+        assert_eq!(
+            value,
+            json!({
+                "guest": "termina", "action": "started", "cid": 7,
+                "tap_device_ifname": "vmtap0",
+                "ipv4_subnet": "100.115.92.24/30",
+                "ipv4_address": "100.115.92.26",
+                "gateway_ipv4_address": "100.115.92.25",
+                "container_ipv4_subnet": "100.115.92.192/28",
+                "container_ipv4_address": "100.115.92.193",
+            })
+        );
+    }
+
+    #[test]
+    fn arcvm_json_lists_the_taps_in_order() {
+        let response = ArcVmStartupResponse {
+            arc0_ipv4_address: vec![100, 115, 92, 2],
+            tap_device_ifnames: vec!["vmtap1".into(), "vmtap2".into()],
+        };
+
+        let value = parsed(&json_line(&GuestJson::arcvm(5, &response)));
+
+        assert_eq!(value["tap_device_ifnames"], json!(["vmtap1", "vmtap2"]));
+        assert_eq!(value["arc0_ipv4_address"], "100.115.92.2");
+    }
+
+    #[test]
+    fn stop_json_has_the_guest_and_its_key_only() {
+        let value = parsed(&json_line(&GuestJson::stopped(
+            "plugin",
+            None,
+            Some(3),
+            None,
+        )));
+
+        assert_eq!(
+            value,
+            json!({"guest": "plugin", "action": "stopped", "id": 3})
+        );
+    }
+
+    #[test]
+    fn arc_start_keeps_only_arc_devices() {
+        let arc = NetworkDevice {
+            ifname: "arc_eth0".into(),
+            guest_type: GuestType::Arc as i32,
+            ..device()
+        };
+
+        let guest = GuestJson::arc(42, &[device(), arc]);
+
+        let devices = guest.devices.as_ref().unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].ifname, "arc_eth0");
+        assert!(guest_text(&guest).starts_with("started ARC container pid 42\ndevice:"));
+    }
+
+    #[test]
+    fn guest_text_aligns_one_field_per_line() {
+        let text = guest_text(&GuestJson::termina(7, &termina_response()));
+
+        assert_eq!(
+            text,
+            "started Termina VM cid 7\n\
+             tap:                vmtap0\n\
+             subnet:             100.115.92.24/30\n\
+             address:            100.115.92.26\n\
+             gateway:            100.115.92.25\n\
+             container subnet:   100.115.92.192/28\n\
+             container address:  100.115.92.193\n"
+        );
+    }
+
+    #[test]
+    fn unknown_signals_are_printed_by_member_with_their_size() {
+        let signal = Signal::Other {
+            member: "Future".into(),
+            payload: vec![0xab, 0x01],
+        };
+
+        assert_eq!(signal_text(&signal), "Future (2 bytes)");
+        assert_eq!(
+            parsed(&json_line(&SignalJson::from(&signal))),
+            json!({"signal": "Future", "payload_hex": "ab01"})
+        );
+    }
+
+    #[test]
+    fn rates_table_has_one_row_per_device_and_source() {
+        let report = RatesJson {
+            interval_secs: 1.0,
+            rates: vec![crate::rates::RateJson {
+                device: "eth0".into(),
+                source: "ARC".into(),
+                rx_bytes_per_sec: 1536.25,
+                tx_bytes_per_sec: 0.0,
+                rx_packets_per_sec: 2.0,
+                tx_packets_per_sec: 0.0,
+                rx_bytes: 9000,
+                tx_bytes: 0,
+                rx_packets: 10,
+                tx_packets: 0,
+            }],
+        };
+
+        let text = rates_table(&report);
+
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("DEVICE  SOURCE  RX_B/S"), "{text}");
+        assert!(lines[1].starts_with("eth0    ARC     1536.2"), "{text}");
     }
 }

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use patchpanel_client::fake::{wait_for_hangup, FakeService};
 use patchpanel_proto::modify_port_rule_request::{Operation, Protocol, RuleType};
+use patchpanel_proto::neighbor_reachability_event_signal::{EventType, Role};
 use patchpanel_proto::network_device::GuestType;
 use patchpanel_proto::network_device_changed_signal::Event;
 use patchpanel_proto::traffic_counter::Source;
 use patchpanel_proto::{
     ipv4_to_net_u32, names, ConnectNamespaceRequest, ConnectNamespaceResponse, GetDevicesResponse,
-    IPv4Subnet, ModifyPortRuleRequest, ModifyPortRuleResponse, NetworkDevice,
-    NetworkDeviceChangedSignal,
+    IPv4Subnet, ModifyPortRuleRequest, ModifyPortRuleResponse, NeighborReachabilityEventSignal,
+    NetworkDevice, NetworkDeviceChangedSignal,
 };
 use patchpanel_tests::PrivateBus;
 use prost::Message as _;
@@ -405,17 +406,101 @@ fn usage_error_exits_two_without_calling() {
 }
 
 #[test]
-fn without_a_daemon_the_error_says_it_is_not_running() {
+fn without_a_daemon_the_error_says_it_is_not_running_and_exits_three() {
     let bus = PrivateBus::start().unwrap();
 
     let out = run(&bus, &["devices"]);
 
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(
         stderr(&out)
             .starts_with("patchpanel: cannot list the guest devices: patchpaneld is not running"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// Emits with `emit` until `running` prints a line (the CLI subscribes
+/// asynchronously); that line.
+fn first_line(running: &Running, mut emit: impl FnMut()) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        emit();
+        if let Ok(line) = running.lines.recv_timeout(Duration::from_millis(100)) {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing printed within {WAIT:?}"
+        );
+    }
+}
+
+#[test]
+fn monitor_json_prints_every_signal_of_the_interface_decoded() {
+    let bus = PrivateBus::start().unwrap();
+    let fake = FakeService::builder().start(bus.address()).unwrap();
+    let monitor = Running::start(&bus, &["monitor", "--json"]);
+    let neighbor = NeighborReachabilityEventSignal {
+        ifindex: 3,
+        ip_addr: "192.0.2.1".into(),
+        role: Role::Gateway as i32,
+        r#type: EventType::Reachable as i32,
+    };
+
+    let first = first_line(&monitor, || {
+        fake.emit_signal(names::NEIGHBOR_REACHABILITY_EVENT, neighbor.encode_to_vec())
+            .unwrap()
+    });
+    fake.emit_device_changed(&NetworkDeviceChangedSignal {
+        device: Some(device()),
+        event: Event::DeviceAdded as i32,
+    })
+    .unwrap();
+    fake.emit_signal("SomethingNew", vec![1, 2, 0xff]).unwrap();
+    // Skip the neighbour events the first loop may have queued.
+    let mut later = Vec::new();
+    while later.len() < 2 {
+        let value: Value = serde_json::from_str(&monitor.line()).unwrap();
+        if value["signal"] != "NeighborReachabilityEvent" {
+            later.push(value);
+        }
+    }
+    monitor.signal("TERM");
+    let (code, _, err) = monitor.finish();
+
+    assert_eq!(
+        serde_json::from_str::<Value>(&first).unwrap(),
+        json!({"signal": "NeighborReachabilityEvent", "ifindex": 3, "ip_addr": "192.0.2.1",
+               "role": "GATEWAY", "type": "REACHABLE"})
+    );
+    assert_eq!(later[0]["signal"], "NetworkDeviceChanged");
+    assert_eq!(later[0]["event"], "DEVICE_ADDED");
+    assert_eq!(later[0]["device"]["ifname"], "vmtap0");
+    assert_eq!(
+        later[1],
+        json!({"signal": "SomethingNew", "payload_hex": "0102ff"})
+    );
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn monitor_text_names_the_signal_then_the_payload() {
+    let bus = PrivateBus::start().unwrap();
+    let fake = FakeService::builder().start(bus.address()).unwrap();
+    let monitor = Running::start(&bus, &["monitor", "--count", "1"]);
+    let signal = NetworkDeviceChangedSignal {
+        device: Some(device()),
+        event: Event::DeviceRemoved as i32,
+    };
+
+    let line = first_line(&monitor, || fake.emit_device_changed(&signal).unwrap());
+    let (code, _, err) = monitor.finish();
+
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        line.starts_with("NetworkDeviceChanged DEVICE_REMOVED vmtap0 guest=eth0 type=TERMINA_VM"),
+        "{line}"
     );
 }
 

@@ -20,7 +20,7 @@ use patchpanel_proto::{
 
 use crate::error::{short_type_name, Error};
 use crate::lifeline::Lifeline;
-use crate::watch::DeviceChanges;
+use crate::watch::{DeviceChanges, Signals};
 
 /// How long a call waits for its answer unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -284,7 +284,13 @@ impl Client {
     /// Subscribes to `NetworkDeviceChanged`; the subscription ends when the
     /// returned [`DeviceChanges`] is dropped.
     pub fn watch_device_changes(&self) -> Result<DeviceChanges<'_>, Error> {
-        DeviceChanges::subscribe(self)
+        DeviceChanges::subscribe_device_changes(self)
+    }
+
+    /// Subscribes to every signal of `org.chromium.PatchPanel`; the
+    /// subscription ends when the returned [`Signals`] is dropped.
+    pub fn watch_signals(&self) -> Result<Signals<'_>, Error> {
+        Signals::subscribe_all(self)
     }
 }
 

@@ -21,6 +21,8 @@ const NO_REPLY: &[&str] = &[
 ];
 /// D-Bus error name for a method the service does not have.
 const UNKNOWN_METHOD: &str = "org.freedesktop.DBus.Error.UnknownMethod";
+/// D-Bus error name the bus answers when its policy forbids the call.
+const ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
 
 /// A failed call to patchpanel.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,16 @@ pub enum Error {
         names::SERVICE
     )]
     ServiceUnknown,
+    /// The bus policy does not let this caller send the call (the bus
+    /// answered `org.freedesktop.DBus.Error.AccessDenied`; the daemon never
+    /// saw it).
+    #[error("the bus policy does not allow this user to call {method}: {message}")]
+    AccessDenied {
+        /// The D-Bus method called.
+        method: String,
+        /// The bus's message.
+        message: String,
+    },
     /// The service does not implement the method (an older daemon).
     #[error("the service does not implement {method}: {message}")]
     UnknownMethod {
@@ -114,6 +126,10 @@ impl Error {
             _ if NO_REPLY.contains(&name) => Self::Timeout {
                 method: method.to_string(),
                 timeout,
+                message,
+            },
+            ACCESS_DENIED => Self::AccessDenied {
+                method: method.to_string(),
                 message,
             },
             UNKNOWN_METHOD => Self::UnknownMethod {
@@ -211,13 +227,26 @@ mod tests {
     }
 
     #[test]
+    fn access_denied_names_the_method_and_is_not_a_server_refusal() {
+        let err = translate(ACCESS_DENIED, "policy says no");
+
+        assert!(matches!(
+            &err,
+            Error::AccessDenied { method, message }
+                if method == "ConnectNamespace" && message == "policy says no"
+        ));
+        assert!(!err.is_server_refusal());
+        assert!(err.to_string().contains("bus policy"), "{err}");
+    }
+
+    #[test]
     fn other_dbus_errors_keep_name_and_message() {
-        let err = translate("org.freedesktop.DBus.Error.AccessDenied", "policy says no");
+        let err = translate("org.freedesktop.DBus.Error.LimitsExceeded", "too many");
 
         assert!(matches!(
             &err,
             Error::DBus { name, message, .. }
-                if name == "org.freedesktop.DBus.Error.AccessDenied" && message == "policy says no"
+                if name == "org.freedesktop.DBus.Error.LimitsExceeded" && message == "too many"
         ));
         assert!(!err.is_server_refusal());
     }

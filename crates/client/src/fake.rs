@@ -4,7 +4,7 @@
 //! It owns `org.chromium.PatchPanel` on a test bus, answers each method with
 //! a reply fixed in advance, records every call (request bytes and any file
 //! descriptor, which it keeps open, as the real daemon keeps a lifeline) and
-//! emits `NetworkDeviceChanged` on request. Tests of the client and of the
+//! emits signals on request. Tests of the client and of the
 //! CLI use it while the daemon does not implement a method yet, and to
 //! produce answers (errors, malformed bytes) the daemon never gives.
 
@@ -157,6 +157,12 @@ impl FakeService {
 
     /// Emits `NetworkDeviceChanged` with these bytes (e.g. malformed ones).
     pub fn emit_device_changed_bytes(&self, bytes: Vec<u8>) -> Result<(), Error> {
+        self.emit_signal(names::NETWORK_DEVICE_CHANGED, bytes)
+    }
+
+    /// Emits the signal `member` of the interface with these bytes as its
+    /// `ay` and waits until it is written to the bus.
+    pub fn emit_signal(&self, member: &str, bytes: Vec<u8>) -> Result<(), Error> {
         let (done_tx, done_rx) = mpsc::channel();
         let stopped = || Error::DBus {
             method: "fake service".into(),
@@ -164,7 +170,7 @@ impl FakeService {
             message: "the fake service is not running".into(),
         };
         self.commands
-            .send(Command::Emit(bytes, done_tx))
+            .send(Command::Emit(member.to_string(), bytes, done_tx))
             .map_err(|_| stopped())?;
         match done_rx.recv_timeout(Duration::from_secs(5)) {
             Ok(result) => result,
@@ -203,7 +209,7 @@ pub fn wait_for_hangup(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool
 }
 
 enum Command {
-    Emit(Vec<u8>, Sender<Result<(), Error>>),
+    Emit(String, Vec<u8>, Sender<Result<(), Error>>),
     Stop,
 }
 
@@ -269,8 +275,8 @@ fn serve(
     let _ = ready.send(Ok(()));
     loop {
         match commands.try_recv() {
-            Ok(Command::Emit(bytes, done)) => {
-                let _ = done.send(emit(&conn, bytes));
+            Ok(Command::Emit(member, bytes, done)) => {
+                let _ = done.send(emit(&conn, &member, bytes));
             }
             Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return,
             Err(TryRecvError::Empty) => {}
@@ -335,15 +341,13 @@ fn error_reply(msg: &Message, name: &str, message: &str) -> Message {
     msg.error(&name, &text)
 }
 
-fn emit(conn: &Connection, bytes: Vec<u8>) -> Result<(), Error> {
-    let signal = Message::signal(
-        &names::PATH.into(),
-        &names::INTERFACE.into(),
-        &names::NETWORK_DEVICE_CHANGED.into(),
-    )
-    .append1(bytes);
+fn emit(conn: &Connection, member: &str, bytes: Vec<u8>) -> Result<(), Error> {
+    let member = dbus::strings::Member::new(member)
+        .map_err(|_| Error::InvalidMethodName(member.to_string()))?;
+    let signal =
+        Message::signal(&names::PATH.into(), &names::INTERFACE.into(), &member).append1(bytes);
     conn.send(signal).map_err(|()| Error::DBus {
-        method: names::NETWORK_DEVICE_CHANGED.into(),
+        method: member.to_string(),
         name: "send".into(),
         message: "cannot queue the signal".into(),
     })?;

@@ -14,7 +14,8 @@
 //!   typed method per D-Bus method and the generic [`Client::call`].
 //! - [`Lifeline`]: the caller's end of a `ConnectNamespace` lifeline;
 //!   dropping it releases the namespace.
-//! - [`DeviceChanges`]: decoded `NetworkDeviceChanged` signals.
+//! - [`DeviceChanges`]: decoded `NetworkDeviceChanged` signals;
+//!   [`Signals`]: every signal of the interface, as [`Signal`]s.
 //! - [`Error`]: what went wrong, with the server's refusals
 //!   (`InvalidArgument`, `Failed`) kept apart from bus trouble.
 //!
@@ -32,7 +33,7 @@ pub mod fake;
 pub use client::{Client, DEFAULT_TIMEOUT};
 pub use error::Error;
 pub use lifeline::Lifeline;
-pub use watch::DeviceChanges;
+pub use watch::{DeviceChanges, Signal, Signals, Subscription};
 
 /// The message types, re-exported so that users need not depend on
 /// `patchpanel-proto` themselves.

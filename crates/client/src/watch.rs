@@ -1,4 +1,6 @@
-//! `NetworkDeviceChanged` signals, decoded.
+//! Signals of `org.chromium.PatchPanel`, decoded: one signal
+//! (`NetworkDeviceChanged`, [`DeviceChanges`]) or all of them
+//! ([`Signals`], each a [`Signal`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -7,35 +9,68 @@ use std::time::{Duration, Instant};
 use dbus::channel::Token;
 use dbus::message::MatchRule;
 use dbus::Message;
-use patchpanel_proto::{names, NetworkDeviceChangedSignal};
-use prost::Message as _;
+use patchpanel_proto::{names, NeighborReachabilityEventSignal, NetworkDeviceChangedSignal};
 
 use crate::error::{short_type_name, Error};
 use crate::Client;
 
-type Queue = Arc<Mutex<VecDeque<Result<NetworkDeviceChangedSignal, Error>>>>;
+type Queue<T> = Arc<Mutex<VecDeque<Result<T, Error>>>>;
 
 /// How long one blocking [`Iterator::next`] waits on the bus before looking
 /// again; the iterator itself waits forever.
 const ITERATOR_SLICE: Duration = Duration::from_secs(60);
 
-/// A subscription to `NetworkDeviceChanged` from patchpaneld.
+/// One signal from patchpaneld.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Signal {
+    /// `NetworkDeviceChanged`.
+    NetworkDeviceChanged(NetworkDeviceChangedSignal),
+    /// `NeighborReachabilityEvent`.
+    NeighborReachabilityEvent(NeighborReachabilityEventSignal),
+    /// A signal this build does not know, with its first argument's bytes
+    /// when it is an `ay` (empty otherwise).
+    Other {
+        /// The signal's member name.
+        member: String,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+}
+
+impl Signal {
+    /// The signal's D-Bus member name.
+    pub fn member(&self) -> &str {
+        match self {
+            Signal::NetworkDeviceChanged(_) => names::NETWORK_DEVICE_CHANGED,
+            Signal::NeighborReachabilityEvent(_) => names::NEIGHBOR_REACHABILITY_EVENT,
+            Signal::Other { member, .. } => member,
+        }
+    }
+}
+
+/// A subscription to signals of patchpaneld, each decoded as a `T`.
 ///
-/// Signals are read while [`DeviceChanges::next_timeout`] or
+/// Signals are read while [`Subscription::next_timeout`] or
 /// [`Iterator::next`] runs; those that arrive during other calls on the same
 /// client are kept and returned later. A signal whose payload does not decode
 /// comes out as an `Err` item; the subscription goes on.
-pub struct DeviceChanges<'a> {
+pub struct Subscription<'a, T> {
     client: &'a Client,
-    queue: Queue,
+    queue: Queue<T>,
     token: Option<Token>,
     /// Set when the connection failed: the iterator then ends.
     broken: bool,
 }
 
-impl std::fmt::Debug for DeviceChanges<'_> {
+/// A subscription to `NetworkDeviceChanged`.
+pub type DeviceChanges<'a> = Subscription<'a, NetworkDeviceChangedSignal>;
+
+/// A subscription to every signal of the interface.
+pub type Signals<'a> = Subscription<'a, Signal>;
+
+impl<T> std::fmt::Debug for Subscription<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceChanges")
+        f.debug_struct("Subscription")
             .field("client", &self.client)
             .field("subscribed", &self.token.is_some())
             .field("broken", &self.broken)
@@ -44,18 +79,43 @@ impl std::fmt::Debug for DeviceChanges<'_> {
 }
 
 impl<'a> DeviceChanges<'a> {
-    pub(crate) fn subscribe(client: &'a Client) -> Result<Self, Error> {
-        let rule = MatchRule::new_signal(names::INTERFACE, names::NETWORK_DEVICE_CHANGED)
+    pub(crate) fn subscribe_device_changes(client: &'a Client) -> Result<Self, Error> {
+        Subscription::subscribe(client, Some(names::NETWORK_DEVICE_CHANGED), |msg| {
+            decode_payload(msg, names::NETWORK_DEVICE_CHANGED)
+        })
+    }
+}
+
+impl<'a> Signals<'a> {
+    pub(crate) fn subscribe_all(client: &'a Client) -> Result<Self, Error> {
+        Subscription::subscribe(client, None, decode_any)
+    }
+}
+
+impl<'a, T: Send + 'static> Subscription<'a, T> {
+    /// Subscribes to `member` (every member when `None`) of patchpaneld's
+    /// interface and object, decoding each with `decode`.
+    fn subscribe(
+        client: &'a Client,
+        member: Option<&'static str>,
+        decode: fn(&Message) -> Result<T, Error>,
+    ) -> Result<Self, Error> {
+        let mut rule = MatchRule::new()
+            .with_type(dbus::message::MessageType::Signal)
+            .with_interface(names::INTERFACE)
             .with_sender(names::SERVICE)
             .with_path(names::PATH);
-        let queue = Queue::default();
+        if let Some(member) = member {
+            rule = rule.with_member(member);
+        }
+        let queue: Queue<T> = Arc::default();
         let sink = Arc::clone(&queue);
         let token = client
             .conn
             .add_match(rule, move |(): (), _, msg: &Message| {
                 sink.lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push_back(decode_signal(msg));
+                    .push_back(decode(msg));
                 true
             })
             .map_err(|err| Error::from_call("AddMatch", client.timeout(), &err))?;
@@ -66,12 +126,11 @@ impl<'a> DeviceChanges<'a> {
             broken: false,
         })
     }
+}
 
+impl<T> Subscription<'_, T> {
     /// The next signal, waiting at most `timeout`; `Ok(None)` if none came.
-    pub fn next_timeout(
-        &mut self,
-        timeout: Duration,
-    ) -> Result<Option<NetworkDeviceChangedSignal>, Error> {
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<T>, Error> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(item) = self.pop() {
@@ -83,12 +142,12 @@ impl<'a> DeviceChanges<'a> {
             }
             self.client.conn.process(left).map_err(|err| {
                 self.broken = true;
-                Error::from_call(names::NETWORK_DEVICE_CHANGED, left, &err)
+                Error::from_call("signal", left, &err)
             })?;
         }
     }
 
-    fn pop(&self) -> Option<Result<NetworkDeviceChangedSignal, Error>> {
+    fn pop(&self) -> Option<Result<T, Error>> {
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -98,8 +157,8 @@ impl<'a> DeviceChanges<'a> {
 
 /// Blocks until the next signal; ends only when the bus connection fails
 /// (after yielding that error).
-impl Iterator for DeviceChanges<'_> {
-    type Item = Result<NetworkDeviceChangedSignal, Error>;
+impl<T> Iterator for Subscription<'_, T> {
+    type Item = Result<T, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -115,7 +174,7 @@ impl Iterator for DeviceChanges<'_> {
     }
 }
 
-impl Drop for DeviceChanges<'_> {
+impl<T> Drop for Subscription<'_, T> {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
             // Best effort: the bus drops the match with the connection anyway.
@@ -124,13 +183,29 @@ impl Drop for DeviceChanges<'_> {
     }
 }
 
-fn decode_signal(msg: &Message) -> Result<NetworkDeviceChangedSignal, Error> {
+fn decode_payload<M: prost::Message + Default>(msg: &Message, member: &str) -> Result<M, Error> {
     let bytes: Vec<u8> = msg.read1().map_err(|err| Error::UnexpectedArguments {
-        what: format!("{} signal", names::NETWORK_DEVICE_CHANGED),
+        what: format!("{member} signal"),
         reason: err.to_string(),
     })?;
-    NetworkDeviceChangedSignal::decode(bytes.as_slice()).map_err(|source| Error::Decode {
-        message: short_type_name::<NetworkDeviceChangedSignal>(),
+    M::decode(bytes.as_slice()).map_err(|source| Error::Decode {
+        message: short_type_name::<M>(),
         source,
     })
+}
+
+fn decode_any(msg: &Message) -> Result<Signal, Error> {
+    let member = msg.member().map(|m| m.to_string()).unwrap_or_default();
+    match member.as_str() {
+        names::NETWORK_DEVICE_CHANGED => {
+            decode_payload(msg, &member).map(Signal::NetworkDeviceChanged)
+        }
+        names::NEIGHBOR_REACHABILITY_EVENT => {
+            decode_payload(msg, &member).map(Signal::NeighborReachabilityEvent)
+        }
+        _ => Ok(Signal::Other {
+            payload: msg.read1::<Vec<u8>>().unwrap_or_default(),
+            member,
+        }),
+    }
 }

@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use dbus::channel::Channel;
 use patchpanel_client::fake::{wait_for_hangup, FakeService};
-use patchpanel_client::{Client, Error};
+use patchpanel_client::{Client, Error, Signal};
 use patchpanel_proto::modify_port_rule_request::{Operation, Protocol, RuleType};
 use patchpanel_proto::network_device::GuestType;
 use patchpanel_proto::network_device_changed_signal::Event;
 use patchpanel_proto::traffic_counter::Source;
 use patchpanel_proto::{
     ipv4_to_net_u32, names, ConnectNamespaceRequest, ConnectNamespaceResponse, GetDevicesResponse,
-    IPv4Subnet, ModifyPortRuleRequest, ModifyPortRuleResponse, NetworkDevice,
-    NetworkDeviceChangedSignal, TerminaVmStartupResponse, TrafficCounter, TrafficCountersRequest,
-    TrafficCountersResponse,
+    IPv4Subnet, ModifyPortRuleRequest, ModifyPortRuleResponse, NeighborReachabilityEventSignal,
+    NetworkDevice, NetworkDeviceChangedSignal, TerminaVmStartupResponse, TrafficCounter,
+    TrafficCountersRequest, TrafficCountersResponse,
 };
 use patchpanel_tests::PrivateBus;
 use prost::Message as _;
@@ -455,6 +455,63 @@ fn watch_yields_device_changes_in_order() {
 
     assert_eq!(changes.next_timeout(WAIT).unwrap(), Some(added));
     assert_eq!(changes.next().unwrap().unwrap(), removed);
+}
+
+#[test]
+fn watch_signals_yields_every_signal_decoded_by_member() {
+    let bus = PrivateBus::start().unwrap();
+    let fake = FakeService::builder().start(bus.address()).unwrap();
+    let client = client(&bus);
+    let mut signals = client.watch_signals().unwrap();
+    let changed = NetworkDeviceChangedSignal {
+        device: Some(device("vmtap0")),
+        event: Event::DeviceAdded as i32,
+    };
+    let neighbor = NeighborReachabilityEventSignal {
+        ifindex: 4,
+        ip_addr: "192.0.2.1".into(),
+        ..Default::default()
+    };
+
+    fake.emit_device_changed(&changed).unwrap();
+    fake.emit_signal(names::NEIGHBOR_REACHABILITY_EVENT, neighbor.encode_to_vec())
+        .unwrap();
+    fake.emit_signal("Unheard", vec![7]).unwrap();
+
+    assert_eq!(
+        signals.next_timeout(WAIT).unwrap(),
+        Some(Signal::NetworkDeviceChanged(changed))
+    );
+    assert_eq!(
+        signals.next_timeout(WAIT).unwrap(),
+        Some(Signal::NeighborReachabilityEvent(neighbor))
+    );
+    let other = signals.next_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(other.member(), "Unheard");
+    assert_eq!(
+        other,
+        Signal::Other {
+            member: "Unheard".into(),
+            payload: vec![7]
+        }
+    );
+}
+
+#[test]
+fn watch_device_changes_ignores_other_signals() {
+    let bus = PrivateBus::start().unwrap();
+    let fake = FakeService::builder().start(bus.address()).unwrap();
+    let client = client(&bus);
+    let mut changes = client.watch_device_changes().unwrap();
+    let changed = NetworkDeviceChangedSignal {
+        device: Some(device("vmtap0")),
+        event: Event::DeviceAdded as i32,
+    };
+
+    fake.emit_signal("Unheard", vec![7]).unwrap();
+    fake.emit_device_changed(&changed).unwrap();
+
+    assert_eq!(changes.next_timeout(WAIT).unwrap(), Some(changed));
 }
 
 #[test]

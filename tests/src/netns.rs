@@ -121,7 +121,7 @@ impl Netns {
 /// `nft list table` output of one of patchpanel's tables as
 /// `iptables-save` lines.
 pub fn nft_as_save(listing: &str, family: &str, table: &str) -> String {
-    let mut out = format!("# nf_tables {family} patchpanel_{table}\n*{table}\n");
+    let mut out = format!("# nf_tables {family} {table}\n*{table}\n");
     let mut chain = None;
     for line in listing.lines() {
         let l = line.trim();
@@ -143,6 +143,7 @@ pub fn nft_as_save(listing: &str, family: &str, table: &str) -> String {
         match l.rfind(" comment \"") {
             Some(i) => {
                 let spec = l[i + 10..].trim_end_matches('"');
+                let spec = patchpanel_firewall::render::saved_form(spec);
                 out.push_str(&format!("-A {c} {spec}\n"));
             }
             None if l == "counter" || l.starts_with("counter packets") => {

@@ -1358,8 +1358,8 @@ fn firewall_step_applies_a_connected_namespace_batch_and_its_teardown_removes_it
             "{want:?} missing from the added lines: {added:#?}"
         );
     }
-    let v4 = f.exec(&["iptables-save", "-t", "mangle"]);
-    let v6 = f.exec(&["ip6tables-save", "-t", "mangle"]);
+    let v4 = f.netns.firewall_save(false, Some("mangle")).expect("v4");
+    let v6 = f.netns.firewall_save(true, Some("mangle")).expect("v6");
     for save in [&v4, &v6] {
         assert!(
             save.lines()
@@ -1653,8 +1653,8 @@ fn remove_owned_keeps_the_accounting_chains_when_asked() {
         .unwrap_or_else(|e| panic!("RemoveOwned: {e}"));
 
     assert!(report.failures.is_empty(), "{:?}", report.failures);
-    for save in ["iptables-save", "ip6tables-save"] {
-        let text = f.exec(&[save, "-t", "mangle"]);
+    for (save, v6) in [("iptables-save", false), ("ip6tables-save", true)] {
+        let text = f.netns.firewall_save(v6, Some("mangle")).expect(save);
         assert!(
             text.contains(":rx_eth9"),
             "{save}: rx_eth9 is gone:\n{text}"

@@ -382,3 +382,123 @@ mod tests {
         assert_eq!(render(&batch, Family::V6), "");
     }
 }
+
+/// A rendered rule spec as `iptables-save` spells it back: `MARK` and
+/// `CONNMARK --set-mark v/m` as `--set-xmark v/m` (the same with `v`
+/// inside `m`, which validation ensures), `CONNMARK --save-mark`/
+/// `--restore-mark --mask M` as `--nfmask M --ctmask M`. Dumps of either
+/// backend then read the same.
+pub fn saved_form(spec: &str) -> String {
+    let words = saved_order(spec);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let mut out: Vec<String> = Vec::with_capacity(words.len() + 2);
+    let mut target = "";
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        if i > 0 && words[i - 1] == "-j" {
+            target = w;
+        }
+        match (target, w) {
+            ("MARK" | "CONNMARK", "--set-mark") => out.push("--set-xmark".into()),
+            ("CONNMARK", "--mask") if i + 1 < words.len() => {
+                out.push("--nfmask".into());
+                out.push(words[i + 1].into());
+                out.push("--ctmask".into());
+                out.push(words[i + 1].into());
+                i += 1;
+            }
+            _ => out.push(w.into()),
+        }
+        i += 1;
+    }
+    out.join(" ")
+}
+
+/// The words of `spec` in iptables-save's order: `-s`, `-d`, `-i`, `-o`,
+/// `-p` (each with its `!`), then `-m tcp`/`-m udp` before the port and
+/// flag options, then the rest as rendered.
+fn saved_order(spec: &str) -> Vec<String> {
+    let words: Vec<&str> = spec.split_whitespace().collect();
+    let mut basic: [Vec<&str>; 5] = Default::default();
+    let mut ports: Vec<&str> = Vec::new();
+    let mut rest: Vec<&str> = Vec::new();
+    let mut proto = None;
+    let mut i = 0;
+    while i < words.len() {
+        let negated = words[i] == "!" && i + 1 < words.len();
+        let opt = if negated { words[i + 1] } else { words[i] };
+        let start = i;
+        let slot = match opt {
+            "-s" => Some(0),
+            "-d" => Some(1),
+            "-i" => Some(2),
+            "-o" => Some(3),
+            "-p" => Some(4),
+            _ => None,
+        };
+        let arity = match opt {
+            "--tcp-flags" => 2,
+            "-s" | "-d" | "-i" | "-o" | "-p" | "--sport" | "--dport" => 1,
+            _ => 0,
+        };
+        let end = (i + usize::from(negated) + 1 + arity).min(words.len());
+        if opt == "-p" {
+            proto = words.get(end - 1).copied();
+        }
+        if let Some(slot) = slot {
+            basic[slot].extend_from_slice(&words[start..end]);
+            i = end;
+        } else if arity > 0 {
+            ports.extend_from_slice(&words[start..end]);
+            i = end;
+        } else {
+            rest.push(words[i]);
+            i += 1;
+        }
+    }
+    let mut out: Vec<String> = basic.concat().into_iter().map(String::from).collect();
+    if !ports.is_empty() {
+        if let Some(p) = proto {
+            out.push("-m".into());
+            out.push(p.into());
+        }
+        out.extend(ports.into_iter().map(String::from));
+    }
+    out.extend(rest.into_iter().map(String::from));
+    out
+}
+
+#[cfg(test)]
+mod saved_form_tests {
+    use super::saved_form;
+
+    #[test]
+    fn marks_and_connmarks_read_as_iptables_save_prints_them() {
+        assert_eq!(
+            saved_form("-j MARK --set-mark 0x1/0x1"),
+            "-j MARK --set-xmark 0x1/0x1"
+        );
+        assert_eq!(
+            saved_form("-i eth0 -j CONNMARK --restore-mark --mask 0x3f00"),
+            "-i eth0 -j CONNMARK --restore-mark --nfmask 0x3f00 --ctmask 0x3f00"
+        );
+        assert_eq!(
+            saved_form("-j CONNMARK --set-mark 0x3ea0000/0xffff0000"),
+            "-j CONNMARK --set-xmark 0x3ea0000/0xffff0000"
+        );
+        assert_eq!(
+            saved_form("-p tcp --dport 9090 -i eth0 -j ACCEPT"),
+            "-i eth0 -p tcp -m tcp --dport 9090 -j ACCEPT"
+        );
+        assert_eq!(
+            saved_form("-i eth0 ! -d 10.0.0.1/32 -p udp --sport 53 -m mark --mark 0x1/0x1 -j DROP"),
+            "! -d 10.0.0.1/32 -i eth0 -p udp -m udp --sport 53 -m mark --mark 0x1/0x1 -j DROP"
+        );
+        // A mark match is left alone.
+        assert_eq!(
+            saved_form("-m mark --mark 0x1/0x1 -j MASQUERADE"),
+            "-m mark --mark 0x1/0x1 -j MASQUERADE"
+        );
+    }
+}

@@ -28,7 +28,7 @@ use crate::backend::{
 use crate::counters::{is_accounting_chain, CounterSample};
 use crate::layout::{hook_rule, ChainContent, Layout};
 use crate::model::{Batch, BuiltinChain, Change, Family, Rule, Table};
-use crate::render::{change_lines, rule_spec};
+use crate::render::{change_lines, rule_spec, saved_form};
 use wire::{chain_attr, msg, rule_attr, table_attr, MsgBuilder, NfSocket, Reply};
 
 /// The nf_tables table holding one model table of one family.
@@ -915,7 +915,7 @@ impl FirewallBackend for Nftables {
                 if r.spec.is_empty() {
                     out.push_str(&format!("-A {}\n", r.chain));
                 } else {
-                    out.push_str(&format!("-A {} {}\n", r.chain, r.spec));
+                    out.push_str(&format!("-A {} {}\n", r.chain, saved_form(&r.spec)));
                 }
             }
             out.push_str("COMMIT\n");

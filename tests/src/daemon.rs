@@ -441,12 +441,12 @@ pub fn init_environment() -> Vec<(String, String)> {
 
 /// A TOML basic string.
 /// The firewall backend the tests run against: `PATCHPANEL_TEST_FIREWALL`
-/// (`iptables` or `nftables`), iptables when unset. CI runs the end-to-end
-/// tests once with each.
+/// (`nftables` or `iptables`), nftables (the default) when unset. CI runs
+/// the end-to-end tests once with each (`scripts/test`).
 pub fn firewall_backend() -> &'static str {
     match std::env::var("PATCHPANEL_TEST_FIREWALL").as_deref() {
-        Ok("nftables") => "nftables",
-        _ => "iptables",
+        Ok("iptables") => "iptables",
+        _ => "nftables",
     }
 }
 

@@ -121,7 +121,10 @@ impl Netns {
 /// `nft list table` output of one of patchpanel's tables as
 /// `iptables-save` lines.
 pub fn nft_as_save(listing: &str, family: &str, table: &str) -> String {
-    let mut out = format!("# nf_tables {family} {table}\n*{table}\n");
+    // No `*table`/`COMMIT` of its own: the lines read as part of the
+    // iptables table before them, and a table left with nothing of ours
+    // leaves nothing here.
+    let mut out = format!("# nf_tables {family} {table}\n");
     let mut chain = None;
     for line in listing.lines() {
         let l = line.trim();
@@ -152,7 +155,6 @@ pub fn nft_as_save(listing: &str, family: &str, table: &str) -> String {
             None => out.push_str(&format!("-A {c} # {l}\n")),
         }
     }
-    out.push_str("COMMIT\n");
     out
 }
 

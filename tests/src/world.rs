@@ -153,7 +153,11 @@ pub fn kernel_snapshot(netns: &Netns) -> Result<String> {
         &["iptables-save"],
         &["ip6tables-save"],
     ] {
-        let text = netns.exec_ok(argv)?;
+        let text = match argv {
+            ["iptables-save"] => netns.firewall_save(false, None)?,
+            ["ip6tables-save"] => netns.firewall_save(true, None)?,
+            _ => netns.exec_ok(argv)?,
+        };
         out.push_str(&format!("## {}\n", argv.join(" ")));
         for line in text.lines() {
             // Comments carry timestamps; counters change with traffic.

@@ -314,15 +314,9 @@ fn port_rule_create_and_delete_change_the_firewall() {
     ];
 
     let created = ok(&world, &[&["port-rule", "create"][..], &args].concat());
-    let with = world
-        .netns
-        .exec_ok(&["iptables-save", "-t", "filter"])
-        .unwrap();
+    let with = world.netns.firewall_save(false, Some("filter")).unwrap();
     let deleted = ok(&world, &[&["port-rule", "delete"][..], &args].concat());
-    let without = world
-        .netns
-        .exec_ok(&["iptables-save", "-t", "filter"])
-        .unwrap();
+    let without = world.netns.firewall_save(false, Some("filter")).unwrap();
 
     assert_eq!(created, "created access rule\n");
     assert!(with.contains(rule), "{with}");

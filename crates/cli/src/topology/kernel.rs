@@ -251,7 +251,20 @@ pub fn read() -> KernelState {
         (Family::V6, "ip6tables-save"),
     ] {
         match run(tool, &[]) {
-            Ok(text) => parse_iptables_save(&text, family, &mut firewall),
+            Ok(mut text) => {
+                // patchpanel's own nf_tables tables (the nftables backend),
+                // read back in the same form.
+                let fw_family = match family {
+                    Family::V4 => patchpanel_firewall::Family::V4,
+                    Family::V6 => patchpanel_firewall::Family::V6,
+                };
+                if let Ok(dump) = patchpanel_firewall::Nftables::new().and_then(|mut nft| {
+                    patchpanel_firewall::FirewallBackend::dump(&mut nft, fw_family)
+                }) {
+                    text.push_str(&dump);
+                }
+                parse_iptables_save(&text, family, &mut firewall)
+            }
             Err(why) => {
                 readable = false;
                 state.notes.push(format!(

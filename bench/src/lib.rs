@@ -53,3 +53,11 @@ pub mod report;
 pub mod stats;
 pub mod traffic_counters;
 pub mod world;
+
+/// Makes the daemons this process starts from now on use `backend`
+/// (`nftables` or `iptables`): the harness reads `PATCHPANEL_TEST_FIREWALL`
+/// when it writes a daemon's configuration. Call it between measurements,
+/// while no other thread runs.
+pub fn use_firewall_backend(backend: &str) {
+    std::env::set_var("PATCHPANEL_TEST_FIREWALL", backend);
+}

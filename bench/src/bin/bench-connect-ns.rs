@@ -34,6 +34,26 @@ struct Args {
     /// Measure one side only.
     #[arg(long, value_enum)]
     only: Option<Side>,
+    /// patchpanel's firewall backend(s), side by side in this run.
+    #[arg(long, value_enum, default_value_t = Firewall::Both)]
+    firewall: Firewall,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Firewall {
+    Both,
+    Nftables,
+    Iptables,
+}
+
+impl Firewall {
+    fn backends(self) -> &'static [&'static str] {
+        match self {
+            Firewall::Both => &["nftables", "iptables"],
+            Firewall::Nftables => &["nftables"],
+            Firewall::Iptables => &["iptables"],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,27 +97,48 @@ fn run(args: &Args) -> Result<bool> {
     } else {
         None
     };
-    let patchpanel = if args.only != Some(Side::Netavark) {
-        interrupt::check()?;
-        eprintln!(
-            "measuring patchpanel ({iterations} iterations, then with {loaded} namespaces)..."
-        );
-        let result = patchpanel::measure(iterations, warmup, usize::from(loaded))
-            .context("patchpanel side failed");
-        report_failure(&result, &mut ok);
-        for problem in result.iter().flat_map(|s| &s.cleanup_problems) {
-            eprintln!("bench-connect-ns: patchpanel side: {problem}");
-            ok = false;
+    let mut patchpanel = Vec::new();
+    if args.only != Some(Side::Netavark) {
+        for backend in args.firewall.backends() {
+            interrupt::check()?;
+            eprintln!(
+                "measuring patchpanel, {backend} backend ({iterations} iterations, then with {loaded} namespaces)..."
+            );
+            patchpanel_bench::use_firewall_backend(backend);
+            let result = patchpanel::measure(iterations, warmup, usize::from(loaded))
+                .with_context(|| format!("patchpanel side ({backend}) failed"));
+            report_failure(&result, &mut ok);
+            for problem in result.iter().flat_map(|s| &s.cleanup_problems) {
+                eprintln!("bench-connect-ns: patchpanel side: {problem}");
+                ok = false;
+            }
+            patchpanel.push((*backend, result.ok()));
         }
-        result.ok()
-    } else {
-        None
-    };
-
-    print!(
-        "{}",
-        render(patchpanel.as_ref(), netavark.as_ref(), usize::from(loaded))
-    );
+    }
+    if patchpanel.is_empty() {
+        patchpanel.push(("-", None));
+    }
+    for (backend, samples) in &patchpanel {
+        println!("## patchpanel firewall backend: {backend}");
+        print!(
+            "{}",
+            render(samples.as_ref(), netavark.as_ref(), usize::from(loaded))
+        );
+        let teardown = samples
+            .as_ref()
+            .and_then(|s| patchpanel_bench::stats::Summary::of(&s.alone.teardown).map(|x| x.p50));
+        if let Some(p50) = teardown {
+            println!(
+                "teardown p50 @1 ({backend}): {:.2} ms (target <= 20 ms: {})",
+                p50.as_secs_f64() * 1e3,
+                if p50.as_millis() <= 20 {
+                    "PASS"
+                } else {
+                    "FAIL"
+                }
+            );
+        }
+    }
     println!(
         "{}",
         report::machine_line(load_at_start, report::load_average())

@@ -49,6 +49,27 @@ struct Args {
     /// Measure one part only.
     #[arg(long, value_enum)]
     part: Option<Part>,
+    /// patchpanel's firewall backend(s), one after the other in this run,
+    /// each next to the naive peer.
+    #[arg(long, value_enum, default_value_t = Firewall::Both)]
+    firewall: Firewall,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Firewall {
+    Both,
+    Nftables,
+    Iptables,
+}
+
+impl Firewall {
+    fn backends(self) -> &'static [&'static str] {
+        match self {
+            Firewall::Both => &["nftables", "iptables"],
+            Firewall::Nftables => &["nftables"],
+            Firewall::Iptables => &["iptables"],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -102,50 +123,65 @@ fn run(args: &Args) -> Result<bool> {
         args.warmup as usize,
     );
 
-    let options = DaemonOptions {
-        extra_config: DAEMON_CONFIG.into(),
-        extra_args: vec!["--uplinks=netlink".into()],
-        ..Default::default()
-    };
-    let result = in_world(options, |world| {
-        let mut measured = Measured::default();
-        if args.part != Some(Part::Counters) {
-            eprintln!("measuring {rules} forwarding rules, created then deleted one at a time...");
-            measured.port_rules = Some(
-                port_rules::measure(world, rules, warmup, patchpanel, naive)
-                    .context("port rules")?,
-            );
-        }
-        if args.part != Some(Part::PortRules) {
-            interrupt::check()?;
-            eprintln!(
-                "measuring GetTrafficCounters ({calls} calls each with {} uplinks)...",
-                join(&args.uplinks)
-            );
-            measured.counters = Some(
-                traffic_counters::measure(world, &args.uplinks, calls, warmup, patchpanel, naive)
-                    .context("traffic counters")?,
-            );
-        }
-        Ok(measured)
-    });
     let mut ok = true;
-    let measured = match result {
-        Ok((measured, problem)) => {
-            if let Some(problem) = problem {
-                eprintln!("bench-port-rules: the daemon's teardown: {problem}");
-                ok = false;
+    for backend in args.firewall.backends() {
+        interrupt::check()?;
+        eprintln!("patchpanel firewall backend: {backend}");
+        patchpanel_bench::use_firewall_backend(backend);
+        println!("## patchpanel firewall backend: {backend}");
+        let options = DaemonOptions {
+            extra_config: DAEMON_CONFIG.into(),
+            extra_args: vec!["--uplinks=netlink".into()],
+            ..Default::default()
+        };
+        let result = in_world(options, |world| {
+            let mut measured = Measured::default();
+            if args.part != Some(Part::Counters) {
+                eprintln!(
+                    "measuring {rules} forwarding rules, created then deleted one at a time..."
+                );
+                measured.port_rules = Some(
+                    port_rules::measure(world, rules, warmup, patchpanel, naive)
+                        .context("port rules")?,
+                );
             }
-            measured
-        }
-        Err(err) => {
-            eprintln!("bench-port-rules: {err:#}");
-            ok = false;
-            Measured::default()
-        }
-    };
+            if args.part != Some(Part::PortRules) {
+                interrupt::check()?;
+                eprintln!(
+                    "measuring GetTrafficCounters ({calls} calls each with {} uplinks)...",
+                    join(&args.uplinks)
+                );
+                measured.counters = Some(
+                    traffic_counters::measure(
+                        world,
+                        &args.uplinks,
+                        calls,
+                        warmup,
+                        patchpanel,
+                        naive,
+                    )
+                    .context("traffic counters")?,
+                );
+            }
+            Ok(measured)
+        });
+        let measured = match result {
+            Ok((measured, problem)) => {
+                if let Some(problem) = problem {
+                    eprintln!("bench-port-rules: the daemon's teardown: {problem}");
+                    ok = false;
+                }
+                measured
+            }
+            Err(err) => {
+                eprintln!("bench-port-rules: {err:#}");
+                ok = false;
+                Measured::default()
+            }
+        };
 
-    print!("{}", render(args, &measured));
+        print!("{}", render(args, &measured));
+    }
     println!(
         "{}",
         report::machine_line(load_at_start, report::load_average())

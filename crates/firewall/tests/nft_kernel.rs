@@ -403,3 +403,45 @@ fn port_rules_and_accounting_count_real_packets_and_accounting_survives_remove_a
         assert_eq!(ruleset(), "");
     });
 }
+
+/// Compares `nft list table <family> <table>` with a golden file
+/// (`PATCHPANEL_BLESS=1` rewrites it).
+fn assert_golden(family: &str, table: &str, file: &str) {
+    let text = run("nft", &["list", "table", family, table], None);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(file);
+    if std::env::var_os("PATCHPANEL_BLESS").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        text,
+        want,
+        "nft list table {family} {table} differs from {}",
+        path.display()
+    );
+}
+
+#[test]
+fn the_nat_and_filter_tables_are_exactly_the_golden_ones_after_a_forward_and_an_access_rule() {
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let eth0 = ifname("eth0");
+        let mut batch = ports::forwarding(&Forwarding {
+            proto: PortProtocol::Tcp,
+            ifname: eth0.clone(),
+            input_dst: None,
+            input_port: 8022,
+            dst: Ipv4Addr::new(100, 115, 92, 6),
+            dst_port: 22,
+        })
+        .unwrap();
+        batch.extend(ports::access(PortProtocol::Udp, 5353, Some(&eth0)).unwrap());
+        fw.apply(&batch).unwrap();
+        assert_golden("ip", "patchpanel_nat", "ip_patchpanel_nat.nft");
+        assert_golden("ip6", "patchpanel_filter", "ip6_patchpanel_filter.nft");
+        fw.remove_all(&|_| false).unwrap();
+    });
+}

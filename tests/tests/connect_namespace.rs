@@ -627,3 +627,81 @@ fn a_non_root_caller_can_connect_its_own_process() {
     guest.kill().expect("kill");
     guest.wait().expect("wait");
 }
+
+/// `nft list ruleset` with the `table ...` blocks named in `skip` left out.
+fn ruleset_without(netns: &patchpanel_tests::Netns, skip: &[&str]) -> (String, Vec<String>) {
+    let text = netns.exec_ok(&["nft", "list", "ruleset"]).expect("nft");
+    let mut kept = String::new();
+    let mut skipped = Vec::new();
+    let mut in_skipped = false;
+    for line in text.lines() {
+        if line.starts_with("table ") {
+            in_skipped = skip.iter().any(|t| line == format!("table {t} {{"));
+        }
+        if in_skipped {
+            skipped.push(line.to_string());
+        } else {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+        if line == "}" {
+            in_skipped = false;
+        }
+    }
+    (kept, skipped)
+}
+
+#[test]
+fn with_nftables_a_start_and_a_clean_stop_leave_the_ruleset_as_found_but_the_counters() {
+    if patchpanel_tests::daemon::firewall_backend() != "nftables" {
+        eprintln!("skipped: this checks the nftables backend (the iptables backend makes iptables-nft create its own tables)");
+        return;
+    }
+    let netns = patchpanel_tests::Netns::new().expect("netns");
+    // A host firewall of its own, in a table of its own.
+    netns
+        .exec_ok(&["nft", "add", "table", "inet", "host"])
+        .expect("nft");
+    netns
+        .exec_ok(&[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "host",
+            "input",
+            "{ type filter hook input priority 0; policy accept; }",
+        ])
+        .expect("nft");
+    let _internet = patchpanel_tests::world::Internet::attach(&netns).expect("internet");
+    let (before, _) = ruleset_without(&netns, &[]);
+    let bus = patchpanel_tests::PrivateBus::start().expect("bus");
+    let mut daemon = patchpanel_tests::Daemon::start(&netns, &bus).expect("daemon");
+    daemon.wait_ready().expect("ready");
+    let client = Client::connect_to(bus.address()).expect("client");
+    let (_resp, lifeline) = client.connect_namespace(&new_namespace()).expect("connect");
+    drop(lifeline);
+    daemon.signal(libc::SIGTERM).expect("SIGTERM");
+    assert!(daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("wait")
+        .is_some_and(|s| s.success()));
+    let (after, kept) = ruleset_without(&netns, &["ip patchpanel_mangle", "ip6 patchpanel_mangle"]);
+    assert_eq!(after, before, "the ruleset differs after a clean stop");
+    // What stays: the accounting chains and their rules, no base chain.
+    let chains: Vec<&String> = kept
+        .iter()
+        .filter(|l| l.trim_start().starts_with("chain "))
+        .collect();
+    assert!(
+        !chains.is_empty(),
+        "the accounting chains persist: {kept:#?}"
+    );
+    assert!(
+        chains
+            .iter()
+            .all(|l| l.contains("chain rx_eth0 {") || l.contains("chain tx_eth0 {")),
+        "{kept:#?}"
+    );
+    assert!(!kept.iter().any(|l| l.contains(" hook ")), "{kept:#?}");
+}

@@ -445,3 +445,30 @@ fn the_nat_and_filter_tables_are_exactly_the_golden_ones_after_a_forward_and_an_
         fw.remove_all(&|_| false).unwrap();
     });
 }
+
+#[test]
+fn a_guest_that_comes_back_after_its_teardown_gets_fresh_chains_and_goes_cleanly() {
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let empty = ruleset();
+        let batch = guest::connected_namespace(&namespace());
+        for _ in 0..3 {
+            fw.apply(&batch).unwrap();
+            fw.apply(&batch.inverse().unwrap()).unwrap();
+            assert_eq!(ruleset(), empty);
+        }
+        // A rule someone else deleted behind our back: the delete fails
+        // once on the stale handle, the chains are read again, and the
+        // teardown completes.
+        fw.apply(&batch).unwrap();
+        run(
+            "nft",
+            &["flush", "chain", "ip", "patchpanel_filter", "guest_forward"],
+            None,
+        );
+        let err = fw.apply(&batch.inverse().unwrap()).unwrap_err();
+        assert!(matches!(err, FirewallError::NoSuchRule { .. }), "{err}");
+        fw.remove_all(&|_| false).unwrap();
+    });
+}

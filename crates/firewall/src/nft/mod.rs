@@ -178,6 +178,8 @@ struct Tx {
     what: Vec<(u32, String)>,
     /// Each NEWRULE message's chain, in order (to match the echoes).
     new_rules: Vec<ChainKey>,
+    /// Chains this transaction deletes.
+    deleted: Vec<ChainKey>,
     next_id: u32,
 }
 
@@ -187,6 +189,7 @@ impl Tx {
             messages: Vec::new(),
             what: Vec::new(),
             new_rules: Vec::new(),
+            deleted: Vec::new(),
             next_id: 1,
         }
     }
@@ -393,6 +396,7 @@ impl Nftables {
                     m
                 });
                 sim.remove(&key);
+                tx.deleted.push(key);
             }
             Change::FlushChain { .. } => {
                 tx.push(&mut self.sock, what, |seq| {
@@ -528,6 +532,9 @@ impl Nftables {
                 let mut pending: HashMap<ChainKey, VecDeque<u32>> = HashMap::new();
                 for (id, key) in (1..).zip(tx.new_rules.iter()) {
                     pending.entry(key.clone()).or_default().push_back(id);
+                }
+                for key in &tx.deleted {
+                    self.cache.remove(key);
                 }
                 let mut handles: HashMap<u32, u64> = HashMap::new();
                 for r in echoes.iter().filter(|r| r.nft_type() == Some(msg::NEWRULE)) {

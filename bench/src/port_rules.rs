@@ -308,8 +308,8 @@ struct RuleCount {
 
 impl RuleCount {
     fn in_netns(netns: &Netns, accept_chain: &str) -> Result<RuleCount> {
-        let nat = netns.exec_ok(&["iptables-save", "-t", "nat"])?;
-        let filter = netns.exec_ok(&["iptables-save", "-t", "filter"])?;
+        let nat = netns.firewall_save(false, Some("nat"))?;
+        let filter = netns.firewall_save(false, Some("filter"))?;
         Ok(RuleCount {
             dnat: count_rules(&nat, NAT_CHAIN, &format!("--to-destination {TARGET}:")),
             accept: count_rules(&filter, accept_chain, &format!("-d {TARGET}/32")),

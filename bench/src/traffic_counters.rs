@@ -273,8 +273,8 @@ fn wait_for_accounting(netns: &Netns, uplinks: usize) -> Result<()> {
     loop {
         interrupt::check()?;
         let mut missing = Vec::new();
-        for save in ["iptables-save", "ip6tables-save"] {
-            let text = netns.exec_ok(&[save, "-t", "mangle"])?;
+        for (save, v6) in [("iptables-save", false), ("ip6tables-save", true)] {
+            let text = netns.firewall_save(v6, Some("mangle"))?;
             for i in 0..uplinks {
                 let jump = format!("-j rx_{}", uplink_name(i));
                 if !text.lines().any(|l| l.ends_with(&jump)) {

@@ -54,6 +54,26 @@ pub mod stats;
 pub mod traffic_counters;
 pub mod world;
 
+/// `--firewall`: which of patchpanel's firewall backends a benchmark
+/// measures, one after the other in the same run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FirewallArg {
+    Both,
+    Nftables,
+    Iptables,
+}
+
+impl FirewallArg {
+    /// The backends, as `firewall_backend` names them.
+    pub fn backends(self) -> &'static [&'static str] {
+        match self {
+            FirewallArg::Both => &["nftables", "iptables"],
+            FirewallArg::Nftables => &["nftables"],
+            FirewallArg::Iptables => &["iptables"],
+        }
+    }
+}
+
 /// Makes the daemons this process starts from now on use `backend`
 /// (`nftables` or `iptables`): the harness reads `PATCHPANEL_TEST_FIREWALL`
 /// when it writes a daemon's configuration. Call it between measurements,

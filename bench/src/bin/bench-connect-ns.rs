@@ -11,10 +11,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use patchpanel_bench::interrupt;
 use patchpanel_bench::netavark::{self, NetavarkSamples};
 use patchpanel_bench::patchpanel::{self, PatchpanelSamples};
 use patchpanel_bench::report::{self, Comparison, Row};
+use patchpanel_bench::{interrupt, FirewallArg};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark ConnectNamespace and lifeline teardown against netavark")]
@@ -35,25 +35,8 @@ struct Args {
     #[arg(long, value_enum)]
     only: Option<Side>,
     /// patchpanel's firewall backend(s), side by side in this run.
-    #[arg(long, value_enum, default_value_t = Firewall::Both)]
-    firewall: Firewall,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Firewall {
-    Both,
-    Nftables,
-    Iptables,
-}
-
-impl Firewall {
-    fn backends(self) -> &'static [&'static str] {
-        match self {
-            Firewall::Both => &["nftables", "iptables"],
-            Firewall::Nftables => &["nftables"],
-            Firewall::Iptables => &["iptables"],
-        }
-    }
+    #[arg(long, value_enum, default_value_t = FirewallArg::Both)]
+    firewall: FirewallArg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

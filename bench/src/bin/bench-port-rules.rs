@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use patchpanel_bench::interrupt;
 use patchpanel_bench::port_rules::{self, PortRuleSamples, SideSamples};
 use patchpanel_bench::report::{self, Point, Row};
 use patchpanel_bench::traffic_counters::{self, CounterSamples};
 use patchpanel_bench::world::in_world;
+use patchpanel_bench::{interrupt, FirewallArg};
 use patchpanel_tests::DaemonOptions;
 
 /// The daemon's configuration beyond the harness's: FORWARDING targets as
@@ -51,25 +51,8 @@ struct Args {
     part: Option<Part>,
     /// patchpanel's firewall backend(s), one after the other in this run,
     /// each next to the naive peer.
-    #[arg(long, value_enum, default_value_t = Firewall::Both)]
-    firewall: Firewall,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Firewall {
-    Both,
-    Nftables,
-    Iptables,
-}
-
-impl Firewall {
-    fn backends(self) -> &'static [&'static str] {
-        match self {
-            Firewall::Both => &["nftables", "iptables"],
-            Firewall::Nftables => &["nftables"],
-            Firewall::Iptables => &["iptables"],
-        }
-    }
+    #[arg(long, value_enum, default_value_t = FirewallArg::Both)]
+    firewall: FirewallArg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

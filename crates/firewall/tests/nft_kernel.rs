@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 
 use patchpanel_firewall::counters;
 use patchpanel_firewall::guest::{self, Mode, Namespace};
@@ -21,53 +20,9 @@ use patchpanel_firewall::{
 };
 use patchpanel_names::IfName;
 
-fn in_fresh_netns<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "kernel tests need root (they create network namespaces)"
-    );
-    let handle = std::thread::spawn(move || {
-        // SAFETY: unshare takes only a flag; CLONE_NEWNET affects this
-        // thread alone, which ends when the test body returns.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        body()
-    });
-    match handle.join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
+mod common;
 
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write as _;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let mut pipe = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        pipe.write_all(text.as_bytes()).unwrap();
-    }
-    drop(pipe);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{in_fresh_netns, run};
 
 /// The whole rule set as `nft` prints it, handles and counters aside.
 fn ruleset() -> String {

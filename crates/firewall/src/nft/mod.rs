@@ -766,16 +766,20 @@ impl FirewallBackend for Nftables {
                     continue;
                 }
             };
+            // One listing of the family's tables, not one per table.
+            let existing: Vec<String> = match self.sock.dump(msg::GETTABLE, nfproto(family), &[]) {
+                Ok(replies) => replies
+                    .iter()
+                    .filter_map(|r| wire::attr_str(&r.attrs, table_attr::NAME))
+                    .collect(),
+                Err(e) => {
+                    errors.push(netlink_error(format!("list {family} tables"), &e));
+                    continue;
+                }
+            };
             for table in Table::ALL {
                 let ours: Vec<&DumpedChain> = chains.iter().filter(|c| c.table == table).collect();
-                let mut tables_exist = false;
-                if let Ok(replies) = self.sock.dump(msg::GETTABLE, nfproto(family), &[]) {
-                    tables_exist = replies.iter().any(|r| {
-                        wire::attr_str(&r.attrs, table_attr::NAME).as_deref()
-                            == Some(table_name(table))
-                    });
-                }
-                if !tables_exist {
+                if !existing.iter().any(|t| t == table_name(table)) {
                     continue;
                 }
                 let proto = nfproto(family);

@@ -119,15 +119,40 @@ impl Netns {
 }
 
 /// `nft list table` output of one of patchpanel's tables as
-/// `iptables-save` lines.
+/// `iptables-save` lines. A port set's lookup rule (comment `@set`) stands
+/// for the rules that are the set's elements (each element's comment),
+/// sorted.
 pub fn nft_as_save(listing: &str, family: &str, table: &str) -> String {
     // No `*table`/`COMMIT` of its own: the lines read as part of the
     // iptables table before them, and a table left with nothing of ours
     // leaves nothing here.
     let mut out = format!("# nf_tables {family} {table}\n");
+    let mut elements: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut set: Option<String> = None;
     let mut chain = None;
     for line in listing.lines() {
         let l = line.trim();
+        if let Some(rest) = l.strip_prefix("set ").or_else(|| l.strip_prefix("map ")) {
+            set = rest.strip_suffix(" {").map(str::to_string);
+            continue;
+        }
+        if let Some(s) = &set {
+            if l == "}" {
+                set = None;
+                continue;
+            }
+            let mut rest = l;
+            while let Some(i) = rest.find("comment \"") {
+                let after = &rest[i + 9..];
+                let end = after.find('"').unwrap_or(after.len());
+                elements
+                    .entry(s.clone())
+                    .or_default()
+                    .push(after[..end].to_string());
+                rest = &after[end..];
+            }
+            continue;
+        }
         if let Some(rest) = l.strip_prefix("chain ") {
             chain = rest.strip_suffix(" {").map(str::to_string);
             if let Some(c) = &chain {
@@ -146,6 +171,15 @@ pub fn nft_as_save(listing: &str, family: &str, table: &str) -> String {
         match l.rfind(" comment \"") {
             Some(i) => {
                 let spec = l[i + 10..].trim_end_matches('"');
+                if let Some(name) = spec.strip_prefix('@') {
+                    let mut specs = elements.get(name).cloned().unwrap_or_default();
+                    specs.sort();
+                    for spec in specs {
+                        let spec = patchpanel_firewall::render::saved_form(&spec);
+                        out.push_str(&format!("-A {c} {spec}\n"));
+                    }
+                    continue;
+                }
                 let spec = patchpanel_firewall::render::saved_form(spec);
                 out.push_str(&format!("-A {c} {spec}\n"));
             }

@@ -252,8 +252,9 @@ fn inserted_rules_land_where_iptables_would_put_them() {
         let mut fw = Nftables::new().unwrap();
         fw.setup(&Layout::default()).unwrap();
         let chain = OwnedChain::new("ingress_port_firewall").unwrap();
+        // Drops: accepts of this shape are port set elements, not rules.
         let rule = |port| {
-            Rule::new(Target::Accept)
+            Rule::new(Target::Drop)
                 .with(Match::Protocol(patchpanel_firewall::model::Protocol::Tcp))
                 .with(Match::DestinationPort(port))
         };
@@ -319,11 +320,12 @@ fn port_rules_and_accounting_count_real_packets_and_accounting_survives_remove_a
         batch.extend(counters::accounting_chains(&lo));
         batch.extend(counters::accounting_jumps(&lo));
         fw.apply(&batch).unwrap();
-        assert!(
-            ruleset().contains("dnat to 100.115.92.6:22"),
-            "{}",
-            ruleset()
-        );
+        // An element of the forward map, read back as the rule it is.
+        assert!(ruleset().contains(": 100.115.92.6 . 22"), "{}", ruleset());
+        let v4 = fw.dump(Family::V4).unwrap();
+        assert!(v4.contains(
+            "-A ingress_port_forwarding -i eth0 -p tcp -m tcp --dport 8022 -j DNAT --to-destination 100.115.92.6:22\n"
+        ));
         run("ping", &["-c", "3", "-i", "0.2", "-q", "127.0.0.1"], None);
         let samples = fw.read_counters().unwrap();
         let rx: u64 = samples
@@ -424,6 +426,78 @@ fn a_guest_that_comes_back_after_its_teardown_gets_fresh_chains_and_goes_cleanly
         );
         let err = fw.apply(&batch.inverse().unwrap()).unwrap_err();
         assert!(matches!(err, FirewallError::NoSuchRule { .. }), "{err}");
+        fw.remove_all(&|_| false).unwrap();
+    });
+}
+
+#[test]
+fn two_forwards_to_one_guest_port_share_an_accept_until_both_are_gone_even_across_a_writer_restart()
+{
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let before = ruleset();
+        let forward = |input_port| {
+            ports::forwarding(&Forwarding {
+                proto: PortProtocol::Tcp,
+                ifname: ifname("eth0"),
+                input_dst: None,
+                input_port,
+                dst: Ipv4Addr::new(100, 115, 92, 6),
+                dst_port: 22,
+            })
+            .unwrap()
+        };
+        let accept =
+            "-A guest_forward -d 100.115.92.6/32 -i eth0 -p tcp -m tcp --dport 22 -j ACCEPT";
+        let accepts = |fw: &mut Nftables| {
+            fw.dump(Family::V4)
+                .unwrap()
+                .lines()
+                .filter(|l| *l == accept)
+                .count()
+        };
+        fw.apply(&forward(8022)).unwrap();
+        fw.apply(&forward(2222)).unwrap();
+        assert_eq!(accepts(&mut fw), 2, "{}", fw.dump(Family::V4).unwrap());
+        // A respawned writer knows nothing but what the kernel holds.
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        fw.apply(&forward(8022).inverse().unwrap()).unwrap();
+        assert_eq!(accepts(&mut fw), 1);
+        assert!(!fw.dump(Family::V4).unwrap().contains("--dport 8022"));
+        // Deleting it twice: the second time there is nothing to delete.
+        let err = fw.apply(&forward(8022).inverse().unwrap()).unwrap_err();
+        assert!(matches!(err, FirewallError::NoSuchRule { .. }), "{err}");
+        fw.apply(&forward(2222).inverse().unwrap()).unwrap();
+        assert_eq!(accepts(&mut fw), 0);
+        assert_eq!(ruleset(), before);
+        fw.remove_all(&|_| false).unwrap();
+    });
+}
+
+#[test]
+fn a_port_forward_to_a_taken_key_is_refused_and_changes_nothing() {
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let forward = |dst_port| {
+            ports::forwarding(&Forwarding {
+                proto: PortProtocol::Udp,
+                ifname: ifname("eth0"),
+                input_dst: Some(Ipv4Addr::new(192, 0, 2, 10)),
+                input_port: 5000,
+                dst: Ipv4Addr::new(100, 115, 92, 6),
+                dst_port,
+            })
+            .unwrap()
+        };
+        fw.apply(&forward(5000)).unwrap();
+        let before = ruleset();
+        let err = fw.apply(&forward(6000)).unwrap_err();
+        assert!(err.to_string().contains("port_forward_dst"), "{err}");
+        assert_eq!(ruleset(), before);
+        fw.apply(&forward(5000).inverse().unwrap()).unwrap();
         fw.remove_all(&|_| false).unwrap();
     });
 }

@@ -87,6 +87,110 @@ pub fn compile(
     Ok(())
 }
 
+/// One part of a port set's key, in the order of the key: each part
+/// fills whole 32-bit registers, as nft's concatenations do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyField {
+    /// `iifname` (16 bytes).
+    Iifname,
+    /// `meta l4proto` (1 byte in a 4-byte register).
+    L4proto,
+    /// `th dport` (2 bytes, network order, in a 4-byte register).
+    Dport,
+    /// `ip daddr` (4 bytes).
+    Ipv4Daddr,
+}
+
+impl KeyField {
+    /// The bytes it takes in a key.
+    pub fn bytes(self) -> usize {
+        match self {
+            KeyField::Iifname => IFNAMSIZ,
+            KeyField::L4proto | KeyField::Dport | KeyField::Ipv4Daddr => 4,
+        }
+    }
+
+    /// nft's datatype number (`enum datatypes`), for `nft list`.
+    pub fn datatype(self) -> u32 {
+        match self {
+            KeyField::Iifname => 41,  // TYPE_IFNAME
+            KeyField::L4proto => 12,  // TYPE_INET_PROTOCOL
+            KeyField::Dport => 13,    // TYPE_INET_SERVICE
+            KeyField::Ipv4Daddr => 7, // TYPE_IPADDR
+        }
+    }
+}
+
+/// What a port set's lookup rule does with a packet whose key is in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupAction {
+    /// A set: accept (marking the packet, as any filter accept does).
+    Accept,
+    /// A map to `ipv4_addr . inet_service`: DNAT there.
+    Dnat4,
+}
+
+/// `NFT_REG32_00`: the first 32-bit register (the same bytes as `NFT_REG_1`).
+const REG32_00: u32 = 8;
+
+/// The expressions of a port set's one rule: load the key's parts into
+/// consecutive registers, look them up in `set` (created in the same
+/// transaction as `set_id`, if given), then act.
+pub fn compile_lookup(
+    m: &mut MsgBuilder,
+    fields: &[KeyField],
+    set: &str,
+    set_id: Option<u32>,
+    table: Table,
+    action: LookupAction,
+) {
+    let mut e = Exprs { m };
+    let mut reg = REG32_00;
+    for field in fields {
+        match field {
+            KeyField::Iifname => e.meta_load(META_IIFNAME, reg),
+            KeyField::L4proto => e.meta_load(META_L4PROTO, reg),
+            KeyField::Dport => e.payload_to(BASE_TRANSPORT, 2, 2, reg),
+            KeyField::Ipv4Daddr => e.payload_to(BASE_NETWORK, 16, 4, reg),
+        }
+        reg += (field.bytes() / 4) as u32;
+    }
+    e.expr("lookup", |m| {
+        m.str(1, set); // NFTA_LOOKUP_SET
+        m.be32(2, REG1); // NFTA_LOOKUP_SREG
+        if action == LookupAction::Dnat4 {
+            m.be32(3, REG1); // NFTA_LOOKUP_DREG
+        }
+        if let Some(id) = set_id {
+            m.be32(4, id); // NFTA_LOOKUP_SET_ID
+        }
+    });
+    match action {
+        LookupAction::Accept => {
+            if table == Table::Filter {
+                e.meta_load(META_MARK, REG1);
+                e.bitwise(
+                    REG1,
+                    &(!ACCEPTED_MARK).to_ne_bytes(),
+                    &ACCEPTED_MARK.to_ne_bytes(),
+                );
+                e.meta_set(META_MARK, REG1);
+            }
+            e.verdict(NF_ACCEPT, None);
+        }
+        LookupAction::Dnat4 => {
+            // The value: the address in the first register, the port in
+            // the next.
+            e.expr("nat", |m| {
+                m.be32(1, NAT_DNAT); // NFTA_NAT_TYPE
+                m.be32(2, u32::from(NFPROTO_IPV4)); // NFTA_NAT_FAMILY
+                m.be32(3, REG32_00); // NFTA_NAT_REG_ADDR_MIN
+                m.be32(5, REG32_00 + 1); // NFTA_NAT_REG_PROTO_MIN
+            });
+        }
+    }
+}
+
 struct Exprs<'a> {
     m: &'a mut MsgBuilder,
 }
@@ -144,8 +248,12 @@ impl Exprs<'_> {
     }
 
     fn payload(&mut self, base: u32, offset: u32, len: u32) {
+        self.payload_to(base, offset, len, REG1);
+    }
+
+    fn payload_to(&mut self, base: u32, offset: u32, len: u32, dreg: u32) {
         self.expr("payload", |m| {
-            m.be32(1, REG1); // NFTA_PAYLOAD_DREG
+            m.be32(1, dreg); // NFTA_PAYLOAD_DREG
             m.be32(2, base);
             m.be32(3, offset);
             m.be32(4, len);

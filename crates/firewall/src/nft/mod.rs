@@ -16,8 +16,14 @@
 //! words as the iptables backend. Rule handles of the chains an operation
 //! deletes from are cached (learned from the kernel's echo of each new
 //! rule), so deleting the 1000th rule costs what deleting the first does.
+//!
+//! Port rules (ACCESS, FORWARDING) are not rules here but elements of sets
+//! and maps looked up by one rule each ([`sets`]): the kernel copies and
+//! validates a whole chain at every commit that changes its rules, so a
+//! chain of 1000 rules made the 1000th cost 15 times the first.
 
 pub mod expr;
+pub mod sets;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
@@ -180,8 +186,15 @@ struct Tx {
     new_rules: Vec<ChainKey>,
     /// Chains this transaction deletes.
     deleted: Vec<ChainKey>,
+    /// Port set elements as they will be after it (`None`: removed).
+    elements: HashMap<ElementKey, Option<sets::Element>>,
     next_id: u32,
 }
+
+/// A port set of one family.
+type SetKey = (Family, &'static str);
+/// One element of a port set.
+type ElementKey = (Family, &'static str, Vec<u8>);
 
 impl Tx {
     fn new() -> Tx {
@@ -190,6 +203,7 @@ impl Tx {
             what: Vec::new(),
             new_rules: Vec::new(),
             deleted: Vec::new(),
+            elements: HashMap::new(),
             next_id: 1,
         }
     }
@@ -231,12 +245,15 @@ pub struct Nftables {
     sock: NfSocket,
     /// Chains whose rules (handles and specs) are known.
     cache: HashMap<ChainKey, Vec<Entry>>,
+    /// Port sets whose elements are known.
+    sets: HashMap<SetKey, HashMap<Vec<u8>, sets::Element>>,
 }
 
 impl std::fmt::Debug for Nftables {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Nftables")
             .field("cached_chains", &self.cache.len())
+            .field("cached_sets", &self.sets.len())
             .finish()
     }
 }
@@ -255,6 +272,7 @@ impl Nftables {
         Ok(Nftables {
             sock,
             cache: HashMap::new(),
+            sets: HashMap::new(),
         })
     }
 
@@ -327,6 +345,78 @@ impl Nftables {
         Ok(())
     }
 
+    /// The elements of a port set, read from the kernel.
+    fn set_elements(
+        &mut self,
+        family: Family,
+        set: &sets::PortSet,
+    ) -> Result<Vec<(Vec<u8>, sets::Element)>, FirewallError> {
+        let replies = self
+            .sock
+            .dump(
+                sets::msg::GETSETELEM,
+                nfproto(family),
+                &sets::dump_filter(set),
+            )
+            .map_err(|e| netlink_error(format!("list {family} set {}", set.name), &e))?;
+        Ok(replies.iter().flat_map(sets::parse_elements).collect())
+    }
+
+    /// Adds the messages of a port set element change. Ok(false): a
+    /// removal of an element that is not there, to be tried as a rule (the
+    /// caller reports it missing if it is not one either).
+    fn add_element(
+        &mut self,
+        tx: &mut Tx,
+        family: Family,
+        change: &sets::ElementChange,
+        what: &str,
+    ) -> Result<bool, FirewallError> {
+        let set = change.set;
+        if !self.sets.contains_key(&(family, set.name)) {
+            let known = self.set_elements(family, set)?.into_iter().collect();
+            self.sets.insert((family, set.name), known);
+        }
+        let key: ElementKey = (family, set.name, change.key.clone());
+        let current = match tx.elements.get(&key) {
+            Some(pending) => pending.clone(),
+            None => self.sets[&(family, set.name)].get(&change.key).cloned(),
+        };
+        let count = match (&current, change.add) {
+            (None, true) => 1,
+            (Some(e), true) if e.data != change.data => {
+                return Err(FirewallError::Unsupported {
+                    what: format!("{what}: {} already has this key, for {}", set.name, e.spec),
+                })
+            }
+            (Some(e), true) => e.count + 1,
+            (None, false) => return Ok(false),
+            (Some(e), false) if e.data != change.data => return Ok(false),
+            (Some(e), false) => e.count - 1,
+        };
+        if current.is_some() {
+            tx.push(
+                &mut self.sock,
+                format!("{what} (set {})", set.name),
+                |seq| sets::del_elem(seq, family, set, &change.key),
+            );
+        }
+        let after = (count > 0).then(|| sets::Element {
+            data: change.data.clone(),
+            spec: current.map_or_else(|| change.spec.clone(), |e| e.spec),
+            count,
+        });
+        if let Some(e) = &after {
+            tx.push(
+                &mut self.sock,
+                format!("{what} (set {})", set.name),
+                |seq| sets::new_elem(seq, family, set, &change.key, e),
+            );
+        }
+        tx.elements.insert(key, after);
+        Ok(true)
+    }
+
     fn rule_message(
         seq: u32,
         family: Family,
@@ -365,6 +455,11 @@ impl Nftables {
         let chain = change.chain().as_str().to_string();
         let key: ChainKey = (family, table, chain.clone());
         let what = format!("{family} {}: {}", table, change_lines(change).join(" "));
+        if let Some(element) = sets::classify(family, change) {
+            if self.add_element(tx, family, &element, &what)? {
+                return Ok(());
+            }
+        }
         let proto = nfproto(family);
         let tname = table_name(table);
         // Every chain this transaction touches has a known content, so
@@ -528,6 +623,15 @@ impl Nftables {
         );
         match result {
             Ok(echoes) => {
+                for ((family, set, key), element) in tx.elements {
+                    let Some(known) = self.sets.get_mut(&(family, set)) else {
+                        continue;
+                    };
+                    match element {
+                        Some(e) => known.insert(key, e),
+                        None => known.remove(&key),
+                    };
+                }
                 // Echoed new rules come in transaction order.
                 let mut pending: HashMap<ChainKey, VecDeque<u32>> = HashMap::new();
                 for (id, key) in (1..).zip(tx.new_rules.iter()) {
@@ -625,6 +729,9 @@ impl FirewallBackend for Nftables {
         self.ensure_tables(&mut tx);
         let mut rules: Vec<(Family, Table, String, Rule)> = Vec::new();
         let mut flushes: Vec<(Family, Table, String)> = Vec::new();
+        // Port sets: (family, set, its id in this transaction, whether its
+        // chain was there before).
+        let mut lookups: Vec<(Family, &sets::PortSet, u32, bool)> = Vec::new();
         for want in &layout.tables {
             let (family, table) = (want.family, want.table);
             let existing = have.get(&(family, table)).cloned().unwrap_or_default();
@@ -695,6 +802,20 @@ impl FirewallBackend for Nftables {
                 rules.push((family, table, name.to_string(), jump));
                 report.hooks_fixed.push((family, table, hook.builtin));
             }
+            for set in sets::PORT_SETS.iter().filter(|s| {
+                s.table == table
+                    && s.families.contains(&family)
+                    && want.chains.iter().any(|c| c.chain.as_str() == s.chain)
+            }) {
+                let id = tx.next_id;
+                tx.next_id += 1;
+                tx.push(
+                    &mut self.sock,
+                    format!("{family} {table}: set {}", set.name),
+                    |seq| sets::new_set(seq, family, set, id),
+                );
+                lookups.push((family, set, id, exists(set.chain)));
+            }
         }
         for (family, table, chain) in &flushes {
             let proto = nfproto(*family);
@@ -727,9 +848,50 @@ impl FirewallBackend for Nftables {
                 },
             )?;
         }
+        // A lookup rule goes last in a chain created now, first in one that
+        // lacks it (so in reverse order there).
+        let mut missing = Vec::new();
+        for &(family, set, id, existed) in &lookups {
+            if !existed {
+                tx.push(
+                    &mut self.sock,
+                    format!(
+                        "{family} {}: -A {} {}",
+                        set.table,
+                        set.chain,
+                        set.lookup_spec()
+                    ),
+                    |seq| sets::lookup_rule(seq, family, set, Some(id), true),
+                );
+                continue;
+            }
+            let spec = set.lookup_spec();
+            if !self
+                .rules(family, set.table, Some(set.chain))?
+                .iter()
+                .any(|r| r.spec == spec)
+            {
+                missing.push((family, set, id));
+            }
+        }
+        for (family, set, id) in missing.into_iter().rev() {
+            tx.push(
+                &mut self.sock,
+                format!(
+                    "{family} {}: -I {} 1 {}",
+                    set.table,
+                    set.chain,
+                    set.lookup_spec()
+                ),
+                |seq| sets::lookup_rule(seq, family, set, Some(id), false),
+            );
+            self.cache
+                .remove(&(family, set.table, set.chain.to_string()));
+        }
         for (family, table, chain) in &flushes {
             self.cache.remove(&(*family, *table, chain.clone()));
         }
+        self.sets.clear();
         self.commit(tx, HashMap::new())?;
         self.coexist_with_iptables_policies();
         Ok(report)
@@ -740,12 +902,13 @@ impl FirewallBackend for Nftables {
         match self.try_apply(batch) {
             Ok(()) => Ok(()),
             Err(e @ (FirewallError::Transaction { .. } | FirewallError::NoSuchRule { .. }))
-                if !self.cache.is_empty() =>
+                if !self.cache.is_empty() || !self.sets.is_empty() =>
             {
                 // A handle we held may be stale (someone else changed our
                 // chains): read them again and try once more.
                 log::warn!("nf_tables: {e}; re-reading patchpanel's chains and retrying once");
                 self.cache.clear();
+                self.sets.clear();
                 self.try_apply(batch)
             }
             Err(e) => Err(e),
@@ -754,6 +917,7 @@ impl FirewallBackend for Nftables {
 
     fn remove_all(&mut self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<Removed>, RemoveAllError> {
         self.cache.clear();
+        self.sets.clear();
         let mut removed = remove_narrow_accepts(&mut self.sock);
         let mut errors = Vec::new();
         // Per table: the messages and what they remove.
@@ -777,6 +941,23 @@ impl FirewallBackend for Nftables {
                     continue;
                 }
             };
+            // (table, name) of the family's sets.
+            let existing_sets: Vec<(String, String)> =
+                match self.sock.dump(sets::msg::GETSET, nfproto(family), &[]) {
+                    Ok(replies) => replies
+                        .iter()
+                        .filter_map(|r| {
+                            Some((
+                                wire::attr_str(&r.attrs, 1)?, // NFTA_SET_TABLE
+                                wire::attr_str(&r.attrs, 2)?, // NFTA_SET_NAME
+                            ))
+                        })
+                        .collect(),
+                    Err(e) => {
+                        errors.push(netlink_error(format!("list {family} sets"), &e));
+                        continue;
+                    }
+                };
             for table in Table::ALL {
                 let ours: Vec<&DumpedChain> = chains.iter().filter(|c| c.table == table).collect();
                 if !existing.iter().any(|t| t == table_name(table)) {
@@ -831,6 +1012,19 @@ impl FirewallBackend for Nftables {
                                 m.str(rule_attr::CHAIN, &c.name);
                                 m
                             },
+                        );
+                    }
+                    // The port sets, unreferenced once their chains are
+                    // flushed.
+                    for set in sets::PORT_SETS.iter().filter(|s| {
+                        s.table == table
+                            && s.families.contains(&family)
+                            && existing_sets.iter().any(|(t, n)| t == tname && n == s.name)
+                    }) {
+                        tx.push(
+                            &mut self.sock,
+                            format!("{family} {tname}: delete set {}", set.name),
+                            |seq| sets::del_set(seq, family, set),
                         );
                     }
                     for c in &ours {
@@ -923,6 +1117,19 @@ impl FirewallBackend for Nftables {
                 out.push_str(&format!(":{} {policy} [0:0]\n", c.name));
             }
             for r in self.rules(family, table, None)? {
+                // A port set's lookup: its elements, as the rules they are
+                // (sorted: a set has no order).
+                if let Some(set) = sets::by_lookup_spec(&r.spec) {
+                    let mut lines = Vec::new();
+                    for (_, e) in self.set_elements(family, set)? {
+                        for _ in 0..e.count {
+                            lines.push(format!("-A {} {}\n", r.chain, saved_form(&e.spec)));
+                        }
+                    }
+                    lines.sort();
+                    out.extend(lines);
+                    continue;
+                }
                 if r.spec.is_empty() {
                     out.push_str(&format!("-A {}\n", r.chain));
                 } else {

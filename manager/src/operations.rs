@@ -18,7 +18,7 @@ use prost::Message as _;
 use crate::dbus_service::{self, CallError};
 use crate::lifeline::Guarded;
 use crate::manager::Manager;
-use crate::state::{ConnectedNamespace, Loaded};
+use crate::state::{ConnectedNamespace, Loaded, PortRuleChange};
 use crate::{counters, namespaces, pids, port_rules, routing};
 
 impl Manager {
@@ -335,6 +335,13 @@ impl Manager {
             self.readopt_port_rules(&prev.port_rules);
             self.readopt_guests(prev);
         }
+        // The journal says what this run holds from now on.
+        if let Err(e) = self.state_file.save_port_rules(&self.state.port_rules) {
+            error!(
+                "cannot save the port rules next to {}: {e}; a restart would not re-apply them",
+                self.state_file.path().display()
+            );
+        }
         let mut steps = Vec::new();
         for sysctl in [Sysctl::Ipv4Forward, Sysctl::Ipv6Forwarding] {
             steps.push(Step::SetSysctl {
@@ -424,6 +431,9 @@ impl Manager {
                 (rule, batch, false)
             }
         };
+        let undo = batch
+            .inverse()
+            .map_err(|e| CallError::Failed(format!("ModifyPortRule: {e}")))?;
         self.apply(
             Plan {
                 label: format!("ModifyPortRule op {op}"),
@@ -432,17 +442,50 @@ impl Manager {
             },
             &[],
         )?;
+        let change = if create {
+            self.state.port_rules.push(rule.clone());
+            PortRuleChange::Added
+        } else {
+            self.state.port_rules.retain(|r| *r != rule);
+            PortRuleChange::Removed
+        };
+        if let Err(e) = self
+            .state_file
+            .record_port_rule(change, &rule, &self.state.port_rules)
+        {
+            // Unrecorded, a rule would outlive a crash unknown (or a
+            // deleted one come back): take the change back.
+            if create {
+                self.state.port_rules.retain(|r| *r != rule);
+            } else {
+                self.state.port_rules.push(rule.clone());
+            }
+            let undone = self.apply(
+                Plan {
+                    label: format!("ModifyPortRule op {op}: undo"),
+                    mode: ApplyMode::Atomic,
+                    steps: vec![Step::Firewall(undo)],
+                },
+                &[],
+            );
+            if let Err(u) = &undone {
+                error!("ModifyPortRule op {op}: cannot undo the unrecorded change: {u}");
+            }
+            return Err(CallError::Failed(format!(
+                "ModifyPortRule: cannot record the rule in {}: {e}; {}",
+                self.state_file.path().display(),
+                if undone.is_ok() {
+                    "nothing changed"
+                } else {
+                    "and cannot undo it"
+                }
+            )));
+        }
         info!(
             "ModifyPortRule op {op} from {}: {} {rule:?}",
             dbus_service::sender(call),
             if create { "created" } else { "deleted" }
         );
-        if create {
-            self.state.port_rules.push(rule);
-        } else {
-            self.state.port_rules.retain(|r| *r != rule);
-        }
-        self.save_state();
         Ok(patchpanel_proto::ModifyPortRuleResponse { success: true }.encode_to_vec())
     }
 

@@ -1,10 +1,21 @@
 //! The manager's state: every guest network it built and every kernel
 //! setting it changed, as one serializable value (DESIGN.md §9).
 //!
-//! It is saved atomically (write to a temporary file, fsync, rename) after
-//! every change, so a crashed manager's successor knows what to tear down
-//! or adopt, and a clean stop knows which sysctls to restore.
+//! It is saved atomically (write to a temporary file, rename) after every
+//! change, so a crashed manager's successor knows what to tear down or
+//! adopt, and a clean stop knows which sysctls to restore. Port rules, of
+//! which there may be thousands, are not in that file: each ModifyPortRule
+//! appends one line to a journal next to it (`port_rules`), rewritten
+//! compactly from time to time, so recording the 1000th rule costs what
+//! recording the first does.
+//!
+//! Nothing is fsynced: what the state describes (links, namespaces,
+//! firewall rules) does not survive a reboot either, and a manager crash
+//! loses nothing the kernel has accepted in a `write`. A reader after a
+//! power loss sees the old file, the new one, or one it cannot parse,
+//! which it treats as missing (and removes everything patchpanel owns).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -92,7 +103,9 @@ pub struct State {
     pub namespaces: BTreeMap<u32, ConnectedNamespace>,
     /// Sysctls patchpanel changed, with the value it found first.
     pub sysctl_originals: Vec<(Netns, Sysctl, String)>,
-    /// Active ModifyPortRule rules, in creation order.
+    /// Active ModifyPortRule rules, in creation order. Kept in the
+    /// journal, not in the state file (read from it if a file has them).
+    #[serde(default, skip_serializing)]
     pub port_rules: Vec<crate::port_rules::PortRule>,
     /// The running ARC (container or VM), if any.
     #[serde(default)]
@@ -145,9 +158,45 @@ impl State {
 }
 
 /// Where the state lives on disk.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
+    journal: PathBuf,
+    /// Lines in the journal now, to know when to compact it.
+    journal_lines: Cell<usize>,
+}
+
+/// One line of the port rule journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRuleChange {
+    Added,
+    Removed,
+}
+
+impl PortRuleChange {
+    fn mark(self) -> char {
+        match self {
+            PortRuleChange::Added => '+',
+            PortRuleChange::Removed => '-',
+        }
+    }
+}
+
+/// Rewrites `path` atomically with `bytes`.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes));
+    if let Err(e) = written {
+        // A full disk: the old file stays as it was.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path)
 }
 
 /// What was found at start.
@@ -166,6 +215,8 @@ impl StateFile {
     pub fn new(dir: &Path) -> StateFile {
         StateFile {
             path: dir.join("state"),
+            journal: dir.join("port_rules"),
+            journal_lines: Cell::new(0),
         }
     }
 
@@ -180,7 +231,11 @@ impl StateFile {
             Err(e) => return Loaded::Unusable(format!("cannot read {}: {e}", self.path.display())),
         };
         match serde_json::from_str::<State>(&text) {
-            Ok(s) if s.version == STATE_VERSION => Loaded::Found(Box::new(s)),
+            Ok(mut s) if s.version == STATE_VERSION => match self.replay_journal(&mut s.port_rules)
+            {
+                Ok(()) => Loaded::Found(Box::new(s)),
+                Err(why) => Loaded::Unusable(why),
+            },
             Ok(s) => Loaded::Unusable(format!(
                 "{} has version {}, this build writes {STATE_VERSION}",
                 self.path.display(),
@@ -190,27 +245,101 @@ impl StateFile {
         }
     }
 
-    /// Writes `state` atomically.
+    /// Writes `state` (all but its port rules) atomically.
     pub fn save(&self, state: &State) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("tmp");
         let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-        {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
+        replace_file(&self.path, &text)
+    }
+
+    /// Applies the journal's lines to `rules`. A line that cannot be read
+    /// makes the whole state unusable: a rule forgotten would be a rule
+    /// nobody removes.
+    fn replay_journal(&self, rules: &mut Vec<crate::port_rules::PortRule>) -> Result<(), String> {
+        let text = match std::fs::read_to_string(&self.journal) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot read {}: {e}", self.journal.display())),
+        };
+        let mut lines = 0;
+        for (n, line) in text.split_inclusive('\n').enumerate() {
+            let Some(line) = line.strip_suffix('\n') else {
+                // The last write did not finish (the manager died in it):
+                // that change was never reported done.
+                log::warn!(
+                    "{}: ignoring an unfinished last line",
+                    self.journal.display()
+                );
+                break;
+            };
+            lines += 1;
+            let bad = |e: String| format!("{} line {}: {e}", self.journal.display(), n + 1);
+            let (mark, json) = line
+                .split_at_checked(1)
+                .ok_or_else(|| bad("empty".into()))?;
+            let rule: crate::port_rules::PortRule =
+                serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+            match mark {
+                "+" => rules.push(rule),
+                "-" => rules.retain(|r| *r != rule),
+                other => return Err(bad(format!("starts with {other:?}, not + or -"))),
+            }
         }
-        std::fs::rename(&tmp, &self.path)
+        self.journal_lines.set(lines);
+        Ok(())
+    }
+
+    /// Records one port rule change: one line appended, or, when the
+    /// journal has grown to more than twice the `live` rules (plus some),
+    /// the journal rewritten as `live` (which already has the change).
+    pub fn record_port_rule(
+        &self,
+        change: PortRuleChange,
+        rule: &crate::port_rules::PortRule,
+        live: &[crate::port_rules::PortRule],
+    ) -> std::io::Result<()> {
+        if self.journal_lines.get() + 1 > 2 * live.len() + 64 {
+            return self.save_port_rules(live);
+        }
+        let mut line = String::from(change.mark());
+        line.push_str(&serde_json::to_string(rule).map_err(std::io::Error::other)?);
+        line.push('\n');
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.journal)?;
+        let before = f.metadata()?.len();
+        if let Err(e) = f.write_all(line.as_bytes()) {
+            // A full disk: take back the part that was written (a torn
+            // last line is skipped by a reader anyway).
+            let _ = f.set_len(before);
+            return Err(e);
+        }
+        self.journal_lines.set(self.journal_lines.get() + 1);
+        Ok(())
+    }
+
+    /// Rewrites the journal atomically as exactly `rules`.
+    pub fn save_port_rules(&self, rules: &[crate::port_rules::PortRule]) -> std::io::Result<()> {
+        let mut text = String::new();
+        for rule in rules {
+            text.push('+');
+            text.push_str(&serde_json::to_string(rule).map_err(std::io::Error::other)?);
+            text.push('\n');
+        }
+        replace_file(&self.journal, text.as_bytes())?;
+        self.journal_lines.set(rules.len());
+        Ok(())
     }
 
     pub fn remove(&self) -> std::io::Result<()> {
-        match std::fs::remove_file(&self.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        for path in [&self.journal, &self.path] {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
+        self.journal_lines.set(0);
+        Ok(())
     }
 }
 
@@ -246,6 +375,114 @@ mod tests {
         std::fs::write(file.path(), b"{not json").unwrap();
         assert!(matches!(file.load(), Loaded::Unusable(_)));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn rule(port: u16) -> crate::port_rules::PortRule {
+        crate::port_rules::PortRule::Lockdown {
+            proto: patchpanel_firewall::ports::PortProtocol::Tcp,
+            port,
+        }
+    }
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!("pp-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn loaded_rules(file: &StateFile) -> Vec<crate::port_rules::PortRule> {
+        match file.load() {
+            Loaded::Found(s) => s.port_rules,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn port_rules_live_in_the_journal_and_load_back_in_order() {
+        let dir = Dir::new("journal");
+        let file = StateFile::new(&dir.0);
+        file.save(&State::default()).unwrap();
+        let mut live = Vec::new();
+        for port in 1..=5 {
+            live.push(rule(port));
+            file.record_port_rule(PortRuleChange::Added, &rule(port), &live)
+                .unwrap();
+        }
+        live.retain(|r| *r != rule(2));
+        file.record_port_rule(PortRuleChange::Removed, &rule(2), &live)
+            .unwrap();
+        assert_eq!(loaded_rules(&file), live);
+        // The state file itself does not carry them.
+        let mut state = State::default();
+        state.port_rules = live.clone();
+        file.save(&state).unwrap();
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(!text.contains("port_rules"), "{text}");
+        assert_eq!(loaded_rules(&file), live);
+        file.remove().unwrap();
+        assert!(!dir.0.join("port_rules").exists());
+    }
+
+    #[test]
+    fn the_journal_is_compacted_when_it_grows_past_twice_the_live_rules() {
+        let dir = Dir::new("compact");
+        let file = StateFile::new(&dir.0);
+        file.save(&State::default()).unwrap();
+        let mut live = vec![rule(1)];
+        file.record_port_rule(PortRuleChange::Added, &rule(1), &live)
+            .unwrap();
+        for _ in 0..500 {
+            live.push(rule(2));
+            file.record_port_rule(PortRuleChange::Added, &rule(2), &live)
+                .unwrap();
+            live.pop();
+            file.record_port_rule(PortRuleChange::Removed, &rule(2), &live)
+                .unwrap();
+        }
+        let lines = std::fs::read_to_string(dir.0.join("port_rules"))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(lines <= 2 * live.len() + 64, "{lines} lines");
+        assert_eq!(loaded_rules(&file), live);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped_and_a_bad_one_makes_the_state_unusable() {
+        let dir = Dir::new("torn");
+        let file = StateFile::new(&dir.0);
+        file.save(&State::default()).unwrap();
+        file.save_port_rules(&[rule(1)]).unwrap();
+        let journal = dir.0.join("port_rules");
+        let mut text = std::fs::read_to_string(&journal).unwrap();
+        text.push_str("+{\"Lockd");
+        std::fs::write(&journal, &text).unwrap();
+        assert_eq!(loaded_rules(&file), [rule(1)]);
+        std::fs::write(&journal, "+{\"Lockd\n").unwrap();
+        assert!(matches!(file.load(), Loaded::Unusable(_)));
+        std::fs::write(&journal, "*{}\n").unwrap();
+        assert!(matches!(file.load(), Loaded::Unusable(_)));
+    }
+
+    #[test]
+    fn a_state_file_that_still_has_port_rules_keeps_them() {
+        let dir = Dir::new("old");
+        let file = StateFile::new(&dir.0);
+        let mut value = serde_json::to_value(State::default()).unwrap();
+        value["port_rules"] = serde_json::to_value(vec![rule(9)]).unwrap();
+        std::fs::write(file.path(), value.to_string()).unwrap();
+        assert_eq!(loaded_rules(&file), [rule(9)]);
     }
 
     #[test]

@@ -424,8 +424,10 @@ mod tests {
             .unwrap();
         assert_eq!(loaded_rules(&file), live);
         // The state file itself does not carry them.
-        let mut state = State::default();
-        state.port_rules = live.clone();
+        let state = State {
+            port_rules: live.clone(),
+            ..Default::default()
+        };
         file.save(&state).unwrap();
         let text = std::fs::read_to_string(file.path()).unwrap();
         assert!(!text.contains("port_rules"), "{text}");

@@ -20,7 +20,10 @@
 //! upstream patchpanel does, `iptables -w -t mangle -L -x -v -n`, then the
 //! same with `ip6tables`, each output parsed for the `rx_`/`tx_` chains and
 //! summed per (interface, mark, family), from the first spawn to the parsed
-//! result. The first result of each series must cover every uplink.
+//! result. With the nftables backend the counters are in patchpanel's own
+//! tables, which `iptables` does not see: the naive read is then `nft list
+//! table ip patchpanel_mangle` and the same for `ip6`, parsed the same way.
+//! The first result of each series must cover every uplink.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -185,6 +188,9 @@ fn patchpanel_read(client: &Client, check: bool) -> Result<Duration> {
 
 /// Upstream's way: list mangle with counters in both families, parse, sum.
 fn naive_read() -> Result<(Duration, Counters)> {
+    if patchpanel_tests::daemon::firewall_backend() == "nftables" {
+        return naive_nft_read();
+    }
     let started = Instant::now();
     let mut counters = Counters::new();
     for (program, family) in [("iptables", Family::V4), ("ip6tables", Family::V6)] {
@@ -195,6 +201,92 @@ fn naive_read() -> Result<(Duration, Counters)> {
             .with_context(|| format!("cannot parse the output of {program} -L"))?;
     }
     Ok((started.elapsed(), counters))
+}
+
+/// The same with `nft`, for the nftables backend's tables.
+fn naive_nft_read() -> Result<(Duration, Counters)> {
+    let started = Instant::now();
+    let mut counters = Counters::new();
+    for (nft_family, family) in [("ip", Family::V4), ("ip6", Family::V6)] {
+        let (_, listing) = run_timed(&argv(&[
+            "nft",
+            "list",
+            "table",
+            nft_family,
+            "patchpanel_mangle",
+        ]))?;
+        add_nft_listing(&mut counters, &listing, family)
+            .with_context(|| format!("cannot parse the output of nft list table {nft_family}"))?;
+    }
+    Ok((started.elapsed(), counters))
+}
+
+/// Parses `nft list table` output and adds the counters of the
+/// `rx_<if>`/`tx_<if>` chains' rules to `counters`; the mark is the value
+/// a `meta mark & MASK == VALUE` match compares with.
+pub fn add_nft_listing(counters: &mut Counters, listing: &str, family: Family) -> Result<()> {
+    let mut chain: Option<(bool, String)> = None;
+    for line in listing.lines() {
+        let l = line.trim();
+        if let Some(name) = l.strip_prefix("chain ").and_then(|r| r.strip_suffix(" {")) {
+            chain = if let Some(ifname) = name.strip_prefix("rx_") {
+                Some((true, ifname.to_string()))
+            } else {
+                name.strip_prefix("tx_")
+                    .map(|ifname| (false, ifname.to_string()))
+            };
+            continue;
+        }
+        if l == "}" {
+            chain = None;
+            continue;
+        }
+        let Some((rx, ifname)) = &chain else {
+            continue;
+        };
+        let Some((_, rest)) = l.split_once("counter packets ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let packets: u64 = words
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("packet count in {l:?}"))?;
+        if words.next() != Some("bytes") {
+            bail!("no byte count in {l:?}");
+        }
+        let bytes: u64 = words
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("byte count in {l:?}"))?;
+        let mark = match l.split_once("meta mark & ") {
+            Some((_, m)) => {
+                let value = m
+                    .split_once("== 0x")
+                    .map(|(_, v)| v.split_whitespace().next().unwrap_or_default())
+                    .unwrap_or_default();
+                Some(u32::from_str_radix(value, 16).with_context(|| format!("mark in {l:?}"))?)
+            }
+            None => None,
+        };
+        let count = counters
+            .entry(CounterKey {
+                ifname: ifname.clone(),
+                mark,
+                family,
+            })
+            .or_default();
+        if *rx {
+            count.rx_packets += packets;
+            count.rx_bytes += bytes;
+        } else {
+            count.tx_packets += packets;
+            count.tx_bytes += bytes;
+        }
+    }
+    Ok(())
 }
 
 /// The naive result must have read the chains of every uplink, and eth0
@@ -445,6 +537,51 @@ Chain tx_eth0 (1 references)
        5      420 RETURN     0    --  *      *       0.0.0.0/0            0.0.0.0/0            mark match 0x2000/0x3f00
        0        0            0    --  *      *       0.0.0.0/0            0.0.0.0/0
 ";
+
+    #[test]
+    fn nft_listings_of_the_accounting_chains_are_summed_the_same_way() {
+        let listing = "\
+table ip patchpanel_mangle {
+\tchain rx_eth0 {
+\t\tmeta mark & 0x00003f00 == 0x00002000 counter packets 3 bytes 252 return comment \"-m mark --mark 0x2000/0x3f00 -j RETURN\"
+\t\tcounter packets 1 bytes 84 comment \"\"
+\t}
+
+\tchain tx_eth0 {
+\t\tmeta mark & 0x00003f00 == 0x00002000 counter packets 5 bytes 420 return
+\t}
+
+\tchain patchpanel_PREROUTING {
+\t\tcounter packets 99 bytes 9999
+\t}
+}
+";
+        let mut c = Counters::new();
+        add_nft_listing(&mut c, listing, Family::V4).unwrap();
+        let key = |mark| CounterKey {
+            ifname: "eth0".into(),
+            mark,
+            family: Family::V4,
+        };
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c[&key(Some(0x2000))],
+            Count {
+                rx_packets: 3,
+                rx_bytes: 252,
+                tx_packets: 5,
+                tx_bytes: 420
+            }
+        );
+        assert_eq!(c[&key(None)].rx_packets, 1);
+        let mut bad = Counters::new();
+        assert!(add_nft_listing(
+            &mut bad,
+            "chain rx_eth0 {\n counter packets x bytes 1\n}\n",
+            Family::V4
+        )
+        .is_err());
+    }
 
     #[test]
     fn the_accounting_chains_are_summed_per_interface_mark_and_family() {

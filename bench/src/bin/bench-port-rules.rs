@@ -270,11 +270,16 @@ fn counter_rows(
             )
         })
         .collect();
+    let naive_tool = if patchpanel_tests::daemon::firewall_backend() == "nftables" {
+        "2x nft list table"
+    } else {
+        "iptables+ip6tables -L"
+    };
     let nv: Vec<Row> = uplinks
         .iter()
         .map(|&n| {
             Row::new(
-                format!("naive iptables+ip6tables -L {}", at(n)),
+                format!("naive {naive_tool} {}", at(n)),
                 stage(n).and_then(|s| s.naive.as_deref()),
             )
         })

@@ -118,6 +118,17 @@ impl Netns {
     }
 }
 
+/// `text` (iptables-save output) without the marker chain the iptables
+/// backend leaves in a table it made while that table holds the kept
+/// accounting chains (`patchpanel_created`, see the firewall layout): what
+/// remains must hold nothing of patchpanel's.
+pub fn without_table_marker(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.contains(patchpanel_firewall::layout::TABLE_MARKER))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// `nft list table` output of one of patchpanel's tables as
 /// `iptables-save` lines. A port set's lookup rule (comment `@set`) stands
 /// for the rules that are the set's elements (each element's comment),

@@ -420,7 +420,12 @@ fn a_clean_stop_restores_the_namespace_and_the_sysctls() {
         .netns
         .firewall_save(false, None)
         .expect("iptables-save");
-    assert!(!fw.contains("patchpanel"), "{fw}");
+    // Only the marker of the mangle tables patchpanel made may stay (they
+    // hold the kept accounting chains; the next stop removes them).
+    assert!(
+        !patchpanel_tests::netns::without_table_marker(&fw).contains("patchpanel"),
+        "{fw}"
+    );
     let links = world.netns.exec_ok(&["ip", "-o", "link"]).expect("ip");
     assert!(!links.contains("arc_ns"), "{links}");
     let rules = world.netns.exec_ok(&["ip", "rule", "show"]).expect("rules");
@@ -651,12 +656,13 @@ fn ruleset_without(netns: &patchpanel_tests::Netns, skip: &[&str]) -> (String, V
     (kept, skipped)
 }
 
+/// With either backend: what the start made (tables, base chains) goes at
+/// the stop; only the accounting chains stay, in their own table (nftables)
+/// or in the mangle tables iptables-nft made (with the marker that says
+/// patchpanel made them, for the next stop).
 #[test]
-fn with_nftables_a_start_and_a_clean_stop_leave_the_ruleset_as_found_but_the_counters() {
-    if patchpanel_tests::daemon::firewall_backend() != "nftables" {
-        eprintln!("skipped: this checks the nftables backend (the iptables backend makes iptables-nft create its own tables)");
-        return;
-    }
+fn a_start_and_a_clean_stop_leave_the_ruleset_as_found_but_the_counters() {
+    let nft = patchpanel_tests::daemon::firewall_backend() == "nftables";
     let netns = patchpanel_tests::Netns::new().expect("netns");
     // A host firewall of its own, in a table of its own.
     netns
@@ -673,6 +679,18 @@ fn with_nftables_a_start_and_a_clean_stop_leave_the_ruleset_as_found_but_the_cou
             "{ type filter hook input priority 0; policy accept; }",
         ])
         .expect("nft");
+    // And iptables for a filter table only.
+    netns
+        .exec_ok(&[
+            "ip6tables",
+            "-A",
+            "INPUT",
+            "-s",
+            "2001:db8::9",
+            "-j",
+            "DROP",
+        ])
+        .expect("ip6tables");
     let _internet = patchpanel_tests::world::Internet::attach(&netns).expect("internet");
     let (before, _) = ruleset_without(&netns, &[]);
     let bus = patchpanel_tests::PrivateBus::start().expect("bus");
@@ -686,7 +704,12 @@ fn with_nftables_a_start_and_a_clean_stop_leave_the_ruleset_as_found_but_the_cou
         .wait_exit(Duration::from_secs(10))
         .expect("wait")
         .is_some_and(|s| s.success()));
-    let (after, kept) = ruleset_without(&netns, &["ip patchpanel_mangle", "ip6 patchpanel_mangle"]);
+    let accounting = if nft {
+        ["ip patchpanel_mangle", "ip6 patchpanel_mangle"]
+    } else {
+        ["ip mangle", "ip6 mangle"]
+    };
+    let (after, kept) = ruleset_without(&netns, &accounting);
     assert_eq!(after, before, "the ruleset differs after a clean stop");
     // What stays: the accounting chains and their rules, no base chain.
     let chains: Vec<&String> = kept
@@ -698,9 +721,9 @@ fn with_nftables_a_start_and_a_clean_stop_leave_the_ruleset_as_found_but_the_cou
         "the accounting chains persist: {kept:#?}"
     );
     assert!(
-        chains
-            .iter()
-            .all(|l| l.contains("chain rx_eth0 {") || l.contains("chain tx_eth0 {")),
+        chains.iter().all(|l| l.contains("chain rx_eth0 {")
+            || l.contains("chain tx_eth0 {")
+            || (!nft && l.contains("chain patchpanel_created {"))),
         "{kept:#?}"
     );
     assert!(!kept.iter().any(|l| l.contains(" hook ")), "{kept:#?}");

@@ -37,7 +37,8 @@ fn traces(netns: &Netns) -> Vec<String> {
         }
     }
     for tool in ["iptables-save", "ip6tables-save"] {
-        let out = netns.exec_ok(&[tool]).expect(tool);
+        let out =
+            patchpanel_tests::netns::without_table_marker(&netns.exec_ok(&[tool]).expect(tool));
         if out.contains("patchpanel") || out.contains("arc_ns") {
             found.push(format!("{tool}: {out}"));
         }

@@ -86,6 +86,12 @@ pub enum RemovedKind {
     Hook { builtin: String, spec: String },
     /// A chain (flushed and deleted).
     Chain { name: String },
+    /// An iptables-nft table patchpanel's start created, deleted once it
+    /// was empty again.
+    Table,
+    /// A base chain iptables-nft made for one of patchpanel's hooks in a
+    /// table of the host's.
+    BaseChain { name: String },
 }
 
 impl fmt::Display for Removed {
@@ -100,6 +106,20 @@ impl fmt::Display for Removed {
             }
             RemovedKind::Chain { name } => {
                 write!(f, "{} {} chain {name}", self.family, self.table)
+            }
+            RemovedKind::BaseChain { name } => {
+                write!(
+                    f,
+                    "{} {} base chain {name} (created by patchpanel)",
+                    self.family, self.table
+                )
+            }
+            RemovedKind::Table => {
+                write!(
+                    f,
+                    "{} {} table (created by patchpanel)",
+                    self.family, self.table
+                )
             }
         }
     }

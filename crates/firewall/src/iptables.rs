@@ -14,7 +14,10 @@ use std::process::{Command, Stdio};
 use crate::backend::{
     FirewallBackend, FirewallError, RemoveAllError, Removed, RemovedKind, SetupReport,
 };
-use crate::layout::{hook_rule, is_catalog_chain, ChainContent, Layout, TableLayout};
+use crate::layout::{
+    hook_rule, is_catalog_chain, ChainContent, Layout, TableLayout, MADE_HOOK, MADE_TABLE,
+    TABLE_MARKER,
+};
 use crate::model::{is_owned_chain_name, Batch, BuiltinChain, Change, Family, Table};
 use crate::render::{command_line, render_table, rule_spec, table_block};
 use crate::save::{self, SavedTable};
@@ -115,6 +118,15 @@ impl IptablesRestore {
 
     /// The current content of one table.
     fn save_table(&self, family: Family, table: Table) -> Result<SavedTable, FirewallError> {
+        Ok(self.saved_table(family, table)?.unwrap_or_default())
+    }
+
+    /// The current content of one table, `None` if it does not exist.
+    fn saved_table(
+        &self,
+        family: Family,
+        table: Table,
+    ) -> Result<Option<SavedTable>, FirewallError> {
         let program = self.tools.save(family);
         let out = run(program, &["-t", table.name()], None)?;
         if !out.success {
@@ -128,8 +140,7 @@ impl IptablesRestore {
         // A table that does not exist yet saves as nothing at all.
         Ok(save::parse(&out.stdout)
             .into_iter()
-            .find(|t| t.name == table.name())
-            .unwrap_or_default())
+            .find(|t| t.name == table.name()))
     }
 
     /// The lines that bring one table to the layout; empty if it is there.
@@ -275,7 +286,7 @@ impl IptablesRestore {
             .iter()
             .filter(|c| c.policy.is_none() && BuiltinChain::from_name(&c.name).is_none())
             .map(|c| c.name.as_str())
-            .filter(|name| is_owned_chain_name(name) && !keep(name))
+            .filter(|name| is_owned_chain_name(name) && !keep(name) && *name != TABLE_MARKER)
             .filter(|name| {
                 let foreign = !is_catalog_chain(name) && foreign_targets.contains(name);
                 if foreign {
@@ -286,7 +297,26 @@ impl IptablesRestore {
                 !foreign
             })
             .collect();
+        // What this table's marker says patchpanel's start made.
+        let marks: Vec<&str> = have
+            .rules_of(TABLE_MARKER)
+            .filter_map(|r| r.spec.rsplit("--comment ").next())
+            .map(|m| m.trim_matches('"'))
+            .collect();
+        let made_here = have.has_chain(TABLE_MARKER);
+        let made_table = marks.contains(&MADE_TABLE);
+        let made_hooks: Vec<String> = marks
+            .iter()
+            .filter_map(|m| m.strip_prefix(MADE_HOOK))
+            .map(str::to_string)
+            .collect();
+        let prune = |removed: &mut Vec<Removed>, errors: &mut Vec<FirewallError>| {
+            if made_here {
+                Self::prune_made(family, table, made_table, &made_hooks, removed, errors);
+            }
+        };
         if hooks.is_empty() && chains.is_empty() {
+            prune(removed, errors);
             return;
         }
         // First try everything in one transaction: hooks out, every chain
@@ -307,6 +337,7 @@ impl IptablesRestore {
         {
             removed.extend(hooks.into_iter().map(|(_, r)| r));
             removed.extend(chains.iter().map(|c| chain_removed(c)));
+            prune(removed, errors);
             return;
         }
         // Something did not go as read (a concurrent change, a chain that
@@ -329,6 +360,38 @@ impl IptablesRestore {
                 Err(e) => errors.push(e),
             }
         }
+        prune(removed, errors);
+    }
+
+    /// What patchpanel's start made in a table (its marker says what) goes
+    /// once patchpanel's chains are out: a made table whole, or the base
+    /// chains iptables-nft made for its hooks, unless something else uses
+    /// them now (or the kept accounting chains are in the table).
+    fn prune_made(
+        family: Family,
+        table: Table,
+        made_table: bool,
+        made_hooks: &[String],
+        removed: &mut Vec<Removed>,
+        errors: &mut Vec<FirewallError>,
+    ) {
+        match crate::nft::prune_table(family, table.name(), TABLE_MARKER, made_table, made_hooks) {
+            Ok(p) if p.table => removed.push(Removed {
+                family,
+                table,
+                what: RemovedKind::Table,
+            }),
+            Ok(p) => {
+                for chain in p.base_chains {
+                    removed.push(Removed {
+                        family,
+                        table,
+                        what: RemovedKind::BaseChain { name: chain },
+                    });
+                }
+            }
+            Err(e) => errors.push(e),
+        }
     }
 }
 
@@ -337,11 +400,50 @@ impl FirewallBackend for IptablesRestore {
         layout.validate()?;
         let mut report = SetupReport::default();
         for family in Family::ALL {
-            for want in layout.tables(family) {
-                let have = self.save_table(family, want.table)?;
-                let lines = self.setup_lines(want, &have, &mut report);
+            let existing = crate::nft::table_names(family)?;
+            for table in Table::ALL {
+                let found = self.saved_table(family, table)?;
+                let made_now = !existing.iter().any(|t| t == table.name());
+                let want = layout.tables(family).find(|t| t.table == table);
+                let mut lines = match want {
+                    Some(want) => self.setup_lines(
+                        want,
+                        found.as_ref().unwrap_or(&SavedTable::default()),
+                        &mut report,
+                    ),
+                    None => Vec::new(),
+                };
+                // What this start makes, recorded in the table for whoever
+                // stops patchpanel (see remove_all): the table itself (also
+                // when only a later operation fills it: ConnectNamespace
+                // uses the ip6 nat and mangle tables), or the base chains
+                // its hooks make iptables-nft add to a table of the host's.
+                let mut made: Vec<String> = Vec::new();
+                if made_now {
+                    made.push(MADE_TABLE.to_string());
+                } else if let Some(want) = want {
+                    let bases = crate::nft::base_chain_names(family, table.name())?;
+                    made.extend(
+                        want.hooks
+                            .iter()
+                            .map(|h| h.builtin.name())
+                            .filter(|b| !bases.iter().any(|have| have == b))
+                            .map(|b| format!("{MADE_HOOK}{b}")),
+                    );
+                }
+                if !made.is_empty() {
+                    let have = found.as_ref().is_some_and(|t| t.has_chain(TABLE_MARKER));
+                    let mut marks = Vec::new();
+                    if !have {
+                        marks.push(format!("-N {TABLE_MARKER}"));
+                    }
+                    for m in &made {
+                        marks.push(format!("-A {TABLE_MARKER} -m comment --comment {m}"));
+                    }
+                    lines.splice(0..0, marks);
+                }
                 if !lines.is_empty() {
-                    self.restore(family, want.table, &table_block(want.table, &lines))?;
+                    self.restore(family, table, &table_block(table, &lines))?;
                 }
             }
         }

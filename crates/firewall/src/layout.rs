@@ -58,6 +58,15 @@ pub const DROP_FORWARD_TO_BRUSCHETTA: &str = "drop_forward_to_bruschetta";
 pub const DROP_OUTPUT_TO_BRUSCHETTA: &str = "drop_output_to_bruschetta";
 /// filter: per-guest forwarding accepts (upstream appends them to FORWARD).
 pub const GUEST_FORWARD: &str = "guest_forward";
+/// A chain no rule jumps to, which the iptables backend adds to an
+/// iptables-nft table when its start makes something there: its rules'
+/// comments ([`MADE_TABLE`], [`MADE_HOOK`]`<chain>`) say what, so that the
+/// stop (of this run or of a crash successor) removes exactly that.
+pub const TABLE_MARKER: &str = "patchpanel_created";
+/// The marker comment of a table patchpanel's start made.
+pub const MADE_TABLE: &str = "made_table";
+/// The marker comment prefix of a base chain patchpanel's start made.
+pub const MADE_HOOK: &str = "made_hook_";
 
 const ROOT_CHAINS: [&str; 5] = [
     "patchpanel_PREROUTING",
@@ -68,7 +77,7 @@ const ROOT_CHAINS: [&str; 5] = [
 ];
 
 /// Every fixed chain name patchpanel owns (all tables, both families).
-pub const CATALOG: [&str; 22] = [
+pub const CATALOG: [&str; 23] = [
     ROOT_CHAINS[0],
     ROOT_CHAINS[1],
     ROOT_CHAINS[2],
@@ -91,6 +100,7 @@ pub const CATALOG: [&str; 22] = [
     DROP_FORWARD_TO_BRUSCHETTA,
     DROP_OUTPUT_TO_BRUSCHETTA,
     GUEST_FORWARD,
+    TABLE_MARKER,
 ];
 
 /// Whether `name` is one of the fixed names in [`CATALOG`].

@@ -514,3 +514,66 @@ fn remove_all_leaves_a_foreign_chain_that_only_looks_like_ours() {
         assert_eq!(snapshot(&mut fw), before);
     });
 }
+
+/// `nft list ruleset`, counters aside.
+fn nft_ruleset() -> String {
+    run("nft", &["list", "ruleset"], None)
+        .lines()
+        .map(|l| match l.find("counter packets ") {
+            // "counter packets 3 bytes 252 ..." -> "counter ..."
+            Some(i) => {
+                let rest: Vec<&str> = l[i..].split(' ').skip(5).collect();
+                format!("{}counter {}", &l[..i], rest.join(" "))
+            }
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn tables_and_base_chains_patchpanels_start_created_are_removed_at_stop() {
+    in_fresh_netns(|| {
+        // The host uses iptables for a filter table only (both families).
+        iptables(Family::V4, &["-P", "FORWARD", "DROP"]);
+        iptables(
+            Family::V6,
+            &["-A", "INPUT", "-s", "2001:db8::9", "-j", "DROP"],
+        );
+        let before = nft_ruleset();
+        assert!(!before.contains("table ip6 nat") && !before.contains("table ip mangle"));
+        let mut fw = IptablesRestore::new().unwrap();
+        let eth0 = ifname("eth0");
+        for round in 0..2 {
+            fw.setup(&Layout::default()).unwrap();
+            let running = nft_ruleset();
+            assert!(
+                running.contains("table ip6 nat"),
+                "round {round}:\n{running}"
+            );
+            assert!(running.contains("chain patchpanel_created"), "{running}");
+            let mut batch = guest::connected_namespace(&namespace());
+            if round == 0 {
+                // Kept across the stop, as the manager keeps them.
+                batch.extend(counters::accounting_chains(&eth0));
+            }
+            batch.extend(counters::accounting_jumps(&eth0));
+            fw.apply(&batch).unwrap();
+            // A clean stop keeps the accounting chains: their tables stay,
+            // without the base chains iptables-nft made (no hook is left).
+            fw.remove_all(&counters::is_accounting_chain).unwrap();
+            let stopped = nft_ruleset();
+            for gone in ["table ip6 nat", "table ip nat"] {
+                assert!(!stopped.contains(gone), "round {round}: {gone}\n{stopped}");
+            }
+            for family in ["ip", "ip6"] {
+                let mangle = run("nft", &["list", "table", family, "mangle"], None);
+                assert!(!mangle.contains(" hook "), "{mangle}");
+                assert!(mangle.contains("chain rx_eth0"), "{mangle}");
+            }
+        }
+        // The host's own filter tables are as they were, hooks and all.
+        fw.remove_all(&|_| false).unwrap();
+        assert_eq!(nft_ruleset(), before);
+    });
+}

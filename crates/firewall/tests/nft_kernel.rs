@@ -380,6 +380,45 @@ fn assert_golden(family: &str, table: &str, file: &str) {
     );
 }
 
+/// `nft -j list table` as pretty JSON, without what varies between
+/// machines and runs (nft's version, object handles).
+fn table_json(family: &str, table: &str) -> String {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                o.remove("handle");
+                o.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let text = run("nft", &["-j", "list", "table", family, table], None);
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    if let Some(items) = v["nftables"].as_array_mut() {
+        items.retain(|i| i.get("metainfo").is_none());
+    }
+    strip(&mut v);
+    serde_json::to_string_pretty(&v).unwrap() + "\n"
+}
+
+fn assert_golden_json(family: &str, table: &str, file: &str) {
+    let text = table_json(family, table);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(file);
+    if std::env::var_os("PATCHPANEL_BLESS").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        text,
+        want,
+        "nft -j list table {family} {table} differs from {}",
+        path.display()
+    );
+}
+
 #[test]
 fn the_nat_and_filter_tables_are_exactly_the_golden_ones_after_a_forward_and_an_access_rule() {
     in_fresh_netns(|| {
@@ -399,6 +438,9 @@ fn the_nat_and_filter_tables_are_exactly_the_golden_ones_after_a_forward_and_an_
         fw.apply(&batch).unwrap();
         assert_golden("ip", "patchpanel_nat", "ip_patchpanel_nat.nft");
         assert_golden("ip6", "patchpanel_filter", "ip6_patchpanel_filter.nft");
+        // The same as nft's JSON, every expression spelled out.
+        assert_golden_json("ip", "patchpanel_nat", "ip_patchpanel_nat.json");
+        assert_golden_json("ip", "patchpanel_filter", "ip_patchpanel_filter.json");
         fw.remove_all(&|_| false).unwrap();
     });
 }

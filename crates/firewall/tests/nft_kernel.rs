@@ -137,7 +137,15 @@ fn setup_apply_inverse_and_remove_all_leave_the_ruleset_exactly_as_found() {
             applied.contains("iifname \"arc_ns0\" meta mark set meta mark | 0x00000010 accept"),
             "{applied}"
         );
-        // Docker's FORWARD DROP gets the narrow accept at its top.
+        // Docker's FORWARD DROP gets the narrow accept at its top, written
+        // over netlink exactly as iptables-nft writes it.
+        let saved = run("iptables-save", &["-t", "filter"], None);
+        assert!(
+            saved.contains(
+                "-A FORWARD -m mark --mark 0x10/0x10 -m comment --comment patchpanel -j ACCEPT\n"
+            ),
+            "{saved}"
+        );
         assert!(
             applied
                 .contains("policy drop;\n\t\tmeta mark & 0x00000010 == 0x00000010  counter accept"),

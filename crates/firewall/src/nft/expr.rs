@@ -121,6 +121,30 @@ impl KeyField {
     }
 }
 
+/// The length of `struct xt_comment_info`.
+pub const XT_COMMENT_LEN: usize = 256;
+
+/// The narrow accept exactly as iptables-nft writes `-m mark --mark M/M -m
+/// comment --comment C -j ACCEPT`: the mark match, the comment as the xt
+/// `comment` match (nft_compat), a counter, the verdict.
+pub fn compile_narrow_accept(m: &mut MsgBuilder, mark: u32, comment: &str) {
+    let mut e = Exprs { m };
+    e.meta_load(META_MARK, REG1);
+    e.bitwise(REG1, &mark.to_ne_bytes(), &0u32.to_ne_bytes());
+    e.cmp(CMP_EQ, &mark.to_ne_bytes());
+    let mut info = [0u8; XT_COMMENT_LEN];
+    let bytes = comment.as_bytes();
+    let n = bytes.len().min(XT_COMMENT_LEN - 1);
+    info[..n].copy_from_slice(&bytes[..n]);
+    e.expr("match", |m| {
+        m.str(1, "comment"); // NFTA_MATCH_NAME
+        m.be32(2, 0); // NFTA_MATCH_REV
+        m.attr(3, &info); // NFTA_MATCH_INFO
+    });
+    e.expr("counter", |_| {});
+    e.verdict(NF_ACCEPT, None);
+}
+
 /// What a port set's lookup rule does with a packet whose key is in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LookupAction {

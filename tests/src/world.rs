@@ -142,6 +142,17 @@ impl World {
 /// before/after comparisons: links, addresses, routes of all tables, ip
 /// rules, iptables and ip6tables rules (without counters).
 pub fn kernel_snapshot(netns: &Netns) -> Result<String> {
+    // An IPv6 address still in duplicate address detection would finish it
+    // between two snapshots (and add its local routes): wait for it first.
+    let settled = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !netns
+        .exec_ok(&["ip", "-6", "-o", "addr", "show", "tentative"])?
+        .trim()
+        .is_empty()
+        && std::time::Instant::now() < settled
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let mut out = String::new();
     for argv in [
         &["ip", "-o", "link", "show"][..],

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use log::info;
+use patchpanel_firewall::FirewallChoice;
 use patchpanel_ipc::datapath::{PlanReport, RouteSpec, LINK_ALIAS, ROUTE_PROTOCOL};
 use patchpanel_ipc::{HelperError, IfName, NetnsName};
 use patchpanel_rtnl::{Route, Rtnl};
@@ -148,7 +149,11 @@ impl Writer {
         }
         // Leftovers of the other backend (the configuration changed, or a
         // predecessor used it): all of it goes, accounting included.
-        if let Some(mut other) = self.other_firewall() {
+        // With nftables in use, iptables runs only if its tables hold
+        // chains named like patchpanel's.
+        let iptables_needed = self.firewall_kind != Some(FirewallChoice::Nftables)
+            || patchpanel_firewall::nft::iptables_leftovers_present().unwrap_or(true);
+        if let Some(mut other) = self.other_firewall().filter(|_| iptables_needed) {
             match other.remove_all(&|_| false) {
                 Ok(r) => removed.extend(r.iter().map(|r| format!("{r} (other firewall backend)"))),
                 Err(e) => failures.push(format!("firewall cleanup of the other backend: {e}")),

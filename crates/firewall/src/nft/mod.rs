@@ -1322,6 +1322,29 @@ fn remove_narrow_accepts(sock: &mut NfSocket) -> Vec<Removed> {
     removed
 }
 
+/// Whether iptables-nft's filter, nat or mangle tables (either family)
+/// hold a chain named like one of patchpanel's: what the iptables backend
+/// leaves behind. Without one there is nothing for it to remove, and no
+/// `iptables-save` needs to run.
+pub fn iptables_leftovers_present() -> Result<bool, FirewallError> {
+    let mut sock = NfSocket::open().map_err(|e| netlink_error("open an nf_tables socket", &e))?;
+    for family in Family::ALL {
+        let chains = sock
+            .dump(msg::GETCHAIN, nfproto(family), &[])
+            .map_err(|e| netlink_error(format!("list {family} chains"), &e))?;
+        let found = chains.iter().any(|c| {
+            let table = wire::attr_str(&c.attrs, chain_attr::TABLE).unwrap_or_default();
+            Table::ALL.iter().any(|t| t.name() == table)
+                && wire::attr_str(&c.attrs, chain_attr::NAME)
+                    .is_some_and(|n| crate::model::is_owned_chain_name(&n))
+        });
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The names of the nf_tables tables of `family` (iptables-nft's among
 /// them: `iptables-save -t nat` prints a table that does not exist).
 pub fn table_names(family: Family) -> Result<Vec<String>, FirewallError> {

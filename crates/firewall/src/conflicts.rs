@@ -6,11 +6,11 @@
 //! chain in another table: netfilter runs every table's base chain on the
 //! same hook, and a drop in any of them is final. Nor can it stop firewalld
 //! or ufw from rewriting the rule set later. At start the writer reports
-//! these as warnings; it changes nothing.
+//! these as warnings; it changes nothing. The rule set is read over netlink
+//! (no `nft` process), into the shape of `nft -j list ruleset`.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -74,20 +74,8 @@ impl fmt::Display for Conflict {
 /// Why the rule set could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConflictError {
-    #[error("nft not found in {searched:?}")]
-    NftNotFound { searched: Vec<PathBuf> },
-    #[error("cannot run {program}: {source}")]
-    Spawn {
-        program: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{program} -j list ruleset failed ({status}): {stderr}")]
-    Nft {
-        program: PathBuf,
-        status: String,
-        stderr: String,
-    },
+    #[error("cannot read the nf_tables rule set: {0}")]
+    Netlink(#[source] std::io::Error),
     #[error("unexpected nft JSON: {0}")]
     Json(String),
 }
@@ -205,36 +193,97 @@ fn process_running(name: &str) -> bool {
     })
 }
 
-/// Runs `nft -j list ruleset`.
-fn list_ruleset(nft: &Path) -> Result<String, ConflictError> {
-    let out = Command::new(nft)
-        .args(["-j", "list", "ruleset"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| ConflictError::Spawn {
-            program: nft.to_path_buf(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(ConflictError::Nft {
-            program: nft.to_path_buf(),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+fn family_name(nfproto: u8) -> &'static str {
+    match nfproto {
+        1 => "inet",
+        2 => "ip",
+        3 => "arp",
+        5 => "netdev",
+        7 => "bridge",
+        10 => "ip6",
+        _ => "unknown",
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn find_nft() -> Result<PathBuf, ConflictError> {
-    let searched: Vec<PathBuf> = crate::iptables::TOOL_DIRS
-        .iter()
-        .map(|d| Path::new(d).join("nft"))
-        .collect();
-    searched
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or(ConflictError::NftNotFound { searched })
+fn hook_name(hooknum: u32) -> &'static str {
+    match hooknum {
+        0 => "prerouting",
+        1 => "input",
+        2 => "forward",
+        3 => "output",
+        4 => "postrouting",
+        5 => "ingress",
+        _ => "unknown",
+    }
+}
+
+/// One expression as `nft -j` names it, as far as [`drops_everything`]
+/// cares: verdicts by name, every other expression by its own name.
+fn expression(e: &[u8]) -> Value {
+    use crate::nft::wire;
+    let name = wire::attr_str(e, wire::NFTA_EXPR_NAME).unwrap_or_default();
+    let data = wire::attr(e, wire::NFTA_EXPR_DATA).unwrap_or(&[]);
+    let key = match name.as_str() {
+        // NFTA_IMMEDIATE_DREG 0 is the verdict register.
+        "immediate" if wire::attr_be32(data, 1) == Some(0) => {
+            let code = wire::attr(data, 2) // NFTA_IMMEDIATE_DATA
+                .and_then(|d| wire::attr(d, 2)) // NFTA_DATA_VERDICT
+                .and_then(|v| wire::attr_be32(v, 1)) // NFTA_VERDICT_CODE
+                .map(|c| c as i32);
+            match code {
+                Some(0) => "drop",
+                Some(1) => "accept",
+                Some(-1) => "continue",
+                Some(-3) => "jump",
+                Some(-4) => "goto",
+                Some(-5) => "return",
+                _ => "verdict",
+            }
+            .to_string()
+        }
+        _ => name,
+    };
+    serde_json::json!({ key: null })
+}
+
+/// The whole rule set (every family) over netlink, as the chains and
+/// rules of `nft -j list ruleset`.
+fn list_ruleset() -> Result<String, ConflictError> {
+    use crate::nft::wire::{self, chain_attr, msg, rule_attr, NfSocket};
+    let mut sock = NfSocket::open().map_err(ConflictError::Netlink)?;
+    let mut items = Vec::new();
+    for r in sock
+        .dump(msg::GETCHAIN, 0, &[])
+        .map_err(ConflictError::Netlink)?
+    {
+        let mut chain = serde_json::json!({
+            "family": family_name(r.family),
+            "table": wire::attr_str(&r.attrs, chain_attr::TABLE).unwrap_or_default(),
+            "name": wire::attr_str(&r.attrs, chain_attr::NAME).unwrap_or_default(),
+        });
+        if let Some(hook) = wire::attr(&r.attrs, chain_attr::HOOK) {
+            let num = wire::attr_be32(hook, chain_attr::HOOK_NUM).unwrap_or(u32::MAX);
+            chain["hook"] = hook_name(num).into();
+            let policy = wire::attr_be32(&r.attrs, chain_attr::POLICY);
+            chain["policy"] = if policy == Some(0) { "drop" } else { "accept" }.into();
+        }
+        items.push(serde_json::json!({ "chain": chain }));
+    }
+    for r in sock
+        .dump(msg::GETRULE, 0, &[])
+        .map_err(ConflictError::Netlink)?
+    {
+        let exprs: Vec<Value> = wire::attr(&r.attrs, rule_attr::EXPRESSIONS)
+            .map(|list| wire::attrs(list).map(|(_, e)| expression(e)).collect())
+            .unwrap_or_default();
+        items.push(serde_json::json!({ "rule": {
+            "family": family_name(r.family),
+            "table": wire::attr_str(&r.attrs, rule_attr::TABLE).unwrap_or_default(),
+            "chain": wire::attr_str(&r.attrs, rule_attr::CHAIN).unwrap_or_default(),
+            "expr": exprs,
+        }}));
+    }
+    Ok(serde_json::json!({ "nftables": items }).to_string())
 }
 
 /// Inspects this machine (the calling thread's network namespace for the
@@ -243,10 +292,7 @@ fn find_nft() -> Result<PathBuf, ConflictError> {
 pub fn inspect() -> (Vec<Conflict>, Vec<ConflictError>) {
     let mut conflicts = Vec::new();
     let mut errors = Vec::new();
-    match find_nft()
-        .and_then(|nft| list_ruleset(&nft))
-        .and_then(|j| drop_chains(&j))
-    {
+    match list_ruleset().and_then(|j| drop_chains(&j)) {
         Ok(found) => conflicts.extend(found),
         Err(e) => errors.push(e),
     }

@@ -412,6 +412,14 @@ fn inspect_reports_a_foreign_nftables_drop_chain_but_not_iptables_policies() {
             Some(
                 "table inet hostfw {\n\
                chain fwd_chain { type filter hook forward priority 0; policy drop; }\n\
+               chain in_chain { type filter hook input priority 0; policy accept;\n\
+                 tcp dport 22 accept\n\
+                 counter reject\n\
+               }\n\
+               chain out_chain { type filter hook output priority 0; policy accept;\n\
+                 counter reject\n\
+                 tcp dport 22 accept\n\
+               }\n\
              }\n",
             ),
         );
@@ -427,9 +435,16 @@ fn inspect_reports_a_foreign_nftables_drop_chain_but_not_iptables_policies() {
             })
             .map(ToString::to_string)
             .collect();
-        assert_eq!(drops.len(), 1, "{drops:?}");
+        // Read over netlink: the policy, and a final reject (not the
+        // output chain: guest traffic does not cross it, and its reject is
+        // not last).
+        assert_eq!(drops.len(), 2, "{drops:?}");
         assert!(
-            drops[0].contains("'inet hostfw fwd_chain' (hook forward)"),
+            drops[0].contains("'inet hostfw fwd_chain' (hook forward) has policy drop"),
+            "{drops:?}"
+        );
+        assert!(
+            drops[1].contains("'inet hostfw in_chain' (hook input) has a final rule"),
             "{drops:?}"
         );
     });

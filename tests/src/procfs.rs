@@ -106,6 +106,8 @@ pub struct ProcStatus {
     pub no_new_privs: u32,
     /// 0 none, 1 strict, 2 filter.
     pub seccomp: u32,
+    /// How many seccomp filters are stacked.
+    pub seccomp_filters: u32,
 }
 
 impl ProcStatus {
@@ -158,6 +160,7 @@ impl ProcStatus {
             cap_amb: hex("CapAmb")?,
             no_new_privs: dec("NoNewPrivs")?,
             seccomp: dec("Seccomp")?,
+            seccomp_filters: dec("Seccomp_filters")?,
         })
     }
 }

@@ -58,6 +58,7 @@ struct Privileges {
     no_new_privs: u32,
     /// 0 none, 2 filter.
     seccomp: u32,
+    seccomp_filters: u32,
 }
 
 // KILL: the helpers run under another uid, and the spawner must be able to
@@ -93,6 +94,7 @@ fn expected_privileges(role: Role) -> Privileges {
             bounding: 0,
             no_new_privs: 1,
             seccomp: 2,
+            seccomp_filters: 1,
         },
         Role::Spawner => Privileges {
             account: Account::Root,
@@ -102,17 +104,25 @@ fn expected_privileges(role: Role) -> Privileges {
             bounding: SPAWNER_CAPS,
             no_new_privs: 0,
             seccomp: 0,
+            seccomp_filters: 0,
         },
-        // It execs iptables, so its capabilities are also ambient.
-        Role::Helper(Helper::DatapathWriter) => Privileges {
-            account: Account::Service,
-            permitted: WRITER_CAPS,
-            inheritable: Some(WRITER_CAPS),
-            ambient: WRITER_CAPS,
-            bounding: WRITER_CAPS,
-            no_new_privs: 1,
-            seccomp: 2,
-        },
+        // With the iptables backend it execs iptables, so its capabilities
+        // are also ambient. With nftables it runs nothing: no ambient
+        // capabilities, and a second filter forbids exec.
+        Role::Helper(Helper::DatapathWriter) => {
+            let tools = patchpanel_tests::daemon::firewall_backend() == "iptables";
+            let passed_on = if tools { WRITER_CAPS } else { 0 };
+            Privileges {
+                account: Account::Service,
+                permitted: WRITER_CAPS,
+                inheritable: Some(passed_on),
+                ambient: passed_on,
+                bounding: WRITER_CAPS,
+                no_new_privs: 1,
+                seccomp: 2,
+                seccomp_filters: if tools { 1 } else { 2 },
+            }
+        }
         Role::Helper(Helper::NdProxy) | Role::Helper(Helper::McastForwarder) => Privileges {
             account: Account::Service,
             permitted: FORWARDER_CAPS,
@@ -121,6 +131,7 @@ fn expected_privileges(role: Role) -> Privileges {
             bounding: FORWARDER_CAPS,
             no_new_privs: 1,
             seccomp: 2,
+            seccomp_filters: 1,
         },
         Role::Helper(Helper::AdbProxy) => Privileges {
             account: Account::Service,
@@ -130,6 +141,7 @@ fn expected_privileges(role: Role) -> Privileges {
             bounding: 0,
             no_new_privs: 1,
             seccomp: 2,
+            seccomp_filters: 1,
         },
     }
 }
@@ -178,6 +190,12 @@ fn privilege_mismatches(role: Role, pid: u32) -> Vec<String> {
         wrong.push(format!(
             "{role:?} ({pid}): NoNewPrivs is {} but must be {}",
             status.no_new_privs, expected.no_new_privs
+        ));
+    }
+    if status.seccomp_filters != expected.seccomp_filters {
+        wrong.push(format!(
+            "{role:?} ({pid}): Seccomp_filters is {} but must be {}",
+            status.seccomp_filters, expected.seccomp_filters
         ));
     }
     if status.seccomp != expected.seccomp {

@@ -592,3 +592,47 @@ fn tables_and_base_chains_patchpanels_start_created_are_removed_at_stop() {
         assert_eq!(nft_ruleset(), before);
     });
 }
+
+#[test]
+fn the_nftables_backend_sweeps_what_the_iptables_backend_left_over_netlink() {
+    in_fresh_netns(|| {
+        load_host_fixture();
+        let before = nft_ruleset();
+        let mut fw = IptablesRestore::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let eth0 = ifname("eth0");
+        let mut batch = guest::connected_namespace(&namespace());
+        batch.extend(counters::accounting_chains(&eth0));
+        batch.extend(counters::accounting_jumps(&eth0));
+        batch.extend(ports::access(PortProtocol::Tcp, 5555, Some(&eth0)).unwrap());
+        fw.apply(&batch).unwrap();
+        // A crash: nothing removed. The successor runs nftables.
+        let removed = patchpanel_firewall::nft::remove_iptables_leftovers().unwrap();
+        assert!(
+            removed.iter().any(|r| r.to_string().contains("hook")),
+            "{removed:?}"
+        );
+        assert_eq!(nft_ruleset(), before);
+        // Nothing left: a second sweep finds nothing.
+        assert!(patchpanel_firewall::nft::remove_iptables_leftovers()
+            .unwrap()
+            .is_empty());
+    });
+}
+
+#[test]
+fn the_sweep_removes_the_tables_the_iptables_backend_made() {
+    in_fresh_netns(|| {
+        let mut fw = IptablesRestore::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        fw.apply(&guest::connected_namespace(&namespace())).unwrap();
+        let removed = patchpanel_firewall::nft::remove_iptables_leftovers().unwrap();
+        assert!(
+            removed
+                .iter()
+                .any(|r| matches!(r.what, patchpanel_firewall::backend::RemovedKind::Table)),
+            "{removed:?}"
+        );
+        assert_eq!(nft_ruleset(), "");
+    });
+}

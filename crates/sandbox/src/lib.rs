@@ -13,7 +13,7 @@ use std::io;
 
 use caps::{CapSet, Capability, CapsHashSet};
 
-pub use seccomp::{install_filter, SeccompMode};
+pub use seccomp::{forbid_exec, install_filter, SeccompMode};
 pub use user::{lookup_user, User};
 
 /// A sandboxed patchpanel process (the spawner is not one: it keeps root).
@@ -327,6 +327,19 @@ pub fn finish_helper_sandbox(process: Process) -> Result<(), SandboxError> {
         caps_step("clear Inheritable", caps::clear(None, CapSet::Inheritable))?;
     }
     Ok(())
+}
+
+/// For a helper whose policy lets it run tools, once it knows it will run
+/// none (the writer with the nftables backend): Ambient and Inheritable
+/// cleared (they only matter across an exec) and exec itself forbidden by
+/// a stacked seccomp filter.
+pub fn stop_running_tools() -> Result<(), SandboxError> {
+    caps_step("clear Ambient", caps::clear(None, CapSet::Ambient))?;
+    caps_step("clear Inheritable", caps::clear(None, CapSet::Inheritable))?;
+    forbid_exec().map_err(|source| SandboxError::Os {
+        step: "seccomp filter against exec",
+        source,
+    })
 }
 
 /// Current capability sets of this thread, for logging.

@@ -1,6 +1,7 @@
 //! Installing the build-time compiled filters.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Process;
 
@@ -56,11 +57,10 @@ pub(crate) fn program(process: Process, mode: SeccompMode) -> &'static [(u16, u8
 /// Installs the process's filter on the calling thread (and sets
 /// no_new_privs, which the kernel requires). Call it after every socket the
 /// process needs is open and before handling any input.
-pub fn install_filter(process: Process, mode: SeccompMode) -> io::Result<()> {
-    let insns: Vec<libc::sock_filter> = program(process, mode)
-        .iter()
-        .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
-        .collect();
+/// Whether the process's filter was installed in log mode.
+static LOG_MODE: AtomicBool = AtomicBool::new(false);
+
+fn load(insns: &[libc::sock_filter]) -> io::Result<()> {
     let prog = libc::sock_fprog {
         len: u16::try_from(insns.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "filter too long"))?,
@@ -84,4 +84,42 @@ pub fn install_filter(process: Process, mode: SeccompMode) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A second filter, stacked on the process's own (the kernel applies the
+/// stricter answer): `execve` and `execveat` fail with EPERM from now on
+/// (are logged, in log mode). For a helper whose policy allows running tools
+/// but that knows, once configured, that it will run none. The architecture
+/// check stays the first filter's.
+pub fn forbid_exec() -> io::Result<()> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const RET_ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW
+    const RET_LOG: u32 = 0x7ffc_0000; // SECCOMP_RET_LOG
+    const RET_ERRNO: u32 = 0x0005_0000; // SECCOMP_RET_ERRNO
+    let deny = if LOG_MODE.load(Ordering::Relaxed) {
+        RET_LOG
+    } else {
+        RET_ERRNO | libc::EPERM as u32
+    };
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let insns = [
+        // seccomp_data.nr
+        insn(LD_W_ABS, 0, 0, 0),
+        insn(JEQ_K, 2, 0, libc::SYS_execve as u32),
+        insn(JEQ_K, 1, 0, libc::SYS_execveat as u32),
+        insn(RET_K, 0, 0, RET_ALLOW),
+        insn(RET_K, 0, 0, deny),
+    ];
+    load(&insns)
+}
+
+pub fn install_filter(process: Process, mode: SeccompMode) -> io::Result<()> {
+    LOG_MODE.store(mode == SeccompMode::Log, Ordering::Relaxed);
+    let insns: Vec<libc::sock_filter> = program(process, mode)
+        .iter()
+        .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
+        .collect();
+    load(&insns)
 }

@@ -149,6 +149,16 @@ impl Writer {
                 errno: 0,
                 message: e,
             })?;
+            if kind == FirewallChoice::Nftables {
+                // Nothing to run from now on: netlink only.
+                match patchpanel_sandbox::stop_running_tools() {
+                    Ok(()) => info!(
+                        "nftables backend: the writer runs no tools; exec forbidden, ambient capabilities dropped ({})",
+                        patchpanel_sandbox::describe_current_caps()
+                    ),
+                    Err(e) => warn!("nftables backend: cannot drop what running tools needs: {e}"),
+                }
+            }
             self.firewall = Some(fw);
             self.firewall_kind = Some(kind);
         }
@@ -158,13 +168,13 @@ impl Writer {
         }
     }
 
-    /// The backend that is not in use, if it can be opened: its leftovers
-    /// (from before a change of `firewall_backend`) are removed at start.
+    /// The nftables backend when iptables is in use, if it can be opened:
+    /// its leftovers (from before a change of `firewall_backend`) are
+    /// removed at start. (With nftables in use, the iptables leftovers are
+    /// swept over netlink: see `remove_owned`.)
     pub(crate) fn other_firewall(&mut self) -> Option<Box<dyn FirewallBackend + Send>> {
         match self.firewall_kind? {
-            FirewallChoice::Nftables => IptablesRestore::new()
-                .ok()
-                .map(|b| Box::new(b) as Box<dyn FirewallBackend + Send>),
+            FirewallChoice::Nftables => None,
             _ => Nftables::new()
                 .ok()
                 .map(|b| Box::new(b) as Box<dyn FirewallBackend + Send>),

@@ -149,11 +149,14 @@ impl Writer {
         }
         // Leftovers of the other backend (the configuration changed, or a
         // predecessor used it): all of it goes, accounting included.
-        // With nftables in use, iptables runs only if its tables hold
-        // chains named like patchpanel's.
-        let iptables_needed = self.firewall_kind != Some(FirewallChoice::Nftables)
-            || patchpanel_firewall::nft::iptables_leftovers_present().unwrap_or(true);
-        if let Some(mut other) = self.other_firewall().filter(|_| iptables_needed) {
+        // With nftables in use, that is done over netlink (no iptables
+        // process: the writer then starts none at all).
+        if self.firewall_kind == Some(FirewallChoice::Nftables) {
+            match patchpanel_firewall::nft::remove_iptables_leftovers() {
+                Ok(r) => removed.extend(r.iter().map(|r| format!("{r} (other firewall backend)"))),
+                Err(e) => failures.push(format!("firewall cleanup of the other backend: {e}")),
+            }
+        } else if let Some(mut other) = self.other_firewall() {
             match other.remove_all(&|_| false) {
                 Ok(r) => removed.extend(r.iter().map(|r| format!("{r} (other firewall backend)"))),
                 Err(e) => failures.push(format!("firewall cleanup of the other backend: {e}")),

@@ -131,21 +131,32 @@ impl Manager {
         };
         let ns = namespaces::allocate(&request, &ctx, &mut self.addrs)?;
         self.state.next_namespace_id += 1;
+        // The lifeline is watched before anything is set up: without a
+        // watch nobody would ever remove the namespace, and one that cannot
+        // be watched (epoll refuses regular files and directories) is then
+        // refused with nothing to undo. A lifeline that is already dead
+        // fires at the next wake-up, once the namespace is recorded.
+        if let Err(e) =
+            self.lifelines
+                .watch(self.poll.registry(), lifeline, Guarded::Namespace(ns.id))
+        {
+            namespaces::release(&ns, &mut self.addrs);
+            return Err(if e.raw_os_error() == Some(libc::EPERM) {
+                CallError::InvalidArgument(format!(
+                    "ConnectNamespace: the lifeline cannot be watched (not a pipe or socket?): {e}"
+                ))
+            } else {
+                CallError::Failed(format!("cannot watch the lifeline: {e}"))
+            });
+        }
         let plan = namespaces::connect_plan(&ns, format!("ConnectNamespace op {op}"));
         let fds: Vec<_> = pidfd.iter().map(|f| f.as_fd()).collect();
         if let Err(e) = self.apply(plan, &fds) {
+            self.lifelines
+                .forget(self.poll.registry(), Guarded::Namespace(ns.id));
             namespaces::release(&ns, &mut self.addrs);
             self.save_state();
             return Err(e);
-        }
-        let token = self
-            .lifelines
-            .watch(self.poll.registry(), lifeline, Guarded::Namespace(ns.id));
-        if let Err(e) = token {
-            // Without a lifeline nobody would ever release it.
-            self.disconnect_namespace(ns.id, "its lifeline could not be watched");
-            namespaces::release(&ns, &mut self.addrs);
-            return Err(CallError::Failed(format!("cannot watch the lifeline: {e}")));
         }
         info!(
             "ConnectNamespace op {op}: {} for {client} (uid {}, pid {}): {} {} <-> {} {} ({:?})",
@@ -166,11 +177,6 @@ impl Manager {
         self.state.namespaces.insert(ns.id, ns);
         self.save_state();
         Ok(response.encode_to_vec())
-    }
-
-    /// Removes namespace `id` (its lifeline closed, or the daemon stops).
-    pub(crate) fn disconnect_namespace(&mut self, id: u32, why: &str) {
-        self.disconnect_namespaces(&[id], why);
     }
 
     /// Removes several namespaces, a bounded group per writer plan

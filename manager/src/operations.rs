@@ -453,14 +453,27 @@ impl Manager {
     }
 
     fn get_traffic_counters(&mut self, call: &dbus::Message) -> Result<Vec<u8>, CallError> {
-        let bytes: Vec<u8> = call
+        let bytes: &[u8] = call
             .read1()
             .map_err(|e| CallError::InvalidArgument(format!("GetTrafficCounters: {e}")))?;
         let request =
-            patchpanel_proto::decode_request::<patchpanel_proto::TrafficCountersRequest>(&bytes)
+            patchpanel_proto::decode_request::<patchpanel_proto::TrafficCountersRequest>(bytes)
                 .map_err(|e| CallError::InvalidArgument(format!("GetTrafficCounters: {e}")))?;
         let mut wanted = Vec::new();
+        // A name asked for twice is reported once, and the list sent to
+        // the writer has to fit in one IPC packet (a longer one used to get
+        // the writer restarted).
+        let mut seen = std::collections::HashSet::new();
         for d in &request.devices {
+            if !seen.insert(d.as_str()) {
+                continue;
+            }
+            if wanted.len() == counters::MAX_DEVICES {
+                return Err(CallError::InvalidArgument(format!(
+                    "GetTrafficCounters: devices: more than {} different names",
+                    counters::MAX_DEVICES
+                )));
+            }
             wanted.push(patchpanel_ipc::IfName::new(d).map_err(|e| {
                 CallError::InvalidArgument(format!("GetTrafficCounters: devices: {e}"))
             })?);

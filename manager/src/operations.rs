@@ -79,10 +79,10 @@ impl Manager {
         }
         match member {
             names::GET_DEVICES => {
-                let bytes: Vec<u8> = call
+                let bytes: &[u8] = call
                     .read1()
                     .map_err(|e| CallError::InvalidArgument(format!("{member}: {e}")))?;
-                patchpanel_proto::decode_request::<patchpanel_proto::GetDevicesRequest>(&bytes)
+                patchpanel_proto::decode_request::<patchpanel_proto::GetDevicesRequest>(bytes)
                     .map_err(|e| CallError::InvalidArgument(format!("{member}: {e}")))?;
                 Ok(self.state.devices().encode_to_vec())
             }
@@ -97,12 +97,12 @@ impl Manager {
     }
 
     fn connect_namespace(&mut self, call: &dbus::Message, op: u64) -> Result<Vec<u8>, CallError> {
-        let (bytes, lifeline): (Vec<u8>, dbus::arg::OwnedFd) = call
+        let (bytes, lifeline): (&[u8], dbus::arg::OwnedFd) = call
             .read2()
             .map_err(|e| CallError::InvalidArgument(format!("ConnectNamespace: {e}")))?;
         let lifeline: OwnedFd = lifeline;
         let request =
-            patchpanel_proto::decode_request::<patchpanel_proto::ConnectNamespaceRequest>(&bytes)
+            patchpanel_proto::decode_request::<patchpanel_proto::ConnectNamespaceRequest>(bytes)
                 .map_err(|e| CallError::InvalidArgument(format!("ConnectNamespace: {e}")))?;
         let request = namespaces::parse_request(&request)?;
         let client = dbus_service::sender(call);
@@ -403,11 +403,11 @@ impl Manager {
     }
 
     fn modify_port_rule(&mut self, call: &dbus::Message, op: u64) -> Result<Vec<u8>, CallError> {
-        let bytes: Vec<u8> = call
+        let bytes: &[u8] = call
             .read1()
             .map_err(|e| CallError::InvalidArgument(format!("ModifyPortRule: {e}")))?;
         let request =
-            patchpanel_proto::decode_request::<patchpanel_proto::ModifyPortRuleRequest>(&bytes)
+            patchpanel_proto::decode_request::<patchpanel_proto::ModifyPortRuleRequest>(bytes)
                 .map_err(|e| CallError::InvalidArgument(format!("ModifyPortRule: {e}")))?;
         let policy = self.options.port_policy.clone();
         let (rule, batch, create) = match port_rules::parse(&request, &policy)? {

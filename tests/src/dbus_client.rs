@@ -182,6 +182,24 @@ impl BusClient {
             .collect())
     }
 
+    /// Sends `calls` at once with the NO_REPLY_EXPECTED flag, without
+    /// waiting for anything (the bus limits pending replies per
+    /// connection, not calls that expect none); returns how many were
+    /// sent once they are all written to the socket.
+    pub fn send_without_replies(&self, calls: impl IntoIterator<Item = Message>) -> Result<usize> {
+        let channel = self.conn.channel();
+        let mut sent = 0;
+        for mut msg in calls {
+            msg.set_no_reply(true);
+            channel
+                .send(msg)
+                .map_err(|()| anyhow::anyhow!("cannot send call {sent}: out of memory"))?;
+            sent += 1;
+        }
+        channel.flush();
+        Ok(sent)
+    }
+
     /// The introspection XML of PatchPanel's object.
     pub fn introspect(&self) -> Result<String, MethodError> {
         let proxy = self.conn.with_proxy(SERVICE, OBJECT_PATH, CALL_TIMEOUT);
@@ -201,6 +219,32 @@ impl BusClient {
             proxy.method_call("org.freedesktop.DBus", "NameHasOwner", (name.to_string(),))?;
         Ok(owned)
     }
+}
+
+/// `msg` without its INTERFACE header field, which the D-Bus spec makes
+/// optional for method calls (dbus-rs always sets one). The field's code
+/// is changed to an unknown one, which receivers must ignore and the bus
+/// drops when it forwards the message. Not for messages carrying fds.
+pub fn without_interface(msg: Message) -> Result<Message> {
+    const INTERFACE_FIELD: [u8; 4] = [2, 1, b's', 0];
+    // libdbus does not load a message without a serial; the connection
+    // keeps one it is given, and replies are matched to it.
+    static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1 << 30);
+    let mut msg = msg;
+    msg.set_serial(SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let mut bytes = Vec::new();
+    msg.marshal(|chunk| {
+        bytes.extend_from_slice(chunk);
+        Ok::<(), ()>(())
+    })
+    .map_err(|()| anyhow::anyhow!("cannot marshal {msg:?}"))?;
+    // The header fields array starts at 16; its structs are 8-aligned.
+    let at = (16..bytes.len().saturating_sub(4))
+        .step_by(8)
+        .find(|&i| bytes[i..i + 4] == INTERFACE_FIELD)
+        .context("no interface field in the message")?;
+    bytes[at] = 0x7f;
+    Message::demarshal(&bytes).map_err(|e| anyhow::anyhow!("cannot demarshal: {e}"))
 }
 
 /// `GetDevices` with an empty request through `dbus-send`; returns the reply

@@ -72,6 +72,33 @@ impl KernelState {
         Ok(KernelState { sections })
     }
 
+    /// Like [`KernelState::take`], once no address of the namespace is
+    /// tentative any more (IPv6 duplicate address detection adds local
+    /// routes when it completes, a second or two after a link comes up),
+    /// waiting up to `timeout` for that.
+    pub fn take_settled(
+        netns: &Netns,
+        netns_prefix: &str,
+        timeout: std::time::Duration,
+    ) -> Result<KernelState> {
+        let mut last = String::new();
+        let settled = crate::wait::poll_until(timeout, || {
+            match netns.exec_ok(&["ip", "-j", "addr", "show"]) {
+                Ok(text) if !text.contains("\"tentative\"") => Some(Ok(())),
+                Ok(text) => {
+                    last = text;
+                    None
+                }
+                Err(err) => Some(Err(err)),
+            }
+        });
+        match settled {
+            Some(result) => result?,
+            None => anyhow::bail!("addresses still tentative after {timeout:?}: {last}"),
+        }
+        KernelState::take(netns, netns_prefix)
+    }
+
     /// What differs from `earlier`, section by section; `None` if nothing.
     pub fn diff(&self, earlier: &KernelState) -> Option<StateDiff> {
         let mut changes = Vec::new();

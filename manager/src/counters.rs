@@ -9,6 +9,11 @@ use patchpanel_firewall::{Family, TrafficSource};
 use patchpanel_proto::traffic_counter::{IpFamily, Source};
 use patchpanel_proto::TrafficCounter;
 
+/// The most different device names one GetTrafficCounters may ask for
+/// (a host has a handful of uplinks; the list goes to the writer in one
+/// IPC packet).
+pub const MAX_DEVICES: usize = 256;
+
 /// The D-Bus source of a fwmark source; `None` (untagged) is UNKNOWN.
 pub fn proto_source(source: Option<TrafficSource>) -> Source {
     let Some(source) = source else {

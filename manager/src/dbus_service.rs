@@ -158,9 +158,7 @@ impl DbusService {
                     let _ = self.conn.channel().send(reply);
                     continue;
                 }
-                if msg.msg_type() == dbus::MessageType::MethodCall
-                    && msg.interface().as_deref() == Some(names::INTERFACE)
-                {
+                if is_ours(&msg) {
                     self.calls.push(msg);
                     continue;
                 }
@@ -183,7 +181,7 @@ impl DbusService {
     /// Answers `call` with `result` (a serialized response or an error).
     pub fn reply(&self, call: &dbus::Message, result: Result<Vec<u8>, CallError>) {
         let reply = match result {
-            Ok(bytes) => call.method_return().append1(bytes),
+            Ok(bytes) => call.method_return().append1(bytes.as_slice()),
             Err(e) => {
                 let (name, text) = match &e {
                     CallError::InvalidArgument(m) => (names::ERROR_INVALID_ARGUMENT, m),
@@ -206,7 +204,7 @@ impl DbusService {
     pub fn emit(&self, member: &str, payload: Vec<u8>) {
         match dbus::Message::new_signal(names::PATH, names::INTERFACE, member) {
             Ok(m) => {
-                let _ = self.conn.channel().send(m.append1(payload));
+                let _ = self.conn.channel().send(m.append1(payload.as_slice()));
                 self.conn.channel().flush();
             }
             Err(e) => warn!("cannot build signal {member}: {e}"),
@@ -252,13 +250,28 @@ pub fn sender(msg: &dbus::Message) -> String {
         .unwrap_or_else(|| "<unknown>".into())
 }
 
+/// Whether `msg` is a method call for the manager: on our object, and of
+/// our interface, or of no interface (the D-Bus spec lets a caller leave
+/// it out) naming one of our methods. Calls on other paths go to
+/// crossroads, which answers `UnknownObject` (they used to be served as if
+/// they were on our path); an interface-less call used to reach
+/// crossroads' placeholder handler and get a bare `Failed`.
+fn is_ours(msg: &dbus::Message) -> bool {
+    if msg.msg_type() != dbus::MessageType::MethodCall || msg.path().as_deref() != Some(names::PATH)
+    {
+        return false;
+    }
+    match msg.interface() {
+        Some(interface) => &*interface == names::INTERFACE,
+        None => msg.member().is_some_and(|m| names::method(&m).is_some()),
+    }
+}
+
 /// A call to one of our methods with arguments other than `ay` (`ay h` for
 /// methods with a lifeline) is bad input: answer `InvalidArgument` naming
 /// the expected signature, instead of the generic error crossroads gives.
 fn wrong_signature(msg: &dbus::Message) -> Option<dbus::Message> {
-    if msg.msg_type() != dbus::MessageType::MethodCall
-        || msg.interface().as_deref() != Some(names::INTERFACE)
-    {
+    if !is_ours(msg) {
         return None;
     }
     let member = msg.member()?;

@@ -40,10 +40,10 @@ fn request<T: prost::Message + Default>(
     call: &dbus::Message,
     method: &str,
 ) -> Result<T, CallError> {
-    let bytes: Vec<u8> = call
+    let bytes: &[u8] = call
         .read1()
         .map_err(|e| CallError::InvalidArgument(format!("{method}: {e}")))?;
-    patchpanel_proto::decode_request::<T>(&bytes)
+    patchpanel_proto::decode_request::<T>(bytes)
         .map_err(|e| CallError::InvalidArgument(format!("{method}: {e}")))
 }
 

@@ -553,6 +553,12 @@ impl Manager {
         }
         let id = match self.slots[i].send_with_fds(request, fds) {
             Ok(id) => id,
+            // Nothing was sent (the request does not fit in a packet): the
+            // helper is fine. This used to restart it, so that a caller
+            // could have the writer killed and replayed at will.
+            Err(e) if !e.is_fatal() => {
+                return Err(CallError::Failed(format!("cannot send to {name}: {e}")));
+            }
             Err(e) => {
                 let _ = self.helper_down(i, &format!("send failed: {e}"));
                 return Err(CallError::Failed(format!("{name} is unreachable: {e}")));

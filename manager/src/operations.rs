@@ -79,10 +79,10 @@ impl Manager {
         }
         match member {
             names::GET_DEVICES => {
-                let bytes: Vec<u8> = call
+                let bytes: &[u8] = call
                     .read1()
                     .map_err(|e| CallError::InvalidArgument(format!("{member}: {e}")))?;
-                patchpanel_proto::decode_request::<patchpanel_proto::GetDevicesRequest>(&bytes)
+                patchpanel_proto::decode_request::<patchpanel_proto::GetDevicesRequest>(bytes)
                     .map_err(|e| CallError::InvalidArgument(format!("{member}: {e}")))?;
                 Ok(self.state.devices().encode_to_vec())
             }
@@ -97,12 +97,12 @@ impl Manager {
     }
 
     fn connect_namespace(&mut self, call: &dbus::Message, op: u64) -> Result<Vec<u8>, CallError> {
-        let (bytes, lifeline): (Vec<u8>, dbus::arg::OwnedFd) = call
+        let (bytes, lifeline): (&[u8], dbus::arg::OwnedFd) = call
             .read2()
             .map_err(|e| CallError::InvalidArgument(format!("ConnectNamespace: {e}")))?;
         let lifeline: OwnedFd = lifeline;
         let request =
-            patchpanel_proto::decode_request::<patchpanel_proto::ConnectNamespaceRequest>(&bytes)
+            patchpanel_proto::decode_request::<patchpanel_proto::ConnectNamespaceRequest>(bytes)
                 .map_err(|e| CallError::InvalidArgument(format!("ConnectNamespace: {e}")))?;
         let request = namespaces::parse_request(&request)?;
         let client = dbus_service::sender(call);
@@ -131,21 +131,32 @@ impl Manager {
         };
         let ns = namespaces::allocate(&request, &ctx, &mut self.addrs)?;
         self.state.next_namespace_id += 1;
+        // The lifeline is watched before anything is set up: without a
+        // watch nobody would ever remove the namespace, and one that cannot
+        // be watched (epoll refuses regular files and directories) is then
+        // refused with nothing to undo. A lifeline that is already dead
+        // fires at the next wake-up, once the namespace is recorded.
+        if let Err(e) =
+            self.lifelines
+                .watch(self.poll.registry(), lifeline, Guarded::Namespace(ns.id))
+        {
+            namespaces::release(&ns, &mut self.addrs);
+            return Err(if e.raw_os_error() == Some(libc::EPERM) {
+                CallError::InvalidArgument(format!(
+                    "ConnectNamespace: the lifeline cannot be watched (not a pipe or socket?): {e}"
+                ))
+            } else {
+                CallError::Failed(format!("cannot watch the lifeline: {e}"))
+            });
+        }
         let plan = namespaces::connect_plan(&ns, format!("ConnectNamespace op {op}"));
         let fds: Vec<_> = pidfd.iter().map(|f| f.as_fd()).collect();
         if let Err(e) = self.apply(plan, &fds) {
+            self.lifelines
+                .forget(self.poll.registry(), Guarded::Namespace(ns.id));
             namespaces::release(&ns, &mut self.addrs);
             self.save_state();
             return Err(e);
-        }
-        let token = self
-            .lifelines
-            .watch(self.poll.registry(), lifeline, Guarded::Namespace(ns.id));
-        if let Err(e) = token {
-            // Without a lifeline nobody would ever release it.
-            self.disconnect_namespace(ns.id, "its lifeline could not be watched");
-            namespaces::release(&ns, &mut self.addrs);
-            return Err(CallError::Failed(format!("cannot watch the lifeline: {e}")));
         }
         info!(
             "ConnectNamespace op {op}: {} for {client} (uid {}, pid {}): {} {} <-> {} {} ({:?})",
@@ -166,11 +177,6 @@ impl Manager {
         self.state.namespaces.insert(ns.id, ns);
         self.save_state();
         Ok(response.encode_to_vec())
-    }
-
-    /// Removes namespace `id` (its lifeline closed, or the daemon stops).
-    pub(crate) fn disconnect_namespace(&mut self, id: u32, why: &str) {
-        self.disconnect_namespaces(&[id], why);
     }
 
     /// Removes several namespaces, a bounded group per writer plan
@@ -404,11 +410,11 @@ impl Manager {
     }
 
     fn modify_port_rule(&mut self, call: &dbus::Message, op: u64) -> Result<Vec<u8>, CallError> {
-        let bytes: Vec<u8> = call
+        let bytes: &[u8] = call
             .read1()
             .map_err(|e| CallError::InvalidArgument(format!("ModifyPortRule: {e}")))?;
         let request =
-            patchpanel_proto::decode_request::<patchpanel_proto::ModifyPortRuleRequest>(&bytes)
+            patchpanel_proto::decode_request::<patchpanel_proto::ModifyPortRuleRequest>(bytes)
                 .map_err(|e| CallError::InvalidArgument(format!("ModifyPortRule: {e}")))?;
         let policy = self.options.port_policy.clone();
         let (rule, batch, create) = match port_rules::parse(&request, &policy)? {
@@ -490,14 +496,27 @@ impl Manager {
     }
 
     fn get_traffic_counters(&mut self, call: &dbus::Message) -> Result<Vec<u8>, CallError> {
-        let bytes: Vec<u8> = call
+        let bytes: &[u8] = call
             .read1()
             .map_err(|e| CallError::InvalidArgument(format!("GetTrafficCounters: {e}")))?;
         let request =
-            patchpanel_proto::decode_request::<patchpanel_proto::TrafficCountersRequest>(&bytes)
+            patchpanel_proto::decode_request::<patchpanel_proto::TrafficCountersRequest>(bytes)
                 .map_err(|e| CallError::InvalidArgument(format!("GetTrafficCounters: {e}")))?;
         let mut wanted = Vec::new();
+        // A name asked for twice is reported once, and the list sent to
+        // the writer has to fit in one IPC packet (a longer one used to get
+        // the writer restarted).
+        let mut seen = std::collections::HashSet::new();
         for d in &request.devices {
+            if !seen.insert(d.as_str()) {
+                continue;
+            }
+            if wanted.len() == counters::MAX_DEVICES {
+                return Err(CallError::InvalidArgument(format!(
+                    "GetTrafficCounters: devices: more than {} different names",
+                    counters::MAX_DEVICES
+                )));
+            }
             wanted.push(patchpanel_ipc::IfName::new(d).map_err(|e| {
                 CallError::InvalidArgument(format!("GetTrafficCounters: devices: {e}"))
             })?);

@@ -77,6 +77,26 @@ fn ifname(text: &str) -> Result<Option<IfName>, CallError> {
         .map_err(|e| invalid(format!("input_ifname: {e}")))
 }
 
+/// ACCESS and LOCKDOWN do not use `input_dst_ip`, `dst_ip` or `dst_port`
+/// (nor does the original), but what a caller puts there must still be
+/// well-formed (an IP address of either family, a port): a request with
+/// junk in them, such as an injection attempt, is refused instead of being
+/// carried out without it. It used to be accepted, and the port opened.
+fn unused_fields(req: &ModifyPortRuleRequest) -> Result<(), CallError> {
+    for (what, text) in [("input_dst_ip", &req.input_dst_ip), ("dst_ip", &req.dst_ip)] {
+        if !text.is_empty() && text.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(format!(
+                "{what} {:?} is not an IP address",
+                text.escape_debug().to_string()
+            )));
+        }
+    }
+    if req.dst_port != 0 {
+        port("dst_port", req.dst_port)?;
+    }
+    Ok(())
+}
+
 /// Validates a request.
 pub fn parse(req: &ModifyPortRuleRequest, policy: &PortPolicy) -> Result<PortOp, CallError> {
     let proto = match Protocol::try_from(req.proto) {
@@ -90,12 +110,16 @@ pub fn parse(req: &ModifyPortRuleRequest, policy: &PortPolicy) -> Result<PortOp,
         }
     };
     let rule = match RuleType::try_from(req.r#type) {
-        Ok(RuleType::Access) => PortRule::Access {
-            proto,
-            port: port("input_dst_port", req.input_dst_port)?,
-            ifname: ifname(&req.input_ifname)?,
-        },
+        Ok(RuleType::Access) => {
+            unused_fields(req)?;
+            PortRule::Access {
+                proto,
+                port: port("input_dst_port", req.input_dst_port)?,
+                ifname: ifname(&req.input_ifname)?,
+            }
+        }
         Ok(RuleType::Lockdown) => {
+            unused_fields(req)?;
             // The interface is always loopback; a name given anyway must
             // still be a valid one.
             ifname(&req.input_ifname)?;
@@ -269,6 +293,37 @@ mod tests {
         let mut r = forward(8080, "100.115.92.130");
         r.input_dst_ip = "1.2.3.4 -j ACCEPT".into();
         refused(&r, "input_dst_ip");
+    }
+
+    #[test]
+    fn junk_in_the_fields_access_and_lockdown_do_not_use_is_refused() {
+        for ty in [RuleType::Access, RuleType::Lockdown] {
+            let base = ModifyPortRuleRequest {
+                op: Operation::Create as i32,
+                r#type: ty as i32,
+                proto: Protocol::Tcp as i32,
+                input_dst_port: 8080,
+                ..Default::default()
+            };
+            let mut r = base.clone();
+            r.input_dst_ip = "1.2.3.4 -j ACCEPT".into();
+            refused(&r, "input_dst_ip");
+            let mut r = base.clone();
+            r.dst_ip = "$(reboot)".into();
+            refused(&r, "dst_ip");
+            let mut r = base.clone();
+            r.dst_port = 65536;
+            refused(&r, "dst_port");
+            // Well-formed values are still ignored, as by the original.
+            let mut r = base.clone();
+            r.input_dst_ip = "2001:db8::1".into();
+            assert!(parse(&r, &policy()).is_ok(), "{ty:?}");
+            let mut r = base;
+            r.input_dst_ip = "192.0.2.2".into();
+            r.dst_ip = "100.115.92.130".into();
+            r.dst_port = 80;
+            assert!(parse(&r, &policy()).is_ok(), "{ty:?}");
+        }
     }
 
     #[test]

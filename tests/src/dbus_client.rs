@@ -2,13 +2,15 @@
 //! the stock `dbus-send` tool (what an operator or a shell script would use),
 //! and a `dbus-rs` client for raw calls whose errors are read by name.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use dbus::blocking::Connection;
 use dbus::channel::Channel;
+use dbus::Message;
 
 use crate::command::output;
 
@@ -107,6 +109,105 @@ impl BusClient {
         self.call_bytes("GetDevices", &[])
     }
 
+    /// A call to PatchPanel's `member` without arguments, for a caller to
+    /// append any (also wrong ones) to.
+    pub fn method_call(member: &str) -> Result<Message, MethodError> {
+        Message::new_method_call(SERVICE, OBJECT_PATH, INTERFACE, member).map_err(|e| MethodError {
+            name: "(client) bad method call".to_string(),
+            message: e,
+        })
+    }
+
+    /// Sends a ready-made `msg` and waits up to [`CALL_TIMEOUT`] for the
+    /// reply: the method return, or the error reply as a [`MethodError`].
+    pub fn call_message(&self, msg: Message) -> Result<Message, MethodError> {
+        Ok(self
+            .conn
+            .channel()
+            .send_with_reply_and_block(msg, CALL_TIMEOUT)?)
+    }
+
+    /// Sends `calls` pipelined: up to `window` of them are in flight at
+    /// once (sent without waiting for replies), and every reply is
+    /// collected, in the order of `calls`. Fails if no reply at all arrives
+    /// for `idle_timeout`, or the connection breaks.
+    pub fn pipeline(
+        &self,
+        calls: impl IntoIterator<Item = Message>,
+        window: usize,
+        idle_timeout: Duration,
+    ) -> Result<Vec<Result<Message, MethodError>>> {
+        let channel = self.conn.channel();
+        let mut calls = calls.into_iter().enumerate();
+        let mut pending: HashMap<u32, usize> = HashMap::new();
+        let mut results: Vec<Option<Result<Message, MethodError>>> = Vec::new();
+        let mut exhausted = false;
+        loop {
+            while !exhausted && pending.len() < window.max(1) {
+                let Some((i, msg)) = calls.next() else {
+                    exhausted = true;
+                    break;
+                };
+                let serial = channel
+                    .send(msg)
+                    .map_err(|()| anyhow::anyhow!("cannot send call {i}: out of memory"))?;
+                pending.insert(serial, i);
+                results.push(None);
+            }
+            if pending.is_empty() {
+                break;
+            }
+            channel.flush();
+            let Some(mut reply) = channel
+                .blocking_pop_message(idle_timeout)
+                .context("the bus connection broke during the pipeline")?
+            else {
+                bail!(
+                    "no reply for {idle_timeout:?} with {} call(s) in flight ({} answered)",
+                    pending.len(),
+                    results.iter().filter(|r| r.is_some()).count()
+                );
+            };
+            let Some(i) = reply.get_reply_serial().and_then(|s| pending.remove(&s)) else {
+                continue; // a signal, or a reply to something else
+            };
+            results[i] = Some(match reply.as_result() {
+                Ok(_) => Ok(reply),
+                Err(err) => Err(err.into()),
+            });
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every call was answered"))
+            .collect())
+    }
+
+    /// Sends `calls` at once with the NO_REPLY_EXPECTED flag, without
+    /// waiting for anything (the bus limits pending replies per
+    /// connection, not calls that expect none); returns how many were
+    /// sent once they are all written to the socket.
+    pub fn send_without_replies(&self, calls: impl IntoIterator<Item = Message>) -> Result<usize> {
+        let channel = self.conn.channel();
+        let mut sent = 0;
+        for mut msg in calls {
+            msg.set_no_reply(true);
+            channel
+                .send(msg)
+                .map_err(|()| anyhow::anyhow!("cannot send call {sent}: out of memory"))?;
+            sent += 1;
+        }
+        channel.flush();
+        Ok(sent)
+    }
+
+    /// The introspection XML of PatchPanel's object.
+    pub fn introspect(&self) -> Result<String, MethodError> {
+        let proxy = self.conn.with_proxy(SERVICE, OBJECT_PATH, CALL_TIMEOUT);
+        let (xml,): (String,) =
+            proxy.method_call("org.freedesktop.DBus.Introspectable", "Introspect", ())?;
+        Ok(xml)
+    }
+
     /// Whether `name` currently has an owner on the bus.
     pub fn name_has_owner(&self, name: &str) -> Result<bool, MethodError> {
         let proxy = self.conn.with_proxy(
@@ -118,6 +219,32 @@ impl BusClient {
             proxy.method_call("org.freedesktop.DBus", "NameHasOwner", (name.to_string(),))?;
         Ok(owned)
     }
+}
+
+/// `msg` without its INTERFACE header field, which the D-Bus spec makes
+/// optional for method calls (dbus-rs always sets one). The field's code
+/// is changed to an unknown one, which receivers must ignore and the bus
+/// drops when it forwards the message. Not for messages carrying fds.
+pub fn without_interface(msg: Message) -> Result<Message> {
+    const INTERFACE_FIELD: [u8; 4] = [2, 1, b's', 0];
+    // libdbus does not load a message without a serial; the connection
+    // keeps one it is given, and replies are matched to it.
+    static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1 << 30);
+    let mut msg = msg;
+    msg.set_serial(SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let mut bytes = Vec::new();
+    msg.marshal(|chunk| {
+        bytes.extend_from_slice(chunk);
+        Ok::<(), ()>(())
+    })
+    .map_err(|()| anyhow::anyhow!("cannot marshal {msg:?}"))?;
+    // The header fields array starts at 16; its structs are 8-aligned.
+    let at = (16..bytes.len().saturating_sub(4))
+        .step_by(8)
+        .find(|&i| bytes[i..i + 4] == INTERFACE_FIELD)
+        .context("no interface field in the message")?;
+    bytes[at] = 0x7f;
+    Message::demarshal(&bytes).map_err(|e| anyhow::anyhow!("cannot demarshal: {e}"))
 }
 
 /// `GetDevices` with an empty request through `dbus-send`; returns the reply

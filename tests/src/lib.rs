@@ -22,6 +22,7 @@ pub mod fake_shill;
 pub mod mcast;
 pub mod netns;
 pub mod procfs;
+pub mod snapshot;
 pub mod spawned;
 pub mod traffic;
 pub mod tree;

@@ -131,9 +131,49 @@ fn diff(after: &str, before: &str) -> Vec<String> {
     out
 }
 
+/// The lines changed in each kind of kernel state, by the sections of a
+/// [`kernel_snapshot`]: links, addresses, routes, rules, firewall.
+fn section_diffs(after: &str, before: &str) -> Vec<(&'static str, usize)> {
+    fn sections(snapshot: &str) -> BTreeMap<&'static str, String> {
+        let mut out: BTreeMap<&'static str, String> = BTreeMap::new();
+        let mut current = "other";
+        for line in snapshot.lines() {
+            if let Some(header) = line.strip_prefix("## ") {
+                current = if header.contains("link") {
+                    "links"
+                } else if header.contains("addr") {
+                    "addresses"
+                } else if header.contains("route") {
+                    "routes"
+                } else if header.contains("rule") {
+                    "ip rules"
+                } else {
+                    "firewall rules"
+                };
+                out.entry(current).or_default();
+                continue;
+            }
+            let text = out.entry(current).or_default();
+            text.push_str(line);
+            text.push('\n');
+        }
+        out
+    }
+    let (a, b) = (sections(after), sections(before));
+    ["links", "addresses", "routes", "ip rules", "firewall rules"]
+        .into_iter()
+        .map(|kind| {
+            let empty = String::new();
+            let n = diff(a.get(kind).unwrap_or(&empty), b.get(kind).unwrap_or(&empty)).len();
+            (kind, n)
+        })
+        .collect()
+}
+
 /// One create/teardown of each kind, so that lazily made state (firewall
 /// chains, bus match rules, allocator arenas) exists before the baseline.
-fn warm_up(world: &World, client: &Client) {
+/// Returns the Termina VM's subnet address, the first of its pool.
+fn warm_up(world: &World, client: &Client) -> Option<std::net::Ipv4Addr> {
     let (_, lifeline) = client
         .connect_namespace(&ConnectNamespaceRequest {
             pid: -1,
@@ -142,9 +182,10 @@ fn warm_up(world: &World, client: &Client) {
         .expect("ConnectNamespace");
     close(Holder::Lifeline(lifeline));
     close(Holder::Cli(connect_cli(world.bus.address())));
-    client.terminavm_startup(1).expect("TerminaVmStartup");
+    let vm = client.terminavm_startup(1).expect("TerminaVmStartup");
     client.terminavm_shutdown(1).expect("TerminaVmShutdown");
     wait_idle(client);
+    vm.ipv4_subnet.as_ref().and_then(|s| s.addr_v4())
 }
 
 fn wait_idle(client: &Client) {
@@ -174,7 +215,8 @@ fn churn_leaves_no_links_namespaces_rules_pool_entries_fds_or_memory_behind() {
         (!snapshot.contains("tentative")).then_some(snapshot)
     })
     .expect("an address stayed tentative");
-    warm_up(&world, &client);
+    let first_vm_subnet = warm_up(&world, &client);
+    assert!(first_vm_subnet.is_some(), "the warm-up VM had no subnet");
     let tree = world.daemon.tree().expect("tree");
     // Counted once the warm-up's teardown has settled (fds of a finished
     // call may close a moment after its reply).
@@ -246,10 +288,8 @@ fn churn_leaves_no_links_namespaces_rules_pool_entries_fds_or_memory_behind() {
         left.is_empty().then_some(())
     });
     let netns_left = our_netns(&prefix);
-    let kernel_diff = diff(
-        &kernel_snapshot(&world.netns).expect("snapshot"),
-        &before_kernel,
-    );
+    let after_kernel = kernel_snapshot(&world.netns).expect("snapshot");
+    let kernel_diff = diff(&after_kernel, &before_kernel);
     let mut fds_after = fd_counts(&tree_after);
     // A descriptor may outlive its teardown by a moment; wait for them.
     if fds_after != fds_before {
@@ -260,25 +300,59 @@ fn churn_leaves_no_links_namespaces_rules_pool_entries_fds_or_memory_behind() {
     }
     let rss_after = rss_kib(tree.manager).expect("rss");
 
+    // Every pool entry is free again: the first namespace subnet and the
+    // first Termina subnet are handed out again.
+    let (resp, lifeline) = client
+        .connect_namespace(&ConnectNamespaceRequest {
+            pid: -1,
+            ..Default::default()
+        })
+        .expect("ConnectNamespace after the churn");
+    let subnet = resp.ipv4_subnet.as_ref().expect("subnet");
+    let first_netns_subnet = subnet.addr_v4() == Some("100.115.92.128".parse().unwrap());
+    drop(lifeline);
+    let vm = client.terminavm_startup(7).expect("TerminaVmStartup");
+    let same_vm_subnet = vm.ipv4_subnet.as_ref().and_then(|s| s.addr_v4()) == first_vm_subnet;
+    client.terminavm_shutdown(7).expect("TerminaVmShutdown");
+    wait_idle(&client);
+
+    let by_section = section_diffs(&after_kernel, &before_kernel);
+    let leaked_fds: i64 = fds_before
+        .iter()
+        .map(|(role, before)| fds_after[role] as i64 - *before as i64)
+        .sum();
     println!(
         "soak: {cycles} cycles ({by_lifeline} lifelines closed, {by_cli} clients killed, \
          {vms} Termina VMs) in {:.1} s, seed {seed}",
         elapsed.as_secs_f64()
     );
-    println!(
-        "soak: leaked namespaces: {}, kernel lines changed: {}",
-        netns_left.len(),
-        kernel_diff.len()
-    );
-    println!("{:<28} {:>10} {:>10}", "process", "fds before", "fds after");
-    for (role, before) in &fds_before {
-        println!("{role:<28} {before:>10} {:>10}", fds_after[role]);
+    println!("{:<34} {:>12}", "cycles", cycles);
+    println!("{:<34} {:>12}", "leaked namespaces", netns_left.len());
+    for (label, count) in &by_section {
+        println!("{:<34} {:>12}", format!("leaked/changed {label}"), count);
     }
     println!(
-        "{:<28} {:>10} {:>10}  (growth {} KiB)",
-        "manager VmRSS KiB",
-        rss_before,
-        rss_after,
+        "{:<34} {:>12}",
+        "leaked pool entries (netns, vm)",
+        format!(
+            "{}, {}",
+            u8::from(!first_netns_subnet),
+            u8::from(!same_vm_subnet)
+        )
+    );
+    println!("{:<34} {:>12}", "leaked fds (all processes)", leaked_fds);
+    for (role, before) in &fds_before {
+        println!(
+            "{:<34} {:>12}",
+            format!("  fds {role}"),
+            format!("{before} -> {}", fds_after[role])
+        );
+    }
+    println!("{:<34} {:>12}", "manager VmRSS before KiB", rss_before);
+    println!("{:<34} {:>12}", "manager VmRSS after KiB", rss_after);
+    println!(
+        "{:<34} {:>12}  (target < {RSS_GROWTH_LIMIT_KIB} KiB)",
+        "manager VmRSS growth KiB",
         rss_after as i64 - rss_before as i64
     );
 
@@ -296,23 +370,8 @@ fn churn_leaves_no_links_namespaces_rules_pool_entries_fds_or_memory_behind() {
         rss_after <= rss_before + RSS_GROWTH_LIMIT_KIB,
         "manager RSS grew from {rss_before} to {rss_after} KiB"
     );
-    // Every pool entry is free again: the first namespace subnet and the
-    // first Termina subnet are handed out again.
-    let (resp, lifeline) = client
-        .connect_namespace(&ConnectNamespaceRequest {
-            pid: -1,
-            ..Default::default()
-        })
-        .expect("ConnectNamespace after the churn");
-    let subnet = resp.ipv4_subnet.as_ref().expect("subnet");
-    assert_eq!(
-        subnet.addr_v4(),
-        Some("100.115.92.128".parse().unwrap()),
-        "{resp:?}"
-    );
-    drop(lifeline);
-    let vm = client.terminavm_startup(7).expect("TerminaVmStartup");
+    assert!(first_netns_subnet, "{resp:?}");
+    assert!(same_vm_subnet, "{vm:?}");
     assert_eq!(vm.tap_device_ifname, "vmtap0", "{vm:?}");
-    client.terminavm_shutdown(7).expect("TerminaVmShutdown");
     wait_idle(&client);
 }

@@ -131,9 +131,19 @@ impl Manager {
         };
         let ns = namespaces::allocate(&request, &ctx, &mut self.addrs)?;
         self.state.next_namespace_id += 1;
+        // Recorded before the kernel is touched: a call whose state cannot
+        // be saved (a full state directory) changes nothing, and a crash
+        // during the plan leaves its successor a namespace to remove.
+        self.state.namespaces.insert(ns.id, ns.clone());
+        if let Err(e) = self.try_save_state("ConnectNamespace") {
+            self.state.namespaces.remove(&ns.id);
+            namespaces::release(&ns, &mut self.addrs);
+            return Err(e);
+        }
         let plan = namespaces::connect_plan(&ns, format!("ConnectNamespace op {op}"));
         let fds: Vec<_> = pidfd.iter().map(|f| f.as_fd()).collect();
         if let Err(e) = self.apply(plan, &fds) {
+            self.state.namespaces.remove(&ns.id);
             namespaces::release(&ns, &mut self.addrs);
             self.save_state();
             return Err(e);
@@ -142,9 +152,10 @@ impl Manager {
             .lifelines
             .watch(self.poll.registry(), lifeline, Guarded::Namespace(ns.id));
         if let Err(e) = token {
-            // Without a lifeline nobody would ever release it.
+            // Without a lifeline nobody would ever release it. The
+            // namespace is in the state, so this removes it from the
+            // kernel and the state and frees its addresses.
             self.disconnect_namespace(ns.id, "its lifeline could not be watched");
-            namespaces::release(&ns, &mut self.addrs);
             return Err(CallError::Failed(format!("cannot watch the lifeline: {e}")));
         }
         info!(
@@ -290,6 +301,21 @@ impl Manager {
         }
     }
 
+    /// Saves the state for a call that must not go ahead unrecorded: the
+    /// error names the file and the cause (e.g. no space left on device).
+    pub(crate) fn try_save_state(&self, what: &str) -> Result<(), CallError> {
+        self.state_file.save(&self.state).map_err(|e| {
+            error!(
+                "{what}: cannot save {}: {e}; the call is refused and nothing changed",
+                self.state_file.path().display()
+            );
+            CallError::Failed(format!(
+                "{what}: cannot record the change in {}: {e}; nothing was changed",
+                self.state_file.path().display()
+            ))
+        })
+    }
+
     /// The first time the writer is up: clean up after a previous run and
     /// turn forwarding on.
     pub(crate) fn start_datapath(&mut self) -> anyhow::Result<()> {
@@ -424,25 +450,36 @@ impl Manager {
                 (rule, batch, false)
             }
         };
-        self.apply(
+        // Recorded before the kernel is touched, so that a change whose
+        // state cannot be saved (a full state directory) is refused whole.
+        let previous = self.state.port_rules.clone();
+        if create {
+            self.state.port_rules.push(rule.clone());
+        } else {
+            self.state.port_rules.retain(|r| *r != rule);
+        }
+        if let Err(e) = self.try_save_state("ModifyPortRule") {
+            self.state.port_rules = previous;
+            return Err(e);
+        }
+        let applied = self.apply(
             Plan {
                 label: format!("ModifyPortRule op {op}"),
                 mode: ApplyMode::Atomic,
                 steps: vec![Step::Firewall(batch)],
             },
             &[],
-        )?;
+        );
+        if let Err(e) = applied {
+            self.state.port_rules = previous;
+            self.save_state();
+            return Err(e);
+        }
         info!(
             "ModifyPortRule op {op} from {}: {} {rule:?}",
             dbus_service::sender(call),
             if create { "created" } else { "deleted" }
         );
-        if create {
-            self.state.port_rules.push(rule);
-        } else {
-            self.state.port_rules.retain(|r| *r != rule);
-        }
-        self.save_state();
         Ok(patchpanel_proto::ModifyPortRuleResponse { success: true }.encode_to_vec())
     }
 

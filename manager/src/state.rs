@@ -190,18 +190,24 @@ impl StateFile {
         }
     }
 
-    /// Writes `state` atomically.
+    /// Writes `state` atomically. On failure (e.g. no space left) the
+    /// previous file stays as it was and the partial temporary is removed,
+    /// giving its blocks back.
     pub fn save(&self, state: &State) -> std::io::Result<()> {
         let tmp = self.path.with_extension("tmp");
         let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-        {
+        let written = (|| {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .open(&tmp)?;
             f.write_all(&text)?;
-            f.sync_all()?;
+            f.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
         std::fs::rename(&tmp, &self.path)
     }

@@ -38,6 +38,7 @@
 
 pub mod adb;
 pub mod guests;
+pub mod idle;
 pub mod interrupt;
 pub mod link_probe;
 pub mod mcast;

@@ -149,11 +149,23 @@ impl Manager {
                 CallError::Failed(format!("cannot watch the lifeline: {e}"))
             });
         }
+        // Recorded before the kernel is touched: a call whose state cannot
+        // be saved (a full state directory) changes nothing, and a crash
+        // during the plan leaves its successor a namespace to remove.
+        self.state.namespaces.insert(ns.id, ns.clone());
+        if let Err(e) = self.try_save_state("ConnectNamespace") {
+            self.state.namespaces.remove(&ns.id);
+            self.lifelines
+                .forget(self.poll.registry(), Guarded::Namespace(ns.id));
+            namespaces::release(&ns, &mut self.addrs);
+            return Err(e);
+        }
         let plan = namespaces::connect_plan(&ns, format!("ConnectNamespace op {op}"));
         let fds: Vec<_> = pidfd.iter().map(|f| f.as_fd()).collect();
         if let Err(e) = self.apply(plan, &fds) {
             self.lifelines
                 .forget(self.poll.registry(), Guarded::Namespace(ns.id));
+            self.state.namespaces.remove(&ns.id);
             namespaces::release(&ns, &mut self.addrs);
             self.save_state();
             return Err(e);
@@ -294,6 +306,21 @@ impl Manager {
                 self.state_file.path().display()
             );
         }
+    }
+
+    /// Saves the state for a call that must not go ahead unrecorded: the
+    /// error names the file and the cause (e.g. no space left on device).
+    pub(crate) fn try_save_state(&self, what: &str) -> Result<(), CallError> {
+        self.state_file.save(&self.state).map_err(|e| {
+            error!(
+                "{what}: cannot save {}: {e}; the call is refused and nothing changed",
+                self.state_file.path().display()
+            );
+            CallError::Failed(format!(
+                "{what}: cannot record the change in {}: {e}; nothing was changed",
+                self.state_file.path().display()
+            ))
+        })
     }
 
     /// The first time the writer is up: clean up after a previous run and

@@ -51,6 +51,10 @@ pub struct DaemonOptions {
     /// Reuse another daemon's state dir and namespace prefix (a restart of
     /// "the same" daemon after a crash).
     pub successor_of: Option<(PathBuf, String)>,
+    /// The state directory, instead of one in the daemon's temporary
+    /// directory (e.g. a tiny tmpfs the test mounted); ignored with
+    /// `successor_of`.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A running `patchpaneld` (the manager; the process the harness spawned, as
@@ -105,7 +109,10 @@ impl Daemon {
             // The state dir is not created here: like /run/patchpanel at
             // boot, the daemon makes it.
             None => (
-                dir.path().join("state"),
+                options
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("state")),
                 format!("ppt{}n{index}-", std::process::id()),
             ),
         };

@@ -378,6 +378,60 @@ pub fn user_ids(name: &str) -> Result<Option<(u32, u32)>> {
     Ok(None)
 }
 
+/// The number of open file descriptors of `pid` (entries of `/proc/<pid>/fd`).
+pub fn fd_count(pid: u32) -> Result<usize> {
+    let path = format!("/proc/{pid}/fd");
+    Ok(std::fs::read_dir(&path)
+        .with_context(|| format!("cannot list {path}"))?
+        .count())
+}
+
+/// A numeric field of `/proc/<pid>/status` (`VmRSS` in KiB,
+/// `voluntary_ctxt_switches`, ...), its unit dropped.
+pub fn status_number(pid: u32, key: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let value = text
+        .lines()
+        .find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            (k == key).then_some(v.trim())
+        })
+        .ok_or_else(|| anyhow!("{path}: no {key} field"))?;
+    let number = value.split_whitespace().next().unwrap_or_default();
+    number
+        .parse()
+        .with_context(|| format!("{path}: {key}: bad number {value:?}"))
+}
+
+/// The resident set of `pid` in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    status_number(pid, "VmRSS")
+}
+
+/// Voluntary plus involuntary context switches of every thread of `pid`
+/// so far: each is one wake-up (or preemption) of the process.
+pub fn context_switches(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
+        let entry = entry.with_context(|| format!("cannot list {dir}"))?;
+        let path = entry.path().join("status");
+        // A thread that exits while being read is simply not counted.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once(':') {
+                if k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches" {
+                    total += v.trim().parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -504,15 +504,12 @@ impl Manager {
             if let Err(u) = &undone {
                 error!("ModifyPortRule op {op}: cannot undo the unrecorded change: {u}");
             }
-            return Err(CallError::Failed(format!(
-                "ModifyPortRule: cannot record the rule in {}: {e}; {}",
-                self.state_file.path().display(),
-                if undone.is_ok() {
-                    "nothing changed"
-                } else {
-                    "and cannot undo it"
-                }
-            )));
+            let journal = self.state_file.journal_path().display();
+            return Err(CallError::Failed(if undone.is_ok() {
+                format!("ModifyPortRule: cannot record the change in {journal}: {e}; nothing was changed")
+            } else {
+                format!("ModifyPortRule: cannot record the change in {journal}: {e}, and cannot undo it in the kernel")
+            }));
         }
         info!(
             "ModifyPortRule op {op} from {}: {} {rule:?}",

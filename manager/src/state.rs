@@ -224,6 +224,11 @@ impl StateFile {
         &self.path
     }
 
+    /// The port rule journal next to the state file.
+    pub fn journal_path(&self) -> &Path {
+        &self.journal
+    }
+
     pub fn load(&self) -> Loaded {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,

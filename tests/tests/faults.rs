@@ -692,6 +692,75 @@ fn state_json(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("corrupt state file ({e}):\n{text}"))
 }
 
+/// The port rules the journal next to the state file records: `+rule`
+/// and `-rule` lines replayed in order. Every line must be whole and
+/// valid JSON: a corrupt journal fails the test.
+fn journal_rules(dir: &Path) -> Vec<serde_json::Value> {
+    let text = match std::fs::read_to_string(dir.join("port_rules")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("journal: {e}"),
+    };
+    let mut live = Vec::new();
+    for line in text.split_inclusive('\n') {
+        let line = line
+            .strip_suffix('\n')
+            .unwrap_or_else(|| panic!("torn journal line {line:?}:\n{text}"));
+        let (mark, json) = line.split_at(1);
+        let rule: serde_json::Value = serde_json::from_str(json)
+            .unwrap_or_else(|e| panic!("corrupt journal line {line:?} ({e}):\n{text}"));
+        match mark {
+            "+" => live.push(rule),
+            "-" => live.retain(|r| *r != rule),
+            _ => panic!("journal line {line:?} starts with neither + nor -"),
+        }
+    }
+    live
+}
+
+fn read_or_empty(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+/// Checks one refusal on the full disk: a clear error, the kernel, the
+/// namespaces and both files exactly as before the call.
+fn assert_refused_cleanly(
+    what: &str,
+    result: Result<(), String>,
+    world: &World,
+    before: &str,
+    namespaces: &[String],
+    files: &[(PathBuf, Vec<u8>)],
+) {
+    let err = match result {
+        Ok(()) => panic!("{what} succeeded on a full state directory"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("No space left on device") && err.contains("nothing was changed"),
+        "{what}: unclear error: {err}"
+    );
+    let changed = set_diff(&kernel_snapshot(&world.netns).expect("snapshot"), before);
+    assert!(
+        changed.is_empty(),
+        "{what} was half-applied:\n{}",
+        changed.join("\n")
+    );
+    assert_eq!(
+        our_netns(world.daemon.netns_prefix()),
+        namespaces,
+        "{what}"
+    );
+    for (path, bytes) in files {
+        assert_eq!(
+            &read_or_empty(path),
+            bytes,
+            "{what} changed {}",
+            path.display()
+        );
+    }
+}
+
 #[test]
 fn a_full_state_directory_refuses_changes_and_applies_none_of_them() {
     let tmpfs = TinyTmpfs::mount("64k");
@@ -707,53 +776,81 @@ fn a_full_state_directory_refuses_changes_and_applies_none_of_them() {
         .expect("port rule");
     let state = state_json(&tmpfs.path);
     assert_eq!(state["namespaces"].as_object().map(|m| m.len()), Some(1));
-    assert_eq!(state["port_rules"].as_array().map(|v| v.len()), Some(1));
+    assert_eq!(journal_rules(&tmpfs.path).len(), 1);
 
     let filler = fill(&tmpfs.path);
     let prefix = world.daemon.netns_prefix().to_string();
-    let kernel = kernel_snapshot(&world.netns).expect("snapshot");
     let namespaces = our_netns(&prefix);
-    let file = std::fs::read(tmpfs.path.join("state")).expect("state");
+    let files = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        ["state", "port_rules"]
+            .iter()
+            .map(|f| (dir.join(f), read_or_empty(&dir.join(f))))
+            .collect()
+    };
 
-    let refusals = [
-        (
-            "ConnectNamespace",
-            client.connect_namespace(&new_namespace()).map(|_| ()),
-        ),
-        (
-            "ModifyPortRule create",
-            client.modify_port_rule(&access_rule(Operation::Create, 9393)),
-        ),
-        (
-            "ModifyPortRule delete",
-            client.modify_port_rule(&access_rule(Operation::Delete, 9292)),
-        ),
-    ];
-    for (what, result) in refusals {
-        let err = match result {
-            Ok(()) => panic!("{what} succeeded on a full state directory"),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            err.contains("No space left on device") && err.contains("nothing was changed"),
-            "{what}: unclear error: {err}"
-        );
-        let changed = set_diff(&kernel_snapshot(&world.netns).expect("snapshot"), &kernel);
-        assert!(
-            changed.is_empty(),
-            "{what} was half-applied:\n{}",
-            changed.join("\n")
-        );
-        assert_eq!(our_netns(&prefix), namespaces, "{what}");
-        assert_eq!(
-            std::fs::read(tmpfs.path.join("state")).expect("state"),
-            file,
-            "{what} changed the state file"
-        );
-        state_json(&tmpfs.path);
+    // A namespace rewrites the whole state file: no room for it.
+    let kernel = kernel_snapshot(&world.netns).expect("snapshot");
+    let result = client
+        .connect_namespace(&new_namespace())
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    assert_refused_cleanly(
+        "ConnectNamespace",
+        result,
+        &world,
+        &kernel,
+        &namespaces,
+        &files(&tmpfs.path),
+    );
+    state_json(&tmpfs.path);
+
+    // A port rule appends one line to the journal, which fits as long as
+    // the journal's last page has room: those calls are recorded and
+    // succeed. The first one that does not fit must be refused whole.
+    let mut accepted = vec![9292];
+    let mut refused = None;
+    for port in 9393..9593 {
+        let kernel = kernel_snapshot(&world.netns).expect("snapshot");
+        let before = files(&tmpfs.path);
+        match client.modify_port_rule(&access_rule(Operation::Create, port)) {
+            Ok(()) => {
+                accepted.push(port);
+                assert_eq!(journal_rules(&tmpfs.path).len(), accepted.len());
+            }
+            Err(e) => {
+                assert_refused_cleanly(
+                    &format!("ModifyPortRule create {port}"),
+                    Err(e.to_string()),
+                    &world,
+                    &kernel,
+                    &namespaces,
+                    &before,
+                );
+                refused = Some(port);
+                break;
+            }
+        }
     }
+    let refused = refused.expect("200 port rules fitted on a full 64 KiB tmpfs");
+    assert_eq!(journal_rules(&tmpfs.path).len(), accepted.len());
+    state_json(&tmpfs.path);
+
+    // A delete line is as long as the create line that did not fit (same
+    // rule shape, a port of as many digits): refused as well.
+    let kernel = kernel_snapshot(&world.netns).expect("snapshot");
+    let result = client
+        .modify_port_rule(&access_rule(Operation::Delete, 9292))
+        .map_err(|e| e.to_string());
+    assert_refused_cleanly(
+        "ModifyPortRule delete",
+        result,
+        &world,
+        &kernel,
+        &namespaces,
+        &files(&tmpfs.path),
+    );
     assert!(
-        !tmpfs.path.join("state.tmp").exists(),
+        !tmpfs.path.join("state.tmp").exists() && !tmpfs.path.join("port_rules.tmp").exists(),
         "a partial temporary file was left"
     );
 
@@ -763,11 +860,14 @@ fn a_full_state_directory_refuses_changes_and_applies_none_of_them() {
         .connect_namespace(&new_namespace())
         .expect("connect after freeing space");
     client
+        .modify_port_rule(&access_rule(Operation::Create, refused))
+        .expect("create after freeing space");
+    client
         .modify_port_rule(&access_rule(Operation::Delete, 9292))
         .expect("delete after freeing space");
     let state = state_json(&tmpfs.path);
     assert_eq!(state["namespaces"].as_object().map(|m| m.len()), Some(2));
-    assert_eq!(state["port_rules"].as_array().map(|v| v.len()), Some(0));
+    assert_eq!(journal_rules(&tmpfs.path).len(), accepted.len());
     drop(world);
     drop(tmpfs);
 }

@@ -328,7 +328,7 @@ impl Manager {
         );
         guests::arc_device_release(&device, &mut self.addrs);
         info!(
-            "ARC device {} removed: uplink {uplink} is gone",
+            "ARC device {} removed (op {op}): uplink {uplink} is gone",
             device.bridge
         );
     }
@@ -363,7 +363,7 @@ impl Manager {
             return;
         }
         info!(
-            "ARC device {} added for uplink {}",
+            "ARC device {} added (op {op}) for uplink {}",
             device.bridge, uplink.name
         );
         if let Some(d) = guests::arc_device_proto(&arc, &device) {
@@ -379,14 +379,14 @@ impl Manager {
             request(call, names::TERMINA_VM_STARTUP)?;
         guests::check_id("cid", u64::from(req.cid))?;
         self.require_vm_user()?;
-        let vm = self.start_vm(VmKind::Termina, u64::from(req.cid), None, op)?;
+        let vm = self.start_vm(VmKind::Termina, u64::from(req.cid), None, op, call)?;
         Ok(guests::termina_response(&vm).encode_to_vec())
     }
 
     fn termina_shutdown(&mut self, call: &dbus::Message, op: u64) -> Result<Vec<u8>, CallError> {
         let req: patchpanel_proto::TerminaVmShutdownRequest =
             request(call, names::TERMINA_VM_SHUTDOWN)?;
-        self.shutdown_vm(VmKind::Termina, u64::from(req.cid), op)?;
+        self.shutdown_vm(VmKind::Termina, u64::from(req.cid), op, call)?;
         Ok(patchpanel_proto::TerminaVmShutdownResponse {}.encode_to_vec())
     }
 
@@ -400,7 +400,7 @@ impl Manager {
         guests::check_id("id", req.id)?;
         let index = guests::parallels_index(&self.addrs, req.subnet_index)?;
         self.require_vm_user()?;
-        let vm = self.start_vm(VmKind::Parallels, req.id, index, op)?;
+        let vm = self.start_vm(VmKind::Parallels, req.id, index, op, call)?;
         Ok(guests::parallels_response(&vm).encode_to_vec())
     }
 
@@ -411,7 +411,7 @@ impl Manager {
         op: u64,
     ) -> Result<Vec<u8>, CallError> {
         let req: patchpanel_proto::PluginVmShutdownRequest = request(call, method)?;
-        self.shutdown_vm(VmKind::Parallels, req.id, op)?;
+        self.shutdown_vm(VmKind::Parallels, req.id, op, call)?;
         Ok(patchpanel_proto::PluginVmShutdownResponse {}.encode_to_vec())
     }
 
@@ -422,6 +422,7 @@ impl Manager {
         id: u64,
         index: Option<u32>,
         op: u64,
+        call: &dbus::Message,
     ) -> Result<VmGuest, CallError> {
         if let Some(pos) = self.vm_position(kind, id) {
             warn!(
@@ -440,8 +441,9 @@ impl Manager {
             return Err(e);
         }
         info!(
-            "{} started (op {op}): {} {} <-> {}{}",
+            "{} started (op {op} from {}): {} {} <-> {}{}",
             vm.label(),
+            dbus_service::sender(call),
             vm.tap,
             vm.subnet.host(),
             vm.subnet.guest(),
@@ -462,11 +464,20 @@ impl Manager {
             .position(|v| v.kind == kind && v.id == id)
     }
 
-    fn shutdown_vm(&mut self, kind: VmKind, id: u64, op: u64) -> Result<(), CallError> {
+    fn shutdown_vm(
+        &mut self,
+        kind: VmKind,
+        id: u64,
+        op: u64,
+        call: &dbus::Message,
+    ) -> Result<(), CallError> {
         let pos = self.vm_position(kind, id).ok_or_else(|| {
             CallError::InvalidArgument(format!("no {} with id {id} is running", kind.name()))
         })?;
-        self.stop_vm(pos, &format!("shutdown op {op}"));
+        self.stop_vm(
+            pos,
+            &format!("shutdown op {op} from {}", dbus_service::sender(call)),
+        );
         Ok(())
     }
 

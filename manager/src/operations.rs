@@ -212,12 +212,17 @@ impl Manager {
             .map(|n| n.netns.to_string())
             .collect::<Vec<_>>()
             .join(", ");
+        let mut clients: Vec<&str> = list.iter().map(|n| n.client.as_str()).collect();
+        clients.dedup();
+        let clients = clients.join(", ");
         let op = dbus_service::next_operation();
         let plan = namespaces::disconnect_many_plan(&list, format!("disconnect {names} op {op}"));
         match self.apply(plan, &[]) {
-            Ok(report) if report.failures.is_empty() => info!("{names} removed: {why}"),
+            Ok(report) if report.failures.is_empty() => {
+                info!("disconnect op {op} for {clients}: {names} removed: {why}")
+            }
             Ok(report) => warn!(
-                "{names} removed ({why}) with {} error(s): {}",
+                "disconnect op {op} for {clients}: {names} removed ({why}) with {} error(s): {}",
                 report.failures.len(),
                 report.failures.join("; ")
             ),
@@ -226,7 +231,7 @@ impl Manager {
                 // their addresses) in the state, so that the next stop or
                 // start removes them instead of leaking them.
                 error!(
-                    "{names} could not be removed ({why}): {e}; kept for removal at the next stop or start"
+                    "disconnect op {op} for {clients}: {names} could not be removed ({why}): {e}; kept for removal at the next stop or start"
                 );
                 for ns in &list {
                     self.lifelines
@@ -415,7 +420,7 @@ impl Manager {
             let result = port_rules::batch(rule, &self.options.port_policy).and_then(|batch| {
                 self.apply(
                     Plan {
-                        label: format!("re-adopt port rule {rule:?}"),
+                        label: format!("re-adopt port rule {rule}"),
                         mode: ApplyMode::Atomic,
                         steps: vec![Step::Firewall(batch)],
                     },
@@ -424,7 +429,7 @@ impl Manager {
             });
             match result {
                 Ok(_) => self.state.port_rules.push(rule.clone()),
-                Err(e) => warn!("port rule {rule:?} from the previous run not re-applied: {e}"),
+                Err(e) => warn!("port rule {rule} from the previous run not re-applied: {e}"),
             }
         }
         if !rules.is_empty() {
@@ -512,7 +517,7 @@ impl Manager {
             }));
         }
         info!(
-            "ModifyPortRule op {op} from {}: {} {rule:?}",
+            "ModifyPortRule op {op} from {}: {} {rule}",
             dbus_service::sender(call),
             if create { "created" } else { "deleted" }
         );
@@ -681,7 +686,7 @@ impl Manager {
     /// namespaces pinned to an uplink that came back with a new ifindex.
     pub(crate) fn on_uplink_events(&mut self, events: Vec<patchpanel_uplinks::UplinkEvent>) {
         for event in events {
-            info!("uplink: {event:?}");
+            info!("uplink {event}");
             let before = self.uplinks.clone();
             self.uplinks.apply(&event);
             if !self.datapath_ready {

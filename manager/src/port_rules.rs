@@ -31,6 +31,38 @@ pub enum PortRule {
     Forwarding(Forwarding),
 }
 
+impl std::fmt::Display for PortRule {
+    /// One short line for logs: `ACCESS tcp/9292 on eth0`,
+    /// `LOCKDOWN udp/53`, `FORWARDING tcp eth0:8080 -> 100.115.92.6:80`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = |p: &PortProtocol| match p {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        };
+        match self {
+            PortRule::Access {
+                proto: p,
+                port,
+                ifname,
+            } => {
+                write!(f, "ACCESS {}/{port}", proto(p))?;
+                match ifname {
+                    Some(i) => write!(f, " on {i}"),
+                    None => write!(f, " on every interface"),
+                }
+            }
+            PortRule::Lockdown { proto: p, port } => write!(f, "LOCKDOWN {}/{port}", proto(p)),
+            PortRule::Forwarding(fw) => {
+                write!(f, "FORWARDING {} {}", proto(&fw.proto), fw.ifname)?;
+                if let Some(d) = fw.input_dst {
+                    write!(f, " {d}")?;
+                }
+                write!(f, ":{} -> {}:{}", fw.input_port, fw.dst, fw.dst_port)
+            }
+        }
+    }
+}
+
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortOp {

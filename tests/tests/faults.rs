@@ -746,11 +746,7 @@ fn assert_refused_cleanly(
         "{what} was half-applied:\n{}",
         changed.join("\n")
     );
-    assert_eq!(
-        our_netns(world.daemon.netns_prefix()),
-        namespaces,
-        "{what}"
-    );
+    assert_eq!(our_netns(world.daemon.netns_prefix()), namespaces, "{what}");
     for (path, bytes) in files {
         assert_eq!(
             &read_or_empty(path),

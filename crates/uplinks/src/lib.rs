@@ -97,6 +97,39 @@ pub struct Uplink {
     pub technology: Technology,
 }
 
+impl std::fmt::Display for Uplink {
+    /// One short line for logs: `eth0 #2 up ethernet 192.0.2.2/24 gw 192.0.2.1, 1 IPv6`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} #{} {} {:?}",
+            self.name,
+            self.ifindex,
+            if self.up { "up" } else { "down" },
+            self.technology
+        )?;
+        for (addr, len) in &self.ipv4 {
+            write!(f, " {addr}/{len}")?;
+        }
+        if let Some(gw) = self.gateway4 {
+            write!(f, " gw {gw}")?;
+        }
+        write!(f, ", {} IPv6", self.ipv6.len())
+    }
+}
+
+impl std::fmt::Display for UplinkEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UplinkEvent::Added(u) => write!(f, "added {u}"),
+            UplinkEvent::Changed(u) => write!(f, "changed {u}"),
+            UplinkEvent::Removed(u) => write!(f, "removed {} #{}", u.name, u.ifindex),
+            UplinkEvent::DefaultChanged(Some(name)) => write!(f, "default is now {name}"),
+            UplinkEvent::DefaultChanged(None) => write!(f, "no default uplink"),
+        }
+    }
+}
+
 /// A change of the uplink set, in the order a consumer should apply them:
 /// all `Removed`, then `Added`, then `Changed`, then `DefaultChanged`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -63,9 +63,7 @@ fn leftovers(pid: u32, output: &str) -> Vec<String> {
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let uses_work = work.as_deref().is_some_and(|w| cmdline.contains(w));
-        let uses_netns = cmdline
-            .split([' ', '/', '='])
-            .any(ours);
+        let uses_netns = cmdline.split([' ', '/', '=']).any(ours);
         if uses_work || uses_netns {
             out.push(format!(
                 "process {}: {cmdline}",

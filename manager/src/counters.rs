@@ -14,6 +14,32 @@ use patchpanel_proto::TrafficCounter;
 /// IPC packet).
 pub const MAX_DEVICES: usize = 256;
 
+/// The interface names a GetTrafficCounters request asks for, each once,
+/// in order; empty means every uplink. At most [`MAX_DEVICES`] different
+/// names: the list sent to the writer has to fit in one IPC packet (a
+/// longer one used to get the writer restarted).
+pub fn parse_request(
+    request: &patchpanel_proto::TrafficCountersRequest,
+) -> Result<Vec<patchpanel_ipc::IfName>, crate::dbus_service::CallError> {
+    use crate::dbus_service::CallError;
+    let mut wanted = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for d in &request.devices {
+        if !seen.insert(d.as_str()) {
+            continue;
+        }
+        if wanted.len() == MAX_DEVICES {
+            return Err(CallError::InvalidArgument(format!(
+                "GetTrafficCounters: devices: more than {MAX_DEVICES} different names"
+            )));
+        }
+        wanted.push(patchpanel_ipc::IfName::new(d).map_err(|e| {
+            CallError::InvalidArgument(format!("GetTrafficCounters: devices: {e}"))
+        })?);
+    }
+    Ok(wanted)
+}
+
 /// The D-Bus source of a fwmark source; `None` (untagged) is UNKNOWN.
 pub fn proto_source(source: Option<TrafficSource>) -> Source {
     let Some(source) = source else {

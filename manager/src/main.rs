@@ -8,25 +8,7 @@
 //! capabilities, no_new_privs; connects to the bus; installs its seccomp
 //! filter; and runs the event loop.
 
-mod adb_service;
-mod config;
-mod counters;
-mod dbus_service;
-mod guest_service;
-mod guests;
-mod lifeline;
-mod manager;
-mod mcast_service;
-mod namespaces;
-mod ndproxy_service;
-mod operations;
-mod pids;
-mod port_rules;
-mod routing;
-mod spawner;
-mod state;
-mod supervisor;
-mod uplinks;
+use patchpaneld::{adb_service, config, dbus_service, manager, port_rules, spawner, state};
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -39,7 +21,7 @@ use log::{error, info};
 use patchpanel_ipc::LogLevel;
 use patchpanel_sandbox::{Process, SeccompMode};
 
-use crate::config::{Config, Flags};
+use patchpaneld::config::{Config, Flags};
 
 /// The user crosvm runs as: owner of every VM TAP.
 const VM_USER: &str = "crosvm";

@@ -531,25 +531,7 @@ impl Manager {
         let request =
             patchpanel_proto::decode_request::<patchpanel_proto::TrafficCountersRequest>(bytes)
                 .map_err(|e| CallError::InvalidArgument(format!("GetTrafficCounters: {e}")))?;
-        let mut wanted = Vec::new();
-        // A name asked for twice is reported once, and the list sent to
-        // the writer has to fit in one IPC packet (a longer one used to get
-        // the writer restarted).
-        let mut seen = std::collections::HashSet::new();
-        for d in &request.devices {
-            if !seen.insert(d.as_str()) {
-                continue;
-            }
-            if wanted.len() == counters::MAX_DEVICES {
-                return Err(CallError::InvalidArgument(format!(
-                    "GetTrafficCounters: devices: more than {} different names",
-                    counters::MAX_DEVICES
-                )));
-            }
-            wanted.push(patchpanel_ipc::IfName::new(d).map_err(|e| {
-                CallError::InvalidArgument(format!("GetTrafficCounters: devices: {e}"))
-            })?);
-        }
+        let mut wanted = counters::parse_request(&request)?;
         if wanted.is_empty() {
             wanted = self
                 .uplinks

@@ -47,6 +47,46 @@ pub use route::{LinkRef, Route, RouteScope, RouteType, RT_TABLE_MAIN};
 pub use rule::Rule;
 pub use socket::Rtnl;
 
+/// Entry points for the fuzz targets (`fuzz/`): the parsers every byte
+/// the kernel sends goes through, called as the monitor and the dumps call
+/// them. Not for other use.
+#[doc(hidden)]
+pub mod fuzz {
+    /// A notification datagram, as the uplink monitor decodes it.
+    pub fn decode_datagram(buf: &[u8]) -> Vec<crate::RtnlEvent> {
+        let mut events = Vec::new();
+        crate::monitor::decode_datagram(buf, &mut events);
+        events
+    }
+
+    /// A dump reply: every message through the parser of its type, and
+    /// status messages through the ack parser. Returns how many parsed.
+    pub fn parse_dump(buf: &[u8]) -> usize {
+        let Ok(msgs) = crate::wire::split_messages(buf) else {
+            return 0;
+        };
+        let mut parsed = 0;
+        for m in msgs {
+            let ok = match m.ty {
+                libc::RTM_NEWLINK | libc::RTM_DELLINK => crate::link::parse_link(m.payload).is_ok(),
+                libc::RTM_NEWADDR | libc::RTM_DELADDR => {
+                    crate::address::parse_address(m.payload).is_ok()
+                }
+                libc::RTM_NEWROUTE | libc::RTM_DELROUTE => {
+                    crate::route::parse_route(m.payload).is_ok()
+                }
+                libc::RTM_NEWRULE | libc::RTM_DELRULE => crate::rule::parse_rule(m.payload).is_ok(),
+                libc::RTM_NEWNEIGH | libc::RTM_DELNEIGH => {
+                    crate::neigh::parse_neighbor(m.payload).is_ok()
+                }
+                ty => crate::wire::parse_status(ty, m.flags, m.payload).is_ok(),
+            };
+            parsed += usize::from(ok);
+        }
+        parsed
+    }
+}
+
 use std::net::IpAddr;
 
 /// An IP address family, for dumps and rules that carry no address.
@@ -149,6 +189,46 @@ pub(crate) fn validate_prefix(what: &'static str, addr: &IpAddr, prefix_len: u8)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seed(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../../fuzz/seeds/uplink_netlink/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        bytes[1..].to_vec() // the first byte picks the parser in the target
+    }
+
+    /// The fuzz seeds (real kernel replies, `fuzz/make-seeds.py`) reach the
+    /// parsers: every message of each dump parses, and the notifications
+    /// decode into events.
+    #[test]
+    fn the_fuzz_seeds_are_kernel_replies_the_parsers_understand() {
+        for name in [
+            "dump-links",
+            "dump-addrs",
+            "dump-routes4",
+            "dump-routes6",
+            "dump-rules",
+            "dump-neigh",
+        ] {
+            let buf = seed(name);
+            let total = wire::split_messages(&buf).unwrap().len();
+            assert!(total >= 2, "{name}: {total} messages");
+            assert_eq!(fuzz::parse_dump(&buf), total, "{name}");
+        }
+        let events: usize = (0..100)
+            .map(|i| format!("event-{i:02}"))
+            .take_while(|n| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../fuzz/seeds/uplink_netlink")
+                    .join(n)
+                    .exists()
+            })
+            .map(|n| fuzz::decode_datagram(&seed(&n)).len())
+            .sum();
+        assert!(events >= 5, "{events} events");
+    }
 
     #[test]
     fn ifname_validation_accepts_kernel_names() {

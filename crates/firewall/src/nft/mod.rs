@@ -137,6 +137,60 @@ pub struct DumpedChain {
     pub is_base: bool,
 }
 
+/// The counter samples of a family's dumped mangle rules: those of the
+/// accounting chains, read by the parser of `iptables-save -c` lines
+/// (each rule's comment is its iptables spec).
+fn counters_of(family: Family, rules: &[DumpedRule]) -> Result<Vec<CounterSample>, FirewallError> {
+    let mut text = String::new();
+    for r in rules {
+        if !is_accounting_chain(&r.chain) {
+            continue;
+        }
+        let (p, b) = r.counter.unwrap_or((0, 0));
+        text.push_str(&format!("[{p}:{b}] -A {} {}\n", r.chain, r.spec));
+    }
+    crate::counters::parse_counters(&text, family)
+        .map_err(|source| FirewallError::NftCounters { source })
+}
+
+/// Entry point for the fuzz targets (`fuzz/`): a datagram from nf_tables
+/// through every parser of dump replies and echoes the backend has (rules,
+/// their counters, set elements, the narrow accept and iptables' rules).
+/// Returns how many messages one of them understood. Not for other use.
+#[doc(hidden)]
+pub fn fuzz_replies(buf: &[u8]) -> usize {
+    let Ok(messages) = wire::split_messages(buf) else {
+        return 0;
+    };
+    let replies: Vec<Reply> = messages
+        .iter()
+        .filter_map(|(ty, seq, payload)| Reply::from_message(*ty, *seq, payload))
+        .collect();
+    let mut understood = 0;
+    let mut rules = Vec::new();
+    for r in &replies {
+        let _ = r.nft_type();
+        if let Some(rule) = parse_rule(r) {
+            rules.push(rule);
+            understood += 1;
+        }
+        understood += sets::parse_elements(r).len();
+        understood += usize::from(is_narrow_accept(r));
+        understood += usize::from(iptables_rule(r).is_some());
+    }
+    for family in Family::ALL {
+        let mine: Vec<DumpedRule> = rules
+            .iter()
+            .filter(|r| r.family == family)
+            .cloned()
+            .collect();
+        if let Ok(samples) = counters_of(family, &mine) {
+            understood += samples.len();
+        }
+    }
+    understood
+}
+
 fn parse_rule(r: &Reply) -> Option<DumpedRule> {
     let family = family_of(r.family)?;
     let table = table_of(&wire::attr_str(&r.attrs, rule_attr::TABLE)?)?;
@@ -1083,18 +1137,8 @@ impl FirewallBackend for Nftables {
     fn read_counters(&mut self) -> Result<Vec<CounterSample>, FirewallError> {
         let mut samples = Vec::new();
         for family in Family::ALL {
-            let mut text = String::new();
-            for r in self.rules(family, Table::Mangle, None)? {
-                if !is_accounting_chain(&r.chain) {
-                    continue;
-                }
-                let (p, b) = r.counter.unwrap_or((0, 0));
-                text.push_str(&format!("[{p}:{b}] -A {} {}\n", r.chain, r.spec));
-            }
-            samples.extend(
-                crate::counters::parse_counters(&text, family)
-                    .map_err(|source| FirewallError::NftCounters { source })?,
-            );
+            let rules = self.rules(family, Table::Mangle, None)?;
+            samples.extend(counters_of(family, &rules)?);
         }
         Ok(samples)
     }
@@ -1717,6 +1761,39 @@ fn family_word(family: Family) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seed(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../../fuzz/seeds/nft_netlink/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The fuzz seeds (real kernel dumps, `fuzz/make-seeds.py`) reach the
+    /// parsers: rules with their counters and comments, the counter
+    /// samples of the accounting chains, set elements.
+    #[test]
+    fn the_fuzz_seeds_are_kernel_replies_the_parsers_understand() {
+        let all = seed("dump-rules-all");
+        let messages = wire::split_messages(&all).unwrap();
+        let rules: Vec<DumpedRule> = messages
+            .iter()
+            .filter_map(|(ty, seq, p)| Reply::from_message(*ty, *seq, p))
+            .filter_map(|r| parse_rule(&r))
+            .collect();
+        let counted: Vec<_> = rules
+            .iter()
+            .filter(|r| r.chain == "rx_eth0" && r.family == Family::V4)
+            .collect();
+        assert_eq!(counted.len(), 3, "{rules:#?}");
+        assert_eq!(counted[0].counter, Some((12, 3456)));
+        assert_eq!(counted[0].spec, "-m mark --mark 0x100/0x3f00 -j RETURN");
+        let samples = counters_of(Family::V4, &rules).unwrap();
+        assert!(!samples.is_empty());
+        assert!(fuzz_replies(&all) > rules.len());
+        assert!(fuzz_replies(&seed("dump-set-elems")) >= 2);
+    }
 
     #[test]
     fn userdata_is_an_nft_comment_and_reads_back() {

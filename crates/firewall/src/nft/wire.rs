@@ -211,7 +211,35 @@ pub struct Reply {
     pub attrs: Vec<u8>,
 }
 
+/// Splits a received datagram into (type, sequence, payload) messages.
+pub fn split_messages(buf: &[u8]) -> io::Result<Vec<(u16, u32, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut rest = buf;
+    while rest.len() >= NLMSG_HDRLEN {
+        let len = ne_u32(&rest[0..4]) as usize;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            return Err(io::Error::other("malformed netlink message"));
+        }
+        let ty = u16::from_ne_bytes([rest[4], rest[5]]);
+        let seq = ne_u32(&rest[8..12]);
+        out.push((ty, seq, rest[NLMSG_HDRLEN..len].to_vec()));
+        rest = &rest[align4(len).min(rest.len())..];
+    }
+    Ok(out)
+}
+
 impl Reply {
+    /// A received message other than an error or DONE, if it carries the
+    /// `nfgenmsg` header.
+    pub fn from_message(nl_type: u16, seq: u32, payload: &[u8]) -> Option<Reply> {
+        (payload.len() >= NFGENMSG_LEN).then(|| Reply {
+            nl_type,
+            family: payload[0],
+            seq,
+            attrs: payload[NFGENMSG_LEN..].to_vec(),
+        })
+    }
+
     /// The nf_tables message type, if it is one.
     pub fn nft_type(&self) -> Option<u16> {
         (self.nl_type >> 8 == NFNL_SUBSYS_NFTABLES).then_some(self.nl_type & 0xff)
@@ -349,19 +377,7 @@ impl NfSocket {
                     "netlink message of {n} bytes truncated"
                 )));
             }
-            let mut out = Vec::new();
-            let mut rest = &buf[..n];
-            while rest.len() >= NLMSG_HDRLEN {
-                let len = ne_u32(&rest[0..4]) as usize;
-                if len < NLMSG_HDRLEN || len > rest.len() {
-                    return Err(io::Error::other("malformed netlink message"));
-                }
-                let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-                let seq = ne_u32(&rest[8..12]);
-                out.push((ty, seq, rest[NLMSG_HDRLEN..len].to_vec()));
-                rest = &rest[align4(len).min(rest.len())..];
-            }
-            return Ok(out);
+            return split_messages(&buf[..n]);
         }
     }
 
@@ -420,13 +436,8 @@ impl NfSocket {
                     if errno != 0 && (errno == -libc::ENOBUFS || errno == -libc::ENOMEM) {
                         return Ok(Err(errors));
                     }
-                } else if ty != NLMSG_DONE && payload.len() >= NFGENMSG_LEN {
-                    echoes.push(Reply {
-                        nl_type: ty,
-                        family: payload[0],
-                        seq,
-                        attrs: payload[NFGENMSG_LEN..].to_vec(),
-                    });
+                } else if ty != NLMSG_DONE {
+                    echoes.extend(Reply::from_message(ty, seq, &payload));
                 }
             }
         }
@@ -464,13 +475,7 @@ impl NfSocket {
                         }
                         return Err(io::Error::from_raw_os_error(-errno));
                     }
-                    _ if payload.len() >= NFGENMSG_LEN => out.push(Reply {
-                        nl_type: ty,
-                        family: payload[0],
-                        seq: rseq,
-                        attrs: payload[NFGENMSG_LEN..].to_vec(),
-                    }),
-                    _ => {}
+                    _ => out.extend(Reply::from_message(ty, rseq, &payload)),
                 }
             }
         }

@@ -1,0 +1,111 @@
+//! Every D-Bus request body the manager accepts, through the decoder and
+//! the validation the daemon runs on it (manager/src: `decode_request`,
+//! `namespaces::parse_request`, `port_rules::parse`,
+//! `counters::parse_request`, `guests::check_id`/`parallels_index`).
+//!
+//! The first byte picks the method, the rest is the protobuf. Beyond
+//! "never panics": whatever validates must re-encode and validate again to
+//! the same result (the state file and the replay keep validated values).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use patchpanel_proto as proto;
+use patchpanel_proto::decode_request;
+use patchpaneld::{counters, guests, namespaces, port_rules};
+use prost::Message;
+
+fn policy() -> port_rules::PortPolicy {
+    port_rules::PortPolicy {
+        lockdown_uid: 0,
+        forwarding_targets: vec!["100.115.92.0/23".parse().expect("subnet")],
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&method, body)) = data.split_first() else {
+        return;
+    };
+    match method % 16 {
+        0 => {
+            let _ = decode_request::<proto::GetDevicesRequest>(body);
+        }
+        1 => {
+            if let Ok(req) = decode_request::<proto::ConnectNamespaceRequest>(body) {
+                if let Ok(parsed) = namespaces::parse_request(&req) {
+                    let again = decode_request::<proto::ConnectNamespaceRequest>(
+                        &req.encode_to_vec(),
+                    )
+                    .expect("re-encoded request decodes");
+                    assert_eq!(
+                        namespaces::parse_request(&again).ok(),
+                        Some(parsed),
+                        "validation is not stable"
+                    );
+                }
+            }
+        }
+        2 => {
+            if let Ok(req) = decode_request::<proto::ModifyPortRuleRequest>(body) {
+                if let Ok(op) = port_rules::parse(&req, &policy()) {
+                    let again =
+                        decode_request::<proto::ModifyPortRuleRequest>(&req.encode_to_vec())
+                            .expect("re-encoded request decodes");
+                    assert_eq!(
+                        port_rules::parse(&again, &policy()).ok(),
+                        Some(op),
+                        "validation is not stable"
+                    );
+                }
+            }
+        }
+        3 => {
+            if let Ok(req) = decode_request::<proto::TrafficCountersRequest>(body) {
+                if let Ok(names) = counters::parse_request(&req) {
+                    assert!(names.len() <= counters::MAX_DEVICES);
+                }
+            }
+        }
+        4 => {
+            let _ = decode_request::<proto::ArcStartupRequest>(body);
+        }
+        5 => {
+            let _ = decode_request::<proto::ArcShutdownRequest>(body);
+        }
+        6 => {
+            if let Ok(req) = decode_request::<proto::ArcVmStartupRequest>(body) {
+                let _ = guests::check_id("cid", u64::from(req.cid));
+            }
+        }
+        7 => {
+            let _ = decode_request::<proto::ArcVmShutdownRequest>(body);
+        }
+        8 => {
+            if let Ok(req) = decode_request::<proto::TerminaVmStartupRequest>(body) {
+                let _ = guests::check_id("cid", u64::from(req.cid));
+            }
+        }
+        9 => {
+            let _ = decode_request::<proto::TerminaVmShutdownRequest>(body);
+        }
+        10 => {
+            if let Ok(req) = decode_request::<proto::PluginVmStartupRequest>(body) {
+                let _ = guests::check_id("id", req.id);
+                let addrs = patchpanel_addr::AddressManager::new();
+                let _ = guests::parallels_index(&addrs, req.subnet_index);
+            }
+        }
+        11 => {
+            let _ = decode_request::<proto::PluginVmShutdownRequest>(body);
+        }
+        12 => {
+            let _ = decode_request::<proto::SetVpnIntentRequest>(body);
+        }
+        13 => {
+            let _ = decode_request::<proto::SetVpnLockdownRequest>(body);
+        }
+        14 => {
+            let _ = decode_request::<proto::SetDnsRedirectionRuleRequest>(body);
+        }
+        _ => {}
+    }
+});

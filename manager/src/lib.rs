@@ -1,0 +1,23 @@
+//! The manager's library: everything `patchpaneld` (src/main.rs) runs,
+//! as modules, so that the fuzz targets (fuzz/) reach the request decoders
+//! and their validation exactly as the daemon runs them.
+
+pub mod adb_service;
+pub mod config;
+pub mod counters;
+pub mod dbus_service;
+pub mod guest_service;
+pub mod guests;
+pub mod lifeline;
+pub mod manager;
+pub mod mcast_service;
+pub mod namespaces;
+pub mod ndproxy_service;
+pub mod operations;
+pub mod pids;
+pub mod port_rules;
+pub mod routing;
+pub mod spawner;
+pub mod state;
+pub mod supervisor;
+pub mod uplinks;

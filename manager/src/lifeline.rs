@@ -81,7 +81,7 @@ impl LifelineWatcher {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn watched(&self) -> usize {
         self.by_token.len()
     }
 }
@@ -131,7 +131,7 @@ mod tests {
         assert_eq!(fired, vec![token]);
         assert_eq!(w.fired(poll.registry(), token), Some(Guarded::Namespace(3)));
         assert_eq!(w.fired(poll.registry(), token), None);
-        assert_eq!(w.len(), 0);
+        assert_eq!(w.watched(), 0);
     }
 
     #[test]

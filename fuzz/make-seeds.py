@@ -21,6 +21,11 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEEDS = os.path.join(HERE, "seeds")
 
+# The protobuf encoder the tests' ConnectNamespace client already has.
+sys.dont_write_bytecode = True  # keep the checkout clean
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "tools"))
+from connect_ns import key, varint  # noqa: E402
+
 
 def write(target, name, data):
     d = os.path.join(SEEDS, target)
@@ -32,26 +37,13 @@ def write(target, name, data):
 # ---- protobuf ----------------------------------------------------------
 
 
-def varint(n):
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def pb_int(field, n):
-    return varint(field << 3) + varint(n)
+    return key(field, 0) + varint(n)
 
 
 def pb_str(field, s):
     b = s.encode() if isinstance(s, str) else s
-    return varint(field << 3 | 2) + varint(len(b)) + b
+    return key(field, 2) + varint(len(b)) + b
 
 
 def dbus_seeds():

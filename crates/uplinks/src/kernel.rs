@@ -3,13 +3,14 @@
 //! [`Uplink`]s and picking the default network is tested without a kernel.
 //! [`KernelWatcher`] fills it from rtnetlink.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use std::os::fd::{AsRawFd, RawFd};
 
+use patchpanel_ipc::datapath::LINK_ALIAS;
 use patchpanel_rtnl::{
-    Family, LinkRef, MonitorGroups, Route, RouteType, Rtnl, RtnlError, RtnlEvent, RtnlMonitor,
+    Family, Link, LinkRef, MonitorGroups, Route, RouteType, Rtnl, RtnlError, RtnlEvent, RtnlMonitor,
 };
 
 use crate::{IfName, Technology, Uplink, UplinkError};
@@ -148,17 +149,23 @@ pub(crate) fn socket_has_data(fd: RawFd) -> bool {
 
 /// Kernel state kept current from an rtnetlink monitor.
 ///
-/// Every wake-up with at least one notification re-dumps links, addresses
-/// and routes instead of applying the notifications one by one: the kernel
-/// removes IPv4 routes of a link that goes down without telling anyone, an
-/// [`RtnlEvent::Overrun`] needs a re-dump anyway, and a host has a handful
-/// of links. The monitor is opened before the first dump so no change falls
-/// between the two.
+/// A wake-up with a notification about anything but patchpanel's own links
+/// re-dumps links, addresses and routes instead of applying the
+/// notifications one by one: the kernel removes IPv4 routes of a link that
+/// goes down without telling anyone, an [`RtnlEvent::Overrun`] needs a
+/// re-dump anyway, and a host has a handful of uplinks. Notifications that
+/// only concern links patchpanel created (they carry [`LINK_ALIAS`] and are
+/// never uplinks) are not worth a dump, which grows with the number of guest
+/// links: at 100 connected namespaces each one took ~2 ms of the manager's
+/// loop, ahead of the next lifeline or call. The monitor is opened before
+/// the first dump so no change falls between the two.
 #[derive(Debug)]
 pub(crate) struct KernelWatcher {
     rtnl: Rtnl,
     monitor: RtnlMonitor,
     view: KernelView,
+    /// The ifindexes of the links carrying [`LINK_ALIAS`].
+    ours: HashSet<u32>,
 }
 
 /// Receive buffer for the monitor: room for a burst of guest veths coming
@@ -178,11 +185,12 @@ impl KernelWatcher {
             log::warn!("uplinks: {e}; overruns will cost a re-dump");
         }
         let rtnl = Rtnl::new().map_err(netlink("open the request socket"))?;
-        let view = dump(&rtnl)?;
+        let (view, ours) = dump(&rtnl)?;
         Ok(KernelWatcher {
             rtnl,
             monitor,
             view,
+            ours,
         })
     }
 
@@ -204,7 +212,13 @@ impl KernelWatcher {
         if events.contains(&RtnlEvent::Overrun) {
             log::info!("uplinks: rtnetlink notifications were lost; re-dumping");
         }
-        self.view = dump(&self.rtnl)?;
+        let view = &self.view;
+        let viewed = |index: u32| view.links.iter().any(|l| l.ifindex == index);
+        match only_ours(&events, &self.ours, &viewed) {
+            // The view has none of our links: it stays as it is.
+            Some(ours) => self.ours = ours,
+            None => (self.view, self.ours) = dump(&self.rtnl)?,
+        }
         Ok(true)
     }
 
@@ -214,12 +228,79 @@ impl KernelWatcher {
     }
 }
 
-/// Links, addresses and the default routes of every table.
-fn dump(rtnl: &Rtnl) -> Result<KernelView, UplinkError> {
-    let links = rtnl
-        .links()
-        .map_err(netlink("dump links"))?
+fn is_ours(link: &Link) -> bool {
+    link.alias.as_deref() == Some(LINK_ALIAS)
+}
+
+/// When every event of `events` concerns a link patchpanel created (known
+/// in `ours`, or labelled in this batch), the links of ours after them;
+/// `None` when something else changed (or notifications were lost) and the
+/// view needs a re-dump. A link is ours as its last notification in the
+/// batch says (the first one of a new veth comes before its label); a
+/// default route never counts as ours, nor does a link the view has (it
+/// was labelled after a dump saw it, and must leave the view).
+fn only_ours(
+    events: &[RtnlEvent],
+    ours: &HashSet<u32>,
+    viewed: &dyn Fn(u32) -> bool,
+) -> Option<HashSet<u32>> {
+    let mut labelled: HashMap<u32, bool> = HashMap::new();
+    for e in events {
+        if let RtnlEvent::NewLink(l) = e {
+            labelled.insert(l.index, is_ours(l));
+        }
+    }
+    let mut known = ours.clone();
+    for (&index, &is) in &labelled {
+        if is {
+            if viewed(index) {
+                return None;
+            }
+            known.insert(index);
+        } else {
+            known.remove(&index);
+        }
+    }
+    let of_ours = |e: &RtnlEvent| match e {
+        RtnlEvent::NewLink(l) => known.contains(&l.index),
+        RtnlEvent::DelLink(l) => known.contains(&l.index) || is_ours(l),
+        RtnlEvent::NewAddress(a) | RtnlEvent::DelAddress(a) => known.contains(&a.ifindex),
+        RtnlEvent::NewRoute(r) | RtnlEvent::DelRoute(r) => {
+            r.prefix_len != 0 && matches!(r.oif, Some(LinkRef::Index(i)) if known.contains(&i))
+        }
+        RtnlEvent::Overrun => false,
+    };
+    if !events.iter().all(of_ours) {
+        return None;
+    }
+    // In order: a link deleted and then created again stays known.
+    for e in events {
+        match e {
+            RtnlEvent::NewLink(l) if is_ours(l) => {
+                known.insert(l.index);
+            }
+            RtnlEvent::DelLink(l) => {
+                known.remove(&l.index);
+            }
+            _ => {}
+        }
+    }
+    Some(known)
+}
+
+/// Links, addresses and the default routes of every table, and which links
+/// are patchpanel's own. The view leaves patchpanel's links and their
+/// addresses out: they are never uplinks, whatever their name.
+fn dump(rtnl: &Rtnl) -> Result<(KernelView, HashSet<u32>), UplinkError> {
+    let links = rtnl.links().map_err(netlink("dump links"))?;
+    let ours: HashSet<u32> = links
+        .iter()
+        .filter(|l| is_ours(l))
+        .map(|l| l.index)
+        .collect();
+    let links = links
         .into_iter()
+        .filter(|l| !ours.contains(&l.index))
         .map(|l| KernelLink {
             ifindex: l.index,
             loopback: l.name == "lo",
@@ -231,6 +312,7 @@ fn dump(rtnl: &Rtnl) -> Result<KernelView, UplinkError> {
         .addresses(None)
         .map_err(netlink("dump addresses"))?
         .into_iter()
+        .filter(|a| !ours.contains(&a.ifindex))
         .map(|a| KernelAddr {
             ifindex: a.ifindex,
             addr: a.addr,
@@ -242,11 +324,14 @@ fn dump(rtnl: &Rtnl) -> Result<KernelView, UplinkError> {
         let routes = rtnl.routes(family, None).map_err(netlink("dump routes"))?;
         default_routes.extend(routes.into_iter().filter_map(default_route));
     }
-    Ok(KernelView {
-        links,
-        addrs,
-        default_routes,
-    })
+    Ok((
+        KernelView {
+            links,
+            addrs,
+            default_routes,
+        },
+        ours,
+    ))
 }
 
 /// A unicast route to `0.0.0.0/0` or `::/0`, as a [`DefaultRoute`].
@@ -270,6 +355,8 @@ fn default_route(r: Route) -> Option<DefaultRoute> {
 #[cfg(test)]
 mod tests {
     use std::net::Ipv6Addr;
+
+    use patchpanel_rtnl::AddressInfo;
 
     use super::*;
 
@@ -424,5 +511,128 @@ mod tests {
         let uplinks = [v.uplink("eth0", Technology::Ethernet).unwrap()];
 
         assert_eq!(v.default_by_route(uplinks.iter()), None);
+    }
+
+    fn rlink(index: u32, name: &str, alias: Option<&str>) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            alias: alias.map(String::from),
+            mac: None,
+            up: true,
+            running: true,
+            multicast: true,
+            allmulti: false,
+            kind: Some("veth".into()),
+            mtu: 1500,
+            master: None,
+        }
+    }
+
+    fn addr(ifindex: u32, a: &str) -> AddressInfo {
+        AddressInfo {
+            ifindex,
+            addr: a.parse().unwrap(),
+            prefix_len: 30,
+        }
+    }
+
+    fn on_link(index: u32, dst: &str, prefix_len: u8) -> Route {
+        let mut r = Route::new(dst.parse().unwrap(), prefix_len);
+        r.oif = Some(LinkRef::Index(index));
+        r
+    }
+
+    const OURS: Option<&str> = Some(LINK_ALIAS);
+
+    #[test]
+    fn a_new_guest_veth_labelled_in_the_same_batch_needs_no_dump() {
+        // What a ConnectNamespace setup sends: the veth (not labelled yet),
+        // its label, its address and its connected route.
+        let events = [
+            RtnlEvent::NewLink(rlink(7, "arc_ns0", None)),
+            RtnlEvent::NewLink(rlink(7, "arc_ns0", OURS)),
+            RtnlEvent::NewAddress(addr(7, "100.115.92.129")),
+            RtnlEvent::NewRoute(on_link(7, "100.115.92.128", 30)),
+        ];
+        let ours = only_ours(&events, &HashSet::new(), &|_| false).expect("only ours");
+        assert_eq!(ours, HashSet::from([7]));
+    }
+
+    #[test]
+    fn a_guest_veth_going_away_needs_no_dump_and_is_forgotten() {
+        let events = [
+            RtnlEvent::DelAddress(addr(7, "100.115.92.129")),
+            RtnlEvent::DelRoute(on_link(7, "fe80::", 64)),
+            RtnlEvent::DelLink(rlink(7, "arc_ns0", OURS)),
+        ];
+        let ours = only_ours(&events, &HashSet::from([7, 8]), &|_| false).expect("only ours");
+        assert_eq!(ours, HashSet::from([8]));
+    }
+
+    #[test]
+    fn anything_about_another_link_needs_a_dump() {
+        let ours = HashSet::from([7]);
+        for other in [
+            RtnlEvent::NewLink(rlink(2, "eth0", None)),
+            RtnlEvent::DelLink(rlink(2, "eth0", None)),
+            RtnlEvent::NewAddress(addr(2, "192.168.1.2")),
+            RtnlEvent::DelAddress(addr(2, "192.168.1.2")),
+            RtnlEvent::NewRoute(on_link(2, "0.0.0.0", 0)),
+            RtnlEvent::DelRoute(on_link(2, "192.168.1.0", 24)),
+            RtnlEvent::Overrun,
+        ] {
+            let events = [RtnlEvent::NewAddress(addr(7, "100.115.92.129")), other];
+            assert_eq!(
+                only_ours(&events, &ours, &|_| false),
+                None,
+                "{:?}",
+                events[1]
+            );
+        }
+    }
+
+    #[test]
+    fn a_default_route_or_a_route_without_an_index_needs_a_dump_even_on_our_link() {
+        let ours = HashSet::from([7]);
+        let default = on_link(7, "0.0.0.0", 0);
+        assert_eq!(
+            only_ours(&[RtnlEvent::NewRoute(default)], &ours, &|_| false),
+            None
+        );
+        let mut by_name = on_link(7, "10.0.0.0", 8);
+        by_name.oif = Some(LinkRef::Name("arc_ns0".into()));
+        assert_eq!(
+            only_ours(&[RtnlEvent::NewRoute(by_name)], &ours, &|_| false),
+            None
+        );
+        let mut no_oif = on_link(7, "10.0.0.0", 8);
+        no_oif.oif = None;
+        assert_eq!(
+            only_ours(&[RtnlEvent::DelRoute(no_oif)], &ours, &|_| false),
+            None
+        );
+    }
+
+    #[test]
+    fn a_link_of_ours_that_loses_its_label_needs_a_dump() {
+        let ours = HashSet::from([7]);
+        let events = [
+            RtnlEvent::NewLink(rlink(7, "arc_ns0", OURS)),
+            RtnlEvent::NewLink(rlink(7, "eth9", None)),
+        ];
+        assert_eq!(only_ours(&events, &ours, &|_| false), None);
+        // An unlabelled first notification with no label after it is not ours.
+        let events = [RtnlEvent::NewLink(rlink(9, "arc_ns1", None))];
+        assert_eq!(only_ours(&events, &HashSet::new(), &|_| false), None);
+    }
+
+    #[test]
+    fn a_link_labelled_after_a_dump_saw_it_needs_a_dump() {
+        let events = [RtnlEvent::NewLink(rlink(9, "eth5", OURS))];
+        assert_eq!(only_ours(&events, &HashSet::new(), &|i| i == 9), None);
+        // Once ours, later notifications about it do not.
+        let ours = HashSet::from([9]);
+        assert_eq!(only_ours(&events, &ours, &|_| false), Some(ours.clone()));
     }
 }

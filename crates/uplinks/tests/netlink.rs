@@ -252,3 +252,52 @@ fn an_uplink_appearing_later_with_a_default_route_becomes_the_default() {
         Some(Ipv4Addr::new(192, 168, 42, 1))
     );
 }
+
+/// A veth `name` (peer `p<name>`, no uplink) labelled as patchpanel labels
+/// the links it creates.
+fn add_patchpanel_link(name: &str) {
+    let peer = format!("p{name}");
+    ip(&["link", "add", name, "type", "veth", "peer", "name", &peer]);
+    ip(&["link", "set", name, "alias", "patchpanel"]);
+}
+
+#[test]
+fn links_patchpanel_created_are_never_uplinks_whatever_their_name() {
+    world(false);
+    let mut source = started();
+
+    // Created, labelled and configured between two reads: nothing to say.
+    add_patchpanel_link("eth5");
+    ip(&["link", "set", "eth5", "up"]);
+    ip(&["addr", "add", "100.115.92.129/30", "dev", "eth5"]);
+    assert_eq!(collect_until(&mut source, |_| true), []);
+
+    // Other links are still seen after it.
+    add_link("eth6");
+    let events = collect_until(&mut source, |e| !e.is_empty());
+    assert!(
+        matches!(&events[..], [UplinkEvent::Added(u)] if u.name.as_str() == "eth6"),
+        "{events:#?}"
+    );
+
+    // Seen before its label (a read fell in between): gone once labelled.
+    ip(&[
+        "link", "add", "eth7", "type", "veth", "peer", "name", "peth7",
+    ]);
+    let events = collect_until(&mut source, |e| !e.is_empty());
+    assert!(
+        matches!(&events[..], [UplinkEvent::Added(u)] if u.name.as_str() == "eth7"),
+        "{events:#?}"
+    );
+    ip(&["link", "set", "eth7", "alias", "patchpanel"]);
+    let events = collect_until(&mut source, |e| !e.is_empty());
+    assert!(
+        matches!(&events[..], [UplinkEvent::Removed(u)] if u.name.as_str() == "eth7"),
+        "{events:#?}"
+    );
+
+    ip(&["link", "del", "eth5"]);
+    ip(&["link", "del", "eth7"]);
+    assert_eq!(collect_until(&mut source, |_| true), []);
+    assert_eq!(source.uplinks().len(), 3);
+}

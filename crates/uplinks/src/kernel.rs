@@ -3,7 +3,7 @@
 //! [`Uplink`]s and picking the default network is tested without a kernel.
 //! [`KernelWatcher`] fills it from rtnetlink.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -244,21 +244,16 @@ fn only_ours(
     ours: &HashSet<u32>,
     viewed: &dyn Fn(u32) -> bool,
 ) -> Option<HashSet<u32>> {
-    let mut labelled: HashMap<u32, bool> = HashMap::new();
+    let mut known = ours.clone();
     for e in events {
         if let RtnlEvent::NewLink(l) = e {
-            labelled.insert(l.index, is_ours(l));
-        }
-    }
-    let mut known = ours.clone();
-    for (&index, &is) in &labelled {
-        if is {
-            if viewed(index) {
+            if !is_ours(l) {
+                known.remove(&l.index);
+            } else if viewed(l.index) {
                 return None;
+            } else {
+                known.insert(l.index);
             }
-            known.insert(index);
-        } else {
-            known.remove(&index);
         }
     }
     let of_ours = |e: &RtnlEvent| match e {

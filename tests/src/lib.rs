@@ -21,6 +21,7 @@ pub mod direct_helper;
 pub mod fake_shill;
 pub mod mcast;
 pub mod netns;
+pub mod policy;
 pub mod procfs;
 pub mod snapshot;
 pub mod spawned;

@@ -106,6 +106,8 @@ pub struct World {
     pub bus: PrivateBus,
     pub internet: Internet,
     pub netns: Netns,
+    /// The bus policy files the bus was started with, if any.
+    policy_dir: Option<tempfile::TempDir>,
 }
 
 impl World {
@@ -124,7 +126,36 @@ impl World {
             bus,
             internet,
             netns,
+            policy_dir: None,
         })
+    }
+
+    /// A world whose bus runs the stock system bus defaults and the
+    /// project's own policy ([`crate::policy`]), as a real host's system
+    /// bus would: callers other than root get only their methods.
+    pub fn start_with_policy(options: DaemonOptions) -> Result<World> {
+        let dir = tempfile::Builder::new()
+            .prefix("ppt-policy-")
+            .tempdir()
+            .context("policy directory")?;
+        let policy = crate::policy::write_test_policy(dir.path())?;
+        let netns = Netns::new()?;
+        let internet = Internet::attach(&netns)?;
+        let bus = PrivateBus::start_with_policy(&[&policy])?;
+        let mut daemon = Daemon::start_with(&netns, &bus, options)?;
+        daemon.wait_ready()?;
+        Ok(World {
+            daemon,
+            bus,
+            internet,
+            netns,
+            policy_dir: Some(dir),
+        })
+    }
+
+    /// Whether the bus runs the project's policy.
+    pub fn has_policy(&self) -> bool {
+        self.policy_dir.is_some()
     }
 
     /// Runs `argv` inside the named namespace `name` (one the daemon made).

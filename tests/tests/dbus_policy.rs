@@ -12,12 +12,13 @@
 //! `patchpanel` group keep their names. The expected table below is written
 //! from the original service's policy, not read from the file under test.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use patchpanel_proto::names;
 use patchpanel_tests::dbus_client::{ERROR_FAILED, ERROR_INVALID_ARGUMENT, INTERFACE};
+use patchpanel_tests::policy::{
+    policy_for_test_users, policy_path, primary_group, write_test_policy, GROUP_MEMBER, STAND_INS,
+};
 use patchpanel_tests::{Daemon, MethodError, Netns, PrivateBus};
 
 const ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
@@ -74,20 +75,6 @@ const VM_METHODS: &[&str] = &[
     "BorealisVmShutdown",
 ];
 
-/// The ChromeOS callers named in the policy and the test users standing in
-/// for them.
-const STAND_INS: &[(&str, &str)] = &[
-    ("chronos", "pp-chronos"),
-    ("shill", "pp-shill"),
-    ("devbroker", "pp-devbroker"),
-    ("system-proxy", "pp-system-proxy"),
-    ("dns-proxy", "pp-dns-proxy"),
-    ("dns-proxy-system", "pp-dns-proxy-system"),
-    ("dns-proxy-user", "pp-dns-proxy-user"),
-];
-
-/// A member of the `patchpanel` group (and of no other listed role).
-const GROUP_MEMBER: &str = "pp-client";
 /// A user the policy does not name.
 const STRANGER: &str = "nobody";
 
@@ -147,63 +134,10 @@ fn expected_table() -> Vec<(&'static str, Option<Vec<&'static str>>)> {
     ]
 }
 
-fn policy_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../upstart/org.chromium.PatchPanel.conf")
-}
-
-/// The policy with each ChromeOS caller renamed to its stand-in.
-fn policy_for_test_users(original: &str) -> String {
-    let mut text = original.to_string();
-    for (name, stand_in) in STAND_INS {
-        text = text.replace(&format!("user=\"{name}\""), &format!("user=\"{stand_in}\""));
-    }
-    text
-}
-
-/// Every `user="..."` value in a policy text.
-fn policy_users(text: &str) -> BTreeSet<String> {
-    text.split("user=\"")
-        .skip(1)
-        .filter_map(|rest| rest.split_once('"').map(|(name, _)| name.to_string()))
-        .collect()
-}
-
-/// Writes the renamed copy into `dir` and returns its path.
-fn write_test_policy(dir: &Path) -> PathBuf {
-    let original = std::fs::read_to_string(policy_path()).expect("read the policy");
-    let copy = policy_for_test_users(&original);
-    let known: BTreeSet<String> = ["root", "patchpaneld", "crosvm"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(STAND_INS.iter().map(|(_, s)| s.to_string()))
-        .collect();
-    let unknown: Vec<_> = policy_users(&copy).difference(&known).cloned().collect();
-    assert!(
-        unknown.is_empty(),
-        "the policy names users this test has no stand-in for: {unknown:?}"
-    );
-    let path = dir.join("org.chromium.PatchPanel.conf");
-    std::fs::write(&path, copy).expect("write the policy copy");
-    path
-}
-
-/// `user`'s primary group, failing with a hint when the user is missing.
-fn primary_group(user: &str) -> String {
-    let out = Command::new("id")
-        .args(["-g", user])
-        .output()
-        .expect("run id");
-    assert!(
-        out.status.success(),
-        "user {user} does not exist: run scripts/bootstrap (it creates the test users)"
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Runs `dbus-send --print-reply ARGS...` as `user` (with its groups) on the
 /// bus at `address`; returns stdout, or the error dbus-send printed.
 fn dbus_send_as(user: &str, address: &str, args: &[&str]) -> Result<String, MethodError> {
-    let group = primary_group(user);
+    let group = primary_group(user).expect("test user");
     let out = Command::new("setpriv")
         .args(["--reuid", user, "--regid", &group, "--init-groups", "--"])
         .arg("dbus-send")
@@ -280,7 +214,7 @@ fn the_test_covers_every_method_the_implementation_knows() {
 fn each_caller_reaches_its_methods_and_is_refused_every_other() {
     let netns = Netns::new().expect("netns");
     let scratch = tempfile::tempdir().expect("tempdir");
-    let policy = write_test_policy(scratch.path());
+    let policy = write_test_policy(scratch.path()).expect("policy copy");
     let bus = PrivateBus::start_with_policy(&[&policy]).expect("bus with the policy");
     let mut daemon = Daemon::start(&netns, &bus).expect("daemon");
     // The harness's readiness probe calls GetDevices as root.
@@ -335,7 +269,7 @@ fn each_caller_reaches_its_methods_and_is_refused_every_other() {
 fn a_caller_of_an_unlisted_uid_gets_access_denied_naming_the_method() {
     let netns = Netns::new().expect("netns");
     let scratch = tempfile::tempdir().expect("tempdir");
-    let policy = write_test_policy(scratch.path());
+    let policy = write_test_policy(scratch.path()).expect("policy copy");
     let bus = PrivateBus::start_with_policy(&[&policy]).expect("bus with the policy");
     // The name must have an owner: without one the bus answers ServiceUnknown
     // before it looks at the policy.
@@ -365,7 +299,7 @@ fn request_name_as(user: &str, address: &str) -> Result<String, MethodError> {
 #[test]
 fn only_the_daemon_user_may_own_the_name() {
     let scratch = tempfile::tempdir().expect("tempdir");
-    let policy = write_test_policy(scratch.path());
+    let policy = write_test_policy(scratch.path()).expect("policy copy");
     let bus = PrivateBus::start_with_policy(&[&policy]).expect("bus with the policy");
 
     for user in ["root", "crosvm", GROUP_MEMBER, "pp-shill", STRANGER] {

@@ -15,10 +15,7 @@ use patchpaneld::{counters, guests, namespaces, port_rules};
 use prost::Message;
 
 fn policy() -> port_rules::PortPolicy {
-    port_rules::PortPolicy {
-        lockdown_uid: 0,
-        forwarding_targets: vec!["100.115.92.0/23".parse().expect("subnet")],
-    }
+    port_rules::PortPolicy::with_defaults(0)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -113,11 +113,16 @@ pub enum Step {
     /// `ip netns attach NAME PID`. The process is pinned by a pidfd sent
     /// beside the request (fd index `pidfd`): the writer refuses if the
     /// process has exited (the pid could have been reused), and refuses
-    /// pid 1's namespace and its own. Undo: delete the name.
+    /// pid 1's namespace and its own. With `owner_uid`, the namespace must
+    /// also belong to a user namespace other than the writer's own, owned
+    /// by that uid: one the caller could have made itself (a non-root
+    /// caller never gets a namespace root made, e.g. for a service with
+    /// systemd's `PrivateNetwork=`). Undo: delete the name.
     AttachNetns {
         name: NetnsName,
         pid: i32,
         pidfd: u8,
+        owner_uid: Option<u32>,
     },
     /// Removes a named namespace (the name must carry the prefix).
     DeleteNetns {

@@ -55,6 +55,13 @@ pub struct Config {
     /// transaction per operation), "iptables" (`iptables-nft-restore`), or
     /// "auto": nftables where the kernel has nf_tables, else iptables.
     pub firewall_backend: String,
+    /// Connected namespaces one non-root user may hold at once (root is
+    /// not limited; the pool bounds everyone together).
+    pub namespaces_per_uid: u32,
+    /// Active port rules (ACCESS, LOCKDOWN, FORWARDING together), at most.
+    pub max_port_rules: u32,
+    /// Active port rules naming one interface, at most.
+    pub max_port_rules_per_interface: u32,
 }
 
 /// Upstream's uid -> source list (`kLocalSourceTypes`), by name.
@@ -109,6 +116,9 @@ impl Default for Config {
             adb_allowed: false,
             adb_max_connections: 32,
             firewall_backend: "auto".into(),
+            namespaces_per_uid: 8,
+            max_port_rules: 4096,
+            max_port_rules_per_interface: 1024,
         }
     }
 }
@@ -299,6 +309,23 @@ impl Config {
                 self.adb_max_connections
             ));
         }
+        if self.namespaces_per_uid == 0 {
+            return Err("namespaces_per_uid must be at least 1".into());
+        }
+        if !(1..=65536).contains(&self.max_port_rules) {
+            return Err(format!(
+                "max_port_rules {} must be 1-65536",
+                self.max_port_rules
+            ));
+        }
+        if self.max_port_rules_per_interface == 0
+            || self.max_port_rules_per_interface > self.max_port_rules
+        {
+            return Err(format!(
+                "max_port_rules_per_interface {} must be 1-{} (max_port_rules)",
+                self.max_port_rules_per_interface, self.max_port_rules
+            ));
+        }
         for (user, source) in &self.traffic_sources {
             if !valid_name_part(user, 32) {
                 return Err(format!(
@@ -352,6 +379,48 @@ mod tests {
         let c = Config::parse("adb_allowed = true\nadb_max_connections = 4\n").expect("parse");
         assert!(c.adb_allowed);
         assert_eq!(c.adb_max_connections, 4);
+        let e = Config::parse("adb_max_connections = 0").expect_err("0 accepted");
+        assert!(e.contains("adb_max_connections"), "{e}");
+    }
+
+    #[test]
+    fn limits_on_namespaces_and_port_rules_are_checked() {
+        let c = Config::default();
+        assert_eq!(
+            (
+                c.namespaces_per_uid,
+                c.max_port_rules,
+                c.max_port_rules_per_interface
+            ),
+            (8, 4096, 1024)
+        );
+        let c = Config::parse(
+            "namespaces_per_uid = 2\nmax_port_rules = 10\nmax_port_rules_per_interface = 5\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            (
+                c.namespaces_per_uid,
+                c.max_port_rules,
+                c.max_port_rules_per_interface
+            ),
+            (2, 10, 5)
+        );
+        for (text, key) in [
+            ("namespaces_per_uid = 0", "namespaces_per_uid"),
+            ("max_port_rules = 0", "max_port_rules"),
+            (
+                "max_port_rules_per_interface = 0",
+                "max_port_rules_per_interface",
+            ),
+            (
+                "max_port_rules = 10\nmax_port_rules_per_interface = 11",
+                "max_port_rules_per_interface",
+            ),
+        ] {
+            let e = Config::parse(text).expect_err(text);
+            assert!(e.contains(key), "{text}: {e}");
+        }
         let e = Config::parse("adb_max_connections = 0").expect_err("0 accepted");
         assert!(e.contains("adb_max_connections"), "{e}");
     }

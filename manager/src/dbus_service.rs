@@ -32,7 +32,14 @@ pub struct DbusService {
     cr: Crossroads,
     fd: RawFd,
     calls: Vec<dbus::Message>,
+    /// Uids of bus peers by unique name. A unique name is never reused
+    /// during the bus's life, so an entry is never stale, only unused;
+    /// the map is bounded by emptying it when full.
+    uids: std::collections::HashMap<String, u32>,
 }
+
+/// How many peers' uids are remembered.
+const UID_CACHE: usize = 1024;
 
 impl std::fmt::Debug for DbusService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,6 +128,7 @@ impl DbusService {
             cr,
             fd,
             calls: Vec::new(),
+            uids: std::collections::HashMap::new(),
         })
     }
 
@@ -178,8 +186,13 @@ impl DbusService {
         std::mem::take(&mut self.calls)
     }
 
-    /// Answers `call` with `result` (a serialized response or an error).
+    /// Answers `call` with `result` (a serialized response or an error),
+    /// unless the caller said it expects no reply (the bus would refuse
+    /// the answer and log one line per call).
     pub fn reply(&self, call: &dbus::Message, result: Result<Vec<u8>, CallError>) {
+        if call.get_no_reply() {
+            return;
+        }
         let reply = match result {
             Ok(bytes) => call.method_return().append1(bytes.as_slice()),
             Err(e) => {
@@ -211,8 +224,16 @@ impl DbusService {
         }
     }
 
-    /// The uid of a bus peer, from the bus daemon.
-    pub fn caller_uid(&self, sender: &str) -> anyhow::Result<u32> {
+    /// The uid of a bus peer, from the bus daemon (once per peer).
+    ///
+    /// The call blocks, and while it waits libdbus reads whatever else
+    /// arrives into its own queue, where the socket's readiness no longer
+    /// shows it: the caller must [`Self::dispatch`] again before the loop
+    /// sleeps (`on_dbus` does).
+    pub fn caller_uid(&mut self, sender: &str) -> anyhow::Result<u32> {
+        if let Some(uid) = self.uids.get(sender) {
+            return Ok(*uid);
+        }
         let proxy = self.conn.with_proxy(
             "org.freedesktop.DBus",
             "/org/freedesktop/DBus",
@@ -221,6 +242,10 @@ impl DbusService {
         let (uid,): (u32,) = proxy
             .method_call("org.freedesktop.DBus", "GetConnectionUnixUser", (sender,))
             .with_context(|| format!("cannot learn the uid of {sender}"))?;
+        if self.uids.len() >= UID_CACHE {
+            self.uids.clear();
+        }
+        self.uids.insert(sender.to_string(), uid);
         Ok(uid)
     }
 }

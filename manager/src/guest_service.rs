@@ -103,7 +103,7 @@ impl Manager {
     fn arc_startup(&mut self, call: &dbus::Message, op: u64) -> Result<Vec<u8>, CallError> {
         let req: patchpanel_proto::ArcStartupRequest = request(call, names::ARC_STARTUP)?;
         let client = dbus_service::sender(call);
-        let uid = match &self.dbus {
+        let uid = match &mut self.dbus {
             Some(d) => d
                 .caller_uid(&client)
                 .map_err(|e| CallError::Failed(format!("{e:#}")))?,
@@ -117,6 +117,7 @@ impl Manager {
         ))
         .map_err(|e| CallError::Failed(format!("namespace name: {e}")))?;
         if self.state.arc.is_some() {
+            self.may_replace_arc(uid)?;
             warn!("ArcStartup op {op}: ARC is already running (did it crash?); stopping it first");
             self.stop_arc("ARC starts again");
         }
@@ -126,6 +127,7 @@ impl Manager {
                 netns,
             },
             Some(pidfd),
+            uid,
             op,
         )?;
         info!(
@@ -154,13 +156,21 @@ impl Manager {
         let req: patchpanel_proto::ArcVmStartupRequest = request(call, names::ARC_VM_STARTUP)?;
         guests::check_id("cid", u64::from(req.cid))?;
         self.require_vm_user()?;
+        let client = dbus_service::sender(call);
+        let uid = match &mut self.dbus {
+            Some(d) => d
+                .caller_uid(&client)
+                .map_err(|e| CallError::Failed(format!("{e:#}")))?,
+            None => return Err(CallError::Failed("no bus".into())),
+        };
         if self.state.arc.is_some() {
+            self.may_replace_arc(uid)?;
             warn!(
                 "ArcVmStartup op {op}: ARC is already running (did it crash?); stopping it first"
             );
             self.stop_arc("ARC starts again");
         }
-        self.start_arc(ArcKind::Vm { cid: req.cid }, None, op)?;
+        self.start_arc(ArcKind::Vm { cid: req.cid }, None, uid, op)?;
         let arc = self
             .state
             .arc
@@ -197,6 +207,16 @@ impl Manager {
         Ok(patchpanel_proto::ArcVmShutdownResponse {}.encode_to_vec())
     }
 
+    /// A running ARC may be replaced by root or by the uid that started
+    /// it: crosvm's ArcVmStartup must not tear down the container root's
+    /// ARC setup attached.
+    fn may_replace_arc(&self, uid: u32) -> Result<(), CallError> {
+        let Some(arc) = &self.state.arc else {
+            return Ok(());
+        };
+        guests::may_replace_arc(arc, uid)
+    }
+
     fn require_vm_user(&self) -> Result<(), CallError> {
         if self.options.writer.tap_owner_uid.is_none() {
             return Err(CallError::Failed(
@@ -212,11 +232,13 @@ impl Manager {
         &mut self,
         kind: ArcKind,
         pidfd: Option<OwnedFd>,
+        started_by: u32,
         op: u64,
     ) -> Result<(), CallError> {
         let mut taken = guests::taken_taps(None, &self.state.vms);
         taken.extend(kernel_links());
         let mut arc = guests::arc_allocate(kind, &mut self.addrs, &taken)?;
+        arc.started_by = Some(started_by);
         let what = if arc.is_vm() {
             "ArcVmStartup"
         } else {

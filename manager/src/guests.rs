@@ -142,6 +142,12 @@ pub struct ArcGuest {
     pub arc0: ArcDevice,
     /// By uplink name.
     pub devices: BTreeMap<String, ArcDevice>,
+    /// The uid of the caller that started ARC (absent in state files of
+    /// earlier versions). Only root, or that same uid, may replace it; a
+    /// non-root caller's container must live in a network namespace of a
+    /// user namespace it owns.
+    #[serde(default)]
+    pub started_by: Option<u32>,
 }
 
 impl ArcGuest {
@@ -315,6 +321,28 @@ pub fn parallels_index(addrs: &AddressManager, raw: i32) -> Result<Option<u32>, 
         .map_err(|e| CallError::InvalidArgument(format!("subnet_index: {e}")))
 }
 
+/// Whether `uid` may replace the running `arc`: root may, and so may the
+/// uid that started it. One started by an earlier version (who started it
+/// unknown) only root may replace.
+pub fn may_replace_arc(arc: &ArcGuest, uid: u32) -> Result<(), CallError> {
+    if uid == 0 || arc.started_by == Some(uid) {
+        return Ok(());
+    }
+    let what = if arc.is_vm() {
+        "ARCVM"
+    } else {
+        "the ARC container"
+    };
+    Err(CallError::Failed(format!(
+        "{what} is running, started by {}; uid {uid} may not replace it (only root or the same user may)",
+        match arc.started_by {
+            Some(0) => "root".to_string(),
+            Some(u) => format!("uid {u}"),
+            None => "an earlier patchpanel".to_string(),
+        }
+    )))
+}
+
 /// Takes ARC's six configs from the pools (slot 0 from the arc0 pool,
 /// slots 1–5 from the ARC net pool at fixed indices), MACs, and for ARCVM
 /// the TAP names. Nothing stays allocated on error.
@@ -398,6 +426,7 @@ pub fn arc_allocate(
         slots,
         arc0,
         devices: BTreeMap::new(),
+        started_by: None,
     })
 }
 
@@ -650,6 +679,7 @@ pub fn arc_start_plan(arc: &ArcGuest, label: String) -> Plan {
             name: netns.clone(),
             pid: *pid,
             pidfd: 0,
+            owner_uid: arc.started_by.filter(|&uid| uid != 0),
         }),
         ArcKind::Vm { .. } => {
             for slot in &arc.slots {
@@ -1150,6 +1180,49 @@ mod tests {
         let response = arcvm_response(&arc);
         assert_eq!(response.arc0_ipv4_address, vec![100, 115, 92, 2]);
         assert_eq!(response.tap_device_ifnames, taps);
+    }
+
+    #[test]
+    fn only_root_or_its_starter_replaces_arc() {
+        let mut a = addrs();
+        let mut arc = arc_allocate(container(), &mut a, &BTreeSet::new()).unwrap();
+        arc.started_by = Some(0);
+        assert_eq!(may_replace_arc(&arc, 0), Ok(()));
+        assert!(matches!(
+            may_replace_arc(&arc, 600),
+            Err(CallError::Failed(m)) if m.contains("started by root; uid 600 may not")
+        ));
+        arc.started_by = Some(600);
+        assert_eq!(may_replace_arc(&arc, 600), Ok(()));
+        assert!(may_replace_arc(&arc, 601).is_err());
+        arc.started_by = None;
+        assert!(
+            may_replace_arc(&arc, 600).is_err(),
+            "unknown starter: root only"
+        );
+        assert_eq!(may_replace_arc(&arc, 0), Ok(()));
+    }
+
+    #[test]
+    fn a_non_root_starters_container_must_be_in_its_own_user_namespace() {
+        let mut a = addrs();
+        let mut arc = arc_allocate(container(), &mut a, &BTreeSet::new()).unwrap();
+        arc.started_by = Some(1000);
+        assert!(matches!(
+            arc_start_plan(&arc, "t".into()).steps[0],
+            Step::AttachNetns {
+                owner_uid: Some(1000),
+                ..
+            }
+        ));
+        arc.started_by = Some(0);
+        assert!(matches!(
+            arc_start_plan(&arc, "t".into()).steps[0],
+            Step::AttachNetns {
+                owner_uid: None,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -200,6 +200,7 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
                 allowed: config.adb_allowed,
                 max_connections: config.adb_max_connections,
             },
+            namespaces_per_uid: config.namespaces_per_uid,
         },
     )?
     .run()
@@ -245,6 +246,15 @@ fn site_policy(
         port_rules::PortPolicy {
             lockdown_uid,
             forwarding_targets: config.forwarding_targets.clone(),
+            guest_pools: {
+                let addrs = config.address_manager().map_err(|e| anyhow!(e))?;
+                patchpanel_addr::GuestPool::ALL
+                    .iter()
+                    .map(|&p| (p, addrs.pool_config(p)))
+                    .collect()
+            },
+            max_rules: config.max_port_rules as usize,
+            max_rules_per_interface: config.max_port_rules_per_interface as usize,
         },
         patchpanel_firewall::LayoutConfig { local_traffic },
     ))
@@ -298,17 +308,19 @@ fn open_executable(path: &Path) -> anyhow::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Creates the state directory (0755, owned by the manager's user).
+/// Creates the state directory (0700, owned by the manager's user): the
+/// state lists clients' bus names, uids and pids, which are nobody
+/// else's business.
 fn create_state_dir(dir: &Path, user: &patchpanel_sandbox::User) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o755)
+        .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create state dir {}", dir.display()))?;
     std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
         .with_context(|| format!("cannot chown {} to {}", dir.display(), user.name))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot chmod {}", dir.display()))?;
     Ok(())
 }

@@ -126,6 +126,8 @@ pub struct Options {
     pub port_policy: crate::port_rules::PortPolicy,
     pub layout: patchpanel_firewall::LayoutConfig,
     pub adb: crate::adb_service::AdbPolicy,
+    /// Connected namespaces one non-root uid may hold at once.
+    pub namespaces_per_uid: u32,
 }
 
 pub struct Manager {

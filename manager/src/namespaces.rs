@@ -161,6 +161,29 @@ pub fn allocate(
     })
 }
 
+/// Refuses one more namespace for a non-root `uid` that already holds
+/// `quota` of them: one client that exits with its lifeline handed to a
+/// longer-lived process cannot keep the whole pool. Root is not limited.
+pub fn check_quota<'a>(
+    held: impl IntoIterator<Item = &'a ConnectedNamespace>,
+    uid: u32,
+    quota: u32,
+) -> Result<(), CallError> {
+    if uid == 0 {
+        return Ok(());
+    }
+    let count = held
+        .into_iter()
+        .filter(|ns| ns.client_uid == Some(uid))
+        .count();
+    if count >= quota as usize {
+        return Err(CallError::Failed(format!(
+            "uid {uid} already holds {count} connected namespace(s), the most one user may (namespaces_per_uid = {quota}); close a lifeline first"
+        )));
+    }
+    Ok(())
+}
+
 /// Returns a namespace's addresses to the pools.
 pub fn release(ns: &ConnectedNamespace, addrs: &mut AddressManager) {
     let _ = addrs.release_ipv4(ns.subnet.pool, ns.subnet.index);
@@ -184,6 +207,9 @@ pub fn connect_plan(ns: &ConnectedNamespace, label: String) -> Plan {
             name: ns.netns.clone(),
             pid: ns.pid,
             pidfd: 0,
+            // Root may connect any namespace but the host's; anyone else
+            // only one of a user namespace of their own.
+            owner_uid: ns.client_uid.filter(|&uid| uid != 0),
         }
     }];
     steps.push(Step::CreateVeth {
@@ -436,6 +462,65 @@ mod tests {
             Some(Err(CallError::Failed(m))) => assert!(m.contains("no address"), "{m}"),
             other => panic!("the 17th namespace should not fit in 16 /30s: {other:?}"),
         }
+    }
+
+    fn owned_by(uid: Option<u32>, id: u32, a: &mut AddressManager) -> ConnectedNamespace {
+        let mut ns = build(&request(-1), id, a);
+        ns.client_uid = uid;
+        ns
+    }
+
+    #[test]
+    fn a_user_gets_up_to_the_quota_and_no_more() {
+        let mut a = addrs();
+        let held: Vec<_> = (0..3).map(|i| owned_by(Some(1000), i, &mut a)).collect();
+        assert_eq!(check_quota(&held, 1000, 4), Ok(()));
+        assert!(matches!(
+            check_quota(&held, 1000, 3),
+            Err(CallError::Failed(m)) if m.contains("uid 1000 already holds 3")
+        ));
+    }
+
+    #[test]
+    fn the_quota_counts_only_the_callers_own_namespaces() {
+        let mut a = addrs();
+        let mut held: Vec<_> = (0..4)
+            .map(|i| owned_by(Some(2000 + i), i, &mut a))
+            .collect();
+        held.push(owned_by(None, 9, &mut a));
+        assert_eq!(check_quota(&held, 2000, 2), Ok(()));
+        assert_eq!(check_quota(&held, 1000, 1), Ok(()));
+    }
+
+    #[test]
+    fn root_is_not_limited() {
+        let mut a = addrs();
+        let held: Vec<_> = (0..5).map(|i| owned_by(Some(0), i, &mut a)).collect();
+        assert_eq!(check_quota(&held, 0, 1), Ok(()));
+    }
+
+    #[test]
+    fn a_non_root_clients_pid_must_be_in_a_namespace_of_its_own_user() {
+        let mut a = addrs();
+        let mut ns = build(&request(4242), 0, &mut a);
+        ns.client_uid = Some(1000);
+        let plan = connect_plan(&ns, "t".into());
+        assert!(matches!(
+            plan.steps[0],
+            Step::AttachNetns {
+                owner_uid: Some(1000),
+                ..
+            }
+        ));
+        ns.client_uid = Some(0);
+        let plan = connect_plan(&ns, "t".into());
+        assert!(matches!(
+            plan.steps[0],
+            Step::AttachNetns {
+                owner_uid: None,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -22,17 +22,25 @@ use crate::state::{ConnectedNamespace, Loaded, PortRuleChange};
 use crate::{counters, namespaces, pids, port_rules, routing};
 
 impl Manager {
-    /// Reads the bus and serves every queued call.
+    /// Reads the bus and serves every queued call, until nothing is left.
+    /// A call may make a blocking bus round trip (a caller's uid), during
+    /// which libdbus queues later calls internally: the socket is then
+    /// empty and edge-triggered epoll would not wake us for them, so the
+    /// queue is drained again after every batch.
     pub(crate) fn on_dbus(&mut self) -> anyhow::Result<()> {
-        let Some(dbus) = self.dbus.as_mut() else {
-            return Ok(());
-        };
-        dbus.dispatch()?;
-        let calls = dbus.take_calls();
-        for call in calls {
-            self.on_call(call);
+        loop {
+            let Some(dbus) = self.dbus.as_mut() else {
+                return Ok(());
+            };
+            dbus.dispatch()?;
+            let calls = dbus.take_calls();
+            if calls.is_empty() {
+                return Ok(());
+            }
+            for call in calls {
+                self.on_call(call);
+            }
         }
-        Ok(())
     }
 
     fn on_call(&mut self, call: dbus::Message) {
@@ -105,21 +113,27 @@ impl Manager {
             patchpanel_proto::decode_request::<patchpanel_proto::ConnectNamespaceRequest>(bytes)
                 .map_err(|e| CallError::InvalidArgument(format!("ConnectNamespace: {e}")))?;
         let request = namespaces::parse_request(&request)?;
+        crate::lifeline::check_kind(&lifeline)
+            .map_err(|e| CallError::InvalidArgument(format!("ConnectNamespace: {e}")))?;
         let client = dbus_service::sender(call);
-        // The caller's uid matters only for the ownership of an existing
-        // pid. Asking the bus is a blocking round trip (and the bus delays
-        // it while fd-carrying calls queue up for us), so a new namespace
-        // does without.
-        let (uid, pidfd) = if request.pid == -1 {
-            (None, None)
+        // The caller's uid decides the quota and, for an existing pid,
+        // which processes and namespaces it may connect. The bus is asked
+        // once per client connection (cached by unique name).
+        let uid = match &mut self.dbus {
+            Some(d) => d
+                .caller_uid(&client)
+                .map_err(|e| CallError::Failed(format!("{e:#}")))?,
+            None => return Err(CallError::Failed("no bus".into())),
+        };
+        namespaces::check_quota(
+            self.state.namespaces.values(),
+            uid,
+            self.options.namespaces_per_uid,
+        )?;
+        let pidfd = if request.pid == -1 {
+            None
         } else {
-            let uid = match &self.dbus {
-                Some(d) => d
-                    .caller_uid(&client)
-                    .map_err(|e| CallError::Failed(format!("{e:#}")))?,
-                None => return Err(CallError::Failed("no bus".into())),
-            };
-            (Some(uid), Some(pids::pin(request.pid, uid)?))
+            Some(pids::pin(request.pid, uid)?)
         };
         let id = self.state.next_namespace_id;
         let ctx = namespaces::Context {
@@ -127,7 +141,7 @@ impl Manager {
             netns_prefix: &self.options.netns_prefix,
             uplinks: &self.uplinks,
             client: client.clone(),
-            client_uid: uid,
+            client_uid: Some(uid),
         };
         let ns = namespaces::allocate(&request, &ctx, &mut self.addrs)?;
         self.state.next_namespace_id += 1;
@@ -173,8 +187,7 @@ impl Manager {
         info!(
             "ConnectNamespace op {op}: {} for {client} (uid {}, pid {}): {} {} <-> {} {} ({:?})",
             ns.netns,
-            uid.map(|u| u.to_string())
-                .unwrap_or_else(|| "not asked".into()),
+            uid,
             ns.pid,
             ns.host_ifname,
             ns.host_addr(),
@@ -454,6 +467,7 @@ impl Manager {
                 if let Some(why) = port_rules::conflict(&self.state.port_rules, &rule) {
                     return Err(CallError::InvalidArgument(format!("ModifyPortRule: {why}")));
                 }
+                port_rules::check_limits(&self.state.port_rules, &rule, &policy)?;
                 let batch = port_rules::batch(&rule, &policy)?;
                 (rule, batch, true)
             }

@@ -10,8 +10,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::dbus_service::CallError;
 
-/// Opens a pidfd for `pid`, refusing pid 1, pids that do not exist and,
-/// for a non-root caller, pids owned by another user.
+/// Opens a pidfd for `pid`, refusing pid 1, pids that do not exist,
+/// thread ids and, for a non-root caller, processes that are not wholly
+/// the caller's: all four of real, effective, saved and filesystem uid
+/// must be the caller's (a setuid-root program the caller started has
+/// effective uid 0 and is refused). Whose network namespace it is, is
+/// checked by the writer (`AttachNetns { owner_uid }`), which may open it.
 pub fn pin(pid: i32, caller_uid: u32) -> Result<OwnedFd, CallError> {
     if pid == 1 {
         return Err(CallError::InvalidArgument(
@@ -27,10 +31,19 @@ pub fn pin(pid: i32, caller_uid: u32) -> Result<OwnedFd, CallError> {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
         let e = std::io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::ESRCH) {
-            CallError::InvalidArgument(format!("no process with pid {pid}"))
-        } else {
-            CallError::Failed(format!("cannot pin pid {pid}: {e}"))
+        // pidfd_open refuses a thread that does not lead its group (with
+        // EINVAL, or ENOENT since Linux 6.9).
+        if let Some(tgid) = thread_group(pid).filter(|&tgid| tgid != pid) {
+            return Err(CallError::InvalidArgument(format!(
+                "pid {pid} is a thread of process {tgid}, not a process"
+            )));
+        }
+        return Err(match e.raw_os_error() {
+            Some(libc::ESRCH) | Some(libc::ENOENT) => {
+                CallError::InvalidArgument(format!("no process with pid {pid}"))
+            }
+            Some(libc::EINVAL) => CallError::InvalidArgument(format!("pid {pid} is not a process")),
+            _ => CallError::Failed(format!("cannot pin pid {pid}: {e}")),
         });
     }
     // SAFETY: pidfd_open returned a new descriptor that we own.
@@ -42,12 +55,19 @@ pub fn pin(pid: i32, caller_uid: u32) -> Result<OwnedFd, CallError> {
         )));
     }
     if caller_uid != 0 {
-        let owner = process_uid(pid)
+        let uids = process_uids(pid)
             .ok_or_else(|| CallError::InvalidArgument(format!("no process with pid {pid}")))?;
-        if owner != caller_uid {
-            return Err(CallError::InvalidArgument(format!(
-                "pid {pid} belongs to uid {owner}, not to the caller (uid {caller_uid})"
-            )));
+        if let Some(other) = uids.iter().find(|&&u| u != caller_uid) {
+            return Err(CallError::InvalidArgument(if uids[0] != caller_uid {
+                format!(
+                    "pid {pid} belongs to uid {}, not to the caller (uid {caller_uid})",
+                    uids[0]
+                )
+            } else {
+                format!(
+                    "pid {pid} runs with uid {other} as well as the caller's (uid {caller_uid}): only root may connect a process with other privileges"
+                )
+            }));
         }
     }
     if !is_alive(&pidfd) {
@@ -58,14 +78,31 @@ pub fn pin(pid: i32, caller_uid: u32) -> Result<OwnedFd, CallError> {
     Ok(pidfd)
 }
 
-/// The real uid of `pid`, from `/proc/<pid>/status` (world-readable).
-fn process_uid(pid: i32) -> Option<u32> {
+/// The real, effective, saved and filesystem uids of `pid`, from
+/// `/proc/<pid>/status` (world-readable).
+fn process_uids(pid: i32) -> Option<[u32; 4]> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_uids(&status)
+}
+
+/// The four numbers of the `Uid:` line of a `status` file.
+fn parse_uids(status: &str) -> Option<[u32; 4]> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut uids = [0u32; 4];
+    let mut fields = line.split_whitespace();
+    for uid in &mut uids {
+        *uid = fields.next()?.parse().ok()?;
+    }
+    Some(uids)
+}
+
+/// The thread group (process) a task id belongs to.
+fn thread_group(tid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|uid| uid.parse().ok())
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A pidfd polls readable once its process has exited.
@@ -120,6 +157,37 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!is_alive(&pidfd));
+    }
+
+    #[test]
+    fn the_four_uids_are_read_from_the_status_file() {
+        let status = "Name:\tx\nUid:\t1000\t0\t1000\t0\nGid:\t1\t1\t1\t1\n";
+        assert_eq!(parse_uids(status), Some([1000, 0, 1000, 0]));
+        assert_eq!(parse_uids("Uid:\t1000\t1000\n"), None, "too few fields");
+        assert_eq!(parse_uids("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn a_thread_id_is_refused_as_bad_input() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let e = pin(tid, 0).unwrap_err();
+        stop_tx.send(()).unwrap();
+        t.join().unwrap();
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        assert_eq!(
+            e,
+            CallError::InvalidArgument(format!(
+                "pid {tid} is a thread of process {me}, not a process"
+            ))
+        );
     }
 
     #[test]

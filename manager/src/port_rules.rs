@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use patchpanel_addr::Ipv4Subnet;
+use patchpanel_addr::{GuestPool, Ipv4Subnet, PoolConfig};
 use patchpanel_firewall::ports::{self, Forwarding, PortProtocol};
 use patchpanel_firewall::Batch;
 use patchpanel_ipc::IfName;
@@ -77,6 +77,104 @@ pub struct PortPolicy {
     pub lockdown_uid: u32,
     /// Forwarding targets must be inside one of these.
     pub forwarding_targets: Vec<Ipv4Subnet>,
+    /// Where the guest pools are, to tell a guest's address from the
+    /// host's side, a network or a broadcast address.
+    pub guest_pools: Vec<(GuestPool, PoolConfig)>,
+    /// Active rules, at most.
+    pub max_rules: usize,
+    /// Active rules naming one interface, at most.
+    pub max_rules_per_interface: usize,
+}
+
+impl PortPolicy {
+    /// The default layout's pools, 4096 rules, 1024 per interface.
+    pub fn with_defaults(lockdown_uid: u32) -> PortPolicy {
+        PortPolicy {
+            lockdown_uid,
+            forwarding_targets: vec![patchpanel_addr::GUEST_ADDRESS_SPACE],
+            guest_pools: GuestPool::ALL
+                .iter()
+                .map(|&p| (p, p.default_config()))
+                .collect(),
+            max_rules: 4096,
+            max_rules_per_interface: 1024,
+        }
+    }
+}
+
+/// Why `dst` cannot be a guest, if it cannot: inside a pool it must be
+/// the guest's address of its subnet (offset 2), or any host address of
+/// an LXD container /28 (LXD hands those out inside the VM); the rest of
+/// the guest address space holds no guest at all. Liveness is not
+/// required: a rule may be made while its guest restarts (docs/compatibility.md).
+fn not_a_guest(dst: Ipv4Addr, pools: &[(GuestPool, PoolConfig)]) -> Option<String> {
+    let addr = u32::from(dst);
+    for (pool, cfg) in pools {
+        let size = 1u64 << (32 - u32::from(cfg.prefix_len.min(32)));
+        let base = u64::from(u32::from(cfg.base));
+        let end = base + size * u64::from(cfg.count);
+        let a = u64::from(addr);
+        if a < base || a >= end {
+            continue;
+        }
+        let offset = (a - base) % size;
+        let lxd = matches!(pool, GuestPool::LxdContainer | GuestPool::LxdFallback);
+        let ok = if lxd {
+            offset != 0 && offset != size - 1
+        } else {
+            offset == 2
+        };
+        return (!ok).then(|| {
+            let role = match offset {
+                0 => "the network address".to_string(),
+                o if o == size - 1 => "the broadcast address".to_string(),
+                1 => "the host's address".to_string(),
+                o => format!("offset {o}"),
+            };
+            format!(
+                "dst_ip {dst} is {role} of a {} subnet, not a guest's address",
+                pool.name()
+            )
+        });
+    }
+    patchpanel_addr::GUEST_ADDRESS_SPACE
+        .contains(dst)
+        .then(|| format!("dst_ip {dst} is in no guest pool: no guest can have it"))
+}
+
+/// Refuses a new rule once `policy`'s caps are reached: in total, and
+/// for the interface the rule names.
+pub fn check_limits(
+    active: &[PortRule],
+    rule: &PortRule,
+    policy: &PortPolicy,
+) -> Result<(), CallError> {
+    if active.len() >= policy.max_rules {
+        return Err(CallError::Failed(format!(
+            "ModifyPortRule: {} port rules are active, the most allowed (max_port_rules); delete one first",
+            active.len()
+        )));
+    }
+    if let Some(ifname) = rule.ifname() {
+        let on_it = active.iter().filter(|r| r.ifname() == Some(ifname)).count();
+        if on_it >= policy.max_rules_per_interface {
+            return Err(CallError::Failed(format!(
+                "ModifyPortRule: {on_it} port rules name {ifname}, the most allowed per interface (max_port_rules_per_interface); delete one first"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl PortRule {
+    /// The interface a rule names, if any.
+    pub fn ifname(&self) -> Option<&IfName> {
+        match self {
+            PortRule::Access { ifname, .. } => ifname.as_ref(),
+            PortRule::Lockdown { .. } => None,
+            PortRule::Forwarding(f) => Some(&f.ifname),
+        }
+    }
 }
 
 fn invalid(m: impl Into<String>) -> CallError {
@@ -180,6 +278,9 @@ pub fn parse(req: &ModifyPortRuleRequest, policy: &PortPolicy) -> Result<PortOp,
                         .join(", ")
                 )));
             }
+            if let Some(why) = not_a_guest(dst, &policy.guest_pools) {
+                return Err(invalid(why));
+            }
             PortRule::Forwarding(Forwarding {
                 proto,
                 ifname,
@@ -250,10 +351,98 @@ mod tests {
     use super::*;
 
     fn policy() -> PortPolicy {
-        PortPolicy {
-            lockdown_uid: 1000,
-            forwarding_targets: vec!["100.115.92.0/23".parse().unwrap()],
+        PortPolicy::with_defaults(1000)
+    }
+
+    #[test]
+    fn forwards_to_host_network_or_broadcast_addresses_are_refused() {
+        for (dst, why) in [
+            ("100.115.92.0", "the network address of a arc0"),
+            ("100.115.92.1", "the host's address of a arc0"),
+            ("100.115.92.129", "the host's address of a netns"),
+            ("100.115.92.131", "the broadcast address of a netns"),
+            ("100.115.93.255", "the broadcast address of a parallels-vm"),
+            ("100.115.93.11", "offset 3 of a parallels-vm"),
+            ("100.115.92.192", "the network address of a lxd-container"),
+            ("100.115.92.207", "the broadcast address of a lxd-container"),
+        ] {
+            refused(&forward(8080, dst), why);
         }
+    }
+
+    #[test]
+    fn a_guest_space_address_outside_every_pool_is_refused() {
+        let mut p = policy();
+        // Pools moved away leave the default forwarding targets empty.
+        for (_, cfg) in &mut p.guest_pools {
+            cfg.base = std::net::Ipv4Addr::new(10, cfg.base.octets()[2], cfg.base.octets()[3], 0);
+        }
+        match parse(&forward(8080, "100.115.92.130"), &p) {
+            Err(CallError::InvalidArgument(m)) => assert!(m.contains("in no guest pool"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn forwards_to_guests_of_every_pool_are_accepted() {
+        for dst in [
+            "100.115.92.2",
+            "100.115.92.6",
+            "100.115.92.26",
+            "100.115.92.130",
+            "100.115.92.193",
+            "100.115.92.200",
+            "100.115.92.66",
+            "100.115.93.10",
+        ] {
+            assert!(parse(&forward(8080, dst), &policy()).is_ok(), "{dst}");
+        }
+    }
+
+    #[test]
+    fn a_target_outside_the_guest_space_follows_forwarding_targets_alone() {
+        let mut p = policy();
+        p.forwarding_targets
+            .push("192.168.122.0/24".parse().unwrap());
+        assert!(parse(&forward(8080, "192.168.122.7"), &p).is_ok());
+    }
+
+    fn access(port: u16, ifname: Option<&str>) -> PortRule {
+        PortRule::Access {
+            proto: PortProtocol::Tcp,
+            port,
+            ifname: ifname.map(|n| IfName::new(n).unwrap()),
+        }
+    }
+
+    #[test]
+    fn rules_are_capped_in_total() {
+        let mut p = policy();
+        p.max_rules = 3;
+        let active: Vec<_> = (1..=3).map(|i| access(i, Some("eth0"))).collect();
+        assert_eq!(check_limits(&active[..2], &access(9, None), &p), Ok(()));
+        assert!(matches!(
+            check_limits(&active, &access(9, None), &p),
+            Err(CallError::Failed(m)) if m.contains("3 port rules are active")
+        ));
+    }
+
+    #[test]
+    fn rules_are_capped_per_interface() {
+        let mut p = policy();
+        p.max_rules_per_interface = 2;
+        let active = vec![
+            access(1, Some("eth0")),
+            access(2, Some("eth0")),
+            access(3, Some("wlan0")),
+            access(4, None),
+        ];
+        assert!(matches!(
+            check_limits(&active, &access(9, Some("eth0")), &p),
+            Err(CallError::Failed(m)) if m.contains("2 port rules name eth0")
+        ));
+        assert_eq!(check_limits(&active, &access(9, Some("wlan0")), &p), Ok(()));
+        assert_eq!(check_limits(&active, &access(9, None), &p), Ok(()));
     }
 
     fn forward(port: u32, dst: &str) -> ModifyPortRuleRequest {

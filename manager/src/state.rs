@@ -19,6 +19,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use patchpanel_addr::{GuestSubnet, Ipv6Subnet, MacAddr};
@@ -182,6 +183,10 @@ impl PortRuleChange {
     }
 }
 
+/// The state and the journal name clients (bus names, uids, pids): only
+/// the manager's user reads them.
+const STATE_FILE_MODE: u32 = 0o600;
+
 /// Rewrites `path` atomically with `bytes`.
 fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -189,6 +194,7 @@ fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(STATE_FILE_MODE)
         .open(&tmp)
         .and_then(|mut f| f.write_all(bytes));
     if let Err(e) = written {
@@ -311,6 +317,7 @@ impl StateFile {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
+            .mode(STATE_FILE_MODE)
             .open(&self.journal)?;
         let before = f.metadata()?.len();
         if let Err(e) = f.write_all(line.as_bytes()) {
@@ -411,6 +418,26 @@ mod tests {
             Loaded::Found(s) => s.port_rules,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_state_and_the_journal_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = Dir::new("modes");
+        let file = StateFile::new(&dir.0);
+        file.save(&State::default()).unwrap();
+        file.record_port_rule(PortRuleChange::Added, &rule(1), &[rule(1)])
+            .unwrap();
+        for path in [file.path(), file.journal_path()] {
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+        file.save_port_rules(&[rule(1)]).unwrap();
+        let mode = std::fs::metadata(file.journal_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "rewritten journal");
     }
 
     #[test]

@@ -424,6 +424,7 @@ fn attach(name: &NetnsName, pid: i32) -> Step {
         name: name.clone(),
         pid,
         pidfd: 0,
+        owner_uid: None,
     }
 }
 

@@ -398,12 +398,17 @@ impl Writer {
                     .map_err(|e| os_error(format!("create namespace {name}"), &e))?;
                 Ok(Undo::Step(Step::DeleteNetns { name: name.clone() }))
             }
-            Step::AttachNetns { name, pid, pidfd } => {
+            Step::AttachNetns {
+                name,
+                pid,
+                pidfd,
+                owner_uid,
+            } => {
                 self.check_owned_netns(name)?;
                 let pidfd = fds
                     .get(usize::from(*pidfd))
                     .ok_or_else(|| invalid(format!("no pidfd #{pidfd} beside the request")))?;
-                let ns = netns::namespace_of_pinned(*pid, pidfd)?;
+                let ns = netns::namespace_of_pinned(*pid, pidfd, *owner_uid)?;
                 let dir = self.netns_dir()?;
                 patchpanel_rtnl::netns::attach_named(&dir, name.as_str(), ns.as_fd())
                     .map_err(|e| os_error(format!("attach pid {pid} as {name}"), &e))?;

@@ -67,10 +67,69 @@ fn host_namespaces() -> Result<Vec<(u64, u64)>, HelperError> {
     Ok(ids)
 }
 
+// linux/nsfs.h: _IO(0xb7, 0x1) and _IO(0xb7, 0x4).
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+
+/// The user namespace that owns the namespace `ns` (NS_GET_USERNS).
+fn owning_userns(ns: &std::fs::File) -> std::io::Result<std::fs::File> {
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor
+    // (or -1); `ns` is an open namespace file.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS as _) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us alone.
+    Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// The uid that created the user namespace `userns` (NS_GET_OWNER_UID).
+fn userns_owner(userns: &std::fs::File) -> std::io::Result<u32> {
+    let mut uid: libc::uid_t = 0;
+    // SAFETY: NS_GET_OWNER_UID writes one uid_t through the pointer, which
+    // points at a local of that type.
+    let rc = unsafe { libc::ioctl(userns.as_raw_fd(), NS_GET_OWNER_UID as _, &mut uid) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(uid)
+}
+
+/// Refuses the network namespace `ns` unless a user namespace other than
+/// the writer's own owns it, created by `uid`: a namespace that user could
+/// have made without privileges. One made by root and handed to the user
+/// (systemd's `PrivateNetwork=` with `User=`) belongs to the initial user
+/// namespace and is refused: connecting it would undo the confinement.
+fn check_owner(pid: i32, ns: &std::fs::File, uid: u32) -> Result<(), HelperError> {
+    let userns = owning_userns(ns).map_err(|e| io_error("NS_GET_USERNS", &e))?;
+    let own = open_ns("/proc/self/ns/user")
+        .and_then(|f| ns_id(&f))
+        .map_err(|e| io_error("open /proc/self/ns/user", &e))?;
+    let id = ns_id(&userns).map_err(|e| io_error("stat user namespace", &e))?;
+    if id == own {
+        return Err(HelperError::InvalidArgument(format!(
+            "pid {pid}'s network namespace belongs to the host's user namespace, not to one of uid {uid}: only root may connect it"
+        )));
+    }
+    let owner = userns_owner(&userns).map_err(|e| io_error("NS_GET_OWNER_UID", &e))?;
+    if owner != uid {
+        return Err(HelperError::InvalidArgument(format!(
+            "pid {pid}'s network namespace belongs to a user namespace of uid {owner}, not of the caller (uid {uid})"
+        )));
+    }
+    Ok(())
+}
+
 /// Opens the network namespace of `pid`, which `pidfd` pins. Refuses a
 /// pidfd for another process, a process that exited (its pid may have been
-/// reused), and the namespaces of pid 1 and of patchpanel itself.
-pub fn namespace_of_pinned(pid: i32, pidfd: &OwnedFd) -> Result<OwnedFd, HelperError> {
+/// reused), the namespaces of pid 1 and of patchpanel itself and, with
+/// `owner_uid`, a namespace that user could not have made (see
+/// [`check_owner`]).
+pub fn namespace_of_pinned(
+    pid: i32,
+    pidfd: &OwnedFd,
+    owner_uid: Option<u32>,
+) -> Result<OwnedFd, HelperError> {
     let invalid = |m: String| HelperError::InvalidArgument(m);
     match pid_of_pidfd(pidfd) {
         Some(p) if p == pid => {}
@@ -111,6 +170,9 @@ pub fn namespace_of_pinned(pid: i32, pidfd: &OwnedFd) -> Result<OwnedFd, HelperE
         return Err(invalid(format!(
             "pid {pid} is in patchpanel's own network namespace"
         )));
+    }
+    if let Some(uid) = owner_uid {
+        check_owner(pid, &ns, uid)?;
     }
     Ok(OwnedFd::from(ns))
 }

@@ -578,14 +578,18 @@ fn a_non_root_caller_cannot_connect_another_users_process() {
 #[test]
 fn a_non_root_caller_can_connect_its_own_process() {
     let world = World::start().expect("world");
-    // nobody's process, in its own namespace (made by root, then dropped).
-    let mut guest = Command::new("unshare")
+    // nobody's process, in a network namespace of a user namespace nobody
+    // made (rootless). One root made and handed over is refused
+    // (tests/tests/caller_limits.rs).
+    let mut guest = Command::new("setpriv")
         .args([
-            "--net",
-            "setpriv",
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--net",
             "sleep",
             "60",
         ])
@@ -598,6 +602,7 @@ fn a_non_root_caller_can_connect_its_own_process() {
             .lines()
             .any(|l| l.starts_with("Uid:") && l.contains("65534"))
             .then_some(())
+            .filter(|()| status.contains("Name:\tsleep"))
     })
     .expect("guest dropped to nobody");
     let mut child = cli_as_nobody(&world, &["connect-ns", "--json", "--pid", &pid.to_string()])

@@ -580,3 +580,108 @@ fn watch_ignores_the_signal_from_another_sender() {
         None
     );
 }
+
+#[test]
+fn watch_ignores_a_signal_sent_to_it_alone_by_another_sender() {
+    let bus = PrivateBus::start().unwrap();
+    let fake = FakeService::builder().start(bus.address()).unwrap();
+    let client = client(&bus);
+    let mut changes = client.watch_device_changes().unwrap();
+    let mut impostor = Channel::open_private(bus.address()).unwrap();
+    impostor.register().unwrap();
+    let forged = NetworkDeviceChangedSignal {
+        device: Some(device("evil0")),
+        event: Event::DeviceAdded as i32,
+    };
+    let real = NetworkDeviceChangedSignal {
+        device: Some(device("vmtap0")),
+        event: Event::DeviceAdded as i32,
+    };
+    let mut signal = dbus::Message::signal(
+        &names::PATH.into(),
+        &names::INTERFACE.into(),
+        &names::NETWORK_DEVICE_CHANGED.into(),
+    )
+    .append1(forged.encode_to_vec());
+    signal.set_destination(Some(client.unique_name().into()));
+
+    impostor.send(signal).unwrap();
+    // A round trip to the bus: the forgery is routed before the real one.
+    impostor
+        .send_with_reply_and_block(
+            dbus::Message::new_method_call(
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus",
+                "GetId",
+            )
+            .unwrap(),
+            WAIT,
+        )
+        .unwrap();
+    fake.emit_device_changed(&real).unwrap();
+
+    assert_eq!(changes.next_timeout(WAIT).unwrap(), Some(real));
+    assert_eq!(
+        changes.next_timeout(Duration::from_millis(300)).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn watch_follows_the_service_to_its_next_owner() {
+    let bus = PrivateBus::start().unwrap();
+    let first = FakeService::builder().start(bus.address()).unwrap();
+    let client = client(&bus);
+    let mut signals = client.watch_signals().unwrap();
+    let changed = NetworkDeviceChangedSignal {
+        device: Some(device("vmtap0")),
+        event: Event::DeviceAdded as i32,
+    };
+
+    drop(first);
+    let second = FakeService::builder().start(bus.address()).unwrap();
+    second.emit_device_changed(&changed).unwrap();
+
+    assert_eq!(
+        signals.next_timeout(WAIT).unwrap(),
+        Some(Signal::NetworkDeviceChanged(changed))
+    );
+}
+
+#[test]
+fn watch_started_before_the_service_reports_its_signals() {
+    let bus = PrivateBus::start().unwrap();
+    let client = client(&bus);
+    let mut changes = client.watch_device_changes().unwrap();
+    let changed = NetworkDeviceChangedSignal {
+        device: Some(device("vmtap0")),
+        event: Event::DeviceAdded as i32,
+    };
+
+    let fake = FakeService::builder().start(bus.address()).unwrap();
+    fake.emit_device_changed(&changed).unwrap();
+
+    assert_eq!(changes.next_timeout(WAIT).unwrap(), Some(changed));
+}
+
+#[test]
+fn two_subscriptions_on_one_client_each_see_every_signal() {
+    let bus = PrivateBus::start().unwrap();
+    let fake = FakeService::builder().start(bus.address()).unwrap();
+    let client = client(&bus);
+    let mut changes = client.watch_device_changes().unwrap();
+    let mut signals = client.watch_signals().unwrap();
+    let changed = NetworkDeviceChangedSignal {
+        device: Some(device("vmtap0")),
+        event: Event::DeviceAdded as i32,
+    };
+
+    fake.emit_device_changed(&changed).unwrap();
+
+    assert_eq!(
+        signals.next_timeout(WAIT).unwrap(),
+        Some(Signal::NetworkDeviceChanged(changed.clone()))
+    );
+    assert_eq!(changes.next_timeout(WAIT).unwrap(), Some(changed));
+}

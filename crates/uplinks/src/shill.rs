@@ -8,6 +8,16 @@
 //! half-known state (a new default service whose device is not known yet)
 //! never reaches the consumer. When shill leaves the bus every uplink is
 //! removed; when it comes back everything is fetched again.
+//!
+//! Who may say what ([`judge`]): any local user can send a signal to this
+//! connection by unicast, past the bus-side match rules, so each signal is
+//! judged by its sender, which the bus stamps and a client cannot forge.
+//! `NameOwnerChanged` counts only from the bus itself, and even then only as
+//! a hint: shill's owner is asked for again (`GetNameOwner`) and only the
+//! answer changes anything; an answer naming the owner already known changes
+//! nothing. Shill's `PropertyChanged` counts only from the unique name that
+//! answer gave, and shill's queries go to that unique name. Everything else is
+//! dropped, counted and reported at most once a minute.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::RawFd;
@@ -36,6 +46,13 @@ const BUS_DAEMON_TIMEOUT: Duration = Duration::from_secs(5);
 /// A reply that has not come after this long is given up on, so that one lost
 /// reply does not freeze the snapshot.
 const REPLY_PATIENCE: Duration = Duration::from_secs(10);
+
+/// At most one warning about dropped forgeries per this long (each one is
+/// logged at debug level).
+const FORGERY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The bus's answer when a name has no owner.
+const NAME_HAS_NO_OWNER: &str = "org.freedesktop.DBus.Error.NameHasNoOwner";
 
 /// A query whose reply [`ShillState`] waits for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,18 +98,23 @@ fn paths_of(v: &dyn RefArg) -> Option<Vec<String>> {
 }
 
 impl ShillState {
-    /// Shill's name owner changed (`None`: it left). Forgets everything;
-    /// returns the queries to start over with.
-    pub fn on_owner(&mut self, owner: Option<String>) -> Vec<Query> {
+    /// The bus says shill's name is owned by `owner` (`None`: nobody, shill
+    /// is not running). `None` when that is the owner already known: nothing
+    /// is forgotten. Otherwise everything is forgotten and the queries to
+    /// start over with are returned.
+    pub fn on_owner(&mut self, owner: Option<String>) -> Option<Vec<Query>> {
         let owner = owner.filter(|o| !o.is_empty());
+        if owner == self.owner {
+            return None;
+        }
         *self = ShillState {
             owner: owner.clone(),
             ..ShillState::default()
         };
-        match owner {
+        Some(match owner {
             Some(_) => vec![Query::Manager],
             None => vec![],
-        }
+        })
     }
 
     /// A Manager property (from `GetProperties` or `PropertyChanged`).
@@ -172,6 +194,98 @@ impl ShillState {
     }
 }
 
+/// The parts of a signal's header that say whether it may be believed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SignalHeader<'a> {
+    /// Stamped by the bus: a unique name, or `org.freedesktop.DBus` for the
+    /// bus's own signals. No client can send as another.
+    pub sender: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub interface: Option<&'a str>,
+    pub member: Option<&'a str>,
+    /// The first argument when it is a string (the name in `NameOwnerChanged`).
+    pub arg0: Option<&'a str>,
+}
+
+/// What a signal on shill's connection is, given who sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The bus says shill's name changed hands. A hint only: ask the bus who
+    /// owns it now ([`Query::NameOwner`]) and believe the answer.
+    OwnerHint,
+    /// A `PropertyChanged` from shill's current owner: apply it.
+    FromShill,
+    /// A shill signal from someone else while the owner is being asked for
+    /// (at start, or after a hint): it may be the next owner's, whose state
+    /// is fetched in full once the answer comes, so it is dropped quietly.
+    Early,
+    /// A signal this source follows, from someone who may not send it: a
+    /// `NameOwnerChanged` the bus did not send, or shill's signal from
+    /// anyone but shill's owner.
+    Forged,
+    /// Nothing this source follows (`NameAcquired`, other interfaces).
+    Unrelated,
+}
+
+/// Judges a signal: `owner` is shill's unique name as the bus last
+/// answered, `confirming` whether that question is out again.
+pub(crate) fn judge(owner: Option<&str>, confirming: bool, signal: &SignalHeader<'_>) -> Verdict {
+    match (signal.interface, signal.member) {
+        (Some(DBUS_NAME), Some("NameOwnerChanged")) => {
+            if signal.sender != Some(DBUS_NAME) || signal.path != Some(DBUS_PATH) {
+                Verdict::Forged
+            } else if signal.arg0 == Some(SERVICE) {
+                Verdict::OwnerHint
+            } else {
+                Verdict::Unrelated
+            }
+        }
+        (
+            Some(MANAGER_INTERFACE | DEVICE_INTERFACE | SERVICE_INTERFACE),
+            Some(PROPERTY_CHANGED),
+        ) => match (owner, signal.sender) {
+            (Some(owner), Some(sender)) if owner == sender => Verdict::FromShill,
+            _ if confirming => Verdict::Early,
+            _ => Verdict::Forged,
+        },
+        _ => Verdict::Unrelated,
+    }
+}
+
+/// Whether a reply to a query sent to `asked` may be believed: it must come
+/// from `asked`, except that the bus answers for a destination that is gone.
+/// (The bus already refuses replies nobody asked for; this also keeps an old
+/// shill's late answers out.)
+pub(crate) fn reply_trusted(asked: &str, sender: Option<&str>, error: bool) -> bool {
+    sender == Some(asked) || (error && sender == Some(DBUS_NAME))
+}
+
+/// Forged signals dropped: all counted, at most one warning per
+/// [`FORGERY_WARNING_INTERVAL`] (each is logged at debug level).
+#[derive(Debug, Default)]
+pub(crate) struct Forgeries {
+    pub total: u64,
+    unreported: u64,
+    last_warning: Option<Instant>,
+}
+
+impl Forgeries {
+    /// Counts one more; when a warning is due, returns how many it covers
+    /// (this one and those not warned about yet).
+    pub fn record(&mut self, now: Instant) -> Option<u64> {
+        self.total += 1;
+        self.unreported += 1;
+        let due = self
+            .last_warning
+            .is_none_or(|last| now.saturating_duration_since(last) >= FORGERY_WARNING_INTERVAL);
+        if !due {
+            return None;
+        }
+        self.last_warning = Some(now);
+        Some(std::mem::take(&mut self.unreported))
+    }
+}
+
 /// Whether `org.chromium.flimflam` has an owner on the bus at `address`
 /// (`None`: the system bus).
 pub fn shill_is_running(address: Option<&str>) -> Result<bool, UplinkError> {
@@ -225,9 +339,19 @@ pub struct ShillUplinks {
     fd: RawFd,
     kernel: KernelWatcher,
     state: ShillState,
-    /// Serial → what it answers, and when it was asked.
-    pending: HashMap<u32, (Query, Instant)>,
+    /// Serial → what it answers, whom it was sent to and when.
+    pending: HashMap<u32, Pending>,
     reported: Snapshot,
+    forgeries: Forgeries,
+}
+
+/// A query whose reply is awaited.
+#[derive(Debug)]
+struct Pending {
+    query: Query,
+    /// The destination: the bus, or shill's unique name.
+    asked: String,
+    since: Instant,
 }
 
 impl std::fmt::Debug for ShillUplinks {
@@ -236,6 +360,7 @@ impl std::fmt::Debug for ShillUplinks {
             .field("fd", &self.fd)
             .field("state", &self.state)
             .field("pending", &self.pending)
+            .field("forgeries", &self.forgeries.total)
             .finish()
     }
 }
@@ -271,12 +396,15 @@ impl ShillUplinks {
             state: ShillState::default(),
             pending: HashMap::new(),
             reported: Snapshot::default(),
+            forgeries: Forgeries::default(),
         };
         source.send(Query::NameOwner)?;
         source.channel.flush();
         Ok(source)
     }
 
+    /// Sends `query`: to the bus, or to the unique name of shill's owner (so
+    /// that only that owner answers; nothing is asked while there is none).
     fn send(&mut self, query: Query) -> Result<(), UplinkError> {
         let (path, interface, method) = match &query {
             Query::NameOwner => (DBUS_PATH, DBUS_NAME, "GetNameOwner"),
@@ -284,11 +412,12 @@ impl ShillUplinks {
             Query::Device(p) => (p.as_str(), DEVICE_INTERFACE, "GetProperties"),
             Query::Service(p) => (p.as_str(), SERVICE_INTERFACE, "GetProperties"),
         };
-        let destination = match query {
-            Query::NameOwner => DBUS_NAME,
-            _ => SERVICE,
+        let destination = match (&query, &self.state.owner) {
+            (Query::NameOwner, _) => DBUS_NAME.to_string(),
+            (_, Some(owner)) => owner.clone(),
+            (_, None) => return Ok(()),
         };
-        let mut msg = match Message::new_method_call(destination, path, interface, method) {
+        let mut msg = match Message::new_method_call(&*destination, path, interface, method) {
             Ok(m) => m,
             Err(e) => {
                 // A path from shill that libdbus refuses: nothing to ask.
@@ -300,8 +429,20 @@ impl ShillUplinks {
             msg = msg.append1(SERVICE);
         }
         let serial = self.channel.send(msg).map_err(|()| UplinkError::BusLost)?;
-        self.pending.insert(serial, (query, Instant::now()));
+        self.pending.insert(
+            serial,
+            Pending {
+                query,
+                asked: destination,
+                since: Instant::now(),
+            },
+        );
         Ok(())
+    }
+
+    /// Whether the bus has been asked who owns shill's name and not answered.
+    fn confirming_owner(&self) -> bool {
+        self.pending.values().any(|p| p.query == Query::NameOwner)
     }
 
     fn send_all(&mut self, queries: Vec<Query>) -> Result<(), UplinkError> {
@@ -311,15 +452,38 @@ impl ShillUplinks {
         Ok(())
     }
 
+    /// The bus answered who owns shill's name.
     fn on_owner(&mut self, owner: Option<String>) -> Result<(), UplinkError> {
-        match &owner {
-            Some(o) if !o.is_empty() => log::info!("uplinks: shill is on the bus as {o}"),
-            _ => log::info!("uplinks: shill is not on the bus"),
+        let Some(queries) = self.state.on_owner(owner) else {
+            log::debug!("uplinks: shill's owner is unchanged");
+            return Ok(());
+        };
+        match &self.state.owner {
+            Some(o) => log::info!("uplinks: shill is on the bus as {o}"),
+            None => log::info!("uplinks: shill is not on the bus"),
         }
         // Replies from a previous shill would describe a world that is gone.
-        self.pending.clear();
-        let queries = self.state.on_owner(owner);
+        self.pending.retain(|_, p| p.query == Query::NameOwner);
         self.send_all(queries)
+    }
+
+    /// Drops a signal its sender may not send: counted, logged.
+    fn forged(&mut self, signal: &SignalHeader<'_>) {
+        let what = format!(
+            "{}.{} at {} from {}",
+            signal.interface.unwrap_or("?"),
+            signal.member.unwrap_or("?"),
+            signal.path.unwrap_or("?"),
+            signal.sender.unwrap_or("?"),
+        );
+        log::debug!("uplinks: ignored {what}: not sent by the bus or shill's owner");
+        if let Some(n) = self.forgeries.record(Instant::now()) {
+            log::warn!(
+                "uplinks: ignored {n} signal(s) that neither the bus nor shill's owner sent \
+                 (latest: {what}; {} since start)",
+                self.forgeries.total
+            );
+        }
     }
 
     fn handle(&mut self, msg: Message) -> Result<(), UplinkError> {
@@ -331,13 +495,35 @@ impl ShillUplinks {
     }
 
     fn handle_reply(&mut self, mut msg: Message) -> Result<(), UplinkError> {
-        let Some((query, _)) = msg.get_reply_serial().and_then(|s| self.pending.remove(&s)) else {
+        let Some(serial) = msg.get_reply_serial() else {
+            return Ok(());
+        };
+        let Some(pending) = self.pending.get(&serial) else {
+            return Ok(());
+        };
+        let error = msg.msg_type() == MessageType::Error;
+        if !reply_trusted(&pending.asked, msg.sender().as_deref(), error) {
+            log::warn!(
+                "uplinks: ignored an answer to {:?} from {}, not from {}",
+                pending.query,
+                msg.sender().as_deref().unwrap_or("?"),
+                pending.asked
+            );
+            return Ok(());
+        }
+        let Some(Pending { query, .. }) = self.pending.remove(&serial) else {
             return Ok(());
         };
         if let Err(e) = msg.as_result() {
             match query {
-                // No owner: shill is not running (yet).
-                Query::NameOwner => return self.on_owner(None),
+                // No owner: shill is not running (yet), or left.
+                Query::NameOwner if e.name() == Some(NAME_HAS_NO_OWNER) => {
+                    return self.on_owner(None)
+                }
+                Query::NameOwner => log::warn!(
+                    "uplinks: cannot learn who owns shill's name: {}",
+                    call_error("GetNameOwner", &e)
+                ),
                 q => log::warn!(
                     "uplinks: shill query {q:?} failed: {}",
                     call_error("GetProperties", &e)
@@ -346,8 +532,13 @@ impl ShillUplinks {
             return Ok(());
         }
         if query == Query::NameOwner {
-            let owner = msg.read1::<&str>().ok().map(str::to_string);
-            return self.on_owner(owner);
+            return match msg.read1::<&str>() {
+                Ok(owner) => self.on_owner(Some(owner.to_string())),
+                Err(e) => {
+                    log::warn!("uplinks: the bus answered GetNameOwner with {e}");
+                    Ok(())
+                }
+            };
         }
         let props: PropMap = match msg.read1() {
             Ok(p) => p,
@@ -383,27 +574,45 @@ impl ShillUplinks {
     }
 
     fn handle_signal(&mut self, msg: Message) -> Result<(), UplinkError> {
-        let member = msg.member();
-        let interface = msg.interface();
-        if interface.as_deref() == Some(DBUS_NAME) && member.as_deref() == Some("NameOwnerChanged")
-        {
-            if let Ok((name, _old, new)) = msg.read3::<&str, &str, &str>() {
-                if name == SERVICE {
-                    return self.on_owner(Some(new.to_string()));
-                }
-            }
-            return Ok(());
-        }
-        if member.as_deref() != Some(PROPERTY_CHANGED) {
-            return Ok(());
-        }
-        let from_shill = match (&self.state.owner, msg.sender()) {
-            (Some(owner), Some(sender)) => **owner == *sender,
-            _ => false,
+        let (sender, path, interface, member) =
+            (msg.sender(), msg.path(), msg.interface(), msg.member());
+        let signal = SignalHeader {
+            sender: sender.as_deref(),
+            path: path.as_deref(),
+            interface: interface.as_deref(),
+            member: member.as_deref(),
+            arg0: msg.get1::<&str>(),
         };
-        if !from_shill {
-            return Ok(());
+        let confirming = self.confirming_owner();
+        match judge(self.state.owner.as_deref(), confirming, &signal) {
+            Verdict::OwnerHint => {
+                log::debug!("uplinks: the bus says shill's name changed hands; asking who has it");
+                // An answer still to come was given after this change.
+                if !confirming {
+                    self.send(Query::NameOwner)?;
+                }
+                Ok(())
+            }
+            Verdict::FromShill => self.on_property_changed(&msg),
+            Verdict::Early => {
+                log::debug!(
+                    "uplinks: ignored {} from {} while asking who owns shill's name",
+                    signal.member.unwrap_or("?"),
+                    signal.sender.unwrap_or("?")
+                );
+                Ok(())
+            }
+            Verdict::Forged => {
+                self.forged(&signal);
+                Ok(())
+            }
+            Verdict::Unrelated => Ok(()),
         }
+    }
+
+    /// Applies a `PropertyChanged` that shill's owner sent.
+    fn on_property_changed(&mut self, msg: &Message) -> Result<(), UplinkError> {
+        let interface = msg.interface();
         let Ok((name, value)) = msg.read2::<&str, Variant<Box<dyn RefArg>>>() else {
             log::warn!("uplinks: malformed shill PropertyChanged");
             return Ok(());
@@ -442,10 +651,14 @@ impl ShillUplinks {
     /// [`REPLY_PATIENCE`]).
     fn settled(&mut self) -> bool {
         let now = Instant::now();
-        self.pending.retain(|_, (query, asked)| {
-            let waiting = now.duration_since(*asked) < REPLY_PATIENCE;
+        self.pending.retain(|_, p| {
+            let waiting = now.duration_since(p.since) < REPLY_PATIENCE;
             if !waiting {
-                log::warn!("uplinks: shill did not answer {query:?}; going on without it");
+                log::warn!(
+                    "uplinks: {} did not answer {:?}; going on without it",
+                    p.asked,
+                    p.query
+                );
             }
             waiting
         });
@@ -528,8 +741,174 @@ mod tests {
     fn shill_appearing_asks_for_the_manager_properties() {
         let mut s = ShillState::default();
 
-        assert_eq!(s.on_owner(Some(":1.7".into())), vec![Query::Manager]);
+        assert_eq!(s.on_owner(Some(":1.7".into())), Some(vec![Query::Manager]));
         assert_eq!(s.owner.as_deref(), Some(":1.7"));
+    }
+
+    #[test]
+    fn the_owner_confirmed_again_forgets_nothing() {
+        let mut s = known();
+
+        assert_eq!(s.on_owner(Some(":1.7".into())), None);
+        assert_eq!(s, known());
+    }
+
+    #[test]
+    fn a_new_owner_forgets_the_old_ones_devices_and_asks_again() {
+        let mut s = known();
+
+        assert_eq!(s.on_owner(Some(":1.8".into())), Some(vec![Query::Manager]));
+        assert_eq!(s.owner.as_deref(), Some(":1.8"));
+        assert!(s.devices.is_empty());
+        assert!(s.snapshot(uplink).uplinks.is_empty());
+    }
+
+    fn name_owner_changed<'a>(sender: &'a str, name: &'a str) -> SignalHeader<'a> {
+        SignalHeader {
+            sender: Some(sender),
+            path: Some(DBUS_PATH),
+            interface: Some(DBUS_NAME),
+            member: Some("NameOwnerChanged"),
+            arg0: Some(name),
+        }
+    }
+
+    fn property_changed(sender: &str) -> SignalHeader<'_> {
+        SignalHeader {
+            sender: Some(sender),
+            path: Some(MANAGER_PATH),
+            interface: Some(MANAGER_INTERFACE),
+            member: Some(PROPERTY_CHANGED),
+            arg0: Some("DefaultService"),
+        }
+    }
+
+    #[test]
+    fn name_owner_changed_from_the_bus_about_shill_is_a_hint() {
+        let signal = name_owner_changed(DBUS_NAME, SERVICE);
+
+        assert_eq!(judge(Some(":1.7"), false, &signal), Verdict::OwnerHint);
+        assert_eq!(judge(None, true, &signal), Verdict::OwnerHint);
+    }
+
+    #[test]
+    fn name_owner_changed_from_a_client_is_forged() {
+        let signal = name_owner_changed(":1.66", SERVICE);
+
+        assert_eq!(judge(Some(":1.7"), false, &signal), Verdict::Forged);
+        assert_eq!(judge(None, true, &signal), Verdict::Forged);
+    }
+
+    #[test]
+    fn name_owner_changed_from_the_bus_on_another_path_is_forged() {
+        let signal = SignalHeader {
+            path: Some("/"),
+            ..name_owner_changed(DBUS_NAME, SERVICE)
+        };
+
+        assert_eq!(judge(Some(":1.7"), false, &signal), Verdict::Forged);
+    }
+
+    #[test]
+    fn name_owner_changed_about_another_name_is_unrelated() {
+        let signal = name_owner_changed(DBUS_NAME, ":1.66");
+
+        assert_eq!(judge(Some(":1.7"), false, &signal), Verdict::Unrelated);
+    }
+
+    #[test]
+    fn property_changed_from_shills_owner_is_applied() {
+        assert_eq!(
+            judge(Some(":1.7"), false, &property_changed(":1.7")),
+            Verdict::FromShill
+        );
+        // Shill's owner goes on being believed while the bus is asked again.
+        assert_eq!(
+            judge(Some(":1.7"), true, &property_changed(":1.7")),
+            Verdict::FromShill
+        );
+    }
+
+    #[test]
+    fn property_changed_from_anyone_else_is_forged() {
+        assert_eq!(
+            judge(Some(":1.7"), false, &property_changed(":1.66")),
+            Verdict::Forged
+        );
+        assert_eq!(
+            judge(None, false, &property_changed(":1.66")),
+            Verdict::Forged
+        );
+        let no_sender = SignalHeader {
+            sender: None,
+            ..property_changed(":1.7")
+        };
+        assert_eq!(judge(Some(":1.7"), false, &no_sender), Verdict::Forged);
+    }
+
+    #[test]
+    fn property_changed_from_another_while_asking_for_the_owner_is_early() {
+        assert_eq!(
+            judge(Some(":1.7"), true, &property_changed(":1.8")),
+            Verdict::Early
+        );
+        assert_eq!(judge(None, true, &property_changed(":1.8")), Verdict::Early);
+    }
+
+    #[test]
+    fn every_shill_interface_needs_the_owner() {
+        for interface in [MANAGER_INTERFACE, DEVICE_INTERFACE, SERVICE_INTERFACE] {
+            let signal = SignalHeader {
+                interface: Some(interface),
+                ..property_changed(":1.66")
+            };
+            assert_eq!(
+                judge(Some(":1.7"), false, &signal),
+                Verdict::Forged,
+                "{interface}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_signals_are_unrelated() {
+        let signal = SignalHeader {
+            interface: Some("org.example.Other"),
+            ..property_changed(":1.66")
+        };
+        assert_eq!(judge(Some(":1.7"), false, &signal), Verdict::Unrelated);
+        let acquired = SignalHeader {
+            member: Some("NameAcquired"),
+            ..name_owner_changed(DBUS_NAME, ":1.3")
+        };
+        assert_eq!(judge(Some(":1.7"), false, &acquired), Verdict::Unrelated);
+    }
+
+    #[test]
+    fn a_reply_counts_only_from_whom_was_asked_or_a_bus_error() {
+        assert!(reply_trusted(":1.7", Some(":1.7"), false));
+        assert!(reply_trusted(":1.7", Some(":1.7"), true));
+        assert!(reply_trusted(DBUS_NAME, Some(DBUS_NAME), false));
+        assert!(reply_trusted(":1.7", Some(DBUS_NAME), true));
+
+        assert!(!reply_trusted(":1.7", Some(":1.66"), false));
+        assert!(!reply_trusted(":1.7", Some(":1.66"), true));
+        assert!(!reply_trusted(":1.7", Some(DBUS_NAME), false));
+        assert!(!reply_trusted(DBUS_NAME, Some(":1.66"), false));
+        assert!(!reply_trusted(":1.7", None, true));
+    }
+
+    #[test]
+    fn forgeries_are_all_counted_and_warned_about_once_a_minute() {
+        let mut f = Forgeries::default();
+        let start = Instant::now();
+
+        assert_eq!(f.record(start), Some(1));
+        assert_eq!(f.record(start + Duration::from_secs(1)), None);
+        assert_eq!(f.record(start + Duration::from_secs(59)), None);
+        assert_eq!(f.record(start + FORGERY_WARNING_INTERVAL), Some(3));
+        assert_eq!(f.record(start + FORGERY_WARNING_INTERVAL), None);
+        assert_eq!(f.total, 5);
     }
 
     #[test]
@@ -633,7 +1012,7 @@ mod tests {
 
         let queries = s.on_owner(None);
 
-        assert_eq!(queries, vec![]);
+        assert_eq!(queries, Some(vec![]));
         assert_eq!(s, ShillState::default());
         assert!(s.snapshot(uplink).uplinks.is_empty());
     }

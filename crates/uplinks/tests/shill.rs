@@ -5,8 +5,14 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::fake_shill::{FakeShill, Value};
 use common::{add_link, brief, collect_until, ends_with, enter_private_netns, ifindex, ip};
+use dbus::arg::{RefArg, Variant};
+use dbus::blocking::Connection;
+use dbus::channel::{Channel, Sender as _};
+use dbus::{Message, Path};
 use patchpanel_tests::PrivateBus;
 use patchpanel_uplinks::{
     open, shill_is_running, IfName, Mode, ShillUplinks, Technology, UplinkConfig, UplinkEvent,
@@ -222,4 +228,119 @@ fn auto_mode_without_a_bus_is_netlink() {
 
     assert_eq!(open(Mode::Auto, &config).unwrap().name(), "netlink");
     assert!(open(Mode::Shill, &config).is_err());
+}
+
+/// Another client of the bus that sends signals by unicast, which pass any
+/// match rule; only their sender (stamped by the bus) tells them apart.
+struct Impostor {
+    conn: Connection,
+}
+
+impl Impostor {
+    fn connect(bus: &PrivateBus) -> Impostor {
+        let mut channel = Channel::open_private(bus.address()).unwrap();
+        channel.register().unwrap();
+        Impostor {
+            conn: Connection::from(channel),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.conn.unique_name().to_string()
+    }
+
+    fn bus_call<R: dbus::arg::ReadAll>(&self, method: &str, args: impl dbus::arg::AppendAll) -> R {
+        self.conn
+            .with_proxy(
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                Duration::from_secs(5),
+            )
+            .method_call("org.freedesktop.DBus", method, args)
+            .unwrap()
+    }
+
+    fn shill(&self) -> String {
+        let (owner,): (String,) = self.bus_call("GetNameOwner", ("org.chromium.flimflam",));
+        owner
+    }
+
+    /// The source's connection: the one that is neither shill nor this.
+    fn source(&self) -> String {
+        let (names,): (Vec<String>,) = self.bus_call("ListNames", ());
+        let others: Vec<String> = names
+            .into_iter()
+            .filter(|n| n.starts_with(':') && *n != self.name() && *n != self.shill())
+            .collect();
+        assert_eq!(others.len(), 1, "{others:?}");
+        others[0].clone()
+    }
+
+    /// Sends `msg` to `destination`, then makes a round trip to the bus, so
+    /// that it is routed before anything shill sends afterwards.
+    fn send_to(&self, destination: &str, mut msg: Message) {
+        msg.set_destination(Some(destination.to_string().into()));
+        self.conn.send(msg).unwrap();
+        let _: (String,) = self.bus_call("GetId", ());
+    }
+
+    fn name_owner_changed(&self, destination: &str, old: &str, new: &str) {
+        let msg = Message::new_signal(
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "NameOwnerChanged",
+        )
+        .unwrap()
+        .append3("org.chromium.flimflam", old, new);
+        self.send_to(destination, msg);
+    }
+
+    fn manager_property(&self, destination: &str, name: &str, value: Box<dyn RefArg>) {
+        let msg = Message::new_signal("/", "org.chromium.flimflam.Manager", "PropertyChanged")
+            .unwrap()
+            .append2(name, Variant(value));
+        self.send_to(destination, msg);
+    }
+}
+
+#[test]
+fn a_shill_left_the_bus_did_not_send_changes_nothing() {
+    let (bus, shill) = world();
+    let mut source = started(&bus);
+    let impostor = Impostor::connect(&bus);
+
+    impostor.name_owner_changed(&impostor.source(), &impostor.shill(), "");
+    shill.set("/", "DefaultService", Value::Path("/service/2".into()));
+    let events = collect_until(
+        &mut source,
+        ends_with(UplinkEvent::DefaultChanged(Some(name("wlan0")))),
+    );
+
+    assert_eq!(brief(&events), ["*wlan0"]);
+    assert_eq!(source.uplinks().len(), 2);
+}
+
+#[test]
+fn a_takeover_the_bus_did_not_send_is_ignored_and_shill_still_obeyed() {
+    let (bus, shill) = world();
+    let mut source = started(&bus);
+    let impostor = Impostor::connect(&bus);
+    let target = impostor.source();
+
+    impostor.name_owner_changed(&target, &impostor.shill(), &impostor.name());
+    impostor.manager_property(
+        &target,
+        "Devices",
+        Box::new(vec![Path::new("/device/wlan0").unwrap()]),
+    );
+    impostor.manager_property(
+        &target,
+        "DefaultService",
+        Box::new(Path::new("/service/2").unwrap()),
+    );
+    shill.set("/", "DefaultService", Value::Path("/".into()));
+    let events = collect_until(&mut source, ends_with(UplinkEvent::DefaultChanged(None)));
+
+    assert_eq!(brief(&events), ["*none"]);
+    assert_eq!(source.uplinks().len(), 2);
 }

@@ -59,6 +59,31 @@ pub trait FirewallBackend {
     fn read_counters(&mut self) -> Result<Vec<crate::counters::CounterSample>, FirewallError>;
     /// The whole rule set of `family`, in `iptables-save` format.
     fn dump(&mut self, family: Family) -> Result<String, FirewallError>;
+
+    /// Replaces whatever is left of patchpanel's firewall (after someone
+    /// else flushed or edited it) with `layout` and then `batch`, which
+    /// holds everything the daemon's state asks for (accounting chains
+    /// included). Returns the final counts of the accounting rules it
+    /// removed, so that the daemon can carry them over.
+    ///
+    /// This default removes, sets up and applies in steps (the iptables
+    /// backend: one `iptables-nft-restore` per table and step); the
+    /// nftables backend does all of it in one kernel transaction.
+    fn rebuild(
+        &mut self,
+        layout: &Layout,
+        batch: &Batch,
+    ) -> Result<Vec<crate::counters::CounterSample>, FirewallError> {
+        let carried = self.read_counters().unwrap_or_default();
+        if let Err(e) = self.remove_all(&|_| false) {
+            log::warn!("rebuild: removing what was left: {e}");
+        }
+        self.setup(layout)?;
+        for page in batch.pages(crate::model::MAX_CHANGES_PER_FAMILY) {
+            self.apply(&page)?;
+        }
+        Ok(carried)
+    }
 }
 
 /// What `setup` changed.

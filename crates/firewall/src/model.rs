@@ -982,6 +982,23 @@ impl Batch {
         self.ipv4.is_empty() && self.ipv6.is_empty()
     }
 
+    /// The batch cut into batches of at most `max` changes per family, in
+    /// order (the k-th of each family's changes stay together in page k).
+    pub fn pages(&self, max: usize) -> Vec<Batch> {
+        let max = max.max(1);
+        let mut pages = Vec::new();
+        let mut at = 0;
+        while at < self.ipv4.len() || at < self.ipv6.len() {
+            let take = |v: &[Change]| v.iter().skip(at).take(max).cloned().collect();
+            pages.push(Batch {
+                ipv4: take(&self.ipv4),
+                ipv6: take(&self.ipv6),
+            });
+            at += max;
+        }
+        pages
+    }
+
     /// Re-checks every change; the writer calls this on what it receives.
     pub fn validate(&self) -> Result<(), ValidationError> {
         for family in Family::ALL {
@@ -992,6 +1009,16 @@ impl Batch {
                     count: changes.len(),
                 });
             }
+        }
+        self.validate_changes()
+    }
+
+    /// Re-checks every change, however many there are: for a batch put
+    /// together by the writer from pages that each passed
+    /// [`Batch::validate`] (a firewall rebuild).
+    pub fn validate_changes(&self) -> Result<(), ValidationError> {
+        for family in Family::ALL {
+            let changes = self.changes(family);
             for (index, change) in changes.iter().enumerate() {
                 change
                     .validate(family)

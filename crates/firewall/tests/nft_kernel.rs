@@ -551,3 +551,124 @@ fn a_port_forward_to_a_taken_key_is_refused_and_changes_nothing() {
         fw.remove_all(&|_| false).unwrap();
     });
 }
+
+/// Everything a daemon with one uplink, one namespace, an ACCESS and a
+/// FORWARDING rule has in its firewall, as one batch.
+fn daemon_state(lo: &IfName) -> Batch {
+    let mut batch = counters::accounting_chains(lo);
+    batch.extend(guest::uplink_pinning(lo, 1001));
+    batch.extend(counters::accounting_jumps(lo));
+    batch.extend(guest::connected_namespace(&namespace()));
+    batch.extend(ports::access(PortProtocol::Tcp, 9292, Some(&ifname("eth0"))).unwrap());
+    batch.extend(
+        ports::forwarding(&Forwarding {
+            proto: PortProtocol::Tcp,
+            ifname: ifname("eth0"),
+            input_dst: None,
+            input_port: 8022,
+            dst: Ipv4Addr::new(100, 115, 92, 130),
+            dst_port: 22,
+        })
+        .unwrap(),
+    );
+    batch
+}
+
+/// The ruleset without the foreign tables (they must not change).
+fn patchpanel_tables() -> String {
+    let all = ruleset();
+    let mut out = String::new();
+    let mut keep = false;
+    for line in all.lines() {
+        if line.starts_with("table ") {
+            keep = line.contains(" patchpanel_");
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn a_rebuild_after_a_flush_restores_exactly_what_setup_and_the_batches_made() {
+    in_fresh_netns(|| {
+        run("ip", &["link", "set", "lo", "up"], None);
+        let lo = ifname("lo");
+        let layout = local_layout();
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&layout).unwrap();
+        fw.apply(&daemon_state(&lo)).unwrap();
+        let built = patchpanel_tables();
+        assert!(built.contains("table ip patchpanel_nat"), "{built}");
+
+        // nftables.service: flush ruleset, then the host's own tables.
+        run("nft", &["flush", "ruleset"], None);
+        load_host_fixture();
+        let host = ruleset();
+        let carried = fw.rebuild(&layout, &daemon_state(&lo)).unwrap();
+        assert!(carried.is_empty(), "nothing of ours was left: {carried:?}");
+        assert_eq!(patchpanel_tables(), built);
+        // The host's own tables are as it loaded them.
+        let now = ruleset();
+        for line in host.lines() {
+            assert!(now.contains(line), "{line:?} lost:\n{now}");
+        }
+        // The cache learned the new handles: a delete works.
+        let mut undo = ports::access(PortProtocol::Tcp, 9292, Some(&ifname("eth0"))).unwrap();
+        undo = undo.inverse().unwrap();
+        fw.apply(&undo).unwrap();
+        assert!(!patchpanel_tables().contains("9292"));
+    });
+}
+
+#[test]
+fn a_rebuild_over_partly_deleted_tables_replaces_them_and_carries_the_counts() {
+    in_fresh_netns(|| {
+        run("ip", &["link", "set", "lo", "up"], None);
+        let lo = ifname("lo");
+        let layout = Layout::default();
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&layout).unwrap();
+        fw.apply(&daemon_state(&lo)).unwrap();
+        let built = patchpanel_tables();
+        run("ping", &["-c", "2", "-i", "0.2", "-q", "127.0.0.1"], None);
+        // Someone deletes one chain of ours and a hook.
+        run(
+            "nft",
+            &["flush", "chain", "ip", "patchpanel_filter", "FORWARD"],
+            None,
+        );
+        run("nft", &["delete", "table", "ip6", "patchpanel_nat"], None);
+        let carried = fw.rebuild(&layout, &daemon_state(&lo)).unwrap();
+        let rx: u64 = carried
+            .iter()
+            .filter(|s| s.family == Family::V4 && s.direction == counters::Direction::Rx)
+            .map(|s| s.packets)
+            .sum();
+        assert!(rx >= 4, "the counts so far come back: {carried:?}");
+        assert_eq!(patchpanel_tables(), built);
+    });
+}
+
+#[test]
+fn a_rebuild_the_kernel_refuses_changes_nothing() {
+    in_fresh_netns(|| {
+        let lo = ifname("lo");
+        let layout = Layout::default();
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&layout).unwrap();
+        fw.apply(&daemon_state(&lo)).unwrap();
+        run("nft", &["delete", "table", "ip", "patchpanel_mangle"], None);
+        let before = ruleset();
+        // A batch that names a chain twice: NewChain refuses an existing one.
+        let mut bad = daemon_state(&lo);
+        bad.extend(counters::accounting_chains(&lo));
+        assert!(fw.rebuild(&layout, &bad).is_err());
+        assert_eq!(ruleset(), before);
+        // And a good one still goes through after it.
+        fw.rebuild(&layout, &daemon_state(&lo)).unwrap();
+        assert!(patchpanel_tables().contains("table ip patchpanel_mangle"));
+    });
+}

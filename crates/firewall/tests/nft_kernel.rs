@@ -672,3 +672,92 @@ fn a_rebuild_the_kernel_refuses_changes_nothing() {
         assert!(patchpanel_tables().contains("table ip patchpanel_mangle"));
     });
 }
+
+fn reconcile() -> patchpanel_firewall::nft::coexist::CoexistReport {
+    patchpanel_firewall::nft::coexist::reconcile(
+        &patchpanel_firewall::nft::coexist::is_patchpanel_table,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_drop_policy_set_after_start_gets_the_narrow_accept_and_loses_it_when_lifted() {
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        assert!(reconcile().is_empty(), "nothing drops yet");
+        // Docker starts.
+        run("iptables", &["-P", "FORWARD", "DROP"], None);
+        let r = reconcile();
+        assert_eq!(r.added.len(), 1, "{r}");
+        assert!(
+            r.added[0].starts_with("ip filter FORWARD (hook forward, priority 0): policy drop"),
+            "{r}"
+        );
+        let saved = run("iptables-save", &["-t", "filter"], None);
+        assert!(
+            saved.contains(
+                "-A FORWARD -m mark --mark 0x10/0x10 -m comment --comment patchpanel -j ACCEPT\n"
+            ),
+            "{saved}"
+        );
+        assert!(reconcile().is_empty(), "a second pass changes nothing");
+        // Docker stops.
+        run("iptables", &["-P", "FORWARD", "ACCEPT"], None);
+        let r = reconcile();
+        assert_eq!(r.removed.len(), 1, "{r}");
+        assert!(!run("iptables-save", &["-t", "filter"], None).contains("patchpanel"));
+    });
+}
+
+#[test]
+fn native_tables_that_drop_get_a_native_narrow_accept_and_stop_removes_it() {
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        // nftables.service's inet filter with policy drop, and a table that
+        // ends its forward chain in an unconditional reject.
+        run(
+            "nft",
+            &["-f", "-"],
+            Some("table inet filter {\n chain input {\n  type filter hook input priority 0; policy drop;\n  ct state established,related accept\n }\n}\ntable ip ufwish {\n chain early_forward {\n  type filter hook forward priority 5; policy accept;\n  ip saddr 10.0.0.1 accept\n  counter reject\n }\n chain pre {\n  type filter hook prerouting priority 0; policy drop;\n }\n}\n"),
+        );
+        let r = reconcile();
+        assert_eq!(r.added.len(), 2, "{r}");
+        let rs = ruleset();
+        assert!(
+            rs.contains("policy drop;\n\t\tmeta mark & 0x00000010 == 0x00000010 counter accept comment \"patchpanel\"\n\t\tct state established,related accept"),
+            "{rs}"
+        );
+        assert!(
+            rs.contains("policy accept;\n\t\tmeta mark & 0x00000010 == 0x00000010 counter accept comment \"patchpanel\"\n\t\tip saddr 10.0.0.1 accept"),
+            "{rs}"
+        );
+        // prerouting is not a hook patchpanel's accepts need.
+        assert!(!rs.contains("policy drop;\n\t\tmeta mark & 0x00000010 == 0x00000010 counter accept comment \"patchpanel\"\n\t}\n\n\tchain pre"), "{rs}");
+        fw.remove_all(&|_| false).unwrap();
+        assert!(!ruleset().contains("patchpanel"), "{}", ruleset());
+    });
+}
+
+#[test]
+fn a_drop_chain_that_runs_before_patchpanels_is_reported() {
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        run(
+            "nft",
+            &["-f", "-"],
+            Some("table inet early {\n chain early_forward {\n  type filter hook forward priority -200; policy drop;\n }\n}\n"),
+        );
+        let r = reconcile();
+        assert_eq!(r.added.len(), 1, "{r}");
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("runs before patchpanel's chains")),
+            "{r}"
+        );
+        fw.remove_all(&|_| false).unwrap();
+    });
+}

@@ -145,6 +145,18 @@ pub fn compile_narrow_accept(m: &mut MsgBuilder, mark: u32, comment: &str) {
     e.verdict(NF_ACCEPT, None);
 }
 
+/// The narrow accept in nftables' own words, for tables iptables-nft does
+/// not manage: `meta mark & M == M counter accept` (its comment rides as
+/// the rule's userdata).
+pub fn compile_native_narrow_accept(m: &mut MsgBuilder, mark: u32) {
+    let mut e = Exprs { m };
+    e.meta_load(META_MARK, REG1);
+    e.bitwise(REG1, &mark.to_ne_bytes(), &0u32.to_ne_bytes());
+    e.cmp(CMP_EQ, &mark.to_ne_bytes());
+    e.expr("counter", |_| {});
+    e.verdict(NF_ACCEPT, None);
+}
+
 /// What a port set's lookup rule does with a packet whose key is in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LookupAction {

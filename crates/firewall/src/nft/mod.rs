@@ -22,7 +22,7 @@
 //! validates a whole chain at every commit that changes its rules, so a
 //! chain of 1000 rules made the 1000th cost 15 times the first.
 
-mod coexist;
+pub mod coexist;
 pub mod expr;
 mod inspect;
 pub mod monitor;
@@ -958,7 +958,11 @@ impl FirewallBackend for Nftables {
         }
         self.sets.clear();
         self.commit(tx, HashMap::new())?;
-        self.coexist_with_iptables_policies();
+        match coexist::reconcile(&coexist::is_patchpanel_table) {
+            Ok(r) if r.is_empty() => {}
+            Ok(r) => log::info!("living with the host's firewall: {r}"),
+            Err(e) => log::warn!("cannot read the host's firewall to live with it: {e}"),
+        }
         Ok(report)
     }
 

@@ -133,6 +133,21 @@ pub enum Request {
     /// adb-proxy: stops accepting and closes every relayed connection.
     /// Answered with [`Reply::Done`], also when nothing ran.
     AdbStop,
+    /// Datapath writer: after the host's rule set changed, brings the
+    /// narrow accepts in line with the other firewalls and reports what of
+    /// patchpanel's layout is missing. Answered with
+    /// [`Reply::FirewallChecked`].
+    CheckFirewall,
+    /// Datapath writer: one page of everything the daemon's state asks of
+    /// the firewall (guests, port rules, uplinks' accounting and pinning).
+    /// Pages accumulate until `last`; then what is left of patchpanel's
+    /// firewall is replaced by the layout of the last `SetupFirewall` and
+    /// all pages (with nftables, in one kernel transaction). Answered with
+    /// [`Reply::Done`] for a page, [`Reply::Rebuilt`] for the last.
+    RebuildFirewall {
+        page: patchpanel_firewall::Batch,
+        last: bool,
+    },
 }
 
 /// One guest link forwarded to one uplink by the mcast-forwarder.
@@ -172,6 +187,19 @@ pub enum Reply {
         samples: Vec<patchpanel_firewall::counters::CounterSample>,
         next: Option<u32>,
     },
+    /// What [`Request::CheckFirewall`] found and did.
+    FirewallChecked {
+        /// Narrow accepts added or removed, and problems, for the log;
+        /// empty when nothing changed.
+        coexistence: String,
+        /// Chains and hooks of the layout that are not there.
+        missing: Vec<String>,
+    },
+    /// The firewall was rebuilt; the final counts of the accounting rules
+    /// it replaced, to carry over.
+    Rebuilt {
+        carried: Vec<patchpanel_firewall::counters::CounterSample>,
+    },
 }
 
 /// Why a helper refused or failed a request.
@@ -197,6 +225,22 @@ pub enum HelperError {
 pub enum Event {
     /// ndproxy saw a guest use a global or ULA address on a downlink.
     NeighborDetected { ifindex: u32, addr: [u8; 16] },
+    /// Datapath writer: another program changed the host's rule set.
+    FirewallChanged(FirewallChange),
+}
+
+/// What the datapath writer saw of another program's firewall change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallChange {
+    /// Who and what, for the log (`nft (pid 42): delete table ip
+    /// patchpanel_nat, ... (34 objects)`).
+    pub by: String,
+    /// Patchpanel's own tables or chains were changed: rebuild.
+    pub ours: bool,
+    /// Notifications were lost: what changed is not known in full.
+    pub overrun: bool,
+    /// Final counts of patchpanel's accounting rules that were deleted.
+    pub lost_counters: Vec<patchpanel_firewall::counters::CounterSample>,
 }
 
 /// Mirrors `log::LevelFilter` without depending on `log` here.

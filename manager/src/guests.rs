@@ -669,6 +669,16 @@ fn arc_device_teardown_steps(arc: &ArcGuest, device: &ArcDevice) -> Vec<Step> {
     steps
 }
 
+/// Everything ARC holds in the firewall (arc0 and each device), as a
+/// rebuild from the state needs it.
+pub fn arc_firewall(arc: &ArcGuest) -> Batch {
+    let mut batch = arc_device_firewall(arc, &arc.arc0);
+    for device in arc.devices.values() {
+        batch.extend(arc_device_firewall(arc, device));
+    }
+    batch
+}
+
 /// ARC's start: attach the container's namespace (the pidfd rides as fd
 /// 0) or make ARCVM's TAPs, then arc0 and one device per entry of
 /// `arc.devices`. Atomic.

@@ -8,6 +8,7 @@ pub mod counters;
 pub mod dbus_service;
 pub mod guest_service;
 pub mod guests;
+pub mod host_firewall;
 pub mod lifeline;
 pub mod manager;
 pub mod mcast_service;

@@ -152,6 +152,8 @@ pub struct Manager {
     pub(crate) mcast: crate::mcast_service::McastForwarding,
     datapath_started: bool,
     cleanup_done: bool,
+    /// Other programs' changes to the rule set, waiting for their check.
+    pub(crate) host_firewall: crate::host_firewall::Follower,
 }
 
 impl std::fmt::Debug for Manager {
@@ -282,6 +284,7 @@ impl Manager {
             mcast: Default::default(),
             datapath_started: false,
             cleanup_done: false,
+            host_firewall: Default::default(),
         })
     }
 
@@ -359,10 +362,14 @@ impl Manager {
                 Phase::Up { .. } => s.liveness.next_deadline(),
                 Phase::Starting { .. } => None,
             })
+            .chain(self.host_firewall.deadline())
             .min()
     }
 
     fn on_timers(&mut self, now: Instant) -> anyhow::Result<()> {
+        if let Some(pending) = self.host_firewall.take_due(now) {
+            self.follow_host_firewall(pending);
+        }
         for i in 0..self.slots.len() {
             match self.slots[i].phase {
                 Phase::Down { respawn_at } if now >= respawn_at => self.start_helper(i)?,
@@ -530,6 +537,12 @@ impl Manager {
             HelperMessage::Event(event) => match event {
                 patchpanel_ipc::Event::NeighborDetected { ifindex, addr } => {
                     self.on_neighbor_detected(ifindex, addr)
+                }
+                patchpanel_ipc::Event::FirewallChanged(change) => {
+                    // Until the datapath is up, its own setup takes care.
+                    if self.datapath_ready {
+                        self.host_firewall.on_change(change, Instant::now());
+                    }
                 }
             },
         }

@@ -581,6 +581,15 @@ impl Manager {
                 }
             }
         }
+        // What was counted before another program flushed the accounting
+        // rules (or a rebuild replaced them) still counts.
+        samples.extend(
+            self.state
+                .counter_base
+                .iter()
+                .filter(|s| wanted.iter().any(|w| w.as_str() == s.ifname))
+                .cloned(),
+        );
         Ok(patchpanel_proto::TrafficCountersResponse {
             counters: counters::aggregate(&samples),
         }
@@ -707,6 +716,128 @@ impl Manager {
         }
     }
 
+    /// Another program changed the rule set and it went quiet: bring the
+    /// narrow accepts in line, and rebuild patchpanel's firewall from the
+    /// state if it was touched. One log line says what was found and done.
+    pub(crate) fn follow_host_firewall(&mut self, pending: crate::host_firewall::Pending) {
+        if !self.datapath_ready {
+            return;
+        }
+        let by = pending.by.join("; ");
+        let (coexistence, missing) =
+            match self.call_helper(Process::DatapathWriter, Request::CheckFirewall, &[]) {
+                Ok(Reply::FirewallChecked {
+                    coexistence,
+                    missing,
+                }) => (coexistence, missing),
+                Ok(other) => {
+                    warn!("host firewall changed by {by}; the check answered {other:?}");
+                    return;
+                }
+                Err(e) => {
+                    warn!(
+                        "host firewall changed by {by}, and patchpanel cannot check its own: {e}"
+                    );
+                    return;
+                }
+            };
+        let mut carried = pending.lost_counters;
+        let outcome = if pending.ours || !missing.is_empty() {
+            let started = std::time::Instant::now();
+            let what = format!(
+                "{} connected namespace(s), {} VM(s), ARC {}, {} port rule(s), {} uplink(s)",
+                self.state.namespaces.len(),
+                self.state.vms.len(),
+                if self.state.arc.is_some() {
+                    "running"
+                } else {
+                    "off"
+                },
+                self.state.port_rules.len(),
+                self.uplinks.all().count()
+            );
+            let lost = if missing.is_empty() {
+                "changed".to_string()
+            } else {
+                format!(
+                    "missing {}{}",
+                    missing
+                        .iter()
+                        .take(4)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if missing.len() > 4 {
+                        format!(" and {} more", missing.len() - 4)
+                    } else {
+                        String::new()
+                    }
+                )
+            };
+            let outcome = match self.rebuild_firewall() {
+                Ok(counts) => {
+                    carried.extend(counts);
+                    format!(
+                        "patchpanel's firewall was {lost}: rebuilt from the state ({what}) in {:.1?}",
+                        started.elapsed()
+                    )
+                }
+                Err(e) => format!(
+                    "patchpanel's firewall was {lost}, and the rebuild failed: {e}; guests may have lost their network until the next change or restart"
+                ),
+            };
+            if let Some(wait) = self.host_firewall.rebuilt(std::time::Instant::now()) {
+                warn!(
+                    "host firewall: another program keeps undoing patchpanel's firewall ({} rebuilds within {:?}; last by {by}); the next rebuild waits {wait:?}",
+                    crate::host_firewall::FLAP_COUNT,
+                    crate::host_firewall::FLAP_WINDOW
+                );
+            }
+            outcome
+        } else {
+            "patchpanel's firewall is intact".to_string()
+        };
+        if !carried.is_empty() {
+            crate::host_firewall::carry(&mut self.state.counter_base, &carried);
+            self.save_state();
+        }
+        let coexistence = if coexistence.is_empty() {
+            "no narrow accept changed".to_string()
+        } else {
+            coexistence
+        };
+        info!("host firewall changed by {by}: {coexistence}; {outcome}");
+    }
+
+    /// Replaces whatever is left of patchpanel's firewall with what the
+    /// state asks for, in IPC pages; the writer applies them together.
+    fn rebuild_firewall(
+        &mut self,
+    ) -> Result<Vec<patchpanel_firewall::counters::CounterSample>, CallError> {
+        let batch =
+            crate::host_firewall::desired(&self.state, &self.uplinks, &self.options.port_policy);
+        let pages = crate::host_firewall::pages(&batch, REBUILD_PAGE_BYTES);
+        let count = pages.len();
+        for (i, page) in pages.into_iter().enumerate() {
+            let last = i + 1 == count;
+            match self.call_helper(
+                Process::DatapathWriter,
+                Request::RebuildFirewall { page, last },
+                &[],
+            )? {
+                Reply::Done if !last => {}
+                Reply::Rebuilt { carried } if last => return Ok(carried),
+                other => {
+                    return Err(CallError::Failed(format!(
+                        "rebuild: the writer answered {other:?} to page {} of {count}",
+                        i + 1
+                    )))
+                }
+            }
+        }
+        Err(CallError::Failed("rebuild: nothing was sent".into()))
+    }
+
     /// Namespaces pinned to `uplink` whose routing tag carries an old
     /// ifindex get their rules rebuilt for the new one.
     fn repin_namespaces(&mut self, uplink: &str, ifindex: u32) {
@@ -746,6 +877,9 @@ impl Manager {
         self.save_state();
     }
 }
+
+/// Rebuild pages stay well under the IPC limit with their envelope.
+const REBUILD_PAGE_BYTES: usize = 48 * 1024;
 
 /// Maps a helper's refusal to the D-Bus error class.
 pub fn call_error(e: HelperError) -> CallError {

@@ -236,7 +236,7 @@ pub fn uplink_steps_all(view: &UplinkView, manage: bool) -> Vec<Step> {
 /// Connection pinning (reference §4.6): connections leaving through the
 /// uplink remember it and their source; and the jumps to the uplink's
 /// accounting chains (reference §6).
-fn pinning(u: &Uplink) -> Batch {
+pub fn pinning(u: &Uplink) -> Batch {
     let mut batch = patchpanel_firewall::guest::uplink_pinning(&u.name, table_of(u));
     batch.extend(patchpanel_firewall::counters::accounting_jumps(&u.name));
     batch

@@ -114,6 +114,11 @@ pub struct State {
     /// Running Termina and Parallels VMs, in start order.
     #[serde(default)]
     pub vms: Vec<crate::guests::VmGuest>,
+    /// What accounting rules counted before another program deleted them
+    /// or a rebuild replaced them: GetTrafficCounters adds it to what the
+    /// kernel counts now, so totals keep growing across a flush.
+    #[serde(default)]
+    pub counter_base: Vec<patchpanel_firewall::counters::CounterSample>,
 }
 
 impl Default for State {
@@ -126,6 +131,7 @@ impl Default for State {
             port_rules: Vec::new(),
             arc: None,
             vms: Vec::new(),
+            counter_base: Vec::new(),
         }
     }
 }

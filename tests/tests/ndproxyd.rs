@@ -559,6 +559,7 @@ impl Manager {
                 let addr = Ipv6Addr::from(addr);
                 want(ifindex, addr).then_some((ifindex, addr))
             }
+            _ => None,
         };
         if let Some(found) = self.events.iter().find_map(matches) {
             return Some(found);

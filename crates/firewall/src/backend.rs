@@ -60,6 +60,45 @@ pub trait FirewallBackend {
     /// The whole rule set of `family`, in `iptables-save` format.
     fn dump(&mut self, family: Family) -> Result<String, FirewallError>;
 
+    /// The chains and hooks of `layout` that are not in the kernel (after
+    /// another program changed the rule set), as `ip filter chain
+    /// guest_forward` / `ip6 nat hook POSTROUTING -> patchpanel_POSTROUTING`.
+    fn missing(&mut self, layout: &Layout) -> Result<Vec<String>, FirewallError> {
+        let mut missing = Vec::new();
+        for family in Family::ALL {
+            let dump = self.dump(family)?;
+            for want in layout.tables.iter().filter(|t| t.family == family) {
+                let have = self.list_chains(family, want.table)?;
+                for spec in &want.chains {
+                    if !have.iter().any(|c| c == spec.chain.as_str()) {
+                        missing.push(format!(
+                            "{family} {} chain {}",
+                            want.table,
+                            spec.chain.as_str()
+                        ));
+                    }
+                }
+                let section = save_section(&dump, want.table);
+                for hook in &want.hooks {
+                    let start = format!("-A {} ", hook.builtin.name());
+                    let jump = format!(" -j {}", hook.root.as_str());
+                    let hooked = section
+                        .lines()
+                        .any(|l| l.starts_with(&start) && l.ends_with(&jump));
+                    if !hooked {
+                        missing.push(format!(
+                            "{family} {} hook {} -> {}",
+                            want.table,
+                            hook.builtin.name(),
+                            hook.root.as_str()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(missing)
+    }
+
     /// Replaces whatever is left of patchpanel's firewall (after someone
     /// else flushed or edited it) with `layout` and then `batch`, which
     /// holds everything the daemon's state asks for (accounting chains
@@ -84,6 +123,25 @@ pub trait FirewallBackend {
         }
         Ok(carried)
     }
+}
+
+/// The lines of `table`'s section (`*nat` ... `COMMIT`) of an
+/// `iptables-save` text.
+fn save_section(dump: &str, table: Table) -> String {
+    let header = format!("*{table}");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in dump.lines() {
+        if line.starts_with('*') {
+            inside = line == header;
+            continue;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// What `setup` changed.

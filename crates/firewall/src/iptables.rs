@@ -527,6 +527,31 @@ struct RunOutput {
     stderr: String,
 }
 
+/// The pids of the last tools this process ran: their nf_tables
+/// transactions are patchpanel's own, not another program's
+/// ([`spawned_recently`]).
+static RECENT_CHILDREN: std::sync::Mutex<std::collections::VecDeque<u32>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const RECENT_CHILDREN_KEPT: usize = 64;
+
+/// Whether `pid` is one of the last tools the iptables backend ran (a
+/// pid is not reused that fast on a host with pid_max >= 32768).
+pub fn spawned_recently(pid: u32) -> bool {
+    RECENT_CHILDREN
+        .lock()
+        .map(|pids| pids.contains(&pid))
+        .unwrap_or(false)
+}
+
+fn remember_child(pid: u32) {
+    if let Ok(mut pids) = RECENT_CHILDREN.lock() {
+        if pids.len() == RECENT_CHILDREN_KEPT {
+            pids.pop_front();
+        }
+        pids.push_back(pid);
+    }
+}
+
 /// Runs `program args`, feeding `stdin` from a second thread so neither
 /// side can block on a full pipe.
 fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<RunOutput, FirewallError> {
@@ -545,6 +570,7 @@ fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<RunOutput, 
         .stderr(Stdio::piped())
         .spawn()
         .map_err(spawn_err)?;
+    remember_child(child.id());
     let writer = match (child.stdin.take(), stdin) {
         (Some(mut pipe), Some(text)) => {
             let text = text.to_string();

@@ -761,3 +761,42 @@ fn a_drop_chain_that_runs_before_patchpanels_is_reported() {
         fw.remove_all(&|_| false).unwrap();
     });
 }
+
+#[test]
+fn what_another_program_deleted_is_reported_missing() {
+    in_fresh_netns(|| {
+        let layout = Layout::default();
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&layout).unwrap();
+        assert_eq!(fw.missing(&layout).unwrap(), Vec::<String>::new());
+        run(
+            "nft",
+            &["delete", "chain", "ip", "patchpanel_filter", "FORWARD"],
+            None,
+        );
+        // No rule may jump to a chain that goes.
+        run("nft", &["flush", "table", "ip", "patchpanel_filter"], None);
+        run(
+            "nft",
+            &[
+                "delete",
+                "chain",
+                "ip",
+                "patchpanel_filter",
+                "guest_forward",
+            ],
+            None,
+        );
+        let missing = fw.missing(&layout).unwrap();
+        assert!(
+            missing.contains(&"IPv4 filter chain guest_forward".to_string()),
+            "{missing:?}"
+        );
+        assert!(
+            missing.contains(&"IPv4 filter hook FORWARD -> patchpanel_FORWARD".to_string()),
+            "{missing:?}"
+        );
+        run("nft", &["flush", "ruleset"], None);
+        assert!(fw.missing(&layout).unwrap().len() > 20);
+    });
+}

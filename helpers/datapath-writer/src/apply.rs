@@ -28,6 +28,12 @@ pub struct Writer {
     sockets: HashMap<NetnsName, Rtnl>,
     /// The last counter reading, paged out by `read_counters`.
     counters: Vec<patchpanel_firewall::counters::CounterSample>,
+    /// The layout of the last `SetupFirewall`, for checks and rebuilds.
+    layout: Option<patchpanel_firewall::Layout>,
+    /// The pages of a `RebuildFirewall` received so far.
+    rebuild: Batch,
+    /// nf_tables notifications: other programs' changes.
+    pub(crate) watch: Option<crate::firewall_watch::FirewallWatch>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -203,7 +209,65 @@ impl Writer {
         for warning in patchpanel_firewall::conflicts::warnings() {
             warn!("{warning}");
         }
+        self.layout = Some(layout);
         Ok(())
+    }
+
+    fn layout(&self) -> Result<&patchpanel_firewall::Layout, HelperError> {
+        self.layout
+            .as_ref()
+            .ok_or_else(|| invalid("the firewall has not been set up"))
+    }
+
+    /// After another program changed the rule set: the narrow accepts
+    /// follow the other firewalls, and what of the layout is missing is
+    /// reported (the manager rebuilds if anything is).
+    pub fn check_firewall(&mut self) -> Result<(String, Vec<String>), HelperError> {
+        let layout = self.layout()?.clone();
+        let iptables = self.firewall_kind == Some(FirewallChoice::Iptables);
+        let skip = move |family: u8, table: &str| {
+            patchpanel_firewall::nft::coexist::is_patchpanel_table(family, table)
+                // The iptables backend's hook accepts inside iptables'
+                // own filter chains, before their drops.
+                || (iptables && table == "filter" && (family == 2 || family == 10))
+        };
+        let coexistence = match patchpanel_firewall::nft::coexist::reconcile(&skip) {
+            Ok(report) => report.to_string(),
+            Err(e) => format!("cannot read the other firewalls: {e}"),
+        };
+        let missing = self
+            .firewall()?
+            .missing(&layout)
+            .map_err(|e| firewall_error("check the firewall", &e))?;
+        Ok((coexistence, missing))
+    }
+
+    /// One page of a rebuild; the last one replaces the firewall.
+    pub fn rebuild_firewall(
+        &mut self,
+        page: &Batch,
+        last: bool,
+    ) -> Result<Option<Vec<patchpanel_firewall::counters::CounterSample>>, HelperError> {
+        page.validate()
+            .map_err(|e| invalid(format!("rebuild page: {e}")))?;
+        self.rebuild.extend(page.clone());
+        if !last {
+            return Ok(None);
+        }
+        let batch = std::mem::take(&mut self.rebuild);
+        let layout = self.layout()?.clone();
+        let started = std::time::Instant::now();
+        let carried = self
+            .firewall()?
+            .rebuild(&layout, &batch)
+            .map_err(|e| firewall_error("rebuild the firewall", &e))?;
+        info!(
+            "firewall rebuilt: the layout and {} change(s) in {:.1?}",
+            batch.changes(patchpanel_firewall::Family::V4).len()
+                + batch.changes(patchpanel_firewall::Family::V6).len(),
+            started.elapsed()
+        );
+        Ok(Some(carried))
     }
 
     /// Non-zero accounting counters of `ifnames` (every uplink if empty),

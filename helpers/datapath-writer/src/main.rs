@@ -9,14 +9,17 @@
 //! ([`apply`]).
 
 mod apply;
+mod firewall_watch;
 mod netns;
 mod owned;
 
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
 use patchpanel_helper_runtime::Service;
-use patchpanel_ipc::{HelperError, Reply, Request};
+use patchpanel_ipc::{Event, HelperError, Reply, Request};
 use patchpanel_sandbox::Process;
 
 use crate::apply::Writer;
@@ -43,10 +46,58 @@ impl Service for Writer {
             } => self
                 .remove_owned(keep_links, keep_netns, *keep_accounting)
                 .map(Reply::Applied),
+            Request::CheckFirewall => {
+                self.check_firewall()
+                    .map(|(coexistence, missing)| Reply::FirewallChecked {
+                        coexistence,
+                        missing,
+                    })
+            }
+            Request::RebuildFirewall { page, last } => {
+                self.rebuild_firewall(page, *last)
+                    .map(|carried| match carried {
+                        Some(carried) => Reply::Rebuilt { carried },
+                        None => Reply::Done,
+                    })
+            }
             _ => return None,
         })
     }
+
+    fn start(&mut self, registry: &Registry) -> Result<(), String> {
+        // Opened before the seccomp filter; a kernel without nf_tables
+        // notifications leaves the writer without them, not broken.
+        match firewall_watch::FirewallWatch::open() {
+            Ok(watch) => {
+                registry
+                    .register(&mut SourceFd(&watch.fd()), RULESET, Interest::READABLE)
+                    .map_err(|e| format!("epoll: {e}"))?;
+                self.watch = Some(watch);
+            }
+            Err(e) => log::warn!(
+                "cannot follow nf_tables notifications ({e}): changes other programs make to the rule set will not be seen"
+            ),
+        }
+        Ok(())
+    }
+
+    fn ready(&mut self, token: Token) -> Result<Vec<Event>, String> {
+        if token != RULESET {
+            return Ok(Vec::new());
+        }
+        let kind = self.firewall_kind;
+        Ok(self
+            .watch
+            .as_mut()
+            .and_then(|w| w.read(kind))
+            .map(Event::FirewallChanged)
+            .into_iter()
+            .collect())
+    }
 }
+
+/// The token of the nf_tables notification socket (0 is the manager's).
+const RULESET: Token = Token(1);
 
 fn main() -> ExitCode {
     patchpanel_helper_runtime::run(Process::DatapathWriter, Writer::default())

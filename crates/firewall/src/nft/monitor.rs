@@ -100,7 +100,18 @@ impl Transaction {
             None => "an unknown process".to_string(),
         };
         let mut what: Vec<String> = Vec::new();
-        for n in &self.notices {
+        // Whole tables first: `delete table ip nat` says more than the
+        // thousand rules that went with it.
+        let rank = |n: &&Notice| match n.object {
+            Object::Table => 0,
+            Object::Chain => 1,
+            Object::Set => 2,
+            Object::Rule => 3,
+            Object::Element | Object::Other => 4,
+        };
+        let mut notices: Vec<&Notice> = self.notices.iter().collect();
+        notices.sort_by_key(rank);
+        for n in notices {
             let line = format!(
                 "{} {} {} {}{}",
                 match n.op {

@@ -41,6 +41,7 @@
 
 pub mod adb;
 pub mod guests;
+pub mod host_firewall;
 pub mod idle;
 pub mod interrupt;
 pub mod link_probe;

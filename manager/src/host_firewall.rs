@@ -27,9 +27,12 @@ use crate::uplinks::UplinkView;
 pub const QUIET: Duration = Duration::from_millis(20);
 /// The longest a check waits after the first change of a burst.
 pub const MAX_WAIT: Duration = Duration::from_millis(100);
-/// This many rebuilds within [`FLAP_WINDOW`] mean a peer fights us.
-pub const FLAP_COUNT: usize = 3;
-pub const FLAP_WINDOW: Duration = Duration::from_secs(10);
+/// This many rebuilds within [`FLAP_WINDOW`] mean a peer fights us: a
+/// program that undoes each rebuild as soon as it sees it makes several a
+/// second, while an administrator's changes (or Docker's) come seconds
+/// apart.
+pub const FLAP_COUNT: usize = 5;
+pub const FLAP_WINDOW: Duration = Duration::from_secs(3);
 /// The first backoff, doubled each time up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -255,35 +258,47 @@ mod tests {
     fn a_peer_that_keeps_undoing_us_gets_a_doubling_backoff() {
         let mut f = Follower::default();
         let t0 = Instant::now();
-        assert_eq!(f.rebuilt(t0), None);
-        assert_eq!(f.rebuilt(t0 + Duration::from_secs(1)), None);
-        assert_eq!(f.rebuilt(t0 + Duration::from_secs(2)), Some(FIRST_BACKOFF));
-        assert!(f.backing_off(t0 + Duration::from_secs(2)));
+        let step = FLAP_WINDOW / (FLAP_COUNT as u32 * 2);
+        let mut t = t0;
+        for _ in 1..FLAP_COUNT {
+            assert_eq!(f.rebuilt(t), None);
+            t += step;
+        }
+        assert_eq!(f.rebuilt(t), Some(FIRST_BACKOFF));
+        assert!(f.backing_off(t));
         // A change during the backoff waits for its end.
-        f.on_change(change(true), t0 + Duration::from_secs(2));
-        assert_eq!(f.deadline(), Some(t0 + Duration::from_secs(3)));
-        assert_eq!(
-            f.rebuilt(t0 + Duration::from_secs(3)),
-            Some(FIRST_BACKOFF * 2)
-        );
-        let mut t = t0 + Duration::from_secs(3);
+        f.on_change(change(true), t);
+        assert_eq!(f.deadline(), Some(t + FIRST_BACKOFF));
+        t += FIRST_BACKOFF;
+        assert_eq!(f.rebuilt(t), Some(FIRST_BACKOFF * 2));
         let mut last = None;
         for _ in 0..10 {
-            t += Duration::from_secs(1);
+            t += step;
             last = f.rebuilt(t);
         }
         assert_eq!(last, Some(MAX_BACKOFF));
     }
 
     #[test]
+    fn changes_seconds_apart_are_never_taken_for_a_fight() {
+        let mut f = Follower::default();
+        let t0 = Instant::now();
+        for i in 0..100 {
+            let gap = FLAP_WINDOW / (FLAP_COUNT as u32 - 1) + Duration::from_millis(1);
+            let t = t0 + gap * i;
+            assert_eq!(f.rebuilt(t), None, "rebuild {i}");
+        }
+    }
+
+    #[test]
     fn a_quiet_spell_ends_the_backoff() {
         let mut f = Follower::default();
         let t0 = Instant::now();
-        for s in 0..3 {
-            f.rebuilt(t0 + Duration::from_secs(s));
+        for i in 0..FLAP_COUNT as u32 {
+            f.rebuilt(t0 + Duration::from_millis(100) * i);
         }
-        assert!(f.backing_off(t0 + Duration::from_secs(2)));
-        let later = t0 + FLAP_WINDOW * 3;
+        assert!(f.backing_off(t0 + Duration::from_millis(100) * FLAP_COUNT as u32));
+        let later = t0 + FLAP_WINDOW * 3 + MAX_BACKOFF;
         assert_eq!(f.rebuilt(later), None);
         assert!(!f.backing_off(later));
     }

@@ -193,6 +193,86 @@ fn broadcasts_cross_between_the_lan_and_arc() {
     );
 }
 
+/// The world's uplink address is added without `brd` (as `ip addr add
+/// 192.0.2.2/24 dev eth0` does): the kernel still has its broadcast route
+/// for 192.0.2.255 and delivers such packets as broadcasts, so they are
+/// forwarded too.
+#[test]
+fn a_directed_broadcast_on_an_uplink_without_brd_reaches_arc() {
+    let world = World::start().expect("world");
+    let brd = world
+        .netns
+        .exec_ok(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+        .expect("ip");
+    assert!(!brd.contains(" brd "), "the uplink has no brd: {brd}");
+    let arc = arc(&world);
+    let up = world.internet.upstream.name();
+    let in_arc = mcast::udp_sink(&net_of(&arc), "eth0", 4445).expect("sink");
+    let _s = mcast::udp_broadcast(up, "up0", "192.0.2.255", 4445, 40002, "directed", 25)
+        .expect("send");
+    wait_for(&in_arc, &format!("got {GATEWAY} 40002 directed"), &world);
+}
+
+/// On a /31 both addresses are hosts (RFC 3021): a datagram to the
+/// prefix's all-ones address is unicast to the host and never forwarded.
+#[test]
+fn a_point_to_point_uplink_forwards_no_unicast_as_a_broadcast() {
+    let world = World::start().expect("world");
+    let up = world.internet.upstream.name().to_string();
+    for (netns, old, new) in [
+        (world.netns.name().to_string(), "192.0.2.2/24", "192.0.2.3/31"),
+        (up.clone(), "192.0.2.1/24", "192.0.2.2/31"),
+    ] {
+        for args in [
+            vec!["ip", "-n", &netns, "addr", "del", old, "dev"],
+            vec!["ip", "-n", &netns, "addr", "add", new, "dev"],
+        ] {
+            let dev = if netns == up { "up0" } else { "eth0" };
+            let mut full = args.clone();
+            full.push(dev);
+            let out = std::process::Command::new(full[0])
+                .args(&full[1..])
+                .output()
+                .expect("ip");
+            assert!(out.status.success(), "{full:?}: {out:?}");
+        }
+    }
+    let arc = arc(&world);
+    let in_arc = mcast::udp_sink(&net_of(&arc), "eth0", 4445).expect("sink");
+    // The host listens on the port, so ARC's inbound DNAT leaves unicast
+    // to it alone: whatever reaches ARC was forwarded as a broadcast.
+    let on_host = mcast::udp_sink(world.netns.name(), "eth0", 4445).expect("host sink");
+    // The all-ones address of 192.0.2.2/31 is the daemon's own address.
+    let unicast = mcast::udp_broadcast(&up, "up0", "192.0.2.3", 4445, 40003, "unicast", 10)
+        .expect("send");
+    let _ = unicast.finish(Duration::from_secs(10));
+    // The control: a limited broadcast sent after them is forwarded.
+    let _c = mcast::udp_broadcast(&up, "up0", "255.255.255.255", 4445, 40004, "control", 25)
+        .expect("send");
+    let mut seen = Vec::new();
+    let found = poll_until(LINE, || {
+        let line = in_arc.line(Duration::from_millis(200))?;
+        seen.push(line.clone());
+        line.ends_with("control").then_some(())
+    });
+    assert!(
+        found.is_some(),
+        "the control broadcast did not arrive; daemon log:\n{}",
+        world.daemon.log()
+    );
+    assert!(
+        !seen.iter().any(|l| l.ends_with("unicast")),
+        "a unicast to the /31's all-ones address was forwarded: {seen:?}"
+    );
+    assert!(
+        on_host
+            .finish(Duration::from_secs(1))
+            .iter()
+            .any(|l| l.ends_with("unicast")),
+        "the unicast reached the host"
+    );
+}
+
 #[test]
 fn a_killed_forwarder_forwards_again_without_a_new_call() {
     let world = World::start().expect("world");

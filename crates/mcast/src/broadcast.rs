@@ -147,6 +147,25 @@ pub fn build(d: &Datagram<'_>) -> Vec<u8> {
     p
 }
 
+/// A link's broadcast address: the one configured (`IFA_BROADCAST`), else
+/// the all-ones address of its prefix, as the kernel's broadcast route for
+/// an address added without `brd` delivers it; /31 and /32 have none (on a
+/// /31 both addresses are hosts, RFC 3021).
+pub fn link_broadcast(
+    addr: Ipv4Addr,
+    netmask: Ipv4Addr,
+    configured: Option<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    if let Some(b) = configured.filter(|b| !b.is_unspecified()) {
+        return Some(b);
+    }
+    let mask = u32::from(netmask);
+    if mask.leading_ones() >= 31 {
+        return None;
+    }
+    Some(Ipv4Addr::from(u32::from(addr) | !mask))
+}
+
 /// Whether `dst` is a broadcast on a link whose own broadcast address is
 /// `link_broadcast`: the limited one or the link's directed one.
 pub fn is_broadcast_on(dst: Ipv4Addr, link_broadcast: Option<Ipv4Addr>) -> bool {
@@ -167,6 +186,62 @@ pub fn retarget(dst: Ipv4Addr, to_link_broadcast: Option<Ipv4Addr>) -> Ipv4Addr 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_without_brd_broadcasts_to_the_all_ones_address_of_its_prefix() {
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            link_broadcast(a("198.51.100.2"), a("255.255.255.0"), None),
+            Some(a("198.51.100.255"))
+        );
+        assert_eq!(
+            link_broadcast(a("10.1.2.3"), a("255.255.240.0"), None),
+            Some(a("10.1.15.255"))
+        );
+        assert_eq!(
+            link_broadcast(a("100.115.92.5"), a("255.255.255.252"), None),
+            Some(a("100.115.92.7"))
+        );
+    }
+
+    #[test]
+    fn a_configured_broadcast_wins() {
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            link_broadcast(
+                a("198.51.100.2"),
+                a("255.255.255.0"),
+                Some(a("198.51.100.127"))
+            ),
+            Some(a("198.51.100.127"))
+        );
+        assert_eq!(
+            link_broadcast(
+                a("198.51.100.2"),
+                a("255.255.255.0"),
+                Some(Ipv4Addr::UNSPECIFIED)
+            ),
+            Some(a("198.51.100.255")),
+            "0.0.0.0 is what the kernel reports for none"
+        );
+    }
+
+    #[test]
+    fn point_to_point_prefixes_have_no_broadcast() {
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            link_broadcast(a("192.0.2.3"), a("255.255.255.254"), None),
+            None
+        );
+        assert_eq!(
+            link_broadcast(a("192.0.2.3"), a("255.255.255.255"), None),
+            None
+        );
+        assert!(!is_broadcast_on(
+            a("192.0.2.3"),
+            link_broadcast(a("192.0.2.3"), a("255.255.255.254"), None)
+        ));
+    }
 
     const LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 7);
 

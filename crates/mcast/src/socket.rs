@@ -437,7 +437,9 @@ pub fn ifindex(ifname: &str) -> Option<u32> {
 
 /// A link's IPv4 address, netmask and broadcast address (`SIOCGIFADDR`,
 /// `SIOCGIFNETMASK`, `SIOCGIFBRDADDR` on `fd`, any AF_INET socket), read
-/// per use so DHCP changes are followed without a netlink listener.
+/// per use so DHCP changes are followed without a netlink listener. The
+/// broadcast address is [`crate::broadcast::link_broadcast`]'s: the
+/// configured one, else the prefix's all-ones address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct V4Config {
     pub addr: Ipv4Addr,
@@ -477,7 +479,8 @@ fn ifreq_v4(fd: RawFd, ifname: &str, request: libc::c_ulong) -> Option<Ipv4Addr>
 pub fn v4_config(fd: RawFd, ifname: &str) -> Option<V4Config> {
     let addr = ifreq_v4(fd, ifname, libc::SIOCGIFADDR)?;
     let netmask = ifreq_v4(fd, ifname, libc::SIOCGIFNETMASK)?;
-    let broadcast = ifreq_v4(fd, ifname, libc::SIOCGIFBRDADDR).filter(|b| !b.is_unspecified());
+    let configured = ifreq_v4(fd, ifname, libc::SIOCGIFBRDADDR);
+    let broadcast = crate::broadcast::link_broadcast(addr, netmask, configured);
     Some(V4Config {
         addr,
         netmask,

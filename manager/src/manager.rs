@@ -103,6 +103,15 @@ impl Slot {
     }
 }
 
+/// Why [`Manager::send_helper`] sent nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// The helper is not up, or its channel is full: try again later.
+    Busy,
+    /// The request cannot be sent at all (too large to encode).
+    Failed(String),
+}
+
 /// A short description of a request for logs (plans can be long).
 fn request_label(request: &Request) -> String {
     match request {
@@ -343,6 +352,9 @@ impl Manager {
             if !fired.is_empty() {
                 self.on_lifelines(std::mem::take(&mut fired));
             }
+            // Guest routes queued by this round's events go to the writer
+            // now, without waiting for its answer.
+            self.flush_guest_routes();
             if self.options.cleanup_only && self.cleanup_done {
                 return Exit::Clean;
             }
@@ -512,6 +524,11 @@ impl Manager {
             HelperMessage::Hello(hello) => self.on_hello(i, hello)?,
             HelperMessage::Response { id, result } => {
                 let slot = &mut self.slots[i];
+                if slot.process == Process::DatapathWriter && self.ndproxy.owns_request(id) {
+                    slot.pending.remove(&id);
+                    self.on_guest_routes_applied(result);
+                    return Ok(());
+                }
                 let what = slot.pending.remove(&id);
                 match (result, what) {
                     (Ok(Reply::Pong { nonce }), _) => {
@@ -532,6 +549,32 @@ impl Manager {
             },
         }
         Ok(())
+    }
+
+    /// Sends `request` to a helper without waiting for the answer, which
+    /// [`Manager::on_helper_message`] hands to whoever owns the returned
+    /// id. Never blocks: a full channel is [`SendError::Busy`].
+    pub(crate) fn send_helper(
+        &mut self,
+        process: Process,
+        request: Request,
+    ) -> Result<u64, SendError> {
+        let i = self.slot_index(process);
+        if !matches!(self.slots[i].phase, Phase::Up { .. }) {
+            return Err(SendError::Busy);
+        }
+        match self.slots[i].send(request) {
+            Ok(id) => Ok(id),
+            Err(ChannelError::WouldBlock) => Err(SendError::Busy),
+            Err(e) if !e.is_fatal() => Err(SendError::Failed(format!(
+                "cannot send to {}: {e}",
+                process.executable()
+            ))),
+            Err(e) => {
+                let _ = self.helper_down(i, &format!("send failed: {e}"));
+                Err(SendError::Busy)
+            }
+        }
     }
 
     /// Sends `request` to a helper and waits for its answer, handling
@@ -734,7 +777,12 @@ impl Manager {
         let in_flight = slot.pending.len();
         slot.pending.clear();
         let uptime = slot.started_at.elapsed();
-        match slot.policy.on_exit(uptime) {
+        let verdict = slot.policy.on_exit(uptime);
+        if slot.process == Process::DatapathWriter {
+            self.on_writer_lost();
+        }
+        let slot = &mut self.slots[i];
+        match verdict {
             Verdict::RespawnAfter(delay) => {
                 warn!(
                     "{} (pid {}) {reason} after {:.1?}; {in_flight} request(s) lost; respawning in {delay:?} (failure {} of {})",

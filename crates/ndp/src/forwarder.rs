@@ -372,6 +372,14 @@ impl Forwarder {
                 debug!("dropped a packet larger than {MAX_PACKET} bytes");
                 continue;
             }
+            if self.proxy.is_downlink(info.ifindex) {
+                // A guest's claim is judged against every prefix the kernel
+                // has announced so far: the route for an RA's prefix is
+                // queued on the other socket as the RA arrives, and the
+                // guest's DAD probe for its SLAAC address may come back
+                // before that socket is next read. One non-blocking read.
+                notices.extend(self.read_link_events()?);
+            }
             let rx = Received {
                 ifindex: info.ifindex,
                 pkttype: info.pkttype,
@@ -444,6 +452,9 @@ impl Forwarder {
                 }
                 RtnlEvent::NewRoute(r) => {
                     if let Some((ifindex, prefix, len)) = on_link_prefix(&r) {
+                        if self.proxy.uses(ifindex) && len < 128 {
+                            debug!("{prefix}/{len} is on-link on {}", self.describe(ifindex));
+                        }
                         self.proxy.add_on_link_route(ifindex, prefix, len);
                     }
                 }

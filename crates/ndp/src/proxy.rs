@@ -32,12 +32,15 @@
 //!   kernel's table, the source of a packet received there, or the target
 //!   of an NA received there), and must not be held by another downlink.
 //!   The uplink's on-link prefixes are those of its own global or ULA
-//!   addresses and of its routes without a gateway (the kernel adds one for
-//!   an RA's on-link prefix as soon as the RA arrives, while it announces
-//!   the SLAAC address it makes from it only after its own DAD, a second or
-//!   two later than the guest that got the same RA through the proxy), of
-//!   length [`MIN_ON_LINK_PREFIX`] to 127: a shorter one would put a large
-//!   part of the Internet "on-link";
+//!   addresses, of its routes without a gateway, and of the on-link (L)
+//!   prefixes of the RAs received there and relayed to the guests, for
+//!   their valid lifetime; of length [`MIN_ON_LINK_PREFIX`] to 127 (a
+//!   shorter one would put a large part of the Internet "on-link"). The
+//!   RAs matter: the kernel announces the SLAAC address it makes from an
+//!   RA only after its own DAD, a second or two after the guest got the
+//!   same RA through the proxy, and it may ignore an RA altogether (while
+//!   the uplink's link-local address is still tentative) that the proxy
+//!   relayed;
 //! * a new claim is tentative ([`crate::claims`]): the proxy sends a DAD
 //!   probe for it on the uplink (the guest's own DAD probe serves when that
 //!   is what claimed it) and confirms it [`DAD_WAIT`] later unless someone
@@ -66,13 +69,15 @@ pub use crate::claims::{
 };
 use crate::packet::{
     icmpv6_checksum, is_global_or_ula, multicast_mac, NdError, NdPacket, NdType, Rewrite,
-    ALL_NODES, IPPROTO_ICMPV6, ND_HOP_LIMIT, OPT_TARGET_LINK_ADDR,
+    ALL_NODES, IPPROTO_ICMPV6, ND_HOP_LIMIT, OPT_PREFIX_INFO, OPT_TARGET_LINK_ADDR,
 };
 
 /// Bound on neighbours learned from packets.
 pub const MAX_ENTRIES: usize = 4096;
 /// The shortest prefix that counts as on-link for claims.
 pub const MIN_ON_LINK_PREFIX: u8 = 32;
+/// On-link prefixes remembered per uplink from its RAs.
+pub const MAX_RA_PREFIXES: usize = 32;
 /// Where a unicast copy goes when the neighbour's MAC is unknown.
 pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 
@@ -209,6 +214,8 @@ pub struct Proxy {
     local: HashMap<u32, HashMap<Ipv6Addr, u8>>,
     /// Prefixes routed without a gateway, per link.
     on_link: HashMap<u32, BTreeSet<(Ipv6Addr, u8)>>,
+    /// On-link prefixes from the RAs received on a link, until they expire.
+    ra_prefixes: HashMap<u32, HashMap<(Ipv6Addr, u8), Instant>>,
     neighbors: HashMap<(u32, Ipv6Addr), NeighborEntry>,
     learned_neighbors: usize,
     claims: Claims,
@@ -291,6 +298,21 @@ pub fn dad_probe(target: &Ipv6Addr) -> Vec<u8> {
     packet
 }
 
+/// The on-link prefixes an RA advertises: (prefix, length, valid lifetime
+/// in seconds) of each Prefix Information option with the L flag.
+fn ra_on_link_prefixes(nd: &NdPacket<'_>) -> Vec<(Ipv6Addr, u8, u32)> {
+    const FLAG_ON_LINK: u8 = 0x80;
+    nd.options()
+        .filter(|o| o.kind == OPT_PREFIX_INFO && o.bytes.len() == 32)
+        .filter(|o| o.bytes[3] & FLAG_ON_LINK != 0)
+        .filter_map(|o| {
+            let valid = u32::from_be_bytes(o.bytes[4..8].try_into().ok()?);
+            let prefix: [u8; 16] = o.bytes[16..32].try_into().ok()?;
+            Some((Ipv6Addr::from(prefix), o.bytes[2], valid))
+        })
+        .collect()
+}
+
 /// The Target Link-Layer Address option of an NA, when Ethernet-sized.
 fn target_mac(nd: &NdPacket<'_>) -> Option<[u8; 6]> {
     nd.options()
@@ -356,6 +378,7 @@ impl Proxy {
         self.macs.remove(&ifindex);
         self.local.remove(&ifindex);
         self.on_link.remove(&ifindex);
+        self.ra_prefixes.remove(&ifindex);
         self.neighbors.retain(|&(i, _), _| i != ifindex);
         self.learned_neighbors = self.neighbors.values().filter(|e| !e.from_kernel).count();
         self.claims.forget_downlink(ifindex);
@@ -403,8 +426,27 @@ impl Proxy {
         self.on_link.clear();
     }
 
-    /// Whether `addr` lies in an on-link prefix of `ifindex`.
-    fn is_on_link(&self, ifindex: u32, addr: &Ipv6Addr) -> bool {
+    /// Records the on-link prefixes of an RA received on `ifindex` (a
+    /// valid lifetime of 0 withdraws one), at most [`MAX_RA_PREFIXES`].
+    fn learn_ra_prefixes(&mut self, ifindex: u32, nd: &NdPacket<'_>, now: Instant) {
+        let prefixes = ra_on_link_prefixes(nd);
+        if prefixes.is_empty() {
+            return;
+        }
+        let known = self.ra_prefixes.entry(ifindex).or_default();
+        known.retain(|_, expires| *expires > now);
+        for (prefix, len, valid) in prefixes {
+            if valid == 0 {
+                known.remove(&(prefix, len));
+            } else if known.len() < MAX_RA_PREFIXES || known.contains_key(&(prefix, len)) {
+                let lifetime = std::time::Duration::from_secs(u64::from(valid));
+                known.insert((prefix, len), now + lifetime);
+            }
+        }
+    }
+
+    /// Whether `addr` lies in an on-link prefix of `ifindex` at `now`.
+    fn is_on_link(&self, ifindex: u32, addr: &Ipv6Addr, now: Instant) -> bool {
         let by_address = self
             .local
             .get(&ifindex)
@@ -413,7 +455,12 @@ impl Proxy {
             .on_link
             .get(&ifindex)
             .is_some_and(|routes| routes.iter().any(|(p, len)| in_prefix(addr, p, *len)));
-        by_address || by_route
+        let by_ra = self.ra_prefixes.get(&ifindex).is_some_and(|prefixes| {
+            prefixes
+                .iter()
+                .any(|((p, len), expires)| *expires > now && in_prefix(addr, p, *len))
+        });
+        by_address || by_route || by_ra
     }
 
     /// Records a neighbour from the kernel's table; `None` removes it.
@@ -499,12 +546,12 @@ impl Proxy {
     pub fn tick(&mut self, now: Instant) -> Vec<Guest> {
         let mut confirmed = Vec::new();
         for (downlink, addr) in self.claims.due(now) {
-            let verdict = self.static_refusal(downlink, &addr).and_then(|uplinks| {
-                match self.known_on(&uplinks, &addr) {
+            let verdict = self
+                .static_refusal(downlink, &addr, now)
+                .and_then(|uplinks| match self.known_on(&uplinks, &addr) {
                     true => Err(Refusal::UplinkNeighbor),
                     false => Ok(()),
-                }
-            });
+                });
             match verdict {
                 Ok(()) => {
                     self.claims.confirm(&addr, now);
@@ -537,7 +584,8 @@ impl Proxy {
         self.local.values().any(|s| s.contains_key(addr))
     }
 
-    fn is_downlink(&self, ifindex: u32) -> bool {
+    /// Whether some pair has `ifindex` as its downlink.
+    pub fn is_downlink(&self, ifindex: u32) -> bool {
         self.pairs.iter().any(|&(_, down)| down == ifindex)
     }
 
@@ -560,14 +608,19 @@ impl Proxy {
     /// The checks of a global or ULA claim that depend on the host alone:
     /// not the host's, inside an on-link prefix of the downlink's
     /// uplink(s). Returns those uplinks.
-    fn static_refusal(&self, downlink: u32, addr: &Ipv6Addr) -> Result<Vec<u32>, Refusal> {
+    fn static_refusal(
+        &self,
+        downlink: u32,
+        addr: &Ipv6Addr,
+        now: Instant,
+    ) -> Result<Vec<u32>, Refusal> {
         if self.is_local(downlink, addr) {
             return Err(Refusal::HostAddress);
         }
         let uplinks: Vec<u32> = self
             .uplinks_of(downlink)
             .into_iter()
-            .filter(|&up| self.is_on_link(up, addr))
+            .filter(|&up| self.is_on_link(up, addr, now))
             .collect();
         if uplinks.is_empty() {
             return Err(Refusal::OffLink);
@@ -591,7 +644,7 @@ impl Proxy {
         if !is_global_or_ula(&addr) {
             return refused(Refusal::NotUnicast, Vec::new());
         }
-        let uplinks = match self.static_refusal(downlink, &addr) {
+        let uplinks = match self.static_refusal(downlink, &addr, now) {
             Ok(uplinks) => uplinks,
             Err(why) => return refused(why, Vec::new()),
         };
@@ -624,11 +677,14 @@ impl Proxy {
         }
     }
 
-    /// What a packet received on an uplink teaches: an NA's target is a
-    /// LAN neighbour (unless a guest holds it: the first claimer keeps its
-    /// address), and a tentative claim of it or of the sender's address
-    /// fails.
-    fn learn_from_uplink(&mut self, rx: &Received<'_>, nd: &NdPacket<'_>) {
+    /// What a packet received on an uplink teaches: an RA's on-link
+    /// prefixes; an NA's target is a LAN neighbour (unless a guest holds it:
+    /// the first claimer keeps its address), and a tentative claim of it or
+    /// of the sender's address fails.
+    fn learn_from_uplink(&mut self, rx: &Received<'_>, nd: &NdPacket<'_>, now: Instant) {
+        if nd.nd_type() == NdType::RouterAdvertisement {
+            self.learn_ra_prefixes(rx.ifindex, nd, now);
+        }
         let src = nd.source();
         if is_global_or_ula(&src) && self.claims.revoke_tentative(&src) {
             self.refusals.count(Refusal::UplinkNeighbor);
@@ -766,7 +822,7 @@ impl Proxy {
                 }
             }
         } else {
-            self.learn_from_uplink(rx, &nd);
+            self.learn_from_uplink(rx, &nd, now);
         }
 
         let src = nd.source();
@@ -875,6 +931,17 @@ mod tests {
         let mut body = vec![64, 0, 0, 30, 0, 0, 0, 0, 0, 0, 0, 0];
         body.extend(slla(ROUTER_MAC));
         nd(134, "fe80::1", dst, &body)
+    }
+
+    /// An RA with one Prefix Information option.
+    fn ra_with_prefix(prefix: &str, len: u8, flags: u8, valid: u32) -> Vec<u8> {
+        let mut body = vec![64, 0, 0, 30, 0, 0, 0, 0, 0, 0, 0, 0];
+        body.extend_from_slice(&[3, 4, len, flags]);
+        body.extend_from_slice(&valid.to_be_bytes());
+        body.extend_from_slice(&valid.to_be_bytes());
+        body.extend_from_slice(&[0; 4]);
+        body.extend_from_slice(&a(prefix).octets());
+        nd(134, "fe80::1", "ff02::1", &body)
     }
 
     fn ns(src: &str, dst: &str, target: &str, mac: Option<[u8; 6]>) -> Vec<u8> {
@@ -1190,10 +1257,70 @@ mod tests {
     }
 
     #[test]
+    fn an_ra_relayed_from_the_uplink_makes_its_on_link_prefix_claimable_for_its_lifetime() {
+        let mut p = proxy();
+        let t0 = now();
+        let addr = "2001:db8:3::5";
+        let o = p.handle(&rx(UP, &ra_with_prefix("2001:db8:3::", 64, 0xc0, 10)), t0);
+        assert_eq!(sent_to(&o), vec![DOWN]);
+        claim(&mut p, DOWN, addr, t0);
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(
+            p.handle(&rx(DOWN, &forged_na("2001:db8:3::6")), later)
+                .dropped,
+            Some(Dropped::Refused(Refusal::OffLink)),
+            "expired"
+        );
+    }
+
+    #[test]
+    fn only_on_link_ra_prefixes_from_an_uplink_count() {
+        let mut p = proxy();
+        let t0 = now();
+        // Autonomous but not on-link; and an on-link one from a guest.
+        p.handle(&rx(UP, &ra_with_prefix("2001:db8:3::", 64, 0x40, 600)), t0);
+        p.handle(
+            &rx(DOWN, &ra_with_prefix("2001:db8:4::", 64, 0xc0, 600)),
+            t0,
+        );
+        for off in ["2001:db8:3::5", "2001:db8:4::5"] {
+            assert_eq!(
+                p.handle(&rx(DOWN, &forged_na(off)), t0).dropped,
+                Some(Dropped::Refused(Refusal::OffLink)),
+                "{off}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ra_with_a_zero_lifetime_withdraws_its_prefix() {
+        let mut p = proxy();
+        let t0 = now();
+        p.handle(&rx(UP, &ra_with_prefix("2001:db8:3::", 64, 0xc0, 600)), t0);
+        p.handle(&rx(UP, &ra_with_prefix("2001:db8:3::", 64, 0xc0, 0)), t0);
+        assert_eq!(
+            p.handle(&rx(DOWN, &forged_na("2001:db8:3::5")), t0).dropped,
+            Some(Dropped::Refused(Refusal::OffLink))
+        );
+    }
+
+    #[test]
+    fn ra_prefixes_per_uplink_are_bounded() {
+        let mut p = proxy();
+        let t0 = now();
+        for i in 0..(MAX_RA_PREFIXES as u16 + 5) {
+            let prefix = format!("2001:db8:100:{i:x}::");
+            p.handle(&rx(UP, &ra_with_prefix(&prefix, 64, 0xc0, 600)), t0);
+        }
+        assert_eq!(p.ra_prefixes[&UP].len(), MAX_RA_PREFIXES);
+    }
+
+    #[test]
     fn a_short_on_link_prefix_claims_nothing() {
         let mut p = proxy();
         p.add_on_link_route(UP, a("2000::"), 3);
         p.add_on_link_route(UP, a("2001:db8::"), MIN_ON_LINK_PREFIX - 1);
+        p.handle(&rx(UP, &ra_with_prefix("2606::", 16, 0xc0, 600)), now());
         p.add_local_address(UP, a("2001:db9::ff"), 16);
         for off in ["2001:db8:ffff::53", "2001:db9:1::53", "2606:4700::1111"] {
             assert_eq!(

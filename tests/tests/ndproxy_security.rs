@@ -19,22 +19,30 @@
 //!   within the per-downlink bound and no call takes seconds;
 //! * the ND proxy killed again and again while serving (as a guest that can
 //!   crash it would) is respawned each time and never makes the manager exit
-//!   the tree.
+//!   the tree;
+//! * the ND proxy helper, driven directly, survives a manager that stops
+//!   reading its channel, and every answer arrives, in order, once it reads
+//!   again.
 //!
 //! Every namespace and process is removed on drop, also on failure.
 
 use std::collections::BTreeSet;
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use patchpanel_client::Client;
+use patchpanel_ipc::{
+    Channel, ChannelError, Hello, HelperMessage, ManagerMessage, Reply, Request, Role,
+    PROTOCOL_VERSION,
+};
 use patchpanel_proto::{ConnectNamespaceRequest, ConnectNamespaceResponse};
 use patchpanel_tests::procfs::send_signal;
 use patchpanel_tests::world::World;
-use patchpanel_tests::{poll_until, traffic, BusClient, Helper, ProcIdentity};
+use patchpanel_tests::{poll_until, traffic, BusClient, DirectHelper, Helper, Netns, ProcIdentity};
 use serde_json::Value;
 
 const PREFIX: &str = "2001:db8:1:";
@@ -439,4 +447,94 @@ fn an_nd_proxy_killed_again_and_again_while_serving_never_takes_the_tree_down() 
         "the manager exited the tree\n{log}"
     );
     assert_eq!(world.daemon.pid(), manager);
+}
+
+/// The next message on a non-blocking channel, waiting up to `timeout`.
+fn recv_within(channel: &Channel, timeout: Duration) -> Option<HelperMessage> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match channel.recv::<HelperMessage>() {
+            Ok(r) => return Some(r.msg),
+            Err(ChannelError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn the_nd_proxy_helper_survives_a_manager_that_stops_reading_and_loses_no_answer() {
+    let netns = Netns::new().expect("netns");
+    let mut helper = DirectHelper::spawn(&netns, Helper::NdProxy, &[]).expect("helper");
+    let fd = helper
+        .ipc()
+        .expect("ipc")
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("dup");
+    let channel = Channel::from_fd(fd).expect("channel");
+    channel.set_nonblocking(true).expect("nonblocking");
+    let hello = recv_within(&channel, Duration::from_secs(10));
+    assert!(
+        matches!(hello, Some(HelperMessage::Hello(ref h)) if h.role == Role::NdProxy),
+        "{hello:?}; log:\n{}",
+        helper.log()
+    );
+    channel
+        .send(
+            &ManagerMessage::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                role: Role::Manager,
+            }),
+            &[],
+        )
+        .expect("hello");
+
+    // Far more requests than the channel holds answers, none read.
+    let mut sent = 0u64;
+    for nonce in 1..=600u64 {
+        let request = ManagerMessage::Request {
+            id: nonce,
+            body: Request::Ping { nonce },
+        };
+        match channel.send(&request, &[]) {
+            Ok(()) => sent = nonce,
+            Err(ChannelError::WouldBlock) => {
+                // The helper is behind on reading: let it catch up.
+                std::thread::sleep(Duration::from_millis(50));
+                if channel.send(&request, &[]).is_err() {
+                    break;
+                }
+                sent = nonce;
+            }
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        helper.try_exit_status().expect("poll"),
+        None,
+        "the helper died of backpressure; log:\n{}",
+        helper.log()
+    );
+
+    let mut answered = Vec::new();
+    while let Some(msg) = recv_within(&channel, Duration::from_secs(5)) {
+        if let HelperMessage::Response { id, result } = msg {
+            assert_eq!(result, Ok(Reply::Pong { nonce: id }));
+            answered.push(id);
+        }
+        if answered.len() as u64 == sent {
+            break;
+        }
+    }
+    assert!(sent > 300, "only {sent} requests went out");
+    assert_eq!(
+        answered,
+        (1..=sent).collect::<Vec<_>>(),
+        "answers lost or reordered; log:\n{}",
+        helper.log()
+    );
+    assert_eq!(helper.try_exit_status().expect("poll"), None);
 }

@@ -344,15 +344,25 @@ impl NdProxyState {
     }
 
     /// Puts a batch that could not be sent back at the head of its queue.
+    /// Only routes still wanted go back (their downlink may have been
+    /// forgotten meanwhile).
     fn unsend(&mut self, batch: Batch) {
         match batch {
             Batch::Remove(routes) => {
                 self.to_remove.splice(0..0, routes);
             }
             Batch::Add(routes) => {
-                self.to_add.splice(0..0, routes);
+                let wanted = self.still_wanted(routes);
+                self.to_add.splice(0..0, wanted);
             }
         }
+    }
+
+    fn still_wanted(&self, routes: Vec<GuestRoute>) -> Vec<GuestRoute> {
+        routes
+            .into_iter()
+            .filter(|r| self.routed.contains_key(&(r.downlink_ifindex, r.addr)))
+            .collect()
     }
 
     /// The writer answered the batch in flight; returns what to log.
@@ -388,7 +398,8 @@ impl NdProxyState {
                     "routing {} guest addresses at once failed ({e}); trying each alone",
                     routes.len()
                 ));
-                self.to_add_alone.extend(routes);
+                let wanted = self.still_wanted(routes);
+                self.to_add_alone.extend(wanted);
             }
             (Batch::Add(routes), Err(e)) => {
                 for r in routes {
@@ -971,6 +982,24 @@ mod tests {
         st.writer_lost();
         assert!(!st.owns_request(1));
         assert_eq!(st.next_batch(), Some(batch));
+    }
+
+    #[test]
+    fn a_batch_of_a_forgotten_downlink_is_not_sent_again() {
+        let mut st = state();
+        let t = Instant::now();
+        for i in 0..2 {
+            let admitted = st.admit(&uplinks(), NS0, guest(i), t).unwrap();
+            st.queue(admitted);
+        }
+        let batch = st.next_batch().unwrap();
+        st.in_flight = Some((1, batch.clone()));
+        st.forget_downlink(NS0);
+        st.answered(Err("ENODEV".into()));
+        assert_eq!(st.next_batch(), None, "not retried alone");
+        st.in_flight = Some((2, batch));
+        st.writer_lost();
+        assert_eq!(st.next_batch(), None, "not sent again");
     }
 
     #[test]

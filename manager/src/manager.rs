@@ -24,7 +24,7 @@ use crate::dbus_service::{CallError, DbusService};
 use crate::lifeline::LifelineWatcher;
 use crate::spawner::{self, SpawnerEvent, SpawnerRequest};
 use crate::state::{State, StateFile};
-use crate::supervisor::{Liveness, ReplayLog, RespawnPolicy, Verdict};
+use crate::supervisor::{Liveness, ReplayLog, RespawnPolicy, Stage, Verdict};
 use crate::uplinks::UplinkView;
 
 const SIGNALS: Token = Token(0);
@@ -74,6 +74,10 @@ struct Slot {
     next_id: u64,
     /// Requests awaiting an answer: id -> what it was for (for logs).
     pending: HashMap<u64, String>,
+    /// How far the current instance got (see [`Stage`]).
+    stage: Stage,
+    /// The id of the last replayed request, until it is answered.
+    replay_until: Option<u64>,
 }
 
 impl Slot {
@@ -101,6 +105,15 @@ impl Slot {
         self.pending.insert(id, what);
         Ok(id)
     }
+}
+
+/// Why [`Manager::send_helper`] sent nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// The helper is not up, or its channel is full: try again later.
+    Busy,
+    /// The request cannot be sent at all (too large to encode).
+    Failed(String),
 }
 
 /// A short description of a request for logs (plans can be long).
@@ -258,6 +271,8 @@ impl Manager {
                     liveness: Liveness::default(),
                     next_id: 1,
                     pending: HashMap::new(),
+                    stage: Stage::Starting,
+                    replay_until: None,
                 }
             })
             .collect();
@@ -348,6 +363,9 @@ impl Manager {
             if !fired.is_empty() {
                 self.on_lifelines(std::mem::take(&mut fired));
             }
+            // Guest routes queued by this round's events go to the writer
+            // now, without waiting for its answer.
+            self.flush_guest_routes();
             if self.options.cleanup_only && self.cleanup_done {
                 return Exit::Clean;
             }
@@ -521,6 +539,21 @@ impl Manager {
             HelperMessage::Hello(hello) => self.on_hello(i, hello)?,
             HelperMessage::Response { id, result } => {
                 let slot = &mut self.slots[i];
+                if slot.replay_until.is_some_and(|last| id >= last) {
+                    slot.replay_until = None;
+                    slot.stage = Stage::Serving;
+                    debug!(
+                        "{} (pid {}) answered its replay; serving",
+                        slot.process.executable(),
+                        pid_text(slot.pid)
+                    );
+                }
+                if slot.process == Process::DatapathWriter && self.ndproxy.owns_request(id) {
+                    slot.pending.remove(&id);
+                    self.on_guest_routes_applied(result);
+                    return Ok(());
+                }
+                let slot = &mut self.slots[i];
                 let what = slot.pending.remove(&id);
                 match (result, what) {
                     (Ok(Reply::Pong { nonce }), _) => {
@@ -547,6 +580,32 @@ impl Manager {
             },
         }
         Ok(())
+    }
+
+    /// Sends `request` to a helper without waiting for the answer, which
+    /// [`Manager::on_helper_message`] hands to whoever owns the returned
+    /// id. Never blocks: a full channel is [`SendError::Busy`].
+    pub(crate) fn send_helper(
+        &mut self,
+        process: Process,
+        request: Request,
+    ) -> Result<u64, SendError> {
+        let i = self.slot_index(process);
+        if !matches!(self.slots[i].phase, Phase::Up { .. }) {
+            return Err(SendError::Busy);
+        }
+        match self.slots[i].send(request) {
+            Ok(id) => Ok(id),
+            Err(ChannelError::WouldBlock) => Err(SendError::Busy),
+            Err(e) if !e.is_fatal() => Err(SendError::Failed(format!(
+                "cannot send to {}: {e}",
+                process.executable()
+            ))),
+            Err(e) => {
+                let _ = self.helper_down(i, &format!("send failed: {e}"));
+                Err(SendError::Busy)
+            }
+        }
     }
 
     /// Sends `request` to a helper and waits for its answer, handling
@@ -667,9 +726,13 @@ impl Manager {
         let count = replay.len();
         for entry in replay {
             let fds: Vec<_> = entry.fds.iter().map(|f| f.as_fd()).collect();
-            if let Err(e) = slot.send_with_fds(entry.request, &fds) {
-                return self.helper_down(i, &format!("replay failed: {e}"));
+            match slot.send_with_fds(entry.request, &fds) {
+                Ok(id) => slot.replay_until = Some(id),
+                Err(e) => return self.helper_down(i, &format!("replay failed: {e}")),
             }
+        }
+        if slot.replay_until.is_none() {
+            slot.stage = Stage::Serving;
         }
         info!(
             "{} (pid {}) is up; replayed {count} request(s)",
@@ -735,6 +798,8 @@ impl Manager {
         slot.pid = None;
         slot.started_at = Instant::now();
         slot.pending.clear();
+        slot.stage = Stage::Starting;
+        slot.replay_until = None;
         debug!("asked the spawner for {}", process.executable());
         Ok(())
     }
@@ -749,15 +814,30 @@ impl Manager {
         let in_flight = slot.pending.len();
         slot.pending.clear();
         let uptime = slot.started_at.elapsed();
-        match slot.policy.on_exit(uptime) {
+        let stage = slot.stage;
+        let verdict = slot.policy.on_exit(uptime, stage);
+        if slot.process == Process::DatapathWriter {
+            self.on_writer_lost();
+        }
+        let slot = &mut self.slots[i];
+        match verdict {
             Verdict::RespawnAfter(delay) => {
+                let count = match stage {
+                    Stage::Starting => format!(
+                        "failed start {} of {}",
+                        slot.policy.failures(),
+                        crate::supervisor::BACKOFF.len()
+                    ),
+                    Stage::Serving => format!(
+                        "crash {} while serving; not counted towards giving up",
+                        slot.policy.crashes()
+                    ),
+                };
                 warn!(
-                    "{} (pid {}) {reason} after {:.1?}; {in_flight} request(s) lost; respawning in {delay:?} (failure {} of {})",
+                    "{} (pid {}) {reason} after {:.1?}; {in_flight} request(s) lost; respawning in {delay:?} ({count})",
                     slot.process.executable(),
                     pid_text(slot.pid),
                     uptime,
-                    slot.policy.failures(),
-                    crate::supervisor::BACKOFF.len()
                 );
                 slot.phase = Phase::Down {
                     respawn_at: Instant::now() + delay,
@@ -769,7 +849,7 @@ impl Manager {
                     respawn_at: Instant::now() + Duration::from_secs(3600),
                 };
                 bail!(
-                    "giving up on {}: it failed {attempts} times in a row (last: {reason}); exiting so that init restarts the whole tree",
+                    "giving up on {}: it failed {attempts} times in a row before serving (last: {reason}); exiting so that init restarts the whole tree",
                     slot.process.executable()
                 )
             }

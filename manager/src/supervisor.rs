@@ -3,6 +3,20 @@
 //! The decisions are pure and unit-tested here: how long to wait before the
 //! next respawn, when to give up, and which requests rebuild a new helper's
 //! state ([`ReplayLog`]). The manager's event loop carries them out.
+//!
+//! A helper that dies is judged by how far it got ([`Stage`]):
+//! * one that never served (the spawn failed, it exited before its Hello
+//!   or before answering its replayed requests, or greeted with the wrong
+//!   protocol) is *broken*: the installation or the host is wrong, and
+//!   respawning the same binary will not help. Six such deaths in a row
+//!   and the manager gives up and exits, so that init restarts the tree;
+//! * one that had answered its replay and was serving, then died, *crashed*
+//!   while working: most likely on input from outside (a guest's packets,
+//!   a LAN's), which the next instance will not necessarily see again. It
+//!   is respawned after a backoff capped at the last [`BACKOFF`] step, as
+//!   often as it takes, and never makes the manager exit: taking every
+//!   guest's network down would hand whoever feeds it bad input a way to
+//!   do exactly that.
 
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -23,10 +37,23 @@ pub const BACKOFF: [Duration; 6] = [
 /// A helper that stayed up this long is healthy again: its failure count resets.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 
-/// Counts a helper's consecutive failures and decides when to respawn it.
+/// How far a helper instance got before it died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Spawned, but it has not yet answered its replayed requests.
+    Starting,
+    /// Answered its replay: it was serving.
+    Serving,
+}
+
+/// Counts a helper's consecutive failed starts and its crashes, and
+/// decides when to respawn it.
 #[derive(Debug, Clone, Default)]
 pub struct RespawnPolicy {
+    /// Deaths before serving, in a row.
     failures: usize,
+    /// Deaths while serving, since the last stable run.
+    crashes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,23 +63,44 @@ pub enum Verdict {
 }
 
 impl RespawnPolicy {
-    /// Called when the helper died after running for `uptime`.
-    pub fn on_exit(&mut self, uptime: Duration) -> Verdict {
-        if uptime >= STABLE_AFTER {
-            self.failures = 0;
+    /// Called when the helper died after running for `uptime`, having got
+    /// as far as `stage`.
+    pub fn on_exit(&mut self, uptime: Duration, stage: Stage) -> Verdict {
+        match stage {
+            Stage::Starting => {
+                if uptime >= STABLE_AFTER {
+                    self.failures = 0;
+                }
+                let verdict = match BACKOFF.get(self.failures) {
+                    Some(d) => Verdict::RespawnAfter(*d),
+                    None => Verdict::GiveUp {
+                        attempts: self.failures,
+                    },
+                };
+                self.failures += 1;
+                verdict
+            }
+            Stage::Serving => {
+                // It started fine: the streak of failed starts is over.
+                self.failures = 0;
+                if uptime >= STABLE_AFTER {
+                    self.crashes = 0;
+                }
+                let step = self.crashes.min(BACKOFF.len() - 1);
+                self.crashes += 1;
+                Verdict::RespawnAfter(BACKOFF[step])
+            }
         }
-        let verdict = match BACKOFF.get(self.failures) {
-            Some(d) => Verdict::RespawnAfter(*d),
-            None => Verdict::GiveUp {
-                attempts: self.failures,
-            },
-        };
-        self.failures += 1;
-        verdict
     }
 
+    /// Deaths before serving, in a row.
     pub fn failures(&self) -> usize {
         self.failures
+    }
+
+    /// Deaths while serving since the last stable run.
+    pub fn crashes(&self) -> usize {
+        self.crashes
     }
 }
 
@@ -166,17 +214,21 @@ mod tests {
 
     #[test]
     fn first_respawn_is_immediate() {
-        let mut p = RespawnPolicy::default();
-        assert_eq!(
-            p.on_exit(Duration::from_secs(1)),
-            Verdict::RespawnAfter(Duration::ZERO)
-        );
+        for stage in [Stage::Starting, Stage::Serving] {
+            let mut p = RespawnPolicy::default();
+            assert_eq!(
+                p.on_exit(Duration::from_secs(1), stage),
+                Verdict::RespawnAfter(Duration::ZERO)
+            );
+        }
     }
 
     #[test]
-    fn quick_failures_back_off_then_give_up() {
+    fn quick_failed_starts_back_off_then_give_up() {
         let mut p = RespawnPolicy::default();
-        let got: Vec<_> = (0..7).map(|_| p.on_exit(Duration::ZERO)).collect();
+        let got: Vec<_> = (0..7)
+            .map(|_| p.on_exit(Duration::ZERO, Stage::Starting))
+            .collect();
         let mut want: Vec<_> = BACKOFF.iter().map(|d| Verdict::RespawnAfter(*d)).collect();
         want.push(Verdict::GiveUp { attempts: 6 });
         assert_eq!(got, want);
@@ -186,10 +238,61 @@ mod tests {
     fn a_stable_run_resets_the_backoff() {
         let mut p = RespawnPolicy::default();
         for _ in 0..4 {
-            p.on_exit(Duration::ZERO);
+            p.on_exit(Duration::ZERO, Stage::Starting);
         }
         assert_eq!(
-            p.on_exit(STABLE_AFTER),
+            p.on_exit(STABLE_AFTER, Stage::Starting),
+            Verdict::RespawnAfter(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn crashes_while_serving_never_give_up_and_back_off_to_the_cap() {
+        let mut p = RespawnPolicy::default();
+        let got: Vec<_> = (0..20)
+            .map(|_| p.on_exit(Duration::from_secs(1), Stage::Serving))
+            .collect();
+        assert!(got.iter().all(|v| matches!(v, Verdict::RespawnAfter(_))));
+        assert_eq!(&got[..BACKOFF.len()], &BACKOFF.map(Verdict::RespawnAfter));
+        let cap = Verdict::RespawnAfter(BACKOFF[BACKOFF.len() - 1]);
+        assert!(got[BACKOFF.len()..].iter().all(|v| *v == cap));
+    }
+
+    #[test]
+    fn a_crash_while_serving_ends_a_streak_of_failed_starts() {
+        let mut p = RespawnPolicy::default();
+        for _ in 0..5 {
+            p.on_exit(Duration::ZERO, Stage::Starting);
+        }
+        p.on_exit(Duration::from_secs(1), Stage::Serving);
+        assert_eq!(p.failures(), 0);
+        assert_eq!(
+            p.on_exit(Duration::ZERO, Stage::Starting),
+            Verdict::RespawnAfter(Duration::ZERO),
+            "the helper had started: this is a fresh streak"
+        );
+    }
+
+    #[test]
+    fn failed_starts_after_crashes_still_give_up() {
+        let mut p = RespawnPolicy::default();
+        for _ in 0..10 {
+            p.on_exit(Duration::from_secs(1), Stage::Serving);
+        }
+        let last = (0..=BACKOFF.len())
+            .map(|_| p.on_exit(Duration::ZERO, Stage::Starting))
+            .last();
+        assert_eq!(last, Some(Verdict::GiveUp { attempts: 6 }));
+    }
+
+    #[test]
+    fn a_stable_serving_run_resets_the_crash_backoff() {
+        let mut p = RespawnPolicy::default();
+        for _ in 0..8 {
+            p.on_exit(Duration::from_secs(1), Stage::Serving);
+        }
+        assert_eq!(
+            p.on_exit(STABLE_AFTER, Stage::Serving),
             Verdict::RespawnAfter(Duration::ZERO)
         );
     }

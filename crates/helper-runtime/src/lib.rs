@@ -2,11 +2,14 @@
 //! the sandbox, install the seccomp filter, greet the manager, then serve
 //! requests from one mio loop until the manager's end of the socket closes.
 //!
-//! A helper supplies a [`Service`] with its own requests and event sources;
-//! the runtime answers `Ping` and `SetLogLevel` for all of them.
+//! A helper supplies a [`Service`] with its own requests, event sources and
+//! timed work; the runtime answers `Ping` and `SetLogLevel` for all of them.
+//! What the helper sends goes through an [`Outbox`]: a slow manager costs
+//! dropped events (counted), never the helper's life.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use log::{debug, error, info, warn, LevelFilter};
 use mio::unix::SourceFd;
@@ -16,6 +19,9 @@ use patchpanel_ipc::{
     Reply, Request, Role, PROTOCOL_VERSION,
 };
 use patchpanel_sandbox::{Process, SeccompMode};
+
+mod outbox;
+pub use outbox::{Outbox, DROP_LOG_INTERVAL, MAX_QUEUED_RESPONSES};
 
 /// The token of the manager channel; services use other tokens.
 pub const CHANNEL: Token = Token(0);
@@ -43,6 +49,17 @@ pub trait Service {
     /// (edge-triggered: drain it). Returns the events to send to the
     /// manager; an error ends the helper.
     fn ready(&mut self, _token: Token) -> Result<Vec<Event>, String> {
+        Ok(Vec::new())
+    }
+
+    /// When [`Service::tick`] has work next; the loop waits no longer.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Timed work, called once [`Service::next_deadline`] has passed.
+    /// Returns the events to send to the manager; an error ends the helper.
+    fn tick(&mut self, _now: Instant) -> Result<Vec<Event>, String> {
         Ok(Vec::new())
     }
 }
@@ -196,26 +213,36 @@ fn serve<S: Service>(process: Process, args: &HelperArgs, mut service: S) -> Res
         warn!("self test: ptrace returned {rc}; the filter did not kill this process");
     }
 
-    send(
+    let mut outbox = Outbox::new(Instant::now());
+    outbox.response(
         &channel,
-        &HelperMessage::Hello(Hello {
+        HelperMessage::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             role,
         }),
     )?;
     let mut greeted = false;
+    // Whether the channel is registered for writability (only while
+    // responses wait for it).
+    let mut want_writable = false;
     let mut events = Events::with_capacity(16);
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
+        let deadline = [service.next_deadline(), outbox.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
             return Err(format!("epoll_wait: {e}"));
         }
+        outbox.flush(&channel)?;
         for event in events.iter() {
             if event.token() != CHANNEL {
                 for e in service.ready(event.token())? {
-                    send(&channel, &HelperMessage::Event(e))?;
+                    outbox.event(&channel, e)?;
                 }
                 continue;
             }
@@ -257,7 +284,7 @@ fn serve<S: Service>(process: Process, args: &HelperArgs, mut service: S) -> Res
                             if let Err(e) = &result {
                                 warn!("request {id} failed: {e}");
                             }
-                            send(&channel, &HelperMessage::Response { id, result })?;
+                            outbox.response(&channel, HelperMessage::Response { id, result })?;
                         }
                     },
                     Err(ChannelError::WouldBlock) => break,
@@ -270,14 +297,31 @@ fn serve<S: Service>(process: Process, args: &HelperArgs, mut service: S) -> Res
                 }
             }
         }
-    }
-}
-
-fn send(channel: &Channel, msg: &HelperMessage) -> Result<(), String> {
-    match channel.send(msg, &[]) {
-        Ok(()) => Ok(()),
-        Err(ChannelError::Closed) => Err("manager closed the channel".into()),
-        Err(e) => Err(format!("ipc send: {e}")),
+        let now = Instant::now();
+        if service.next_deadline().is_some_and(|d| now >= d) {
+            for e in service.tick(now)? {
+                outbox.event(&channel, e)?;
+            }
+        }
+        outbox.log_drops(now);
+        // Edge-triggered: ask to hear when the manager makes room, only
+        // while something waits for it.
+        let waiting = outbox.queued() > 0;
+        if waiting != want_writable {
+            let interest = if waiting {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            poll.registry()
+                .reregister(
+                    &mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&channel)),
+                    CHANNEL,
+                    interest,
+                )
+                .map_err(|e| format!("epoll: {e}"))?;
+            want_writable = waiting;
+        }
     }
 }
 

@@ -4,34 +4,45 @@
 //! standalone `ndproxyd`.
 //!
 //! Everything the engine needs per packet is cached here from netlink —
-//! link MACs from `RTM_NEWLINK`, the host's IPv6 addresses from
-//! `RTM_NEWADDR`, neighbours from `RTM_NEWNEIGH` — after one dump at start,
-//! so no packet costs an ioctl or a table dump. A notification overrun
-//! (`ENOBUFS`) re-dumps the affected tables.
+//! link MACs from `RTM_NEWLINK`, the host's IPv6 addresses and their
+//! prefixes from `RTM_NEWADDR`, on-link prefixes (IPv6 routes without a
+//! gateway) from `RTM_NEWROUTE`, neighbours from `RTM_NEWNEIGH` — after one
+//! dump at start, so no packet costs an ioctl or a table dump. A
+//! notification overrun (`ENOBUFS`) re-dumps the affected tables.
 //!
 //! All sockets are opened by [`Forwarder::open`], before the helper's
 //! seccomp filter is installed; afterwards only reads, writes, sends and
 //! `setsockopt` (all-multicast membership) are needed.
+//!
+//! The engine has timed work (confirming tentative claims); the owner's
+//! loop waits at most until [`Forwarder::next_deadline`] and then calls
+//! [`Forwarder::tick`]. Refused guest packets are logged as one summary
+//! line per [`SUMMARY_INTERVAL`] at most, whatever the rate.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use patchpanel_rtnl::neigh::{NeighborEvent, NeighborMonitor};
-use patchpanel_rtnl::{Family, Link, MonitorGroups, Rtnl, RtnlError, RtnlEvent, RtnlMonitor};
+use patchpanel_rtnl::{
+    Family, Link, LinkRef, MonitorGroups, Route, RouteType, Rtnl, RtnlError, RtnlEvent, RtnlMonitor,
+};
 
-use crate::proxy::{check_pair, Dropped, Guest, PairError, Proxy, Received};
+use crate::claims::Refusals;
+use crate::proxy::{check_pair, Dropped, Guest, Outgoing, PairError, Proxy, Received};
 use crate::socket::{PacketSocket, MAX_PACKET};
 
 /// Socket receive buffer asked for the monitors, so a burst of neighbour
 /// changes on a busy uplink does not overrun them.
 const MONITOR_BUFFER: usize = 1 << 20;
+/// At most one log line about refused guest packets per this interval.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What failed, with which input.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +114,8 @@ pub struct Forwarder {
     allmulti: BTreeSet<u32>,
     tokens: Option<Tokens>,
     buf: Vec<u8>,
+    /// When refusals were last logged, and their counts then.
+    logged: (Instant, Refusals),
 }
 
 impl fmt::Debug for Forwarder {
@@ -123,7 +136,9 @@ impl Forwarder {
     pub fn open() -> Result<Forwarder, ForwarderError> {
         let socket =
             PacketSocket::open().map_err(|e| ForwarderError::socket("packet socket", e))?;
-        let links = RtnlMonitor::new(MonitorGroups::LINK | MonitorGroups::IPV6_IFADDR)?;
+        let links = RtnlMonitor::new(
+            MonitorGroups::LINK | MonitorGroups::IPV6_IFADDR | MonitorGroups::IPV6_ROUTE,
+        )?;
         let neighbors = NeighborMonitor::new()?;
         for (what, r) in [
             ("link", links.set_recv_buffer_size(MONITOR_BUFFER)),
@@ -143,6 +158,7 @@ impl Forwarder {
             allmulti: BTreeSet::new(),
             tokens: None,
             buf: vec![0u8; MAX_PACKET],
+            logged: (Instant::now(), Refusals::default()),
         };
         // Subscribed before the dumps, so no change falls between them.
         fwd.reload_links()?;
@@ -281,6 +297,67 @@ impl Forwarder {
         }
     }
 
+    /// When [`Forwarder::tick`] has work next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let summary =
+            (self.proxy.refusals() != self.logged.1).then_some(self.logged.0 + SUMMARY_INTERVAL);
+        [self.proxy.next_deadline(), summary]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Does the engine's timed work: confirms the claims whose wait is
+    /// over (returned as notices) and logs the refusal summary when due.
+    pub fn tick(&mut self, now: Instant) -> Vec<Notice> {
+        let notices = self
+            .proxy
+            .tick(now)
+            .into_iter()
+            .map(|guest| {
+                debug!("guest {} on {}", guest.addr, self.describe(guest.ifindex));
+                Notice::Guest(guest)
+            })
+            .collect();
+        self.log_refusals(now);
+        notices
+    }
+
+    /// Packets refused so far, per reason.
+    pub fn refusals(&self) -> Refusals {
+        self.proxy.refusals()
+    }
+
+    fn log_refusals(&mut self, now: Instant) {
+        let counts = self.proxy.refusals();
+        if counts == self.logged.1 || now < self.logged.0 + SUMMARY_INTERVAL {
+            return;
+        }
+        let new = counts.since(&self.logged.1);
+        warn!(
+            "refused {} guest ND packet(s) in the last {:.0?} for addresses the guests may not use ({new}); {} since start",
+            new.total(),
+            now.saturating_duration_since(self.logged.0),
+            counts.total()
+        );
+        self.logged = (now, counts);
+    }
+
+    fn send_copy(&self, ty: &str, out: &Outgoing) {
+        if let Err(e) = self.socket.send(out.ifindex, out.dst_mac, &out.packet) {
+            match e.raw_os_error() {
+                Some(libc::ENETDOWN) | Some(libc::ENXIO) | Some(libc::ENODEV) => {
+                    debug!("{} is down: {e}", self.describe(out.ifindex))
+                }
+                // A full queue drops this copy; ND retransmits.
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
+                    debug!("sending {ty} on {}: {e}", self.describe(out.ifindex))
+                }
+                _ => warn!("sending {ty} on {}: {e}", self.describe(out.ifindex)),
+            }
+        }
+    }
+
     fn read_packets(&mut self) -> Result<Vec<Notice>, ForwarderError> {
         let mut notices = Vec::new();
         loop {
@@ -294,6 +371,14 @@ impl Forwarder {
             if info.truncated {
                 debug!("dropped a packet larger than {MAX_PACKET} bytes");
                 continue;
+            }
+            if self.proxy.is_downlink(info.ifindex) {
+                // A guest's claim is judged against every prefix the kernel
+                // has announced so far: the route for an RA's prefix is
+                // queued on the other socket as the RA arrives, and the
+                // guest's DAD probe for its SLAAC address may come back
+                // before that socket is next read. One non-blocking read.
+                notices.extend(self.read_link_events()?);
             }
             let rx = Received {
                 ifindex: info.ifindex,
@@ -327,24 +412,21 @@ impl Forwarder {
                     self.describe(info.ifindex),
                     self.describe(out.ifindex)
                 );
-                if let Err(e) = self.socket.send(out.ifindex, out.dst_mac, &out.packet) {
-                    match e.raw_os_error() {
-                        Some(libc::ENETDOWN) | Some(libc::ENXIO) | Some(libc::ENODEV) => {
-                            debug!("{} is down: {e}", self.describe(out.ifindex))
-                        }
-                        // A full queue drops this copy; ND retransmits.
-                        Some(libc::EAGAIN) | Some(libc::ENOBUFS) => {
-                            debug!("sending {ty} on {}: {e}", self.describe(out.ifindex))
-                        }
-                        _ => warn!("sending {ty} on {}: {e}", self.describe(out.ifindex)),
-                    }
-                }
+                self.send_copy(ty, out);
+            }
+            for probe in &outcome.probes {
+                trace!(
+                    "probing the uplink {} for a new guest address",
+                    self.describe(probe.ifindex)
+                );
+                self.send_copy("DAD probe", probe);
             }
             if let Some(guest) = outcome.learned {
                 debug!("guest {} on {}", guest.addr, self.describe(guest.ifindex));
                 notices.push(Notice::Guest(guest));
             }
         }
+        self.log_refusals(Instant::now());
         Ok(notices)
     }
 
@@ -356,7 +438,7 @@ impl Forwarder {
                 RtnlEvent::DelLink(link) => self.remove_link(link.index, &mut notices),
                 RtnlEvent::NewAddress(a) => {
                     if let IpAddr::V6(addr) = a.addr {
-                        self.proxy.add_local_address(a.ifindex, addr);
+                        self.proxy.add_local_address(a.ifindex, addr, a.prefix_len);
                     }
                 }
                 RtnlEvent::DelAddress(a) => {
@@ -365,10 +447,22 @@ impl Forwarder {
                     }
                 }
                 RtnlEvent::Overrun => {
-                    warn!("link notifications overran; re-reading links and addresses");
+                    warn!("link notifications overran; re-reading links, addresses and routes");
                     notices.extend(self.reload_links()?);
                 }
-                RtnlEvent::NewRoute(_) | RtnlEvent::DelRoute(_) => {}
+                RtnlEvent::NewRoute(r) => {
+                    if let Some((ifindex, prefix, len)) = on_link_prefix(&r) {
+                        if self.proxy.uses(ifindex) && len < 128 {
+                            debug!("{prefix}/{len} is on-link on {}", self.describe(ifindex));
+                        }
+                        self.proxy.add_on_link_route(ifindex, prefix, len);
+                    }
+                }
+                RtnlEvent::DelRoute(r) => {
+                    if let Some((ifindex, prefix, len)) = on_link_prefix(&r) {
+                        self.proxy.remove_on_link_route(ifindex, prefix, len);
+                    }
+                }
             }
         }
         Ok(notices)
@@ -400,10 +494,12 @@ impl Forwarder {
         }
     }
 
-    /// Re-reads links and the host's IPv6 addresses; returns what changed.
+    /// Re-reads links, the host's IPv6 addresses and on-link routes;
+    /// returns what changed.
     fn reload_links(&mut self) -> Result<Vec<Notice>, ForwarderError> {
         let links = self.rtnl.links()?;
         let addresses = self.rtnl.addresses(None)?;
+        let routes = self.rtnl.routes(Family::V6, None)?;
         let mut notices = Vec::new();
         let present: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
         let gone: Vec<u32> = self
@@ -421,8 +517,12 @@ impl Forwarder {
         self.proxy.clear_local_addresses();
         for a in addresses {
             if let IpAddr::V6(addr) = a.addr {
-                self.proxy.add_local_address(a.ifindex, addr);
+                self.proxy.add_local_address(a.ifindex, addr, a.prefix_len);
             }
+        }
+        self.proxy.clear_on_link_routes();
+        for (ifindex, prefix, len) in routes.iter().filter_map(on_link_prefix) {
+            self.proxy.add_on_link_route(ifindex, prefix, len);
         }
         Ok(notices)
     }
@@ -465,4 +565,15 @@ impl Forwarder {
         }
         Ok(())
     }
+}
+
+/// The on-link prefix a route stands for: an IPv6 unicast route through a
+/// link without a gateway (any table: shill keeps them in per-link tables).
+fn on_link_prefix(route: &Route) -> Option<(u32, std::net::Ipv6Addr, u8)> {
+    let (IpAddr::V6(prefix), None, Some(LinkRef::Index(ifindex)), RouteType::Unicast) =
+        (route.dst, route.gateway, route.oif.as_ref(), route.kind)
+    else {
+        return None;
+    };
+    Some((*ifindex, prefix, route.prefix_len))
 }

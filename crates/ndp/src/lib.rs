@@ -10,8 +10,10 @@
 //! * [`packet`]: parsing, validation and rewriting of RS/RA/NS/NA (byte
 //!   slices in, bytes out; golden-tested and fuzzed);
 //! * [`bpf`]: the socket filter passing only those packets;
-//! * [`proxy`]: the forwarding rules and learning of guest addresses, as a
-//!   state machine fed with packets and netlink state;
+//! * [`proxy`]: the forwarding rules and which addresses a guest may use,
+//!   as a state machine fed with packets, netlink state and the time;
+//! * [`claims`]: who holds which address, with a bound and a rate limit
+//!   per downlink;
 //! * [`socket`] and [`forwarder`]: the `AF_PACKET` socket, the netlink
 //!   caches and the glue, used by the `patchpanel-ndproxy` helper and by
 //!   the standalone `ndproxyd`.
@@ -21,11 +23,13 @@
 //! manager) installs the routes itself.
 
 pub mod bpf;
+pub mod claims;
 pub mod forwarder;
 pub mod packet;
 pub mod proxy;
 pub mod socket;
 
+pub use claims::{Refusal, Refusals};
 pub use forwarder::{Forwarder, ForwarderError, Notice, Tokens};
 pub use packet::{NdError, NdPacket, NdType, Rewrite};
 pub use proxy::{Guest, PairError, Proxy};

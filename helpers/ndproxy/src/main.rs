@@ -5,13 +5,16 @@
 //! ([`Request::NdProxyStart`], [`Request::NdProxyStop`], both idempotent so
 //! they can be replayed to a respawned helper); the helper relays RS, RA,
 //! NS and NA between them with [`patchpanel_ndp::Forwarder`] and reports
-//! every guest address it sees on a downlink as
-//! [`Event::NeighborDetected`], so the manager can have the writer install
-//! a /128 route. The helper changes no routes, addresses or sysctls; its
-//! sockets are opened before its seccomp filter is installed.
+//! every guest address a downlink may use (see `patchpanel_ndp::proxy` for
+//! the rule: inside the uplink's on-link prefixes, nobody else's, bounded
+//! and rate-limited per downlink) as [`Event::NeighborDetected`], so the
+//! manager can have the writer install a /128 route. The helper changes no
+//! routes, addresses or sysctls; its sockets are opened before its seccomp
+//! filter is installed.
 
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use mio::{Registry, Token};
 use patchpanel_helper_runtime::Service;
@@ -96,17 +99,34 @@ impl Service for NdProxy {
         let notices = forwarder
             .ready(token)
             .map_err(|e| format!("ND proxy: {e}"))?;
-        Ok(notices
-            .into_iter()
-            .filter_map(|n| match n {
-                Notice::Guest(g) => Some(Event::NeighborDetected {
-                    ifindex: g.ifindex,
-                    addr: g.addr.octets(),
-                }),
-                Notice::LinkAdded { .. } | Notice::LinkRemoved { .. } => None,
-            })
-            .collect())
+        Ok(events(notices))
     }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.forwarder.as_ref().and_then(Forwarder::next_deadline)
+    }
+
+    fn tick(&mut self, now: Instant) -> Result<Vec<Event>, String> {
+        Ok(self
+            .forwarder
+            .as_mut()
+            .map(|f| events(f.tick(now)))
+            .unwrap_or_default())
+    }
+}
+
+/// The notices the manager hears about: guest addresses.
+fn events(notices: Vec<Notice>) -> Vec<Event> {
+    notices
+        .into_iter()
+        .filter_map(|n| match n {
+            Notice::Guest(g) => Some(Event::NeighborDetected {
+                ifindex: g.ifindex,
+                addr: g.addr.octets(),
+            }),
+            Notice::LinkAdded { .. } | Notice::LinkRemoved { .. } => None,
+        })
+        .collect()
 }
 
 fn main() -> ExitCode {

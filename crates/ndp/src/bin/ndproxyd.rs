@@ -9,14 +9,18 @@
 //! * waits for the downlink to appear (`--wait-secs`, 60 by default, then
 //!   gives up so the init system can restart it), and follows it if it is
 //!   deleted and created again;
-//! * for every guest address the proxy learns on the downlink, a /128 route
-//!   to the downlink (so the host forwards to the guest instead of back out
-//!   of the uplink's on-link /64) and a proxy neighbour entry on the uplink
-//!   (so the kernel answers the uplink's solicitations for it too);
+//! * for every guest address the proxy learns on the downlink (the same
+//!   engine and rule as the helper: inside the uplink's on-link prefixes,
+//!   nobody else's, bounded and rate-limited), a /128 route to the
+//!   downlink (so the host forwards to the guest instead of back out of the
+//!   uplink's on-link /64) and a proxy neighbour entry on the uplink (so
+//!   the kernel answers the uplink's solicitations for it too);
+//!   at most [`MAX_CLAIMS_PER_DOWNLINK`] of them: a new one replaces the
+//!   one reported least recently;
 //! * on SIGTERM or SIGINT, removes the routes and proxy entries it added;
 //!   all-multicast on both links is released with its socket.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::AsRawFd;
@@ -29,6 +33,7 @@ use clap::Parser;
 use log::{error, info, warn, LevelFilter};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use patchpanel_ndp::proxy::MAX_CLAIMS_PER_DOWNLINK;
 use patchpanel_ndp::{Forwarder, Notice, Tokens};
 use patchpanel_rtnl::{sysctl, validate_ifname, LinkRef, Route, Rtnl};
 
@@ -84,7 +89,9 @@ struct Daemon {
     uplink: u32,
     downlink_name: String,
     downlink: Option<u32>,
-    guests: BTreeSet<Ipv6Addr>,
+    /// Guest addresses with a route and a proxy entry, and when each was
+    /// last reported.
+    guests: BTreeMap<Ipv6Addr, Instant>,
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -131,7 +138,7 @@ fn run(args: &Args) -> Result<()> {
         uplink,
         downlink_name: args.downlink.clone(),
         downlink: None,
-        guests: BTreeSet::new(),
+        guests: BTreeMap::new(),
     };
     daemon
         .forwarder
@@ -162,8 +169,12 @@ impl Daemon {
         let mut ever_attached = self.downlink.is_some();
         let mut events = Events::with_capacity(16);
         loop {
-            let timeout =
-                (!ever_attached).then(|| deadline.saturating_duration_since(Instant::now()));
+            let wait_for_downlink = (!ever_attached).then_some(deadline);
+            let timeout = [wait_for_downlink, self.forwarder.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|d| d.saturating_duration_since(Instant::now()));
             if let Err(e) = poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
@@ -182,6 +193,12 @@ impl Daemon {
                     .ready(event.token())
                     .context("proxy socket")?;
                 for notice in notices {
+                    self.on_notice(notice)?;
+                }
+            }
+            let now = Instant::now();
+            if self.forwarder.next_deadline().is_some_and(|d| now >= d) {
+                for notice in self.forwarder.tick(now) {
                     self.on_notice(notice)?;
                 }
             }
@@ -215,7 +232,7 @@ impl Daemon {
         };
         self.forwarder.stop(self.uplink, index);
         // The routes left with the link; the proxy entries are on the uplink.
-        for addr in std::mem::take(&mut self.guests) {
+        for addr in std::mem::take(&mut self.guests).into_keys() {
             if let Err(e) = self
                 .rtnl
                 .delete_proxy_neighbor(IpAddr::V6(addr), self.uplink)
@@ -252,6 +269,13 @@ impl Daemon {
     }
 
     fn add_guest(&mut self, downlink: u32, addr: Ipv6Addr) {
+        let known = self.guests.contains_key(&addr);
+        if !known && self.guests.len() >= MAX_CLAIMS_PER_DOWNLINK {
+            let oldest = self.guests.iter().min_by_key(|(_, t)| **t).map(|(a, _)| *a);
+            if let Some(old) = oldest {
+                self.remove_guest(downlink, old);
+            }
+        }
         let mut route = Route::new(IpAddr::V6(addr), 128);
         route.oif = Some(LinkRef::Index(downlink));
         if let Err(e) = self.rtnl.add_route(&route) {
@@ -261,7 +285,7 @@ impl Daemon {
         if let Err(e) = self.rtnl.add_proxy_neighbor(IpAddr::V6(addr), self.uplink) {
             warn!("guest {addr}: {e}");
         }
-        if self.guests.insert(addr) {
+        if self.guests.insert(addr, Instant::now()).is_none() {
             info!(
                 "guest {addr} on {}: /128 route and proxy entry on {} installed",
                 self.downlink_name, self.uplink_name
@@ -269,11 +293,31 @@ impl Daemon {
         }
     }
 
+    /// Removes one guest's route and proxy entry (to make room).
+    fn remove_guest(&mut self, downlink: u32, addr: Ipv6Addr) {
+        self.guests.remove(&addr);
+        let mut route = Route::new(IpAddr::V6(addr), 128);
+        route.oif = Some(LinkRef::Index(downlink));
+        if let Err(e) = self.rtnl.delete_route(&route) {
+            warn!("guest {addr}: {e}");
+        }
+        if let Err(e) = self
+            .rtnl
+            .delete_proxy_neighbor(IpAddr::V6(addr), self.uplink)
+        {
+            warn!("guest {addr}: {e}");
+        }
+        info!(
+            "guest {addr} on {}: removed to make room",
+            self.downlink_name
+        );
+    }
+
     /// Removes what this process installed; keeps going after an error and
     /// logs each.
     fn teardown(&mut self) {
         let downlink = self.downlink;
-        for addr in std::mem::take(&mut self.guests) {
+        for addr in std::mem::take(&mut self.guests).into_keys() {
             if let Some(index) = downlink {
                 let mut route = Route::new(IpAddr::V6(addr), 128);
                 route.oif = Some(LinkRef::Index(index));

@@ -5,10 +5,19 @@
 //! libdbus is level-triggered and mio edge-triggered, so [`DbusService::dispatch`]
 //! drains everything buffered and then peeks at the socket until it is empty
 //! (the recipe of dbus-rs issue #254).
+//!
+//! The same connection follows firewalld ([`FirewalldWatch`]): its
+//! `Reloaded` signal asks for a check of the host firewall (issue 22), in
+//! case a reload's nf_tables notifications were not enough (an overrun, a
+//! backend patchpanel cannot see). Any local user can send a signal to this
+//! connection by unicast, past the match rules, so a `Reloaded` counts only
+//! from the unique name that owns `org.fedoraproject.FirewallD1` as the bus
+//! answered `GetNameOwner`; `NameOwnerChanged` counts only from the bus, and
+//! only as a reason to ask again.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
 use dbus::blocking::LocalConnection;
@@ -36,10 +45,29 @@ pub struct DbusService {
     /// during the bus's life, so an entry is never stale, only unused;
     /// the map is bounded by emptying it when full.
     uids: std::collections::HashMap<String, u32>,
+    firewalld: FirewalldWatch,
+    /// firewalld's accepted `Reloaded` signals not yet taken by the manager.
+    firewalld_reloaded: bool,
+    forgeries: Forgeries,
 }
 
 /// How many peers' uids are remembered.
 const UID_CACHE: usize = 1024;
+
+const DBUS_NAME: &str = "org.freedesktop.DBus";
+const DBUS_PATH: &str = "/org/freedesktop/DBus";
+/// The bus's answer when a name has no owner.
+const NAME_HAS_NO_OWNER: &str = "org.freedesktop.DBus.Error.NameHasNoOwner";
+/// firewalld's name, object and interface (the same string as the name).
+pub const FIREWALLD: &str = "org.fedoraproject.FirewallD1";
+const FIREWALLD_PATH: &str = "/org/fedoraproject/FirewallD1";
+/// What firewalld emits once a reload has rebuilt its rules.
+const RELOADED: &str = "Reloaded";
+/// How a check asked for by firewalld's `Reloaded` is described in the log.
+pub const FIREWALLD_RELOADED: &str = "firewalld reloaded";
+/// At most one warning about dropped forgeries per this long (each one is
+/// logged at debug level).
+const FORGERY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for DbusService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -123,13 +151,65 @@ impl DbusService {
             },
         );
         cr.insert(names::PATH, &[iface], ());
-        Ok(DbusService {
+        let mut service = DbusService {
             conn,
             cr,
             fd,
             calls: Vec::new(),
             uids: std::collections::HashMap::new(),
-        })
+            firewalld: FirewalldWatch::default(),
+            firewalld_reloaded: false,
+            forgeries: Forgeries::default(),
+        };
+        // Not fatal: patchpanel still follows the rule set itself.
+        if let Err(e) = service.follow_firewalld() {
+            warn!("firewalld's reloads will not be followed: {e:#}");
+        }
+        Ok(service)
+    }
+
+    /// Subscribes to firewalld's `Reloaded` and to its name changing hands,
+    /// and asks who owns its name (the answer comes through `dispatch`).
+    fn follow_firewalld(&mut self) -> anyhow::Result<()> {
+        for rule in [
+            format!(
+                "type='signal',sender='{DBUS_NAME}',path='{DBUS_PATH}',interface='{DBUS_NAME}',\
+                 member='NameOwnerChanged',arg0='{FIREWALLD}'"
+            ),
+            format!(
+                "type='signal',sender='{FIREWALLD}',path='{FIREWALLD_PATH}',\
+                 interface='{FIREWALLD}',member='{RELOADED}'"
+            ),
+        ] {
+            let proxy = self
+                .conn
+                .with_proxy(DBUS_NAME, DBUS_PATH, Duration::from_secs(5));
+            let () = proxy
+                .method_call(DBUS_NAME, "AddMatch", (rule.as_str(),))
+                .with_context(|| format!("AddMatch {rule}"))?;
+        }
+        self.ask_firewalld_owner()
+    }
+
+    /// Sends `GetNameOwner` for firewalld's name without waiting.
+    fn ask_firewalld_owner(&mut self) -> anyhow::Result<()> {
+        let msg = dbus::Message::new_method_call(DBUS_NAME, DBUS_PATH, DBUS_NAME, "GetNameOwner")
+            .map_err(|e| anyhow!("GetNameOwner: {e}"))?
+            .append1(FIREWALLD);
+        let serial = self
+            .conn
+            .channel()
+            .send(msg)
+            .map_err(|()| anyhow!("the system bus connection was lost"))?;
+        self.conn.channel().flush();
+        self.firewalld.asked(serial);
+        Ok(())
+    }
+
+    /// Whether firewalld said it reloaded since the last call: the manager
+    /// then checks the host firewall.
+    pub fn take_firewalld_reloaded(&mut self) -> bool {
+        std::mem::take(&mut self.firewalld_reloaded)
     }
 
     /// The socket to register with mio.
@@ -170,6 +250,19 @@ impl DbusService {
                     self.calls.push(msg);
                     continue;
                 }
+                match msg.msg_type() {
+                    dbus::MessageType::Signal => {
+                        self.on_signal(&msg);
+                        continue;
+                    }
+                    dbus::MessageType::MethodReturn | dbus::MessageType::Error
+                        if self.firewalld.awaits(msg.get_reply_serial()) =>
+                    {
+                        self.on_firewalld_owner(msg);
+                        continue;
+                    }
+                    _ => {}
+                }
                 // Err: not a method call (a signal or a stray reply);
                 // nothing to answer.
                 let _ = self.cr.handle_message(msg, &self.conn);
@@ -178,6 +271,97 @@ impl DbusService {
             if !socket_has_data(self.fd) {
                 return Ok(());
             }
+        }
+    }
+
+    /// A signal on the connection: firewalld's, the bus's about firewalld's
+    /// name, or anything else (ignored).
+    fn on_signal(&mut self, msg: &dbus::Message) {
+        let (sender, path, interface, member) =
+            (msg.sender(), msg.path(), msg.interface(), msg.member());
+        let signal = SignalHeader {
+            sender: sender.as_deref(),
+            path: path.as_deref(),
+            interface: interface.as_deref(),
+            member: member.as_deref(),
+            arg0: msg.get1::<&str>(),
+        };
+        match self.firewalld.on_signal(&signal) {
+            FirewalldAction::Check => {
+                info!(
+                    "firewalld ({}) reloaded: the host firewall will be checked",
+                    signal.sender.unwrap_or("?")
+                );
+                self.firewalld_reloaded = true;
+            }
+            FirewalldAction::AskOwner => {
+                log::debug!("the bus says firewalld's name changed hands; asking who has it");
+                if let Err(e) = self.ask_firewalld_owner() {
+                    warn!("cannot ask who owns firewalld's name: {e:#}");
+                }
+            }
+            FirewalldAction::Forged => {
+                let what = format!(
+                    "{}.{} at {} from {}",
+                    signal.interface.unwrap_or("?"),
+                    signal.member.unwrap_or("?"),
+                    signal.path.unwrap_or("?"),
+                    signal.sender.unwrap_or("?"),
+                );
+                log::debug!("ignored {what}: not sent by the bus or firewalld's owner");
+                if let Some(n) = self.forgeries.record(Instant::now()) {
+                    warn!(
+                        "ignored {n} signal(s) about firewalld that neither the bus nor \
+                         firewalld's owner sent (latest: {what}; {} since start)",
+                        self.forgeries.total
+                    );
+                }
+            }
+            FirewalldAction::Nothing => {}
+        }
+    }
+
+    /// The bus answered who owns firewalld's name.
+    fn on_firewalld_owner(&mut self, mut msg: dbus::Message) {
+        let serial = msg.get_reply_serial();
+        // Only the bus answers a call to the bus (it refuses replies nobody
+        // asked for); checked all the same.
+        if msg.sender().as_deref() != Some(DBUS_NAME) {
+            warn!(
+                "ignored an answer to GetNameOwner from {}",
+                msg.sender().as_deref().unwrap_or("?")
+            );
+            return;
+        }
+        let owner = match msg.as_result() {
+            Ok(reply) => match reply.read1::<&str>() {
+                Ok(owner) => Some(owner.to_string()),
+                Err(e) => {
+                    warn!("the bus answered GetNameOwner({FIREWALLD}) with {e}");
+                    self.firewalld.unanswered(serial);
+                    return;
+                }
+            },
+            Err(e) if e.name() == Some(NAME_HAS_NO_OWNER) => None,
+            Err(e) => {
+                warn!(
+                    "cannot learn who owns {FIREWALLD}: {}",
+                    e.message().unwrap_or("unknown error")
+                );
+                self.firewalld.unanswered(serial);
+                return;
+            }
+        };
+        let before = self.firewalld.owner().map(str::to_string);
+        let check = self.firewalld.on_owner(serial, owner);
+        match self.firewalld.owner() {
+            now if now == before.as_deref() => {}
+            Some(o) => info!("firewalld is on the bus as {o}; following its reloads"),
+            None => info!("firewalld is not on the bus"),
+        }
+        if check {
+            info!("firewalld reloaded as it took its name: the host firewall will be checked");
+            self.firewalld_reloaded = true;
         }
     }
 
@@ -338,6 +522,181 @@ fn signature_of(msg: &dbus::Message) -> String {
     sig
 }
 
+/// The parts of a signal's header that say whether it may be believed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SignalHeader<'a> {
+    /// Stamped by the bus: a unique name, or `org.freedesktop.DBus` for the
+    /// bus's own signals. No client can send as another.
+    pub sender: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub interface: Option<&'a str>,
+    pub member: Option<&'a str>,
+    /// The first argument when it is a string (the name in `NameOwnerChanged`).
+    pub arg0: Option<&'a str>,
+}
+
+/// What a signal is, given who sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirewalldVerdict {
+    /// The bus says firewalld's name changed hands. A hint only: ask the
+    /// bus who owns it now and believe the answer.
+    OwnerHint,
+    /// firewalld's current owner says it reloaded.
+    Reloaded,
+    /// A `Reloaded` from someone else while the bus is being asked who owns
+    /// the name: believed only if the answer names its sender.
+    Early,
+    /// A signal about firewalld from someone who may not send it: a
+    /// `NameOwnerChanged` the bus did not send, or a `Reloaded` from anyone
+    /// but firewalld's owner.
+    Forged,
+    /// Nothing firewalld-related.
+    Unrelated,
+}
+
+/// Judges a signal: `owner` is firewalld's unique name as the bus last
+/// answered, `asking` whether that question is out again.
+pub fn judge_firewalld(
+    owner: Option<&str>,
+    asking: bool,
+    signal: &SignalHeader<'_>,
+) -> FirewalldVerdict {
+    match (signal.interface, signal.member) {
+        (Some(DBUS_NAME), Some("NameOwnerChanged")) if signal.arg0 == Some(FIREWALLD) => {
+            if signal.sender == Some(DBUS_NAME) && signal.path == Some(DBUS_PATH) {
+                FirewalldVerdict::OwnerHint
+            } else {
+                FirewalldVerdict::Forged
+            }
+        }
+        (Some(FIREWALLD), Some(RELOADED)) => match (owner, signal.sender) {
+            (Some(owner), Some(sender)) if owner == sender => {
+                if signal.path == Some(FIREWALLD_PATH) {
+                    FirewalldVerdict::Reloaded
+                } else {
+                    FirewalldVerdict::Unrelated
+                }
+            }
+            _ if asking => FirewalldVerdict::Early,
+            _ => FirewalldVerdict::Forged,
+        },
+        _ => FirewalldVerdict::Unrelated,
+    }
+}
+
+/// What the adaptor does about a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirewalldAction {
+    /// Ask the bus who owns firewalld's name.
+    AskOwner,
+    /// Check the host firewall.
+    Check,
+    /// Count and report a forgery.
+    Forged,
+    Nothing,
+}
+
+/// How many senders of an early `Reloaded` are remembered while the bus is
+/// asked who owns firewalld's name.
+const EARLY_SENDERS: usize = 8;
+
+/// What is known of firewalld on the bus, as plain data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirewalldWatch {
+    /// firewalld's unique name; `Reloaded` from anyone else is ignored.
+    owner: Option<String>,
+    /// The serial of the `GetNameOwner` call waiting for its answer.
+    asking: Option<u32>,
+    /// Senders of a `Reloaded` that came while asking.
+    early: Vec<String>,
+}
+
+impl FirewalldWatch {
+    /// firewalld's unique name, as the bus last answered.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+
+    /// `GetNameOwner` was sent as `serial`.
+    pub fn asked(&mut self, serial: u32) {
+        self.asking = Some(serial);
+    }
+
+    /// Whether a reply to `reply_serial` is the answer waited for.
+    pub fn awaits(&self, reply_serial: Option<u32>) -> bool {
+        reply_serial.is_some() && reply_serial == self.asking
+    }
+
+    /// The question got no usable answer: the owner stays as it was.
+    pub fn unanswered(&mut self, reply_serial: Option<u32>) {
+        if self.awaits(reply_serial) {
+            self.asking = None;
+            self.early.clear();
+        }
+    }
+
+    /// The bus answered `reply_serial`: firewalld's name is owned by `owner`
+    /// (`None`: nobody). True when a `Reloaded` that came while asking was
+    /// the new owner's: the host firewall is to be checked.
+    pub fn on_owner(&mut self, reply_serial: Option<u32>, owner: Option<String>) -> bool {
+        if !self.awaits(reply_serial) {
+            return false;
+        }
+        self.asking = None;
+        self.owner = owner.filter(|o| !o.is_empty());
+        let early = std::mem::take(&mut self.early);
+        self.owner
+            .as_ref()
+            .is_some_and(|o| early.iter().any(|e| e == o))
+    }
+
+    /// A signal arrived: what to do.
+    pub fn on_signal(&mut self, signal: &SignalHeader<'_>) -> FirewalldAction {
+        let asking = self.asking.is_some();
+        match judge_firewalld(self.owner.as_deref(), asking, signal) {
+            // An answer still to come was given after this change.
+            FirewalldVerdict::OwnerHint if asking => FirewalldAction::Nothing,
+            FirewalldVerdict::OwnerHint => FirewalldAction::AskOwner,
+            FirewalldVerdict::Reloaded => FirewalldAction::Check,
+            FirewalldVerdict::Early => {
+                if let Some(sender) = signal.sender {
+                    if self.early.len() < EARLY_SENDERS && !self.early.iter().any(|e| e == sender) {
+                        self.early.push(sender.to_string());
+                    }
+                }
+                FirewalldAction::Nothing
+            }
+            FirewalldVerdict::Forged => FirewalldAction::Forged,
+            FirewalldVerdict::Unrelated => FirewalldAction::Nothing,
+        }
+    }
+}
+
+/// Forged signals dropped: all counted, at most one warning per
+/// [`FORGERY_WARNING_INTERVAL`].
+#[derive(Debug, Default)]
+struct Forgeries {
+    total: u64,
+    unreported: u64,
+    last_warning: Option<Instant>,
+}
+
+impl Forgeries {
+    /// Counts one more; when a warning is due, returns how many it covers.
+    fn record(&mut self, now: Instant) -> Option<u64> {
+        self.total += 1;
+        self.unreported += 1;
+        let due = self
+            .last_warning
+            .is_none_or(|last| now.saturating_duration_since(last) >= FORGERY_WARNING_INTERVAL);
+        if !due {
+            return None;
+        }
+        self.last_warning = Some(now);
+        Some(std::mem::take(&mut self.unreported))
+    }
+}
+
 fn socket_has_data(fd: RawFd) -> bool {
     let mut b = 0u8;
     // SAFETY: a 1-byte peek into a local buffer.
@@ -350,4 +709,188 @@ fn socket_has_data(fd: RawFd) -> bool {
         )
     };
     n > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OWNER: &str = ":1.7";
+
+    fn reloaded(sender: &str) -> SignalHeader<'_> {
+        SignalHeader {
+            sender: Some(sender),
+            path: Some(FIREWALLD_PATH),
+            interface: Some(FIREWALLD),
+            member: Some(RELOADED),
+            arg0: None,
+        }
+    }
+
+    fn name_owner_changed(sender: &str) -> SignalHeader<'_> {
+        SignalHeader {
+            sender: Some(sender),
+            path: Some(DBUS_PATH),
+            interface: Some(DBUS_NAME),
+            member: Some("NameOwnerChanged"),
+            arg0: Some(FIREWALLD),
+        }
+    }
+
+    /// A watch that knows firewalld as [`OWNER`].
+    fn watching() -> FirewalldWatch {
+        let mut w = FirewalldWatch::default();
+        w.asked(1);
+        assert!(!w.on_owner(Some(1), Some(OWNER.into())));
+        w
+    }
+
+    #[test]
+    fn reloaded_from_firewallds_owner_is_believed() {
+        assert_eq!(
+            judge_firewalld(Some(OWNER), false, &reloaded(OWNER)),
+            FirewalldVerdict::Reloaded
+        );
+    }
+
+    #[test]
+    fn reloaded_from_another_connection_is_forged() {
+        assert_eq!(
+            judge_firewalld(Some(OWNER), false, &reloaded(":1.66")),
+            FirewalldVerdict::Forged
+        );
+    }
+
+    #[test]
+    fn reloaded_while_firewalld_is_not_on_the_bus_is_forged() {
+        assert_eq!(
+            judge_firewalld(None, false, &reloaded(":1.66")),
+            FirewalldVerdict::Forged
+        );
+    }
+
+    #[test]
+    fn reloaded_from_the_owner_on_another_path_is_not_firewallds_reload() {
+        let signal = SignalHeader {
+            path: Some("/org/fedoraproject/FirewallD1/config"),
+            ..reloaded(OWNER)
+        };
+        assert_eq!(
+            judge_firewalld(Some(OWNER), false, &signal),
+            FirewalldVerdict::Unrelated
+        );
+    }
+
+    #[test]
+    fn name_owner_changed_from_the_bus_is_a_hint() {
+        assert_eq!(
+            judge_firewalld(Some(OWNER), false, &name_owner_changed(DBUS_NAME)),
+            FirewalldVerdict::OwnerHint
+        );
+    }
+
+    #[test]
+    fn name_owner_changed_from_a_client_is_forged() {
+        assert_eq!(
+            judge_firewalld(Some(OWNER), false, &name_owner_changed(":1.66")),
+            FirewalldVerdict::Forged
+        );
+    }
+
+    #[test]
+    fn name_owner_changed_about_another_name_is_unrelated() {
+        let signal = SignalHeader {
+            arg0: Some("org.chromium.flimflam"),
+            ..name_owner_changed(DBUS_NAME)
+        };
+        assert_eq!(
+            judge_firewalld(Some(OWNER), false, &signal),
+            FirewalldVerdict::Unrelated
+        );
+    }
+
+    #[test]
+    fn the_owners_reload_asks_for_a_check_and_a_forgers_does_not() {
+        let mut w = watching();
+        assert_eq!(w.on_signal(&reloaded(OWNER)), FirewalldAction::Check);
+        assert_eq!(w.on_signal(&reloaded(":1.66")), FirewalldAction::Forged);
+    }
+
+    #[test]
+    fn a_hint_asks_the_bus_once_and_only_its_answer_changes_the_owner() {
+        let mut w = watching();
+        assert_eq!(
+            w.on_signal(&name_owner_changed(DBUS_NAME)),
+            FirewalldAction::AskOwner
+        );
+        w.asked(2);
+        assert_eq!(
+            w.on_signal(&name_owner_changed(DBUS_NAME)),
+            FirewalldAction::Nothing,
+            "the answer to come was given after this change"
+        );
+        assert_eq!(w.owner(), Some(OWNER), "believed until the bus answers");
+        assert!(!w.on_owner(Some(2), Some(":1.8".into())));
+        assert_eq!(w.owner(), Some(":1.8"));
+        assert_eq!(w.on_signal(&reloaded(OWNER)), FirewalldAction::Forged);
+        assert_eq!(w.on_signal(&reloaded(":1.8")), FirewalldAction::Check);
+    }
+
+    #[test]
+    fn a_reply_to_another_call_does_not_change_the_owner() {
+        let mut w = watching();
+        w.asked(2);
+        assert!(!w.awaits(Some(3)));
+        assert!(!w.on_owner(Some(3), Some(":1.66".into())));
+        assert_eq!(w.owner(), Some(OWNER));
+    }
+
+    #[test]
+    fn firewalld_leaving_makes_its_old_names_reload_forged() {
+        let mut w = watching();
+        w.asked(2);
+        assert!(!w.on_owner(Some(2), None));
+        assert_eq!(w.owner(), None);
+        assert_eq!(w.on_signal(&reloaded(OWNER)), FirewalldAction::Forged);
+    }
+
+    #[test]
+    fn an_early_reload_counts_once_the_bus_names_its_sender() {
+        let mut w = FirewalldWatch::default();
+        w.asked(1);
+        assert_eq!(w.on_signal(&reloaded(":1.8")), FirewalldAction::Nothing);
+        assert!(w.on_owner(Some(1), Some(":1.8".into())));
+    }
+
+    #[test]
+    fn an_early_reload_from_another_sender_is_dropped_with_the_answer() {
+        let mut w = FirewalldWatch::default();
+        w.asked(1);
+        assert_eq!(w.on_signal(&reloaded(":1.66")), FirewalldAction::Nothing);
+        assert!(!w.on_owner(Some(1), Some(":1.8".into())));
+        w.asked(2);
+        assert!(
+            !w.on_owner(Some(2), Some(":1.66".into())),
+            "forgotten with the answer it waited for"
+        );
+    }
+
+    #[test]
+    fn an_unanswered_question_keeps_the_owner() {
+        let mut w = watching();
+        w.asked(2);
+        w.unanswered(Some(2));
+        assert!(!w.awaits(Some(2)));
+        assert_eq!(w.owner(), Some(OWNER));
+    }
+
+    #[test]
+    fn forgeries_are_all_counted_and_warned_about_once_a_minute() {
+        let mut f = Forgeries::default();
+        let t0 = Instant::now();
+        assert_eq!(f.record(t0), Some(1));
+        assert_eq!(f.record(t0 + Duration::from_secs(1)), None);
+        assert_eq!(f.record(t0 + FORGERY_WARNING_INTERVAL), Some(2));
+        assert_eq!(f.total, 3);
+    }
 }

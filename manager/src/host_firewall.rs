@@ -148,7 +148,8 @@ impl Follower {
     }
 
     /// Asks for a check without a change notification (firewalld said it
-    /// reloaded).
+    /// reloaded). The hint is named in the check's log line even when the
+    /// burst's list of changers is full.
     pub fn on_hint(&mut self, what: &str, now: Instant) {
         self.on_change(
             FirewallChange {
@@ -159,6 +160,11 @@ impl Follower {
             },
             now,
         );
+        if let Some(p) = self.pending.as_mut() {
+            if !p.by.iter().any(|b| b == what) {
+                p.by.push(what.to_string());
+            }
+        }
     }
 
     /// When the pending check is due, if one is.
@@ -242,6 +248,24 @@ mod tests {
         assert!(p.ours, "one change touched ours");
         assert_eq!(p.by.len(), 1, "the same description once");
         assert_eq!(f.deadline(), None);
+    }
+
+    #[test]
+    fn a_hint_is_named_even_after_many_changers() {
+        let mut f = Follower::default();
+        let t0 = Instant::now();
+        for pid in 0..20 {
+            f.on_change(
+                FirewallChange {
+                    by: format!("nft (pid {pid}): add rule"),
+                    ..change(false)
+                },
+                t0,
+            );
+        }
+        f.on_hint("firewalld reloaded", t0);
+        let p = f.take_due(t0 + MAX_WAIT).expect("due");
+        assert!(p.by.iter().any(|b| b == "firewalld reloaded"), "{:?}", p.by);
     }
 
     #[test]

@@ -26,13 +26,19 @@ impl Manager {
     /// A call may make a blocking bus round trip (a caller's uid), during
     /// which libdbus queues later calls internally: the socket is then
     /// empty and edge-triggered epoll would not wake us for them, so the
-    /// queue is drained again after every batch.
+    /// queue is drained again after every batch. firewalld's `Reloaded`
+    /// asks the host firewall's follower for a check (it runs from the
+    /// loop's timers, once the burst is over).
     pub(crate) fn on_dbus(&mut self) -> anyhow::Result<()> {
         loop {
             let Some(dbus) = self.dbus.as_mut() else {
                 return Ok(());
             };
             dbus.dispatch()?;
+            if dbus.take_firewalld_reloaded() {
+                self.host_firewall
+                    .on_hint(dbus_service::FIREWALLD_RELOADED, std::time::Instant::now());
+            }
             let calls = dbus.take_calls();
             if calls.is_empty() {
                 return Ok(());

@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod dbus_client;
 pub mod direct_helper;
 pub mod fake_shill;
+pub mod firewalld;
 pub mod forger;
 pub mod mcast;
 pub mod netns;

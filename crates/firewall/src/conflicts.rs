@@ -60,8 +60,9 @@ impl fmt::Display for Conflict {
             ),
             Conflict::Firewalld => f.write_str(
                 "firewalld is running: its nftables table drops forwarded traffic by default and \
-                 a reload may remove patchpanel's rules; put patchpanel's interfaces in a trusted \
-                 zone, and restart patchpanel after a reload",
+                 a reload replaces it; patchpanel puts its narrow accept in firewalld's dropping \
+                 chains and checks again after every reload (leave patchpanel's interfaces out of \
+                 firewalld's trusted zone: it would also open the host itself to them)",
             ),
             Conflict::Ufw => f.write_str(
                 "ufw is enabled: its default forward policy drops guest traffic not accepted by \

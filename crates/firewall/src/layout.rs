@@ -35,78 +35,15 @@ use crate::model::{
 /// The comment on patchpanel's jumps from built-in chains.
 pub const HOOK_COMMENT: &str = "patchpanel";
 
-/// Prefix of the root chains (`patchpanel_FORWARD`...).
-pub const ROOT_CHAIN_PREFIX: &str = "patchpanel_";
-
-// Named chains. The upstream names are a contract (shill, dns-proxy and
-// tests expect them); `guest_forward` is ours.
-pub const APPLY_LOCAL_SOURCE_MARK: &str = "apply_local_source_mark";
-pub const SKIP_APPLY_VPN_MARK: &str = "skip_apply_vpn_mark";
-pub const APPLY_VPN_MARK: &str = "apply_vpn_mark";
-pub const REDIRECT_DEFAULT_DNS: &str = "redirect_default_dns";
-pub const REDIRECT_USER_DNS: &str = "redirect_user_dns";
-pub const INGRESS_PORT_FORWARDING: &str = "ingress_port_forwarding";
-pub const APPLY_AUTO_DNAT_TO_ARC: &str = "apply_auto_dnat_to_arc";
-pub const APPLY_AUTO_DNAT_TO_CROSTINI: &str = "apply_auto_dnat_to_crostini";
-pub const APPLY_AUTO_DNAT_TO_PARALLELS: &str = "apply_auto_dnat_to_parallels";
-pub const INGRESS_PORT_FIREWALL: &str = "ingress_port_firewall";
-pub const EGRESS_PORT_FIREWALL: &str = "egress_port_firewall";
-pub const VPN_EGRESS_FILTERS: &str = "vpn_egress_filters";
-pub const VPN_ACCEPT: &str = "vpn_accept";
-pub const VPN_LOCKDOWN: &str = "vpn_lockdown";
-pub const DROP_FORWARD_TO_BRUSCHETTA: &str = "drop_forward_to_bruschetta";
-pub const DROP_OUTPUT_TO_BRUSCHETTA: &str = "drop_output_to_bruschetta";
-/// filter: per-guest forwarding accepts (upstream appends them to FORWARD).
-pub const GUEST_FORWARD: &str = "guest_forward";
-/// A chain no rule jumps to, which the iptables backend adds to an
-/// iptables-nft table when its start makes something there: its rules'
-/// comments ([`MADE_TABLE`], [`MADE_HOOK`]`<chain>`) say what, so that the
-/// stop (of this run or of a crash successor) removes exactly that.
-pub const TABLE_MARKER: &str = "patchpanel_created";
-/// The marker comment of a table patchpanel's start made.
-pub const MADE_TABLE: &str = "made_table";
-/// The marker comment prefix of a base chain patchpanel's start made.
-pub const MADE_HOOK: &str = "made_hook_";
-
-const ROOT_CHAINS: [&str; 5] = [
-    "patchpanel_PREROUTING",
-    "patchpanel_INPUT",
-    "patchpanel_FORWARD",
-    "patchpanel_OUTPUT",
-    "patchpanel_POSTROUTING",
-];
-
-/// Every fixed chain name patchpanel owns (all tables, both families).
-pub const CATALOG: [&str; 23] = [
-    ROOT_CHAINS[0],
-    ROOT_CHAINS[1],
-    ROOT_CHAINS[2],
-    ROOT_CHAINS[3],
-    ROOT_CHAINS[4],
-    APPLY_LOCAL_SOURCE_MARK,
-    SKIP_APPLY_VPN_MARK,
-    APPLY_VPN_MARK,
-    REDIRECT_DEFAULT_DNS,
-    REDIRECT_USER_DNS,
-    INGRESS_PORT_FORWARDING,
-    APPLY_AUTO_DNAT_TO_ARC,
-    APPLY_AUTO_DNAT_TO_CROSTINI,
-    APPLY_AUTO_DNAT_TO_PARALLELS,
-    INGRESS_PORT_FIREWALL,
-    EGRESS_PORT_FIREWALL,
-    VPN_EGRESS_FILTERS,
-    VPN_ACCEPT,
-    VPN_LOCKDOWN,
-    DROP_FORWARD_TO_BRUSCHETTA,
-    DROP_OUTPUT_TO_BRUSCHETTA,
-    GUEST_FORWARD,
-    TABLE_MARKER,
-];
-
-/// Whether `name` is one of the fixed names in [`CATALOG`].
-pub fn is_catalog_chain(name: &str) -> bool {
-    CATALOG.contains(&name)
-}
+use crate::catalog::ROOT_CHAINS;
+pub use crate::catalog::{
+    is_catalog_chain, APPLY_AUTO_DNAT_TO_ARC, APPLY_AUTO_DNAT_TO_CROSTINI,
+    APPLY_AUTO_DNAT_TO_PARALLELS, APPLY_LOCAL_SOURCE_MARK, APPLY_VPN_MARK, CATALOG,
+    DROP_FORWARD_TO_BRUSCHETTA, DROP_OUTPUT_TO_BRUSCHETTA, EGRESS_PORT_FIREWALL, GUEST_FORWARD,
+    INGRESS_PORT_FIREWALL, INGRESS_PORT_FORWARDING, MADE_HOOK, MADE_TABLE, REDIRECT_DEFAULT_DNS,
+    REDIRECT_USER_DNS, ROOT_CHAIN_PREFIX, SKIP_APPLY_VPN_MARK, TABLE_MARKER, VPN_ACCEPT,
+    VPN_EGRESS_FILTERS, VPN_LOCKDOWN,
+};
 
 /// The root chain for built-in chain `builtin` (same name in every table).
 pub fn root_chain(builtin: BuiltinChain) -> OwnedChain {

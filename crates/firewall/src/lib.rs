@@ -15,6 +15,7 @@
 //! * [`backend`] and [`iptables`]: the backend trait and the
 //!   `iptables-nft-restore` implementation;
 //! * [`save`]: reading `iptables-save` output;
+//! * [`catalog`]: the names of the chains patchpanel owns;
 //! * [`layout`]: the chains patchpanel owns and its hooks in built-in chains;
 //! * [`fwmark`]: the fwmark bit layout and traffic sources;
 //! * [`guest`]: per-guest and per-uplink rules;
@@ -27,6 +28,7 @@
 
 pub mod auto_dnat;
 pub mod backend;
+pub mod catalog;
 pub mod conflicts;
 pub mod counters;
 pub mod fwmark;

@@ -169,7 +169,7 @@ impl fmt::Display for BuiltinChain {
     }
 }
 
-/// A chain patchpanel owns: a name from the catalog in [`crate::layout`]
+/// A chain patchpanel owns: a name from the catalog in [`crate::catalog`]
 /// (`[A-Za-z0-9_]` only) or a per-interface chain, one of
 /// [`INTERFACE_CHAIN_PREFIXES`] followed by a valid interface name. Never a
 /// built-in name; at most [`MAX_CHAIN_NAME_LEN`] bytes.
@@ -235,7 +235,7 @@ fn check_owned_chain(name: &str) -> Result<(), ValidationError> {
             "only letters, digits and '_' are allowed (plus '-' and '.' after an interface-chain prefix)",
         ));
     }
-    if crate::layout::is_catalog_chain(name) {
+    if crate::catalog::is_catalog_chain(name) {
         Ok(())
     } else {
         Err(bad("not a chain patchpanel owns"))
@@ -781,7 +781,7 @@ impl Rule {
         }
         if !self.target.allowed_in(table) {
             return Err(ValidationError::TargetNotInTable {
-                target: crate::render::target_text(&self.target),
+                target: Box::new(self.target.clone()),
                 table,
             });
         }
@@ -1025,7 +1025,7 @@ impl Batch {
                     .map_err(|e| ValidationError::InChange {
                         family,
                         index,
-                        line: crate::render::change_lines(change).join(" / "),
+                        change: Box::new(change.clone()),
                         source: Box::new(e),
                     })?;
             }
@@ -1087,19 +1087,21 @@ pub enum ValidationError {
         value: u32,
         mask: u32,
     },
-    #[error("target {target:?} is not allowed in table {table}")]
-    TargetNotInTable { target: String, table: Table },
+    /// (Displayed in iptables' words: `Display for Target` is in
+    /// [`crate::render`].)
+    #[error("target \"{target}\" is not allowed in table {table}")]
+    TargetNotInTable { target: Box<Target>, table: Table },
     #[error("insert position {position}: positions count from 1")]
     InsertPosition { position: u32 },
     #[error("chain {chain} jumps to itself")]
     SelfJump { chain: String },
     #[error("{count} {family} changes in one batch (at most 4096)")]
     TooManyChanges { family: Family, count: usize },
-    #[error("{family} change #{index} ({line}): {source}")]
+    #[error("{family} change #{index} ({change}): {source}")]
     InChange {
         family: Family,
         index: usize,
-        line: String,
+        change: Box<Change>,
         source: Box<ValidationError>,
     },
 }
@@ -1264,12 +1266,17 @@ mod tests {
     #[test]
     fn targets_are_refused_outside_their_table() {
         let mark = Rule::new(Target::SetMark { value: 1, mask: 1 });
+        let e = invalid(Family::V4, append(Table::Filter, "guest_forward", mark));
         assert_eq!(
-            invalid(Family::V4, append(Table::Filter, "guest_forward", mark)),
+            e,
             ValidationError::TargetNotInTable {
-                target: "-j MARK --set-mark 0x1/0x1".into(),
+                target: Box::new(Target::SetMark { value: 1, mask: 1 }),
                 table: Table::Filter
             }
+        );
+        assert_eq!(
+            e.to_string(),
+            "target \"-j MARK --set-mark 0x1/0x1\" is not allowed in table filter"
         );
         let masq = Rule::new(Target::Masquerade);
         assert!(append(Table::Mangle, "apply_vpn_mark", masq)

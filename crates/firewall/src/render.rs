@@ -159,6 +159,20 @@ fn ct_states_text(states: CtStates) -> String {
 }
 
 /// The `-j ...` part of a rule (empty for [`Target::Count`]).
+/// A target as iptables writes it (`-j MARK --set-xmark 0x1/0xff`).
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&target_text(self))
+    }
+}
+
+/// A change as `iptables-restore` lines, joined by ` / `.
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&change_lines(self).join(" / "))
+    }
+}
+
 pub fn target_text(target: &Target) -> String {
     match target {
         Target::Accept => "-j ACCEPT".to_string(),

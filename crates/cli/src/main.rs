@@ -36,8 +36,8 @@ use crate::args::{
 };
 use crate::output::{
     counters_table, device_change_text, devices_table, guest_text, json_line, namespace_text,
-    rates_table, signal_text, CounterJson, CountersJson, DeviceChangeJson, DeviceJson, DevicesJson,
-    GuestJson, NamespaceJson, SignalJson,
+    signal_text, CounterJson, CountersJson, DeviceChangeJson, DeviceJson, DevicesJson, GuestJson,
+    NamespaceJson, SignalJson,
 };
 
 /// How often the long-running commands look for a termination signal
@@ -255,7 +255,7 @@ fn counters_watch(client: &Client, args: &CountersArgs, mut signals: Signals) ->
         if args.json {
             print(&format!("{}\n", json_line(&report)))?;
         } else {
-            print(&format!("{}\n", rates_table(&report)))?;
+            print(&format!("{}\n", rates::rates_table(&report)))?;
         }
         (before, then) = (after, now);
     }

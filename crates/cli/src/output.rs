@@ -20,8 +20,6 @@ use patchpanel_proto::{
 };
 use serde::Serialize;
 
-use crate::rates::RatesJson;
-
 /// What `connect-ns` prints. The same keys as `tests/tools/connect_ns.py`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NamespaceJson {
@@ -390,39 +388,6 @@ pub fn guest_text(g: &GuestJson) -> String {
     out
 }
 
-/// One `counters --watch` report for people.
-pub fn rates_table(report: &RatesJson) -> String {
-    if report.rates.is_empty() {
-        return format!(
-            "no traffic counters (interval {:.1}s)\n",
-            report.interval_secs
-        );
-    }
-    let rate = |v: f64| format!("{v:.1}");
-    let rows = report
-        .rates
-        .iter()
-        .map(|r| {
-            vec![
-                r.device.clone(),
-                r.source.clone(),
-                rate(r.rx_bytes_per_sec),
-                rate(r.tx_bytes_per_sec),
-                rate(r.rx_packets_per_sec),
-                rate(r.tx_packets_per_sec),
-                r.rx_bytes.to_string(),
-                r.tx_bytes.to_string(),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "DEVICE", "SOURCE", "RX_B/S", "TX_B/S", "RX_PKT/S", "TX_PKT/S", "RX_BYTES", "TX_BYTES",
-        ],
-        rows,
-    )
-}
-
 /// An `addr4` field; empty or malformed is `None`.
 fn addr4(bytes: &[u8]) -> Option<String> {
     ipv4_from_addr4(bytes).map(|a| a.to_string())
@@ -546,7 +511,7 @@ pub fn device_change_text(signal: &NetworkDeviceChangedSignal) -> String {
 }
 
 /// Left-aligned columns separated by two spaces, no trailing blanks.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -890,30 +855,5 @@ mod tests {
             parsed(&json_line(&SignalJson::from(&signal))),
             json!({"signal": "Future", "payload_hex": "ab01"})
         );
-    }
-
-    #[test]
-    fn rates_table_has_one_row_per_device_and_source() {
-        let report = RatesJson {
-            interval_secs: 1.0,
-            rates: vec![crate::rates::RateJson {
-                device: "eth0".into(),
-                source: "ARC".into(),
-                rx_bytes_per_sec: 1536.25,
-                tx_bytes_per_sec: 0.0,
-                rx_packets_per_sec: 2.0,
-                tx_packets_per_sec: 0.0,
-                rx_bytes: 9000,
-                tx_bytes: 0,
-                rx_packets: 10,
-                tx_packets: 0,
-            }],
-        };
-
-        let text = rates_table(&report);
-
-        let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("DEVICE  SOURCE  RX_B/S"), "{text}");
-        assert!(lines[1].starts_with("eth0    ARC     1536.2"), "{text}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use patchpanel_proto::TrafficCounter;
 use serde::Serialize;
 
-use crate::output::CounterJson;
+use crate::output::{table, CounterJson};
 
 /// One row of a `counters --watch` report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -90,6 +90,39 @@ pub fn rates(before: &[TrafficCounter], after: &[TrafficCounter], elapsed: Durat
     }
 }
 
+/// One `counters --watch` report for people.
+pub fn rates_table(report: &RatesJson) -> String {
+    if report.rates.is_empty() {
+        return format!(
+            "no traffic counters (interval {:.1}s)\n",
+            report.interval_secs
+        );
+    }
+    let rate = |v: f64| format!("{v:.1}");
+    let rows = report
+        .rates
+        .iter()
+        .map(|r| {
+            vec![
+                r.device.clone(),
+                r.source.clone(),
+                rate(r.rx_bytes_per_sec),
+                rate(r.tx_bytes_per_sec),
+                rate(r.rx_packets_per_sec),
+                rate(r.tx_packets_per_sec),
+                r.rx_bytes.to_string(),
+                r.tx_bytes.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DEVICE", "SOURCE", "RX_B/S", "TX_B/S", "RX_PKT/S", "TX_PKT/S", "RX_BYTES", "TX_BYTES",
+        ],
+        rows,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use patchpanel_proto::traffic_counter::{IpFamily, Source};
@@ -165,5 +198,30 @@ mod tests {
             keys,
             [("eth0", "ARC"), ("eth0", "USER"), ("wlan0", "CHROME")]
         );
+    }
+
+    #[test]
+    fn rates_table_has_one_row_per_device_and_source() {
+        let report = RatesJson {
+            interval_secs: 1.0,
+            rates: vec![RateJson {
+                device: "eth0".into(),
+                source: "ARC".into(),
+                rx_bytes_per_sec: 1536.25,
+                tx_bytes_per_sec: 0.0,
+                rx_packets_per_sec: 2.0,
+                tx_packets_per_sec: 0.0,
+                rx_bytes: 9000,
+                tx_bytes: 0,
+                rx_packets: 10,
+                tx_packets: 0,
+            }],
+        };
+
+        let text = rates_table(&report);
+
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("DEVICE  SOURCE  RX_B/S"), "{text}");
+        assert!(lines[1].starts_with("eth0    ARC     1536.2"), "{text}");
     }
 }

@@ -8,12 +8,14 @@ use std::path::PathBuf;
 use log::{debug, info, warn};
 use patchpanel_firewall::{Batch, FirewallBackend, FirewallChoice, IptablesRestore, Nftables};
 use patchpanel_ipc::datapath::{
-    broadcast, ApplyMode, Netns, Plan, PlanReport, RouteSpec, RuleSpec, Step, Sysctl, WriterConfig,
-    LINK_ALIAS, ROUTE_PROTOCOL,
+    broadcast, ApplyMode, Netns, Plan, PlanReport, RouteSpec, Step, Sysctl, WriterConfig,
+    LINK_ALIAS,
 };
 use patchpanel_ipc::{HelperError, IfName, NetnsName};
-use patchpanel_rtnl::{Rtnl, RtnlError};
+use patchpanel_rtnl::Rtnl;
 
+use crate::convert::{to_route, to_rule};
+use crate::error::{firewall_error, invalid, os_error};
 use crate::{netns, owned};
 
 /// The writer's state: configuration and one rtnetlink socket per
@@ -71,22 +73,6 @@ enum Undo {
     Nothing,
 }
 
-pub(crate) fn os_error(operation: impl Into<String>, e: &RtnlError) -> HelperError {
-    HelperError::Os {
-        operation: operation.into(),
-        errno: e.errno().unwrap_or(0),
-        message: e.to_string(),
-    }
-}
-
-pub(crate) fn io_error(operation: impl Into<String>, e: &std::io::Error) -> HelperError {
-    HelperError::Os {
-        operation: operation.into(),
-        errno: e.raw_os_error().unwrap_or(0),
-        message: e.to_string(),
-    }
-}
-
 /// Opens the configured backend; `Auto` takes nf_tables when the kernel
 /// answers and says why when it falls back.
 fn open_backend(
@@ -113,10 +99,6 @@ fn open_backend(
             }
         },
     }
-}
-
-fn invalid(msg: impl Into<String>) -> HelperError {
-    HelperError::InvalidArgument(msg.into())
 }
 
 impl Writer {
@@ -813,14 +795,6 @@ impl Writer {
     }
 }
 
-pub(crate) fn firewall_error(what: &str, e: &patchpanel_firewall::FirewallError) -> HelperError {
-    HelperError::Os {
-        operation: what.into(),
-        errno: 0,
-        message: e.to_string(),
-    }
-}
-
 fn step_name(step: &Step) -> &'static str {
     match step {
         Step::CreateNetns { .. } => "create namespace",
@@ -877,51 +851,4 @@ fn describe_route(r: &RouteSpec) -> String {
             .unwrap_or_default(),
         r.table
     )
-}
-
-pub(crate) fn to_route(r: &RouteSpec) -> Result<patchpanel_rtnl::Route, HelperError> {
-    let max = if r.dst.is_ipv4() { 32 } else { 128 };
-    if r.prefix_len > max {
-        return Err(invalid(format!(
-            "prefix length {} for {}",
-            r.prefix_len, r.dst
-        )));
-    }
-    if let Some(gw) = r.gateway {
-        if gw.is_ipv4() != r.dst.is_ipv4() {
-            return Err(invalid(format!("gateway {gw} for {}", r.dst)));
-        }
-    }
-    let mut route = patchpanel_rtnl::Route::new(r.dst, r.prefix_len);
-    route.gateway = r.gateway;
-    route.oif = r
-        .dev
-        .as_ref()
-        .map(|d| patchpanel_rtnl::LinkRef::Name(d.to_string()));
-    route.table = r.table;
-    route.metric = r.metric;
-    route.protocol = ROUTE_PROTOCOL;
-    if r.gateway.is_none() && r.prefix_len > 0 {
-        route.scope = patchpanel_rtnl::RouteScope::Link;
-    }
-    Ok(route)
-}
-
-pub(crate) fn to_rule(r: &RuleSpec) -> patchpanel_rtnl::Rule {
-    patchpanel_rtnl::Rule {
-        family: if r.ipv6 {
-            patchpanel_rtnl::Family::V6
-        } else {
-            patchpanel_rtnl::Family::V4
-        },
-        priority: r.priority,
-        fwmark: r.fwmark,
-        iif: r.iif.as_ref().map(|i| i.to_string()),
-        oif: r.oif.as_ref().map(|i| i.to_string()),
-        src: r.src,
-        dst: r.dst,
-        table: r.table,
-        suppress_prefixlen: r.suppress_prefixlen,
-        protocol: ROUTE_PROTOCOL,
-    }
 }

@@ -9,6 +9,9 @@
 //! ([`apply`]).
 
 mod apply;
+mod cleanup;
+mod convert;
+mod error;
 mod firewall_watch;
 mod netns;
 mod owned;

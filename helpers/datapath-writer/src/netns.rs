@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 
 use patchpanel_ipc::HelperError;
 
-use crate::apply::io_error;
+use crate::error::io_error;
 
 /// Device and inode: what identifies a namespace.
 fn ns_id(file: &std::fs::File) -> std::io::Result<(u64, u64)> {

@@ -1,0 +1,131 @@
+//! Removing everything patchpanel owns (at start, at stop, and for
+//! `--cleanup`), with the ownership checks of [`crate::owned`]. Keeps
+//! going after an error and reports every one.
+
+use std::collections::HashSet;
+
+use log::info;
+use patchpanel_firewall::FirewallChoice;
+use patchpanel_ipc::datapath::{PlanReport, LINK_ALIAS, ROUTE_PROTOCOL};
+use patchpanel_ipc::{HelperError, IfName, NetnsName};
+
+use crate::apply::Writer;
+use crate::error::{io_error, os_error};
+
+impl Writer {
+    /// Removes everything patchpanel owns but what the caller keeps.
+    /// Keeps going after errors and reports them all.
+    pub fn remove_owned(
+        &mut self,
+        keep_links: &[IfName],
+        keep_netns: &[NetnsName],
+        keep_accounting: bool,
+    ) -> Result<PlanReport, HelperError> {
+        let mut failures = Vec::new();
+        let mut removed = Vec::new();
+        // Firewall first, so no rule points at a vanishing interface.
+        let keep_chain = move |chain: &str| {
+            keep_accounting && (chain.starts_with("rx_") || chain.starts_with("tx_"))
+        };
+        match self.firewall() {
+            Ok(fw) => match fw.remove_all(&keep_chain) {
+                Ok(r) => removed.extend(r.iter().map(|r| r.to_string())),
+                Err(e) => failures.push(format!("firewall cleanup: {e}")),
+            },
+            Err(e) => failures.push(e.to_string()),
+        }
+        // Leftovers of the other backend (the configuration changed, or a
+        // predecessor used it): all of it goes, accounting included.
+        // With nftables in use, that is done over netlink (no iptables
+        // process: the writer then starts none at all).
+        if self.firewall_kind == Some(FirewallChoice::Nftables) {
+            match patchpanel_firewall::nft::remove_iptables_leftovers() {
+                Ok(r) => removed.extend(r.iter().map(|r| format!("{r} (other firewall backend)"))),
+                Err(e) => failures.push(format!("firewall cleanup of the other backend: {e}")),
+            }
+        } else if let Some(mut other) = self.other_firewall() {
+            match other.remove_all(&|_| false) {
+                Ok(r) => removed.extend(r.iter().map(|r| format!("{r} (other firewall backend)"))),
+                Err(e) => failures.push(format!("firewall cleanup of the other backend: {e}")),
+            }
+        }
+        let keep: HashSet<&str> = keep_links.iter().map(|l| l.as_str()).collect();
+        let host = self.rtnl(&patchpanel_ipc::datapath::Netns::Host)?;
+        match host.links() {
+            Ok(links) => {
+                for link in links {
+                    if link.alias.as_deref() == Some(LINK_ALIAS)
+                        && !keep.contains(link.name.as_str())
+                    {
+                        match host.delete_link(&link.name) {
+                            Ok(_) => removed.push(format!("link {}", link.name)),
+                            Err(e) => failures
+                                .push(os_error(format!("delete {}", link.name), &e).to_string()),
+                        }
+                    }
+                }
+            }
+            Err(e) => failures.push(os_error("list links", &e).to_string()),
+        }
+        for family in [patchpanel_rtnl::Family::V4, patchpanel_rtnl::Family::V6] {
+            match host.rules(family) {
+                Ok(rules) => {
+                    for r in rules.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
+                        if let Err(e) = host.delete_rule(r) {
+                            failures.push(os_error(format!("delete rule {r:?}"), &e).to_string());
+                        } else {
+                            removed.push(format!("rule {} table {}", r.priority, r.table));
+                        }
+                    }
+                }
+                Err(e) => failures.push(os_error("list rules", &e).to_string()),
+            }
+            match host.routes(family, None) {
+                Ok(routes) => {
+                    for r in routes.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
+                        if let Err(e) = host.delete_route(r) {
+                            failures.push(os_error("delete route", &e).to_string());
+                        } else {
+                            removed.push(format!(
+                                "route {}/{} table {}",
+                                r.dst, r.prefix_len, r.table
+                            ));
+                        }
+                    }
+                }
+                Err(e) => failures.push(os_error("list routes", &e).to_string()),
+            }
+        }
+        let dir = self.netns_dir()?;
+        let prefix = self.config()?.netns_prefix.clone();
+        let keep_ns: HashSet<&str> = keep_netns.iter().map(|n| n.as_str()).collect();
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !name.starts_with(&prefix) || keep_ns.contains(name.as_str()) {
+                        continue;
+                    }
+                    let Ok(ns) = NetnsName::new(&name) else {
+                        continue;
+                    };
+                    self.forget_netns(&ns);
+                    match patchpanel_rtnl::netns::delete_named(&dir, &name) {
+                        Ok(_) => removed.push(format!("namespace {name}")),
+                        Err(e) => failures
+                            .push(os_error(format!("delete namespace {name}"), &e).to_string()),
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => failures.push(io_error(format!("list {}", dir.display()), &e).to_string()),
+        }
+        if !removed.is_empty() {
+            info!("removed leftovers: {}", removed.join(", "));
+        }
+        Ok(PlanReport {
+            replaced_sysctls: Vec::new(),
+            failures,
+        })
+    }
+}

@@ -1,0 +1,54 @@
+//! The IPC's route and rule specs as rtnetlink objects: checked, and
+//! marked with patchpanel's protocol number.
+
+use patchpanel_ipc::datapath::{RouteSpec, RuleSpec, ROUTE_PROTOCOL};
+use patchpanel_ipc::HelperError;
+
+use crate::error::invalid;
+
+pub(crate) fn to_route(r: &RouteSpec) -> Result<patchpanel_rtnl::Route, HelperError> {
+    let max = if r.dst.is_ipv4() { 32 } else { 128 };
+    if r.prefix_len > max {
+        return Err(invalid(format!(
+            "prefix length {} for {}",
+            r.prefix_len, r.dst
+        )));
+    }
+    if let Some(gw) = r.gateway {
+        if gw.is_ipv4() != r.dst.is_ipv4() {
+            return Err(invalid(format!("gateway {gw} for {}", r.dst)));
+        }
+    }
+    let mut route = patchpanel_rtnl::Route::new(r.dst, r.prefix_len);
+    route.gateway = r.gateway;
+    route.oif = r
+        .dev
+        .as_ref()
+        .map(|d| patchpanel_rtnl::LinkRef::Name(d.to_string()));
+    route.table = r.table;
+    route.metric = r.metric;
+    route.protocol = ROUTE_PROTOCOL;
+    if r.gateway.is_none() && r.prefix_len > 0 {
+        route.scope = patchpanel_rtnl::RouteScope::Link;
+    }
+    Ok(route)
+}
+
+pub(crate) fn to_rule(r: &RuleSpec) -> patchpanel_rtnl::Rule {
+    patchpanel_rtnl::Rule {
+        family: if r.ipv6 {
+            patchpanel_rtnl::Family::V6
+        } else {
+            patchpanel_rtnl::Family::V4
+        },
+        priority: r.priority,
+        fwmark: r.fwmark,
+        iif: r.iif.as_ref().map(|i| i.to_string()),
+        oif: r.oif.as_ref().map(|i| i.to_string()),
+        src: r.src,
+        dst: r.dst,
+        table: r.table,
+        suppress_prefixlen: r.suppress_prefixlen,
+        protocol: ROUTE_PROTOCOL,
+    }
+}

@@ -958,7 +958,7 @@ impl FirewallBackend for Nftables {
         }
         self.sets.clear();
         self.commit(tx, HashMap::new())?;
-        match coexist::reconcile(&coexist::is_patchpanel_table) {
+        match coexist::reconcile(&coexist::is_patchpanel_table, coexist::Remedy::NarrowAccept) {
             Ok(r) if r.is_empty() => {}
             Ok(r) => log::info!("living with the host's firewall: {r}"),
             Err(e) => log::warn!("cannot read the host's firewall to live with it: {e}"),

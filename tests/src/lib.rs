@@ -20,6 +20,7 @@ pub mod dbus_client;
 pub mod direct_helper;
 pub mod fake_shill;
 pub mod forger;
+pub mod host_rules;
 pub mod mcast;
 pub mod netns;
 pub mod policy;

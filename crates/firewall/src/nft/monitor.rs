@@ -630,6 +630,22 @@ mod tests {
     }
 
     #[test]
+    fn a_truncated_or_corrupted_deleted_rule_is_read_without_panicking() {
+        let mut datagram = deleted_rule("mangle", "rx_eth0", Some(0x2000), (7, 700));
+        datagram.extend(gen(42, "iptables-nft-re"));
+        for len in 0..datagram.len() {
+            let _ = Assembler::default().feed(&datagram[..len]);
+        }
+        for at in 0..datagram.len() {
+            for byte in [0x00, 0x01, 0x7f, 0xff] {
+                let mut bad = datagram.clone();
+                bad[at] = byte;
+                let _ = Assembler::default().feed(&bad);
+            }
+        }
+    }
+
+    #[test]
     fn garbage_is_skipped() {
         let mut a = Assembler::default();
         assert!(a.feed(&[1, 2, 3]).is_empty());

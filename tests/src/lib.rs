@@ -21,6 +21,7 @@ pub mod direct_helper;
 pub mod fake_shill;
 pub mod firewalld;
 pub mod forger;
+pub mod host_rules;
 pub mod mcast;
 pub mod netns;
 pub mod policy;

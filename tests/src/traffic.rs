@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -80,12 +81,24 @@ pub fn reply_server(netns: &str, addr: &str, port: u16, reply: &str) -> Result<C
 /// Connects to `addr:port` from `netns` as `uid`: the reply, or `refused`
 /// or `timeout` (2 s).
 pub fn fetch(netns: &str, uid: u32, addr: &str, port: u16) -> Result<String> {
+    fetch_within(netns, uid, addr, port, Duration::from_secs(2))
+}
+
+/// Like [`fetch`], giving up after `timeout` (connect and reply each).
+pub fn fetch_within(
+    netns: &str,
+    uid: u32,
+    addr: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<String> {
+    let secs = timeout.as_secs_f64();
     let out = run(
         netns,
         uid,
         &format!(
             "import socket\n\
-             try:\n    c=socket.create_connection(('{addr}',{port}),timeout=2); print(c.recv(64).decode())\n\
+             try:\n    c=socket.create_connection(('{addr}',{port}),timeout={secs}); print(c.recv(64).decode())\n\
              except ConnectionRefusedError: print('refused')\n\
              except (socket.timeout, TimeoutError): print('timeout')\n"
         ),

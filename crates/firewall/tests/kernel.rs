@@ -636,3 +636,51 @@ fn the_sweep_removes_the_tables_the_iptables_backend_made() {
         assert_eq!(nft_ruleset(), "");
     });
 }
+
+#[test]
+fn a_flush_of_the_mangle_table_announces_the_final_counts_of_the_accounting_rules() {
+    in_fresh_netns(|| {
+        run("ip", &["link", "set", "lo", "up"], None);
+        let mut fw = IptablesRestore::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let lo = ifname("lo");
+        let mut batch = counters::accounting_chains(&lo);
+        batch.extend(counters::accounting_jumps(&lo));
+        fw.apply(&batch).unwrap();
+        run("ping", &["-c", "3", "-i", "0.2", "-q", "127.0.0.1"], None);
+        let counted: u64 = fw
+            .read_counters()
+            .unwrap()
+            .iter()
+            .filter(|s| s.family == Family::V4 && s.direction == counters::Direction::Rx)
+            .map(|s| s.packets)
+            .sum();
+        assert!(counted >= 6, "{counted}");
+        let mut monitor = patchpanel_firewall::nft::monitor::Monitor::open().unwrap();
+
+        // netfilter-persistent restores a mangle table without --noflush.
+        run(
+            "/usr/sbin/iptables-nft-restore",
+            &["-w"],
+            Some("*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"),
+        );
+
+        let events = monitor.read().unwrap();
+        let lost: Vec<_> = events
+            .transactions
+            .iter()
+            .flat_map(|t| t.lost_iptables_counters.iter())
+            .collect();
+        let rx: u64 = lost
+            .iter()
+            .filter(|s| s.family == Family::V4 && s.direction == counters::Direction::Rx)
+            .map(|s| s.packets)
+            .sum();
+        assert_eq!(rx, counted, "{lost:?}");
+        assert!(
+            lost.iter().all(|s| s.ifname == "lo"),
+            "only the accounting chains: {lost:?}"
+        );
+        fw.remove_all(&|_| false).unwrap();
+    });
+}

@@ -676,6 +676,7 @@ fn a_rebuild_the_kernel_refuses_changes_nothing() {
 fn reconcile() -> patchpanel_firewall::nft::coexist::CoexistReport {
     patchpanel_firewall::nft::coexist::reconcile(
         &patchpanel_firewall::nft::coexist::is_patchpanel_table,
+        patchpanel_firewall::nft::coexist::Remedy::NarrowAccept,
     )
     .unwrap()
 }
@@ -736,6 +737,37 @@ fn native_tables_that_drop_get_a_native_narrow_accept_and_stop_removes_it() {
         // prerouting is not a hook patchpanel's accepts need.
         assert!(!rs.contains("policy drop;\n\t\tmeta mark & 0x00000010 == 0x00000010 counter accept comment \"patchpanel\"\n\t}\n\n\tchain pre"), "{rs}");
         fw.remove_all(&|_| false).unwrap();
+        assert!(!ruleset().contains("patchpanel"), "{}", ruleset());
+    });
+}
+
+#[test]
+fn with_accepts_that_carry_no_mark_a_drop_elsewhere_is_reported_and_gets_no_narrow_accept() {
+    use patchpanel_firewall::nft::coexist::{is_patchpanel_table, reconcile, Remedy};
+    in_fresh_netns(|| {
+        // nftables.service's inet filter, as the iptables backend meets it:
+        // its accepts are in iptables' own filter tables (skipped here).
+        run(
+            "nft",
+            &["-f", "-"],
+            Some("table inet filter {\n chain forward {\n  type filter hook forward priority 0; policy drop;\n }\n}\n"),
+        );
+        let r = reconcile(&is_patchpanel_table, Remedy::ReportOnly).unwrap();
+        assert!(r.added.is_empty(), "{r}");
+        assert_eq!(r.problems.len(), 1, "{r}");
+        assert!(
+            r.problems[0].starts_with("inet filter forward (hook forward, priority 0) has policy drop: it drops the guest traffic"),
+            "{r}"
+        );
+        assert!(!ruleset().contains("patchpanel"), "{}", ruleset());
+        // One left by the nftables backend goes: it lets nothing through.
+        reconcile(&is_patchpanel_table, Remedy::NarrowAccept).unwrap();
+        assert!(
+            ruleset().contains("comment \"patchpanel\""),
+            "{}",
+            ruleset()
+        );
+        reconcile(&is_patchpanel_table, Remedy::ReportOnly).unwrap();
         assert!(!ruleset().contains("patchpanel"), "{}", ruleset());
     });
 }

@@ -213,7 +213,14 @@ impl Writer {
                 // own filter chains, before their drops.
                 || (iptables && table == "filter" && (family == 2 || family == 10))
         };
-        let coexistence = match patchpanel_firewall::nft::coexist::reconcile(&skip) {
+        // The iptables backend's accepts carry no mark for a narrow accept
+        // in another table to let through.
+        let remedy = if iptables {
+            patchpanel_firewall::nft::coexist::Remedy::ReportOnly
+        } else {
+            patchpanel_firewall::nft::coexist::Remedy::NarrowAccept
+        };
+        let coexistence = match patchpanel_firewall::nft::coexist::reconcile(&skip, remedy) {
             Ok(report) => report.to_string(),
             Err(e) => format!("cannot read the other firewalls: {e}"),
         };

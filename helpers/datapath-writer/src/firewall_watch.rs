@@ -108,9 +108,16 @@ pub fn assess(
         by: by.join("; "),
         ours,
         overrun,
+        // The accounting chains of the backend in use: with the nftables
+        // backend, `rx_*` chains in iptables' mangle table are another
+        // program's (or leftovers the start swept).
         lost_counters: foreign
             .iter()
-            .flat_map(|t| t.lost_counters.iter().cloned())
+            .flat_map(|t| match backend {
+                Some(FirewallChoice::Iptables) => t.lost_iptables_counters.iter(),
+                _ => t.lost_counters.iter(),
+            })
+            .cloned()
             .collect(),
     })
 }
@@ -132,6 +139,7 @@ mod tests {
                 chain: chain.map(str::to_string),
             }],
             lost_counters: Vec::new(),
+            lost_iptables_counters: Vec::new(),
         }
     }
 
@@ -180,6 +188,30 @@ mod tests {
         assert!(assess(&mine, |_| false, ipt, false).expect("mine").ours);
         assert!(!assess(&theirs, |_| false, ipt, false).expect("theirs").ours);
         assert!(assess(&gone, |_| false, ipt, false).expect("gone").ours);
+    }
+
+    #[test]
+    fn the_lost_counts_are_those_of_the_backend_in_use() {
+        use patchpanel_firewall::counters::{CounterSample, Direction};
+        let sample = |packets| CounterSample {
+            family: patchpanel_firewall::Family::V4,
+            direction: Direction::Rx,
+            ifname: "eth0".into(),
+            source: None,
+            packets,
+            bytes: packets * 100,
+        };
+        let mut t = transaction(9, "mangle", Object::Rule, Some("rx_eth0"));
+        t.lost_counters = vec![sample(1)];
+        t.lost_iptables_counters = vec![sample(2)];
+        let t = [t];
+        let lost = |backend| {
+            assess(&t, |_| false, backend, false)
+                .expect("reported")
+                .lost_counters
+        };
+        assert_eq!(lost(Some(FirewallChoice::Iptables)), vec![sample(2)]);
+        assert_eq!(lost(Some(FirewallChoice::Nftables)), vec![sample(1)]);
     }
 
     #[test]

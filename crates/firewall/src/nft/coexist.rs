@@ -6,7 +6,10 @@
 //! found at a hook patchpanel serves (filter input, forward, output), one
 //! narrow rule at the top of that chain lets through what patchpanel
 //! accepted (it carries [`ACCEPTED_MARK`](crate::fwmark::ACCEPTED_MARK))
-//! and nothing else; where none is needed any more, it goes.
+//! and nothing else; where none is needed any more, it goes. The iptables
+//! backend's accepts carry no mark: with it, such a chain is reported
+//! instead ([`Remedy::ReportOnly`]), as nothing can let guest traffic
+//! through it.
 //!
 //! The narrow accept carries patchpanel's comment: in iptables-nft's
 //! `filter` tables as the xt `comment` match iptables-nft itself writes
@@ -102,13 +105,32 @@ impl std::fmt::Display for CoexistReport {
     }
 }
 
+/// What can be done about another table's base chain that drops what
+/// patchpanel accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remedy {
+    /// patchpanel's accepts carry [`ACCEPTED_MARK`](crate::fwmark::ACCEPTED_MARK)
+    /// (the nftables backend): a narrow accept on the mark lets them
+    /// through.
+    NarrowAccept,
+    /// They do not (the iptables backend accepts with plain `-j ACCEPT`
+    /// in iptables' own chains): a narrow accept elsewhere would let
+    /// nothing through, so none is added (and any found is removed), and
+    /// each such chain is reported as dropping guest traffic.
+    ReportOnly,
+}
+
 /// Brings the narrow accepts in line with the host's rule set: one at the
 /// top of every base chain (of a table `skip` does not name) that would
 /// drop what patchpanel accepts, none elsewhere. For the nftables backend
 /// `skip` names patchpanel's own tables; for the iptables backend also
 /// iptables-nft's `filter` tables, where patchpanel's jump at position 1
-/// accepts before any of their drops.
-pub fn reconcile(skip: &dyn Fn(u8, &str) -> bool) -> Result<CoexistReport, FirewallError> {
+/// accepts before any of their drops, and `remedy` is
+/// [`Remedy::ReportOnly`].
+pub fn reconcile(
+    skip: &dyn Fn(u8, &str) -> bool,
+    remedy: Remedy,
+) -> Result<CoexistReport, FirewallError> {
     let mut sock = NfSocket::open().map_err(|e| netlink_error("open an nf_tables socket", &e))?;
     let mut report = CoexistReport::default();
     for chain in base_chains(&mut sock)? {
@@ -141,6 +163,13 @@ pub fn reconcile(skip: &dyn Fn(u8, &str) -> bool) -> Result<CoexistReport, Firew
         } else {
             None
         };
+        if let (Some(why), Remedy::ReportOnly) = (why, remedy) {
+            report.problems.push(format!(
+                "{} has {why}: it drops the guest traffic and the port rules patchpanel accepts, as the iptables backend does not mark what it accepts for a narrow accept (firewall_backend = \"nftables\" does)",
+                chain.describe()
+            ));
+        }
+        let why = why.filter(|_| remedy == Remedy::NarrowAccept);
         match (why, ours.len()) {
             (Some(why), 0) => match add_narrow_accept(&mut sock, &chain) {
                 Ok(()) => {

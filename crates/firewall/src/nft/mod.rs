@@ -164,19 +164,25 @@ fn counters_of(family: Family, rules: &[DumpedRule]) -> Result<Vec<CounterSample
 }
 
 /// Entry point for the fuzz targets (`fuzz/`): a datagram from nf_tables
-/// through every parser of dump replies and echoes the backend has (rules,
-/// their counters, set elements, the narrow accept and iptables' rules).
-/// Returns how many messages one of them understood. Not for other use.
+/// through every parser of dump replies, echoes and notifications the
+/// backend has (rules, their counters, set elements, the narrow accept,
+/// iptables' rules, the monitor's transactions and lost counts). Returns
+/// how many messages one of them understood. Not for other use.
 #[doc(hidden)]
 pub fn fuzz_replies(buf: &[u8]) -> usize {
+    let transactions = monitor::Assembler::default().feed(buf);
+    let noticed: usize = transactions
+        .iter()
+        .map(|t| t.notices.len() + t.lost_counters.len() + t.lost_iptables_counters.len())
+        .sum();
     let Ok(messages) = wire::split_messages(buf) else {
-        return 0;
+        return noticed;
     };
     let replies: Vec<Reply> = messages
         .iter()
         .filter_map(|(ty, seq, payload)| Reply::from_message(*ty, *seq, payload))
         .collect();
-    let mut understood = 0;
+    let mut understood = noticed;
     let mut rules = Vec::new();
     for r in &replies {
         let _ = r.nft_type();
@@ -958,7 +964,7 @@ impl FirewallBackend for Nftables {
         }
         self.sets.clear();
         self.commit(tx, HashMap::new())?;
-        match coexist::reconcile(&coexist::is_patchpanel_table) {
+        match coexist::reconcile(&coexist::is_patchpanel_table, coexist::Remedy::NarrowAccept) {
             Ok(r) if r.is_empty() => {}
             Ok(r) => log::info!("living with the host's firewall: {r}"),
             Err(e) => log::warn!("cannot read the host's firewall to live with it: {e}"),

@@ -13,8 +13,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::wire::{self, msg, Reply};
-use super::{counters_of, parse_rule};
+use super::wire::{self, msg, rule_attr, Reply};
+use super::{counters_of, family_of, parse_rule};
 use crate::counters::{is_accounting_chain, CounterSample};
 use crate::model::Family;
 
@@ -82,6 +82,10 @@ pub struct Transaction {
     pub notices: Vec<Notice>,
     /// Final counts of deleted rules of patchpanel's accounting chains.
     pub lost_counters: Vec<CounterSample>,
+    /// The same for accounting chains in iptables-nft's `mangle` tables,
+    /// where the iptables backend keeps them: patchpanel's with that
+    /// backend, another program's with the nftables backend.
+    pub lost_iptables_counters: Vec<CounterSample>,
 }
 
 impl Transaction {
@@ -238,6 +242,9 @@ impl Assembler {
 
     fn keep_counts(&mut self, reply: &Reply) {
         let Some(rule) = parse_rule(reply) else {
+            self.pending
+                .lost_iptables_counters
+                .extend(iptables_accounting_counts(reply));
             return;
         };
         if !is_accounting_chain(&rule.chain) || rule.counter.is_none() {
@@ -247,6 +254,104 @@ impl Assembler {
         if let Ok(samples) = counters_of(family, std::slice::from_ref(&rule)) {
             self.pending.lost_counters.extend(samples);
         }
+    }
+}
+
+/// The final counts of a deleted rule of an accounting chain in
+/// iptables-nft's `mangle` table, as the iptables backend writes them:
+/// `-m mark --mark V/M -j RETURN` (the mark match in nf_tables' own
+/// expressions, or xt's `mark` match of older iptables-nft) with a counter,
+/// or a counter alone. Anything else yields nothing.
+fn iptables_accounting_counts(reply: &Reply) -> Vec<CounterSample> {
+    let Some(family) = family_of(reply.family) else {
+        return Vec::new();
+    };
+    let Some(chain) = wire::attr_str(&reply.attrs, RULE_CHAIN) else {
+        return Vec::new();
+    };
+    if wire::attr_str(&reply.attrs, ATTR_TABLE).as_deref() != Some("mangle")
+        || !is_accounting_chain(&chain)
+    {
+        return Vec::new();
+    }
+    let Some((spec, (packets, bytes))) = iptables_accounting_rule(reply) else {
+        return Vec::new();
+    };
+    let text = format!("[{packets}:{bytes}] -A {chain} {spec}\n");
+    crate::counters::parse_counters(&text, family).unwrap_or_default()
+}
+
+/// The iptables spec and the counts of an accounting rule, read from its
+/// expressions.
+fn iptables_accounting_rule(reply: &Reply) -> Option<(String, (u64, u64))> {
+    const META_KEY: u16 = 2;
+    const META_MARK: u32 = 3;
+    const BITWISE_MASK: u16 = 4;
+    const BITWISE_XOR: u16 = 5;
+    const CMP_OP: u16 = 2;
+    const CMP_DATA: u16 = 3;
+    const CMP_EQ: u32 = 0;
+    const DATA_VALUE: u16 = 1;
+    const MATCH_NAME: u16 = 1;
+    const MATCH_INFO: u16 = 3;
+    const NFT_RETURN: u32 = -5i32 as u32;
+    let value = |data: &[u8], ty: u16| -> Option<u32> {
+        let bytes = wire::attr(wire::attr(data, ty)?, DATA_VALUE)?;
+        Some(u32::from_ne_bytes(bytes.try_into().ok()?))
+    };
+    let list = wire::attr(&reply.attrs, rule_attr::EXPRESSIONS)?;
+    let (mut mark, mut mask, mut counts, mut returns) = (None, None, None, false);
+    let mut loaded = false;
+    for (_, e) in wire::attrs(list) {
+        let data = wire::attr(e, wire::NFTA_EXPR_DATA).unwrap_or(&[]);
+        match wire::attr_str(e, wire::NFTA_EXPR_NAME)?.as_str() {
+            "meta" if wire::attr_be32(data, META_KEY) == Some(META_MARK) => loaded = true,
+            "bitwise" if loaded && value(data, BITWISE_XOR) == Some(0) => {
+                mask = Some(value(data, BITWISE_MASK)?);
+            }
+            "cmp" if loaded && wire::attr_be32(data, CMP_OP) == Some(CMP_EQ) => {
+                mark = Some(value(data, CMP_DATA)?);
+            }
+            "match" if wire::attr_str(data, MATCH_NAME).as_deref() == Some("mark") => {
+                // struct xt_mark_mtinfo1 { u32 mark, mask; u8 invert; }
+                let info = wire::attr(data, MATCH_INFO)?;
+                let word = |at: usize| {
+                    info.get(at..at + 4)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u32::from_ne_bytes)
+                };
+                if info.get(8).copied().unwrap_or(1) != 0 {
+                    return None;
+                }
+                mark = Some(word(0)?);
+                mask = Some(word(4)?);
+            }
+            "counter" => {
+                counts = Some((
+                    wire::attr_be64(data, 2).unwrap_or(0),
+                    wire::attr_be64(data, 1).unwrap_or(0),
+                ));
+            }
+            "immediate" => {
+                let code = wire::attr(data, 2)
+                    .and_then(|d| wire::attr(d, 2))
+                    .and_then(|v| wire::attr_be32(v, 1));
+                if code != Some(NFT_RETURN) {
+                    return None;
+                }
+                returns = true;
+            }
+            _ => return None,
+        }
+    }
+    let counts = counts?;
+    match (mark, mask, returns) {
+        (Some(mark), Some(mask), true) => Some((
+            format!("-m mark --mark {mark:#x}/{mask:#x} -j RETURN"),
+            counts,
+        )),
+        (None, None, false) if !loaded => Some((String::new(), counts)),
+        _ => None,
     }
 }
 
@@ -435,6 +540,109 @@ mod tests {
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].notices[0].chain.as_deref(), Some("FORWARD"));
         assert_eq!(done[0].notices[0].op, Op::New);
+    }
+
+    fn expr(m: &mut MsgBuilder, name: &str, data: impl FnOnce(&mut MsgBuilder)) {
+        let e = m.nest(wire::NFTA_LIST_ELEM);
+        m.str(wire::NFTA_EXPR_NAME, name);
+        let d = m.nest(wire::NFTA_EXPR_DATA);
+        data(m);
+        m.end(d);
+        m.end(e);
+    }
+
+    fn value(m: &mut MsgBuilder, ty: u16, v: u32) {
+        let n = m.nest(ty);
+        m.attr(1, &v.to_ne_bytes());
+        m.end(n);
+    }
+
+    /// A rule of `table`/`chain` deleted with final counts, as iptables-nft
+    /// writes the iptables backend's accounting rules: `-m mark --mark
+    /// mark/0x3f00 -j RETURN` (native expressions) or, without a mark, a
+    /// counter alone.
+    fn deleted_rule(table: &str, chain: &str, mark: Option<u32>, counts: (u64, u64)) -> Vec<u8> {
+        let mut m = MsgBuilder::nft(msg::DELRULE, 0, 0, wire::NFPROTO_IPV4);
+        m.str(ATTR_TABLE, table);
+        m.str(RULE_CHAIN, chain);
+        m.be64(rule_attr::HANDLE, 9);
+        let list = m.nest(rule_attr::EXPRESSIONS);
+        if let Some(mark) = mark {
+            expr(&mut m, "meta", |m| {
+                m.be32(2, 3); // NFTA_META_KEY: mark
+                m.be32(1, 1); // NFTA_META_DREG
+            });
+            expr(&mut m, "bitwise", |m| {
+                m.be32(1, 1);
+                m.be32(2, 1);
+                m.be32(3, 4);
+                value(m, 4, 0x3f00);
+                value(m, 5, 0);
+            });
+            expr(&mut m, "cmp", |m| {
+                m.be32(1, 1);
+                m.be32(2, 0); // NFT_CMP_EQ
+                value(m, 3, mark);
+            });
+        }
+        expr(&mut m, "counter", |m| {
+            m.be64(1, counts.1);
+            m.be64(2, counts.0);
+        });
+        if mark.is_some() {
+            expr(&mut m, "immediate", |m| {
+                m.be32(1, 0);
+                let d = m.nest(2);
+                let v = m.nest(2);
+                m.be32(1, -5i32 as u32); // NFT_RETURN
+                m.end(v);
+                m.end(d);
+            });
+        }
+        m.end(list);
+        m.finish()
+    }
+
+    #[test]
+    fn the_final_counts_of_the_iptables_backends_accounting_rules_are_kept_apart() {
+        let mut a = Assembler::default();
+        let mut datagram = deleted_rule("mangle", "rx_eth0", Some(0x2000), (7, 700));
+        datagram.extend(deleted_rule("mangle", "rx_eth0", None, (3, 300)));
+        // Not an accounting chain, not iptables' mangle table.
+        datagram.extend(deleted_rule("mangle", "PREROUTING", None, (1, 1)));
+        datagram.extend(deleted_rule("filter", "tx_eth0", None, (1, 1)));
+        datagram.extend(gen(42, "iptables-nft-re"));
+        let done = a.feed(&datagram);
+        assert_eq!(done.len(), 1);
+        let lost = &done[0].lost_iptables_counters;
+        assert_eq!(lost.len(), 2, "{lost:?}");
+        assert_eq!(
+            lost[0].source,
+            crate::fwmark::TrafficSource::from_fwmark(0x2000)
+        );
+        assert_eq!((lost[0].packets, lost[0].bytes), (7, 700));
+        assert_eq!(lost[0].ifname, "eth0");
+        assert_eq!((lost[1].source, lost[1].packets), (None, 3));
+        assert!(
+            done[0].lost_counters.is_empty(),
+            "not the nftables backend's"
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_corrupted_deleted_rule_is_read_without_panicking() {
+        let mut datagram = deleted_rule("mangle", "rx_eth0", Some(0x2000), (7, 700));
+        datagram.extend(gen(42, "iptables-nft-re"));
+        for len in 0..datagram.len() {
+            let _ = Assembler::default().feed(&datagram[..len]);
+        }
+        for at in 0..datagram.len() {
+            for byte in [0x00, 0x01, 0x7f, 0xff] {
+                let mut bad = datagram.clone();
+                bad[at] = byte;
+                let _ = Assembler::default().feed(&bad);
+            }
+        }
     }
 
     #[test]

@@ -208,8 +208,8 @@ fn a_directed_broadcast_on_an_uplink_without_brd_reaches_arc() {
     let arc = arc(&world);
     let up = world.internet.upstream.name();
     let in_arc = mcast::udp_sink(&net_of(&arc), "eth0", 4445).expect("sink");
-    let _s = mcast::udp_broadcast(up, "up0", "192.0.2.255", 4445, 40002, "directed", 25)
-        .expect("send");
+    let _s =
+        mcast::udp_broadcast(up, "up0", "192.0.2.255", 4445, 40002, "directed", 25).expect("send");
     wait_for(&in_arc, &format!("got {GATEWAY} 40002 directed"), &world);
 }
 
@@ -220,7 +220,11 @@ fn a_point_to_point_uplink_forwards_no_unicast_as_a_broadcast() {
     let world = World::start().expect("world");
     let up = world.internet.upstream.name().to_string();
     for (netns, old, new) in [
-        (world.netns.name().to_string(), "192.0.2.2/24", "192.0.2.3/31"),
+        (
+            world.netns.name().to_string(),
+            "192.0.2.2/24",
+            "192.0.2.3/31",
+        ),
         (up.clone(), "192.0.2.1/24", "192.0.2.2/31"),
     ] {
         for args in [
@@ -243,8 +247,8 @@ fn a_point_to_point_uplink_forwards_no_unicast_as_a_broadcast() {
     // to it alone: whatever reaches ARC was forwarded as a broadcast.
     let on_host = mcast::udp_sink(world.netns.name(), "eth0", 4445).expect("host sink");
     // The all-ones address of 192.0.2.2/31 is the daemon's own address.
-    let unicast = mcast::udp_broadcast(&up, "up0", "192.0.2.3", 4445, 40003, "unicast", 10)
-        .expect("send");
+    let unicast =
+        mcast::udp_broadcast(&up, "up0", "192.0.2.3", 4445, 40003, "unicast", 10).expect("send");
     let _ = unicast.finish(Duration::from_secs(10));
     // The control: a limited broadcast sent after them is forwarded.
     let _c = mcast::udp_broadcast(&up, "up0", "255.255.255.255", 4445, 40004, "control", 25)

@@ -215,6 +215,11 @@ impl Follower {
         Some(next)
     }
 
+    /// Rebuilds within the flap window, for the log.
+    pub fn recent_rebuilds(&self) -> usize {
+        self.rebuilds.len()
+    }
+
     /// Whether a backoff is in force.
     pub fn backing_off(&self, now: Instant) -> bool {
         self.not_before.is_some_and(|t| t > now)

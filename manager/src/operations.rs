@@ -795,7 +795,7 @@ impl Manager {
             if let Some(wait) = self.host_firewall.rebuilt(std::time::Instant::now()) {
                 warn!(
                     "host firewall: another program keeps undoing patchpanel's firewall ({} rebuilds within {:?}; last by {by}); the next rebuild waits {wait:?}",
-                    crate::host_firewall::FLAP_COUNT,
+                    self.host_firewall.recent_rebuilds(),
                     crate::host_firewall::FLAP_WINDOW
                 );
             }

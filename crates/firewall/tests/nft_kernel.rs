@@ -832,3 +832,22 @@ fn what_another_program_deleted_is_reported_missing() {
         assert!(fw.missing(&layout).unwrap().len() > 20);
     });
 }
+
+#[test]
+fn a_host_rule_with_patchpanels_comment_but_no_mark_is_never_taken_for_ours() {
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        run(
+            "nft",
+            &["-f", "-"],
+            Some("table inet mine {\n chain input {\n  type filter hook input priority 0; policy accept;\n  tcp dport 22 accept comment \"patchpanel\"\n }\n}\n"),
+        );
+        fw.remove_all(&|_| false).unwrap();
+        assert!(
+            ruleset().contains("tcp dport 22 accept comment \"patchpanel\""),
+            "{}",
+            ruleset()
+        );
+    });
+}

@@ -355,7 +355,16 @@ pub(super) fn is_any_narrow_accept(r: &Reply) -> bool {
     let udata = wire::attr(&r.attrs, rule_attr::USERDATA)
         .and_then(spec_of_userdata)
         .is_some_and(|c| c == HOOK_COMMENT);
-    accepts && (xt || udata)
+    // It compares the accept mark: a host rule of its own that happens to
+    // carry the same comment is not taken for ours (and never deleted).
+    let mark = crate::fwmark::ACCEPTED_MARK.to_ne_bytes();
+    let compares_mark = e.iter().any(|(n, d)| {
+        n == "cmp"
+            && wire::attr(d, 3) // NFTA_CMP_DATA
+                .and_then(|v| wire::attr(v, 1)) // NFTA_DATA_VALUE
+                == Some(&mark[..])
+    });
+    accepts && compares_mark && (xt || udata)
 }
 
 /// The xt narrow accept only (what the iptables leftover sweep knows).

@@ -21,6 +21,36 @@ pub const REWRITE_BYTES_PER_SECOND: u64 = 8 << 20;
 /// than a hundred of the longest messages allowed.
 pub const REWRITE_BURST_BYTES: u64 = 1 << 20;
 
+/// What a downlink's IPv4 mDNS to the LAN may amount to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MdnsBudget {
+    pub bytes_per_second: u64,
+    pub burst_bytes: u64,
+}
+
+impl MdnsBudget {
+    pub const DEFAULT: MdnsBudget = MdnsBudget {
+        bytes_per_second: REWRITE_BYTES_PER_SECOND,
+        burst_bytes: REWRITE_BURST_BYTES,
+    };
+
+    /// `bytes_per_second` sustained, with a burst of a second's worth but
+    /// at most [`REWRITE_BURST_BYTES`], and never less than the longest
+    /// message allowed (which could otherwise never pass).
+    pub fn per_second(bytes_per_second: u64) -> MdnsBudget {
+        let longest = crate::packet::MAX_MDNS_MESSAGE as u64;
+        MdnsBudget {
+            bytes_per_second,
+            burst_bytes: bytes_per_second.min(REWRITE_BURST_BYTES).max(longest),
+        }
+    }
+
+    /// A full bucket of this budget.
+    pub fn bucket(self, now: Instant) -> TokenBucket {
+        TokenBucket::full(self.burst_bytes, self.bytes_per_second, now)
+    }
+}
+
 /// A token bucket: `capacity` tokens at most, `per_second` more every
 /// second, starting full.
 #[derive(Debug, Clone)]
@@ -40,11 +70,6 @@ impl TokenBucket {
             tokens: capacity,
             last: now,
         }
-    }
-
-    /// The bucket of a downlink's rewrites.
-    pub fn for_rewrites(now: Instant) -> TokenBucket {
-        TokenBucket::full(REWRITE_BURST_BYTES, REWRITE_BYTES_PER_SECOND, now)
     }
 
     /// Takes `cost` tokens if there are that many; otherwise takes none.
@@ -144,7 +169,7 @@ mod tests {
     #[test]
     fn the_rewrite_budget_lets_a_message_of_the_largest_size_through() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::for_rewrites(t0);
+        let mut b = MdnsBudget::DEFAULT.bucket(t0);
         let largest = crate::packet::MAX_MDNS_MESSAGE as u64;
         let mut sent = 0;
         while b.take(largest, t0) {
@@ -152,5 +177,22 @@ mod tests {
         }
         assert!(sent >= 100, "{sent}");
         assert!(b.take(largest, t0 + Duration::from_millis(2)));
+    }
+
+    #[test]
+    fn a_budget_of_a_few_bytes_a_second_still_lets_the_longest_message_through() {
+        let largest = crate::packet::MAX_MDNS_MESSAGE as u64;
+        assert_eq!(MdnsBudget::per_second(100).burst_bytes, largest);
+        assert_eq!(
+            MdnsBudget::per_second(100_000),
+            MdnsBudget {
+                bytes_per_second: 100_000,
+                burst_bytes: 100_000
+            }
+        );
+        assert_eq!(
+            MdnsBudget::per_second(REWRITE_BYTES_PER_SECOND),
+            MdnsBudget::DEFAULT
+        );
     }
 }

@@ -46,7 +46,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use crate::broadcast;
-use crate::budget::TokenBucket;
+use crate::budget::{MdnsBudget, TokenBucket};
 use crate::packet::{
     classify_ssdp, is_legacy_mdns_query, rewrite_mdns_a_records, Rewrite, Ssdp, MDNS_PORT, MDNS_V4,
     MDNS_V6, SSDP_PORT, SSDP_V4, SSDP_V6,
@@ -294,6 +294,8 @@ pub struct Forwarder {
     sent: HashMap<(u32, u64), Instant>,
     sent_order: VecDeque<(Instant, (u32, u64))>,
     last_error: HashMap<String, i32>,
+    /// What each downlink may send through the rewrite.
+    mdns_budget: MdnsBudget,
     /// By downlink: what its guest may still send through the rewrite.
     budgets: HashMap<String, Budget>,
     stats: Stats,
@@ -351,6 +353,7 @@ impl Forwarder {
             sent: HashMap::new(),
             sent_order: VecDeque::new(),
             last_error: HashMap::new(),
+            mdns_budget: MdnsBudget::DEFAULT,
             budgets: HashMap::new(),
             stats: Stats::default(),
             buf: vec![0; BUFFER],
@@ -359,6 +362,13 @@ impl Forwarder {
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Changes what each downlink's IPv4 mDNS to the LAN may amount to
+    /// ([`MdnsBudget::DEFAULT`] otherwise); every downlink starts afresh.
+    pub fn set_mdns_budget(&mut self, budget: MdnsBudget) {
+        self.mdns_budget = budget;
+        self.budgets.clear();
     }
 
     /// The pairs forwarded now, by downlink.
@@ -755,11 +765,12 @@ impl Forwarder {
             return Outbound::Unchanged;
         };
         let now = Instant::now();
+        let mdns_budget = self.mdns_budget;
         let budget = self
             .budgets
             .entry(to.downlink.clone())
             .or_insert_with(|| Budget {
-                bucket: TokenBucket::for_rewrites(now),
+                bucket: mdns_budget.bucket(now),
                 warned: None,
             });
         let cost = u64::try_from(payload.len()).unwrap_or(u64::MAX);
@@ -768,9 +779,7 @@ impl Forwarder {
             if Self::may_warn(budget, now) {
                 warn!(
                     "{}: mDNS to the LAN over {} bytes/s: dropped ({} so far)",
-                    to.downlink,
-                    crate::budget::REWRITE_BYTES_PER_SECOND,
-                    self.stats.mdns_over_budget
+                    to.downlink, mdns_budget.bytes_per_second, self.stats.mdns_over_budget
                 );
             }
             return Outbound::Dropped;

@@ -233,7 +233,7 @@ pub struct VmGuest {
     /// Termina: the LXD container subnet routed through the VM.
     pub lxd: Option<GuestSubnet>,
     /// Termina with ADB allowed: `adb connect arc` from the VM reaches the
-    /// host's ADB relay (DNAT to 127.0.0.1:5555, route_localnet on the TAP).
+    /// host's ADB relay (DNAT to the TAP's host address, port 5555).
     #[serde(default)]
     pub adb_sideload: bool,
 }
@@ -931,6 +931,7 @@ pub fn vm_firewall(vm: &VmGuest) -> Batch {
         batch.extend(patchpanel_firewall::auto_dnat::adb_sideload(
             &vm.tap,
             ARC_ADB_ADDR,
+            vm.subnet.host(),
             crate::adb_service::ADB_PORT,
         ));
     }
@@ -941,13 +942,16 @@ pub fn vm_firewall(vm: &VmGuest) -> Batch {
 /// upstream hard-codes it.
 pub const ARC_ADB_ADDR: Ipv4Addr = Ipv4Addr::new(100, 115, 92, 2);
 
-/// `route_localnet=1` on a sideloading VM's TAP (the DNAT to 127.0.0.1
-/// needs it); it goes away with the TAP.
-fn sideload_sysctl(vm: &VmGuest) -> Option<Step> {
+/// `route_localnet=0` on a sideloading VM's TAP, when it is adopted again:
+/// earlier versions sent sideloading to 127.0.0.1 and set it to 1, which
+/// let the VM reach every service on the host's loopback (security review
+/// finding 4). The DNAT now goes to the TAP's own address, which needs no
+/// such sysctl, and a new TAP starts with it off.
+fn no_route_localnet(vm: &VmGuest) -> Option<Step> {
     vm.adb_sideload.then(|| Step::SetSysctl {
         netns: Netns::Host,
         sysctl: Sysctl::RouteLocalnet(vm.tap.clone()),
-        value: "1".into(),
+        value: "0".into(),
     })
 }
 
@@ -989,7 +993,6 @@ pub fn vm_start_plan(vm: &VmGuest, label: String) -> Plan {
             route,
         });
     }
-    steps.extend(sideload_sysctl(vm));
     steps.push(Step::Firewall(vm_firewall(vm)));
     Plan {
         label,
@@ -1032,7 +1035,7 @@ pub fn vm_readopt_plan(vm: &VmGuest, label: String) -> Plan {
             route,
         });
     }
-    steps.extend(sideload_sysctl(vm));
+    steps.extend(no_route_localnet(vm));
     steps.push(Step::Firewall(vm_firewall(vm)));
     Plan {
         label,
@@ -1538,6 +1541,34 @@ mod tests {
             patchpanel_proto::ipv4_from_net_u32(d.ipv4_addr),
             Ipv4Addr::new(100, 115, 92, 26)
         );
+    }
+
+    #[test]
+    fn a_sideloading_vm_goes_to_the_relay_on_its_tap_address_without_route_localnet() {
+        let mut a = addrs();
+        let mut vm = vm_allocate(VmKind::Termina, 7, None, &mut a, &BTreeSet::new()).unwrap();
+        vm.adb_sideload = true;
+        let plan = vm_start_plan(&vm, "t".into());
+        // No sysctl at all: route_localnet on the TAP would open the host's
+        // whole loopback to the VM (review finding 4).
+        assert_eq!(kinds(&plan), ["tap", "addr", "up", "route", "firewall"]);
+        let v4 =
+            patchpanel_firewall::render::render(&vm_firewall(&vm), patchpanel_firewall::Family::V4);
+        assert!(
+            v4.contains(
+                "-A ingress_port_forwarding -i vmtap0 -d 100.115.92.2/32 -p tcp --dport 5555 \
+                 -j DNAT --to-destination 100.115.92.25:5555"
+            ),
+            "{v4}"
+        );
+        assert!(!v4.contains("127."), "{v4}");
+        // Adopted again (maybe from a version that set it): turned off.
+        let readopt = vm_readopt_plan(&vm, "t".into());
+        assert!(readopt.steps.iter().any(|s| matches!(
+            s,
+            Step::SetSysctl { sysctl: Sysctl::RouteLocalnet(tap), value, .. }
+                if tap.as_str() == "vmtap0" && value == "0"
+        )));
     }
 
     #[test]

@@ -106,6 +106,7 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
         .map(|p| open_executable(&helper_dir.join(p.executable())))
         .collect::<anyhow::Result<Vec<_>>>()?;
     create_state_dir(&config.state_dir, &user)?;
+    prepare_netns_dir(&config.netns_dir, &user)?;
 
     let signals = manager::signal_fd().context("signalfd")?;
     let (manager_end, spawner_end) = patchpanel_ipc::Channel::pair().context("socketpair")?;
@@ -306,6 +307,59 @@ fn open_executable(path: &Path) -> anyhow::Result<OwnedFd> {
     }
     let fd = OwnedFd::from(file);
     Ok(fd)
+}
+
+/// Makes `dir`, where named namespaces go (`/run/netns`), exist as a
+/// directory of root's, while we still are root: root tools (`ip netns`,
+/// `nsenter`) trust what is in it, and the datapath-writer, which runs as
+/// the unprivileged user, never creates it (it would be that user's).
+/// Missing: created 0755 (with any missing parents). Owned by `user`, as an
+/// earlier version left it: given back to root, 0755. Owned by anyone else,
+/// or not a directory: refused.
+fn prepare_netns_dir(dir: &Path, user: &patchpanel_sandbox::User) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    let created = match std::fs::symlink_metadata(dir) {
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .with_context(|| format!("cannot create netns_dir {}", dir.display()))?;
+            true
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot stat netns_dir {}", dir.display()))
+        }
+    };
+    // Checked and changed through one descriptor, never by path again.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .with_context(|| format!("netns_dir {} is not a directory", dir.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot stat netns_dir {}", dir.display()))?;
+    match meta.uid() {
+        0 if !created => return Ok(()),
+        0 => info!("created netns_dir {} (root, 0755)", dir.display()),
+        uid if uid == user.uid => log::warn!(
+            "netns_dir {} belonged to {} (an earlier version made it): giving it to root",
+            dir.display(),
+            user.name
+        ),
+        uid => bail!(
+            "netns_dir {} is owned by uid {uid}, not root: refusing it (root tools trust the \
+             namespaces in it); make it root's or remove it",
+            dir.display()
+        ),
+    }
+    std::os::unix::fs::fchown(&file, Some(0), Some(0))
+        .with_context(|| format!("cannot chown netns_dir {} to root", dir.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot chmod netns_dir {}", dir.display()))?;
+    Ok(())
 }
 
 /// Creates the state directory (0700, owned by the manager's user): the

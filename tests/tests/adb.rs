@@ -205,14 +205,15 @@ fn a_killed_adb_proxy_relays_again_without_a_new_call() {
     assert_eq!(back, Some(true), "no relay after adb-proxy respawned");
 }
 
-fn boot_termina(world: &World) -> FakeVm {
+/// A Termina VM booted on its TAP, and its gateway (the TAP's host address).
+fn boot_termina(world: &World) -> (FakeVm, String) {
     let vm = Client::connect_to(world.bus.address())
         .expect("client")
         .terminavm_startup(7)
         .expect("TerminaVmStartup");
     let addr = patchpanel_proto::ipv4_from_addr4(&vm.ipv4_address).expect("address");
     let gateway = patchpanel_proto::ipv4_from_addr4(&vm.gateway_ipv4_address).expect("gateway");
-    FakeVm::boot(
+    let guest = FakeVm::boot(
         &world.netns,
         &vm.tap_device_ifname,
         "eth0",
@@ -220,7 +221,8 @@ fn boot_termina(world: &World) -> FakeVm {
         30,
         &gateway.to_string(),
     )
-    .expect("vm")
+    .expect("vm");
+    (guest, gateway.to_string())
 }
 
 fn sideload_rules(world: &World) -> Vec<String> {
@@ -244,14 +246,15 @@ fn crostini_sideloads_through_the_relay_only_when_adb_is_allowed() {
     let world = adb_world();
     let arc = started_arc(&world);
     let _adbd = EchoServer::start(arc.command(&[]));
-    let vm = boot_termina(&world);
+    let (vm, gateway) = boot_termina(&world);
 
     // `adb connect arc` from the VM: ARC's address, answered by the relay.
     assert_eq!(echo_round_trip(vm.netns(), "100.115.92.2", 4), Ok(true));
     let rules = sideload_rules(&world);
     assert_eq!(rules.len(), 2, "{rules:#?}");
+    // To the relay on the TAP's own address: no route_localnet needed.
     assert!(
-        rules[0].contains("-j DNAT --to-destination 127.0.0.1:5555"),
+        rules[0].contains(&format!("-j DNAT --to-destination {gateway}:5555")),
         "{rules:#?}"
     );
 

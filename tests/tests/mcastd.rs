@@ -314,8 +314,26 @@ fn guests_resolve_each_other_without_rewriting() {
     assert_eq!(a[3..], ["10.77.1.2"], "{a:?}");
 }
 
+/// The TXT padding that makes the responder's answer for `big.local`
+/// exactly `message_len` bytes: 12 of header, 25 of A record, 25 of TXT
+/// record before its strings, then the strings, which the responder
+/// (`response()` in `patchpanel_tests::mcast`) grows by up to 256 bytes at
+/// a time until they are at least `pad` long.
+fn big_local_pad(message_len: usize) -> usize {
+    let strings_len = |pad: usize| {
+        let mut len = 0;
+        while len < pad {
+            len += 1 + (pad - len).min(255);
+        }
+        len
+    };
+    (0..message_len)
+        .find(|&pad| 62 + strings_len(pad) == message_len)
+        .expect("a padding of that length")
+}
+
 #[test]
-fn a_9000_byte_answer_arrives_whole() {
+fn an_answer_as_long_as_rfc_6762_allows_arrives_whole_and_rewritten() {
     let w = started();
     let _r = mcast::mdns_responder(
         w.guest.name(),
@@ -323,7 +341,7 @@ fn a_9000_byte_answer_arrives_whole() {
         "224.0.0.251",
         "big.local",
         "10.77.0.2",
-        9000,
+        big_local_pad(8972),
     )
     .expect("responder");
     let q = mcast::mdns_query(
@@ -336,9 +354,135 @@ fn a_9000_byte_answer_arrives_whole() {
     )
     .expect("query");
     let a = answer(q, &w);
-    let len: usize = a[2].parse().expect("length");
-    assert!(len > 9000, "{a:?}");
+    assert_eq!(a[2], "8972", "{a:?}");
     assert_eq!(a[3..], ["192.168.50.2"], "{a:?}");
+}
+
+#[test]
+fn a_guest_answer_longer_than_rfc_6762_allows_is_dropped_and_logged() {
+    // 9000 bytes with the IPv4 and UDP headers, RFC 6762 §17: one more
+    // byte and the forwarder does not spend time on it.
+    let w = started();
+    let _r = mcast::mdns_responder(
+        w.guest.name(),
+        "g0",
+        "224.0.0.251",
+        "big.local",
+        "10.77.0.2",
+        big_local_pad(8973),
+    )
+    .expect("responder");
+    let q =
+        mcast::mdns_query(w.up.name(), "up0", "224.0.0.251", "big.local", false, 3).expect("query");
+    assert_eq!(q.finish(Duration::from_secs(6)), Vec::<String>::new());
+    assert!(
+        w.log().contains("mid-dn: dropped a 8973-byte mDNS message"),
+        "{}",
+        w.log()
+    );
+}
+
+/// Sends `count` mDNS answers of `len` bytes (`flood.local` A `addr`,
+/// padded with TXT) from port 5353 on `ifname`, as fast as it can.
+fn mdns_flood(ns: &Netns, ifname: &str, addr: &str, len: usize, count: usize) {
+    let script = format!(
+        "import socket, struct\n\
+         def qname(n): return b''.join(bytes([len(p)]) + p.encode() for p in n.split('.')) + b'\\0'\n\
+         a = qname('flood.local') + struct.pack('!HHIH', 1, 0x8001, 120, 4) + socket.inet_aton('{addr}')\n\
+         head = struct.pack('!6H', 0, 0x8400, 0, 2, 0, 0)\n\
+         pad = {len} - len(head) - len(a) - len(qname('pad.local')) - 10\n\
+         strings = b''\n\
+         while len(strings) < pad:\n\
+         \x20   c = min(255, pad - len(strings) - 1); strings += bytes([c]) + b'x' * c\n\
+         txt = qname('pad.local') + struct.pack('!HHIH', 16, 0x8001, 120, pad) + strings\n\
+         m = head + a + txt\n\
+         assert len(m) == {len}, len(m)\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'{ifname}')\n\
+         s.bind(('', 5353))\n\
+         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)\n\
+         for i in range({count}): s.sendto(m, ('224.0.0.251', 5353))\n"
+    );
+    let out = ns
+        .exec(&["/usr/bin/python3", "-c", &script])
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_guest_over_its_mdns_budget_is_dropped_and_the_other_guest_still_answers() {
+    // A budget of 9000 bytes a second: a burst of one longest message. 20
+    // of them sent at once are over it whether mcastd reads them as they
+    // come or (on a busy machine) several at a time later. The default
+    // budget (8 MiB/s) is unit-tested: a flood big enough to exceed it
+    // would also overflow the socket's receive buffer, which then decides
+    // what gets through.
+    let w = World::new()
+        .and_then(|w| {
+            w.start(&[
+                "--mdns",
+                "--mdns-budget",
+                "9000",
+                "mid-up",
+                "mid-dn",
+                "mid-dn2",
+            ])
+        })
+        .expect("world");
+    mdns_flood(&w.guest, "g0", "10.77.0.2", 8972, 20);
+    let dropped = poll_until(Duration::from_secs(10), || {
+        w.log()
+            .contains("mid-dn: mDNS to the LAN over 9000 bytes/s: dropped")
+            .then_some(())
+    });
+    assert!(dropped.is_some(), "{}", w.log());
+
+    // The budget is per downlink: the other guest's answer still goes out,
+    // rewritten.
+    let _r = mcast::mdns_responder(
+        w.guest2.name(),
+        "g1",
+        "224.0.0.251",
+        "other.local",
+        "10.77.1.2",
+        0,
+    )
+    .expect("responder");
+    let q = mcast::mdns_query(
+        w.up.name(),
+        "up0",
+        "224.0.0.251",
+        "other.local",
+        false,
+        ANSWER_SECS,
+    )
+    .expect("query");
+    assert_eq!(answer(q, &w)[3..], ["192.168.50.2"]);
+    // And the flooding guest's own budget comes back.
+    let _g = mcast::mdns_responder(
+        w.guest.name(),
+        "g0",
+        "224.0.0.251",
+        "guest.local",
+        "10.77.0.2",
+        0,
+    )
+    .expect("responder");
+    let q = mcast::mdns_query(
+        w.up.name(),
+        "up0",
+        "224.0.0.251",
+        "guest.local",
+        false,
+        ANSWER_SECS,
+    )
+    .expect("query");
+    assert_eq!(answer(q, &w)[3..], ["192.168.50.2"]);
 }
 
 #[test]

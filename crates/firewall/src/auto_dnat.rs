@@ -79,11 +79,17 @@ pub fn auto_dnat_teardown(target: AutoDnatTarget, uplink: &IfName, guest: Ipv4Ad
 }
 
 /// Crostini ADB sideloading (upstream-core §4.8): TCP from the VM's `tap`
-/// to ARC's adbd (`arc:port`) is sent to the host's ADB relay on
-/// `127.0.0.1:port` instead, and the relay's port is opened on the TAP.
-/// The TAP also needs `route_localnet=1` for the kernel to route to
-/// 127.0.0.1 from outside. IPv4 only.
-pub fn adb_sideload(tap: &IfName, arc: Ipv4Addr, port: u16) -> Batch {
+/// to ARC's adbd (`arc:port`) is sent to the host's ADB relay instead, at
+/// `relay:port`, and the relay's port is opened on the TAP. `relay` is the
+/// TAP's own host address: the relay listens on every address of the host.
+///
+/// Upstream sends it to 127.0.0.1 and sets `route_localnet=1` on the TAP,
+/// which lets the VM reach every service bound to the host's loopback, not
+/// only the relay (security review finding 4; ChromeOS's INPUT policy
+/// drops the rest, a generic host has none). The TAP's own address needs no
+/// such sysctl, so the kernel keeps treating 127.0.0.0/8 arriving on the TAP
+/// as martian. IPv4 only.
+pub fn adb_sideload(tap: &IfName, arc: Ipv4Addr, relay: Ipv4Addr, port: u16) -> Batch {
     let mut batch = Batch::new();
     batch.push(
         Family::V4,
@@ -91,7 +97,7 @@ pub fn adb_sideload(tap: &IfName, arc: Ipv4Addr, port: u16) -> Batch {
             table: Table::Nat,
             chain: named(INGRESS_PORT_FORWARDING),
             rule: Rule::new(Target::Dnat {
-                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                addr: IpAddr::V4(relay),
                 port: Some(port),
             })
             .with(Match::iif(tap))
@@ -139,10 +145,18 @@ COMMIT
         );
     }
 
+    fn sideload() -> Batch {
+        adb_sideload(
+            &IfName::new("vmtap0").unwrap(),
+            Ipv4Addr::new(100, 115, 92, 2),
+            Ipv4Addr::new(100, 115, 92, 25),
+            5555,
+        )
+    }
+
     #[test]
-    fn adb_sideload_sends_the_vm_to_the_host_relay_and_opens_its_port_on_the_tap() {
-        let tap = IfName::new("vmtap0").unwrap();
-        let batch = adb_sideload(&tap, Ipv4Addr::new(100, 115, 92, 2), 5555);
+    fn adb_sideload_sends_the_vm_to_the_relay_on_the_tap_address_and_opens_its_port() {
+        let batch = sideload();
         batch.validate().unwrap();
         assert_eq!(
             render(&batch, Family::V4),
@@ -151,11 +165,28 @@ COMMIT
 -A ingress_port_firewall -i vmtap0 -p tcp --dport 5555 -j ACCEPT
 COMMIT
 *nat
--A ingress_port_forwarding -i vmtap0 -d 100.115.92.2/32 -p tcp --dport 5555 -j DNAT --to-destination 127.0.0.1:5555
+-A ingress_port_forwarding -i vmtap0 -d 100.115.92.2/32 -p tcp --dport 5555 -j DNAT --to-destination 100.115.92.25:5555
 COMMIT
 "
         );
         assert_eq!(render(&batch, Family::V6), "");
+    }
+
+    #[test]
+    fn adb_sideload_teardown_deletes_what_setup_added_in_reverse() {
+        let teardown = sideload().inverse_or_empty();
+        assert_eq!(
+            render(&teardown, Family::V4),
+            "\
+*filter
+-D ingress_port_firewall -i vmtap0 -p tcp --dport 5555 -j ACCEPT
+COMMIT
+*nat
+-D ingress_port_forwarding -i vmtap0 -d 100.115.92.2/32 -p tcp --dport 5555 -j DNAT --to-destination 100.115.92.25:5555
+COMMIT
+"
+        );
+        assert_eq!(teardown.inverse().unwrap(), sideload());
     }
 
     #[test]

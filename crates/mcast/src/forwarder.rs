@@ -14,6 +14,12 @@
 //!   downlinks of that uplink that are inbound (unchanged: guests reach
 //!   each other's private addresses).
 //!
+//! What one guest may cost the forwarder is bounded: its IPv4 mDNS to the
+//! LAN is charged to a per-downlink budget ([`crate::budget`]); beyond it,
+//! and for messages longer than RFC 6762 allows
+//! ([`crate::packet::MAX_MDNS_MESSAGE`]), the LAN copy is dropped and
+//! counted ([`Stats::mdns_over_budget`], [`Stats::mdns_too_long`]).
+//!
 //! A query that expects a unicast answer (a legacy mDNS query from a port
 //! other than 5353, an SSDP M-SEARCH) is sent on each egress link from a
 //! fresh *session* socket that lives for [`SESSION_LIFETIME`]; whatever is
@@ -40,6 +46,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use crate::broadcast;
+use crate::budget::{MdnsBudget, TokenBucket};
 use crate::packet::{
     classify_ssdp, is_legacy_mdns_query, rewrite_mdns_a_records, Rewrite, Ssdp, MDNS_PORT, MDNS_V4,
     MDNS_V6, SSDP_PORT, SSDP_V4, SSDP_V6,
@@ -53,6 +60,8 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(6);
 pub const MAX_SESSIONS: usize = 256;
 /// How long a datagram we sent on a link is remembered as ours.
 pub const ECHO_WINDOW: Duration = Duration::from_secs(1);
+/// At most one warning per downlink this often about its dropped mDNS.
+const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// Receive buffer: larger than any UDP payload, so nothing is cut (a
 /// datagram that still is, is counted and dropped, never forwarded cut).
 const BUFFER: usize = 65536 + 1;
@@ -168,6 +177,12 @@ pub struct Stats {
     pub rewritten: u64,
     /// mDNS messages from guests that did not parse (forwarded unchanged).
     pub unparsable: u64,
+    /// IPv4 mDNS messages from guests longer than RFC 6762 allows (not
+    /// forwarded to the LAN).
+    pub mdns_too_long: u64,
+    /// IPv4 mDNS messages from guests over their downlink's budget (not
+    /// forwarded to the LAN).
+    pub mdns_over_budget: u64,
     /// Datagrams longer than the buffer (dropped, not forwarded cut).
     pub truncated: u64,
     /// Copies of our own sends that came back (dropped).
@@ -186,12 +201,15 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "received {}, sent {}, rewritten {}, unparsable {}, truncated {}, echoes {}, \
-             broadcasts ignored {}, sessions {}, unicast replies {}, send errors {}",
+            "received {}, sent {}, rewritten {}, unparsable {}, mDNS too long {}, \
+             mDNS over budget {}, truncated {}, echoes {}, broadcasts ignored {}, sessions {}, \
+             unicast replies {}, send errors {}",
             self.received,
             self.sent,
             self.rewritten,
             self.unparsable,
+            self.mdns_too_long,
+            self.mdns_over_budget,
             self.truncated,
             self.echoes,
             self.broadcast_ignored,
@@ -221,8 +239,30 @@ struct Session {
     /// The querier.
     querier: SocketAddr,
     /// Answers go from a guest to the LAN: rewrite their A records.
-    rewrite_to_uplink: Option<String>,
+    rewrite: Option<ToLan>,
     expires: Instant,
+}
+
+/// Where a guest's mDNS crosses to the LAN.
+#[derive(Debug, Clone)]
+struct ToLan {
+    uplink: String,
+    downlink: String,
+}
+
+/// What goes to the LAN in place of a guest's IPv4 mDNS message.
+#[derive(Debug)]
+enum Outbound {
+    Unchanged,
+    Rewritten(Vec<u8>),
+    Dropped,
+}
+
+/// A downlink's budget and when its drops were last logged.
+#[derive(Debug)]
+struct Budget {
+    bucket: TokenBucket,
+    warned: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -254,6 +294,10 @@ pub struct Forwarder {
     sent: HashMap<(u32, u64), Instant>,
     sent_order: VecDeque<(Instant, (u32, u64))>,
     last_error: HashMap<String, i32>,
+    /// What each downlink may send through the rewrite.
+    mdns_budget: MdnsBudget,
+    /// By downlink: what its guest may still send through the rewrite.
+    budgets: HashMap<String, Budget>,
     stats: Stats,
     buf: Vec<u8>,
 }
@@ -309,6 +353,8 @@ impl Forwarder {
             sent: HashMap::new(),
             sent_order: VecDeque::new(),
             last_error: HashMap::new(),
+            mdns_budget: MdnsBudget::DEFAULT,
+            budgets: HashMap::new(),
             stats: Stats::default(),
             buf: vec![0; BUFFER],
         })
@@ -316,6 +362,13 @@ impl Forwarder {
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Changes what each downlink's IPv4 mDNS to the LAN may amount to
+    /// ([`MdnsBudget::DEFAULT`] otherwise); every downlink starts afresh.
+    pub fn set_mdns_budget(&mut self, budget: MdnsBudget) {
+        self.mdns_budget = budget;
+        self.budgets.clear();
     }
 
     /// The pairs forwarded now, by downlink.
@@ -369,6 +422,7 @@ impl Forwarder {
     /// Stops the pair of `downlink`, if any; closes the sockets of links
     /// no pair uses any more.
     pub fn stop(&mut self, downlink: &str) {
+        self.budgets.remove(downlink);
         if let Some(p) = self.pairs.remove(downlink) {
             info!(
                 "stopped forwarding {} - {} ({})",
@@ -703,25 +757,74 @@ impl Forwarder {
             .or_else(|| self.v4(uplink).map(|c| c.addr))
     }
 
-    /// An IPv4 mDNS response from `guest` bound for `uplink`, with the
-    /// guest's A records carrying the uplink's address.
-    fn rewritten(&mut self, payload: &[u8], guest: IpAddr, uplink: &str) -> Option<Vec<u8>> {
+    /// What goes to the LAN for an IPv4 mDNS message that `guest` sent on
+    /// `to.downlink`: the message with the guest's A records carrying the
+    /// uplink's address, or unchanged, or (over budget, too long) nothing.
+    fn outbound_mdns(&mut self, payload: &[u8], guest: IpAddr, to: &ToLan) -> Outbound {
         let IpAddr::V4(guest) = guest else {
-            return None;
+            return Outbound::Unchanged;
         };
-        let uplink_v4 = self.uplink_v4(uplink)?;
+        let now = Instant::now();
+        let mdns_budget = self.mdns_budget;
+        let budget = self
+            .budgets
+            .entry(to.downlink.clone())
+            .or_insert_with(|| Budget {
+                bucket: mdns_budget.bucket(now),
+                warned: None,
+            });
+        let cost = u64::try_from(payload.len()).unwrap_or(u64::MAX);
+        if !budget.bucket.take(cost, now) {
+            self.stats.mdns_over_budget += 1;
+            if Self::may_warn(budget, now) {
+                warn!(
+                    "{}: mDNS to the LAN over {} bytes/s: dropped ({} so far)",
+                    to.downlink, mdns_budget.bytes_per_second, self.stats.mdns_over_budget
+                );
+            }
+            return Outbound::Dropped;
+        }
+        let Some(uplink_v4) = self.uplink_v4(&to.uplink) else {
+            return Outbound::Unchanged;
+        };
         match rewrite_mdns_a_records(payload, guest, uplink_v4) {
             Rewrite::Rewritten { bytes, count } => {
                 self.stats.rewritten += 1;
                 debug!("rewrote {count} A records {guest} -> {uplink_v4}");
-                Some(bytes)
+                Outbound::Rewritten(bytes)
             }
-            Rewrite::Unchanged => None,
+            Rewrite::Unchanged => Outbound::Unchanged,
             Rewrite::Unparsable => {
                 self.stats.unparsable += 1;
-                None
+                Outbound::Unchanged
+            }
+            Rewrite::TooLong { len } => {
+                self.stats.mdns_too_long += 1;
+                if let Some(budget) = self.budgets.get_mut(&to.downlink) {
+                    if Self::may_warn(budget, now) {
+                        warn!(
+                            "{}: dropped a {len}-byte mDNS message (RFC 6762 allows {}; {} so far)",
+                            to.downlink,
+                            crate::packet::MAX_MDNS_MESSAGE,
+                            self.stats.mdns_too_long
+                        );
+                    }
+                }
+                Outbound::Dropped
             }
         }
+    }
+
+    /// Whether a drop on this downlink may be logged now (one line per
+    /// [`DROP_WARNING_EVERY`], so that a flood does not flood the log).
+    fn may_warn(budget: &mut Budget, now: Instant) -> bool {
+        let due = budget
+            .warned
+            .is_none_or(|at| now.duration_since(at) >= DROP_WARNING_EVERY);
+        if due {
+            budget.warned = Some(now);
+        }
+        due
     }
 
     fn on_group(
@@ -750,7 +853,10 @@ impl Forwarder {
             for d in targets {
                 // A guest's unicast answer to a LAN query goes to the LAN:
                 // rewrite it like its multicast answers.
-                let rewrite = Some(link.to_string());
+                let rewrite = Some(ToLan {
+                    uplink: link.to_string(),
+                    downlink: d.clone(),
+                });
                 self.send_copy(
                     &d,
                     protocol,
@@ -782,12 +888,20 @@ impl Forwarder {
                 unicast.then_some((link, from, None)),
             );
         }
-        let rewritten = if protocol == Protocol::Mdns && family == Family::V4 {
-            self.rewritten(payload, from.ip(), &pair.uplink)
+        let outbound = if protocol == Protocol::Mdns && family == Family::V4 {
+            let to = ToLan {
+                uplink: pair.uplink.clone(),
+                downlink: pair.downlink.clone(),
+            };
+            self.outbound_mdns(payload, from.ip(), &to)
         } else {
-            None
+            Outbound::Unchanged
         };
-        let out = rewritten.as_deref().unwrap_or(payload);
+        let out = match &outbound {
+            Outbound::Unchanged => payload,
+            Outbound::Rewritten(bytes) => bytes,
+            Outbound::Dropped => return,
+        };
         self.send_copy(
             &pair.uplink,
             protocol,
@@ -806,7 +920,7 @@ impl Forwarder {
         protocol: Protocol,
         family: Family,
         payload: &[u8],
-        session: Option<(&str, SocketAddr, Option<String>)>,
+        session: Option<(&str, SocketAddr, Option<ToLan>)>,
     ) {
         let Some(link) = self.links.get(egress) else {
             return;
@@ -833,7 +947,7 @@ impl Forwarder {
                                         family,
                                         ingress: ingress.to_string(),
                                         querier,
-                                        rewrite_to_uplink: rewrite,
+                                        rewrite,
                                         expires: Instant::now() + SESSION_LIFETIME,
                                     },
                                 );
@@ -860,14 +974,16 @@ impl Forwarder {
         };
         let (protocol, family, ingress, querier) =
             (s.protocol, s.family, s.ingress.clone(), s.querier);
-        let rewrite = s.rewrite_to_uplink.clone();
-        let rewritten = match (&rewrite, protocol, family) {
-            (Some(uplink), Protocol::Mdns, Family::V4) => {
-                self.rewritten(payload, from.ip(), uplink)
-            }
-            _ => None,
+        let rewrite = s.rewrite.clone();
+        let outbound = match (&rewrite, protocol, family) {
+            (Some(to), Protocol::Mdns, Family::V4) => self.outbound_mdns(payload, from.ip(), to),
+            _ => Outbound::Unchanged,
         };
-        let out = rewritten.as_deref().unwrap_or(payload);
+        let out = match &outbound {
+            Outbound::Unchanged => payload,
+            Outbound::Rewritten(bytes) => bytes,
+            Outbound::Dropped => return,
+        };
         let Some(fd) = self
             .links
             .get(&ingress)

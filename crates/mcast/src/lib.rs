@@ -5,6 +5,8 @@
 //! * [`packet`]: the mDNS A-record rewrite that carries a guest's answers
 //!   across the host's IPv4 SNAT, and SSDP classification (golden-tested,
 //!   fuzzed);
+//! * [`budget`]: the token bucket that bounds what one guest's mDNS may
+//!   cost the forwarder;
 //! * [`broadcast`]: parsing and building the IPv4/UDP packets of the
 //!   broadcast relay, checksums included (golden-tested, fuzzed);
 //! * [`socket`]: the group, session and raw sockets;
@@ -12,6 +14,7 @@
 //!   helper and the standalone `mcastd`.
 
 pub mod broadcast;
+pub mod budget;
 pub mod forwarder;
 pub mod packet;
 pub mod socket;

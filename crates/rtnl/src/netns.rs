@@ -5,17 +5,18 @@
 //! namespace is kept alive by bind-mounting its nsfs file onto
 //! `<dir>/<name>` (normally `/run/netns`). The directory is made a shared
 //! mount first, exactly as iproute2 does, so the bind mounts propagate to
-//! other mount namespaces that later join. The `dir` parameter exists so
+//! other mount namespaces that later join; unlike iproute2, it is never
+//! created here and must belong to root. The `dir` parameter exists so
 //! tests can use a private directory. All of this needs CAP_SYS_ADMIN.
 //!
 //! Namespaces are created on a short-lived helper thread (`unshare` there);
 //! the calling thread never changes namespace.
 
 use std::ffi::CString;
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, RtnlError};
@@ -51,15 +52,38 @@ fn ns_path(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir.join(name))
 }
 
-/// Makes `dir` exist and be a shared mount point (iproute2's
-/// `netns_add`: make it shared; if it is not a mount point yet (EINVAL),
-/// bind-mount it on itself and try again).
+/// Makes `dir` a shared mount point (iproute2's `netns_add`: make it
+/// shared; if it is not a mount point yet (EINVAL), bind-mount it on itself
+/// and try again).
+///
+/// `dir` must exist already and belong to root: it is never created here.
+/// Root tools trust the namespaces in it (`/run/netns`), and patchpanel's
+/// writer, which calls this, runs as an unprivileged user, so a directory
+/// made here would be that user's. patchpaneld creates it at start, as root.
 fn ensure_shared_dir(dir: &Path) -> Result<()> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-        .map_err(|e| RtnlError::sys(format!("create {}", dir.display()), e))?;
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        RtnlError::sys(
+            format!(
+                "the namespace directory {} (never created here)",
+                dir.display()
+            ),
+            e,
+        )
+    })?;
+    if !meta.is_dir() {
+        return Err(RtnlError::invalid(
+            "namespace directory",
+            dir.display().to_string(),
+            "not a directory",
+        ));
+    }
+    if meta.uid() != 0 {
+        return Err(RtnlError::invalid(
+            "namespace directory",
+            dir.display().to_string(),
+            format!("owned by uid {}, not root", meta.uid()),
+        ));
+    }
     let c = sys::cpath(dir)?;
     let none = CString::new("none").map_err(|_| RtnlError::invalid("fstype", "none", "NUL"))?;
     let mut bound = false;
@@ -197,5 +221,38 @@ mod tests {
         for ok in ["arc_ns", "pp-test.1", "..."] {
             validate_name(ok).unwrap();
         }
+    }
+
+    /// A path under the temporary directory nobody has made yet.
+    fn unused_path(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("pp-rtnl-{tag}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn a_missing_namespace_directory_is_not_created() {
+        let dir = unused_path("missing");
+        let err = create_named(&dir, "x").unwrap_err();
+        assert!(err.to_string().contains("never created here"), "{err}");
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_namespace_directory_that_is_not_root_s_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to give a directory away");
+            return;
+        }
+        let dir = unused_path("not-root");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let err = create_named(&dir, "x").unwrap_err();
+        let entries = std::fs::read_dir(&dir).unwrap().count();
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(
+            err.to_string().contains("owned by uid 65534, not root"),
+            "{err}"
+        );
+        assert_eq!(entries, 0);
     }
 }

@@ -549,8 +549,13 @@ mod tests {
         // LOCKDOWN: a negated uid cannot be a key.
         let lockdown = ports::lockdown(PortProtocol::Tcp, 8080, 1000).unwrap();
         assert!(only(&lockdown, Family::V4).iter().all(Option::is_none));
-        // ADB sideloading appends its DNAT (not `-I 1`), to 127.0.0.1.
-        let adb = crate::auto_dnat::adb_sideload(&eth0(), Ipv4Addr::new(100, 115, 92, 2), 5555);
+        // ADB sideloading appends its DNAT (not `-I 1`), to the relay.
+        let adb = crate::auto_dnat::adb_sideload(
+            &eth0(),
+            Ipv4Addr::new(100, 115, 92, 2),
+            Ipv4Addr::new(100, 115, 92, 25),
+            5555,
+        );
         assert!(only(&adb, Family::V4).iter().all(Option::is_none));
         // A drop in the accept chain, or an accept at position 2.
         let rule = Rule::new(Target::Drop)

@@ -8,8 +8,10 @@
 //! It waits for links that do not exist yet (`--wait-secs`, 60 by default,
 //! then gives up so the init system can restart it), follows links that
 //! are deleted and created again, and logs its counters every
-//! `--stats-secs` and at exit (SIGTERM, SIGINT). It needs CAP_NET_RAW
-//! (device-pinned and raw sockets) and nothing else.
+//! `--stats-secs` and at exit (SIGTERM, SIGINT). Each downlink's IPv4 mDNS
+//! to the LAN may amount to `--mdns-budget` bytes a second (8 MiB by
+//! default, as in patchpanel). It needs CAP_NET_RAW (device-pinned and raw
+//! sockets) and nothing else.
 
 use std::io::{ErrorKind, Read};
 use std::os::fd::AsRawFd;
@@ -56,6 +58,12 @@ struct Args {
     /// How long to wait for the links to appear at start, in seconds.
     #[arg(long, default_value_t = 60)]
     wait_secs: u64,
+    /// IPv4 mDNS each downlink may send to the LAN, in bytes per second;
+    /// beyond it (after a burst of a second's worth, at most 1 MiB) it is
+    /// dropped and counted.
+    #[arg(long, default_value_t = patchpanel_mcast::budget::REWRITE_BYTES_PER_SECOND,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    mdns_budget: u64,
     /// Log the counters this often (0: only at exit).
     #[arg(long, default_value_t = 300)]
     stats_secs: u64,
@@ -120,6 +128,9 @@ fn run(args: &Args) -> Result<()> {
         )
         .context("epoll")?;
     let mut forwarder = Forwarder::new(poll.registry(), 1, protocols)?;
+    forwarder.set_mdns_budget(patchpanel_mcast::budget::MdnsBudget::per_second(
+        args.mdns_budget,
+    ));
     let pairs: Vec<Pair> = args
         .downlinks
         .iter()

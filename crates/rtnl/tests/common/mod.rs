@@ -119,6 +119,8 @@ impl NetnsDir {
     pub fn new() -> Self {
         let n = DIRS.fetch_add(1, Ordering::SeqCst);
         let path = PathBuf::from(format!("/tmp/pp-rtnl-test-{}-{n}", std::process::id()));
+        // Made here, as root: the library never creates it.
+        std::fs::create_dir(&path).unwrap();
         NetnsDir { path }
     }
 }

@@ -101,8 +101,17 @@ fn settle(world: &World, netns: &str) {
             .then_some(())
     })
     .unwrap_or_else(|| panic!("the daemon finds firewalld:\n{}", world.daemon.log()));
+    if iptables_backend() {
+        // firewalld's native tables drop what the iptables backend accepts
+        // (docs/operations.md); the signal handling is the same.
+        return;
+    }
     poll_until(NOTICE, || ping(world, netns).then_some(()))
         .expect("the guest reaches the internet through firewalld's chains");
+}
+
+fn iptables_backend() -> bool {
+    patchpanel_tests::daemon::firewall_backend() == "iptables"
 }
 
 #[test]
@@ -112,6 +121,27 @@ fn guests_reach_the_internet_under_firewalld_and_again_within_2s_of_its_reload()
     let firewalld = Firewalld::start(&world.netns, &world.bus).expect("firewalld");
 
     settle(&world, &netns);
+    if iptables_backend() {
+        // The documented limit: the iptables backend's accepts carry no
+        // mark, so nothing is added to firewalld's chains, the guest stays
+        // cut off, and the log names the chain that drops.
+        let named = poll_until(NOTICE, || {
+            let log = world.daemon.log();
+            log.lines()
+                .any(|l| {
+                    l.contains("host firewall changed by") && l.contains("firewalld filter_FORWARD")
+                })
+                .then_some(())
+        });
+        assert!(
+            named.is_some(),
+            "the log names firewalld's forward chain:\n{}",
+            world.daemon.log()
+        );
+        assert!(!firewalld_chain(&world, "filter_FORWARD").contains("comment \"patchpanel\""));
+        assert!(!ping(&world, &netns), "the guest is dropped by firewalld");
+        return;
+    }
     let forward = firewalld_chain(&world, "filter_FORWARD");
     assert!(
         forward.contains("comment \"patchpanel\""),

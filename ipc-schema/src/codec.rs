@@ -99,7 +99,7 @@ mod tests {
                 id: 4,
                 result: Err(HelperError::Os {
                     operation: "RTM_NEWLINK veth0".into(),
-                    errno: 17,
+                    errno: Some(17),
                     message: "File exists".into(),
                 }),
             },

@@ -202,20 +202,29 @@ pub enum Reply {
     },
 }
 
-/// Why a helper refused or failed a request.
+/// Why a helper refused or failed a request. Whose fault it was decides
+/// the D-Bus error the manager answers with: only [`Self::InvalidArgument`]
+/// is the caller's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum HelperError {
     /// The request is not one this helper handles.
     #[error("{helper} does not handle {request}")]
     Unsupported { helper: Role, request: String },
-    /// The request named something the helper refuses (bad name, not ours).
+    /// A value that came from a D-Bus client is not acceptable (a pid in
+    /// the host's namespace, one the caller does not own...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// The kernel or a tool refused the operation.
-    #[error("{operation} failed: {message} (errno {errno})")]
+    /// The helper refuses what the manager asked (a name it chose is taken,
+    /// an object is not patchpanel's, a request is malformed): the
+    /// manager's mistake or the host's state, never the caller's.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The kernel or a tool refused the operation; `errno` when there was
+    /// one (a tool's failure has none).
+    #[error("{operation} failed: {message}{}", errno.map(|e| format!(" (errno {e})")).unwrap_or_default())]
     Os {
         operation: String,
-        errno: i32,
+        errno: Option<i32>,
         message: String,
     },
 }

@@ -20,8 +20,8 @@ pub const MAX_DEVICES: usize = 256;
 /// longer one used to get the writer restarted).
 pub fn parse_request(
     request: &patchpanel_proto::TrafficCountersRequest,
-) -> Result<Vec<patchpanel_ipc::IfName>, crate::dbus_service::CallError> {
-    use crate::dbus_service::CallError;
+) -> Result<Vec<patchpanel_ipc::IfName>, crate::error::CallError> {
+    use crate::error::CallError;
     let mut wanted = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for d in &request.devices {

@@ -27,6 +27,8 @@ use dbus_crossroads::Crossroads;
 use log::{info, warn};
 use patchpanel_proto::names;
 
+pub use crate::error::CallError;
+
 static OPERATION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh id that ties together the log lines of one D-Bus operation.
@@ -72,28 +74,6 @@ const FORGERY_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 impl std::fmt::Debug for DbusService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DbusService").field("fd", &self.fd).finish()
-    }
-}
-
-/// A failed call: the D-Bus error it becomes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallError {
-    /// Bad input: `org.chromium.PatchPanel.Error.InvalidArgument`.
-    InvalidArgument(String),
-    /// Kernel or internal failure: `org.chromium.PatchPanel.Error.Failed`.
-    Failed(String),
-    /// A method of the interface this build does not serve:
-    /// `org.freedesktop.DBus.Error.UnknownMethod`.
-    Unsupported(String),
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::InvalidArgument(m) | CallError::Failed(m) | CallError::Unsupported(m) => {
-                f.write_str(m)
-            }
-        }
     }
 }
 

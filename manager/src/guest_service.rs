@@ -16,7 +16,8 @@ use patchpanel_proto::{names, NetworkDevice, NetworkDeviceChangedSignal};
 use patchpanel_uplinks::Uplink;
 use prost::Message as _;
 
-use crate::dbus_service::{self, CallError};
+use crate::dbus_service;
+use crate::error::CallError;
 use crate::guests::{self, ArcKind, VmGuest, VmKind};
 use crate::manager::Manager;
 use crate::pids;

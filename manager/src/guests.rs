@@ -34,7 +34,7 @@ use patchpanel_proto::{
 use patchpanel_uplinks::{Technology, Uplink};
 use serde::{Deserialize, Serialize};
 
-use crate::dbus_service::CallError;
+use crate::error::CallError;
 use crate::routing::{TrafficSource, MAIN_TABLE, TABLE_OFFSET};
 
 /// Name of the ARC container's namespace, after the configured prefix.

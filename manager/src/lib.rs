@@ -6,6 +6,7 @@ pub mod adb_service;
 pub mod config;
 pub mod counters;
 pub mod dbus_service;
+pub mod error;
 pub mod guest_service;
 pub mod guests;
 pub mod host_firewall;

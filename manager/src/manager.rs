@@ -20,7 +20,8 @@ use patchpanel_addr::AddressManager;
 use patchpanel_ipc::datapath::WriterConfig;
 use patchpanel_uplinks::UplinkSource;
 
-use crate::dbus_service::{CallError, DbusService};
+use crate::dbus_service::DbusService;
+use crate::error::CallError;
 use crate::lifeline::LifelineWatcher;
 use crate::spawner::{self, SpawnerEvent, SpawnerRequest};
 use crate::state::{State, StateFile};
@@ -676,7 +677,7 @@ impl Manager {
             match received.msg {
                 HelperMessage::Response { id: got, result } if got == id => {
                     self.slots[i].pending.remove(&id);
-                    return result.map_err(crate::operations::call_error);
+                    return result.map_err(CallError::from);
                 }
                 other => {
                     if let Err(e) = self.on_helper_message(i, other) {

@@ -12,7 +12,7 @@ use patchpanel_proto::{
     traffic_counter::Source, ConnectNamespaceRequest, ConnectNamespaceResponse,
 };
 
-use crate::dbus_service::CallError;
+use crate::error::CallError;
 use crate::routing::{self, RoutingMode, TrafficSource};
 use crate::state::{ConnectedNamespace, StaticIpv6};
 use crate::uplinks::UplinkView;

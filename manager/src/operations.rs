@@ -8,14 +8,15 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use log::{error, info, warn};
 use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, PlanReport, Step, Sysctl};
-use patchpanel_ipc::{HelperError, Reply, Request};
+use patchpanel_ipc::{Reply, Request};
 use patchpanel_proto::names;
 use patchpanel_proto::network_device_changed_signal::Event as DeviceEvent;
 use patchpanel_proto::NetworkDeviceChangedSignal;
 use patchpanel_sandbox::Process;
 use prost::Message as _;
 
-use crate::dbus_service::{self, CallError};
+use crate::dbus_service;
+use crate::error::CallError;
 use crate::lifeline::Guarded;
 use crate::manager::Manager;
 use crate::state::{ConnectedNamespace, Loaded, PortRuleChange};
@@ -886,11 +887,3 @@ impl Manager {
 
 /// Rebuild pages stay well under the IPC limit with their envelope.
 const REBUILD_PAGE_BYTES: usize = 48 * 1024;
-
-/// Maps a helper's refusal to the D-Bus error class.
-pub fn call_error(e: HelperError) -> CallError {
-    match e {
-        HelperError::InvalidArgument(m) => CallError::InvalidArgument(m),
-        other => CallError::Failed(other.to_string()),
-    }
-}

@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::dbus_service::CallError;
+use crate::error::CallError;
 
 /// Opens a pidfd for `pid`, refusing pid 1, pids that do not exist,
 /// thread ids and, for a non-root caller, processes that are not wholly

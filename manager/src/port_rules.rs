@@ -13,7 +13,7 @@ use patchpanel_proto::modify_port_rule_request::{Operation, Protocol, RuleType};
 use patchpanel_proto::ModifyPortRuleRequest;
 use serde::{Deserialize, Serialize};
 
-use crate::dbus_service::CallError;
+use crate::error::CallError;
 
 /// One active port rule; equality is the identity used for duplicates
 /// and deletes.

@@ -194,7 +194,7 @@ fn no_tap_is_made_without_a_configured_vm_user() {
     let e = f.refused(vec![tap("vmtap0")]);
 
     assert!(
-        matches!(&e, HelperError::InvalidArgument(m) if m.contains("no VM user")),
+        matches!(&e, HelperError::Refused(m) if m.contains("no VM user")),
         "{e}"
     );
     f.assert_snapshot_is(&before);

@@ -315,10 +315,20 @@ fn arc_ns0() -> guest::Namespace {
     }
 }
 
+/// A refusal of what a D-Bus caller sent (a pid and its namespace).
 fn expect_invalid_argument(e: &HelperError) -> &str {
     match e {
         HelperError::InvalidArgument(msg) => msg,
         other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+/// A refusal of what the manager asked (its names, objects that are not
+/// patchpanel's): never the caller's fault.
+fn expect_refused(e: &HelperError) -> &str {
+    match e {
+        HelperError::Refused(msg) => msg,
+        other => panic!("expected Refused, got {other:?}"),
     }
 }
 
@@ -569,7 +579,7 @@ fn attach_netns_refuses_a_request_without_its_pidfd() {
 
     let err = f.apply_refused(vec![attach(&name, child.pid())]);
 
-    let msg = expect_invalid_argument(&err);
+    let msg = expect_refused(&err);
     assert!(msg.contains("no pidfd"), "{msg}");
     assert!(f.prefix.entries().expect("list").is_empty());
 }
@@ -652,7 +662,7 @@ fn delete_link_refuses_a_link_without_the_patchpanel_alias() {
 
     let err = f.apply_refused(vec![delete_link(dp::Netns::Host, "theirs0")]);
 
-    let msg = expect_invalid_argument(&err);
+    let msg = expect_refused(&err);
     assert!(msg.contains("theirs0"), "{msg}");
     assert_eq!(
         f.ip_json(&["link", "show", "dev", "theirs0"])[0]["ifname"],
@@ -672,7 +682,7 @@ fn delete_link_refuses_a_link_with_another_alias() {
 
     let err = f.apply_refused(vec![delete_link(dp::Netns::Host, "theirs0")]);
 
-    expect_invalid_argument(&err);
+    expect_refused(&err);
     f.assert_snapshot_is(&before);
 }
 
@@ -955,7 +965,7 @@ fn add_route_refuses_to_replace_a_foreign_route_to_the_same_destination() {
         ),
     }]);
 
-    let msg = expect_invalid_argument(&err);
+    let msg = expect_refused(&err);
     assert!(msg.contains("not patchpanel's"), "{msg}");
     f.assert_snapshot_is(&before);
 }
@@ -1138,7 +1148,7 @@ fn set_sysctl_refuses_a_value_that_is_not_a_small_integer() {
         value: "1; rm -rf /".into(),
     }]);
 
-    expect_invalid_argument(&err);
+    expect_refused(&err);
     assert_eq!(f.sysctl("net.ipv4.ip_default_ttl"), old);
 }
 
@@ -1293,7 +1303,7 @@ fn sync_table_refuses_to_replace_a_foreign_route_and_changes_nothing() {
         ],
     }]);
 
-    let msg = expect_invalid_argument(&err);
+    let msg = expect_refused(&err);
     assert!(msg.contains("not patchpanel's"), "{msg}");
     f.assert_snapshot_is(&before);
 }
@@ -1308,7 +1318,7 @@ fn sync_table_refuses_a_table_below_1000() {
         routes: Vec::new(),
     }]);
 
-    expect_invalid_argument(&err);
+    expect_refused(&err);
     f.assert_snapshot_is(&before);
 }
 
@@ -1690,7 +1700,7 @@ fn apply_before_configure_writer_is_refused() {
         .expect("the writer answers");
 
     let err = answer.expect_err("applied before ConfigureWriter");
-    let msg = expect_invalid_argument(&err);
+    let msg = expect_refused(&err);
     assert!(msg.contains("not been configured"), "{msg}");
     assert!(prefix.entries().expect("list").is_empty());
 }
@@ -1708,7 +1718,7 @@ fn a_step_naming_a_namespace_without_the_prefix_is_refused_and_changes_nothing()
         },
     ]);
 
-    let msg = expect_invalid_argument(&err);
+    let msg = expect_refused(&err);
     assert!(msg.contains("is not patchpanel's"), "{msg}");
     assert!(!netns_file(&foreign).exists());
     f.assert_snapshot_is(&before);
@@ -1723,7 +1733,7 @@ fn delete_netns_refuses_a_namespace_without_the_prefix_and_it_survives() {
         name: theirs.clone(),
     }]);
 
-    expect_invalid_argument(&err);
+    expect_refused(&err);
     assert!(netns_file(&theirs).exists(), "the test namespace is gone");
 }
 

@@ -279,6 +279,20 @@ pub enum FirewallError {
     },
 }
 
+impl FirewallError {
+    /// The kernel's errno, when the kernel refused (a tool's failure has
+    /// none: it says why in its output).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            FirewallError::Netlink { errno, .. } | FirewallError::Transaction { errno, .. } => {
+                Some(*errno)
+            }
+            FirewallError::Spawn { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
 fn failed_lines_text(lines: &[String]) -> String {
     if lines.is_empty() {
         String::new()

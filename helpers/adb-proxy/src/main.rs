@@ -34,7 +34,7 @@ impl Service for AdbProxy {
                 max_connections,
             } => {
                 if fds.len() != 1 || *max_connections == 0 {
-                    return Some(Err(HelperError::InvalidArgument(format!(
+                    return Some(Err(HelperError::Refused(format!(
                         "AdbListen takes one listening socket and a limit above 0 (got {} fds, limit {max_connections})",
                         fds.len()
                     ))));
@@ -45,7 +45,7 @@ impl Service for AdbProxy {
                     .map(|_| Reply::Done)
                     .map_err(|e| HelperError::Os {
                         operation: "listen for ADB".into(),
-                        errno: e.raw_os_error().unwrap_or(0),
+                        errno: e.raw_os_error(),
                         message: e.to_string(),
                     })
             }

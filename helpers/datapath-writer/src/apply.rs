@@ -15,7 +15,7 @@ use patchpanel_ipc::{HelperError, IfName, NetnsName};
 use patchpanel_rtnl::Rtnl;
 
 use crate::convert::{to_route, to_rule};
-use crate::error::{firewall_error, invalid, os_error};
+use crate::error::{firewall_error, os_error, refused};
 use crate::{netns, owned};
 
 /// The writer's state: configuration and one rtnetlink socket per
@@ -104,12 +104,12 @@ fn open_backend(
 impl Writer {
     pub fn configure(&mut self, config: WriterConfig) -> Result<(), HelperError> {
         if !config.netns_dir.starts_with('/') {
-            return Err(invalid(format!(
+            return Err(refused(format!(
                 "netns_dir {:?} is not absolute",
                 config.netns_dir
             )));
         }
-        NetnsName::new(&config.netns_prefix).map_err(|e| invalid(format!("netns prefix: {e}")))?;
+        NetnsName::new(&config.netns_prefix).map_err(|e| refused(format!("netns prefix: {e}")))?;
         info!(
             "configured: namespaces {}/{}*",
             config.netns_dir, config.netns_prefix
@@ -121,7 +121,7 @@ impl Writer {
     pub(crate) fn config(&self) -> Result<&WriterConfig, HelperError> {
         self.config
             .as_ref()
-            .ok_or_else(|| invalid("the writer has not been configured"))
+            .ok_or_else(|| refused("the writer has not been configured"))
     }
 
     pub(crate) fn netns_dir(&self) -> Result<PathBuf, HelperError> {
@@ -134,7 +134,7 @@ impl Writer {
             let choice = self.config.as_ref().map(|c| c.firewall).unwrap_or_default();
             let (kind, fw) = open_backend(choice).map_err(|e| HelperError::Os {
                 operation: "firewall backend".into(),
-                errno: 0,
+                errno: None,
                 message: e,
             })?;
             if kind == FirewallChoice::Nftables {
@@ -152,7 +152,7 @@ impl Writer {
         }
         match self.firewall.as_deref_mut() {
             Some(fw) => Ok(fw),
-            None => Err(invalid("no firewall backend")),
+            None => Err(refused("no firewall backend")),
         }
     }
 
@@ -176,7 +176,7 @@ impl Writer {
         let layout = patchpanel_firewall::Layout::new(config);
         layout
             .validate()
-            .map_err(|e| invalid(format!("firewall layout: {e}")))?;
+            .map_err(|e| refused(format!("firewall layout: {e}")))?;
         let report = self
             .firewall()?
             .setup(&layout)
@@ -198,7 +198,7 @@ impl Writer {
     fn layout(&self) -> Result<&patchpanel_firewall::Layout, HelperError> {
         self.layout
             .as_ref()
-            .ok_or_else(|| invalid("the firewall has not been set up"))
+            .ok_or_else(|| refused("the firewall has not been set up"))
     }
 
     /// After another program changed the rule set: the narrow accepts
@@ -238,7 +238,7 @@ impl Writer {
         last: bool,
     ) -> Result<Option<Vec<patchpanel_firewall::counters::CounterSample>>, HelperError> {
         page.validate()
-            .map_err(|e| invalid(format!("rebuild page: {e}")))?;
+            .map_err(|e| refused(format!("rebuild page: {e}")))?;
         self.rebuild.extend(page.clone());
         if !last {
             return Ok(None);
@@ -298,7 +298,7 @@ impl Writer {
                 }
                 self.host
                     .as_ref()
-                    .ok_or_else(|| invalid("no rtnetlink socket"))
+                    .ok_or_else(|| refused("no rtnetlink socket"))
             }
             Netns::Named(name) => {
                 if !self.sockets.contains_key(name) {
@@ -309,7 +309,7 @@ impl Writer {
                 }
                 self.sockets
                     .get(name)
-                    .ok_or_else(|| invalid("no rtnetlink socket"))
+                    .ok_or_else(|| refused("no rtnetlink socket"))
             }
         }
     }
@@ -336,7 +336,7 @@ impl Writer {
     pub(crate) fn check_owned_netns(&self, name: &NetnsName) -> Result<(), HelperError> {
         let prefix = &self.config()?.netns_prefix;
         if !name.as_str().starts_with(prefix.as_str()) {
-            return Err(invalid(format!(
+            return Err(refused(format!(
                 "namespace {name} is not patchpanel's (names start with {prefix:?})"
             )));
         }
@@ -460,7 +460,7 @@ impl Writer {
                 self.check_owned_netns(name)?;
                 let pidfd = fds
                     .get(usize::from(*pidfd))
-                    .ok_or_else(|| invalid(format!("no pidfd #{pidfd} beside the request")))?;
+                    .ok_or_else(|| refused(format!("no pidfd #{pidfd} beside the request")))?;
                 let ns = netns::namespace_of_pinned(*pid, pidfd, *owner_uid)?;
                 let dir = self.netns_dir()?;
                 patchpanel_rtnl::netns::attach_named(&dir, name.as_str(), ns.as_fd())
@@ -489,7 +489,7 @@ impl Writer {
                     .map_err(|e| os_error(format!("look up {host}"), &e))?
                     .is_some()
                 {
-                    return Err(invalid(format!("interface {host} already exists")));
+                    return Err(refused(format!("interface {host} already exists")));
                 }
                 rtnl.create_veth(
                     host.as_str(),
@@ -556,7 +556,7 @@ impl Writer {
                     .map_err(|e| os_error(format!("look up {link}"), &e))?
                     .ok_or_else(|| HelperError::Os {
                         operation: format!("set {link} up"),
-                        errno: libc::ENODEV,
+                        errno: Some(libc::ENODEV),
                         message: format!("no link named {link}"),
                     })?;
                 rtnl.set_multicast(link.as_str(), *multicast)
@@ -699,7 +699,7 @@ impl Writer {
                     .map_err(|e| os_error(format!("look up {name}"), &e))?
                     .is_some()
                 {
-                    return Err(invalid(format!("interface {name} already exists")));
+                    return Err(refused(format!("interface {name} already exists")));
                 }
                 rtnl.create_bridge(name.as_str(), LINK_ALIAS)
                     .map_err(|e| os_error(format!("create bridge {name}"), &e))?;
@@ -716,13 +716,13 @@ impl Writer {
             Step::Firewall(batch) => {
                 batch
                     .validate()
-                    .map_err(|e| invalid(format!("firewall batch: {e}")))?;
+                    .map_err(|e| refused(format!("firewall batch: {e}")))?;
                 if batch.is_empty() {
                     return Ok(Undo::Nothing);
                 }
                 let inverse = batch
                     .inverse()
-                    .map_err(|e| invalid(format!("firewall batch has no inverse: {e}")))?;
+                    .map_err(|e| refused(format!("firewall batch has no inverse: {e}")))?;
                 self.firewall()?
                     .apply(batch)
                     .map_err(|e| firewall_error("firewall", &e))?;
@@ -737,7 +737,7 @@ impl Writer {
     /// and MAC; deleted again if those cannot be set.
     fn create_tap(&mut self, name: &IfName, mac: [u8; 6]) -> Result<Undo, HelperError> {
         let owner = self.config()?.tap_owner_uid.ok_or_else(|| {
-            invalid(format!(
+            refused(format!(
                 "cannot create {name}: no VM user is configured to own TAPs"
             ))
         })?;
@@ -747,7 +747,7 @@ impl Writer {
             .map_err(|e| os_error(format!("look up {name}"), &e))?
             .is_some()
         {
-            return Err(invalid(format!("interface {name} already exists")));
+            return Err(refused(format!("interface {name} already exists")));
         }
         patchpanel_rtnl::tun::create_persistent_tap(name.as_str(), Some(owner))
             .map_err(|e| os_error(format!("create tap {name}"), &e))?;
@@ -773,7 +773,7 @@ impl Writer {
         if let Some(m) = master {
             let bridge = owned::expect_owned_link(rtnl, m)?;
             if bridge.kind.as_deref() != Some("bridge") {
-                return Err(invalid(format!("{m} is not a bridge")));
+                return Err(refused(format!("{m} is not a bridge")));
             }
         }
         let previous = match before.master {
@@ -839,7 +839,7 @@ fn validate_sysctl_value(sysctl: &Sysctl, value: &str) -> Result<(), HelperError
     if ok {
         Ok(())
     } else {
-        Err(invalid(format!(
+        Err(refused(format!(
             "{} = {value:?}: only small integers are written",
             sysctl.key()
         )))

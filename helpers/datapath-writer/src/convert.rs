@@ -4,19 +4,19 @@
 use patchpanel_ipc::datapath::{RouteSpec, RuleSpec, ROUTE_PROTOCOL};
 use patchpanel_ipc::HelperError;
 
-use crate::error::invalid;
+use crate::error::refused;
 
 pub(crate) fn to_route(r: &RouteSpec) -> Result<patchpanel_rtnl::Route, HelperError> {
     let max = if r.dst.is_ipv4() { 32 } else { 128 };
     if r.prefix_len > max {
-        return Err(invalid(format!(
+        return Err(refused(format!(
             "prefix length {} for {}",
             r.prefix_len, r.dst
         )));
     }
     if let Some(gw) = r.gateway {
         if gw.is_ipv4() != r.dst.is_ipv4() {
-            return Err(invalid(format!("gateway {gw} for {}", r.dst)));
+            return Err(refused(format!("gateway {gw} for {}", r.dst)));
         }
     }
     let mut route = patchpanel_rtnl::Route::new(r.dst, r.prefix_len);

@@ -7,7 +7,7 @@ use patchpanel_rtnl::RtnlError;
 pub(crate) fn os_error(operation: impl Into<String>, e: &RtnlError) -> HelperError {
     HelperError::Os {
         operation: operation.into(),
-        errno: e.errno().unwrap_or(0),
+        errno: e.errno(),
         message: e.to_string(),
     }
 }
@@ -15,7 +15,7 @@ pub(crate) fn os_error(operation: impl Into<String>, e: &RtnlError) -> HelperErr
 pub(crate) fn io_error(operation: impl Into<String>, e: &std::io::Error) -> HelperError {
     HelperError::Os {
         operation: operation.into(),
-        errno: e.raw_os_error().unwrap_or(0),
+        errno: e.raw_os_error(),
         message: e.to_string(),
     }
 }
@@ -23,11 +23,14 @@ pub(crate) fn io_error(operation: impl Into<String>, e: &std::io::Error) -> Help
 pub(crate) fn firewall_error(what: &str, e: &patchpanel_firewall::FirewallError) -> HelperError {
     HelperError::Os {
         operation: what.into(),
-        errno: 0,
+        errno: e.errno(),
         message: e.to_string(),
     }
 }
 
-pub(crate) fn invalid(msg: impl Into<String>) -> HelperError {
-    HelperError::InvalidArgument(msg.into())
+/// The manager asked for something the writer will not do (a name it
+/// chose is taken, an object is not patchpanel's): not the D-Bus caller's
+/// fault. Values that came from a caller are refused in [`crate::netns`].
+pub(crate) fn refused(msg: impl Into<String>) -> HelperError {
+    HelperError::Refused(msg.into())
 }

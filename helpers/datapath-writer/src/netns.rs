@@ -60,7 +60,7 @@ fn host_namespaces() -> Result<Vec<(u64, u64)>, HelperError> {
     if ids.is_empty() {
         return Err(HelperError::Os {
             operation: "identify the host's network namespace".into(),
-            errno: 0,
+            errno: None,
             message: errors.join("; "),
         });
     }

@@ -18,7 +18,7 @@ pub fn delete_owned_link(rtnl: &Rtnl, name: &IfName) -> Result<(), HelperError> 
         return Ok(());
     };
     if link.alias.as_deref() != Some(LINK_ALIAS) {
-        return Err(HelperError::InvalidArgument(format!(
+        return Err(HelperError::Refused(format!(
             "refusing to delete {name}: it was not created by patchpanel (alias {:?})",
             link.alias.unwrap_or_default()
         )));
@@ -35,11 +35,11 @@ pub fn expect_owned_link(rtnl: &Rtnl, name: &IfName) -> Result<patchpanel_rtnl::
         .map_err(|e| os_error(format!("look up {name}"), &e))?
         .ok_or_else(|| HelperError::Os {
             operation: format!("look up {name}"),
-            errno: libc::ENODEV,
+            errno: Some(libc::ENODEV),
             message: format!("no link named {name}"),
         })?;
     if link.alias.as_deref() != Some(LINK_ALIAS) {
-        return Err(HelperError::InvalidArgument(format!(
+        return Err(HelperError::Refused(format!(
             "{name} was not created by patchpanel (alias {:?})",
             link.alias.unwrap_or_default()
         )));
@@ -72,7 +72,7 @@ pub fn replaced_route(rtnl: &Rtnl, route: &Route) -> Result<Option<Route>, Helpe
         return Ok(None);
     };
     if old.protocol != ROUTE_PROTOCOL {
-        return Err(HelperError::InvalidArgument(format!(
+        return Err(HelperError::Refused(format!(
             "refusing to replace the route to {}/{} in table {}: it is not patchpanel's \
              (protocol {})",
             old.dst, old.prefix_len, old.table, old.protocol
@@ -84,14 +84,14 @@ pub fn replaced_route(rtnl: &Rtnl, route: &Route) -> Result<Option<Route>, Helpe
 /// Makes table `table` hold exactly `routes` among patchpanel's routes.
 pub fn sync_table(rtnl: &Rtnl, table: u32, routes: &[RouteSpec]) -> Result<(), HelperError> {
     if table < 1000 {
-        return Err(HelperError::InvalidArgument(format!(
+        return Err(HelperError::Refused(format!(
             "table {table} is not an uplink table (1000 and above)"
         )));
     }
     let mut wanted = Vec::new();
     for r in routes {
         if r.table != table {
-            return Err(HelperError::InvalidArgument(format!(
+            return Err(HelperError::Refused(format!(
                 "route for table {} in a sync of table {table}",
                 r.table
             )));

@@ -41,11 +41,11 @@ fn pair(p: &McastPair) -> Pair {
 fn helper_error(operation: String, e: ForwarderError) -> HelperError {
     match e {
         ForwarderError::NoSuchLink(_) | ForwarderError::Pair(_) => {
-            HelperError::InvalidArgument(format!("{operation}: {e}"))
+            HelperError::Refused(format!("{operation}: {e}"))
         }
         e => HelperError::Os {
             operation,
-            errno: e.errno().unwrap_or(0),
+            errno: e.errno(),
             message: e.to_string(),
         },
     }
@@ -63,7 +63,7 @@ impl Service for McastForwarder {
         let Some(forwarder) = self.forwarder.as_mut() else {
             return Some(Err(HelperError::Os {
                 operation: "mcast".into(),
-                errno: 0,
+                errno: None,
                 message: "the forwarder is not running".into(),
             }));
         };

@@ -38,11 +38,11 @@ struct NdProxy {
 fn helper_error(operation: String, e: ForwarderError) -> HelperError {
     match e {
         ForwarderError::NoSuchLink(_) | ForwarderError::Pair(_) => {
-            HelperError::InvalidArgument(format!("{operation}: {e}"))
+            HelperError::Refused(format!("{operation}: {e}"))
         }
         e => HelperError::Os {
             operation,
-            errno: e.errno().unwrap_or(0),
+            errno: e.errno(),
             message: e.to_string(),
         },
     }
@@ -68,7 +68,7 @@ impl Service for NdProxy {
         let Some(forwarder) = self.forwarder.as_mut() else {
             return Some(Err(HelperError::Os {
                 operation: "ndproxy".into(),
-                errno: 0,
+                errno: None,
                 message: "the proxy is not running".into(),
             }));
         };

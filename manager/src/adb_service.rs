@@ -24,8 +24,7 @@ use patchpanel_sandbox::Process;
 use crate::guests::{ArcGuest, ArcKind};
 use crate::manager::Manager;
 
-/// adbd's port, on the host and in ARC.
-pub const ADB_PORT: u16 = 5555;
+pub use crate::guests::ADB_PORT;
 /// The replay-log key of the relay's one request.
 const REPLAY_KEY: &str = "adb";
 

@@ -932,11 +932,14 @@ pub fn vm_firewall(vm: &VmGuest) -> Batch {
             &vm.tap,
             ARC_ADB_ADDR,
             vm.subnet.host(),
-            crate::adb_service::ADB_PORT,
+            ADB_PORT,
         ));
     }
     batch
 }
+
+/// adbd's port, on the host (the relay) and in ARC.
+pub const ADB_PORT: u16 = 5555;
 
 /// Where Crostini's `adb connect arc` goes: ARC's fixed arc0 address, as
 /// upstream hard-codes it.

@@ -54,7 +54,7 @@ pub fn desired(state: &State, uplinks: &UplinkView, policy: &PortPolicy) -> Batc
         batch.extend(crate::guests::vm_firewall(vm));
     }
     for ns in state.namespaces.values() {
-        batch.extend(crate::routing::namespace_firewall(ns));
+        batch.extend(crate::namespaces::namespace_firewall(ns));
     }
     for rule in &state.port_rules {
         match crate::port_rules::batch(rule, policy) {

@@ -1,21 +1,111 @@
 //! ConnectNamespace policy: validate a request, choose names, addresses and
 //! a routing mode, and turn the result into datapath plans (upstream-core
-//! §4.9). Pure: the manager feeds it state and carries its plans to the
-//! writer.
+//! §4.9). Owns [`ConnectedNamespace`], the record the state keeps of each.
+//! Pure: the manager feeds it state and carries its plans to the writer.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use patchpanel_addr::{AddressManager, GuestPool};
+use patchpanel_addr::{AddressManager, GuestPool, GuestSubnet, Ipv6Subnet, MacAddr};
+use patchpanel_firewall::Batch;
 use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteSpec, Step, Sysctl};
 use patchpanel_ipc::{IfName, NetnsName};
+use patchpanel_proto::network_device::GuestType;
 use patchpanel_proto::{
-    traffic_counter::Source, ConnectNamespaceRequest, ConnectNamespaceResponse,
+    traffic_counter::Source, ConnectNamespaceRequest, ConnectNamespaceResponse, NetworkDevice,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::error::CallError;
-use crate::routing::{self, RoutingMode, TrafficSource};
-use crate::state::{ConnectedNamespace, StaticIpv6};
+use crate::routing::{self, RoutingMode, TrafficSource, TABLE_OFFSET};
 use crate::uplinks::UplinkView;
+
+/// A private IPv6 /64 given to a connected namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticIpv6 {
+    pub subnet: Ipv6Subnet,
+    pub host: Ipv6Addr,
+    pub peer: Ipv6Addr,
+}
+
+/// One ConnectNamespace client's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectedNamespace {
+    pub id: u32,
+    /// The client's pid, or -1 when patchpanel created the namespace.
+    pub pid: i32,
+    pub netns: NetnsName,
+    pub host_ifname: IfName,
+    pub peer_ifname: IfName,
+    pub subnet: GuestSubnet,
+    pub host_mac: MacAddr,
+    pub peer_mac: MacAddr,
+    pub mode: RoutingMode,
+    pub source: TrafficSource,
+    pub route_on_vpn: bool,
+    pub ipv6: Option<StaticIpv6>,
+    /// Bus name and uid of the caller, for logs.
+    pub client: String,
+    /// Asked of the bus only when the caller named an existing pid.
+    #[serde(default)]
+    pub client_uid: Option<u32>,
+}
+
+impl ConnectedNamespace {
+    pub fn host_addr(&self) -> Ipv4Addr {
+        self.subnet.host()
+    }
+
+    pub fn peer_addr(&self) -> Ipv4Addr {
+        self.subnet.guest()
+    }
+
+    pub fn device(&self) -> NetworkDevice {
+        let subnet = &self.subnet.subnet;
+        NetworkDevice {
+            ifname: self.host_ifname.to_string(),
+            ipv4_addr: patchpanel_proto::ipv4_to_net_u32(self.peer_addr()),
+            ipv4_subnet: Some(patchpanel_proto::IPv4Subnet::new(
+                subnet.base(),
+                u32::from(subnet.prefix_len()),
+            )),
+            guest_type: GuestType::Unknown as i32,
+            phys_ifname: match &self.mode {
+                RoutingMode::Pinned { uplink, .. } => uplink.to_string(),
+                _ => String::new(),
+            },
+            host_ipv4_addr: patchpanel_proto::ipv4_to_net_u32(self.host_addr()),
+            guest_ifname: self.peer_ifname.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The firewall changes that route and account a connected namespace.
+pub fn namespace_firewall(ns: &ConnectedNamespace) -> Batch {
+    patchpanel_firewall::guest::connected_namespace(&firewall_namespace(ns))
+}
+
+/// The changes that remove [`namespace_firewall`]'s rules.
+pub fn namespace_firewall_teardown(ns: &ConnectedNamespace) -> Batch {
+    patchpanel_firewall::guest::connected_namespace_teardown(&firewall_namespace(ns))
+}
+
+fn firewall_namespace(ns: &ConnectedNamespace) -> patchpanel_firewall::guest::Namespace {
+    patchpanel_firewall::guest::Namespace {
+        host_ifname: ns.host_ifname.clone(),
+        host_ipv4: ns.host_addr(),
+        peer_ipv4: ns.peer_addr(),
+        ipv6: ns.ipv6.as_ref().map(|v| (v.host, v.peer)),
+        source: ns.source,
+        mode: match &ns.mode {
+            RoutingMode::Pinned { ifindex, .. } => patchpanel_firewall::guest::Mode::Pinned {
+                table: ifindex + TABLE_OFFSET,
+            },
+            RoutingMode::System => patchpanel_firewall::guest::Mode::System,
+            RoutingMode::User => patchpanel_firewall::guest::Mode::User,
+        },
+    }
+}
 
 /// A decoded, checked ConnectNamespace request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,7 +383,7 @@ pub fn connect_plan(ns: &ConnectedNamespace, label: String) -> Plan {
             },
         });
     }
-    steps.push(Step::Firewall(routing::namespace_firewall(ns)));
+    steps.push(Step::Firewall(namespace_firewall(ns)));
     Plan {
         label,
         mode: ApplyMode::Atomic,
@@ -333,7 +423,7 @@ pub fn disconnect_plan(ns: &ConnectedNamespace, label: String) -> Plan {
 pub fn disconnect_many_plan(namespaces: &[ConnectedNamespace], label: String) -> Plan {
     let mut firewall = patchpanel_firewall::Batch::new();
     for ns in namespaces {
-        firewall.extend(routing::namespace_firewall_teardown(ns));
+        firewall.extend(namespace_firewall_teardown(ns));
     }
     let mut steps = vec![Step::Firewall(firewall)];
     let created: Vec<&ConnectedNamespace> = namespaces.iter().filter(|n| n.pid == -1).collect();

@@ -19,7 +19,8 @@ use crate::dbus_service;
 use crate::error::CallError;
 use crate::lifeline::Guarded;
 use crate::manager::Manager;
-use crate::state::{ConnectedNamespace, Loaded, PortRuleChange};
+use crate::namespaces::ConnectedNamespace;
+use crate::state::{Loaded, PortRuleChange};
 use crate::{counters, namespaces, pids, port_rules, routing};
 
 impl Manager {
@@ -869,8 +870,8 @@ impl Manager {
                 label: format!("re-pin {} to {uplink} (ifindex {ifindex})", old.netns),
                 mode: ApplyMode::Atomic,
                 steps: vec![
-                    Step::Firewall(routing::namespace_firewall_teardown(&old)),
-                    Step::Firewall(routing::namespace_firewall(&new)),
+                    Step::Firewall(namespaces::namespace_firewall_teardown(&old)),
+                    Step::Firewall(namespaces::namespace_firewall(&new)),
                 ],
             };
             match self.apply(plan, &[]) {

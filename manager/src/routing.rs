@@ -1,8 +1,8 @@
 //! Routing policy: how a guest's traffic finds its uplink (upstream-core
 //! §4.4, §4.5, §4.12), as pure functions from state to datapath steps.
 //!
-//! * Guests: the firewall rules that mark a downstream interface's traffic
-//!   with its source and routing tag ([`namespace_firewall`]).
+//! * Guests: the routing mode a downstream interface's traffic follows
+//!   ([`RoutingMode`]) and its traffic source.
 //! * Uplinks (netlink mode only; shill owns this otherwise): one routing
 //!   table per uplink (ifindex + 1000) and the ip rules that select it by
 //!   fwmark, output interface, source address and input interface.
@@ -22,7 +22,6 @@ use patchpanel_proto::traffic_counter::Source;
 use patchpanel_uplinks::{Uplink, UplinkEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::state::ConnectedNamespace;
 use crate::uplinks::UplinkView;
 
 pub use patchpanel_firewall::TrafficSource;
@@ -79,33 +78,6 @@ pub fn source_from_proto(source: Source) -> Option<TrafficSource> {
         Source::WifiDirect => Mark::WifiDirect,
         Source::WifiLohs => Mark::WifiLohs,
     })
-}
-
-/// The firewall changes that route and account a connected namespace.
-pub fn namespace_firewall(ns: &ConnectedNamespace) -> Batch {
-    patchpanel_firewall::guest::connected_namespace(&firewall_namespace(ns))
-}
-
-/// The changes that remove [`namespace_firewall`]'s rules.
-pub fn namespace_firewall_teardown(ns: &ConnectedNamespace) -> Batch {
-    patchpanel_firewall::guest::connected_namespace_teardown(&firewall_namespace(ns))
-}
-
-fn firewall_namespace(ns: &ConnectedNamespace) -> patchpanel_firewall::guest::Namespace {
-    patchpanel_firewall::guest::Namespace {
-        host_ifname: ns.host_ifname.clone(),
-        host_ipv4: ns.host_addr(),
-        peer_ipv4: ns.peer_addr(),
-        ipv6: ns.ipv6.as_ref().map(|v| (v.host, v.peer)),
-        source: ns.source,
-        mode: match &ns.mode {
-            RoutingMode::Pinned { ifindex, .. } => patchpanel_firewall::guest::Mode::Pinned {
-                table: ifindex + TABLE_OFFSET,
-            },
-            RoutingMode::System => patchpanel_firewall::guest::Mode::System,
-            RoutingMode::User => patchpanel_firewall::guest::Mode::User,
-        },
-    }
 }
 
 fn table_of(u: &Uplink) -> u32 {

@@ -18,82 +18,18 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
-use patchpanel_addr::{GuestSubnet, Ipv6Subnet, MacAddr};
 use patchpanel_ipc::datapath::{Netns, Sysctl};
-use patchpanel_ipc::{IfName, NetnsName};
-use patchpanel_proto::{network_device::GuestType, GetDevicesResponse, NetworkDevice};
+use patchpanel_proto::{GetDevicesResponse, NetworkDevice};
 use serde::{Deserialize, Serialize};
 
-use crate::routing::{RoutingMode, TrafficSource};
+use crate::namespaces::ConnectedNamespace;
 
 /// Bumped when the file's shape changes incompatibly; a file of another
 /// version is treated like a missing one (everything owned is removed).
 pub const STATE_VERSION: u32 = 1;
-
-/// A private IPv6 /64 given to a connected namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StaticIpv6 {
-    pub subnet: Ipv6Subnet,
-    pub host: Ipv6Addr,
-    pub peer: Ipv6Addr,
-}
-
-/// One ConnectNamespace client's namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnectedNamespace {
-    pub id: u32,
-    /// The client's pid, or -1 when patchpanel created the namespace.
-    pub pid: i32,
-    pub netns: NetnsName,
-    pub host_ifname: IfName,
-    pub peer_ifname: IfName,
-    pub subnet: GuestSubnet,
-    pub host_mac: MacAddr,
-    pub peer_mac: MacAddr,
-    pub mode: RoutingMode,
-    pub source: TrafficSource,
-    pub route_on_vpn: bool,
-    pub ipv6: Option<StaticIpv6>,
-    /// Bus name and uid of the caller, for logs.
-    pub client: String,
-    /// Asked of the bus only when the caller named an existing pid.
-    #[serde(default)]
-    pub client_uid: Option<u32>,
-}
-
-impl ConnectedNamespace {
-    pub fn host_addr(&self) -> Ipv4Addr {
-        self.subnet.host()
-    }
-
-    pub fn peer_addr(&self) -> Ipv4Addr {
-        self.subnet.guest()
-    }
-
-    pub fn device(&self) -> NetworkDevice {
-        let subnet = &self.subnet.subnet;
-        NetworkDevice {
-            ifname: self.host_ifname.to_string(),
-            ipv4_addr: patchpanel_proto::ipv4_to_net_u32(self.peer_addr()),
-            ipv4_subnet: Some(patchpanel_proto::IPv4Subnet::new(
-                subnet.base(),
-                u32::from(subnet.prefix_len()),
-            )),
-            guest_type: GuestType::Unknown as i32,
-            phys_ifname: match &self.mode {
-                RoutingMode::Pinned { uplink, .. } => uplink.to_string(),
-                _ => String::new(),
-            },
-            host_ipv4_addr: patchpanel_proto::ipv4_to_net_u32(self.host_addr()),
-            guest_ifname: self.peer_ifname.to_string(),
-            ..Default::default()
-        }
-    }
-}
 
 /// Everything that must survive the manager.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

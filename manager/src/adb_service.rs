@@ -21,8 +21,8 @@ use log::{info, warn};
 use patchpanel_ipc::{AdbTarget, Request};
 use patchpanel_sandbox::Process;
 
+use crate::env::HelperLink;
 use crate::guests::{ArcGuest, ArcKind};
-use crate::manager::Manager;
 
 pub use crate::guests::ADB_PORT;
 /// The replay-log key of the relay's one request.
@@ -149,24 +149,23 @@ fn set_int_option(socket: &OwnedFd, level: i32, name: i32, value: i32) -> std::i
     Ok(())
 }
 
-impl Manager {
+impl AdbRelay {
     /// Brings the relay in line with ARC and the policy: listens while ARC
-    /// runs and ADB is allowed, closes the port otherwise. Called after
-    /// every D-Bus call and once the datapath is up (re-adopted ARC).
-    pub(crate) fn sync_adb(&mut self) {
-        let wanted = wanted_target(&self.adb.policy, self.state.arc.as_ref());
-        match self.adb.change(wanted) {
+    /// runs and ADB is allowed, closes the port otherwise.
+    pub fn reconcile(&mut self, arc: Option<&ArcGuest>, link: &mut dyn HelperLink) {
+        let wanted = wanted_target(&self.policy, arc);
+        match self.change(wanted) {
             AdbChange::Keep => {}
             AdbChange::Stop => {
-                self.forget_replay(Process::AdbProxy, REPLAY_KEY);
-                self.adb.serving = None;
-                if let Err(e) = self.call_helper(Process::AdbProxy, Request::AdbStop, &[]) {
+                link.forget_replay(Process::AdbProxy, REPLAY_KEY);
+                self.serving = None;
+                if let Err(e) = link.call_helper(Process::AdbProxy, Request::AdbStop, &[]) {
                     warn!("ADB relay: stop: {e:?} (the port is closed all the same)");
                 }
                 info!("ADB relay: ARC stopped or ADB is not allowed: port {ADB_PORT} closed");
             }
             AdbChange::Listen(target) => {
-                let socket = match self.adb.serving.take() {
+                let socket = match self.serving.take() {
                     Some((_, socket)) => socket,
                     None => match open_listener(ADB_PORT) {
                         Ok(s) => Rc::new(s),
@@ -178,17 +177,17 @@ impl Manager {
                 };
                 let request = Request::AdbListen {
                     target: target.clone(),
-                    max_connections: self.adb.policy.max_connections,
+                    max_connections: self.policy.max_connections,
                 };
                 // Recorded first: a helper that is restarting gets it on replay.
-                self.record_replay_with_fds(
+                link.record_replay(
                     Process::AdbProxy,
                     REPLAY_KEY,
                     request.clone(),
                     vec![socket.clone()],
                 );
-                self.adb.serving = Some((target.clone(), socket.clone()));
-                match self.call_helper(Process::AdbProxy, request, &[socket.as_fd()]) {
+                self.serving = Some((target.clone(), socket.clone()));
+                match link.call_helper(Process::AdbProxy, request, &[socket.as_fd()]) {
                     Ok(_) => info!(
                         "ADB relay: listening on port {ADB_PORT} (IPv4 and IPv6), relaying to {target:?}"
                     ),

@@ -98,6 +98,59 @@ pub fn aggregate(samples: &[CounterSample]) -> Vec<TrafficCounter> {
         .collect()
 }
 
+/// `GetTrafficCounters` as the daemon runs it: the writer's reading of
+/// `wanted`'s accounting rules, in pages, plus what was counted before
+/// another program flushed them (or a rebuild replaced them).
+pub fn traffic_counters(
+    env: &mut crate::env::Env<'_>,
+    wanted: Vec<patchpanel_ipc::IfName>,
+    carried: &[CounterSample],
+) -> Result<Vec<u8>, crate::error::CallError> {
+    use crate::error::CallError;
+    use patchpanel_ipc::{Reply, Request};
+    use prost::Message as _;
+
+    let wanted = if wanted.is_empty() {
+        env.uplinks.all().map(|u| u.name.clone()).collect()
+    } else {
+        wanted
+    };
+    let mut samples = Vec::new();
+    let mut offset = 0;
+    loop {
+        match env.call(Request::ReadCounters {
+            ifnames: wanted.clone(),
+            offset,
+        })? {
+            Reply::Counters {
+                samples: page,
+                next,
+            } => {
+                samples.extend(page);
+                match next {
+                    Some(n) if n > offset => offset = n,
+                    _ => break,
+                }
+            }
+            other => {
+                return Err(CallError::Failed(format!(
+                    "GetTrafficCounters: the writer answered {other:?}"
+                )))
+            }
+        }
+    }
+    samples.extend(
+        carried
+            .iter()
+            .filter(|s| wanted.iter().any(|w| w.as_str() == s.ifname))
+            .cloned(),
+    );
+    Ok(patchpanel_proto::TrafficCountersResponse {
+        counters: aggregate(&samples),
+    }
+    .encode_to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
-//! The D-Bus adaptor: decodes and validates `org.chromium.PatchPanel` calls
-//! and encodes the answers. Policy lives in [`crate::state`]; this module
-//! only translates between the wire and it.
+//! The D-Bus adaptor: reads `org.chromium.PatchPanel` calls off the bus,
+//! decodes and validates each into a typed [`Call`] (one variant per
+//! method, its request and descriptors included), and encodes answers and
+//! signals ([`Bus`]). What a call does is the services' business; this
+//! module only translates between the wire and them.
 //!
 //! libdbus is level-triggered and mio edge-triggered, so [`DbusService::dispatch`]
 //! drains everything buffered and then peeks at the socket until it is empty
@@ -15,8 +17,7 @@
 //! answered `GetNameOwner`; `NameOwnerChanged` counts only from the bus, and
 //! only as a reason to ask again.
 
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
@@ -25,15 +26,112 @@ use dbus::channel::{BusType, Channel};
 use dbus::MethodErr;
 use dbus_crossroads::Crossroads;
 use log::{info, warn};
+use patchpanel_ipc::IfName;
 use patchpanel_proto::names;
+use patchpanel_proto::NetworkDeviceChangedSignal;
+use prost::Message as _;
 
-pub use crate::error::CallError;
+use crate::env::next_operation;
+use crate::error::CallError;
+use crate::namespace_service::Connect;
+use crate::port_rules::{PortOp, PortPolicy};
+use crate::{counters, guests, lifeline, namespaces};
 
-static OPERATION_ID: AtomicU64 = AtomicU64::new(1);
+/// The methods this build serves, by name: the one list that decoding and
+/// the introspection table follow. Other methods of the interface answer
+/// `UnknownMethod`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    GetDevices,
+    ConnectNamespace,
+    ModifyPortRule,
+    GetTrafficCounters,
+    ArcStartup,
+    ArcShutdown,
+    ArcVmStartup,
+    ArcVmShutdown,
+    TerminaVmStartup,
+    TerminaVmShutdown,
+    /// `ParallelsVmStartup`, or its old name `PluginVmStartup`.
+    ParallelsVmStartup,
+    ParallelsVmShutdown,
+}
 
-/// A fresh id that ties together the log lines of one D-Bus operation.
-pub fn next_operation() -> u64 {
-    OPERATION_ID.fetch_add(1, Ordering::Relaxed)
+impl Method {
+    pub fn of(name: &str) -> Option<Method> {
+        Some(match name {
+            names::GET_DEVICES => Method::GetDevices,
+            names::CONNECT_NAMESPACE => Method::ConnectNamespace,
+            names::MODIFY_PORT_RULE => Method::ModifyPortRule,
+            names::GET_TRAFFIC_COUNTERS => Method::GetTrafficCounters,
+            names::ARC_STARTUP => Method::ArcStartup,
+            names::ARC_SHUTDOWN => Method::ArcShutdown,
+            names::ARC_VM_STARTUP => Method::ArcVmStartup,
+            names::ARC_VM_SHUTDOWN => Method::ArcVmShutdown,
+            names::TERMINA_VM_STARTUP => Method::TerminaVmStartup,
+            names::TERMINA_VM_SHUTDOWN => Method::TerminaVmShutdown,
+            names::PLUGIN_VM_STARTUP | names::PARALLELS_VM_STARTUP => Method::ParallelsVmStartup,
+            names::PLUGIN_VM_SHUTDOWN | names::PARALLELS_VM_SHUTDOWN => Method::ParallelsVmShutdown,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded and checked call: what a service needs, nothing of the wire.
+#[derive(Debug)]
+pub enum Call {
+    GetDevices,
+    ConnectNamespace(Connect),
+    ModifyPortRule(PortOp),
+    /// The interfaces asked for; empty means every uplink.
+    GetTrafficCounters(Vec<IfName>),
+    /// The container's pid, and the caller's uid (who may attach which
+    /// process, and who may replace ARC later).
+    ArcStartup {
+        pid: i32,
+        uid: u32,
+    },
+    ArcShutdown,
+    ArcVmStartup {
+        cid: u32,
+        uid: u32,
+    },
+    ArcVmShutdown {
+        cid: u32,
+    },
+    TerminaVmStartup {
+        cid: u32,
+    },
+    TerminaVmShutdown {
+        cid: u32,
+    },
+    ParallelsVmStartup {
+        id: u64,
+        subnet_index: i32,
+    },
+    ParallelsVmShutdown {
+        id: u64,
+    },
+}
+
+/// One call off the bus: the message to answer, who sent it, the id of
+/// its log lines, and the call itself, or why it was refused before
+/// reaching a service.
+#[derive(Debug)]
+pub struct Incoming {
+    pub message: dbus::Message,
+    pub method: String,
+    pub client: String,
+    pub op: u64,
+    pub call: Result<Call, CallError>,
+}
+
+/// Where answers and signals go: the bus, or a recorder in unit tests.
+pub trait Bus {
+    /// Answers `call` with `result`.
+    fn reply(&mut self, call: &dbus::Message, result: Result<Vec<u8>, CallError>);
+    /// Emits `NetworkDeviceChanged`.
+    fn device_changed(&mut self, signal: NetworkDeviceChangedSignal);
 }
 
 /// The connection, the introspection table and the calls waiting for the
@@ -102,7 +200,7 @@ impl DbusService {
             |b: &mut dbus_crossroads::IfaceBuilder<()>| {
                 for spec in names::METHODS
                     .iter()
-                    .filter(|m| IMPLEMENTED.contains(&m.name))
+                    .filter(|m| Method::of(m.name).is_some())
                 {
                     if spec.takes_fd {
                         b.method(
@@ -223,7 +321,9 @@ impl DbusService {
                 .map_err(|()| anyhow!("the system bus connection was lost"))?;
             while let Some(msg) = self.conn.channel().pop_message() {
                 if let Some(reply) = wrong_signature(&msg) {
-                    let _ = self.conn.channel().send(reply);
+                    if self.conn.channel().send(reply).is_err() {
+                        warn!("cannot answer a call with the wrong arguments: the bus connection was lost");
+                    }
                     continue;
                 }
                 if is_ours(&msg) {
@@ -345,47 +445,144 @@ impl DbusService {
         }
     }
 
-    /// The calls queued by [`Self::dispatch`], oldest first.
-    pub fn take_calls(&mut self) -> Vec<dbus::Message> {
+    /// The calls queued by [`Self::dispatch`], oldest first, each decoded
+    /// and checked. Learning a caller's uid is a blocking round trip to the
+    /// bus (once per client connection): the caller must
+    /// [`Self::dispatch`] again before sleeping.
+    pub fn take_calls(&mut self, policy: &PortPolicy) -> Vec<Incoming> {
         std::mem::take(&mut self.calls)
+            .into_iter()
+            .map(|message| {
+                let op = next_operation();
+                let method = message.member().map(|m| m.to_string()).unwrap_or_default();
+                let client = sender(&message);
+                let call = match Method::of(&method) {
+                    Some(m) => self.decode(m, &method, &message, &client, op, policy),
+                    None => Err(CallError::Unsupported(format!(
+                        "{method} is not implemented by this patchpanel"
+                    ))),
+                };
+                Incoming {
+                    message,
+                    method,
+                    client,
+                    op,
+                    call,
+                }
+            })
+            .collect()
     }
 
-    /// Answers `call` with `result` (a serialized response or an error),
-    /// unless the caller said it expects no reply (the bus would refuse
-    /// the answer and log one line per call).
-    pub fn reply(&self, call: &dbus::Message, result: Result<Vec<u8>, CallError>) {
-        if call.get_no_reply() {
-            return;
+    /// Decodes `message`, a call of `method` (whose signature
+    /// [`Self::dispatch`] checked), and validates what needs no state.
+    fn decode(
+        &mut self,
+        method: Method,
+        name: &str,
+        message: &dbus::Message,
+        client: &str,
+        op: u64,
+        policy: &PortPolicy,
+    ) -> Result<Call, CallError> {
+        let invalid =
+            |e: &dyn std::fmt::Display| CallError::InvalidArgument(format!("{name}: {e}"));
+        let bytes: &[u8] = message.get1().ok_or_else(|| invalid(&"no request"))?;
+        fn proto<T: prost::Message + Default>(
+            bytes: &[u8],
+            invalid: impl Fn(&dyn std::fmt::Display) -> CallError,
+        ) -> Result<T, CallError> {
+            patchpanel_proto::decode_request::<T>(bytes).map_err(|e| invalid(&e))
         }
-        let reply = match result {
-            Ok(bytes) => call.method_return().append1(bytes.as_slice()),
-            Err(e) => {
-                let (name, text) = match &e {
-                    CallError::InvalidArgument(m) => (names::ERROR_INVALID_ARGUMENT, m),
-                    CallError::Failed(m) => (names::ERROR_FAILED, m),
-                    CallError::Unsupported(m) => ("org.freedesktop.DBus.Error.UnknownMethod", m),
-                };
-                let text = std::ffi::CString::new(text.replace('\0', " "))
-                    .unwrap_or_else(|_| c"error".to_owned());
-                match dbus::strings::ErrorName::new(name) {
-                    Ok(n) => call.error(&n, &text),
-                    Err(_) => return,
+        Ok(match method {
+            Method::GetDevices => {
+                proto::<patchpanel_proto::GetDevicesRequest>(bytes, invalid)?;
+                Call::GetDevices
+            }
+            Method::ConnectNamespace => {
+                let (_, lifeline): (&[u8], dbus::arg::OwnedFd) =
+                    message.read2().map_err(|e| invalid(&e))?;
+                let lifeline: OwnedFd = lifeline;
+                let request = namespaces::parse_request(&proto::<
+                    patchpanel_proto::ConnectNamespaceRequest,
+                >(bytes, invalid)?)?;
+                lifeline::check_kind(&lifeline).map_err(|e| invalid(&e))?;
+                // The uid decides the quota and, for an existing pid, which
+                // processes and namespaces the caller may connect.
+                let uid = self.caller_uid_for_call(client)?;
+                Call::ConnectNamespace(Connect {
+                    request,
+                    lifeline,
+                    client: client.to_string(),
+                    uid,
+                    op,
+                })
+            }
+            Method::ModifyPortRule => Call::ModifyPortRule(crate::port_rules::parse(
+                &proto::<patchpanel_proto::ModifyPortRuleRequest>(bytes, invalid)?,
+                policy,
+            )?),
+            Method::GetTrafficCounters => {
+                Call::GetTrafficCounters(counters::parse_request(&proto::<
+                    patchpanel_proto::TrafficCountersRequest,
+                >(
+                    bytes, invalid
+                )?)?)
+            }
+            Method::ArcStartup => {
+                let req = proto::<patchpanel_proto::ArcStartupRequest>(bytes, invalid)?;
+                let uid = self.caller_uid_for_call(client)?;
+                Call::ArcStartup { pid: req.pid, uid }
+            }
+            Method::ArcShutdown => {
+                proto::<patchpanel_proto::ArcShutdownRequest>(bytes, invalid)?;
+                Call::ArcShutdown
+            }
+            Method::ArcVmStartup => {
+                let req = proto::<patchpanel_proto::ArcVmStartupRequest>(bytes, invalid)?;
+                guests::check_id("cid", u64::from(req.cid))?;
+                let uid = self.caller_uid_for_call(client)?;
+                Call::ArcVmStartup { cid: req.cid, uid }
+            }
+            Method::ArcVmShutdown => {
+                let req = proto::<patchpanel_proto::ArcVmShutdownRequest>(bytes, invalid)?;
+                Call::ArcVmShutdown { cid: req.cid }
+            }
+            Method::TerminaVmStartup => {
+                let req = proto::<patchpanel_proto::TerminaVmStartupRequest>(bytes, invalid)?;
+                guests::check_id("cid", u64::from(req.cid))?;
+                Call::TerminaVmStartup { cid: req.cid }
+            }
+            Method::TerminaVmShutdown => {
+                let req = proto::<patchpanel_proto::TerminaVmShutdownRequest>(bytes, invalid)?;
+                Call::TerminaVmShutdown { cid: req.cid }
+            }
+            Method::ParallelsVmStartup => {
+                let req = proto::<patchpanel_proto::PluginVmStartupRequest>(bytes, invalid)?;
+                guests::check_id("id", req.id)?;
+                Call::ParallelsVmStartup {
+                    id: req.id,
+                    subnet_index: req.subnet_index,
                 }
             }
-        };
-        let _ = self.conn.channel().send(reply);
-        self.conn.channel().flush();
+            Method::ParallelsVmShutdown => {
+                let req = proto::<patchpanel_proto::PluginVmShutdownRequest>(bytes, invalid)?;
+                Call::ParallelsVmShutdown { id: req.id }
+            }
+        })
     }
 
-    /// Emits a signal on our object.
-    pub fn emit(&self, member: &str, payload: Vec<u8>) {
-        match dbus::Message::new_signal(names::PATH, names::INTERFACE, member) {
-            Ok(m) => {
-                let _ = self.conn.channel().send(m.append1(payload.as_slice()));
-                self.conn.channel().flush();
-            }
-            Err(e) => warn!("cannot build signal {member}: {e}"),
+    fn caller_uid_for_call(&mut self, client: &str) -> Result<u32, CallError> {
+        self.caller_uid(client)
+            .map_err(|e| CallError::Failed(format!("{e:#}")))
+    }
+
+    /// Sends `message`; a connection that cannot take it is logged (the
+    /// next read reports a lost connection).
+    fn send(&self, message: dbus::Message, what: &str) {
+        if self.conn.channel().send(message).is_err() {
+            warn!("cannot send {what}: the system bus connection was lost");
         }
+        self.conn.channel().flush();
     }
 
     /// The uid of a bus peer, from the bus daemon (once per peer).
@@ -414,23 +611,50 @@ impl DbusService {
     }
 }
 
-/// The methods this build serves; the others answer UnknownMethod.
-pub const IMPLEMENTED: &[&str] = &[
-    names::GET_DEVICES,
-    names::CONNECT_NAMESPACE,
-    names::MODIFY_PORT_RULE,
-    names::GET_TRAFFIC_COUNTERS,
-    names::ARC_STARTUP,
-    names::ARC_SHUTDOWN,
-    names::ARC_VM_STARTUP,
-    names::ARC_VM_SHUTDOWN,
-    names::TERMINA_VM_STARTUP,
-    names::TERMINA_VM_SHUTDOWN,
-    names::PLUGIN_VM_STARTUP,
-    names::PLUGIN_VM_SHUTDOWN,
-    names::PARALLELS_VM_STARTUP,
-    names::PARALLELS_VM_SHUTDOWN,
-];
+impl Bus for DbusService {
+    /// Answers `call` with `result` (a serialized response or an error),
+    /// unless the caller said it expects no reply (the bus would refuse
+    /// the answer and log one line per call).
+    fn reply(&mut self, call: &dbus::Message, result: Result<Vec<u8>, CallError>) {
+        if call.get_no_reply() {
+            return;
+        }
+        let reply = match result {
+            Ok(bytes) => call.method_return().append1(bytes.as_slice()),
+            Err(e) => {
+                let (name, text) = match &e {
+                    CallError::InvalidArgument(m) => (names::ERROR_INVALID_ARGUMENT, m),
+                    CallError::Failed(m) => (names::ERROR_FAILED, m),
+                    CallError::Unsupported(m) => ("org.freedesktop.DBus.Error.UnknownMethod", m),
+                };
+                let text = std::ffi::CString::new(text.replace('\0', " "))
+                    .unwrap_or_else(|_| c"error".to_owned());
+                match dbus::strings::ErrorName::new(name) {
+                    Ok(n) => call.error(&n, &text),
+                    Err(e) => {
+                        warn!("cannot build the error {name}: {e}");
+                        return;
+                    }
+                }
+            }
+        };
+        self.send(reply, "an answer");
+    }
+
+    fn device_changed(&mut self, signal: NetworkDeviceChangedSignal) {
+        match dbus::Message::new_signal(
+            names::PATH,
+            names::INTERFACE,
+            names::NETWORK_DEVICE_CHANGED,
+        ) {
+            Ok(m) => self.send(
+                m.append1(signal.encode_to_vec().as_slice()),
+                names::NETWORK_DEVICE_CHANGED,
+            ),
+            Err(e) => warn!("cannot build signal {}: {e}", names::NETWORK_DEVICE_CHANGED),
+        }
+    }
+}
 
 /// The sender of a call, for logs.
 pub fn sender(msg: &dbus::Message) -> String {

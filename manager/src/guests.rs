@@ -450,11 +450,11 @@ pub fn arc_release(arc: &ArcGuest, addrs: &mut AddressManager) {
 }
 
 /// Re-takes what a previous run's ARC held; on error nothing stays taken.
-pub fn arc_adopt(arc: &ArcGuest, addrs: &mut AddressManager) -> Result<(), String> {
+pub fn arc_adopt(arc: &ArcGuest, addrs: &mut AddressManager) -> Result<(), CallError> {
     for (i, s) in arc.slots.iter().enumerate() {
         if let Err(e) = addrs.adopt(&s.subnet) {
             release_slots(&arc.slots[..i], arc.is_vm(), addrs);
-            return Err(e.to_string());
+            return Err(failed("ARC's addresses", e));
         }
         if !arc.is_vm() {
             addrs.adopt_mac(s.mac);
@@ -902,12 +902,14 @@ pub fn vm_release(vm: &VmGuest, addrs: &mut AddressManager) {
 }
 
 /// Re-takes what a previous run's VM held; on error nothing stays taken.
-pub fn vm_adopt(vm: &VmGuest, addrs: &mut AddressManager) -> Result<(), String> {
-    addrs.adopt(&vm.subnet).map_err(|e| e.to_string())?;
+pub fn vm_adopt(vm: &VmGuest, addrs: &mut AddressManager) -> Result<(), CallError> {
+    addrs
+        .adopt(&vm.subnet)
+        .map_err(|e| failed("the VM's address", e))?;
     if let Some(l) = &vm.lxd {
         if let Err(e) = addrs.adopt(l) {
             let _ = addrs.release_ipv4(vm.subnet.pool, vm.subnet.index);
-            return Err(e.to_string());
+            return Err(failed("the VM's LXD subnet", e));
         }
     }
     if vm.random_mac {

@@ -111,15 +111,17 @@ pub enum Guarded {
 
 #[derive(Debug)]
 pub struct LifelineWatcher {
+    registry: Registry,
     base: usize,
     next: usize,
     by_token: HashMap<Token, (Guarded, OwnedFd)>,
 }
 
 impl LifelineWatcher {
-    /// Tokens handed out are `base` and above.
-    pub fn new(base: usize) -> LifelineWatcher {
+    /// Tokens handed out are `base` and above, registered with `registry`.
+    pub fn new(registry: Registry, base: usize) -> LifelineWatcher {
         LifelineWatcher {
+            registry,
             base,
             next: base,
             by_token: HashMap::new(),
@@ -132,32 +134,36 @@ impl LifelineWatcher {
 
     /// Starts watching `fd` for `what`. A descriptor whose peer is already
     /// gone fires at once (epoll reports the pending error on registration).
-    pub fn watch(
-        &mut self,
-        registry: &Registry,
-        fd: OwnedFd,
-        what: Guarded,
-    ) -> std::io::Result<Token> {
+    pub fn watch(&mut self, fd: OwnedFd, what: Guarded) -> std::io::Result<Token> {
         let token = Token(self.next);
         self.next += 1;
         // Pipes report EPOLLERR (write end, reader gone) or EPOLLHUP (read
         // end, writer gone) whatever the interest; READABLE is the
         // cheapest interest that never busy-fires on a write end.
-        registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
+        self.registry
+            .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
         self.by_token.insert(token, (what, fd));
         Ok(token)
     }
 
     /// The event for `token` fired: stop watching and say what died. `None`
     /// for a token already forgotten (a late event).
-    pub fn fired(&mut self, registry: &Registry, token: Token) -> Option<Guarded> {
+    pub fn fired(&mut self, token: Token) -> Option<Guarded> {
         let (what, fd) = self.by_token.remove(&token)?;
-        let _ = registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
+        self.deregister(&fd);
         Some(what)
     }
 
+    fn deregister(&self, fd: &OwnedFd) {
+        // A descriptor epoll no longer knows (its file closed elsewhere)
+        // has nothing left to deregister.
+        if let Err(e) = self.registry.deregister(&mut SourceFd(&fd.as_raw_fd())) {
+            log::debug!("lifeline fd {}: deregister: {e}", fd.as_raw_fd());
+        }
+    }
+
     /// Stops watching without reporting (the resource went away first).
-    pub fn forget(&mut self, registry: &Registry, what: Guarded) {
+    pub fn forget(&mut self, what: Guarded) {
         let tokens: Vec<Token> = self
             .by_token
             .iter()
@@ -166,7 +172,7 @@ impl LifelineWatcher {
             .collect();
         for t in tokens {
             if let Some((_, fd)) = self.by_token.remove(&t) {
-                let _ = registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
+                self.deregister(&fd);
             }
         }
     }
@@ -206,11 +212,9 @@ mod tests {
     #[test]
     fn closing_the_client_end_fires_the_watch() {
         let mut poll = mio::Poll::new().unwrap();
-        let mut w = LifelineWatcher::new(100);
+        let mut w = LifelineWatcher::new(poll.registry().try_clone().unwrap(), 100);
         let (read_end, write_end) = pipe();
-        let token = w
-            .watch(poll.registry(), write_end, Guarded::Namespace(3))
-            .unwrap();
+        let token = w.watch(write_end, Guarded::Namespace(3)).unwrap();
         let mut events = mio::Events::with_capacity(4);
         poll.poll(&mut events, Some(std::time::Duration::from_millis(50)))
             .unwrap();
@@ -220,8 +224,8 @@ mod tests {
             .unwrap();
         let fired: Vec<Token> = events.iter().map(|e| e.token()).collect();
         assert_eq!(fired, vec![token]);
-        assert_eq!(w.fired(poll.registry(), token), Some(Guarded::Namespace(3)));
-        assert_eq!(w.fired(poll.registry(), token), None);
+        assert_eq!(w.fired(token), Some(Guarded::Namespace(3)));
+        assert_eq!(w.fired(token), None);
         assert_eq!(w.watched(), 0);
     }
 
@@ -283,10 +287,8 @@ mod tests {
         let unconnected = own(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) });
         assert_eq!(check_kind(&unconnected), Ok(()));
         let mut poll = mio::Poll::new().unwrap();
-        let mut w = LifelineWatcher::new(100);
-        let token = w
-            .watch(poll.registry(), unconnected, Guarded::Namespace(1))
-            .unwrap();
+        let mut w = LifelineWatcher::new(poll.registry().try_clone().unwrap(), 100);
+        let token = w.watch(unconnected, Guarded::Namespace(1)).unwrap();
         let mut events = mio::Events::with_capacity(4);
         poll.poll(&mut events, Some(std::time::Duration::from_secs(5)))
             .unwrap();
@@ -314,13 +316,11 @@ mod tests {
     #[test]
     fn a_lifeline_already_dead_fires_at_once() {
         let mut poll = mio::Poll::new().unwrap();
-        let mut w = LifelineWatcher::new(100);
+        let mut w = LifelineWatcher::new(poll.registry().try_clone().unwrap(), 100);
         let (read_end, write_end) = pipe();
         drop(read_end);
         assert!(is_dead(&write_end));
-        let token = w
-            .watch(poll.registry(), write_end, Guarded::Namespace(1))
-            .unwrap();
+        let token = w.watch(write_end, Guarded::Namespace(1)).unwrap();
         let mut events = mio::Events::with_capacity(4);
         poll.poll(&mut events, Some(std::time::Duration::from_secs(5)))
             .unwrap();

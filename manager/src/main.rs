@@ -8,7 +8,10 @@
 //! capabilities, no_new_privs; connects to the bus; installs its seccomp
 //! filter; and runs the event loop.
 
-use patchpaneld::{adb_service, config, dbus_service, manager, port_rules, spawner, state};
+use patchpaneld::{
+    adb_service, config, dbus_service, dispatch, guest_service, helpers, manager,
+    namespace_service, port_rules, spawner, state,
+};
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -174,25 +177,27 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
     let manage_uplink_routing = uplink_source
         .as_ref()
         .is_some_and(|s| s.name() == "netlink");
-    manager::Manager::new(
+    let writer = patchpanel_ipc::datapath::WriterConfig {
+        netns_prefix: config.netns_prefix.clone(),
+        netns_dir: config.netns_dir.to_string_lossy().into_owned(),
+        tap_owner_uid: vm_user.as_ref().map(|u| u.uid),
+        firewall: patchpanel_firewall::FirewallChoice::parse(&config.firewall_backend)
+            .unwrap_or_default(),
+    };
+    manager::Manager::new(manager::Startup {
         signals,
-        manager_end,
-        pid,
+        spawner: manager_end,
+        spawner_pid: pid,
         dbus,
         uplink_source,
-        state::StateFile::new(&config.state_dir),
+        store: state::StateFile::new(&config.state_dir),
         addrs,
-        manager::Options {
+        helpers: helpers::HelpersConfig {
             spawn_flags,
             log_level: ipc_level(level),
-            netns_prefix: config.netns_prefix.clone(),
-            writer: patchpanel_ipc::datapath::WriterConfig {
-                netns_prefix: config.netns_prefix.clone(),
-                netns_dir: config.netns_dir.to_string_lossy().into_owned(),
-                tap_owner_uid: vm_user.map(|u| u.uid),
-                firewall: patchpanel_firewall::FirewallChoice::parse(&config.firewall_backend)
-                    .unwrap_or_default(),
-            },
+            writer,
+        },
+        settings: dispatch::Settings {
             cleanup_only: flags.cleanup,
             manage_uplink_routing,
             port_policy,
@@ -201,9 +206,17 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
                 allowed: config.adb_allowed,
                 max_connections: config.adb_max_connections,
             },
-            namespaces_per_uid: config.namespaces_per_uid,
+            namespaces: namespace_service::Settings {
+                netns_prefix: config.netns_prefix.clone(),
+                namespaces_per_uid: config.namespaces_per_uid,
+            },
+            guests: guest_service::Settings {
+                netns_prefix: config.netns_prefix.clone(),
+                vm_user: vm_user.is_some(),
+                adb_allowed: config.adb_allowed,
+            },
         },
-    )?
+    })?
     .run()
 }
 

@@ -18,8 +18,8 @@ use log::{info, warn};
 use patchpanel_ipc::{IfName, McastPair, Request};
 use patchpanel_sandbox::Process;
 
+use crate::env::{GuestView, HelperLink};
 use crate::guests::{ArcGuest, VmGuest};
-use crate::manager::Manager;
 use crate::uplinks::UplinkView;
 
 /// Every guest link that should be forwarded now, by downlink name.
@@ -122,24 +122,25 @@ fn replay_key(pair: &McastPair) -> String {
     format!("mcast {}", pair.downlink)
 }
 
-impl Manager {
-    /// Brings the helper's pairs in line with guests and uplinks. Called
-    /// after every D-Bus call, lifeline teardown and uplink change.
-    pub(crate) fn sync_mcast(&mut self) {
-        if !self.datapath_ready {
-            return;
-        }
-        let wanted = wanted_pairs(&self.uplinks, self.state.arc.as_ref(), &self.state.vms);
-        for change in self.mcast.diff(&wanted) {
+impl McastForwarding {
+    /// Brings the helper's pairs in line with guests and uplinks.
+    pub fn reconcile(
+        &mut self,
+        guests: &GuestView<'_>,
+        uplinks: &UplinkView,
+        link: &mut dyn HelperLink,
+    ) {
+        let wanted = wanted_pairs(uplinks, guests.arc, guests.vms);
+        for change in self.diff(&wanted) {
             match change {
                 McastChange::Stop(pair) => {
-                    self.forget_replay(Process::McastForwarder, &replay_key(&pair));
-                    self.mcast.active.remove(&pair.downlink);
+                    link.forget_replay(Process::McastForwarder, &replay_key(&pair));
+                    self.active.remove(&pair.downlink);
                     let request = Request::McastStop {
                         uplink: pair.uplink.clone(),
                         downlink: pair.downlink.clone(),
                     };
-                    match self.call_helper(Process::McastForwarder, request, &[]) {
+                    match link.call_helper(Process::McastForwarder, request, &[]) {
                         Ok(_) => info!(
                             "multicast forwarding {} <-> {} stopped",
                             pair.uplink, pair.downlink
@@ -153,15 +154,14 @@ impl Manager {
                 McastChange::Start(pair) => {
                     let request = Request::McastStart(pair.clone());
                     // Recorded first: a helper that is restarting gets it on replay.
-                    self.record_replay(
+                    link.record_replay(
                         Process::McastForwarder,
                         &replay_key(&pair),
                         request.clone(),
+                        Vec::new(),
                     );
-                    self.mcast
-                        .active
-                        .insert(pair.downlink.clone(), pair.clone());
-                    match self.call_helper(Process::McastForwarder, request, &[]) {
+                    self.active.insert(pair.downlink.clone(), pair.clone());
+                    match link.call_helper(Process::McastForwarder, request, &[]) {
                         Ok(_) => info!(
                             "multicast forwarding (mDNS, SSDP) {} <-> {} started",
                             pair.uplink, pair.downlink

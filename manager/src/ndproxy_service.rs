@@ -23,7 +23,7 @@
 //!
 //! Routes are installed without blocking the D-Bus loop: admitted
 //! addresses are queued and sent to the writer as one `Apply` at a time,
-//! asynchronously ([`Manager::flush_guest_routes`], run after every
+//! asynchronously ([`NdProxyState::flush_routes`], run after every
 //! event); the answer is handled when it comes. A batch that fails is
 //! retried one address per plan, so one bad address does not hold back
 //! the others. The writer applies requests in order, so these plans and
@@ -38,7 +38,8 @@ use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteSpec, Step};
 use patchpanel_ipc::{HelperError, IfName, Reply, Request};
 use patchpanel_sandbox::Process;
 
-use crate::manager::{Manager, SendError};
+use crate::env::{GuestView, HelperLink};
+use crate::helpers::SendError;
 use crate::routing::{RoutingMode, MAIN_TABLE};
 use crate::uplinks::UplinkView;
 
@@ -449,64 +450,65 @@ pub fn routable(addr: &Ipv6Addr) -> bool {
     (first & 0xe000) == 0x2000 || (first & 0xfe00) == 0xfc00
 }
 
-impl Manager {
-    /// Every downlink that should be proxied now, with its uplink: connected
-    /// namespaces without static IPv6 (their pinned uplink, else the default
-    /// network), ARC's bridges (their own uplink), VM TAPs (the default
-    /// network).
-    fn wanted_ndproxy(&self) -> BTreeMap<ProxyKey, (IfName, u32, IfName)> {
-        let default = self
-            .uplinks
-            .default_uplink()
-            .map(|u| (u.name.clone(), u.ifindex));
-        let mut wanted = BTreeMap::new();
-        for ns in self.state.namespaces.values().filter(|n| n.ipv6.is_none()) {
-            let uplink = match &ns.mode {
-                RoutingMode::Pinned { uplink, .. } => self
-                    .uplinks
-                    .get(uplink.as_str())
-                    .map(|u| (u.name.clone(), u.ifindex)),
-                RoutingMode::System | RoutingMode::User => default.clone(),
-            };
-            if let Some((name, ifindex)) = uplink {
-                wanted.insert(
-                    ProxyKey::Namespace(ns.id),
-                    (name, ifindex, ns.host_ifname.clone()),
-                );
-            }
+/// Every downlink that should be proxied now, with its uplink: connected
+/// namespaces without static IPv6 (their pinned uplink, else the default
+/// network), ARC's bridges (their own uplink), VM TAPs (the default
+/// network).
+pub fn wanted_pairs(
+    guests: &GuestView<'_>,
+    uplinks: &UplinkView,
+) -> BTreeMap<ProxyKey, (IfName, u32, IfName)> {
+    let default = uplinks
+        .default_uplink()
+        .map(|u| (u.name.clone(), u.ifindex));
+    let mut wanted = BTreeMap::new();
+    for ns in guests.namespaces.values().filter(|n| n.ipv6.is_none()) {
+        let uplink = match &ns.mode {
+            RoutingMode::Pinned { uplink, .. } => uplinks
+                .get(uplink.as_str())
+                .map(|u| (u.name.clone(), u.ifindex)),
+            RoutingMode::System | RoutingMode::User => default.clone(),
+        };
+        if let Some((name, ifindex)) = uplink {
+            wanted.insert(
+                ProxyKey::Namespace(ns.id),
+                (name, ifindex, ns.host_ifname.clone()),
+            );
         }
-        if let Some(arc) = &self.state.arc {
-            for device in arc.devices.values() {
-                let Some(up) = &device.uplink else { continue };
-                if let Some(u) = self.uplinks.get(up.name.as_str()) {
-                    wanted.insert(
-                        ProxyKey::Arc(up.name.to_string()),
-                        (u.name.clone(), u.ifindex, device.bridge.clone()),
-                    );
-                }
-            }
-        }
-        if let Some((name, ifindex)) = default {
-            for vm in &self.state.vms {
-                wanted.insert(
-                    ProxyKey::Vm(vm.kind.name().to_string(), vm.id),
-                    (name.clone(), ifindex, vm.tap.clone()),
-                );
-            }
-        }
-        wanted
     }
+    if let Some(arc) = guests.arc {
+        for device in arc.devices.values() {
+            let Some(up) = &device.uplink else { continue };
+            if let Some(u) = uplinks.get(up.name.as_str()) {
+                wanted.insert(
+                    ProxyKey::Arc(up.name.to_string()),
+                    (u.name.clone(), u.ifindex, device.bridge.clone()),
+                );
+            }
+        }
+    }
+    if let Some((name, ifindex)) = default {
+        for vm in guests.vms {
+            wanted.insert(
+                ProxyKey::Vm(vm.kind.name().to_string(), vm.id),
+                (name.clone(), ifindex, vm.tap.clone()),
+            );
+        }
+    }
+    wanted
+}
 
+impl NdProxyState {
     /// Brings the helper's pairs in line with the guests and uplinks:
     /// stops pairs no longer wanted (or re-pointed), starts new ones.
-    /// Called after every D-Bus call, lifeline teardown and uplink change.
-    pub(crate) fn sync_ndproxy(&mut self) {
-        if !self.datapath_ready {
-            return;
-        }
-        let wanted = self.wanted_ndproxy();
+    pub fn reconcile(
+        &mut self,
+        guests: &GuestView<'_>,
+        uplinks: &UplinkView,
+        link: &mut dyn HelperLink,
+    ) {
+        let wanted = wanted_pairs(guests, uplinks);
         let stale: Vec<ProxyKey> = self
-            .ndproxy
             .pairs
             .iter()
             .filter(|(key, pair)| {
@@ -517,11 +519,11 @@ impl Manager {
             .map(|(key, _)| key.clone())
             .collect();
         for key in stale {
-            self.stop_ndproxy(&key);
+            self.stop_pair(&key, link);
         }
         let new: Vec<_> = wanted
             .into_iter()
-            .filter(|(key, _)| !self.ndproxy.pairs.contains_key(key))
+            .filter(|(key, _)| !self.pairs.contains_key(key))
             .collect();
         if new.is_empty() {
             return;
@@ -552,8 +554,13 @@ impl Manager {
                 downlink_ifindex,
             };
             // Recorded first: a helper that is restarting gets it on replay.
-            self.record_replay(Process::NdProxy, &pair.replay_key(), request.clone());
-            match self.call_helper(Process::NdProxy, request, &[]) {
+            link.record_replay(
+                Process::NdProxy,
+                &pair.replay_key(),
+                request.clone(),
+                Vec::new(),
+            );
+            match link.call_helper(Process::NdProxy, request, &[]) {
                 Ok(_) => info!(
                     "IPv6 neighbour proxying {} <-> {} ({key:?})",
                     pair.uplink, pair.downlink
@@ -563,34 +570,34 @@ impl Manager {
                     pair.uplink, pair.downlink
                 ),
             }
-            self.ndproxy.pairs.insert(key, pair);
+            self.pairs.insert(key, pair);
         }
     }
 
-    fn stop_ndproxy(&mut self, key: &ProxyKey) {
-        let Some(pair) = self.ndproxy.pairs.remove(key) else {
+    fn stop_pair(&mut self, key: &ProxyKey, link: &mut dyn HelperLink) {
+        let Some(pair) = self.pairs.remove(key) else {
             return;
         };
-        self.forget_replay(Process::NdProxy, &pair.replay_key());
-        self.ndproxy.forget_downlink(pair.downlink_ifindex);
+        link.forget_replay(Process::NdProxy, &pair.replay_key());
+        self.forget_downlink(pair.downlink_ifindex);
         let request = Request::NdProxyStop {
             uplink_ifindex: pair.uplink_ifindex,
             downlink_ifindex: pair.downlink_ifindex,
         };
-        if let Err(e) = self.call_helper(Process::NdProxy, request, &[]) {
+        if let Err(e) = link.call_helper(Process::NdProxy, request, &[]) {
             debug!("ndproxy stop {} <-> {}: {e}", pair.uplink, pair.downlink);
         }
     }
 
     /// The helper saw a guest use `addr` on downlink `ifindex`: queue its
     /// route if the address passes the manager's own checks. Nothing is
-    /// sent here; [`Manager::flush_guest_routes`] does that.
-    pub(crate) fn on_neighbor_detected(&mut self, ifindex: u32, addr: [u8; 16]) {
+    /// sent here; [`NdProxyState::flush_routes`] does that.
+    pub fn on_neighbor_detected(&mut self, uplinks: &UplinkView, ifindex: u32, addr: [u8; 16]) {
         let addr = Ipv6Addr::from(addr);
         let now = Instant::now();
-        match self.ndproxy.admit(&self.uplinks, ifindex, addr, now) {
-            Ok(admitted) => self.ndproxy.queue(admitted),
-            Err(RouteRefusal::OffLink) if self.ndproxy.defer(ifindex, addr, now) => {
+        match self.admit(uplinks, ifindex, addr, now) {
+            Ok(admitted) => self.queue(admitted),
+            Err(RouteRefusal::OffLink) if self.defer(ifindex, addr, now) => {
                 debug!("guest address {addr} on #{ifindex}: waiting for the uplink's prefix");
             }
             Err(why) => self.refused_guest_route(ifindex, addr, &why, now),
@@ -605,40 +612,39 @@ impl Manager {
         why: &RouteRefusal,
         now: Instant,
     ) {
-        let state = &mut self.ndproxy;
-        state.refused += 1;
-        let quiet = state
+        self.refused += 1;
+        let quiet = self
             .refusal_logged
             .is_some_and(|t| now.saturating_duration_since(t) < REFUSAL_LOG_INTERVAL);
         if quiet {
             debug!("no route for guest address {addr} on #{ifindex}: {why}");
         } else {
-            state.refusal_logged = Some(now);
+            self.refusal_logged = Some(now);
             warn!(
                 "no route for guest address {addr} on #{ifindex}: {why} ({} refused since start)",
-                state.refused
+                self.refused
             );
         }
     }
 
     /// Sends the next batch of guest routes to the writer, unless one is
     /// in flight. Called after every event; never waits.
-    pub(crate) fn flush_guest_routes(&mut self) {
-        if !self.ndproxy.deferred.is_empty() {
+    pub fn flush_routes(&mut self, uplinks: &UplinkView, link: &mut dyn HelperLink) {
+        if !self.deferred.is_empty() {
             let now = Instant::now();
-            for (ifindex, addr, why) in self.ndproxy.retry_deferred(&self.uplinks, now) {
+            for (ifindex, addr, why) in self.retry_deferred(uplinks, now) {
                 self.refused_guest_route(ifindex, addr, &why, now);
             }
         }
-        while let Some(batch) = self.ndproxy.next_batch() {
-            if !self.send_guest_routes(batch) {
+        while let Some(batch) = self.next_batch() {
+            if !self.send_guest_routes(batch, link) {
                 return;
             }
         }
     }
 
     /// Sends one batch; `false` when nothing more can be sent now.
-    fn send_guest_routes(&mut self, batch: Batch) -> bool {
+    fn send_guest_routes(&mut self, batch: Batch, link: &mut dyn HelperLink) -> bool {
         let (label, mode, steps) = match &batch {
             Batch::Add(routes) => (
                 format!("route {} guest address(es)", routes.len()),
@@ -664,19 +670,19 @@ impl Manager {
             ),
         };
         let plan = Plan { label, mode, steps };
-        match self.send_helper(Process::DatapathWriter, Request::Apply(plan)) {
+        match link.send(Process::DatapathWriter, Request::Apply(plan)) {
             Ok(id) => {
-                self.ndproxy.in_flight = Some((id, batch));
+                self.in_flight = Some((id, batch));
                 false
             }
             // Sent again after the next event (the writer's answer, its
             // restart).
             Err(SendError::Busy) => {
-                self.ndproxy.unsend(batch);
+                self.unsend(batch);
                 false
             }
             Err(SendError::Failed(e)) => {
-                for line in self.ndproxy.settle(batch, Err(e)) {
+                for line in self.settle(batch, Err(e)) {
                     warn!("{line}");
                 }
                 true
@@ -684,11 +690,11 @@ impl Manager {
         }
     }
 
-    /// The writer answered request `id` (the guest routes in flight).
-    pub(crate) fn on_guest_routes_applied(&mut self, result: Result<Reply, HelperError>) {
+    /// The writer answered the guest routes in flight.
+    pub fn on_routes_applied(&mut self, result: Result<Reply, HelperError>) {
         let result = plan_result(result);
         let failed = result.is_err();
-        for line in self.ndproxy.answered(result) {
+        for line in self.answered(result) {
             if failed {
                 warn!("{line}");
             } else {
@@ -698,8 +704,8 @@ impl Manager {
     }
 
     /// The writer died; what it was applying for guests is sent again.
-    pub(crate) fn on_writer_lost(&mut self) {
-        self.ndproxy.writer_lost();
+    pub fn on_writer_lost(&mut self) {
+        self.writer_lost();
     }
 }
 

@@ -15,7 +15,7 @@
 //! power loss sees the old file, the new one, or one it cannot parse,
 //! which it treats as missing (and removes everything patchpanel owns).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -107,6 +107,10 @@ pub struct StateFile {
     journal: PathBuf,
     /// Lines in the journal now, to know when to compact it.
     journal_lines: Cell<usize>,
+    /// What the state file holds now (as last written by this run).
+    written: RefCell<Option<Vec<u8>>>,
+    /// State file writes by this run.
+    writes: Cell<u64>,
 }
 
 /// One line of the port rule journal.
@@ -165,6 +169,8 @@ impl StateFile {
             path: dir.join("state"),
             journal: dir.join("port_rules"),
             journal_lines: Cell::new(0),
+            written: RefCell::new(None),
+            writes: Cell::new(0),
         }
     }
 
@@ -201,7 +207,28 @@ impl StateFile {
     /// Writes `state` (all but its port rules) atomically.
     pub fn save(&self, state: &State) -> std::io::Result<()> {
         let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-        replace_file(&self.path, &text)
+        replace_file(&self.path, &text)?;
+        self.writes.set(self.writes.get() + 1);
+        *self.written.borrow_mut() = Some(text);
+        Ok(())
+    }
+
+    /// Writes `state` unless the file already holds exactly it; true when
+    /// written.
+    pub fn save_if_changed(&self, state: &State) -> std::io::Result<bool> {
+        let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+        if self.written.borrow().as_deref() == Some(text.as_slice()) {
+            return Ok(false);
+        }
+        replace_file(&self.path, &text)?;
+        self.writes.set(self.writes.get() + 1);
+        *self.written.borrow_mut() = Some(text);
+        Ok(true)
+    }
+
+    /// How many times this run wrote the state file.
+    pub fn writes(&self) -> u64 {
+        self.writes.get()
     }
 
     /// Applies the journal's lines to `rules`. A line that cannot be read
@@ -286,6 +313,7 @@ impl StateFile {
     }
 
     pub fn remove(&self) -> std::io::Result<()> {
+        *self.written.borrow_mut() = None;
         for path in [&self.journal, &self.path] {
             match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

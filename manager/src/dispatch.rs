@@ -1,0 +1,488 @@
+//! The daemon's state and the one place where events are handled.
+//!
+//! The loop ([`crate::manager`]) turns what woke it into an [`Event`];
+//! [`Daemon::handle`] routes it to the service that owns it, with
+//! disjoint borrows of the state, and then runs the same tail after every
+//! event, whatever it was:
+//!
+//! 1. the forwarders follow the guests and uplinks (ndproxy, mcast, adb:
+//!    always all three), and queued guest routes go to the writer;
+//! 2. the sysctl values the writer replaced join the ledger;
+//! 3. the state is saved, once, if it changed;
+//! 4. `NetworkDeviceChanged` signals go out;
+//! 5. the caller, if any, is answered: last, so that when `ArcShutdown`
+//!    returns, the ADB port is closed and the state is on disk.
+//!
+//! No service remembers to do any of these itself.
+
+use std::time::Instant;
+
+use log::{error, info, warn};
+use mio::Token;
+use patchpanel_addr::AddressManager;
+use patchpanel_ipc::Event as HelperNews;
+use patchpanel_sandbox::Process;
+use patchpanel_uplinks::UplinkEvent;
+use prost::Message as _;
+
+use crate::adb_service::{AdbPolicy, AdbRelay};
+use crate::dbus_service::{Bus, Call, Incoming, FIREWALLD_RELOADED};
+use crate::env::{Effects, Env, GuestView, HelperLink};
+use crate::error::CallError;
+use crate::guest_service::{self, Guests};
+use crate::helpers::HelperEvent;
+use crate::host_firewall::Follower;
+use crate::lifecycle::{self, Setup};
+use crate::lifeline::{Guarded, LifelineWatcher};
+use crate::mcast_service::McastForwarding;
+use crate::ndproxy_service::NdProxyState;
+use crate::port_rules::PortPolicy;
+use crate::state::{State, StateFile};
+use crate::uplinks::UplinkView;
+use crate::{counters, firewall_service, guests, namespace_service, port_rules};
+
+/// Site settings the daemon follows, fixed at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--cleanup`: remove everything owned, then exit.
+    pub cleanup_only: bool,
+    /// Netlink mode: patchpanel builds the per-uplink routing tables and
+    /// rules that shill would otherwise own.
+    pub manage_uplink_routing: bool,
+    pub port_policy: PortPolicy,
+    pub layout: patchpanel_firewall::LayoutConfig,
+    pub adb: AdbPolicy,
+    pub namespaces: namespace_service::Settings,
+    pub guests: guest_service::Settings,
+}
+
+/// How far the daemon got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the writer's first Hello.
+    Starting,
+    /// The datapath is set up: calls are served.
+    DatapathUp,
+    /// Every helper is up and the bus name is owned.
+    Ready,
+    /// Stopped (or cleaned up): nothing more is set up or saved.
+    Stopping,
+}
+
+/// What woke the loop, as the daemon sees it.
+#[derive(Debug)]
+pub enum Event {
+    /// A call off the bus.
+    Call(Incoming),
+    /// Lifelines that closed in one wake-up.
+    Lifelines(Vec<Token>),
+    /// The uplinks changed.
+    Uplinks(Vec<UplinkEvent>),
+    /// Something a helper said or a supervision change.
+    Helper(HelperEvent),
+    /// Time passed: a host firewall check may be due.
+    Timers(Instant),
+    /// firewalld said it reloaded.
+    FirewalldReloaded,
+    /// SIGTERM: take everything down.
+    Stop,
+}
+
+/// What the loop does after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// `--cleanup` is done: exit.
+    Exit,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Daemon {
+    settings: Settings,
+    phase: Phase,
+    state: State,
+    store: StateFile,
+    addrs: AddressManager,
+    uplinks: UplinkView,
+    lifelines: LifelineWatcher,
+    ndproxy: NdProxyState,
+    mcast: McastForwarding,
+    adb: AdbRelay,
+    host_firewall: Follower,
+    effects: Effects,
+}
+
+impl Daemon {
+    pub fn new(
+        settings: Settings,
+        store: StateFile,
+        addrs: AddressManager,
+        uplinks: UplinkView,
+        lifelines: LifelineWatcher,
+    ) -> Daemon {
+        Daemon {
+            adb: AdbRelay::new(settings.adb),
+            settings,
+            phase: Phase::Starting,
+            state: State::default(),
+            store,
+            addrs,
+            uplinks,
+            lifelines,
+            ndproxy: NdProxyState::default(),
+            mcast: McastForwarding::default(),
+            host_firewall: Follower::default(),
+            effects: Effects::default(),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Every helper is up and the bus name is owned.
+    pub fn mark_ready(&mut self) {
+        if self.phase == Phase::DatapathUp {
+            self.phase = Phase::Ready;
+        }
+    }
+
+    pub fn port_policy(&self) -> &PortPolicy {
+        &self.settings.port_policy
+    }
+
+    pub fn owns_lifeline(&self, token: Token) -> bool {
+        self.lifelines.owns(token)
+    }
+
+    /// When the host firewall's follower wants to run next.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.host_firewall.deadline()
+    }
+
+    /// State file writes so far (for tests: one per event at most).
+    pub fn state_writes(&self) -> u64 {
+        self.store.writes()
+    }
+
+    fn serving(&self) -> bool {
+        matches!(self.phase, Phase::DatapathUp | Phase::Ready)
+    }
+
+    /// Handles one event, then runs the tail (see the module
+    /// documentation). An error is fatal: the daemon cannot set up its
+    /// datapath.
+    pub fn handle(
+        &mut self,
+        link: &mut dyn HelperLink,
+        bus: &mut dyn Bus,
+        event: Event,
+    ) -> anyhow::Result<Flow> {
+        let mut answer = None;
+        let mut flow = Flow::Continue;
+        match event {
+            Event::Call(incoming) => {
+                let Incoming {
+                    message,
+                    method,
+                    client,
+                    op,
+                    call,
+                } = incoming;
+                let result = call.and_then(|call| self.on_call(link, call, &client, op));
+                if let Err(e) = &result {
+                    warn!("{method} from {client} (op {op}) refused: {e}");
+                }
+                answer = Some((message, result));
+            }
+            Event::Lifelines(tokens) => self.on_lifelines(link, tokens),
+            Event::Uplinks(events) => self.on_uplinks(link, events),
+            Event::Helper(event) => flow = self.on_helper(link, event)?,
+            Event::Timers(now) => {
+                if let Some(pending) = self.host_firewall.take_due(now) {
+                    if self.serving() {
+                        let mut env =
+                            Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
+                        firewall_service::follow(
+                            &mut env,
+                            &mut self.state,
+                            &mut self.host_firewall,
+                            &self.settings.port_policy,
+                            pending,
+                        );
+                    }
+                }
+            }
+            Event::FirewalldReloaded => {
+                if self.serving() {
+                    self.host_firewall
+                        .on_hint(FIREWALLD_RELOADED, Instant::now());
+                }
+            }
+            Event::Stop => {
+                if self.serving() {
+                    lifecycle::stop(
+                        link,
+                        &mut self.state,
+                        &self.store,
+                        &mut self.addrs,
+                        &self.uplinks,
+                        &mut self.effects,
+                        &mut self.lifelines,
+                    );
+                    self.phase = Phase::Stopping;
+                }
+            }
+        }
+        self.settle(link, bus);
+        if let Some((message, result)) = answer {
+            bus.reply(&message, result);
+        }
+        Ok(flow)
+    }
+
+    /// The tail every event ends with.
+    fn settle(&mut self, link: &mut dyn HelperLink, bus: &mut dyn Bus) {
+        if self.serving() {
+            let guests = GuestView::of(&self.state);
+            self.ndproxy.reconcile(&guests, &self.uplinks, link);
+            self.mcast.reconcile(&guests, &self.uplinks, link);
+            self.adb.reconcile(self.state.arc.as_ref(), link);
+            self.ndproxy.flush_routes(&self.uplinks, link);
+        }
+        for (netns, sysctl, old) in self.effects.replaced_sysctls.drain(..) {
+            self.state.record_sysctl_original(netns, sysctl, old);
+        }
+        // Before the datapath is up the file is the previous run's (start
+        // reads it); once stopped it is gone on purpose.
+        if self.serving() {
+            save(&self.store, &self.state);
+        }
+        for signal in self.effects.signals.drain(..) {
+            bus.device_changed(signal);
+        }
+    }
+
+    fn on_call(
+        &mut self,
+        link: &mut dyn HelperLink,
+        call: Call,
+        client: &str,
+        op: u64,
+    ) -> Result<Vec<u8>, CallError> {
+        if !self.serving() {
+            return Err(CallError::Failed(
+                "patchpanel is still starting its datapath; try again".into(),
+            ));
+        }
+        let Daemon {
+            settings,
+            state,
+            store,
+            addrs,
+            uplinks,
+            lifelines,
+            effects,
+            ..
+        } = self;
+        let mut env = Env::new(link, addrs, uplinks, effects);
+        let guests = Guests {
+            arc: &mut state.arc,
+            vms: &mut state.vms,
+        };
+        let gs = &settings.guests;
+        match call {
+            Call::GetDevices => Ok(state.devices().encode_to_vec()),
+            Call::ConnectNamespace(connect) => {
+                let admitted = namespace_service::admit(
+                    &mut env,
+                    &state.namespaces,
+                    &mut state.next_namespace_id,
+                    lifelines,
+                    &settings.namespaces,
+                    connect,
+                )?;
+                // Recorded before the kernel is touched: a call whose state
+                // cannot be saved (a full state directory) changes nothing,
+                // and a crash during the plan leaves the next run a
+                // namespace to remove.
+                state.namespaces.insert(admitted.ns.id, admitted.ns.clone());
+                if let Err(e) = store.save(state) {
+                    state.namespaces.remove(&admitted.ns.id);
+                    namespace_service::abandon(&mut env, lifelines, admitted);
+                    error!(
+                        "ConnectNamespace op {op}: cannot save {}: {e}; the call is refused and nothing changed",
+                        store.path().display()
+                    );
+                    return Err(CallError::Failed(format!(
+                        "ConnectNamespace: cannot record the change in {}: {e}; nothing was changed",
+                        store.path().display()
+                    )));
+                }
+                namespace_service::build(&mut env, &mut state.namespaces, lifelines, admitted)
+            }
+            Call::ModifyPortRule(rule) => port_rules::modify(
+                &mut env,
+                &mut state.port_rules,
+                store,
+                &settings.port_policy,
+                rule,
+                client,
+                op,
+            ),
+            Call::GetTrafficCounters(wanted) => {
+                counters::traffic_counters(&mut env, wanted, &state.counter_base)
+            }
+            Call::ArcStartup { pid, uid } => {
+                guest_service::arc_startup(&mut env, guests, gs, pid, uid, client, op)
+            }
+            Call::ArcShutdown => Ok(guest_service::arc_shutdown(&mut env, guests.arc, op)),
+            Call::ArcVmStartup { cid, uid } => {
+                guest_service::arcvm_startup(&mut env, guests, gs, cid, uid, client, op)
+            }
+            Call::ArcVmShutdown { cid } => {
+                Ok(guest_service::arcvm_shutdown(&mut env, guests.arc, cid, op))
+            }
+            Call::TerminaVmStartup { cid } => {
+                guest_service::termina_startup(&mut env, guests, gs, cid, client, op)
+            }
+            Call::TerminaVmShutdown { cid } => guest_service::vm_shutdown(
+                &mut env,
+                guests.vms,
+                guests::VmKind::Termina,
+                u64::from(cid),
+                client,
+                op,
+            )
+            .map(|()| patchpanel_proto::TerminaVmShutdownResponse {}.encode_to_vec()),
+            Call::ParallelsVmStartup { id, subnet_index } => {
+                guest_service::parallels_startup(&mut env, guests, gs, id, subnet_index, client, op)
+            }
+            Call::ParallelsVmShutdown { id } => guest_service::vm_shutdown(
+                &mut env,
+                guests.vms,
+                guests::VmKind::Parallels,
+                id,
+                client,
+                op,
+            )
+            .map(|()| patchpanel_proto::PluginVmShutdownResponse {}.encode_to_vec()),
+        }
+    }
+
+    /// Lifelines that fired in one wake-up: their namespaces go together.
+    fn on_lifelines(&mut self, link: &mut dyn HelperLink, tokens: Vec<Token>) {
+        let ids: Vec<u32> = tokens
+            .into_iter()
+            .filter_map(|t| self.lifelines.fired(t).map(|Guarded::Namespace(id)| id))
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut env = Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
+        namespace_service::disconnect(
+            &mut env,
+            &mut self.state.namespaces,
+            &mut self.lifelines,
+            &ids,
+            "the client's lifeline closed",
+        );
+    }
+
+    /// The uplinks changed: the view follows always; the datapath (uplink
+    /// routing, pinned namespaces, ARC's devices) once it is up.
+    fn on_uplinks(&mut self, link: &mut dyn HelperLink, events: Vec<UplinkEvent>) {
+        for event in &events {
+            info!("uplink {event}");
+            let before = self.uplinks.clone();
+            self.uplinks.apply(event);
+            if self.serving() {
+                let mut env = Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
+                lifecycle::follow_uplink(
+                    &mut env,
+                    &mut self.state.namespaces,
+                    &before,
+                    event,
+                    self.settings.manage_uplink_routing,
+                );
+            }
+        }
+        if self.serving() {
+            let mut env = Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
+            guest_service::arc_follow_uplinks(&mut env, &mut self.state.arc);
+        }
+    }
+
+    fn on_helper(&mut self, link: &mut dyn HelperLink, event: HelperEvent) -> anyhow::Result<Flow> {
+        match event {
+            HelperEvent::Up(Process::DatapathWriter) if self.phase == Phase::Starting => {
+                if self.settings.cleanup_only {
+                    lifecycle::clean_up(
+                        link,
+                        &mut self.state,
+                        &self.store,
+                        &mut self.addrs,
+                        &self.uplinks,
+                        &mut self.effects,
+                    )?;
+                    self.phase = Phase::Stopping;
+                    info!("cleanup done");
+                    return Ok(Flow::Exit);
+                }
+                lifecycle::start(
+                    link,
+                    &mut self.state,
+                    &self.store,
+                    &mut self.addrs,
+                    &self.uplinks,
+                    &mut self.effects,
+                    &Setup {
+                        layout: &self.settings.layout,
+                        port_policy: &self.settings.port_policy,
+                        manage_uplink_routing: self.settings.manage_uplink_routing,
+                    },
+                )?;
+                self.phase = Phase::DatapathUp;
+            }
+            HelperEvent::Up(_) => {}
+            HelperEvent::Lost(Process::DatapathWriter) => self.ndproxy.on_writer_lost(),
+            HelperEvent::Lost(_) => {}
+            HelperEvent::Event(_, HelperNews::NeighborDetected { ifindex, addr }) => {
+                if self.serving() {
+                    self.ndproxy
+                        .on_neighbor_detected(&self.uplinks, ifindex, addr);
+                }
+            }
+            HelperEvent::Event(_, HelperNews::FirewallChanged(change)) => {
+                // Until the datapath is up, its own setup takes care.
+                if self.serving() {
+                    self.host_firewall.on_change(change, Instant::now());
+                }
+            }
+            HelperEvent::Answer {
+                process: Process::DatapathWriter,
+                id,
+                result,
+            } if self.ndproxy.owns_request(id) => self.ndproxy.on_routes_applied(result),
+            HelperEvent::Answer {
+                process,
+                id,
+                result: Err(e),
+            } => warn!("{} failed request {id}: {e}", process.executable()),
+            HelperEvent::Answer { .. } => {}
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+/// Saves the state if it changed; a failure is logged (the next event
+/// tries again).
+fn save(store: &StateFile, state: &State) {
+    if let Err(e) = store.save_if_changed(state) {
+        error!(
+            "cannot save {}: {e}; a restart would not know what to clean up",
+            store.path().display()
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! The datapath's lifecycle: the first start once the writer is up (clean
+//! up after a previous run, set up the firewall, re-adopt what a crashed
+//! run left, turn forwarding on), the cleanup-only run, the clean stop, and
+//! following the uplinks.
+//!
+//! Start saves the state at points of its own (a crash half-way must still
+//! let the next run restore the sysctls); every other change is saved by
+//! the dispatcher's tail.
+
+use anyhow::{anyhow, bail};
+use log::{error, info, warn};
+use patchpanel_addr::AddressManager;
+use patchpanel_firewall::LayoutConfig;
+use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, Step, Sysctl};
+use patchpanel_ipc::{IfName, NetnsName, Reply, Request};
+use patchpanel_sandbox::Process;
+use patchpanel_uplinks::UplinkEvent;
+
+use crate::env::{Effects, Env, HelperLink};
+use crate::guest_service::{self, Guests};
+use crate::lifeline::LifelineWatcher;
+use crate::namespaces::ConnectedNamespace;
+use crate::port_rules::{self, PortPolicy};
+use crate::state::{Loaded, State, StateFile};
+use crate::uplinks::UplinkView;
+use crate::{namespace_service, namespaces, routing};
+
+/// What start sets up.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup<'a> {
+    pub layout: &'a LayoutConfig,
+    pub port_policy: &'a PortPolicy,
+    pub manage_uplink_routing: bool,
+}
+
+/// The previous run's state, if it left a usable one.
+fn previous(store: &StateFile) -> Option<State> {
+    match store.load() {
+        Loaded::Missing => None,
+        Loaded::Found(s) => Some(*s),
+        Loaded::Unusable(why) => {
+            warn!("{why}; removing every leftover patchpanel owns");
+            None
+        }
+    }
+}
+
+/// Takes over what the previous run knew must be restored or removed:
+/// its sysctl originals, its namespace ids, and its namespaces (their
+/// lifelines died with it).
+fn inherit(env: &mut Env<'_>, state: &mut State, prev: &State) {
+    info!(
+        "previous state found: {} namespace(s) tied to lifelines that died with the old manager; removing them",
+        prev.namespaces.len()
+    );
+    state.sysctl_originals = prev.sysctl_originals.clone();
+    state.next_namespace_id = prev.next_namespace_id;
+    for ns in prev.namespaces.values() {
+        let plan = namespaces::disconnect_plan(ns, format!("leftover {}", ns.netns));
+        if let Err(e) = env.apply(plan, &[]) {
+            warn!("leftover {}: {e}", ns.netns);
+        }
+    }
+}
+
+/// The first time the writer is up: clean up after a previous run, set up
+/// the firewall, re-adopt the previous run's port rules and guests, and
+/// turn forwarding on. An error is fatal.
+#[allow(clippy::too_many_arguments)]
+pub fn start(
+    link: &mut dyn HelperLink,
+    state: &mut State,
+    store: &StateFile,
+    addrs: &mut AddressManager,
+    uplinks: &UplinkView,
+    effects: &mut Effects,
+    setup: &Setup<'_>,
+) -> anyhow::Result<()> {
+    let previous = previous(store);
+    let firewall = Request::SetupFirewall(setup.layout.clone());
+    {
+        let mut env = Env::new(link, addrs, uplinks, effects);
+        if let Some(prev) = &previous {
+            inherit(&mut env, state, prev);
+        }
+        // A crash restart keeps the previous guests' links to re-adopt them.
+        let (keep_links, keep_netns) = previous
+            .as_ref()
+            .map(guest_service::leftovers)
+            .unwrap_or_default();
+        remove_owned(&mut env, true, keep_links, keep_netns)?;
+        env.call(firewall.clone())
+            .map_err(|e| anyhow!("cannot set up the firewall: {e}"))?;
+    }
+    link.record_replay(Process::DatapathWriter, "firewall", firewall, Vec::new());
+    {
+        let mut env = Env::new(link, addrs, uplinks, effects);
+        if let Some(prev) = &previous {
+            port_rules::readopt(
+                &mut env,
+                &mut state.port_rules,
+                &prev.port_rules,
+                setup.port_policy,
+            );
+            guest_service::readopt(
+                &mut env,
+                Guests {
+                    arc: &mut state.arc,
+                    vms: &mut state.vms,
+                },
+                prev,
+            );
+        }
+    }
+    // The journal says what this run holds from now on.
+    if let Err(e) = store.save_port_rules(&state.port_rules) {
+        error!(
+            "cannot save the port rules next to {}: {e}; a restart would not re-apply them",
+            store.path().display()
+        );
+    }
+    {
+        let mut env = Env::new(link, addrs, uplinks, effects);
+        let steps = [Sysctl::Ipv4Forward, Sysctl::Ipv6Forwarding]
+            .into_iter()
+            .map(|sysctl| Step::SetSysctl {
+                netns: Netns::Host,
+                sysctl,
+                value: "1".into(),
+            })
+            .collect();
+        env.apply(
+            Plan {
+                label: "start: forwarding on".into(),
+                mode: ApplyMode::Atomic,
+                steps,
+            },
+            &[],
+        )
+        .map_err(|e| anyhow!("cannot turn forwarding on: {e}"))?;
+    }
+    checkpoint(state, store, effects);
+    {
+        let mut env = Env::new(link, addrs, uplinks, effects);
+        for step in routing::uplink_steps_all(uplinks, setup.manage_uplink_routing) {
+            apply_quietly(&mut env, "uplink routing", step);
+        }
+    }
+    // The uplinks' accept_ra originals were just recorded: a crash from here
+    // on must still let the next run restore them.
+    checkpoint(state, store, effects);
+    // A re-adopted ARC follows the uplinks that changed meanwhile.
+    let mut env = Env::new(link, addrs, uplinks, effects);
+    guest_service::arc_follow_uplinks(&mut env, &mut state.arc);
+    Ok(())
+}
+
+/// `--cleanup`: removes everything patchpanel owns, the accounting chains
+/// included, restores the sysctls the previous run changed, and forgets
+/// its state.
+pub fn clean_up(
+    link: &mut dyn HelperLink,
+    state: &mut State,
+    store: &StateFile,
+    addrs: &mut AddressManager,
+    uplinks: &UplinkView,
+    effects: &mut Effects,
+) -> anyhow::Result<()> {
+    let mut env = Env::new(link, addrs, uplinks, effects);
+    if let Some(prev) = previous(store) {
+        inherit(&mut env, state, &prev);
+    }
+    remove_owned(&mut env, false, Vec::new(), Vec::new())?;
+    restore_sysctls(&mut env, state);
+    if let Err(e) = store.remove() {
+        warn!("cannot remove {}: {e}", store.path().display());
+    }
+    Ok(())
+}
+
+/// A clean stop: every namespace and guest goes, then everything owned but
+/// the accounting chains; the sysctls are restored and the state file
+/// removed.
+pub fn stop(
+    link: &mut dyn HelperLink,
+    state: &mut State,
+    store: &StateFile,
+    addrs: &mut AddressManager,
+    uplinks: &UplinkView,
+    effects: &mut Effects,
+    lifelines: &mut LifelineWatcher,
+) {
+    let mut env = Env::new(link, addrs, uplinks, effects);
+    let ids: Vec<u32> = state.namespaces.keys().copied().collect();
+    namespace_service::disconnect(
+        &mut env,
+        &mut state.namespaces,
+        lifelines,
+        &ids,
+        "patchpanel is stopping",
+    );
+    guest_service::stop_all(
+        &mut env,
+        Guests {
+            arc: &mut state.arc,
+            vms: &mut state.vms,
+        },
+        "patchpanel is stopping",
+    );
+    if let Err(e) = remove_owned(&mut env, true, Vec::new(), Vec::new()) {
+        warn!("{e}");
+    }
+    restore_sysctls(&mut env, state);
+    if let Err(e) = store.remove() {
+        warn!("cannot remove {}: {e}", store.path().display());
+    }
+}
+
+/// Follows one uplink change: per-uplink routing (netlink mode), and
+/// namespaces pinned to an uplink that came back with a new ifindex.
+/// `before` is the view before the change; `env`'s is after.
+pub fn follow_uplink(
+    env: &mut Env<'_>,
+    namespaces: &mut std::collections::BTreeMap<u32, ConnectedNamespace>,
+    before: &UplinkView,
+    event: &UplinkEvent,
+    manage_uplink_routing: bool,
+) {
+    for step in routing::uplink_steps_for_event(before, env.uplinks, event, manage_uplink_routing) {
+        apply_quietly(env, "uplink routing", step);
+    }
+    if let UplinkEvent::Added(u) = event {
+        namespace_service::repin(env, namespaces, &u.name, u.ifindex);
+    }
+}
+
+/// Absorbs the sysctl values replaced so far and saves the state.
+fn checkpoint(state: &mut State, store: &StateFile, effects: &mut Effects) {
+    for (netns, sysctl, old) in effects.replaced_sysctls.drain(..) {
+        state.record_sysctl_original(netns, sysctl, old);
+    }
+    if let Err(e) = store.save(state) {
+        error!(
+            "cannot save {}: {e}; a restart would not know what to clean up",
+            store.path().display()
+        );
+    }
+}
+
+fn remove_owned(
+    env: &mut Env<'_>,
+    keep_accounting: bool,
+    keep_links: Vec<IfName>,
+    keep_netns: Vec<NetnsName>,
+) -> anyhow::Result<()> {
+    match env.call(Request::RemoveOwned {
+        keep_links,
+        keep_netns,
+        keep_accounting,
+    }) {
+        Ok(Reply::Applied(r)) if r.failures.is_empty() => Ok(()),
+        Ok(Reply::Applied(r)) => {
+            warn!(
+                "removing leftovers: {} error(s): {}",
+                r.failures.len(),
+                r.failures.join("; ")
+            );
+            Ok(())
+        }
+        Ok(other) => bail!("removing leftovers: unexpected answer {other:?}"),
+        Err(e) => bail!("removing leftovers: {e}"),
+    }
+}
+
+/// Writes back the sysctl values found before patchpanel changed them.
+/// Sent as a plain request: what it replaces are patchpanel's own values,
+/// not originals to remember.
+fn restore_sysctls(env: &mut Env<'_>, state: &mut State) {
+    let steps: Vec<Step> = state
+        .sysctl_originals
+        .iter()
+        .map(|(netns, sysctl, value)| Step::SetSysctl {
+            netns: netns.clone(),
+            sysctl: sysctl.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    if steps.is_empty() {
+        return;
+    }
+    let plan = Plan {
+        label: "stop: restore sysctls".into(),
+        mode: ApplyMode::BestEffort,
+        steps,
+    };
+    match env.call(Request::Apply(plan)) {
+        Ok(Reply::Applied(r)) if !r.failures.is_empty() => {
+            warn!("restoring sysctls: {}", r.failures.join("; "))
+        }
+        Ok(_) => state.sysctl_originals.clear(),
+        Err(e) => warn!("restoring sysctls: {e}"),
+    }
+}
+
+/// Applies one best-effort step, logging failures.
+fn apply_quietly(env: &mut Env<'_>, what: &str, step: Step) {
+    let plan = Plan {
+        label: what.to_string(),
+        mode: ApplyMode::BestEffort,
+        steps: vec![step],
+    };
+    match env.apply(plan, &[]) {
+        Ok(r) if !r.failures.is_empty() => warn!("{what}: {}", r.failures.join("; ")),
+        Ok(_) => {}
+        Err(e) => warn!("{what}: {e}"),
+    }
+}

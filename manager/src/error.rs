@@ -31,6 +31,14 @@ impl std::fmt::Display for CallError {
 /// `InvalidArgument` only for values that came from the caller (a pid, its
 /// namespace); a name the manager chose that is taken, an object that is
 /// not patchpanel's, a kernel failure are all `Failed`.
+/// A teardown that cannot be computed is patchpanel's failure, not the
+/// caller's.
+impl From<patchpanel_firewall::InverseError> for CallError {
+    fn from(e: patchpanel_firewall::InverseError) -> CallError {
+        CallError::Failed(format!("cannot compute the teardown: {e}"))
+    }
+}
+
 impl From<HelperError> for CallError {
     fn from(e: HelperError) -> CallError {
         match e {

@@ -252,7 +252,11 @@ pub fn stop_arc(env: &mut Env<'_>, slot: &mut Option<ArcGuest>, why: &str) {
         }
     }
     let plan = guests::arc_stop_plan(&arc, format!("stop ARC: {why}"));
-    log_report(&format!("removing ARC ({why})"), env.apply(plan, &[]));
+    log_report(
+        &format!("removing ARC ({why})"),
+        plan.map_err(CallError::from)
+            .and_then(|plan| env.apply(plan, &[])),
+    );
     for device in arc.devices.values() {
         guests::arc_device_release(device, env.addrs);
     }
@@ -294,7 +298,8 @@ fn remove_arc_device(env: &mut Env<'_>, slot: &mut Option<ArcGuest>, uplink: &st
     );
     log_report(
         &format!("removing ARC device {}", device.bridge),
-        env.apply(plan, &[]),
+        plan.map_err(CallError::from)
+            .and_then(|plan| env.apply(plan, &[])),
     );
     guests::arc_device_release(&device, env.addrs);
     info!(
@@ -466,7 +471,8 @@ fn stop_vm(env: &mut Env<'_>, vms: &mut Vec<VmGuest>, pos: usize, why: &str) {
     let plan = guests::vm_stop_plan(&vm, format!("stop {}: {why}", vm.label()));
     log_report(
         &format!("removing {} ({why})", vm.label()),
-        env.apply(plan, &[]),
+        plan.map_err(CallError::from)
+            .and_then(|plan| env.apply(plan, &[])),
     );
     guests::vm_release(&vm, env.addrs);
     info!("{} stopped ({why})", vm.label());
@@ -553,7 +559,14 @@ pub fn readopt(env: &mut Env<'_>, guests: Guests<'_>, prev: &State) {
 
 /// Removes what is left of a guest that could not be re-adopted: its links
 /// and routes. Its rules went with the start's cleanup already.
-fn apply_teardown(env: &mut Env<'_>, mut plan: Plan) {
+fn apply_teardown(env: &mut Env<'_>, plan: Result<Plan, patchpanel_firewall::InverseError>) {
+    let mut plan = match plan {
+        Ok(plan) => plan,
+        Err(e) => {
+            error!("cannot remove a guest of the previous run: {e}");
+            return;
+        }
+    };
     plan.steps.retain(|s| !matches!(s, Step::Firewall(_)));
     let label = plan.label.clone();
     log_report(&label, env.apply(plan, &[]));

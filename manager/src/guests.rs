@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use patchpanel_addr::{AddressManager, GuestPool, GuestSubnet, MacAddr};
 use patchpanel_firewall::auto_dnat::{auto_dnat, AutoDnatTarget};
 use patchpanel_firewall::guest::{downstream, Downstream, Inbound, Mode};
-use patchpanel_firewall::Batch;
+use patchpanel_firewall::{Batch, InverseError};
 use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteSpec, Step, Sysctl};
 use patchpanel_ipc::{IfName, NetnsName};
 use patchpanel_proto::network_device::{GuestType, TechnologyType};
@@ -650,11 +650,14 @@ fn arc_device_steps(arc: &ArcGuest, device: &ArcDevice) -> Vec<Step> {
 
 /// The steps that remove one device: firewall first, then the bridge (its
 /// port leaves with it) and the container's veth. ARCVM's TAP stays.
-fn arc_device_teardown_steps(arc: &ArcGuest, device: &ArcDevice) -> Vec<Step> {
+fn arc_device_teardown_steps(
+    arc: &ArcGuest,
+    device: &ArcDevice,
+) -> Result<Vec<Step>, InverseError> {
     let mut steps = Vec::new();
     let batch = arc_device_firewall(arc, device);
     if !batch.is_empty() {
-        steps.push(Step::Firewall(batch.inverse_or_empty()));
+        steps.push(Step::Firewall(batch.inverse()?));
     }
     steps.push(Step::DeleteLink {
         netns: Netns::Host,
@@ -666,7 +669,7 @@ fn arc_device_teardown_steps(arc: &ArcGuest, device: &ArcDevice) -> Vec<Step> {
             name: device.host_ifname.clone(),
         });
     }
-    steps
+    Ok(steps)
 }
 
 /// Everything ARC holds in the firewall (arc0 and each device), as a
@@ -728,22 +731,26 @@ pub fn arc_device_plan(arc: &ArcGuest, device: &ArcDevice, label: String) -> Pla
 }
 
 /// Removes one uplink device. Best effort.
-pub fn arc_device_removal_plan(arc: &ArcGuest, device: &ArcDevice, label: String) -> Plan {
-    Plan {
+pub fn arc_device_removal_plan(
+    arc: &ArcGuest,
+    device: &ArcDevice,
+    label: String,
+) -> Result<Plan, InverseError> {
+    Ok(Plan {
         label,
         mode: ApplyMode::BestEffort,
-        steps: arc_device_teardown_steps(arc, device),
-    }
+        steps: arc_device_teardown_steps(arc, device)?,
+    })
 }
 
 /// Removes everything ARC has: devices, arc0, then the TAPs or the
 /// namespace name. Best effort.
-pub fn arc_stop_plan(arc: &ArcGuest, label: String) -> Plan {
+pub fn arc_stop_plan(arc: &ArcGuest, label: String) -> Result<Plan, InverseError> {
     let mut steps = Vec::new();
     for device in arc.devices.values() {
-        steps.extend(arc_device_teardown_steps(arc, device));
+        steps.extend(arc_device_teardown_steps(arc, device)?);
     }
-    steps.extend(arc_device_teardown_steps(arc, &arc.arc0));
+    steps.extend(arc_device_teardown_steps(arc, &arc.arc0)?);
     match &arc.kind {
         ArcKind::Container { netns, .. } => steps.push(Step::DeleteNetns {
             name: netns.clone(),
@@ -757,11 +764,11 @@ pub fn arc_stop_plan(arc: &ArcGuest, label: String) -> Plan {
             }
         }
     }
-    Plan {
+    Ok(Plan {
         label,
         mode: ApplyMode::BestEffort,
         steps,
-    }
+    })
 }
 
 /// After a restart: ARC's host links must still be there and ours; its
@@ -1007,8 +1014,8 @@ pub fn vm_start_plan(vm: &VmGuest, label: String) -> Plan {
 }
 
 /// A VM's stop: firewall, route, then the TAP. Best effort.
-pub fn vm_stop_plan(vm: &VmGuest, label: String) -> Plan {
-    let mut steps = vec![Step::Firewall(vm_firewall(vm).inverse_or_empty())];
+pub fn vm_stop_plan(vm: &VmGuest, label: String) -> Result<Plan, InverseError> {
+    let mut steps = vec![Step::Firewall(vm_firewall(vm).inverse()?)];
     if let Some(route) = lxd_route(vm) {
         steps.push(Step::DeleteRoute {
             netns: Netns::Host,
@@ -1019,11 +1026,11 @@ pub fn vm_stop_plan(vm: &VmGuest, label: String) -> Plan {
         netns: Netns::Host,
         name: vm.tap.clone(),
     });
-    Plan {
+    Ok(Plan {
         label,
         mode: ApplyMode::BestEffort,
         steps,
-    }
+    })
 }
 
 /// After a restart: the TAP must still be there and ours; its route and
@@ -1385,7 +1392,7 @@ mod tests {
             .unwrap()
             .unwrap();
         arc.devices.insert("eth0".into(), d);
-        let plan = arc_stop_plan(&arc, "t".into());
+        let plan = arc_stop_plan(&arc, "t".into()).expect("plan");
         assert_eq!(plan.mode, ApplyMode::BestEffort);
         assert_eq!(
             kinds(&plan),
@@ -1397,7 +1404,7 @@ mod tests {
     fn arcvm_stop_keeps_no_tap() {
         let mut a = addrs();
         let arc = arc_allocate(ArcKind::Vm { cid: 9 }, &mut a, &BTreeSet::new()).unwrap();
-        let plan = arc_stop_plan(&arc, "t".into());
+        let plan = arc_stop_plan(&arc, "t".into()).expect("plan");
         let deleted: Vec<String> = plan
             .steps
             .iter()
@@ -1465,7 +1472,7 @@ mod tests {
         assert_eq!(r.gateway_ipv4_address, vec![100, 115, 92, 25]);
         assert_eq!(r.container_ipv4_address, vec![100, 115, 92, 193]);
         assert_eq!(
-            kinds(&vm_stop_plan(&vm, "t".into())),
+            kinds(&vm_stop_plan(&vm, "t".into()).expect("plan")),
             ["firewall", "delroute", "dellink"]
         );
     }

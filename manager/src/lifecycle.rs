@@ -17,6 +17,7 @@ use patchpanel_sandbox::Process;
 use patchpanel_uplinks::UplinkEvent;
 
 use crate::env::{Effects, Env, HelperLink};
+use crate::error::CallError;
 use crate::guest_service::{self, Guests};
 use crate::lifeline::LifelineWatcher;
 use crate::namespaces::ConnectedNamespace;
@@ -56,8 +57,10 @@ fn inherit(env: &mut Env<'_>, state: &mut State, prev: &State) {
     state.sysctl_originals = prev.sysctl_originals.clone();
     state.next_namespace_id = prev.next_namespace_id;
     for ns in prev.namespaces.values() {
-        let plan = namespaces::disconnect_plan(ns, format!("leftover {}", ns.netns));
-        if let Err(e) = env.apply(plan, &[]) {
+        let removed = namespaces::disconnect_plan(ns, format!("leftover {}", ns.netns))
+            .map_err(CallError::from)
+            .and_then(|plan| env.apply(plan, &[]));
+        if let Err(e) = removed {
             warn!("leftover {}: {e}", ns.netns);
         }
     }
@@ -226,8 +229,13 @@ pub fn follow_uplink(
     event: &UplinkEvent,
     manage_uplink_routing: bool,
 ) {
-    for step in routing::uplink_steps_for_event(before, env.uplinks, event, manage_uplink_routing) {
-        apply_quietly(env, "uplink routing", step);
+    match routing::uplink_steps_for_event(before, env.uplinks, event, manage_uplink_routing) {
+        Ok(steps) => {
+            for step in steps {
+                apply_quietly(env, "uplink routing", step);
+            }
+        }
+        Err(e) => error!("uplink routing for {event}: {e}"),
     }
     if let UplinkEvent::Added(u) = event {
         namespace_service::repin(env, namespaces, &u.name, u.ifindex);

@@ -174,8 +174,10 @@ fn disconnect_group(
     clients.dedup();
     let clients = clients.join(", ");
     let op = next_operation();
-    let plan = namespaces::disconnect_many_plan(&list, format!("disconnect {names} op {op}"));
-    match env.apply(plan, &[]) {
+    let removed = namespaces::disconnect_many_plan(&list, format!("disconnect {names} op {op}"))
+        .map_err(CallError::from)
+        .and_then(|plan| env.apply(plan, &[]));
+    match removed {
         Ok(report) if report.failures.is_empty() => {
             info!("disconnect op {op} for {clients}: {names} removed: {why}")
         }
@@ -233,15 +235,22 @@ pub fn repin(
             uplink: uplink.clone(),
             ifindex,
         };
-        let plan = Plan {
-            label: format!("re-pin {} to {uplink} (ifindex {ifindex})", old.netns),
-            mode: ApplyMode::Atomic,
-            steps: vec![
-                Step::Firewall(namespaces::namespace_firewall_teardown(&old)),
-                Step::Firewall(namespaces::namespace_firewall(&new)),
-            ],
-        };
-        match env.apply(plan, &[]) {
+        let repinned = namespaces::namespace_firewall_teardown(&old)
+            .map_err(CallError::from)
+            .and_then(|teardown| {
+                env.apply(
+                    Plan {
+                        label: format!("re-pin {} to {uplink} (ifindex {ifindex})", old.netns),
+                        mode: ApplyMode::Atomic,
+                        steps: vec![
+                            Step::Firewall(teardown),
+                            Step::Firewall(namespaces::namespace_firewall(&new)),
+                        ],
+                    },
+                    &[],
+                )
+            });
+        match repinned {
             Ok(_) => {
                 info!("{} follows {uplink} to ifindex {ifindex}", old.netns);
                 namespaces.insert(id, new);

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use patchpanel_addr::{AddressManager, GuestPool, GuestSubnet, Ipv6Subnet, MacAddr};
-use patchpanel_firewall::Batch;
+use patchpanel_firewall::{Batch, InverseError};
 use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteSpec, Step, Sysctl};
 use patchpanel_ipc::{IfName, NetnsName};
 use patchpanel_proto::network_device::GuestType;
@@ -86,7 +86,7 @@ pub fn namespace_firewall(ns: &ConnectedNamespace) -> Batch {
 }
 
 /// The changes that remove [`namespace_firewall`]'s rules.
-pub fn namespace_firewall_teardown(ns: &ConnectedNamespace) -> Batch {
+pub fn namespace_firewall_teardown(ns: &ConnectedNamespace) -> Result<Batch, InverseError> {
     patchpanel_firewall::guest::connected_namespace_teardown(&firewall_namespace(ns))
 }
 
@@ -410,7 +410,7 @@ pub const EXPLICIT_LINK_DELETES: usize = 2;
 pub const TEARDOWN_GROUP: usize = 16;
 
 /// The steps that remove a namespace.
-pub fn disconnect_plan(ns: &ConnectedNamespace, label: String) -> Plan {
+pub fn disconnect_plan(ns: &ConnectedNamespace, label: String) -> Result<Plan, InverseError> {
     disconnect_many_plan(std::slice::from_ref(ns), label)
 }
 
@@ -420,10 +420,13 @@ pub fn disconnect_plan(ns: &ConnectedNamespace, label: String) -> Plan {
 /// along (waited for when there are many, see [`EXPLICIT_LINK_DELETES`]);
 /// then every link still there, and the names of attached namespaces
 /// (their processes keep the namespaces).
-pub fn disconnect_many_plan(namespaces: &[ConnectedNamespace], label: String) -> Plan {
+pub fn disconnect_many_plan(
+    namespaces: &[ConnectedNamespace],
+    label: String,
+) -> Result<Plan, InverseError> {
     let mut firewall = patchpanel_firewall::Batch::new();
     for ns in namespaces {
-        firewall.extend(namespace_firewall_teardown(ns));
+        firewall.extend(namespace_firewall_teardown(ns)?);
     }
     let mut steps = vec![Step::Firewall(firewall)];
     let created: Vec<&ConnectedNamespace> = namespaces.iter().filter(|n| n.pid == -1).collect();
@@ -449,11 +452,11 @@ pub fn disconnect_many_plan(namespaces: &[ConnectedNamespace], label: String) ->
             name: ns.netns.clone(),
         });
     }
-    Plan {
+    Ok(Plan {
         label,
         mode: ApplyMode::BestEffort,
         steps,
-    }
+    })
 }
 
 /// The D-Bus answer for a built namespace.
@@ -703,7 +706,7 @@ mod tests {
     fn a_created_namespace_loses_its_name_then_its_link() {
         let mut a = addrs();
         let ns = build(&request(-1), 0, &mut a);
-        let plan = disconnect_plan(&ns, "t".into());
+        let plan = disconnect_plan(&ns, "t".into()).expect("plan");
         assert_eq!(plan.mode, ApplyMode::BestEffort);
         assert!(matches!(plan.steps[0], Step::Firewall(_)));
         assert!(matches!(plan.steps[1], Step::DeleteNetns { .. }));
@@ -715,7 +718,7 @@ mod tests {
     fn an_attached_namespace_loses_its_link_then_its_name() {
         let mut a = addrs();
         let ns = build(&request(4242), 0, &mut a);
-        let plan = disconnect_plan(&ns, "t".into());
+        let plan = disconnect_plan(&ns, "t".into()).expect("plan");
         assert!(matches!(plan.steps[0], Step::Firewall(_)));
         assert!(matches!(plan.steps[1], Step::DeleteLink { .. }));
         assert!(matches!(plan.steps[2], Step::DeleteNetns { .. }));
@@ -738,7 +741,7 @@ mod tests {
         let list: Vec<ConnectedNamespace> = (0..TEARDOWN_GROUP as u32)
             .map(|i| build(&req, 1_000_000 + i, &mut a))
             .collect();
-        let plan = disconnect_many_plan(&list, "t".repeat(2000));
+        let plan = disconnect_many_plan(&list, "t".repeat(2000)).expect("plan");
         let msg = patchpanel_ipc::ManagerMessage::Request {
             id: u64::MAX,
             body: patchpanel_ipc::Request::Apply(plan),
@@ -756,7 +759,7 @@ mod tests {
         let mut a = addrs();
         let list: Vec<ConnectedNamespace> =
             (0..3).map(|i| build(&request(-1), i, &mut a)).collect();
-        let plan = disconnect_many_plan(&list, "t".into());
+        let plan = disconnect_many_plan(&list, "t".into()).expect("plan");
         let firewall = plan
             .steps
             .iter()

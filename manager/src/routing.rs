@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use patchpanel_firewall::{Batch, TrafficSource as Mark};
+use patchpanel_firewall::{Batch, InverseError, TrafficSource as Mark};
 use patchpanel_ipc::datapath::{Netns, RouteSpec, RuleSpec, Step, Sysctl};
 use patchpanel_ipc::IfName;
 use patchpanel_proto::traffic_counter::Source;
@@ -234,18 +234,18 @@ pub fn uplink_steps_for_event(
     after: &UplinkView,
     event: &UplinkEvent,
     manage: bool,
-) -> Vec<Step> {
+) -> Result<Vec<Step>, InverseError> {
     let mut steps = Vec::new();
     match event {
         UplinkEvent::Added(u) => {
             steps.push(Step::EnsureAccounting(u.name.clone()));
             steps.push(Step::Firewall(pinning(u)));
         }
-        UplinkEvent::Removed(u) => steps.push(Step::Firewall(pinning(u).inverse_or_empty())),
+        UplinkEvent::Removed(u) => steps.push(Step::Firewall(pinning(u).inverse()?)),
         _ => {}
     }
     if !manage {
-        return steps;
+        return Ok(steps);
     }
     match event {
         UplinkEvent::Added(u) | UplinkEvent::Changed(u) => steps.extend(uplink_link_steps(u)),
@@ -259,7 +259,7 @@ pub fn uplink_steps_for_event(
     let new = desired_rules(after);
     steps.extend(old.difference(&new).cloned().map(Step::DeleteRule));
     steps.extend(new.difference(&old).cloned().map(Step::AddRule));
-    steps
+    Ok(steps)
 }
 
 #[cfg(test)]
@@ -354,7 +354,7 @@ mod tests {
         let mut after = before.clone();
         after.apply(&event);
         after.apply(&UplinkEvent::DefaultChanged(None));
-        let steps = uplink_steps_for_event(&before, &after, &event, true);
+        let steps = uplink_steps_for_event(&before, &after, &event, true).expect("steps");
         assert!(steps.contains(&Step::SyncTable {
             table: 1002,
             routes: vec![]

@@ -1379,7 +1379,9 @@ fn firewall_step_applies_a_connected_namespace_batch_and_its_teardown_removes_it
         );
     }
 
-    f.apply(vec![Step::Firewall(connected_namespace_teardown(&ns))]);
+    f.apply(vec![Step::Firewall(
+        connected_namespace_teardown(&ns).expect("invertible"),
+    )]);
 
     f.assert_snapshot_is(&before);
 }
@@ -1391,10 +1393,13 @@ fn a_firewall_batch_that_fails_leaves_none_of_its_rules_behind() {
     let mut batch = connected_namespace(&arc_ns0());
     // Deleting a rule that is not there makes the batch fail after the
     // changes before it.
-    batch.extend(connected_namespace_teardown(&guest::Namespace {
-        host_ifname: ifname("arc_ns9"),
-        ..arc_ns0()
-    }));
+    batch.extend(
+        connected_namespace_teardown(&guest::Namespace {
+            host_ifname: ifname("arc_ns9"),
+            ..arc_ns0()
+        })
+        .expect("invertible"),
+    );
 
     let err = f.apply_refused(vec![Step::Firewall(batch)]);
 

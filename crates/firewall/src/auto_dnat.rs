@@ -16,7 +16,9 @@ use crate::layout::{
     named, APPLY_AUTO_DNAT_TO_ARC, APPLY_AUTO_DNAT_TO_CROSTINI, APPLY_AUTO_DNAT_TO_PARALLELS,
     INGRESS_PORT_FIREWALL, INGRESS_PORT_FORWARDING,
 };
-use crate::model::{Batch, Change, Family, Match, OwnedChain, Protocol, Rule, Table, Target};
+use crate::model::{
+    Batch, Change, Family, InverseError, Match, OwnedChain, Protocol, Rule, Table, Target,
+};
 
 /// Which guest an uplink's inbound traffic goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,8 +76,12 @@ pub fn auto_dnat(target: AutoDnatTarget, uplink: &IfName, guest: Ipv4Addr) -> Ba
 }
 
 /// The inverse of [`auto_dnat`].
-pub fn auto_dnat_teardown(target: AutoDnatTarget, uplink: &IfName, guest: Ipv4Addr) -> Batch {
-    auto_dnat(target, uplink, guest).inverse_or_empty()
+pub fn auto_dnat_teardown(
+    target: AutoDnatTarget,
+    uplink: &IfName,
+    guest: Ipv4Addr,
+) -> Result<Batch, InverseError> {
+    auto_dnat(target, uplink, guest).inverse()
 }
 
 /// Crostini ADB sideloading (upstream-core §4.8): TCP from the VM's `tap`
@@ -174,7 +180,7 @@ COMMIT
 
     #[test]
     fn adb_sideload_teardown_deletes_what_setup_added_in_reverse() {
-        let teardown = sideload().inverse_or_empty();
+        let teardown = sideload().inverse().expect("invertible");
         assert_eq!(
             render(&teardown, Family::V4),
             "\
@@ -199,7 +205,8 @@ COMMIT
     #[test]
     fn teardown_deletes_in_reverse_and_inverts_setup() {
         let guest = Ipv4Addr::new(100, 115, 93, 2);
-        let teardown = auto_dnat_teardown(AutoDnatTarget::Parallels, &eth0(), guest);
+        let teardown =
+            auto_dnat_teardown(AutoDnatTarget::Parallels, &eth0(), guest).expect("invertible");
         assert_eq!(
             render(&teardown, Family::V4),
             "\

@@ -23,8 +23,8 @@ use crate::layout::{
     GUEST_FORWARD, SKIP_APPLY_VPN_MARK,
 };
 use crate::model::{
-    Batch, BuiltinChain, Change, Cidr, CtStates, Family, InterfaceChainPrefix, Match, OwnedChain,
-    Rule, Table, Target,
+    Batch, BuiltinChain, Change, Cidr, CtStates, Family, InterfaceChainPrefix, InverseError, Match,
+    OwnedChain, Rule, Table, Target,
 };
 
 /// How a downstream interface's traffic finds its uplink (§4.5).
@@ -210,8 +210,8 @@ pub fn downstream(d: &Downstream) -> Batch {
 
 /// The changes that remove downstream interface `d`: the inverse of
 /// [`downstream`].
-pub fn downstream_teardown(d: &Downstream) -> Batch {
-    downstream(d).inverse_or_empty()
+pub fn downstream_teardown(d: &Downstream) -> Result<Batch, InverseError> {
+    downstream(d).inverse()
 }
 
 /// A ConnectNamespace client's namespace (§4.9), as the manager knows it.
@@ -260,8 +260,8 @@ pub fn connected_namespace(ns: &Namespace) -> Batch {
 }
 
 /// The inverse of [`connected_namespace`].
-pub fn connected_namespace_teardown(ns: &Namespace) -> Batch {
-    connected_namespace(ns).inverse_or_empty()
+pub fn connected_namespace_teardown(ns: &Namespace) -> Result<Batch, InverseError> {
+    connected_namespace(ns).inverse()
 }
 
 /// Connection pinning for uplink `uplink` with routing table `table`
@@ -307,8 +307,8 @@ pub fn uplink_pinning(uplink: &IfName, table: u32) -> Batch {
 }
 
 /// The inverse of [`uplink_pinning`].
-pub fn uplink_pinning_teardown(uplink: &IfName, table: u32) -> Batch {
-    uplink_pinning(uplink, table).inverse_or_empty()
+pub fn uplink_pinning_teardown(uplink: &IfName, table: u32) -> Result<Batch, InverseError> {
+    uplink_pinning(uplink, table).inverse()
 }
 
 #[cfg(test)]
@@ -517,7 +517,7 @@ COMMIT
     #[test]
     fn teardown_deletes_exactly_what_setup_added_in_reverse() {
         let ns = namespace(Mode::User, true);
-        let teardown = connected_namespace_teardown(&ns);
+        let teardown = connected_namespace_teardown(&ns).expect("invertible");
         teardown.validate().unwrap();
         assert_eq!(
             render(&teardown, Family::V4),
@@ -548,7 +548,7 @@ COMMIT
             for ipv6 in [false, true] {
                 let ns = namespace(mode, ipv6);
                 let setup = connected_namespace(&ns);
-                let teardown = connected_namespace_teardown(&ns);
+                let teardown = connected_namespace_teardown(&ns).expect("invertible");
                 assert_eq!(teardown.inverse().unwrap(), setup, "{mode:?} {ipv6}");
                 assert_eq!(setup.inverse().unwrap(), teardown, "{mode:?} {ipv6}");
             }
@@ -571,7 +571,7 @@ COMMIT
 ";
         assert_eq!(render(&batch, Family::V4), expected);
         assert_eq!(render(&batch, Family::V6), expected);
-        let teardown = uplink_pinning_teardown(&eth0, 1002);
+        let teardown = uplink_pinning_teardown(&eth0, 1002).expect("invertible");
         assert_eq!(teardown.inverse().unwrap(), batch);
     }
 }

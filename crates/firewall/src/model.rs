@@ -1047,15 +1047,6 @@ impl Batch {
             ipv6: invert(&self.ipv6)?,
         })
     }
-
-    /// [`Batch::inverse`], or an empty batch (with a warning in the log)
-    /// when this batch flushes a chain. Generated guest batches never do.
-    pub fn inverse_or_empty(&self) -> Batch {
-        self.inverse().unwrap_or_else(|e| {
-            log::warn!("firewall batch has no inverse: {e}");
-            Batch::default()
-        })
-    }
 }
 
 /// Why a change was refused. Every variant names the offending value.
@@ -1431,7 +1422,7 @@ mod tests {
             batch.inverse().unwrap_err().to_string(),
             "flushing chain vpn_lockdown in table filter cannot be undone"
         );
-        assert!(batch.inverse_or_empty().is_empty());
+        assert!(batch.inverse().is_err());
     }
 
     #[test]

@@ -381,7 +381,7 @@ fn uplink_pinning_applies_and_reverts_exactly() {
             v4.contains("-A POSTROUTING_eth0 -j CONNMARK --set-xmark 0x3ea0000/0xffff0000\n"),
             "{v4}"
         );
-        fw.apply(&guest::uplink_pinning_teardown(&ifname("eth0"), 1002))
+        fw.apply(&guest::uplink_pinning_teardown(&ifname("eth0"), 1002).expect("invertible"))
             .unwrap();
         assert_eq!(snapshot(&mut fw), before);
     });

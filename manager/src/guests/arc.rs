@@ -1,41 +1,25 @@
-//! Guest policy: ARC (container or VM), Termina and Parallels VMs
-//! (upstream-core §4.7, §4.8). Pure: given state and a request, choose
-//! names, addresses and MACs and turn them into datapath plans; the manager
-//! ([`crate::guest_service`]) carries the plans to the writer.
-//!
-//! * ARC holds six address configs ("slots") for as long as it runs: slot 0
-//!   is the management network (`arcbr0` 100.115.92.1 <-> `arc0`
-//!   100.115.92.2), slots 1–5 serve uplinks: two for Ethernet, two for
-//!   Wi-Fi, one for cellular, as upstream. Each uplink gets a bridge
-//!   `arc_<uplink>` with the slot's host address and, for the container, a
-//!   veth into the container named after the uplink; for ARCVM, the slot's
-//!   TAP (all six are made at start, in slot order, so the VM sees them as
-//!   `eth0`..`eth5`). ARC's traffic is pinned to the uplink it came in on,
-//!   and unsolicited inbound traffic on that uplink is sent to ARC.
-//! * A Termina VM gets a TAP with the host address of a /30 and an LXD /28
-//!   routed through the VM; a Parallels VM a TAP on a /29 of
-//!   100.115.93.0/24 (an explicit index keeps its subnet and MAC across
-//!   runs). VM traffic follows the default network.
+//! ARC (container or VM): its six address configs ("slots"), one device
+//! per served uplink, and the plans that build, extend, remove and re-adopt
+//! it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use patchpanel_addr::{AddressManager, GuestPool, GuestSubnet, MacAddr};
 use patchpanel_firewall::auto_dnat::{auto_dnat, AutoDnatTarget};
 use patchpanel_firewall::guest::{downstream, Downstream, Inbound, Mode};
 use patchpanel_firewall::{Batch, InverseError};
-use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteSpec, Step, Sysctl};
+use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, Step};
 use patchpanel_ipc::{IfName, NetnsName};
-use patchpanel_proto::network_device::{GuestType, TechnologyType};
-use patchpanel_proto::{
-    ipv4_to_addr4, ipv4_to_net_u32, ArcVmStartupResponse, IPv4Subnet, NetworkDevice,
-    PluginVmStartupResponse, TerminaVmStartupResponse,
-};
+use patchpanel_proto::network_device::TechnologyType;
 use patchpanel_uplinks::{Technology, Uplink};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CallError;
-use crate::routing::{TrafficSource, MAIN_TABLE, TABLE_OFFSET};
+use crate::routing::{TrafficSource, TABLE_OFFSET};
+
+use super::names::*;
+use super::{failed, ifname};
 
 /// Name of the ARC container's namespace, after the configured prefix.
 pub const ARC_NETNS: &str = "arc_netns";
@@ -45,8 +29,6 @@ pub const ARC0_BRIDGE: &str = "arcbr0";
 pub const ARC0_VETH: &str = "vetharc0";
 /// The management interface inside ARC.
 pub const ARC0_GUEST: &str = "arc0";
-/// VM TAPs are `vmtap<N>`, lowest free N first.
-pub const TAP_PREFIX: &str = "vmtap";
 /// Slot 0 (arc0) and one per uplink technology slot.
 pub const ARC_SLOTS: u32 = 6;
 
@@ -78,7 +60,7 @@ impl ArcTechnology {
         }
     }
 
-    fn proto(self) -> TechnologyType {
+    pub(super) fn proto(self) -> TechnologyType {
         match self {
             ArcTechnology::Ethernet => TechnologyType::Ethernet,
             ArcTechnology::Wifi => TechnologyType::Wifi,
@@ -155,7 +137,7 @@ impl ArcGuest {
         matches!(self.kind, ArcKind::Vm { .. })
     }
 
-    fn slot(&self, device: &ArcDevice) -> Option<&ArcSlot> {
+    pub(super) fn slot(&self, device: &ArcDevice) -> Option<&ArcSlot> {
         self.slots.get(device.slot as usize)
     }
 
@@ -178,147 +160,6 @@ impl ArcGuest {
     pub fn taps(&self) -> Vec<IfName> {
         self.slots.iter().filter_map(|s| s.tap.clone()).collect()
     }
-}
-
-/// Which VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum VmKind {
-    /// Crostini's Termina (`TerminaVmStartup`, id = cid).
-    Termina,
-    /// Parallels (`PluginVmStartup` / `ParallelsVmStartup`).
-    Parallels,
-}
-
-impl VmKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            VmKind::Termina => "Termina VM",
-            VmKind::Parallels => "Parallels VM",
-        }
-    }
-
-    fn source(self) -> TrafficSource {
-        match self {
-            VmKind::Termina => TrafficSource::CrostiniVm,
-            VmKind::Parallels => TrafficSource::ParallelsVm,
-        }
-    }
-
-    fn guest_type(self) -> GuestType {
-        match self {
-            VmKind::Termina => GuestType::TerminaVm,
-            VmKind::Parallels => GuestType::ParallelsVm,
-        }
-    }
-
-    fn pool(self) -> GuestPool {
-        match self {
-            VmKind::Termina => GuestPool::TerminaVm,
-            VmKind::Parallels => GuestPool::ParallelsVm,
-        }
-    }
-}
-
-/// A running Termina or Parallels VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmGuest {
-    pub kind: VmKind,
-    pub id: u64,
-    pub tap: IfName,
-    pub mac: MacAddr,
-    /// Whether `mac` came from the random generator (and goes back to it).
-    pub random_mac: bool,
-    /// Host at offset 1 (on the TAP), VM at offset 2.
-    pub subnet: GuestSubnet,
-    /// Termina: the LXD container subnet routed through the VM.
-    pub lxd: Option<GuestSubnet>,
-    /// Termina with ADB allowed: `adb connect arc` from the VM reaches the
-    /// host's ADB relay (DNAT to the TAP's host address, port 5555).
-    #[serde(default)]
-    pub adb_sideload: bool,
-}
-
-impl VmGuest {
-    pub fn label(&self) -> String {
-        format!("{} {}", self.kind.name(), self.id)
-    }
-
-    /// The LXD container's address (offset 1 of its /28).
-    pub fn container_addr(&self) -> Option<Ipv4Addr> {
-        self.lxd.and_then(|l| l.subnet.addr_at(1))
-    }
-}
-
-fn failed(what: &str, e: impl std::fmt::Display) -> CallError {
-    CallError::Failed(format!("{what}: {e}"))
-}
-
-fn ifname(name: &str) -> Result<IfName, CallError> {
-    IfName::new(name).map_err(|e| failed("interface name", e))
-}
-
-/// `prefix` + `ifname`, cut to 15 bytes keeping the last character (the
-/// interface number, usually), as upstream names ARC's links.
-pub fn prefixed_ifname(prefix: &str, ifname: &str) -> String {
-    let mut name = format!("{prefix}{ifname}");
-    if name.len() > IFNAME_MAX_LEN {
-        name.truncate(IFNAME_MAX_LEN);
-        if let Some(last) = ifname.chars().last() {
-            name.pop();
-            name.push(last);
-        }
-    }
-    name
-}
-
-/// `IFNAMSIZ - 1`.
-const IFNAME_MAX_LEN: usize = 15;
-
-/// The lowest `vmtap<N>` not in `taken`.
-pub fn free_tap_name(taken: &BTreeSet<String>) -> IfName {
-    let mut n = 0u32;
-    loop {
-        let name = format!("{TAP_PREFIX}{n}");
-        if !taken.contains(&name) {
-            // "vmtap" + at most 10 digits fits in 15 bytes.
-            if let Ok(i) = IfName::new(&name) {
-                return i;
-            }
-        }
-        n += 1;
-    }
-}
-
-/// Every TAP name held by a guest.
-pub fn taken_taps(arc: Option<&ArcGuest>, vms: &[VmGuest]) -> BTreeSet<String> {
-    let mut taken: BTreeSet<String> = vms.iter().map(|v| v.tap.to_string()).collect();
-    if let Some(arc) = arc {
-        taken.extend(arc.taps().iter().map(|t| t.to_string()));
-    }
-    taken
-}
-
-/// A vsock context id: 0 is not one.
-pub fn check_id(what: &str, id: u64) -> Result<(), CallError> {
-    if id == 0 {
-        return Err(CallError::InvalidArgument(format!(
-            "{what} 0 is not a valid id"
-        )));
-    }
-    Ok(())
-}
-
-/// A Parallels `subnet_index` as it arrives on the wire: 0 means any,
-/// 1..=count that subnet, anything else is refused.
-pub fn parallels_index(addrs: &AddressManager, raw: i32) -> Result<Option<u32>, CallError> {
-    if raw < 0 {
-        return Err(CallError::InvalidArgument(format!(
-            "subnet_index {raw} is negative (0 asks for any free subnet)"
-        )));
-    }
-    addrs
-        .requested_index(GuestPool::ParallelsVm, i64::from(raw))
-        .map_err(|e| CallError::InvalidArgument(format!("subnet_index: {e}")))
 }
 
 /// Whether `uid` may replace the running `arc`: root may, and so may the
@@ -795,371 +636,14 @@ pub fn arc_readopt_plan(arc: &ArcGuest, label: String) -> Plan {
     }
 }
 
-/// `ArcVmStartup`'s answer: arc0's guest address and the TAPs in order.
-pub fn arcvm_response(arc: &ArcGuest) -> ArcVmStartupResponse {
-    ArcVmStartupResponse {
-        arc0_ipv4_address: arc
-            .slots
-            .first()
-            .map(|s| ipv4_to_addr4(s.subnet.guest()))
-            .unwrap_or_default(),
-        tap_device_ifnames: arc.taps().iter().map(|t| t.to_string()).collect(),
-    }
-}
-
-fn subnet_proto(s: &GuestSubnet) -> IPv4Subnet {
-    IPv4Subnet::new(s.subnet.base(), u32::from(s.subnet.prefix_len()))
-}
-
-/// ARC's devices as GetDevices lists them (arc0 is not listed).
-pub fn arc_devices(arc: &ArcGuest) -> Vec<NetworkDevice> {
-    arc.devices
-        .values()
-        .filter_map(|d| arc_device_proto(arc, d))
-        .collect()
-}
-
-/// One ARC uplink device as GetDevices and NetworkDeviceChanged show it.
-pub fn arc_device_proto(arc: &ArcGuest, device: &ArcDevice) -> Option<NetworkDevice> {
-    let slot = arc.slot(device)?;
-    let uplink = device.uplink.as_ref()?;
-    Some(NetworkDevice {
-        ifname: device.bridge.to_string(),
-        phys_ifname: uplink.name.to_string(),
-        guest_ifname: device.guest_ifname.to_string(),
-        ipv4_addr: ipv4_to_net_u32(slot.subnet.guest()),
-        host_ipv4_addr: ipv4_to_net_u32(slot.subnet.host()),
-        ipv4_subnet: Some(subnet_proto(&slot.subnet)),
-        guest_type: if arc.is_vm() {
-            GuestType::Arcvm
-        } else {
-            GuestType::Arc
-        } as i32,
-        technology_type: uplink.technology.proto() as i32,
-        ..Default::default()
-    })
-}
-
-/// Takes a VM's subnet (and Termina's LXD subnet), MAC and TAP name.
-/// Nothing stays allocated on error.
-pub fn vm_allocate(
-    kind: VmKind,
-    id: u64,
-    index: Option<u32>,
-    addrs: &mut AddressManager,
-    taken: &BTreeSet<String>,
-) -> Result<VmGuest, CallError> {
-    let subnet = addrs
-        .allocate_ipv4(kind.pool(), index)
-        .map_err(|e| match e {
-            patchpanel_addr::AddrError::IndexTaken { .. } => {
-                CallError::InvalidArgument(format!("subnet_index: {e}"))
-            }
-            _ => failed(&format!("no subnet for the {}", kind.name()), e),
-        })?;
-    let release = |addrs: &mut AddressManager| {
-        let _ = addrs.release_ipv4(subnet.pool, subnet.index);
-    };
-    let lxd = if kind == VmKind::Termina {
-        match addrs.allocate_ipv4(GuestPool::LxdContainer, None) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                release(addrs);
-                return Err(failed("no subnet for the LXD container", e));
-            }
-        }
-    } else {
-        None
-    };
-    // An explicit Parallels index keeps its MAC across runs (upstream).
-    let (mac, random_mac) = match index {
-        Some(i) => (AddressManager::stable_mac(i as u8), false),
-        None => match addrs.random_mac() {
-            Ok(m) => (m, true),
-            Err(e) => {
-                release(addrs);
-                if let Some(l) = lxd {
-                    let _ = addrs.release_ipv4(l.pool, l.index);
-                }
-                return Err(failed("no MAC address", e));
-            }
-        },
-    };
-    Ok(VmGuest {
-        kind,
-        id,
-        tap: free_tap_name(taken),
-        mac,
-        random_mac,
-        subnet,
-        lxd,
-        adb_sideload: false,
-    })
-}
-
-/// Returns a VM's subnets and MAC.
-pub fn vm_release(vm: &VmGuest, addrs: &mut AddressManager) {
-    let _ = addrs.release_ipv4(vm.subnet.pool, vm.subnet.index);
-    if let Some(l) = &vm.lxd {
-        let _ = addrs.release_ipv4(l.pool, l.index);
-    }
-    if vm.random_mac {
-        addrs.forget_mac(&vm.mac);
-    }
-}
-
-/// Re-takes what a previous run's VM held; on error nothing stays taken.
-pub fn vm_adopt(vm: &VmGuest, addrs: &mut AddressManager) -> Result<(), CallError> {
-    addrs
-        .adopt(&vm.subnet)
-        .map_err(|e| failed("the VM's address", e))?;
-    if let Some(l) = &vm.lxd {
-        if let Err(e) = addrs.adopt(l) {
-            let _ = addrs.release_ipv4(vm.subnet.pool, vm.subnet.index);
-            return Err(failed("the VM's LXD subnet", e));
-        }
-    }
-    if vm.random_mac {
-        addrs.adopt_mac(vm.mac);
-    }
-    Ok(())
-}
-
-/// The firewall of a VM's TAP: forwarding both ways, SNAT, its source,
-/// and routing that follows the default network.
-pub fn vm_firewall(vm: &VmGuest) -> Batch {
-    let mut batch = downstream(&Downstream {
-        ifname: vm.tap.clone(),
-        source: vm.kind.source(),
-        mode: Mode::User,
-        inbound: Inbound::Open,
-        snat_ipv6: false,
-        peer: None,
-    });
-    if vm.adb_sideload {
-        batch.extend(patchpanel_firewall::auto_dnat::adb_sideload(
-            &vm.tap,
-            ARC_ADB_ADDR,
-            vm.subnet.host(),
-            ADB_PORT,
-        ));
-    }
-    batch
-}
-
-/// adbd's port, on the host (the relay) and in ARC.
-pub const ADB_PORT: u16 = 5555;
-
-/// Where Crostini's `adb connect arc` goes: ARC's fixed arc0 address, as
-/// upstream hard-codes it.
-pub const ARC_ADB_ADDR: Ipv4Addr = Ipv4Addr::new(100, 115, 92, 2);
-
-/// `route_localnet=0` on a sideloading VM's TAP, when it is adopted again:
-/// earlier versions sent sideloading to 127.0.0.1 and set it to 1, which
-/// let the VM reach every service on the host's loopback (security review
-/// finding 4). The DNAT now goes to the TAP's own address, which needs no
-/// such sysctl, and a new TAP starts with it off.
-fn no_route_localnet(vm: &VmGuest) -> Option<Step> {
-    vm.adb_sideload.then(|| Step::SetSysctl {
-        netns: Netns::Host,
-        sysctl: Sysctl::RouteLocalnet(vm.tap.clone()),
-        value: "0".into(),
-    })
-}
-
-fn lxd_route(vm: &VmGuest) -> Option<RouteSpec> {
-    let lxd = vm.lxd?;
-    Some(RouteSpec {
-        dst: IpAddr::V4(lxd.subnet.base()),
-        prefix_len: lxd.subnet.prefix_len(),
-        gateway: Some(IpAddr::V4(vm.subnet.guest())),
-        dev: Some(vm.tap.clone()),
-        table: MAIN_TABLE,
-        metric: None,
-    })
-}
-
-/// A VM's start: the TAP with the host address, up; Termina's LXD route
-/// through the VM; the firewall. Atomic.
-pub fn vm_start_plan(vm: &VmGuest, label: String) -> Plan {
-    let mut steps = vec![
-        Step::CreateTap {
-            name: vm.tap.clone(),
-            mac: vm.mac.0,
-        },
-        Step::AddAddress {
-            netns: Netns::Host,
-            link: vm.tap.clone(),
-            addr: IpAddr::V4(vm.subnet.host()),
-            prefix_len: vm.subnet.subnet.prefix_len(),
-        },
-        Step::LinkUp {
-            netns: Netns::Host,
-            link: vm.tap.clone(),
-            multicast: true,
-        },
-    ];
-    if let Some(route) = lxd_route(vm) {
-        steps.push(Step::AddRoute {
-            netns: Netns::Host,
-            route,
-        });
-    }
-    steps.push(Step::Firewall(vm_firewall(vm)));
-    Plan {
-        label,
-        mode: ApplyMode::Atomic,
-        steps,
-    }
-}
-
-/// A VM's stop: firewall, route, then the TAP. Best effort.
-pub fn vm_stop_plan(vm: &VmGuest, label: String) -> Result<Plan, InverseError> {
-    let mut steps = vec![Step::Firewall(vm_firewall(vm).inverse()?)];
-    if let Some(route) = lxd_route(vm) {
-        steps.push(Step::DeleteRoute {
-            netns: Netns::Host,
-            route,
-        });
-    }
-    steps.push(Step::DeleteLink {
-        netns: Netns::Host,
-        name: vm.tap.clone(),
-    });
-    Ok(Plan {
-        label,
-        mode: ApplyMode::BestEffort,
-        steps,
-    })
-}
-
-/// After a restart: the TAP must still be there and ours; its route and
-/// firewall are applied again (a restart removes every route and rule).
-/// Atomic.
-pub fn vm_readopt_plan(vm: &VmGuest, label: String) -> Plan {
-    let mut steps = vec![Step::ExpectLink {
-        netns: Netns::Host,
-        name: vm.tap.clone(),
-    }];
-    if let Some(route) = lxd_route(vm) {
-        steps.push(Step::AddRoute {
-            netns: Netns::Host,
-            route,
-        });
-    }
-    steps.extend(no_route_localnet(vm));
-    steps.push(Step::Firewall(vm_firewall(vm)));
-    Plan {
-        label,
-        mode: ApplyMode::Atomic,
-        steps,
-    }
-}
-
-/// `TerminaVmStartup`'s answer.
-pub fn termina_response(vm: &VmGuest) -> TerminaVmStartupResponse {
-    TerminaVmStartupResponse {
-        tap_device_ifname: vm.tap.to_string(),
-        ipv4_subnet: Some(subnet_proto(&vm.subnet)),
-        ipv4_address: ipv4_to_addr4(vm.subnet.guest()),
-        gateway_ipv4_address: ipv4_to_addr4(vm.subnet.host()),
-        container_ipv4_subnet: vm.lxd.as_ref().map(subnet_proto),
-        container_ipv4_address: vm.container_addr().map(ipv4_to_addr4).unwrap_or_default(),
-    }
-}
-
-/// `PluginVmStartup`'s (and `ParallelsVmStartup`'s) answer.
-pub fn parallels_response(vm: &VmGuest) -> PluginVmStartupResponse {
-    PluginVmStartupResponse {
-        tap_device_ifname: vm.tap.to_string(),
-        ipv4_subnet: Some(subnet_proto(&vm.subnet)),
-        ipv4_address: ipv4_to_addr4(vm.subnet.guest()),
-    }
-}
-
-/// A VM as GetDevices and NetworkDeviceChanged show it: the TAP is both
-/// `ifname` and `phys_ifname` (it follows no particular uplink), no guest
-/// interface name.
-pub fn vm_device(vm: &VmGuest) -> NetworkDevice {
-    NetworkDevice {
-        ifname: vm.tap.to_string(),
-        phys_ifname: vm.tap.to_string(),
-        guest_ifname: String::new(),
-        ipv4_addr: ipv4_to_net_u32(vm.subnet.guest()),
-        host_ipv4_addr: ipv4_to_net_u32(vm.subnet.host()),
-        ipv4_subnet: Some(subnet_proto(&vm.subnet)),
-        guest_type: vm.kind.guest_type() as i32,
-        ..Default::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use patchpanel_proto::network_device::GuestType;
+
     use super::*;
-    use patchpanel_addr::SeededRandom;
-
-    fn addrs() -> AddressManager {
-        AddressManager::new().with_random_source(Box::new(SeededRandom::new(11)))
-    }
-
-    fn uplink(name: &str, ifindex: u32, technology: Technology) -> Uplink {
-        Uplink {
-            name: IfName::new(name).unwrap(),
-            ifindex,
-            up: true,
-            ipv4: vec![],
-            ipv6: vec![],
-            gateway4: None,
-            technology,
-        }
-    }
-
-    fn container() -> ArcKind {
-        ArcKind::Container {
-            pid: 4242,
-            netns: NetnsName::new("pp-arc_netns").unwrap(),
-        }
-    }
-
-    fn kinds(plan: &Plan) -> Vec<&'static str> {
-        plan.steps
-            .iter()
-            .map(|s| match s {
-                Step::AttachNetns { .. } => "attach",
-                Step::CreateVeth { .. } => "veth",
-                Step::CreateTap { .. } => "tap",
-                Step::CreateBridge { .. } => "bridge",
-                Step::AddAddress { .. } => "addr",
-                Step::LinkUp { .. } => "up",
-                Step::SetMaster { .. } => "master",
-                Step::AddRoute { .. } => "route",
-                Step::DeleteRoute { .. } => "delroute",
-                Step::Firewall(_) => "firewall",
-                Step::DeleteLink { .. } => "dellink",
-                Step::DeleteNetns { .. } => "delnetns",
-                Step::ExpectLink { .. } => "expect",
-                _ => "other",
-            })
-            .collect()
-    }
-
-    #[test]
-    fn long_names_keep_their_last_character() {
-        assert_eq!(prefixed_ifname("arc_", "eth0"), "arc_eth0");
-        assert_eq!(prefixed_ifname("veth", "wlan0"), "vethwlan0");
-        assert_eq!(
-            prefixed_ifname("arc_", "enx0123456789ab"),
-            "arc_enx0123456b"
-        );
-        assert_eq!(prefixed_ifname("arc_", "enx0123456789ab").len(), 15);
-    }
-
-    #[test]
-    fn tap_names_take_the_lowest_free_number() {
-        let taken: BTreeSet<String> = ["vmtap0", "vmtap2"].map(String::from).into();
-        assert_eq!(free_tap_name(&taken).as_str(), "vmtap1");
-        assert_eq!(free_tap_name(&BTreeSet::new()).as_str(), "vmtap0");
-    }
+    use crate::guests::test_support::*;
 
     #[test]
     fn arc_holds_arc0_and_five_uplink_slots_with_upstream_addresses() {
@@ -1443,144 +927,6 @@ mod tests {
         let (stale, missing) = arc_reconcile(&arc, std::iter::empty());
         assert_eq!(stale, ["eth0"]);
         assert!(missing.is_empty());
-    }
-
-    #[test]
-    fn termina_gets_a_slash_30_an_lxd_slash_28_and_a_route_through_the_vm() {
-        let mut a = addrs();
-        let vm = vm_allocate(VmKind::Termina, 7, None, &mut a, &BTreeSet::new()).unwrap();
-        assert_eq!(vm.tap.as_str(), "vmtap0");
-        assert_eq!(vm.subnet.subnet.to_string(), "100.115.92.24/30");
-        assert_eq!(vm.lxd.unwrap().subnet.to_string(), "100.115.92.192/28");
-        assert!(vm.random_mac);
-        let plan = vm_start_plan(&vm, "t".into());
-        assert_eq!(kinds(&plan), ["tap", "addr", "up", "route", "firewall"]);
-        match &plan.steps[3] {
-            Step::AddRoute { route, .. } => {
-                assert_eq!(route.dst, IpAddr::V4(Ipv4Addr::new(100, 115, 92, 192)));
-                assert_eq!(route.prefix_len, 28);
-                assert_eq!(
-                    route.gateway,
-                    Some(IpAddr::V4(Ipv4Addr::new(100, 115, 92, 26)))
-                );
-                assert_eq!(route.dev.as_ref().map(|d| d.as_str()), Some("vmtap0"));
-            }
-            other => panic!("{other:?}"),
-        }
-        let r = termina_response(&vm);
-        assert_eq!(r.ipv4_address, vec![100, 115, 92, 26]);
-        assert_eq!(r.gateway_ipv4_address, vec![100, 115, 92, 25]);
-        assert_eq!(r.container_ipv4_address, vec![100, 115, 92, 193]);
-        assert_eq!(
-            kinds(&vm_stop_plan(&vm, "t".into()).expect("plan")),
-            ["firewall", "delroute", "dellink"]
-        );
-    }
-
-    #[test]
-    fn a_vm_follows_the_default_network_as_its_source() {
-        let mut a = addrs();
-        let vm = vm_allocate(VmKind::Parallels, 7, None, &mut a, &BTreeSet::new()).unwrap();
-        let v4 =
-            patchpanel_firewall::render::render(&vm_firewall(&vm), patchpanel_firewall::Family::V4);
-        assert!(v4.contains("-A guest_forward -o vmtap0 -j ACCEPT"), "{v4}");
-        assert!(
-            v4.contains("-A PREROUTING_vmtap0 -j MARK --set-mark 0x2200/0x3f00"),
-            "{v4}"
-        );
-        assert!(
-            v4.contains("-A PREROUTING_vmtap0 -j apply_vpn_mark"),
-            "{v4}"
-        );
-        let t = vm_allocate(VmKind::Termina, 8, None, &mut a, &BTreeSet::new()).unwrap();
-        let v4 =
-            patchpanel_firewall::render::render(&vm_firewall(&t), patchpanel_firewall::Family::V4);
-        assert!(v4.contains("--set-mark 0x2100/0x3f00"), "{v4}");
-    }
-
-    #[test]
-    fn a_parallels_index_picks_its_subnet_and_stable_mac() {
-        let mut a = addrs();
-        let index = parallels_index(&a, 3).unwrap();
-        let vm = vm_allocate(VmKind::Parallels, 1, index, &mut a, &BTreeSet::new()).unwrap();
-        assert_eq!(vm.subnet.subnet.to_string(), "100.115.93.16/29");
-        assert_eq!(vm.mac, AddressManager::stable_mac(3));
-        assert!(!vm.random_mac);
-        assert!(vm.lxd.is_none());
-        assert_eq!(
-            kinds(&vm_start_plan(&vm, "t".into())),
-            ["tap", "addr", "up", "firewall"]
-        );
-        // Taken: a second VM asking for it is told so.
-        assert!(matches!(
-            vm_allocate(VmKind::Parallels, 2, index, &mut a, &BTreeSet::new()),
-            Err(CallError::InvalidArgument(m)) if m.contains("subnet_index")
-        ));
-        vm_release(&vm, &mut a);
-        assert!(vm_allocate(VmKind::Parallels, 2, index, &mut a, &BTreeSet::new()).is_ok());
-    }
-
-    #[test]
-    fn bad_indices_and_ids_are_invalid_arguments() {
-        let a = addrs();
-        assert_eq!(parallels_index(&a, 0).unwrap(), None);
-        assert_eq!(parallels_index(&a, 32).unwrap(), Some(32));
-        for raw in [-1, 33, i32::MIN, i32::MAX] {
-            assert!(
-                matches!(parallels_index(&a, raw), Err(CallError::InvalidArgument(_))),
-                "{raw}"
-            );
-        }
-        assert!(matches!(
-            check_id("cid", 0),
-            Err(CallError::InvalidArgument(_))
-        ));
-        assert!(check_id("cid", 1).is_ok());
-    }
-
-    #[test]
-    fn vm_devices_name_the_tap_twice_and_no_guest_interface() {
-        let mut a = addrs();
-        let vm = vm_allocate(VmKind::Termina, 7, None, &mut a, &BTreeSet::new()).unwrap();
-        let d = vm_device(&vm);
-        assert_eq!(
-            (d.ifname.as_str(), d.phys_ifname.as_str()),
-            ("vmtap0", "vmtap0")
-        );
-        assert_eq!(d.guest_ifname, "");
-        assert_eq!(d.guest_type(), GuestType::TerminaVm);
-        assert_eq!(
-            patchpanel_proto::ipv4_from_net_u32(d.ipv4_addr),
-            Ipv4Addr::new(100, 115, 92, 26)
-        );
-    }
-
-    #[test]
-    fn a_sideloading_vm_goes_to_the_relay_on_its_tap_address_without_route_localnet() {
-        let mut a = addrs();
-        let mut vm = vm_allocate(VmKind::Termina, 7, None, &mut a, &BTreeSet::new()).unwrap();
-        vm.adb_sideload = true;
-        let plan = vm_start_plan(&vm, "t".into());
-        // No sysctl at all: route_localnet on the TAP would open the host's
-        // whole loopback to the VM (review finding 4).
-        assert_eq!(kinds(&plan), ["tap", "addr", "up", "route", "firewall"]);
-        let v4 =
-            patchpanel_firewall::render::render(&vm_firewall(&vm), patchpanel_firewall::Family::V4);
-        assert!(
-            v4.contains(
-                "-A ingress_port_forwarding -i vmtap0 -d 100.115.92.2/32 -p tcp --dport 5555 \
-                 -j DNAT --to-destination 100.115.92.25:5555"
-            ),
-            "{v4}"
-        );
-        assert!(!v4.contains("127."), "{v4}");
-        // Adopted again (maybe from a version that set it): turned off.
-        let readopt = vm_readopt_plan(&vm, "t".into());
-        assert!(readopt.steps.iter().any(|s| matches!(
-            s,
-            Step::SetSysctl { sysctl: Sysctl::RouteLocalnet(tap), value, .. }
-                if tap.as_str() == "vmtap0" && value == "0"
-        )));
     }
 
     #[test]

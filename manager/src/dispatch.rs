@@ -39,7 +39,7 @@ use crate::ndproxy_service::NdProxyState;
 use crate::port_rules::PortPolicy;
 use crate::state::{State, StateFile};
 use crate::uplinks::UplinkView;
-use crate::{counters, firewall_service, guests, namespace_service, port_rules};
+use crate::{counters, firewall_service, guests, namespace_service, port_rule_service};
 
 /// Site settings the daemon follows, fixed at start.
 #[derive(Debug, Clone)]
@@ -245,7 +245,11 @@ impl Daemon {
     /// The tail every event ends with.
     fn settle(&mut self, link: &mut dyn HelperLink, bus: &mut dyn Bus) {
         if self.serving() {
-            let guests = GuestView::of(&self.state);
+            let guests = GuestView {
+                namespaces: &self.state.namespaces,
+                arc: self.state.arc.as_ref(),
+                vms: &self.state.vms,
+            };
             self.ndproxy.reconcile(&guests, &self.uplinks, link);
             self.mcast.reconcile(&guests, &self.uplinks, link);
             self.adb.reconcile(self.state.arc.as_ref(), link);
@@ -322,7 +326,7 @@ impl Daemon {
                 }
                 namespace_service::build(&mut env, &mut state.namespaces, lifelines, admitted)
             }
-            Call::ModifyPortRule(rule) => port_rules::modify(
+            Call::ModifyPortRule(rule) => port_rule_service::modify(
                 &mut env,
                 &mut state.port_rules,
                 store,
@@ -483,6 +487,380 @@ fn save(store: &StateFile, state: &State) {
         error!(
             "cannot save {}: {e}; a restart would not know what to clean up",
             store.path().display()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::os::fd::OwnedFd;
+
+    use patchpanel_ipc::{FirewallChange, IfName, Reply, Request};
+    use patchpanel_proto::network_device_changed_signal::Event as DeviceEvent;
+    use patchpanel_proto::NetworkDeviceChangedSignal;
+    use patchpanel_uplinks::{Technology, Uplink};
+
+    use super::*;
+    use crate::env::FakeDatapath;
+    use crate::namespace_service::Connect;
+    use crate::namespaces;
+
+    /// Answers and signals in the order they went out.
+    #[derive(Default)]
+    struct RecordingBus {
+        log: Vec<String>,
+    }
+
+    impl Bus for RecordingBus {
+        fn reply(&mut self, call: &dbus::Message, result: Result<Vec<u8>, CallError>) {
+            let method = call.member().map(|m| m.to_string()).unwrap_or_default();
+            self.log.push(match result {
+                Ok(_) => format!("reply {method} ok"),
+                Err(e) => format!("reply {method} error {e}"),
+            });
+        }
+
+        fn device_changed(&mut self, signal: NetworkDeviceChangedSignal) {
+            let device = signal.device.map(|d| d.ifname).unwrap_or_default();
+            let event = if signal.event == DeviceEvent::DeviceAdded as i32 {
+                "added"
+            } else {
+                "removed"
+            };
+            self.log.push(format!("signal {device} {event}"));
+        }
+    }
+
+    fn eth0() -> Uplink {
+        Uplink {
+            name: IfName::new("eth0").unwrap(),
+            ifindex: 2,
+            up: true,
+            ipv4: vec![(Ipv4Addr::new(192, 0, 2, 10), 24)],
+            ipv6: vec![],
+            gateway4: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            technology: Technology::Ethernet,
+        }
+    }
+
+    struct World {
+        daemon: Daemon,
+        link: FakeDatapath,
+        bus: RecordingBus,
+        poll: mio::Poll,
+        _dir: tempfile::TempDir,
+    }
+
+    impl World {
+        /// A daemon whose datapath is up, with eth0 as the default uplink,
+        /// its state in `dir` (or, without one, where it cannot be saved).
+        fn new(writable: bool) -> World {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = if writable {
+                StateFile::new(dir.path())
+            } else {
+                StateFile::new(&dir.path().join("missing"))
+            };
+            let poll = mio::Poll::new().expect("poll");
+            let lifelines =
+                LifelineWatcher::new(poll.registry().try_clone().expect("registry"), 100);
+            let mut uplinks = UplinkView::default();
+            uplinks.apply(&UplinkEvent::Added(eth0()));
+            uplinks.apply(&UplinkEvent::DefaultChanged(Some(eth0().name)));
+            let settings = Settings {
+                cleanup_only: false,
+                manage_uplink_routing: false,
+                port_policy: PortPolicy::with_defaults(0),
+                layout: Default::default(),
+                adb: AdbPolicy {
+                    allowed: false,
+                    max_connections: 4,
+                },
+                namespaces: namespace_service::Settings {
+                    netns_prefix: "pp-".into(),
+                    namespaces_per_uid: 8,
+                },
+                guests: guest_service::Settings {
+                    netns_prefix: "pp-".into(),
+                    vm_user: true,
+                    adb_allowed: false,
+                },
+            };
+            let daemon = Daemon::new(settings, store, AddressManager::new(), uplinks, lifelines);
+            let mut w = World {
+                daemon,
+                link: FakeDatapath::default(),
+                bus: RecordingBus::default(),
+                poll,
+                _dir: dir,
+            };
+            w.event(Event::Helper(HelperEvent::Up(Process::DatapathWriter)));
+            assert_eq!(w.daemon.phase(), Phase::DatapathUp);
+            w
+        }
+
+        fn event(&mut self, event: Event) {
+            let flow = self
+                .daemon
+                .handle(&mut self.link, &mut self.bus, event)
+                .expect("handled");
+            assert_eq!(flow, Flow::Continue);
+        }
+
+        fn call(&mut self, member: &str, call: Result<Call, CallError>) {
+            let message = dbus::Message::new_method_call(
+                "org.chromium.PatchPanel",
+                "/org/chromium/PatchPanel",
+                "org.chromium.PatchPanel",
+                member,
+            )
+            .expect("message");
+            self.event(Event::Call(Incoming {
+                message,
+                method: member.to_string(),
+                client: ":1.5".into(),
+                op: 1,
+                call,
+            }));
+        }
+
+        fn mcast_starts(&self) -> usize {
+            self.link
+                .helper_requests
+                .iter()
+                .filter(|(_, r)| matches!(r, Request::McastStart(_)))
+                .count()
+        }
+
+        fn connect(&mut self) -> OwnedFd {
+            let (keep, lifeline) = pipe();
+            let request = namespaces::parse_request(&patchpanel_proto::ConnectNamespaceRequest {
+                pid: -1,
+                ..Default::default()
+            })
+            .expect("request");
+            self.call(
+                "ConnectNamespace",
+                Ok(Call::ConnectNamespace(Connect {
+                    request,
+                    lifeline,
+                    client: ":1.5".into(),
+                    uid: 1000,
+                    op: 1,
+                })),
+            );
+            keep
+        }
+    }
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two fds on success.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both fds are fresh and owned by us.
+        unsafe {
+            (
+                std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+                std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+            )
+        }
+    }
+
+    /// Every kind of event, each once.
+    fn every_kind(w: &mut World) -> Vec<(&'static str, Event)> {
+        let keep = w.connect();
+        drop(keep);
+        let mut events = mio::Events::with_capacity(8);
+        w.poll
+            .poll(&mut events, Some(std::time::Duration::from_secs(5)))
+            .expect("poll");
+        let fired: Vec<Token> = events.iter().map(|e| e.token()).collect();
+        assert_eq!(fired.len(), 1, "the closed lifeline fired");
+        let message = |member: &str| {
+            dbus::Message::new_method_call(
+                "org.chromium.PatchPanel",
+                "/org/chromium/PatchPanel",
+                "org.chromium.PatchPanel",
+                member,
+            )
+            .expect("message")
+        };
+        let incoming = |member: &str, call| {
+            Event::Call(Incoming {
+                message: message(member),
+                method: member.to_string(),
+                client: ":1.5".into(),
+                op: 2,
+                call,
+            })
+        };
+        vec![
+            ("a call", incoming("GetDevices", Ok(Call::GetDevices))),
+            (
+                "a refused call",
+                incoming(
+                    "GetDevices",
+                    Err(CallError::InvalidArgument("malformed".into())),
+                ),
+            ),
+            ("a lifeline", Event::Lifelines(fired)),
+            (
+                "an uplink",
+                Event::Uplinks(vec![UplinkEvent::Changed(eth0())]),
+            ),
+            (
+                "a helper up",
+                Event::Helper(HelperEvent::Up(Process::McastForwarder)),
+            ),
+            (
+                "a helper lost",
+                Event::Helper(HelperEvent::Lost(Process::NdProxy)),
+            ),
+            (
+                "a neighbour",
+                Event::Helper(HelperEvent::Event(
+                    Process::NdProxy,
+                    HelperNews::NeighborDetected {
+                        ifindex: 99,
+                        addr: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                    },
+                )),
+            ),
+            (
+                "a firewall change",
+                Event::Helper(HelperEvent::Event(
+                    Process::DatapathWriter,
+                    HelperNews::FirewallChanged(FirewallChange {
+                        by: "nft (pid 1)".into(),
+                        ours: false,
+                        overrun: false,
+                        lost_counters: Vec::new(),
+                    }),
+                )),
+            ),
+            (
+                "an answer",
+                Event::Helper(HelperEvent::Answer {
+                    process: Process::DatapathWriter,
+                    id: 12345,
+                    result: Ok(Reply::Done),
+                }),
+            ),
+            (
+                "timers",
+                Event::Timers(Instant::now() + std::time::Duration::from_secs(1)),
+            ),
+            ("firewalld", Event::FirewalldReloaded),
+        ]
+    }
+
+    #[test]
+    fn every_event_kind_ends_in_reconcile_and_one_save() {
+        let mut w = World::new(true);
+        w.call("TerminaVmStartup", Ok(Call::TerminaVmStartup { cid: 7 }));
+        let events = every_kind(&mut w);
+        for (what, event) in events {
+            // The forwarder forgets what it told its helper, and the state
+            // changes: only the tail can notice either.
+            w.daemon.mcast = McastForwarding::default();
+            w.daemon.state.next_namespace_id += 1;
+            let (starts, writes) = (w.mcast_starts(), w.daemon.state_writes());
+            w.event(event);
+            assert_eq!(
+                w.mcast_starts(),
+                starts + 1,
+                "after {what}: the multicast forwarder was reconciled"
+            );
+            assert_eq!(
+                w.daemon.state_writes(),
+                writes + 1,
+                "after {what}: the state was saved once"
+            );
+        }
+        // With nothing changed, nothing is written.
+        let writes = w.daemon.state_writes();
+        w.call("GetDevices", Ok(Call::GetDevices));
+        assert_eq!(w.daemon.state_writes(), writes);
+    }
+
+    #[test]
+    fn signals_go_out_before_the_reply_and_after_the_state_is_saved() {
+        let mut w = World::new(true);
+        let writes = w.daemon.state_writes();
+        w.call("TerminaVmStartup", Ok(Call::TerminaVmStartup { cid: 7 }));
+        let tap = w.daemon.state.vms[0].tap.to_string();
+        assert_eq!(
+            w.bus.log,
+            [
+                format!("signal {tap} added"),
+                "reply TerminaVmStartup ok".to_string()
+            ]
+        );
+        assert_eq!(w.daemon.state_writes(), writes + 1);
+        assert_eq!(w.mcast_starts(), 1, "the new TAP is forwarded");
+        let saved = std::fs::read_to_string(w.daemon.store.path()).expect("saved");
+        assert!(saved.contains(&tap), "the VM is on disk before the reply");
+    }
+
+    #[test]
+    fn a_namespace_whose_state_cannot_be_saved_is_refused_and_leaves_nothing() {
+        let mut w = World::new(false);
+        let _keep = w.connect();
+        assert_eq!(w.bus.log.len(), 1);
+        assert!(
+            w.bus.log[0].contains("error") && w.bus.log[0].contains("nothing was changed"),
+            "{:?}",
+            w.bus.log
+        );
+        assert!(w.daemon.state.namespaces.is_empty());
+        assert_eq!(w.daemon.lifelines.watched(), 0);
+        assert!(w.daemon.addrs.allocations().is_empty());
+        assert!(
+            !w.link
+                .plan_labels()
+                .iter()
+                .any(|l| l.starts_with("ConnectNamespace")),
+            "the kernel was not touched"
+        );
+    }
+
+    #[test]
+    fn a_namespace_the_writer_refuses_is_taken_off_the_disk_again() {
+        let mut w = World::new(true);
+        w.link
+            .fail_next(CallError::Failed("create veth: file exists".into()));
+        let _keep = w.connect();
+        assert!(w.bus.log[0].contains("error"), "{:?}", w.bus.log);
+        assert!(w.daemon.state.namespaces.is_empty());
+        assert_eq!(w.daemon.lifelines.watched(), 0);
+        assert!(w.daemon.addrs.allocations().is_empty());
+        let saved: State =
+            serde_json::from_str(&std::fs::read_to_string(w.daemon.store.path()).expect("saved"))
+                .expect("state");
+        assert!(saved.namespaces.is_empty(), "recorded, then taken back");
+        assert_eq!(saved.next_namespace_id, 1, "its id is not reused");
+    }
+
+    #[test]
+    fn a_stop_takes_everything_down_and_leaves_no_state_file() {
+        let mut w = World::new(true);
+        w.call("TerminaVmStartup", Ok(Call::TerminaVmStartup { cid: 7 }));
+        let _keep = w.connect();
+        assert!(w.daemon.store.path().exists());
+        w.event(Event::Stop);
+        assert_eq!(w.daemon.phase(), Phase::Stopping);
+        assert!(w.daemon.state.vms.is_empty());
+        assert!(w.daemon.state.namespaces.is_empty());
+        assert!(!w.daemon.store.path().exists(), "not saved after the stop");
+        w.call("GetDevices", Ok(Call::GetDevices));
+        assert!(
+            w.bus
+                .log
+                .last()
+                .is_some_and(|l| l.contains("still starting")),
+            "{:?}",
+            w.bus.log
         );
     }
 }

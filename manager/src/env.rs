@@ -20,7 +20,6 @@ use crate::error::CallError;
 use crate::guests::{ArcGuest, VmGuest};
 use crate::helpers::{Helpers, SendError};
 use crate::namespaces::ConnectedNamespace;
-use crate::state::State;
 use crate::uplinks::UplinkView;
 
 static OPERATION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -174,16 +173,6 @@ pub struct GuestView<'a> {
     pub namespaces: &'a BTreeMap<u32, ConnectedNamespace>,
     pub arc: Option<&'a ArcGuest>,
     pub vms: &'a [VmGuest],
-}
-
-impl<'a> GuestView<'a> {
-    pub fn of(state: &'a State) -> GuestView<'a> {
-        GuestView {
-            namespaces: &state.namespaces,
-            arc: state.arc.as_ref(),
-            vms: &state.vms,
-        }
-    }
 }
 
 /// A recording [`HelperLink`] for unit tests: answers each writer request

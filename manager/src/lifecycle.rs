@@ -21,10 +21,10 @@ use crate::error::CallError;
 use crate::guest_service::{self, Guests};
 use crate::lifeline::LifelineWatcher;
 use crate::namespaces::ConnectedNamespace;
-use crate::port_rules::{self, PortPolicy};
+use crate::port_rules::PortPolicy;
 use crate::state::{Loaded, State, StateFile};
 use crate::uplinks::UplinkView;
-use crate::{namespace_service, namespaces, routing};
+use crate::{namespace_service, namespaces, port_rule_service, routing};
 
 /// What start sets up.
 #[derive(Debug, Clone, Copy)]
@@ -99,7 +99,7 @@ pub fn start(
     {
         let mut env = Env::new(link, addrs, uplinks, effects);
         if let Some(prev) = &previous {
-            port_rules::readopt(
+            port_rule_service::readopt(
                 &mut env,
                 &mut state.port_rules,
                 &prev.port_rules,

@@ -354,14 +354,6 @@ mod tests {
         PortPolicy::with_defaults(1000)
     }
 
-    fn a_rule(port: u16) -> PortRule {
-        PortRule::Access {
-            proto: PortProtocol::Tcp,
-            port,
-            ifname: None,
-        }
-    }
-
     #[test]
     fn forwards_to_host_network_or_broadcast_addresses_are_refused() {
         for (dst, why) in [

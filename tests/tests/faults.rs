@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use patchpanel_client::Client;
 use patchpanel_proto::modify_port_rule_request::{Operation, Protocol, RuleType};
 use patchpanel_proto::{ConnectNamespaceRequest, ModifyPortRuleRequest};
-use patchpanel_tests::procfs::send_signal;
+use patchpanel_tests::procfs::{send_signal, status_number};
 use patchpanel_tests::world::{kernel_snapshot, Internet, World, REMOTE_HOST};
 use patchpanel_tests::{
     bin_path, poll_until, traffic, Daemon, DaemonOptions, Helper, Netns, PrivateBus, ProcIdentity,
@@ -274,9 +274,18 @@ fn traffic_survives_each_helper_being_killed_without_a_new_call() {
             .wait_for_tree(SETTLE, |t| t.helper(helper) != old.pid && old.is_gone())
             .unwrap_or_else(|e| panic!("{helper} not respawned: {e:#}\n{}", world.daemon.log()));
         let respawned = now();
-        let up = format!("{helper} (pid {}) is up", tree.helper(helper));
-        poll_until(SETTLE, || world.daemon.log().contains(&up).then_some(()))
-            .unwrap_or_else(|| panic!("no '{up}' in the log\n{}", world.daemon.log()));
+        // A helper installs its seccomp filter last, right before it greets
+        // the manager: from then on it serves.
+        let pid = tree.helper(helper);
+        poll_until(SETTLE, || {
+            (status_number(pid, "Seccomp").ok() == Some(2)).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{helper} (pid {pid}) never sandboxed\n{}",
+                world.daemon.log()
+            )
+        });
         let ready = now();
         // A second of traffic with the new helper in place.
         std::thread::sleep(Duration::from_secs(1));

@@ -16,6 +16,15 @@ fn new_namespace() -> ConnectNamespaceRequest {
     }
 }
 
+/// The id at the end of a connected namespace's name.
+fn netns_index(name: &str) -> u32 {
+    name.rsplit('_')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_else(|_| panic!("no index at the end of {name:?}"))
+}
+
 fn exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
 }
@@ -100,10 +109,12 @@ fn a_successor_removes_what_a_crashed_daemon_left_and_serves_again() {
         .output()
         .expect("ping");
     assert!(out.status.success(), "no connectivity after the restart");
+    // The successor read the crashed daemon's state: it went on with its
+    // namespace ids instead of starting again at the leftover's.
     assert!(
-        successor.log().contains("previous state found"),
-        "{}",
-        successor.log()
+        netns_index(&resp.netns_name) > netns_index(&leftover),
+        "{} after {leftover}",
+        resp.netns_name
     );
     drop(successor);
     drop(crashed);

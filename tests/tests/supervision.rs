@@ -4,6 +4,8 @@
 use std::os::unix::fs::symlink;
 use std::time::Duration;
 
+use patchpanel_client::Client;
+use patchpanel_proto::ConnectNamespaceRequest;
 use patchpanel_tests::daemon::DaemonOptions;
 use patchpanel_tests::procfs::send_signal;
 use patchpanel_tests::{
@@ -12,38 +14,63 @@ use patchpanel_tests::{
 
 #[test]
 fn respawned_helper_gets_its_state_replayed() {
-    // The manager's log level is part of every helper's replayed state: a
-    // fresh helper starts at info, so a debug line from the new instance can
-    // only come from the replayed SetLogLevel.
-    let bed = TestBed::start_with(DaemonOptions {
-        extra_args: vec!["--log-level".into(), "debug".into()],
-        ..DaemonOptions::default()
-    })
-    .expect("start patchpaneld");
-    let old = bed.daemon.tree().expect("tree").helper(Helper::NdProxy);
+    // A fresh writer refuses every plan until it is configured
+    // (writer_kernel: apply_before_configure_writer_is_refused), and the
+    // manager configures it once, at its first start: a namespace connected
+    // after the kill can only be built by a writer that got its
+    // configuration replayed.
+    let bed = TestBed::start().expect("start patchpaneld");
+    let old = bed
+        .daemon
+        .tree()
+        .expect("tree")
+        .helper(Helper::DatapathWriter);
     let old = ProcIdentity::of(old).expect("identity");
 
-    send_signal(old.pid, libc::SIGKILL).expect("SIGKILL ndproxy");
+    send_signal(old.pid, libc::SIGKILL).expect("SIGKILL the writer");
     let new = bed
         .daemon
         .wait_for_tree(Duration::from_secs(3), |t| {
-            t.helper(Helper::NdProxy) != old.pid && old.is_gone()
+            t.helper(Helper::DatapathWriter) != old.pid && old.is_gone()
         })
-        .expect("ndproxy respawned")
-        .helper(Helper::NdProxy);
+        .expect("writer respawned")
+        .helper(Helper::DatapathWriter);
 
-    let replayed = format!(
-        "patchpanel-ndproxy[{new}]: DEBUG patchpanel_helper_runtime: log level set to Debug"
-    );
-    let up = format!("patchpanel-ndproxy (pid {new}) is up; replayed 1 request(s)");
-    let seen = poll_until(Duration::from_secs(3), || {
-        let log = bed.daemon.log();
-        (log.contains(&replayed) && log.contains(&up)).then_some(())
+    let client = Client::connect_to(bed.bus.address()).expect("client");
+    let request = ConnectNamespaceRequest {
+        pid: -1,
+        ..Default::default()
+    };
+    let mut last = None;
+    let connected = poll_until(Duration::from_secs(5), || {
+        match client.connect_namespace(&request) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                last = Some(e.to_string());
+                None
+            }
+        }
+    });
+    let (response, _lifeline) = connected.unwrap_or_else(|| {
+        panic!(
+            "no namespace after the writer's restart (last: {last:?}); log:\n{}",
+            bed.daemon.log()
+        )
     });
     assert!(
-        seen.is_some(),
-        "no replay to pid {new}; log:\n{}",
-        bed.daemon.log()
+        std::path::Path::new("/run/netns")
+            .join(&response.netns_name)
+            .exists(),
+        "{} was not created",
+        response.netns_name
+    );
+    assert_eq!(
+        bed.daemon
+            .tree()
+            .expect("tree")
+            .helper(Helper::DatapathWriter),
+        new,
+        "the respawned writer served the call (it was not restarted again)"
     );
 }
 

@@ -1,6 +1,8 @@
 //! GetTrafficCounters (upstream-core §6): the writer reads the accounting
-//! rules' totals; this module turns them into the D-Bus answer, keyed by
-//! (device, source, IP family) with rx and tx side by side. Pure.
+//! rules' totals ([`traffic_counters`] asks it, page by page, through the
+//! [`crate::env::Env`]); the rest of this module is pure and turns them
+//! into the D-Bus answer, keyed by (device, source, IP family) with rx and
+//! tx side by side.
 
 use std::collections::BTreeMap;
 

@@ -17,7 +17,7 @@
 //!   100.115.93.0/24 (an explicit index keeps its subnet and MAC across
 //!   runs). VM traffic follows the default network.
 //!
-//! [`arc`], [`vm`], [`names`] and [`proto`] hold the parts; everything is
+//! `arc`, `vm`, `names` and `proto` hold the parts; everything is
 //! re-exported here.
 
 use patchpanel_ipc::IfName;

@@ -29,9 +29,9 @@ use crate::adb_service::{AdbPolicy, AdbRelay};
 use crate::dbus_service::{Bus, Call, Incoming, FIREWALLD_RELOADED};
 use crate::env::{Effects, Env, GuestView, HelperLink};
 use crate::error::CallError;
+use crate::firewall_service::HostFirewall;
 use crate::guest_service::{self, Guests};
 use crate::helpers::HelperEvent;
-use crate::host_firewall::Follower;
 use crate::lifecycle::{self, Setup};
 use crate::lifeline::{Guarded, LifelineWatcher};
 use crate::mcast_service::McastForwarding;
@@ -39,7 +39,7 @@ use crate::ndproxy_service::NdProxyState;
 use crate::port_rules::PortPolicy;
 use crate::state::{State, StateFile};
 use crate::uplinks::UplinkView;
-use crate::{counters, firewall_service, guests, namespace_service, port_rule_service};
+use crate::{counters, guests, namespace_service, port_rule_service};
 
 /// Site settings the daemon follows, fixed at start.
 #[derive(Debug, Clone)]
@@ -109,7 +109,7 @@ pub struct Daemon {
     ndproxy: NdProxyState,
     mcast: McastForwarding,
     adb: AdbRelay,
-    host_firewall: Follower,
+    host_firewall: HostFirewall,
     effects: Effects,
 }
 
@@ -132,7 +132,7 @@ impl Daemon {
             lifelines,
             ndproxy: NdProxyState::default(),
             mcast: McastForwarding::default(),
-            host_firewall: Follower::default(),
+            host_firewall: HostFirewall::default(),
             effects: Effects::default(),
         }
     }
@@ -200,18 +200,8 @@ impl Daemon {
             Event::Uplinks(events) => self.on_uplinks(link, events),
             Event::Helper(event) => flow = self.on_helper(link, event)?,
             Event::Timers(now) => {
-                if let Some(pending) = self.host_firewall.take_due(now) {
-                    if self.serving() {
-                        let mut env =
-                            Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
-                        firewall_service::follow(
-                            &mut env,
-                            &mut self.state,
-                            &mut self.host_firewall,
-                            &self.settings.port_policy,
-                            pending,
-                        );
-                    }
+                if self.serving() {
+                    self.host_firewall.on_timers(now, link);
                 }
             }
             Event::FirewalldReloaded => {
@@ -450,7 +440,12 @@ impl Daemon {
                 self.phase = Phase::DatapathUp;
             }
             HelperEvent::Up(_) => {}
-            HelperEvent::Lost(Process::DatapathWriter) => self.ndproxy.on_writer_lost(),
+            HelperEvent::Lost(Process::DatapathWriter) => {
+                self.ndproxy.on_writer_lost();
+                if self.serving() {
+                    self.host_firewall.on_writer_lost(Instant::now());
+                }
+            }
             HelperEvent::Lost(_) => {}
             HelperEvent::Event(_, HelperNews::NeighborDetected { ifindex, addr }) => {
                 if self.serving() {
@@ -469,6 +464,18 @@ impl Daemon {
                 id,
                 result,
             } if self.ndproxy.owns_request(id) => self.ndproxy.on_routes_applied(result),
+            HelperEvent::Answer {
+                process: Process::DatapathWriter,
+                id,
+                result,
+            } if self.host_firewall.owns(id) => self.host_firewall.on_answer(
+                id,
+                result,
+                &mut self.state,
+                &self.uplinks,
+                &self.settings.port_policy,
+                link,
+            ),
             HelperEvent::Answer {
                 process,
                 id,

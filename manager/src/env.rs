@@ -52,6 +52,9 @@ pub trait HelperLink: Datapath {
         fds: &[BorrowedFd<'_>],
     ) -> Result<Reply, CallError>;
     fn send(&mut self, helper: Process, request: Request) -> Result<u64, SendError>;
+    /// Like [`HelperLink::send`], but waits for room in a full channel
+    /// (requests that must follow each other with nothing in between).
+    fn send_waiting(&mut self, helper: Process, request: Request) -> Result<u64, SendError>;
     fn record_replay(
         &mut self,
         helper: Process,
@@ -74,6 +77,10 @@ impl HelperLink for Helpers {
 
     fn send(&mut self, helper: Process, request: Request) -> Result<u64, SendError> {
         Helpers::send(self, helper, request)
+    }
+
+    fn send_waiting(&mut self, helper: Process, request: Request) -> Result<u64, SendError> {
+        Helpers::send_waiting(self, helper, request)
     }
 
     fn record_replay(
@@ -245,6 +252,10 @@ impl HelperLink for FakeDatapath {
         }
         self.next_id += 1;
         Ok(self.next_id)
+    }
+
+    fn send_waiting(&mut self, helper: Process, request: Request) -> Result<u64, SendError> {
+        HelperLink::send(self, helper, request)
     }
 
     fn record_replay(

@@ -1,52 +1,256 @@
-//! Following the host firewall as the daemon runs it: once another
-//! program's changes went quiet ([`crate::host_firewall::Follower`]), the
-//! writer checks patchpanel's firewall and brings the narrow accepts in
-//! line; a firewall that was touched is rebuilt from the state, in IPC
-//! pages the writer applies together. One log line says what was found
-//! and done.
+//! Following the host firewall as the daemon runs it. Once another
+//! program's changes went quiet ([`Follower`]), the writer checks
+//! patchpanel's firewall and brings the narrow accepts in line; a firewall
+//! that was touched is rebuilt from the state, in IPC pages that the writer
+//! applies together. One log line says what was found and done.
+//!
+//! Neither the check nor the rebuild blocks the loop: both are sent without
+//! waiting and their answers come back as events, so D-Bus calls that do
+//! not need the writer (GetDevices) are answered while it rebuilds. The
+//! writer handles requests in order, so a plan sent after the rebuild's
+//! pages applies after it, and the pages of one rebuild are sent together
+//! (waiting for room in the channel if need be), so nothing comes between
+//! them: what the rebuild was computed from is what it restores, and any
+//! later change follows it.
 
 use std::time::Instant;
 
 use log::{info, warn};
-use patchpanel_firewall::counters::CounterSample;
-use patchpanel_ipc::{Reply, Request};
+use patchpanel_ipc::{HelperError, Reply, Request};
+use patchpanel_sandbox::Process;
 
-use crate::env::Env;
-use crate::error::CallError;
+use crate::env::HelperLink;
+use crate::helpers::SendError;
 use crate::host_firewall::{self, Follower, Pending, FLAP_WINDOW};
 use crate::port_rules::PortPolicy;
 use crate::state::State;
+use crate::uplinks::UplinkView;
 
 /// Rebuild pages stay well under the IPC limit with their envelope.
 const REBUILD_PAGE_BYTES: usize = 48 * 1024;
 
-/// Checks, and rebuilds if needed, after the changes in `pending`. The
-/// counts the changes took away join `state.counter_base`.
-pub fn follow(
-    env: &mut Env<'_>,
-    state: &mut State,
-    follower: &mut Follower,
-    policy: &PortPolicy,
-    pending: Pending,
-) {
-    let by = pending.by.join("; ");
-    let (coexistence, missing) = match env.call(Request::CheckFirewall) {
-        Ok(Reply::FirewallChecked {
-            coexistence,
-            missing,
-        }) => (coexistence, missing),
-        Ok(other) => {
-            warn!("host firewall changed by {by}; the check answered {other:?}");
+/// What was asked of the writer and not answered yet.
+#[derive(Debug)]
+enum InFlight {
+    Check {
+        id: u64,
+        pending: Pending,
+    },
+    Rebuild {
+        /// The pages before the last, answered `Done`.
+        pages: Vec<u64>,
+        last: u64,
+        pending: Pending,
+        coexistence: String,
+        /// What was found missing, and what the state holds, for the log.
+        lost: String,
+        what: String,
+        started: Instant,
+    },
+}
+
+/// The follower and what it asked the writer.
+#[derive(Debug, Default)]
+pub struct HostFirewall {
+    follower: Follower,
+    in_flight: Option<InFlight>,
+}
+
+impl HostFirewall {
+    /// Another program changed the rule set.
+    pub fn on_change(&mut self, change: patchpanel_ipc::FirewallChange, now: Instant) {
+        self.follower.on_change(change, now);
+    }
+
+    /// A check asked for without a change notification.
+    pub fn on_hint(&mut self, what: &str, now: Instant) {
+        self.follower.on_hint(what, now);
+    }
+
+    /// When a check is due; none while one is under way (changes that come
+    /// meanwhile wait for it).
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.in_flight {
+            Some(_) => None,
+            None => self.follower.deadline(),
+        }
+    }
+
+    /// Sends the check if one is due.
+    pub fn on_timers(&mut self, now: Instant, link: &mut dyn HelperLink) {
+        if self.in_flight.is_some() {
             return;
         }
-        Err(e) => {
-            warn!("host firewall changed by {by}, and patchpanel cannot check its own: {e}");
+        let Some(pending) = self.follower.take_due(now) else {
+            return;
+        };
+        match link.send(Process::DatapathWriter, Request::CheckFirewall) {
+            Ok(id) => self.in_flight = Some(InFlight::Check { id, pending }),
+            Err(e) => {
+                warn!(
+                    "host firewall changed by {}, and patchpanel cannot check its own now ({}); trying again",
+                    pending.by.join("; "),
+                    describe(&e)
+                );
+                self.requeue(pending, now);
+            }
+        }
+    }
+
+    /// Whether the answer to request `id` is this service's.
+    pub fn owns(&self, id: u64) -> bool {
+        match &self.in_flight {
+            Some(InFlight::Check { id: check, .. }) => *check == id,
+            Some(InFlight::Rebuild { pages, last, .. }) => *last == id || pages.contains(&id),
+            None => false,
+        }
+    }
+
+    /// The writer answered request `id` (one [`Self::owns`]). A rebuild is
+    /// computed from `state` when the check asks for one; what the changes
+    /// took from the counters joins `state.counter_base`.
+    pub fn on_answer(
+        &mut self,
+        id: u64,
+        result: Result<Reply, HelperError>,
+        state: &mut State,
+        uplinks: &UplinkView,
+        policy: &PortPolicy,
+        link: &mut dyn HelperLink,
+    ) {
+        match self.in_flight.take() {
+            Some(InFlight::Check { id: check, pending }) if check == id => {
+                self.checked(pending, result, state, uplinks, policy, link)
+            }
+            Some(InFlight::Rebuild {
+                mut pages,
+                last,
+                pending,
+                coexistence,
+                lost,
+                what,
+                started,
+            }) => {
+                if id != last {
+                    pages.retain(|p| *p != id);
+                    if let Err(e) = &result {
+                        warn!("host firewall: a rebuild page was refused: {e}");
+                    }
+                    self.in_flight = Some(InFlight::Rebuild {
+                        pages,
+                        last,
+                        pending,
+                        coexistence,
+                        lost,
+                        what,
+                        started,
+                    });
+                    return;
+                }
+                let mut carried = pending.lost_counters;
+                let outcome = match result {
+                    Ok(Reply::Rebuilt { carried: counts }) => {
+                        carried.extend(counts);
+                        format!(
+                            "patchpanel's firewall was {lost}: rebuilt from the state ({what}) in {:.1?}",
+                            started.elapsed()
+                        )
+                    }
+                    Ok(other) => format!(
+                        "patchpanel's firewall was {lost}, and the rebuild was answered {other:?}"
+                    ),
+                    Err(e) => format!(
+                        "patchpanel's firewall was {lost}, and the rebuild failed: {e}; guests may have lost their network until the next change or restart"
+                    ),
+                };
+                host_firewall::carry(&mut state.counter_base, &carried);
+                let by = pending.by.join("; ");
+                info!("host firewall changed by {by}: {coexistence}; {outcome}");
+                if let Some(wait) = self.follower.rebuilt(Instant::now()) {
+                    warn!(
+                        "host firewall: another program keeps undoing patchpanel's firewall ({} rebuilds within {FLAP_WINDOW:?}; last by {by}); the next rebuild waits {wait:?}",
+                        self.follower.recent_rebuilds(),
+                    );
+                }
+            }
+            other => self.in_flight = other,
+        }
+    }
+
+    /// The writer died with a check or rebuild in flight: its answer will
+    /// never come. A check runs again once the new writer is up (its
+    /// replayed setup restores the layout, not the guests' rules).
+    pub fn on_writer_lost(&mut self, now: Instant) {
+        if let Some(in_flight) = self.in_flight.take() {
+            let pending = match in_flight {
+                InFlight::Check { pending, .. } | InFlight::Rebuild { pending, .. } => pending,
+            };
+            self.requeue(pending, now);
+            self.follower.on_hint("the datapath writer's restart", now);
+        }
+    }
+
+    /// Puts changes back for the next check.
+    fn requeue(&mut self, pending: Pending, now: Instant) {
+        for by in pending.by {
+            self.follower.on_change(
+                patchpanel_ipc::FirewallChange {
+                    by,
+                    ours: pending.ours,
+                    overrun: pending.overrun,
+                    lost_counters: Vec::new(),
+                },
+                now,
+            );
+        }
+        if !pending.lost_counters.is_empty() {
+            self.follower.on_change(
+                patchpanel_ipc::FirewallChange {
+                    by: "counters".into(),
+                    ours: pending.ours,
+                    overrun: pending.overrun,
+                    lost_counters: pending.lost_counters,
+                },
+                now,
+            );
+        }
+    }
+
+    /// The check's answer: done, or a rebuild sent.
+    fn checked(
+        &mut self,
+        pending: Pending,
+        result: Result<Reply, HelperError>,
+        state: &mut State,
+        uplinks: &UplinkView,
+        policy: &PortPolicy,
+        link: &mut dyn HelperLink,
+    ) {
+        let by = pending.by.join("; ");
+        let (coexistence, missing) = match result {
+            Ok(Reply::FirewallChecked {
+                coexistence,
+                missing,
+            }) => (coexistence, missing),
+            Ok(other) => {
+                warn!("host firewall changed by {by}; the check answered {other:?}");
+                return;
+            }
+            Err(e) => {
+                warn!("host firewall changed by {by}, and patchpanel cannot check its own: {e}");
+                return;
+            }
+        };
+        let coexistence = if coexistence.is_empty() {
+            "no narrow accept changed".to_string()
+        } else {
+            coexistence
+        };
+        if !pending.ours && missing.is_empty() {
+            host_firewall::carry(&mut state.counter_base, &pending.lost_counters);
+            info!("host firewall changed by {by}: {coexistence}; patchpanel's firewall is intact");
             return;
         }
-    };
-    let mut carried = pending.lost_counters;
-    let outcome = if pending.ours || !missing.is_empty() {
-        let started = Instant::now();
         let what = format!(
             "{} connected namespace(s), {} VM(s), ARC {}, {} port rule(s), {} uplink(s)",
             state.namespaces.len(),
@@ -57,7 +261,7 @@ pub fn follow(
                 "off"
             },
             state.port_rules.len(),
-            env.uplinks.all().count()
+            uplinks.all().count()
         );
         let lost = if missing.is_empty() {
             "changed".to_string()
@@ -77,59 +281,202 @@ pub fn follow(
                 }
             )
         };
-        let outcome = match rebuild(env, state, policy) {
-            Ok(counts) => {
-                carried.extend(counts);
-                format!(
-                    "patchpanel's firewall was {lost}: rebuilt from the state ({what}) in {:.1?}",
-                    started.elapsed()
-                )
+        let started = Instant::now();
+        let batch = host_firewall::desired(state, uplinks, policy);
+        let pages = host_firewall::pages(&batch, REBUILD_PAGE_BYTES);
+        let count = pages.len();
+        let mut ids = Vec::with_capacity(count);
+        for (i, page) in pages.into_iter().enumerate() {
+            let last = i + 1 == count;
+            match link.send_waiting(
+                Process::DatapathWriter,
+                Request::RebuildFirewall { page, last },
+            ) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    // The writer is gone or the page cannot be sent: its
+                    // restart brings a new check (see on_writer_lost).
+                    warn!(
+                        "host firewall changed by {by}: {coexistence}; patchpanel's firewall was {lost}, and the rebuild could not be sent (page {} of {count}: {})",
+                        i + 1,
+                        describe(&e)
+                    );
+                    self.requeue(pending, Instant::now());
+                    return;
+                }
             }
-            Err(e) => format!(
-                "patchpanel's firewall was {lost}, and the rebuild failed: {e}; guests may have lost their network until the next change or restart"
-            ),
-        };
-        if let Some(wait) = follower.rebuilt(Instant::now()) {
-            warn!(
-                "host firewall: another program keeps undoing patchpanel's firewall ({} rebuilds within {FLAP_WINDOW:?}; last by {by}); the next rebuild waits {wait:?}",
-                follower.recent_rebuilds(),
-            );
         }
-        outcome
-    } else {
-        "patchpanel's firewall is intact".to_string()
-    };
-    host_firewall::carry(&mut state.counter_base, &carried);
-    let coexistence = if coexistence.is_empty() {
-        "no narrow accept changed".to_string()
-    } else {
-        coexistence
-    };
-    info!("host firewall changed by {by}: {coexistence}; {outcome}");
+        let Some(last) = ids.pop() else {
+            warn!("host firewall changed by {by}: the rebuild has no pages");
+            return;
+        };
+        self.in_flight = Some(InFlight::Rebuild {
+            pages: ids,
+            last,
+            pending,
+            coexistence,
+            lost,
+            what,
+            started,
+        });
+    }
 }
 
-/// Replaces whatever is left of patchpanel's firewall with what the state
-/// asks for.
-fn rebuild(
-    env: &mut Env<'_>,
-    state: &State,
-    policy: &PortPolicy,
-) -> Result<Vec<CounterSample>, CallError> {
-    let batch = host_firewall::desired(state, env.uplinks, policy);
-    let pages = host_firewall::pages(&batch, REBUILD_PAGE_BYTES);
-    let count = pages.len();
-    for (i, page) in pages.into_iter().enumerate() {
-        let last = i + 1 == count;
-        match env.call(Request::RebuildFirewall { page, last })? {
-            Reply::Done if !last => {}
-            Reply::Rebuilt { carried } if last => return Ok(carried),
-            other => {
-                return Err(CallError::Failed(format!(
-                    "rebuild: the writer answered {other:?} to page {} of {count}",
-                    i + 1
-                )))
-            }
+fn describe(e: &SendError) -> String {
+    match e {
+        SendError::Busy => "the writer is restarting".into(),
+        SendError::Failed(why) => why.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use patchpanel_ipc::datapath::PlanReport;
+    use patchpanel_ipc::{FirewallChange, IfName};
+    use patchpanel_uplinks::{Technology, Uplink, UplinkEvent};
+
+    use super::*;
+    use crate::env::FakeDatapath;
+    use crate::host_firewall::MAX_WAIT;
+
+    fn uplinks() -> UplinkView {
+        let mut v = UplinkView::default();
+        v.apply(&UplinkEvent::Added(Uplink {
+            name: IfName::new("eth0").unwrap(),
+            ifindex: 2,
+            up: true,
+            ipv4: vec![(Ipv4Addr::new(192, 0, 2, 10), 24)],
+            ipv6: vec![],
+            gateway4: None,
+            technology: Technology::Ethernet,
+        }));
+        v
+    }
+
+    fn change(ours: bool) -> FirewallChange {
+        FirewallChange {
+            by: "nft (pid 9): flush ruleset".into(),
+            ours,
+            overrun: false,
+            lost_counters: Vec::new(),
         }
     }
-    Err(CallError::Failed("rebuild: nothing was sent".into()))
+
+    /// The id of the last request sent to the writer without waiting.
+    fn sent(link: &FakeDatapath) -> (u64, &Request) {
+        let r = link.requests.last().expect("a request");
+        (link.requests.len() as u64, r)
+    }
+
+    #[test]
+    fn a_touched_firewall_is_checked_then_rebuilt_without_a_blocking_call() {
+        let mut hf = HostFirewall::default();
+        let mut link = FakeDatapath::default();
+        let mut state = State::default();
+        let uplinks = uplinks();
+        let policy = PortPolicy::with_defaults(0);
+        let t0 = Instant::now();
+        hf.on_change(change(true), t0);
+        hf.on_timers(t0, &mut link);
+        assert!(link.requests.is_empty(), "not due yet");
+        hf.on_timers(t0 + MAX_WAIT, &mut link);
+        let (check, request) = sent(&link);
+        assert_eq!(*request, Request::CheckFirewall);
+        assert!(hf.owns(check));
+        assert_eq!(hf.deadline(), None, "no second check while one is out");
+        hf.on_answer(
+            check,
+            Ok(Reply::FirewallChecked {
+                coexistence: String::new(),
+                missing: vec!["table ip patchpanel_nat".into()],
+            }),
+            &mut state,
+            &uplinks,
+            &policy,
+            &mut link,
+        );
+        let (last, request) = sent(&link);
+        assert!(
+            matches!(request, Request::RebuildFirewall { last: true, page } if !page.is_empty()),
+            "{request:?}"
+        );
+        assert!(hf.owns(last));
+        hf.on_answer(
+            last,
+            Ok(Reply::Rebuilt {
+                carried: Vec::new(),
+            }),
+            &mut state,
+            &uplinks,
+            &policy,
+            &mut link,
+        );
+        assert!(!hf.owns(last));
+        assert_eq!(link.requests.len(), 2, "check and one page: nothing waited");
+    }
+
+    #[test]
+    fn an_intact_firewall_is_not_rebuilt() {
+        let mut hf = HostFirewall::default();
+        let mut link = FakeDatapath::default();
+        let mut state = State::default();
+        let t0 = Instant::now();
+        hf.on_change(change(false), t0);
+        hf.on_timers(t0 + MAX_WAIT, &mut link);
+        let (check, _) = sent(&link);
+        hf.on_answer(
+            check,
+            Ok(Reply::FirewallChecked {
+                coexistence: String::new(),
+                missing: Vec::new(),
+            }),
+            &mut state,
+            &uplinks(),
+            &PortPolicy::with_defaults(0),
+            &mut link,
+        );
+        assert_eq!(link.requests.len(), 1);
+        assert!(hf.deadline().is_none());
+    }
+
+    #[test]
+    fn a_writer_lost_during_a_check_brings_another_check() {
+        let mut hf = HostFirewall::default();
+        let mut link = FakeDatapath::default();
+        let t0 = Instant::now();
+        hf.on_change(change(true), t0);
+        hf.on_timers(t0 + MAX_WAIT, &mut link);
+        let (check, _) = sent(&link);
+        hf.on_writer_lost(t0 + MAX_WAIT);
+        assert!(!hf.owns(check), "its answer will never come");
+        let due = hf.deadline().expect("checked again");
+        hf.on_timers(due, &mut link);
+        assert_eq!(link.requests.len(), 2);
+        assert_eq!(link.requests[1], Request::CheckFirewall);
+    }
+
+    #[test]
+    fn an_unrelated_answer_is_not_taken() {
+        let mut hf = HostFirewall::default();
+        let mut link = FakeDatapath::default();
+        let t0 = Instant::now();
+        hf.on_change(change(true), t0);
+        hf.on_timers(t0 + MAX_WAIT, &mut link);
+        let (check, _) = sent(&link);
+        assert!(!hf.owns(check + 100));
+        hf.on_answer(
+            check + 100,
+            Ok(Reply::Applied(PlanReport {
+                replaced_sysctls: Vec::new(),
+                failures: Vec::new(),
+            })),
+            &mut State::default(),
+            &uplinks(),
+            &PortPolicy::with_defaults(0),
+            &mut link,
+        );
+        assert!(hf.owns(check), "still waiting for its own answer");
+    }
 }

@@ -567,6 +567,50 @@ impl Helpers {
         }
     }
 
+    /// Like [`Helpers::send`], but a full channel is waited out (for up to
+    /// the call timeout) instead of refused: for requests that must follow
+    /// each other with nothing in between.
+    pub fn send_waiting(&mut self, process: Process, request: Request) -> Result<u64, SendError> {
+        let i = self
+            .index(process)
+            .map_err(|e| SendError::Failed(e.to_string()))?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        loop {
+            if !self.slots[i].is_up() {
+                return Err(SendError::Busy);
+            }
+            match self.slots[i].send(request.clone(), &[]) {
+                Ok(id) => {
+                    self.slots[i].unawaited.push(id);
+                    return Ok(id);
+                }
+                Err(ChannelError::WouldBlock) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let Some(channel) = self.slots[i].channel() else {
+                        return Err(SendError::Busy);
+                    };
+                    if left.is_zero() {
+                        return Err(SendError::Failed(format!(
+                            "{} took nothing for {CALL_TIMEOUT:?}",
+                            process.executable()
+                        )));
+                    }
+                    wait_writable(channel, left);
+                }
+                Err(e) if !e.is_fatal() => {
+                    return Err(SendError::Failed(format!(
+                        "cannot send to {}: {e}",
+                        process.executable()
+                    )))
+                }
+                Err(e) => {
+                    self.down_in_call(i, &format!("send failed: {e}"));
+                    return Err(SendError::Busy);
+                }
+            }
+        }
+    }
+
     /// Sends `request` and waits for its answer. Anything else the helper
     /// sends meanwhile is queued for the loop.
     pub fn call(
@@ -713,9 +757,18 @@ impl Helpers {
 
 /// Waits until `channel` is readable or `timeout` passes.
 fn wait_readable(channel: &Channel, timeout: Duration) {
+    wait_for(channel, libc::POLLIN, timeout)
+}
+
+/// Waits until `channel` has room or `timeout` passes.
+fn wait_writable(channel: &Channel, timeout: Duration) {
+    wait_for(channel, libc::POLLOUT, timeout)
+}
+
+fn wait_for(channel: &Channel, events: libc::c_short, timeout: Duration) {
     let mut p = libc::pollfd {
         fd: channel.as_raw_fd(),
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     let ms = i32::try_from(timeout.as_millis())

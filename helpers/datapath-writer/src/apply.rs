@@ -237,8 +237,11 @@ impl Writer {
         page: &Batch,
         last: bool,
     ) -> Result<Option<Vec<patchpanel_firewall::counters::CounterSample>>, HelperError> {
-        page.validate()
-            .map_err(|e| refused(format!("rebuild page: {e}")))?;
+        if let Err(e) = page.validate() {
+            // The rebuild is off: its earlier pages must not join the next.
+            self.rebuild = Batch::default();
+            return Err(refused(format!("rebuild page: {e}")));
+        }
         self.rebuild.extend(page.clone());
         if !last {
             return Ok(None);

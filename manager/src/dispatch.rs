@@ -212,15 +212,8 @@ impl Daemon {
             }
             Event::Stop => {
                 if self.serving() {
-                    lifecycle::stop(
-                        link,
-                        &mut self.state,
-                        &self.store,
-                        &mut self.addrs,
-                        &self.uplinks,
-                        &mut self.effects,
-                        &mut self.lifelines,
-                    );
+                    let mut env = Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
+                    lifecycle::stop(&mut env, &mut self.state, &self.store, &mut self.lifelines);
                     self.phase = Phase::Stopping;
                 }
             }
@@ -412,31 +405,26 @@ impl Daemon {
         match event {
             HelperEvent::Up(Process::DatapathWriter) if self.phase == Phase::Starting => {
                 if self.settings.cleanup_only {
-                    lifecycle::clean_up(
-                        link,
-                        &mut self.state,
-                        &self.store,
-                        &mut self.addrs,
-                        &self.uplinks,
-                        &mut self.effects,
-                    )?;
+                    let mut env = Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
+                    lifecycle::clean_up(&mut env, &mut self.state, &self.store)?;
                     self.phase = Phase::Stopping;
                     info!("cleanup done");
                     return Ok(Flow::Exit);
                 }
-                lifecycle::start(
-                    link,
+                let mut env = Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
+                let firewall = lifecycle::start(
+                    &mut env,
                     &mut self.state,
                     &self.store,
-                    &mut self.addrs,
-                    &self.uplinks,
-                    &mut self.effects,
                     &Setup {
                         layout: &self.settings.layout,
                         port_policy: &self.settings.port_policy,
                         manage_uplink_routing: self.settings.manage_uplink_routing,
                     },
                 )?;
+                // A respawned writer sets the firewall up again before
+                // anything else.
+                link.record_replay(Process::DatapathWriter, "firewall", firewall, Vec::new());
                 self.phase = Phase::DatapathUp;
             }
             HelperEvent::Up(_) => {}
@@ -641,7 +629,7 @@ mod tests {
         }
 
         fn connect(&mut self) -> OwnedFd {
-            let (keep, lifeline) = pipe();
+            let (keep, lifeline) = crate::lifeline::test_pipe();
             let request = namespaces::parse_request(&patchpanel_proto::ConnectNamespaceRequest {
                 pid: -1,
                 ..Default::default()
@@ -658,19 +646,6 @@ mod tests {
                 })),
             );
             keep
-        }
-    }
-
-    fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills two fds on success.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: both fds are fresh and owned by us.
-        unsafe {
-            (
-                std::os::fd::FromRawFd::from_raw_fd(fds[0]),
-                std::os::fd::FromRawFd::from_raw_fd(fds[1]),
-            )
         }
     }
 

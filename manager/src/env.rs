@@ -160,6 +160,12 @@ impl<'a> Env<'a> {
         }
     }
 
+    /// The sysctl values replaced so far (by [`Env::apply`]), taken out of
+    /// the ledger.
+    pub fn take_replaced_sysctls(&mut self) -> Vec<(Netns, Sysctl, String)> {
+        std::mem::take(&mut self.effects.replaced_sysctls)
+    }
+
     /// Any other request to the writer.
     pub fn call(&mut self, request: Request) -> Result<Reply, CallError> {
         self.datapath.call(request, &[])

@@ -32,21 +32,22 @@ const REBUILD_PAGE_BYTES: usize = 48 * 1024;
 /// What was asked of the writer and not answered yet.
 #[derive(Debug)]
 enum InFlight {
-    Check {
-        id: u64,
-        pending: Pending,
-    },
-    Rebuild {
-        /// The pages before the last, answered `Done`.
-        pages: Vec<u64>,
-        last: u64,
-        pending: Pending,
-        coexistence: String,
-        /// What was found missing, and what the state holds, for the log.
-        lost: String,
-        what: String,
-        started: Instant,
-    },
+    Check { id: u64, pending: Pending },
+    Rebuild(Rebuild),
+}
+
+/// A rebuild sent, waiting for the writer.
+#[derive(Debug)]
+struct Rebuild {
+    /// The pages before the last, answered `Done`.
+    pages: Vec<u64>,
+    last: u64,
+    pending: Pending,
+    coexistence: String,
+    /// What was found missing, and what the state holds, for the log.
+    lost: String,
+    what: String,
+    started: Instant,
 }
 
 /// The follower and what it asked the writer.
@@ -101,7 +102,7 @@ impl HostFirewall {
     pub fn owns(&self, id: u64) -> bool {
         match &self.in_flight {
             Some(InFlight::Check { id: check, .. }) => *check == id,
-            Some(InFlight::Rebuild { pages, last, .. }) => *last == id || pages.contains(&id),
+            Some(InFlight::Rebuild(r)) => r.last == id || r.pages.contains(&id),
             None => false,
         }
     }
@@ -118,62 +119,61 @@ impl HostFirewall {
         policy: &PortPolicy,
         link: &mut dyn HelperLink,
     ) {
-        match self.in_flight.take() {
-            Some(InFlight::Check { id: check, pending }) if check == id => {
-                self.checked(pending, result, state, uplinks, policy, link)
-            }
-            Some(InFlight::Rebuild {
-                mut pages,
-                last,
-                pending,
-                coexistence,
-                lost,
-                what,
-                started,
-            }) => {
-                if id != last {
-                    pages.retain(|p| *p != id);
-                    if let Err(e) = &result {
-                        warn!("host firewall: a rebuild page was refused: {e}");
-                    }
-                    self.in_flight = Some(InFlight::Rebuild {
-                        pages,
-                        last,
-                        pending,
-                        coexistence,
-                        lost,
-                        what,
-                        started,
-                    });
-                    return;
-                }
-                let mut carried = pending.lost_counters;
-                let outcome = match result {
-                    Ok(Reply::Rebuilt { carried: counts }) => {
-                        carried.extend(counts);
-                        format!(
-                            "patchpanel's firewall was {lost}: rebuilt from the state ({what}) in {:.1?}",
-                            started.elapsed()
-                        )
-                    }
-                    Ok(other) => format!(
-                        "patchpanel's firewall was {lost}, and the rebuild was answered {other:?}"
-                    ),
-                    Err(e) => format!(
-                        "patchpanel's firewall was {lost}, and the rebuild failed: {e}; guests may have lost their network until the next change or restart"
-                    ),
-                };
-                host_firewall::carry(&mut state.counter_base, &carried);
-                let by = pending.by.join("; ");
-                info!("host firewall changed by {by}: {coexistence}; {outcome}");
-                if let Some(wait) = self.follower.rebuilt(Instant::now()) {
-                    warn!(
-                        "host firewall: another program keeps undoing patchpanel's firewall ({} rebuilds within {FLAP_WINDOW:?}; last by {by}); the next rebuild waits {wait:?}",
-                        self.follower.recent_rebuilds(),
-                    );
+        match &mut self.in_flight {
+            Some(InFlight::Check { id: check, .. }) if *check == id => {
+                if let Some(InFlight::Check { pending, .. }) = self.in_flight.take() {
+                    self.checked(pending, result, state, uplinks, policy, link);
                 }
             }
-            other => self.in_flight = other,
+            Some(InFlight::Rebuild(r)) if r.last != id => {
+                r.pages.retain(|p| *p != id);
+                if let Err(e) = &result {
+                    warn!("host firewall: a rebuild page was refused: {e}");
+                }
+            }
+            Some(InFlight::Rebuild(_)) => {
+                if let Some(InFlight::Rebuild(rebuild)) = self.in_flight.take() {
+                    self.rebuilt(rebuild, result, state);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The rebuild's last page was answered.
+    fn rebuilt(&mut self, rebuild: Rebuild, result: Result<Reply, HelperError>, state: &mut State) {
+        let Rebuild {
+            pending,
+            coexistence,
+            lost,
+            what,
+            started,
+            ..
+        } = rebuild;
+        let mut carried = pending.lost_counters;
+        let outcome = match result {
+            Ok(Reply::Rebuilt { carried: counts }) => {
+                carried.extend(counts);
+                format!(
+                    "patchpanel's firewall was {lost}: rebuilt from the state ({what}) in {:.1?}",
+                    started.elapsed()
+                )
+            }
+            Ok(other) => format!(
+                "patchpanel's firewall was {lost}, and the rebuild was answered {other:?}"
+            ),
+            Err(e) => format!(
+                "patchpanel's firewall was {lost}, and the rebuild failed: {e}; guests may have lost their network until the next change or restart"
+            ),
+        };
+        host_firewall::carry(&mut state.counter_base, &carried);
+        let by = pending.by.join("; ");
+        info!("host firewall changed by {by}: {coexistence}; {outcome}");
+        if let Some(wait) = self.follower.rebuilt(Instant::now()) {
+            warn!(
+                "host firewall: another program keeps undoing patchpanel's firewall ({} rebuilds within {FLAP_WINDOW:?}; last by {by}); the next rebuild waits {wait:?}",
+                self.follower.recent_rebuilds(),
+            );
         }
     }
 
@@ -183,7 +183,9 @@ impl HostFirewall {
     pub fn on_writer_lost(&mut self, now: Instant) {
         if let Some(in_flight) = self.in_flight.take() {
             let pending = match in_flight {
-                InFlight::Check { pending, .. } | InFlight::Rebuild { pending, .. } => pending,
+                InFlight::Check { pending, .. } | InFlight::Rebuild(Rebuild { pending, .. }) => {
+                    pending
+                }
             };
             self.requeue(pending, now);
             self.follower.on_hint("the datapath writer's restart", now);
@@ -310,7 +312,7 @@ impl HostFirewall {
             warn!("host firewall changed by {by}: the rebuild has no pages");
             return;
         };
-        self.in_flight = Some(InFlight::Rebuild {
+        self.in_flight = Some(InFlight::Rebuild(Rebuild {
             pages: ids,
             last,
             pending,
@@ -318,7 +320,7 @@ impl HostFirewall {
             lost,
             what,
             started,
-        });
+        }));
     }
 }
 
@@ -364,6 +366,30 @@ mod tests {
         }
     }
 
+    /// Hands `hf` the writer's answer to `id`, with a default state.
+    fn answer(
+        hf: &mut HostFirewall,
+        link: &mut FakeDatapath,
+        id: u64,
+        result: Result<Reply, HelperError>,
+    ) {
+        let mut state = State::default();
+        let policy = PortPolicy::with_defaults(0);
+        hf.on_answer(id, result, &mut state, &uplinks(), &policy, link);
+    }
+
+    /// A follower that saw a change and sent its check: the check's id.
+    fn checking(ours: bool) -> (HostFirewall, FakeDatapath, u64) {
+        let mut hf = HostFirewall::default();
+        let mut link = FakeDatapath::default();
+        let t0 = Instant::now();
+        hf.on_change(change(ours), t0);
+        hf.on_timers(t0 + MAX_WAIT, &mut link);
+        let (check, request) = sent(&link);
+        assert_eq!(*request, Request::CheckFirewall);
+        (hf, link, check)
+    }
+
     /// The id of the last request sent to the writer without waiting.
     fn sent(link: &FakeDatapath) -> (u64, &Request) {
         let r = link.requests.last().expect("a request");
@@ -374,9 +400,6 @@ mod tests {
     fn a_touched_firewall_is_checked_then_rebuilt_without_a_blocking_call() {
         let mut hf = HostFirewall::default();
         let mut link = FakeDatapath::default();
-        let mut state = State::default();
-        let uplinks = uplinks();
-        let policy = PortPolicy::with_defaults(0);
         let t0 = Instant::now();
         hf.on_change(change(true), t0);
         hf.on_timers(t0, &mut link);
@@ -386,16 +409,14 @@ mod tests {
         assert_eq!(*request, Request::CheckFirewall);
         assert!(hf.owns(check));
         assert_eq!(hf.deadline(), None, "no second check while one is out");
-        hf.on_answer(
+        answer(
+            &mut hf,
+            &mut link,
             check,
             Ok(Reply::FirewallChecked {
                 coexistence: String::new(),
                 missing: vec!["table ip patchpanel_nat".into()],
             }),
-            &mut state,
-            &uplinks,
-            &policy,
-            &mut link,
         );
         let (last, request) = sent(&link);
         assert!(
@@ -403,15 +424,13 @@ mod tests {
             "{request:?}"
         );
         assert!(hf.owns(last));
-        hf.on_answer(
+        answer(
+            &mut hf,
+            &mut link,
             last,
             Ok(Reply::Rebuilt {
                 carried: Vec::new(),
             }),
-            &mut state,
-            &uplinks,
-            &policy,
-            &mut link,
         );
         assert!(!hf.owns(last));
         assert_eq!(link.requests.len(), 2, "check and one page: nothing waited");
@@ -419,23 +438,15 @@ mod tests {
 
     #[test]
     fn an_intact_firewall_is_not_rebuilt() {
-        let mut hf = HostFirewall::default();
-        let mut link = FakeDatapath::default();
-        let mut state = State::default();
-        let t0 = Instant::now();
-        hf.on_change(change(false), t0);
-        hf.on_timers(t0 + MAX_WAIT, &mut link);
-        let (check, _) = sent(&link);
-        hf.on_answer(
+        let (mut hf, mut link, check) = checking(false);
+        answer(
+            &mut hf,
+            &mut link,
             check,
             Ok(Reply::FirewallChecked {
                 coexistence: String::new(),
                 missing: Vec::new(),
             }),
-            &mut state,
-            &uplinks(),
-            &PortPolicy::with_defaults(0),
-            &mut link,
         );
         assert_eq!(link.requests.len(), 1);
         assert!(hf.deadline().is_none());
@@ -443,12 +454,8 @@ mod tests {
 
     #[test]
     fn a_writer_lost_during_a_check_brings_another_check() {
-        let mut hf = HostFirewall::default();
-        let mut link = FakeDatapath::default();
+        let (mut hf, mut link, check) = checking(true);
         let t0 = Instant::now();
-        hf.on_change(change(true), t0);
-        hf.on_timers(t0 + MAX_WAIT, &mut link);
-        let (check, _) = sent(&link);
         hf.on_writer_lost(t0 + MAX_WAIT);
         assert!(!hf.owns(check), "its answer will never come");
         let due = hf.deadline().expect("checked again");
@@ -459,23 +466,16 @@ mod tests {
 
     #[test]
     fn an_unrelated_answer_is_not_taken() {
-        let mut hf = HostFirewall::default();
-        let mut link = FakeDatapath::default();
-        let t0 = Instant::now();
-        hf.on_change(change(true), t0);
-        hf.on_timers(t0 + MAX_WAIT, &mut link);
-        let (check, _) = sent(&link);
+        let (mut hf, mut link, check) = checking(true);
         assert!(!hf.owns(check + 100));
-        hf.on_answer(
+        answer(
+            &mut hf,
+            &mut link,
             check + 100,
             Ok(Reply::Applied(PlanReport {
                 replaced_sysctls: Vec::new(),
                 failures: Vec::new(),
             })),
-            &mut State::default(),
-            &uplinks(),
-            &PortPolicy::with_defaults(0),
-            &mut link,
         );
         assert!(hf.owns(check), "still waiting for its own answer");
     }

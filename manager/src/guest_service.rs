@@ -89,11 +89,7 @@ pub fn arc_startup(
     let pidfd = pids::pin(pid, uid)?;
     let netns = NetnsName::new(&format!("{}{}", settings.netns_prefix, guests::ARC_NETNS))
         .map_err(|e| CallError::Failed(format!("namespace name: {e}")))?;
-    if let Some(arc) = guests.arc.as_ref() {
-        guests::may_replace_arc(arc, uid)?;
-        warn!("ArcStartup op {op}: ARC is already running (did it crash?); stopping it first");
-        stop_arc(env, guests.arc, "ARC starts again");
-    }
+    replace_running_arc(env, guests.arc, uid, "ArcStartup", op)?;
     start_arc(
         env,
         guests.arc,
@@ -133,11 +129,7 @@ pub fn arcvm_startup(
     op: u64,
 ) -> Result<Vec<u8>, CallError> {
     require_vm_user(settings)?;
-    if let Some(arc) = guests.arc.as_ref() {
-        guests::may_replace_arc(arc, uid)?;
-        warn!("ArcVmStartup op {op}: ARC is already running (did it crash?); stopping it first");
-        stop_arc(env, guests.arc, "ARC starts again");
-    }
+    replace_running_arc(env, guests.arc, uid, "ArcVmStartup", op)?;
     start_arc(
         env,
         guests.arc,
@@ -177,6 +169,23 @@ pub fn arcvm_shutdown(env: &mut Env<'_>, arc: &mut Option<ArcGuest>, cid: u32, o
         None => warn!("ArcVmShutdown op {op}: ARCVM was not running; nothing to do"),
     }
     patchpanel_proto::ArcVmShutdownResponse {}.encode_to_vec()
+}
+
+/// A running ARC (did it crash?) is stopped before a new one starts, if
+/// `uid` may replace it.
+fn replace_running_arc(
+    env: &mut Env<'_>,
+    slot: &mut Option<ArcGuest>,
+    uid: u32,
+    what: &str,
+    op: u64,
+) -> Result<(), CallError> {
+    if let Some(arc) = slot.as_ref() {
+        guests::may_replace_arc(arc, uid)?;
+        warn!("{what} op {op}: ARC is already running (did it crash?); stopping it first");
+        stop_arc(env, slot, "ARC starts again");
+    }
+    Ok(())
 }
 
 /// Builds ARC with a device for every uplink it serves.

@@ -9,14 +9,12 @@
 
 use anyhow::{anyhow, bail};
 use log::{error, info, warn};
-use patchpanel_addr::AddressManager;
 use patchpanel_firewall::LayoutConfig;
 use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, Step, Sysctl};
 use patchpanel_ipc::{IfName, NetnsName, Reply, Request};
-use patchpanel_sandbox::Process;
 use patchpanel_uplinks::UplinkEvent;
 
-use crate::env::{Effects, Env, HelperLink};
+use crate::env::Env;
 use crate::error::CallError;
 use crate::guest_service::{self, Guests};
 use crate::lifeline::LifelineWatcher;
@@ -68,52 +66,42 @@ fn inherit(env: &mut Env<'_>, state: &mut State, prev: &State) {
 
 /// The first time the writer is up: clean up after a previous run, set up
 /// the firewall, re-adopt the previous run's port rules and guests, and
-/// turn forwarding on. An error is fatal.
-#[allow(clippy::too_many_arguments)]
+/// turn forwarding on. An error is fatal. The firewall's setup request is
+/// for the caller to put in the writer's replay log.
 pub fn start(
-    link: &mut dyn HelperLink,
+    env: &mut Env<'_>,
     state: &mut State,
     store: &StateFile,
-    addrs: &mut AddressManager,
-    uplinks: &UplinkView,
-    effects: &mut Effects,
     setup: &Setup<'_>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Request> {
     let previous = previous(store);
-    let firewall = Request::SetupFirewall(setup.layout.clone());
-    {
-        let mut env = Env::new(link, addrs, uplinks, effects);
-        if let Some(prev) = &previous {
-            inherit(&mut env, state, prev);
-        }
-        // A crash restart keeps the previous guests' links to re-adopt them.
-        let (keep_links, keep_netns) = previous
-            .as_ref()
-            .map(guest_service::leftovers)
-            .unwrap_or_default();
-        remove_owned(&mut env, true, keep_links, keep_netns)?;
-        env.call(firewall.clone())
-            .map_err(|e| anyhow!("cannot set up the firewall: {e}"))?;
+    if let Some(prev) = &previous {
+        inherit(env, state, prev);
     }
-    link.record_replay(Process::DatapathWriter, "firewall", firewall, Vec::new());
-    {
-        let mut env = Env::new(link, addrs, uplinks, effects);
-        if let Some(prev) = &previous {
-            port_rule_service::readopt(
-                &mut env,
-                &mut state.port_rules,
-                &prev.port_rules,
-                setup.port_policy,
-            );
-            guest_service::readopt(
-                &mut env,
-                Guests {
-                    arc: &mut state.arc,
-                    vms: &mut state.vms,
-                },
-                prev,
-            );
-        }
+    // A crash restart keeps the previous guests' links to re-adopt them.
+    let (keep_links, keep_netns) = previous
+        .as_ref()
+        .map(guest_service::leftovers)
+        .unwrap_or_default();
+    remove_owned(env, true, keep_links, keep_netns)?;
+    let firewall = Request::SetupFirewall(setup.layout.clone());
+    env.call(firewall.clone())
+        .map_err(|e| anyhow!("cannot set up the firewall: {e}"))?;
+    if let Some(prev) = &previous {
+        port_rule_service::readopt(
+            env,
+            &mut state.port_rules,
+            &prev.port_rules,
+            setup.port_policy,
+        );
+        guest_service::readopt(
+            env,
+            Guests {
+                arc: &mut state.arc,
+                vms: &mut state.vms,
+            },
+            prev,
+        );
     }
     // The journal says what this run holds from now on.
     if let Err(e) = store.save_port_rules(&state.port_rules) {
@@ -122,59 +110,44 @@ pub fn start(
             store.path().display()
         );
     }
-    {
-        let mut env = Env::new(link, addrs, uplinks, effects);
-        let steps = [Sysctl::Ipv4Forward, Sysctl::Ipv6Forwarding]
-            .into_iter()
-            .map(|sysctl| Step::SetSysctl {
-                netns: Netns::Host,
-                sysctl,
-                value: "1".into(),
-            })
-            .collect();
-        env.apply(
-            Plan {
-                label: "start: forwarding on".into(),
-                mode: ApplyMode::Atomic,
-                steps,
-            },
-            &[],
-        )
-        .map_err(|e| anyhow!("cannot turn forwarding on: {e}"))?;
-    }
-    checkpoint(state, store, effects);
-    {
-        let mut env = Env::new(link, addrs, uplinks, effects);
-        for step in routing::uplink_steps_all(uplinks, setup.manage_uplink_routing) {
-            apply_quietly(&mut env, "uplink routing", step);
-        }
+    let steps = [Sysctl::Ipv4Forward, Sysctl::Ipv6Forwarding]
+        .into_iter()
+        .map(|sysctl| Step::SetSysctl {
+            netns: Netns::Host,
+            sysctl,
+            value: "1".into(),
+        })
+        .collect();
+    env.apply(
+        Plan {
+            label: "start: forwarding on".into(),
+            mode: ApplyMode::Atomic,
+            steps,
+        },
+        &[],
+    )
+    .map_err(|e| anyhow!("cannot turn forwarding on: {e}"))?;
+    checkpoint(env, state, store);
+    for step in routing::uplink_steps_all(env.uplinks, setup.manage_uplink_routing) {
+        apply_quietly(env, "uplink routing", step);
     }
     // The uplinks' accept_ra originals were just recorded: a crash from here
     // on must still let the next run restore them.
-    checkpoint(state, store, effects);
+    checkpoint(env, state, store);
     // A re-adopted ARC follows the uplinks that changed meanwhile.
-    let mut env = Env::new(link, addrs, uplinks, effects);
-    guest_service::arc_follow_uplinks(&mut env, &mut state.arc);
-    Ok(())
+    guest_service::arc_follow_uplinks(env, &mut state.arc);
+    Ok(firewall)
 }
 
 /// `--cleanup`: removes everything patchpanel owns, the accounting chains
 /// included, restores the sysctls the previous run changed, and forgets
 /// its state.
-pub fn clean_up(
-    link: &mut dyn HelperLink,
-    state: &mut State,
-    store: &StateFile,
-    addrs: &mut AddressManager,
-    uplinks: &UplinkView,
-    effects: &mut Effects,
-) -> anyhow::Result<()> {
-    let mut env = Env::new(link, addrs, uplinks, effects);
+pub fn clean_up(env: &mut Env<'_>, state: &mut State, store: &StateFile) -> anyhow::Result<()> {
     if let Some(prev) = previous(store) {
-        inherit(&mut env, state, &prev);
+        inherit(env, state, &prev);
     }
-    remove_owned(&mut env, false, Vec::new(), Vec::new())?;
-    restore_sysctls(&mut env, state);
+    remove_owned(env, false, Vec::new(), Vec::new())?;
+    restore_sysctls(env, state);
     if let Err(e) = store.remove() {
         warn!("cannot remove {}: {e}", store.path().display());
     }
@@ -185,35 +158,31 @@ pub fn clean_up(
 /// the accounting chains; the sysctls are restored and the state file
 /// removed.
 pub fn stop(
-    link: &mut dyn HelperLink,
+    env: &mut Env<'_>,
     state: &mut State,
     store: &StateFile,
-    addrs: &mut AddressManager,
-    uplinks: &UplinkView,
-    effects: &mut Effects,
     lifelines: &mut LifelineWatcher,
 ) {
-    let mut env = Env::new(link, addrs, uplinks, effects);
     let ids: Vec<u32> = state.namespaces.keys().copied().collect();
     namespace_service::disconnect(
-        &mut env,
+        env,
         &mut state.namespaces,
         lifelines,
         &ids,
         "patchpanel is stopping",
     );
     guest_service::stop_all(
-        &mut env,
+        env,
         Guests {
             arc: &mut state.arc,
             vms: &mut state.vms,
         },
         "patchpanel is stopping",
     );
-    if let Err(e) = remove_owned(&mut env, true, Vec::new(), Vec::new()) {
+    if let Err(e) = remove_owned(env, true, Vec::new(), Vec::new()) {
         warn!("{e}");
     }
-    restore_sysctls(&mut env, state);
+    restore_sysctls(env, state);
     if let Err(e) = store.remove() {
         warn!("cannot remove {}: {e}", store.path().display());
     }
@@ -243,8 +212,8 @@ pub fn follow_uplink(
 }
 
 /// Absorbs the sysctl values replaced so far and saves the state.
-fn checkpoint(state: &mut State, store: &StateFile, effects: &mut Effects) {
-    for (netns, sysctl, old) in effects.replaced_sysctls.drain(..) {
+fn checkpoint(env: &mut Env<'_>, state: &mut State, store: &StateFile) {
+    for (netns, sysctl, old) in env.take_replaced_sysctls() {
         state.record_sysctl_original(netns, sysctl, old);
     }
     if let Err(e) = store.save(state) {

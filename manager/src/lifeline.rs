@@ -196,17 +196,28 @@ fn is_dead(fd: &OwnedFd) -> bool {
     n > 0 && (p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL)) != 0
 }
 
+/// A pipe for tests: (the end a client keeps, the lifeline it sends).
+#[cfg(test)]
+pub fn test_pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds on success.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both fds are fresh and owned by us.
+    unsafe {
+        (
+            std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+            std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::FromRawFd;
 
     fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills two fds on success.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: both fds are fresh and owned by us.
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        test_pipe()
     }
 
     #[test]

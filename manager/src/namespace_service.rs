@@ -295,12 +295,14 @@ mod tests {
             }
         }
 
-        fn connect(&mut self, uid: u32) -> (Result<Vec<u8>, CallError>, OwnedFd) {
+        /// Admits a new namespace for `uid`; the first element is the end
+        /// of its lifeline the client keeps.
+        fn admit(&mut self, uid: u32) -> (OwnedFd, Result<Admitted, CallError>) {
             let settings = Settings {
                 netns_prefix: "pp-".into(),
                 namespaces_per_uid: 2,
             };
-            let (keep, lifeline) = pipe();
+            let (keep, lifeline) = crate::lifeline::test_pipe();
             let call = Connect {
                 request: namespaces::parse_request(&patchpanel_proto::ConnectNamespaceRequest {
                     pid: -1,
@@ -318,40 +320,38 @@ mod tests {
                 &self.uplinks,
                 &mut self.effects,
             );
-            let admitted = match admit(
+            let admitted = admit(
                 &mut env,
                 &self.namespaces,
                 &mut self.next_id,
                 &mut self.lifelines,
                 &settings,
                 call,
-            ) {
+            );
+            (keep, admitted)
+        }
+
+        /// Admits, records and builds a namespace, as the dispatcher does.
+        fn connect(&mut self, uid: u32) -> (Result<Vec<u8>, CallError>, OwnedFd) {
+            let (keep, admitted) = self.admit(uid);
+            let admitted = match admitted {
                 Ok(a) => a,
                 Err(e) => return (Err(e), keep),
             };
             self.namespaces.insert(admitted.ns.id, admitted.ns.clone());
-            (
-                build(
-                    &mut env,
-                    &mut self.namespaces,
-                    &mut self.lifelines,
-                    admitted,
-                ),
-                keep,
-            )
-        }
-    }
-
-    fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills two fds on success.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: both fds are fresh and owned by us.
-        unsafe {
-            (
-                std::os::fd::FromRawFd::from_raw_fd(fds[0]),
-                std::os::fd::FromRawFd::from_raw_fd(fds[1]),
-            )
+            let mut env = Env::new(
+                &mut self.datapath,
+                &mut self.addrs,
+                &self.uplinks,
+                &mut self.effects,
+            );
+            let built = build(
+                &mut env,
+                &mut self.namespaces,
+                &mut self.lifelines,
+                admitted,
+            );
+            (built, keep)
         }
     }
 
@@ -398,32 +398,9 @@ mod tests {
     #[test]
     fn abandoning_an_admitted_namespace_gives_everything_back() {
         let mut w = World::new();
-        let settings = Settings {
-            netns_prefix: "pp-".into(),
-            namespaces_per_uid: 8,
-        };
-        let (_keep, lifeline) = pipe();
-        let call = Connect {
-            request: namespaces::parse_request(&patchpanel_proto::ConnectNamespaceRequest {
-                pid: -1,
-                ..Default::default()
-            })
-            .expect("request"),
-            lifeline,
-            client: ":1.7".into(),
-            uid: 0,
-            op: 3,
-        };
+        let (_keep, admitted) = w.admit(0);
+        let admitted = admitted.expect("admitted");
         let mut env = Env::new(&mut w.datapath, &mut w.addrs, &w.uplinks, &mut w.effects);
-        let admitted = admit(
-            &mut env,
-            &w.namespaces,
-            &mut w.next_id,
-            &mut w.lifelines,
-            &settings,
-            call,
-        )
-        .expect("admitted");
         abandon(&mut env, &mut w.lifelines, admitted);
         assert!(w.addrs.allocations().is_empty());
         assert_eq!(w.lifelines.watched(), 0);

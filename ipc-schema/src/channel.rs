@@ -470,6 +470,8 @@ mod tests {
     /// Sends pings on a non-blocking `ch` until its peer's queue is full.
     fn fill(ch: &Channel) {
         ch.set_nonblocking(true).expect("nonblocking");
+        // A blocking channel would block here forever instead of failing.
+        assert!(is_nonblocking(ch), "set_nonblocking(true) had no effect");
         for id in 0.. {
             match ch.send(&ping(id), &[]) {
                 Ok(()) => assert!(id < 1_000_000, "the queue never filled"),
@@ -736,5 +738,53 @@ mod tests {
         let err = b.recv::<ManagerMessage>().expect_err("peer sends no more");
 
         assert!(matches!(err, ChannelError::Closed), "{err:?}");
+    }
+
+    #[test]
+    fn pair_reports_running_out_of_descriptors() {
+        // In a child process, so the lowered limit starves no other test.
+        // The child only makes system calls and exits: no allocation, no
+        // unwinding (it may be a copy of a multi-threaded process).
+        // SAFETY: see above; the parent only waits for the child.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        if pid == 0 {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit and setrlimit with a valid rlimit; lowering
+            // the soft limit (the hard one unchanged) is always allowed.
+            let lowered = unsafe {
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+                    limit.rlim_cur = 0;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+                }
+            };
+            let code = if !lowered {
+                3
+            } else {
+                match Channel::pair() {
+                    Err(e) if e.raw_os_error() == Some(libc::EMFILE) => 0,
+                    Err(_) => 2,
+                    Ok(pair) => {
+                        // Never close what a broken pair() may have wrapped.
+                        std::mem::forget(pair);
+                        1
+                    }
+                }
+            };
+            // SAFETY: ends the child without running anything of the parent's.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(waited, pid, "waitpid: {}", io::Error::last_os_error());
+
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x} (exit 1: pair() succeeded, 2: another error, 3: setrlimit)"
+        );
     }
 }

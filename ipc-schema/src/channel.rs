@@ -424,4 +424,367 @@ mod tests {
         let (s, _t) = std::os::unix::net::UnixStream::pair().expect("pair");
         assert!(Channel::from_fd(OwnedFd::from(s)).is_err());
     }
+
+    /// Sends `fds` beside `bytes` without the sender's [`MAX_FDS`] check,
+    /// as a misbehaving peer could.
+    fn send_fds_unchecked(ch: &Channel, bytes: &[u8], fds: &[RawFd]) {
+        let mut iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        let payload = std::mem::size_of_val(fds) as u32;
+        let mut cmsg_buf = vec![0u64; 64];
+        // SAFETY: an all-zero msghdr is a valid empty header.
+        let mut hdr: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cmsg_buf.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+        assert!(space <= cmsg_buf.len() * 8, "test sends too many fds");
+        hdr.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` zeroed, aligned bytes, so
+        // CMSG_FIRSTHDR returns a header inside it with room for `payload`;
+        // `hdr` points at live buffers for the duration of sendmsg.
+        let n = unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&hdr);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
+            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for (i, fd) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(*fd);
+            }
+            libc::sendmsg(ch.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL)
+        };
+        assert!(n >= 0, "sendmsg: {}", io::Error::last_os_error());
+    }
+
+    fn is_nonblocking(ch: &Channel) -> bool {
+        // SAFETY: F_GETFL on a descriptor the channel owns.
+        let flags = unsafe { libc::fcntl(ch.as_raw_fd(), libc::F_GETFL) };
+        assert!(flags >= 0, "F_GETFL: {}", io::Error::last_os_error());
+        flags & libc::O_NONBLOCK != 0
+    }
+
+    /// Sends pings on a non-blocking `ch` until its peer's queue is full.
+    fn fill(ch: &Channel) {
+        ch.set_nonblocking(true).expect("nonblocking");
+        // A blocking channel would block here forever instead of failing.
+        assert!(is_nonblocking(ch), "set_nonblocking(true) had no effect");
+        for id in 0.. {
+            match ch.send(&ping(id), &[]) {
+                Ok(()) => assert!(id < 1_000_000, "the queue never filled"),
+                Err(ChannelError::WouldBlock) => break,
+                Err(e) => panic!("filling the channel: {e}"),
+            }
+        }
+    }
+
+    extern "C" fn do_nothing(_: libc::c_int) {}
+
+    /// Makes SIGUSR1 interrupt a blocked system call with EINTR (a handler
+    /// without `SA_RESTART`), as any signal a daemon handles may.
+    fn make_sigusr1_interrupt_syscalls() {
+        // SAFETY: a zeroed sigaction with an empty mask, no flags and a
+        // handler that touches nothing is valid; SIGUSR1 is not used
+        // otherwise in these tests.
+        unsafe {
+            let mut sa: libc::sigaction = MaybeUninit::zeroed().assume_init();
+            sa.sa_sigaction = do_nothing as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+        }
+    }
+
+    /// Signals `thread` a few times, giving it time to block in between.
+    fn interrupt<T>(thread: &std::thread::JoinHandle<T>) {
+        use std::os::unix::thread::JoinHandleExt;
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            // SAFETY: the thread is not joined yet, so its pthread_t is
+            // valid; SIGUSR1's handler does nothing.
+            unsafe { libc::pthread_kill(thread.as_pthread_t(), libc::SIGUSR1) };
+        }
+    }
+
+    #[test]
+    fn a_closed_channel_is_fatal() {
+        assert!(ChannelError::Closed.is_fatal());
+    }
+
+    #[test]
+    fn a_socket_error_is_fatal() {
+        assert!(ChannelError::Io(io::Error::from_raw_os_error(libc::EBADF)).is_fatal());
+    }
+
+    #[test]
+    fn a_full_channel_is_not_fatal() {
+        assert!(!ChannelError::WouldBlock.is_fatal());
+    }
+
+    #[test]
+    fn from_fd_accepts_a_seqpacket_socket_and_it_still_works() {
+        let (a, b) = Channel::pair().expect("pair");
+
+        let a = Channel::from_fd(a.into_fd()).expect("a SOCK_SEQPACKET socket");
+
+        a.send(&ping(7), &[]).expect("send");
+        assert_eq!(b.recv::<ManagerMessage>().expect("recv").msg, ping(7));
+    }
+
+    #[test]
+    fn from_fd_reports_the_os_error_for_a_descriptor_that_is_no_socket() {
+        let (r, _w) = std::io::pipe().expect("pipe");
+
+        let err = Channel::from_fd(OwnedFd::from(r)).expect_err("a pipe is no socket");
+
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTSOCK));
+    }
+
+    #[test]
+    fn as_raw_fd_is_the_socket_descriptor() {
+        let (a, _b) = Channel::pair().expect("pair");
+
+        assert_eq!(a.as_raw_fd(), a.as_fd().as_raw_fd());
+    }
+
+    #[test]
+    fn set_nonblocking_twice_stays_nonblocking() {
+        let (a, _b) = Channel::pair().expect("pair");
+        a.set_nonblocking(true).expect("nonblocking");
+
+        a.set_nonblocking(true).expect("nonblocking");
+
+        assert!(is_nonblocking(&a));
+    }
+
+    #[test]
+    fn set_nonblocking_off_makes_the_channel_blocking_again() {
+        let (a, _b) = Channel::pair().expect("pair");
+        a.set_nonblocking(true).expect("nonblocking");
+
+        a.set_nonblocking(false).expect("blocking");
+
+        assert!(!is_nonblocking(&a));
+    }
+
+    #[test]
+    fn set_nonblocking_off_changes_no_other_flag() {
+        let (a, _b) = Channel::pair().expect("pair");
+        // SAFETY: F_GETFL on a descriptor the channel owns.
+        let before = unsafe { libc::fcntl(a.as_raw_fd(), libc::F_GETFL) };
+
+        a.set_nonblocking(false).expect("blocking");
+
+        // SAFETY: as above.
+        let after = unsafe { libc::fcntl(a.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(after, before);
+    }
+
+    #[test]
+    fn sending_to_a_closed_peer_reads_as_closed() {
+        let (a, b) = Channel::pair().expect("pair");
+        drop(b);
+
+        let err = a.send(&ping(1), &[]).expect_err("peer is gone");
+
+        assert!(matches!(err, ChannelError::Closed), "{err:?}");
+    }
+
+    #[test]
+    fn sending_on_a_full_nonblocking_channel_would_block() {
+        let (a, _b) = Channel::pair().expect("pair");
+        fill(&a);
+
+        let err = a.send(&ping(1), &[]).expect_err("queue is full");
+
+        assert!(matches!(err, ChannelError::WouldBlock), "{err:?}");
+        assert!(!err.is_fatal());
+    }
+
+    #[test]
+    fn a_peer_closing_with_unread_messages_reads_as_closed() {
+        let (a, b) = Channel::pair().expect("pair");
+        a.send(&ping(1), &[]).expect("send");
+        drop(b);
+
+        let err = a.recv::<ManagerMessage>().expect_err("peer is gone");
+
+        assert!(matches!(err, ChannelError::Closed), "{err:?}");
+    }
+
+    #[test]
+    fn a_signal_during_a_blocking_recv_does_not_fail_it() {
+        make_sigusr1_interrupt_syscalls();
+        let (a, b) = Channel::pair().expect("pair");
+        let receiver = std::thread::spawn(move || b.recv::<ManagerMessage>());
+        interrupt(&receiver);
+
+        a.send(&ping(6), &[]).expect("send");
+        // Should the message never arrive, the receiver sees the close
+        // instead of blocking forever.
+        drop(a);
+
+        let got = receiver.join().expect("receiver thread");
+        assert_eq!(got.expect("recv retried after EINTR").msg, ping(6));
+    }
+
+    #[test]
+    fn a_signal_during_a_blocking_send_does_not_fail_it() {
+        make_sigusr1_interrupt_syscalls();
+        let (a, b) = Channel::pair().expect("pair");
+        fill(&a);
+        a.set_nonblocking(false).expect("blocking");
+        let last = ping(1_000_000_000);
+        let sender = std::thread::spawn({
+            let last = last.clone();
+            move || a.send(&last, &[])
+        });
+        interrupt(&sender);
+
+        // Read everything: the kernel may wake a blocked sender only once
+        // most of the queue is drained. The sender's error, if any, closes
+        // its end, which ends this loop too.
+        let last_bytes = codec::encode(&last).expect("encode");
+        while let Ok((bytes, _)) = b.recv_raw() {
+            if bytes == last_bytes {
+                break;
+            }
+        }
+        // Should the sender still be blocked, the close wakes it with an
+        // error instead of leaving the test hanging.
+        drop(b);
+
+        let sent = sender.join().expect("sender thread");
+        assert!(sent.is_ok(), "{sent:?}");
+    }
+
+    #[test]
+    fn a_packet_of_exactly_max_message_size_is_received_whole() {
+        let (a, b) = Channel::pair().expect("pair");
+        a.send_raw(&vec![7u8; MAX_MESSAGE_SIZE], &[]).expect("send");
+
+        let (bytes, fds) = b.recv_raw().expect("fits");
+
+        assert_eq!((bytes.len(), fds.len()), (MAX_MESSAGE_SIZE, 0));
+    }
+
+    #[test]
+    fn a_packet_one_byte_over_max_message_size_is_oversize() {
+        let (a, b) = Channel::pair().expect("pair");
+        a.send_raw(&vec![7u8; MAX_MESSAGE_SIZE + 1], &[])
+            .expect("kernel accepts the big packet");
+
+        let err = b.recv_raw().expect_err("too big");
+
+        assert!(matches!(err, ChannelError::Oversize), "{err:?}");
+    }
+
+    #[test]
+    fn more_than_max_fds_from_a_peer_are_refused_at_receive() {
+        let (a, b) = Channel::pair().expect("pair");
+        let (_r, w) = std::io::pipe().expect("pipe");
+        let bytes = codec::encode(&ping(1)).expect("encode");
+        send_fds_unchecked(&a, &bytes, &[w.as_raw_fd(); MAX_FDS + 1]);
+
+        let err = b.recv::<ManagerMessage>().expect_err("too many fds");
+
+        assert!(matches!(err, ChannelError::TooManyFds), "{err:?}");
+    }
+
+    #[test]
+    fn a_packet_whose_descriptors_were_cut_off_is_refused() {
+        let (a, b) = Channel::pair().expect("pair");
+        let (_r, w) = std::io::pipe().expect("pipe");
+        let bytes = codec::encode(&ping(1)).expect("encode");
+        // More than fit in the receiver's control buffer: MSG_CTRUNC.
+        send_fds_unchecked(&a, &bytes, &[w.as_raw_fd(); 2 * CMSG_BUF_LEN / 4]);
+
+        let err = b.recv::<ManagerMessage>().expect_err("descriptors cut off");
+
+        assert!(matches!(err, ChannelError::TooManyFds), "{err:?}");
+    }
+
+    #[test]
+    fn credentials_beside_a_message_are_not_taken_for_descriptors() {
+        let (a, b) = Channel::pair().expect("pair");
+        let on: libc::c_int = 1;
+        // SAFETY: `on` is a valid c_int for the length given.
+        let rc = unsafe {
+            libc::setsockopt(
+                b.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_PASSCRED: {}", io::Error::last_os_error());
+        a.send(&ping(8), &[]).expect("send");
+
+        let got: Received<ManagerMessage> = b.recv().expect("recv");
+
+        assert!(got.fds.is_empty(), "{:?}", got.fds);
+    }
+
+    #[test]
+    fn a_peer_that_shut_down_its_sending_side_reads_as_closed() {
+        let (a, b) = Channel::pair().expect("pair");
+        // SAFETY: shutdown on a descriptor the channel owns.
+        let rc = unsafe { libc::shutdown(a.as_raw_fd(), libc::SHUT_WR) };
+        assert_eq!(rc, 0, "shutdown: {}", io::Error::last_os_error());
+
+        let err = b.recv::<ManagerMessage>().expect_err("peer sends no more");
+
+        assert!(matches!(err, ChannelError::Closed), "{err:?}");
+    }
+
+    #[test]
+    fn pair_reports_running_out_of_descriptors() {
+        // In a child process, so the lowered limit starves no other test.
+        // The child only makes system calls and exits: no allocation, no
+        // unwinding (it may be a copy of a multi-threaded process).
+        // SAFETY: see above; the parent only waits for the child.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        if pid == 0 {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit and setrlimit with a valid rlimit; lowering
+            // the soft limit (the hard one unchanged) is always allowed.
+            let lowered = unsafe {
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+                    limit.rlim_cur = 0;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+                }
+            };
+            let code = if !lowered {
+                3
+            } else {
+                match Channel::pair() {
+                    Err(e) if e.raw_os_error() == Some(libc::EMFILE) => 0,
+                    Err(_) => 2,
+                    Ok(pair) => {
+                        // Never close what a broken pair() may have wrapped.
+                        std::mem::forget(pair);
+                        1
+                    }
+                }
+            };
+            // SAFETY: ends the child without running anything of the parent's.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(waited, pid, "waitpid: {}", io::Error::last_os_error());
+
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x} (exit 1: pair() succeeded, 2: another error, 3: setrlimit)"
+        );
+    }
 }

@@ -173,4 +173,46 @@ mod tests {
         };
         assert!(encode(&msg).is_err());
     }
+
+    /// An error response whose encoding is exactly `len` bytes.
+    fn response_of_encoded_len(len: usize) -> HelperMessage {
+        let with_text = |n: usize| HelperMessage::Response {
+            id: 0,
+            result: Err(HelperError::InvalidArgument("x".repeat(n))),
+        };
+        // The length prefix takes the same 3 bytes for 1,000 and ~64 KiB.
+        let overhead = encode(&with_text(1000)).expect("encode").len() - 1000;
+        with_text(len - overhead)
+    }
+
+    #[test]
+    fn a_message_of_exactly_max_message_size_encodes() {
+        let msg = response_of_encoded_len(MAX_MESSAGE_SIZE);
+
+        let bytes = encode(&msg).expect("at the limit");
+
+        assert_eq!(bytes.len(), MAX_MESSAGE_SIZE);
+    }
+
+    #[test]
+    fn a_message_of_exactly_max_message_size_decodes() {
+        let msg = response_of_encoded_len(MAX_MESSAGE_SIZE);
+        let bytes = encode(&msg).expect("at the limit");
+
+        assert_eq!(decode::<HelperMessage>(&bytes).expect("at the limit"), msg);
+    }
+
+    #[test]
+    fn trailing_bytes_are_counted_in_the_error() {
+        let mut bytes = encode(&samples()[1]).expect("encode");
+        let used = bytes.len();
+        bytes.extend_from_slice(&[0, 0]);
+
+        let err = decode::<ManagerMessage>(&bytes);
+
+        assert!(
+            matches!(err, Err(CodecError::Trailing { used: u, trailing: 2 }) if u == used),
+            "{err:?}"
+        );
+    }
 }

@@ -306,4 +306,15 @@ mod tests {
         );
         assert_eq!(Sysctl::Ipv4Forward.key(), "net/ipv4/ip_forward");
     }
+
+    #[test]
+    fn a_step_naming_a_namespace_round_trips() {
+        let step = Step::CreateNetns {
+            name: NetnsName::new("connected_netns_0").unwrap(),
+        };
+
+        let bytes = crate::encode(&step).expect("encodes");
+
+        assert_eq!(crate::decode::<Step>(&bytes).expect("decodes"), step);
+    }
 }

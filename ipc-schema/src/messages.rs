@@ -322,4 +322,51 @@ mod size_tests {
         }
         assert!(steps.len() > 1000);
     }
+
+    #[test]
+    fn roles_are_named_as_their_processes() {
+        let names = [
+            Role::Manager,
+            Role::DatapathWriter,
+            Role::NdProxy,
+            Role::McastForwarder,
+            Role::AdbProxy,
+        ]
+        .map(Role::name);
+
+        assert_eq!(
+            names,
+            [
+                "manager",
+                "datapath-writer",
+                "ndproxy",
+                "mcast-forwarder",
+                "adb-proxy"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_role_displays_as_its_name() {
+        assert_eq!(Role::NdProxy.to_string(), "ndproxy");
+    }
+
+    #[test]
+    fn a_request_naming_a_namespace_round_trips() {
+        let msg = ManagerMessage::Request {
+            id: 2,
+            body: Request::RemoveOwned {
+                keep_links: vec![],
+                keep_netns: vec![NetnsName::new("connected_netns_0").unwrap()],
+                keep_accounting: true,
+            },
+        };
+
+        let bytes = crate::encode(&msg).expect("encodes");
+
+        assert_eq!(
+            crate::decode::<ManagerMessage>(&bytes).expect("decodes"),
+            msg
+        );
+    }
 }

@@ -273,4 +273,26 @@ mod tests {
         assert_eq!(json, "\"100.115.92.128/30\"");
         assert!(bad.is_err());
     }
+
+    #[test]
+    fn contains_subnet_accepts_a_smaller_subnet_inside() {
+        assert!(GUEST_ADDRESS_SPACE.contains_subnet(&subnet("100.115.92.128/30")));
+    }
+
+    #[test]
+    fn contains_subnet_accepts_the_subnet_itself() {
+        let s = subnet("100.115.92.64/28");
+
+        assert!(s.contains_subnet(&s));
+    }
+
+    #[test]
+    fn contains_subnet_refuses_a_larger_subnet_around_it() {
+        assert!(!subnet("100.115.92.64/28").contains_subnet(&GUEST_ADDRESS_SPACE));
+    }
+
+    #[test]
+    fn contains_subnet_refuses_a_smaller_subnet_outside() {
+        assert!(!GUEST_ADDRESS_SPACE.contains_subnet(&subnet("100.115.94.0/30")));
+    }
 }

@@ -374,4 +374,66 @@ mod tests {
             Err(AddrError::NotIpv6NetworkAddress { .. })
         ));
     }
+
+    #[test]
+    fn ipv6_subnet_keeps_its_prefix_length() {
+        assert_eq!(subnet("fd00:1::/64").prefix_len(), 64);
+    }
+
+    #[test]
+    fn ipv6_subnet_serializes_as_cidr_text() {
+        let json = serde_json::to_string(&subnet("fd00:1::/64")).expect("serialise");
+
+        assert_eq!(json, "\"fd00:1::/64\"");
+    }
+
+    #[test]
+    fn an_allocated_subnet_is_reported_allocated() {
+        let mut rng = ScriptedRandom::new(&[PREFIX_A]);
+        let mut ula = UlaAllocator::new();
+
+        let s = ula.allocate_subnet(&mut rng).expect("script has bytes");
+
+        assert!(ula.is_allocated(&s));
+    }
+
+    #[test]
+    fn a_subnet_never_allocated_is_not_reported_allocated() {
+        assert!(!UlaAllocator::new().is_allocated(&subnet("fd00:1::/64")));
+    }
+
+    #[test]
+    fn mark_address_given_accepts_a_new_address_inside_the_subnet() {
+        let mut ula = UlaAllocator::new();
+        let s = subnet("fd00:1::/64");
+        ula.mark_allocated(s).expect("free");
+
+        let result = ula.mark_address_given(&s, "fd00:1::2".parse().expect("valid"));
+
+        assert_eq!(result, Ok(()));
+    }
+
+    #[test]
+    fn mark_address_given_rejects_an_address_outside_the_subnet() {
+        let mut ula = UlaAllocator::new();
+        let s = subnet("fd00:1::/64");
+        ula.mark_allocated(s).expect("free");
+
+        let err = ula.mark_address_given(&s, "fd00:2::2".parse().expect("valid"));
+
+        assert!(matches!(err, Err(AddrError::Ipv6AddressUnusable { .. })));
+    }
+
+    #[test]
+    fn mark_address_given_rejects_an_address_given_already() {
+        let mut ula = UlaAllocator::new();
+        let s = subnet("fd00:1::/64");
+        let addr: Ipv6Addr = "fd00:1::2".parse().expect("valid");
+        ula.mark_allocated(s).expect("free");
+        ula.mark_address_given(&s, addr).expect("new address");
+
+        let err = ula.mark_address_given(&s, addr);
+
+        assert!(matches!(err, Err(AddrError::Ipv6AddressUnusable { .. })));
+    }
 }

@@ -255,4 +255,54 @@ mod tests {
     fn parse_rejects_a_short_address() {
         assert!("42:37:05:13:17".parse::<MacAddr>().is_err());
     }
+
+    #[test]
+    fn a_universally_administered_mac_is_not_locally_administered() {
+        let mac: MacAddr = "00:1a:11:22:33:44".parse().expect("valid MAC");
+
+        assert!(!mac.is_locally_administered());
+    }
+
+    #[test]
+    fn a_group_mac_is_multicast() {
+        let mac: MacAddr = "01:00:5e:00:00:fb".parse().expect("valid MAC");
+
+        assert!(mac.is_multicast());
+    }
+
+    #[test]
+    fn mac_serializes_as_colon_separated_hex() {
+        let json = serde_json::to_string(&MacGenerator::stable(10)).expect("serialise");
+
+        assert_eq!(json, "\"42:37:05:13:17:0a\"");
+    }
+
+    #[test]
+    fn mark_issued_reports_a_new_mac_as_new() {
+        let mut macs = MacGenerator::new();
+
+        assert!(macs.mark_issued(MacGenerator::stable(1)));
+    }
+
+    #[test]
+    fn mark_issued_reports_a_mac_issued_before() {
+        let mut macs = MacGenerator::new();
+        macs.mark_issued(MacGenerator::stable(1));
+
+        assert!(!macs.mark_issued(MacGenerator::stable(1)));
+    }
+
+    #[test]
+    fn is_issued_tells_issued_macs_from_others() {
+        let mut macs = MacGenerator::new();
+        macs.mark_issued(MacGenerator::stable(1));
+
+        assert_eq!(
+            (
+                macs.is_issued(&MacGenerator::stable(1)),
+                macs.is_issued(&MacGenerator::stable(2))
+            ),
+            (true, false)
+        );
+    }
 }

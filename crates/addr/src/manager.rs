@@ -822,4 +822,125 @@ mod tests {
         assert_ne!(host, peer);
         assert!(host != s.base() && peer != s.base());
     }
+
+    fn ula(s: &str) -> Ipv6Subnet {
+        s.parse().expect("valid test subnet")
+    }
+
+    fn ipv6(s: &str) -> Ipv6Addr {
+        s.parse().expect("valid test address")
+    }
+
+    fn scripted(chunks: &[&[u8]]) -> AddressManager {
+        AddressManager::new()
+            .with_random_source(Box::new(crate::random::ScriptedRandom::new(chunks)))
+    }
+
+    #[test]
+    fn managers_with_the_same_seed_draw_the_same_macs() {
+        let (mut a, mut b) = (manager(), manager());
+
+        assert_eq!(a.random_mac(), b.random_mac());
+    }
+
+    #[test]
+    fn requested_index_accepts_the_last_parallels_index() {
+        assert_eq!(
+            manager().requested_index(GuestPool::ParallelsVm, 32),
+            Ok(Some(32))
+        );
+    }
+
+    #[test]
+    fn adopt_mac_reports_whether_the_mac_was_new() {
+        let mut m = manager();
+        let mac = AddressManager::stable_mac(5);
+
+        assert_eq!((m.adopt_mac(mac), m.adopt_mac(mac)), (true, false));
+    }
+
+    #[test]
+    fn forget_mac_reports_whether_the_mac_was_known() {
+        let mut m = manager();
+        let mac = AddressManager::stable_mac(5);
+        m.adopt_mac(mac);
+
+        assert_eq!((m.forget_mac(&mac), m.forget_mac(&mac)), (true, false));
+    }
+
+    #[test]
+    fn allocate_ula_subnet_never_returns_an_adopted_subnet() {
+        let adopted: &[u8] = &[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77];
+        let other: &[u8] = &[0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07];
+        let mut m = scripted(&[adopted, other]);
+        m.adopt_ula_subnet(ula("fd11:2233:4455:6677::/64"))
+            .expect("free");
+
+        let s = m.allocate_ula_subnet().expect("script has bytes");
+
+        assert_eq!(s, ula("fd01:203:405:607::/64"));
+    }
+
+    #[test]
+    fn adopting_a_ula_subnet_twice_is_refused() {
+        let mut m = manager();
+        m.adopt_ula_subnet(ula("fd00:1::/64")).expect("free");
+
+        let err = m.adopt_ula_subnet(ula("fd00:1::/64"));
+
+        assert!(matches!(err, Err(AddrError::Ipv6SubnetTaken { .. })));
+    }
+
+    #[test]
+    fn random_address_in_never_returns_an_adopted_address() {
+        let mut two = [0u8; 16];
+        two[15] = 2;
+        let mut three = [0u8; 16];
+        three[15] = 3;
+        let mut m = scripted(&[&two, &three]);
+        let s = ula("fd00:1::/64");
+        m.adopt_ula_subnet(s).expect("free");
+        m.adopt_ula_address(&s, ipv6("fd00:1::2"))
+            .expect("new address");
+
+        let addr = m.random_address_in(&s).expect("script has bytes");
+
+        assert_eq!(addr, ipv6("fd00:1::3"));
+    }
+
+    #[test]
+    fn adopting_a_ula_address_outside_its_subnet_is_refused() {
+        let mut m = manager();
+        let s = ula("fd00:1::/64");
+        m.adopt_ula_subnet(s).expect("free");
+
+        let err = m.adopt_ula_address(&s, ipv6("fd00:2::2"));
+
+        assert!(matches!(err, Err(AddrError::Ipv6AddressUnusable { .. })));
+    }
+
+    #[test]
+    fn adopting_a_ula_address_in_a_subnet_not_held_is_refused() {
+        let err = manager().adopt_ula_address(&ula("fd00:1::/64"), ipv6("fd00:1::2"));
+
+        assert!(matches!(err, Err(AddrError::Ipv6SubnetNotAllocated { .. })));
+    }
+
+    #[test]
+    fn a_released_ula_subnet_can_be_adopted_again() {
+        let mut m = manager();
+        let s = m.allocate_ula_subnet().expect("seeded source");
+        m.release_ula_subnet(&s).expect("allocated");
+
+        let again = m.adopt_ula_subnet(s);
+
+        assert_eq!(again, Ok(()));
+    }
+
+    #[test]
+    fn releasing_a_ula_subnet_not_held_is_refused() {
+        let err = manager().release_ula_subnet(&ula("fd00:1::/64"));
+
+        assert!(matches!(err, Err(AddrError::Ipv6SubnetNotAllocated { .. })));
+    }
 }

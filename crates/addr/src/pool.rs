@@ -472,4 +472,101 @@ mod tests {
 
         assert_eq!(listed, vec![2, 5]);
     }
+
+    #[test]
+    fn a_pool_keeps_its_name_and_count() {
+        let p = pool(4);
+
+        assert_eq!((p.name(), p.count()), ("test", 4));
+    }
+
+    #[test]
+    fn in_use_and_available_follow_allocate_and_release() {
+        let mut p = pool(8);
+        for _ in 0..3 {
+            p.allocate(None).expect("free");
+        }
+        p.release(1).expect("allocated");
+
+        assert_eq!((p.in_use(), p.available()), (2, 6));
+    }
+
+    #[test]
+    fn range_text_runs_from_the_first_to_the_last_address() {
+        assert_eq!(pool(4).range_text(), "100.115.92.128-100.115.92.143");
+    }
+
+    #[test]
+    fn adjacent_pools_do_not_overlap_in_either_order() {
+        let low = pool(4);
+        let high = SubnetPool::new("high", Ipv4Addr::new(100, 115, 92, 144), 30, 4)
+            .expect("valid test pool");
+
+        assert_eq!((low.overlaps(&high), high.overlaps(&low)), (false, false));
+    }
+
+    #[test]
+    fn pools_sharing_one_subnet_overlap_in_either_order() {
+        let low = pool(4);
+        let high = SubnetPool::new("high", Ipv4Addr::new(100, 115, 92, 140), 30, 4)
+            .expect("valid test pool");
+
+        assert_eq!((low.overlaps(&high), high.overlaps(&low)), (true, true));
+    }
+
+    #[test]
+    fn subnet_at_index_zero_is_none() {
+        assert_eq!(pool(4).subnet_at(0), None);
+    }
+
+    #[test]
+    fn subnet_at_an_index_past_the_count_is_none() {
+        assert_eq!(pool(4).subnet_at(5), None);
+    }
+
+    #[test]
+    fn index_of_the_first_subnet_is_one() {
+        let p = pool(4);
+
+        assert_eq!(p.index_of(&p.first_subnet()), Some(1));
+    }
+
+    #[test]
+    fn index_of_a_subnet_just_below_the_pool_is_none() {
+        let below = Ipv4Subnet::new(Ipv4Addr::new(100, 115, 92, 124), 30).expect("valid");
+
+        assert_eq!(pool(4).index_of(&below), None);
+    }
+
+    #[test]
+    fn index_of_a_subnet_just_past_the_pool_is_none() {
+        let past = Ipv4Subnet::new(Ipv4Addr::new(100, 115, 92, 144), 30).expect("valid");
+
+        assert_eq!(pool(4).index_of(&past), None);
+    }
+
+    #[test]
+    fn index_of_a_subnet_of_another_prefix_is_none() {
+        let wider = Ipv4Subnet::new(Ipv4Addr::new(100, 115, 92, 128), 29).expect("valid");
+
+        assert_eq!(pool(4).index_of(&wider), None);
+    }
+
+    #[test]
+    fn is_allocated_reports_the_last_index_once_taken() {
+        let mut p = pool(4);
+        p.allocate(Some(4)).expect("free");
+
+        assert_eq!((p.is_allocated(4), p.is_allocated(3)), (true, false));
+    }
+
+    #[test]
+    fn is_allocated_is_false_for_index_zero_and_past_the_count() {
+        let mut p = pool(64);
+        for _ in 0..64 {
+            p.allocate(None).expect("free");
+        }
+
+        assert_eq!((p.is_allocated(0), p.is_allocated(65)), (false, false));
+    }
 }

@@ -120,4 +120,28 @@ mod tests {
 
         assert_ne!(buf, [0u8; 32]);
     }
+
+    #[test]
+    fn seeded_random_is_splitmix64() {
+        // The first two outputs of the reference SplitMix64 for seed 0,
+        // little-endian.
+        let mut rng = SeededRandom::new(0);
+        let mut buf = [0u8; 16];
+
+        rng.fill(&mut buf).expect("seeded fill");
+
+        let expected = [0xe220_a839_7b1d_cdaf_u64, 0x6e78_9e6a_a1b9_65f4];
+        assert_eq!(buf[..8], expected[0].to_le_bytes());
+        assert_eq!(buf[8..], expected[1].to_le_bytes());
+    }
+
+    #[test]
+    fn seeded_random_fills_a_partial_last_chunk_from_a_fresh_draw() {
+        let mut rng = SeededRandom::new(0);
+        let mut buf = [0u8; 11];
+
+        rng.fill(&mut buf).expect("seeded fill");
+
+        assert_eq!(buf[8..], 0x6e78_9e6a_a1b9_65f4_u64.to_le_bytes()[..3]);
+    }
 }

@@ -507,4 +507,119 @@ mod tests {
             ]
         );
     }
+
+    fn filter_v4(chains: Vec<ChainSpec>, hooks: Vec<Hook>) -> TableLayout {
+        TableLayout {
+            family: Family::V4,
+            table: Table::Filter,
+            chains,
+            hooks,
+        }
+    }
+
+    fn dynamic_chain(name: &'static str) -> ChainSpec {
+        ChainSpec {
+            chain: named(name),
+            content: ChainContent::Dynamic,
+        }
+    }
+
+    #[test]
+    fn a_table_layout_whose_jumps_and_hooks_land_inside_it_validates() {
+        let t = filter_v4(
+            vec![
+                dynamic_chain(GUEST_FORWARD),
+                ChainSpec {
+                    chain: root_chain(BuiltinChain::Forward),
+                    content: ChainContent::Static(vec![jump(GUEST_FORWARD)]),
+                },
+            ],
+            vec![Hook {
+                builtin: BuiltinChain::Forward,
+                root: root_chain(BuiltinChain::Forward),
+            }],
+        );
+
+        assert_eq!(t.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_hook_on_a_chain_the_table_lacks_is_refused() {
+        let mut layout = Layout::default();
+        let filter = layout
+            .tables
+            .iter_mut()
+            .find(|t| t.table == Table::Filter)
+            .unwrap();
+        filter.hook(BuiltinChain::Prerouting, ChainContent::Dynamic);
+
+        let err = layout.validate().unwrap_err();
+
+        assert_eq!(
+            err,
+            ValidationError::ChainName {
+                name: "PREROUTING".into(),
+                reason: "not a built-in chain of this table"
+            }
+        );
+    }
+
+    #[test]
+    fn a_jump_to_a_chain_missing_from_the_layout_is_refused() {
+        let mut layout = Layout::default();
+        let filter = layout
+            .tables
+            .iter_mut()
+            .find(|t| t.table == Table::Filter)
+            .unwrap();
+        filter.fixed(named(VPN_ACCEPT), vec![jump(DROP_OUTPUT_TO_BRUSCHETTA)]);
+        filter
+            .chains
+            .retain(|s| s.chain != named(DROP_OUTPUT_TO_BRUSCHETTA));
+
+        let err = layout.validate().unwrap_err();
+
+        assert_eq!(
+            err,
+            ValidationError::ChainName {
+                name: DROP_OUTPUT_TO_BRUSCHETTA.into(),
+                reason: "jump target missing from the layout"
+            }
+        );
+    }
+
+    #[test]
+    fn a_static_rule_that_fails_validation_fails_the_layout() {
+        let t = filter_v4(
+            vec![ChainSpec {
+                chain: named(GUEST_FORWARD),
+                content: ChainContent::Static(vec![Rule::new(Target::Masquerade)]),
+            }],
+            vec![],
+        );
+
+        assert!(matches!(
+            t.validate(),
+            Err(ValidationError::TargetNotInTable { .. })
+        ));
+    }
+
+    #[test]
+    fn a_hooked_root_chain_missing_from_the_layout_is_refused() {
+        let t = filter_v4(
+            vec![dynamic_chain(GUEST_FORWARD)],
+            vec![Hook {
+                builtin: BuiltinChain::Forward,
+                root: root_chain(BuiltinChain::Forward),
+            }],
+        );
+
+        assert_eq!(
+            t.validate(),
+            Err(ValidationError::ChainName {
+                name: "patchpanel_FORWARD".into(),
+                reason: "hooked root chain missing from the layout"
+            })
+        );
+    }
 }

@@ -1452,4 +1452,306 @@ mod tests {
         let (back, _): (Batch, usize) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
         assert_eq!(back, batch);
     }
+
+    fn mangle_rule(target: Target) -> Change {
+        append(Table::Mangle, "apply_vpn_mark", Rule::new(target))
+    }
+
+    fn tcp_flags_rule(mask: u8, set: u8) -> Change {
+        append(
+            Table::Filter,
+            "guest_forward",
+            Rule::new(Target::Drop)
+                .with(Match::Protocol(Protocol::Tcp))
+                .with(Match::TcpFlags(TcpFlagsMatch {
+                    mask: TcpFlags(mask),
+                    set: TcpFlags(set),
+                    negate: false,
+                })),
+        )
+    }
+
+    fn ctstate_rule(bits: u8) -> Change {
+        append(
+            Table::Filter,
+            "guest_forward",
+            Rule::new(Target::Accept).with(Match::ctstate(CtStates(bits))),
+        )
+    }
+
+    #[test]
+    fn mark_targets_with_their_value_inside_the_mask_are_accepted() {
+        for target in [
+            Target::SetMark {
+                value: 0x100,
+                mask: 0x3f00,
+            },
+            Target::SetXmark {
+                value: 0x100,
+                mask: 0x3f00,
+            },
+            Target::ConnmarkSet {
+                value: 0x100,
+                mask: 0x3f00,
+            },
+            Target::ConnmarkRestore { mask: 0x3f00 },
+            Target::ConnmarkSave { mask: 0x3f00 },
+            Target::ConnmarkRestoreMasks {
+                nfmask: 0x3f00,
+                ctmask: 0x3f00,
+            },
+        ] {
+            assert_eq!(
+                mangle_rule(target.clone()).validate(Family::V4),
+                Ok(()),
+                "{target:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mark_targets_with_a_value_outside_their_mask_are_refused() {
+        for target in [
+            Target::SetMark {
+                value: 0x4000,
+                mask: 0x3f00,
+            },
+            Target::SetXmark {
+                value: 0x4000,
+                mask: 0x3f00,
+            },
+            Target::ConnmarkSet {
+                value: 0x4000,
+                mask: 0x3f00,
+            },
+        ] {
+            assert_eq!(
+                invalid(Family::V4, mangle_rule(target.clone())),
+                ValidationError::MarkOutsideMask {
+                    what: "MARK",
+                    value: 0x4000,
+                    mask: 0x3f00
+                },
+                "{target:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mark_targets_with_a_zero_mask_are_refused() {
+        for target in [
+            Target::SetMark { value: 0, mask: 0 },
+            Target::SetXmark { value: 0, mask: 0 },
+            Target::ConnmarkSet { value: 0, mask: 0 },
+        ] {
+            assert!(
+                matches!(
+                    invalid(Family::V4, mangle_rule(target.clone())),
+                    ValidationError::MarkOutsideMask { mask: 0, .. }
+                ),
+                "{target:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn connmark_restore_and_save_with_a_zero_mask_are_refused() {
+        for target in [
+            Target::ConnmarkRestore { mask: 0 },
+            Target::ConnmarkSave { mask: 0 },
+        ] {
+            assert_eq!(
+                invalid(Family::V4, mangle_rule(target.clone())),
+                ValidationError::MarkOutsideMask {
+                    what: "CONNMARK",
+                    value: 0,
+                    mask: 0
+                },
+                "{target:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn connmark_restore_with_a_zero_nfmask_or_ctmask_is_refused() {
+        for (nfmask, ctmask) in [(0, 0x3f00), (0x3f00, 0)] {
+            let target = Target::ConnmarkRestoreMasks { nfmask, ctmask };
+            assert!(
+                matches!(
+                    invalid(Family::V4, mangle_rule(target)),
+                    ValidationError::MarkOutsideMask {
+                        what: "CONNMARK",
+                        mask: 0,
+                        ..
+                    }
+                ),
+                "nfmask {nfmask:#x} ctmask {ctmask:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn tcp_flags_with_every_flag_in_the_mask_are_accepted() {
+        assert_eq!(tcp_flags_rule(0x3f, 0x02).validate(Family::V4), Ok(()));
+    }
+
+    #[test]
+    fn tcp_flags_without_a_tcp_protocol_match_are_refused() {
+        let rule = Rule::new(Target::Drop)
+            .with(Match::Protocol(Protocol::Udp))
+            .with(Match::TcpFlags(TcpFlagsMatch {
+                mask: TcpFlags(0x12),
+                set: TcpFlags(0x02),
+                negate: false,
+            }));
+
+        let err = invalid(Family::V4, append(Table::Filter, "guest_forward", rule));
+
+        assert!(
+            matches!(err, ValidationError::NeedsProtocol { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn tcp_flags_with_an_empty_mask_are_refused() {
+        assert_eq!(
+            invalid(Family::V4, tcp_flags_rule(0, 0)),
+            ValidationError::TcpFlags { mask: 0, set: 0 }
+        );
+    }
+
+    #[test]
+    fn tcp_flags_with_a_mask_beyond_urg_are_refused() {
+        assert_eq!(
+            invalid(Family::V4, tcp_flags_rule(0x40, 0x40)),
+            ValidationError::TcpFlags {
+                mask: 0x40,
+                set: 0x40
+            }
+        );
+    }
+
+    #[test]
+    fn tcp_flags_setting_a_flag_outside_the_mask_are_refused() {
+        assert_eq!(
+            invalid(Family::V4, tcp_flags_rule(0x12, 0x01)),
+            ValidationError::TcpFlags {
+                mask: 0x12,
+                set: 0x01
+            }
+        );
+    }
+
+    #[test]
+    fn a_ctstate_naming_every_known_state_is_accepted() {
+        assert_eq!(ctstate_rule(0x1f).validate(Family::V4), Ok(()));
+    }
+
+    #[test]
+    fn a_ctstate_naming_no_state_is_refused() {
+        assert_eq!(
+            invalid(Family::V4, ctstate_rule(0)),
+            ValidationError::CtStates { bits: 0 }
+        );
+    }
+
+    #[test]
+    fn a_ctstate_naming_an_unknown_state_is_refused() {
+        assert_eq!(
+            invalid(Family::V4, ctstate_rule(0x20)),
+            ValidationError::CtStates { bits: 0x20 }
+        );
+    }
+
+    #[test]
+    fn foreign_and_builtin_chain_names_are_not_owned() {
+        for name in ["DOCKER", "INPUT", "ts-forward", "f2b-sshd"] {
+            assert!(!is_owned_chain_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn catalog_and_interface_chain_names_are_owned() {
+        for name in ["guest_forward", "rx_eth0"] {
+            assert!(is_owned_chain_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn tables_have_only_their_own_builtin_chains() {
+        assert_eq!(
+            (
+                Table::Filter.has_builtin(BuiltinChain::Prerouting),
+                Table::Nat.has_builtin(BuiltinChain::Forward),
+                Table::Mangle.has_builtin(BuiltinChain::Forward),
+            ),
+            (false, false, true)
+        );
+    }
+
+    #[test]
+    fn chains_display_as_their_iptables_names() {
+        assert_eq!(
+            (
+                Chain::Builtin(BuiltinChain::Postrouting).to_string(),
+                Chain::Owned(chain("rx_eth0")).to_string(),
+            ),
+            ("POSTROUTING".to_string(), "rx_eth0".to_string())
+        );
+    }
+
+    #[test]
+    fn a_comment_serializes_as_its_text() {
+        let json = serde_json::to_string(&Comment::new("patchpanel").unwrap()).unwrap();
+
+        assert_eq!(json, "\"patchpanel\"");
+    }
+
+    #[test]
+    fn union_of_overlapping_tcp_flags_keeps_the_common_flags() {
+        let syn_ack = TcpFlags::SYN.union(TcpFlags::ACK);
+
+        assert_eq!(syn_ack.union(TcpFlags::ACK), TcpFlags(0x12));
+    }
+
+    #[test]
+    fn union_of_overlapping_ctstates_keeps_the_common_states() {
+        let new_est = CtStates::NEW.union(CtStates::ESTABLISHED);
+
+        assert_eq!(new_est.union(CtStates::NEW), CtStates(0x0a));
+    }
+
+    #[test]
+    fn a_batch_with_changes_in_one_family_only_is_not_empty() {
+        let change = append(Table::Filter, "guest_forward", Rule::new(Target::Accept));
+        let (mut v4_only, mut v6_only) = (Batch::new(), Batch::new());
+        v4_only.push(Family::V4, change.clone());
+        v6_only.push(Family::V6, change);
+
+        assert_eq!((v4_only.is_empty(), v6_only.is_empty()), (false, false));
+    }
+
+    fn batch_of(count: usize) -> Batch {
+        let change = append(Table::Filter, "guest_forward", Rule::new(Target::Accept));
+        let mut batch = Batch::new();
+        batch.ipv6 = vec![change; count];
+        batch
+    }
+
+    #[test]
+    fn a_batch_of_exactly_the_maximum_changes_is_accepted() {
+        assert_eq!(batch_of(MAX_CHANGES_PER_FAMILY).validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_batch_one_change_over_the_maximum_is_refused() {
+        assert_eq!(
+            batch_of(MAX_CHANGES_PER_FAMILY + 1).validate(),
+            Err(ValidationError::TooManyChanges {
+                family: Family::V6,
+                count: MAX_CHANGES_PER_FAMILY + 1
+            })
+        );
+    }
 }

@@ -515,4 +515,54 @@ mod saved_form_tests {
             "-m mark --mark 0x1/0x1 -j MASQUERADE"
         );
     }
+
+    #[test]
+    fn sources_come_before_destinations() {
+        assert_eq!(
+            saved_form("-d 10.0.0.0/8 -s 100.115.92.0/23 -j ACCEPT"),
+            "-s 100.115.92.0/23 -d 10.0.0.0/8 -j ACCEPT"
+        );
+    }
+
+    #[test]
+    fn the_output_interface_comes_before_the_protocol() {
+        assert_eq!(
+            saved_form("-p tcp -o eth0 --dport 80 -j ACCEPT"),
+            "-o eth0 -p tcp -m tcp --dport 80 -j ACCEPT"
+        );
+    }
+
+    #[test]
+    fn tcp_flags_follow_the_protocol_with_its_match() {
+        assert_eq!(
+            saved_form("-p tcp --tcp-flags SYN,RST SYN -j DROP"),
+            "-p tcp -m tcp --tcp-flags SYN,RST SYN -j DROP"
+        );
+    }
+
+    #[test]
+    fn a_protocol_without_port_or_flag_options_gets_no_match_module() {
+        assert_eq!(saved_form("-p tcp -j ACCEPT"), "-p tcp -j ACCEPT");
+    }
+
+    #[test]
+    fn a_leading_negation_stays_with_its_option() {
+        assert_eq!(
+            saved_form("! -s 10.0.0.0/8 -j ACCEPT"),
+            "! -s 10.0.0.0/8 -j ACCEPT"
+        );
+    }
+
+    #[test]
+    fn a_trailing_negation_is_kept_as_a_word() {
+        assert_eq!(saved_form("-j ACCEPT !"), "-j ACCEPT !");
+    }
+
+    #[test]
+    fn a_connmark_mask_without_a_value_is_kept_as_is() {
+        assert_eq!(
+            saved_form("-j CONNMARK --save-mark --mask"),
+            "-j CONNMARK --save-mark --mask"
+        );
+    }
 }

@@ -683,4 +683,29 @@ mod tests {
         assert!(!is_legacy_mdns_query(&r, 40000));
         assert!(!is_legacy_mdns_query(&q[..11], 40000));
     }
+
+    #[test]
+    fn an_ssdp_start_line_ends_at_the_first_line_feed() {
+        assert_eq!(classify_ssdp(b"HTTP/1.1\nServer: 200 OK\r\n"), Ssdp::Other);
+    }
+
+    #[test]
+    fn an_ssdp_start_line_ends_at_the_first_carriage_return() {
+        assert_eq!(classify_ssdp(b"HTTP/1.1\rServer: 200 OK\r\n"), Ssdp::Other);
+    }
+
+    #[test]
+    fn a_search_in_another_protocol_is_other() {
+        assert_eq!(classify_ssdp(b"M-SEARCH * RTSP/1.0\r\n"), Ssdp::Other);
+    }
+
+    #[test]
+    fn a_notify_in_another_protocol_is_other() {
+        assert_eq!(classify_ssdp(b"NOTIFY * SIP/2.0\r\n"), Ssdp::Other);
+    }
+
+    #[test]
+    fn a_200_response_in_another_protocol_is_other() {
+        assert_eq!(classify_ssdp(b"SIP/2.0 200 OK\r\n"), Ssdp::Other);
+    }
 }

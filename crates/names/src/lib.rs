@@ -193,4 +193,53 @@ mod tests {
         let (name, _) = bincode::serde::decode_from_slice::<IfName, _>(&bytes, config).unwrap();
         assert_eq!(name.as_str(), "eth0");
     }
+
+    #[test]
+    fn an_interface_name_serializes_as_its_text() {
+        let config = bincode::config::standard();
+        let name = IfName::new("eth0").unwrap();
+        let bytes = bincode::serde::encode_to_vec(name, config).unwrap();
+        let (text, _) = bincode::serde::decode_from_slice::<String, _>(&bytes, config).unwrap();
+        assert_eq!(text, "eth0");
+    }
+
+    #[test]
+    fn an_interface_name_displays_as_its_text() {
+        assert_eq!(IfName::new("wlan0.1").unwrap().to_string(), "wlan0.1");
+    }
+
+    #[test]
+    fn a_namespace_name_keeps_its_text() {
+        assert_eq!(NetnsName::new("arc_ns12").unwrap().as_str(), "arc_ns12");
+    }
+
+    #[test]
+    fn a_namespace_name_serializes_as_its_text() {
+        let config = bincode::config::standard();
+        let name = NetnsName::new("arc_ns12").unwrap();
+        let bytes = bincode::serde::encode_to_vec(name, config).unwrap();
+        let (text, _) = bincode::serde::decode_from_slice::<String, _>(&bytes, config).unwrap();
+        assert_eq!(text, "arc_ns12");
+    }
+
+    #[test]
+    fn a_namespace_name_survives_a_serde_round_trip() {
+        let config = bincode::config::standard();
+        let name = NetnsName::new("connected_netns_0").unwrap();
+        let bytes = bincode::serde::encode_to_vec(name.clone(), config).unwrap();
+        let (back, _) = bincode::serde::decode_from_slice::<NetnsName, _>(&bytes, config).unwrap();
+        assert_eq!(back, name);
+    }
+
+    #[test]
+    fn deserializing_a_bad_namespace_name_fails() {
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(String::from("../etc"), config).unwrap();
+        assert!(bincode::serde::decode_from_slice::<NetnsName, _>(&bytes, config).is_err());
+    }
+
+    #[test]
+    fn a_namespace_name_displays_as_its_text() {
+        assert_eq!(NetnsName::new("arc_ns12").unwrap().to_string(), "arc_ns12");
+    }
 }

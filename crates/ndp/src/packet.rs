@@ -1002,4 +1002,97 @@ mod tests {
             assert!(!is_global_or_ula(&no.parse().unwrap()), "{no}");
         }
     }
+
+    #[test]
+    fn nd_types_round_trip_through_their_icmp_type_numbers() {
+        for (ty, number) in [
+            (NdType::RouterSolicitation, 133),
+            (NdType::RouterAdvertisement, 134),
+            (NdType::NeighborSolicitation, 135),
+            (NdType::NeighborAdvertisement, 136),
+        ] {
+            assert_eq!(ty.icmp_type(), number, "{ty:?}");
+            assert_eq!(NdType::from_icmp_type(number), Some(ty));
+        }
+    }
+
+    #[test]
+    fn nd_types_display_as_rs_ra_ns_na() {
+        let shown = [
+            NdType::RouterSolicitation,
+            NdType::RouterAdvertisement,
+            NdType::NeighborSolicitation,
+            NdType::NeighborAdvertisement,
+        ]
+        .map(|ty| ty.to_string());
+
+        assert_eq!(shown, ["RS", "RA", "NS", "NA"]);
+    }
+
+    #[test]
+    fn the_debug_form_of_an_ns_names_its_type_addresses_and_target() {
+        let b = hex(NS);
+        let nd = NdPacket::parse(&b).unwrap();
+
+        let text = format!("{nd:?}");
+
+        assert_eq!(
+            text,
+            "NdPacket { type: NeighborSolicitation, source: 2001:db8:1::ff:fe00:2, \
+             destination: ff02::1:ff00:1, target: 2001:db8:1::1, len: 72 }"
+        );
+    }
+
+    #[test]
+    fn as_bytes_is_the_whole_packet() {
+        let b = hex(RA);
+
+        assert_eq!(NdPacket::parse(&b).unwrap().as_bytes(), &b[..]);
+    }
+
+    #[test]
+    fn a_bare_ipv6_header_is_truncated_at_the_icmpv6_header() {
+        let mut b = hex(RS)[..40].to_vec();
+        b[4..6].copy_from_slice(&0u16.to_be_bytes());
+
+        assert_eq!(
+            NdPacket::parse(&b),
+            Err(NdError::Truncated {
+                what: "an ICMPv6 header",
+                len: 0,
+                need: 4
+            })
+        );
+    }
+
+    #[test]
+    fn a_bare_icmpv6_header_is_truncated_at_the_fixed_part() {
+        let mut b = hex(RS)[..44].to_vec();
+        b[4..6].copy_from_slice(&4u16.to_be_bytes());
+
+        assert_eq!(
+            NdPacket::parse(&b),
+            Err(NdError::Truncated {
+                what: "a router solicitation",
+                len: 4,
+                need: 8
+            })
+        );
+    }
+
+    #[test]
+    fn an_option_header_with_no_room_for_its_body_is_an_overrun_of_its_length() {
+        // RS with its SLLA cut to the two header bytes (type 1, length 1).
+        let mut b = hex(RS)[..50].to_vec();
+        b[4..6].copy_from_slice(&10u16.to_be_bytes());
+
+        assert_eq!(
+            NdPacket::parse(&b),
+            Err(NdError::OptionOverrun {
+                offset: 8,
+                len: 8,
+                end: 10
+            })
+        );
+    }
 }

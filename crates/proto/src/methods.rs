@@ -5,7 +5,9 @@
 //! same messages. Messages for the methods beyond the first scope (VPN intent
 //! and lockdown, DNS redirection) are at the end.
 
-use crate::shared::{traffic_counter, IPv4Subnet, NetworkDevice, TrafficCounter};
+use crate::shared::{
+    traffic_counter, IPv4Subnet, NetworkConfig, NetworkDevice, NetworkPriority, TrafficCounter,
+};
 
 /// Request of `ArcStartup`: ARC++ (container) has started.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -376,6 +378,153 @@ pub mod set_dns_redirection_rule_request {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SetDnsRedirectionRuleResponse {
     /// 1: whether the rule was applied.
+    #[prost(bool, tag = "1")]
+    pub success: bool,
+}
+
+/// Request of `TagSocket` (on `org.chromium.PatchPanel` and on
+/// `org.chromium.SocketService`): mark the socket sent alongside (not a
+/// lifeline) for routing. Field numbers as in the original's
+/// `patchpanel_service.proto` since 2024-02.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TagSocketRequest {
+    /// 1: route the socket's traffic on this network (its routing tag);
+    /// absent: no network.
+    #[prost(int32, optional, tag = "1")]
+    pub network_id: Option<i32>,
+    /// 2: a [`tag_socket_request::VpnRoutingPolicy`].
+    #[prost(enumeration = "tag_socket_request::VpnRoutingPolicy", tag = "2")]
+    pub vpn_policy: i32,
+    /// 3: who asks, for auditing; when present the original answers success
+    /// and leaves the socket alone.
+    #[prost(message, optional, tag = "3")]
+    pub traffic_annotation: Option<TrafficAnnotation>,
+}
+
+/// Enums nested in [`TagSocketRequest`].
+pub mod tag_socket_request {
+    proto_enum! {
+        /// Routing policy of a socket with respect to the VPN.
+        pub enum VpnRoutingPolicy {
+            /// Follow the routing of the socket's owner.
+            DefaultRouting = 0 => "DEFAULT_ROUTING",
+            RouteOnVpn = 1 => "ROUTE_ON_VPN",
+            BypassVpn = 2 => "BYPASS_VPN",
+        }
+    }
+}
+
+/// `traffic_annotation.TrafficAnnotation` of the original: which audited
+/// caller a socket belongs to.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TrafficAnnotation {
+    /// 1: a [`traffic_annotation::Id`].
+    #[prost(enumeration = "traffic_annotation::Id", tag = "1")]
+    pub host_id: i32,
+}
+
+/// Enums nested in [`TrafficAnnotation`].
+pub mod traffic_annotation {
+    proto_enum! {
+        /// The audited callers.
+        pub enum Id {
+            Unspecified = 0 => "UNSPECIFIED",
+            ShillPortalDetector = 1 => "SHILL_PORTAL_DETECTOR",
+            ShillCapportClient = 2 => "SHILL_CAPPORT_CLIENT",
+            ShillCarrierEntitlement = 3 => "SHILL_CARRIER_ENTITLEMENT",
+        }
+    }
+}
+
+/// Response of `TagSocket`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TagSocketResponse {
+    /// 1: whether the socket was tagged as asked.
+    #[prost(bool, tag = "1")]
+    pub success: bool,
+}
+
+/// Request of `ConfigureNetwork` (shill's `Network::ApplyNetworkConfig`):
+/// apply the parts of `network_config` that `area` names to the link.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConfigureNetworkRequest {
+    /// 1: the link's index.
+    #[prost(int32, tag = "1")]
+    pub ifindex: i32,
+    /// 2: the link's name; must be the name of `ifindex`.
+    #[prost(string, tag = "2")]
+    pub ifname: String,
+    /// 3: which parts to apply, a bitmask of `configure_network_request::AREA_*`.
+    #[prost(uint32, tag = "3")]
+    pub area: u32,
+    /// 4: the configuration.
+    #[prost(message, optional, tag = "4")]
+    pub network_config: Option<NetworkConfig>,
+    /// 5: a [`configure_network_request::NetworkTechnology`].
+    #[prost(
+        enumeration = "configure_network_request::NetworkTechnology",
+        tag = "5"
+    )]
+    pub technology: i32,
+    /// 6: where the network ranks.
+    #[prost(message, optional, tag = "6")]
+    pub priority: Option<NetworkPriority>,
+    /// 7: shill's id of this connection attempt (logged only).
+    #[prost(int32, tag = "7")]
+    pub session_id: i32,
+}
+
+/// Enums and the `area` bits of [`ConfigureNetworkRequest`].
+pub mod configure_network_request {
+    /// IPv4 address.
+    pub const AREA_IPV4_ADDRESS: u32 = 1 << 0;
+    /// IPv4 routes (included prefixes, RFC 3442 routes, the gateway's
+    /// on-link route).
+    pub const AREA_IPV4_ROUTE: u32 = 1 << 1;
+    /// IPv4 default route.
+    pub const AREA_IPV4_DEFAULT_ROUTE: u32 = 1 << 2;
+    /// IPv6 addresses.
+    pub const AREA_IPV6_ADDRESS: u32 = 1 << 8;
+    /// IPv6 routes.
+    pub const AREA_IPV6_ROUTE: u32 = 1 << 9;
+    /// IPv6 default route.
+    pub const AREA_IPV6_DEFAULT_ROUTE: u32 = 1 << 10;
+    /// ip rules of the routing policy.
+    pub const AREA_ROUTING_POLICY: u32 = 1 << 16;
+    /// DNS (the original does nothing with it).
+    pub const AREA_DNS: u32 = 1 << 17;
+    /// MTU.
+    pub const AREA_MTU: u32 = 1 << 18;
+    /// Remove everything applied before the other bits are applied.
+    pub const AREA_CLEAR: u32 = 1 << 31;
+    /// Every bit the original defines.
+    pub const AREA_ALL: u32 = AREA_IPV4_ADDRESS
+        | AREA_IPV4_ROUTE
+        | AREA_IPV4_DEFAULT_ROUTE
+        | AREA_IPV6_ADDRESS
+        | AREA_IPV6_ROUTE
+        | AREA_IPV6_DEFAULT_ROUTE
+        | AREA_ROUTING_POLICY
+        | AREA_DNS
+        | AREA_MTU
+        | AREA_CLEAR;
+
+    proto_enum! {
+        /// Technology of the network.
+        pub enum NetworkTechnology {
+            Unknown = 0 => "UNKNOWN",
+            Cellular = 1 => "CELLULAR",
+            Ethernet = 2 => "ETHERNET",
+            Vpn = 3 => "VPN",
+            Wifi = 4 => "WIFI",
+        }
+    }
+}
+
+/// Response of `ConfigureNetwork`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConfigureNetworkResponse {
+    /// 1: whether everything asked for was applied.
     #[prost(bool, tag = "1")]
     pub success: bool,
 }

@@ -48,6 +48,18 @@ pub const SET_VPN_INTENT: &str = "SetVpnIntent";
 pub const SET_VPN_LOCKDOWN: &str = "SetVpnLockdown";
 /// Method `SetDnsRedirectionRule` (request + lifeline fd; later scope).
 pub const SET_DNS_REDIRECTION_RULE: &str = "SetDnsRedirectionRule";
+/// Method `TagSocket` (request + the socket to tag), on both
+/// `org.chromium.PatchPanel` and `org.chromium.SocketService`.
+pub const TAG_SOCKET: &str = "TagSocket";
+/// Method `ConfigureNetwork` (shill).
+pub const CONFIGURE_NETWORK: &str = "ConfigureNetwork";
+
+/// Bus name of the socket service, owned by patchpanel's socket helper.
+pub const SOCKET_SERVICE_NAME: &str = "org.chromium.SocketService";
+/// Object path of the socket service.
+pub const SOCKET_SERVICE_PATH: &str = "/org/chromium/SocketService";
+/// Interface of the socket service.
+pub const SOCKET_SERVICE_INTERFACE: &str = "org.chromium.SocketService";
 
 /// Signal `NetworkDeviceChanged`, payload
 /// [`crate::NetworkDeviceChangedSignal`].
@@ -194,6 +206,13 @@ pub const METHODS: &[MethodSpec] = &[
         "SetDnsRedirectionRuleRequest",
         "SetDnsRedirectionRuleResponse",
     ),
+    spec(TAG_SOCKET, true, "TagSocketRequest", "TagSocketResponse"),
+    spec(
+        CONFIGURE_NETWORK,
+        false,
+        "ConfigureNetworkRequest",
+        "ConfigureNetworkResponse",
+    ),
 ];
 
 /// The [`MethodSpec`] of the method called `name`, if the interface has one.
@@ -215,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn methods_with_a_file_descriptor_are_the_three_of_the_reference() {
+    fn methods_with_a_file_descriptor_are_those_of_the_reference() {
         let with_fd: Vec<&str> = METHODS
             .iter()
             .filter(|spec| spec.takes_fd)
@@ -224,7 +243,12 @@ mod tests {
 
         assert_eq!(
             with_fd,
-            [CONNECT_NAMESPACE, SET_VPN_INTENT, SET_DNS_REDIRECTION_RULE]
+            [
+                CONNECT_NAMESPACE,
+                SET_VPN_INTENT,
+                SET_DNS_REDIRECTION_RULE,
+                TAG_SOCKET
+            ]
         );
     }
 
@@ -250,6 +274,6 @@ mod tests {
 
     #[test]
     fn unknown_method_has_no_spec() {
-        assert_eq!(method("TagSocket"), None);
+        assert_eq!(method("CreateTetheredNetwork"), None);
     }
 }

@@ -13,7 +13,8 @@
 use prost::Message;
 
 use crate::methods::{
-    modify_port_rule_request, set_dns_redirection_rule_request, set_vpn_intent_request,
+    configure_network_request, modify_port_rule_request, set_dns_redirection_rule_request,
+    set_vpn_intent_request, tag_socket_request, traffic_annotation,
 };
 use crate::shared::{network_device, traffic_counter};
 use crate::signals::{neighbor_reachability_event_signal, network_device_changed_signal};
@@ -79,6 +80,24 @@ impl Probe for Vec<NetworkDevice> {
 impl Probe for Vec<TrafficCounter> {
     fn probe() -> Self {
         vec![TrafficCounter::default()]
+    }
+}
+
+impl Probe for Vec<Vec<u8>> {
+    fn probe() -> Self {
+        vec![vec![1]]
+    }
+}
+
+impl Probe for Vec<IPAddrCIDR> {
+    fn probe() -> Self {
+        vec![IPAddrCIDR::default()]
+    }
+}
+
+impl Probe for Vec<Route> {
+    fn probe() -> Self {
+        vec![Route::default()]
     }
 }
 
@@ -185,6 +204,23 @@ rust_messages! {
         r#type, input_ifname, proxy_address, nameservers, host_ifname,
     }
     SetDnsRedirectionRuleResponse { success }
+    TagSocketRequest { network_id, vpn_policy, traffic_annotation }
+    TrafficAnnotation { host_id }
+    TagSocketResponse { success }
+    ConfigureNetworkRequest {
+        ifindex, ifname, area, network_config, technology, priority, session_id,
+    }
+    ConfigureNetworkResponse { success }
+    NetworkConfig {
+        ipv4_address, ipv4_broadcast, ipv4_gateway, ipv6_addresses, ipv6_gateway,
+        ipv4_default_route, ipv6_blackhole_route, excluded_route_prefixes,
+        included_route_prefixes, rfc3442_routes, dns_servers, dns_search_domains,
+        mtu, captive_portal_uri, ipv6_delegated_prefixes, pref64,
+    }
+    Route { prefix, gateway }
+    NetworkPriority {
+        is_primary_logical, is_primary_physical, is_primary_for_dns, ranking_order,
+    }
     NetworkDeviceChangedSignal { device, event }
     NeighborReachabilityEventSignal { ifindex, ip_addr, role, r#type }
 }
@@ -219,6 +255,9 @@ rust_enums! {
     "ModifyPortRuleRequest"."Protocol" => modify_port_rule_request::Protocol,
     "SetVpnIntentRequest"."VpnRoutingPolicy" => set_vpn_intent_request::VpnRoutingPolicy,
     "SetDnsRedirectionRuleRequest"."RuleType" => set_dns_redirection_rule_request::RuleType,
+    "TagSocketRequest"."VpnRoutingPolicy" => tag_socket_request::VpnRoutingPolicy,
+    "TrafficAnnotation"."Id" => traffic_annotation::Id,
+    "ConfigureNetworkRequest"."NetworkTechnology" => configure_network_request::NetworkTechnology,
     "NetworkDeviceChangedSignal"."Event" => network_device_changed_signal::Event,
     "NeighborReachabilityEventSignal"."Role" => neighbor_reachability_event_signal::Role,
     "NeighborReachabilityEventSignal"."EventType" => neighbor_reachability_event_signal::EventType,
@@ -324,6 +363,9 @@ fn parse_proto(text: &str) -> ProtoSchema {
                     let (repeated, ty, name) = match tokens.as_slice() {
                         [ty, name] => (false, *ty, *name),
                         ["repeated", ty, name] => (true, *ty, *name),
+                        // proto3 `optional`: presence is tracked, the
+                        // encoding is the plain field's.
+                        ["optional", ty, name] => (false, *ty, *name),
                         _ => panic!("line {lineno}: unexpected field: {line}"),
                     };
                     schema.fields.push(ProtoField {

@@ -296,3 +296,86 @@ mod tests {
         );
     }
 }
+
+/// The IP configuration of a network, as shill sends it in
+/// `ConfigureNetwork` (`NetworkConfig` of the original).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NetworkConfig {
+    /// 1: the IPv4 address and prefix.
+    #[prost(message, optional, tag = "1")]
+    pub ipv4_address: Option<IPAddrCIDR>,
+    /// 2: the IPv4 broadcast address, `addr4`.
+    #[prost(bytes = "vec", optional, tag = "2")]
+    pub ipv4_broadcast: Option<Vec<u8>>,
+    /// 3: the IPv4 gateway, `addr4`.
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub ipv4_gateway: Option<Vec<u8>>,
+    /// 4: IPv6 addresses and prefixes.
+    #[prost(message, repeated, tag = "4")]
+    pub ipv6_addresses: Vec<IPAddrCIDR>,
+    /// 5: the IPv6 gateway, 16 bytes.
+    #[prost(bytes = "vec", optional, tag = "5")]
+    pub ipv6_gateway: Option<Vec<u8>>,
+    /// 6: whether the IPv4 default route goes to this network.
+    #[prost(bool, tag = "6")]
+    pub ipv4_default_route: bool,
+    /// 7: an IPv6 blackhole default route (a VPN without IPv6).
+    #[prost(bool, tag = "7")]
+    pub ipv6_blackhole_route: bool,
+    /// 8: prefixes that must not be routed here.
+    #[prost(message, repeated, tag = "8")]
+    pub excluded_route_prefixes: Vec<IPAddrCIDR>,
+    /// 9: prefixes routed here (split tunnel).
+    #[prost(message, repeated, tag = "9")]
+    pub included_route_prefixes: Vec<IPAddrCIDR>,
+    /// 10: classless static routes (RFC 3442, DHCP option 121).
+    #[prost(message, repeated, tag = "10")]
+    pub rfc3442_routes: Vec<Route>,
+    /// 11: DNS servers, 4 or 16 bytes each.
+    #[prost(bytes = "vec", repeated, tag = "11")]
+    pub dns_servers: Vec<Vec<u8>>,
+    /// 12: DNS search domains.
+    #[prost(string, repeated, tag = "12")]
+    pub dns_search_domains: Vec<String>,
+    /// 13: the MTU.
+    #[prost(int32, optional, tag = "13")]
+    pub mtu: Option<i32>,
+    /// 14: the captive portal URI (RFC 8910).
+    #[prost(string, optional, tag = "14")]
+    pub captive_portal_uri: Option<String>,
+    /// 15: IPv6 prefixes delegated to this host.
+    #[prost(message, repeated, tag = "15")]
+    pub ipv6_delegated_prefixes: Vec<IPAddrCIDR>,
+    /// 16: the NAT64 prefix (RFC 8781).
+    #[prost(message, optional, tag = "16")]
+    pub pref64: Option<IPAddrCIDR>,
+}
+
+/// One classless static route of [`NetworkConfig`] (`NetworkConfig.Route`
+/// of the original).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Route {
+    /// 1: the destination.
+    #[prost(message, optional, tag = "1")]
+    pub prefix: Option<IPAddrCIDR>,
+    /// 2: the gateway, `addr4`.
+    #[prost(bytes = "vec", tag = "2")]
+    pub gateway: Vec<u8>,
+}
+
+/// Where a network ranks among shill's networks.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NetworkPriority {
+    /// 1: the default network (may be a VPN).
+    #[prost(bool, tag = "1")]
+    pub is_primary_logical: bool,
+    /// 2: the default physical network.
+    #[prost(bool, tag = "2")]
+    pub is_primary_physical: bool,
+    /// 3: the network whose DNS servers the system uses.
+    #[prost(bool, tag = "3")]
+    pub is_primary_for_dns: bool,
+    /// 4: rank, 0 first.
+    #[prost(uint32, tag = "4")]
+    pub ranking_order: u32,
+}

@@ -76,6 +76,10 @@ def dbus_seeds():
         (12, "vpn-intent", pb_int(1, 1)),
         (13, "vpn-lockdown", pb_int(1, 1)),
         (14, "dns-redirect", pb_int(1, 1) + pb_str(2, "arc_ns0") + pb_str(3, "100.115.92.130")),
+        (15, "tag-socket-bypass", pb_int(2, 2)),
+        (15, "tag-socket-network", pb_int(1, 2) + pb_int(2, 0)),
+        (15, "tag-socket-vpn-and-network", pb_int(1, 2) + pb_int(2, 1)),
+        (15, "tag-socket-annotated", pb_int(2, 2) + pb_str(3, pb_int(1, 1))),
         (1, "truncated", pb_int(1, 1)[:1] + b"\x12\x40eth"),
     ]
     for method, name, body in seeds:

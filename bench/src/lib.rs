@@ -56,6 +56,7 @@ pub mod port_rules;
 pub mod process;
 pub mod report;
 pub mod stats;
+pub mod tag_socket;
 pub mod traffic_counters;
 pub mod world;
 

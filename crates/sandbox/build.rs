@@ -15,6 +15,7 @@ const POLICIES: &[&str] = &[
     "ndproxy",
     "mcast-forwarder",
     "adb-proxy",
+    "socket-service",
 ];
 
 fn main() {

@@ -1,7 +1,8 @@
 //! Every D-Bus request body the manager accepts, through the decoder and
 //! the validation the daemon runs on it (manager/src: `decode_request`,
 //! `namespaces::parse_request`, `port_rules::parse`,
-//! `counters::parse_request`, `guests::check_id`/`parallels_index`).
+//! `counters::parse_request`, `guests::check_id`/`parallels_index`,
+//! `patchpanel_socket_service::parse`).
 //!
 //! The first byte picks the method, the rest is the protobuf. Beyond
 //! "never panics": whatever validates must re-encode and validate again to
@@ -102,6 +103,19 @@ fuzz_target!(|data: &[u8]| {
         }
         14 => {
             let _ = decode_request::<proto::SetDnsRedirectionRuleRequest>(body);
+        }
+        15 => {
+            // TagSocket: one parser for org.chromium.PatchPanel (manager)
+            // and org.chromium.SocketService (its helper).
+            if let Ok(action) = patchpanel_socket_service::parse(body) {
+                let req = decode_request::<proto::TagSocketRequest>(body)
+                    .expect("what parses decodes");
+                assert_eq!(
+                    patchpanel_socket_service::parse(&req.encode_to_vec()).ok(),
+                    Some(action),
+                    "validation is not stable"
+                );
+            }
         }
         _ => {}
     }

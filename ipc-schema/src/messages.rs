@@ -11,6 +11,7 @@ pub enum Role {
     NdProxy,
     McastForwarder,
     AdbProxy,
+    SocketService,
 }
 
 impl Role {
@@ -21,6 +22,7 @@ impl Role {
             Role::NdProxy => "ndproxy",
             Role::McastForwarder => "mcast-forwarder",
             Role::AdbProxy => "adb-proxy",
+            Role::SocketService => "socket-service",
         }
     }
 }
@@ -148,6 +150,14 @@ pub enum Request {
         page: patchpanel_firewall::Batch,
         last: bool,
     },
+    /// Socket service: the networks a `TagSocket` may name (their interface
+    /// indexes), replacing the previous list. Answered with [`Reply::Done`].
+    SocketNetworks(Vec<u32>),
+    /// Socket service: sets the tag's bits in the mark of the one socket
+    /// passed beside (`TagSocket` on `org.chromium.PatchPanel`). Answered
+    /// with [`Reply::Done`]; `InvalidArgument` for a descriptor that is not
+    /// a socket or a network that is not known.
+    TagSocket(patchpanel_firewall::fwmark::SocketTag),
 }
 
 /// One guest link forwarded to one uplink by the mcast-forwarder.
@@ -331,6 +341,7 @@ mod size_tests {
             Role::NdProxy,
             Role::McastForwarder,
             Role::AdbProxy,
+            Role::SocketService,
         ]
         .map(Role::name);
 
@@ -341,7 +352,8 @@ mod size_tests {
                 "datapath-writer",
                 "ndproxy",
                 "mcast-forwarder",
-                "adb-proxy"
+                "adb-proxy",
+                "socket-service"
             ]
         );
     }

@@ -55,6 +55,7 @@ pub enum Method {
     /// `ParallelsVmStartup`, or its old name `PluginVmStartup`.
     ParallelsVmStartup,
     ParallelsVmShutdown,
+    TagSocket,
 }
 
 impl Method {
@@ -72,6 +73,7 @@ impl Method {
             names::TERMINA_VM_SHUTDOWN => Method::TerminaVmShutdown,
             names::PLUGIN_VM_STARTUP | names::PARALLELS_VM_STARTUP => Method::ParallelsVmStartup,
             names::PLUGIN_VM_SHUTDOWN | names::PARALLELS_VM_SHUTDOWN => Method::ParallelsVmShutdown,
+            names::TAG_SOCKET => Method::TagSocket,
             _ => return None,
         })
     }
@@ -111,6 +113,11 @@ pub enum Call {
     },
     ParallelsVmShutdown {
         id: u64,
+    },
+    /// What to do, and the socket to do it to (not a lifeline).
+    TagSocket {
+        action: patchpanel_socket_service::Action,
+        socket: OwnedFd,
     },
 }
 
@@ -567,6 +574,12 @@ impl DbusService {
             Method::ParallelsVmShutdown => {
                 let req = proto::<patchpanel_proto::PluginVmShutdownRequest>(bytes, invalid)?;
                 Call::ParallelsVmShutdown { id: req.id }
+            }
+            Method::TagSocket => {
+                let (_, socket): (&[u8], dbus::arg::OwnedFd) =
+                    message.read2().map_err(|e| invalid(&e))?;
+                let action = patchpanel_socket_service::parse(bytes).map_err(|e| invalid(&e))?;
+                Call::TagSocket { action, socket }
             }
         })
     }

@@ -37,6 +37,7 @@ use crate::lifeline::{Guarded, LifelineWatcher};
 use crate::mcast_service::McastForwarding;
 use crate::ndproxy_service::NdProxyState;
 use crate::port_rules::PortPolicy;
+use crate::socket_service::{self, SocketNetworks};
 use crate::state::{State, StateFile};
 use crate::uplinks::UplinkView;
 use crate::{counters, guests, namespace_service, port_rule_service};
@@ -109,6 +110,7 @@ pub struct Daemon {
     ndproxy: NdProxyState,
     mcast: McastForwarding,
     adb: AdbRelay,
+    socket_networks: SocketNetworks,
     host_firewall: HostFirewall,
     effects: Effects,
 }
@@ -132,6 +134,7 @@ impl Daemon {
             lifelines,
             ndproxy: NdProxyState::default(),
             mcast: McastForwarding::default(),
+            socket_networks: SocketNetworks::default(),
             host_firewall: HostFirewall::default(),
             effects: Effects::default(),
         }
@@ -236,6 +239,7 @@ impl Daemon {
             self.ndproxy.reconcile(&guests, &self.uplinks, link);
             self.mcast.reconcile(&guests, &self.uplinks, link);
             self.adb.reconcile(self.state.arc.as_ref(), link);
+            self.socket_networks.reconcile(&self.uplinks, link);
             self.ndproxy.flush_routes(&self.uplinks, link);
         }
         for (netns, sysctl, old) in self.effects.replaced_sysctls.drain(..) {
@@ -263,6 +267,13 @@ impl Daemon {
                 "patchpanel is still starting its datapath; try again".into(),
             ));
         }
+        // The socket goes to the socket service as it is: no state.
+        let call = match call {
+            Call::TagSocket { action, socket } => {
+                return socket_service::tag(link, action, socket);
+            }
+            call => call,
+        };
         let Daemon {
             settings,
             state,
@@ -355,6 +366,7 @@ impl Daemon {
                 op,
             )
             .map(|()| patchpanel_proto::PluginVmShutdownResponse {}.encode_to_vec()),
+            Call::TagSocket { .. } => unreachable!("served above"),
         }
     }
 

@@ -25,6 +25,7 @@ pub mod pids;
 pub mod port_rule_service;
 pub mod port_rules;
 pub mod routing;
+pub mod socket_service;
 pub mod spawner;
 pub mod state;
 pub mod supervisor;

@@ -405,7 +405,14 @@ fn spawn(setup: &SpawnerSetup, helper: Process, flags: u32, ipc: &OwnedFd) -> io
     if flags & FLAG_LOG_TO_STDERR != 0 {
         argv.push(cstring("--log-to-stderr")?);
     }
-    let envp = [cstring("PATH=/usr/sbin:/usr/bin:/sbin:/bin")?];
+    let mut envp = vec![cstring("PATH=/usr/sbin:/usr/bin:/sbin:/bin")?];
+    // The socket service has a bus connection of its own: the same bus as
+    // the manager's (a private one in tests).
+    if helper == Process::SocketService {
+        if let Ok(address) = std::env::var("DBUS_SYSTEM_BUS_ADDRESS") {
+            envp.push(cstring(&format!("DBUS_SYSTEM_BUS_ADDRESS={address}"))?);
+        }
+    }
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
@@ -571,8 +578,11 @@ mod tests {
 
     #[test]
     fn request_naming_no_helper_is_refused() {
-        let b = words([MAGIC, 1, 4, 0, 0]);
+        let past_the_last = Process::HELPERS.len() as u32;
+        let b = words([MAGIC, 1, past_the_last, 0, 0]);
         assert_eq!(SpawnerRequest::decode(&b), None);
+        let last = words([MAGIC, 1, past_the_last - 1, 0, 0]);
+        assert!(SpawnerRequest::decode(&last).is_some());
     }
 
     #[test]

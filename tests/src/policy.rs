@@ -32,6 +32,11 @@ pub fn policy_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../upstart/org.chromium.PatchPanel.conf")
 }
 
+/// The socket service's policy file in the tree.
+pub fn socket_service_policy_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../upstart/org.chromium.SocketService.conf")
+}
+
 /// The policy with each ChromeOS caller renamed to its stand-in.
 pub fn policy_for_test_users(original: &str) -> String {
     let mut text = original.to_string();
@@ -52,7 +57,17 @@ pub fn policy_users(text: &str) -> BTreeSet<String> {
 /// Writes the renamed copy into `dir` and returns its path. Fails if the
 /// policy names a user with no stand-in.
 pub fn write_test_policy(dir: &Path) -> Result<PathBuf> {
-    let original = std::fs::read_to_string(policy_path()).context("read the policy")?;
+    write_renamed(&policy_path(), dir)
+}
+
+/// Like [`write_test_policy`], for the socket service's policy.
+pub fn write_test_socket_service_policy(dir: &Path) -> Result<PathBuf> {
+    write_renamed(&socket_service_policy_path(), dir)
+}
+
+fn write_renamed(source: &Path, dir: &Path) -> Result<PathBuf> {
+    let original = std::fs::read_to_string(source)
+        .with_context(|| format!("read the policy {}", source.display()))?;
     let copy = policy_for_test_users(&original);
     let known: BTreeSet<String> = ["root", "patchpaneld", "crosvm"]
         .iter()
@@ -63,7 +78,8 @@ pub fn write_test_policy(dir: &Path) -> Result<PathBuf> {
     if !unknown.is_empty() {
         bail!("the policy names users the tests have no stand-in for: {unknown:?}");
     }
-    let path = dir.join("org.chromium.PatchPanel.conf");
+    let name = source.file_name().context("policy file name")?;
+    let path = dir.join(name);
     std::fs::write(&path, copy).with_context(|| format!("write {}", path.display()))?;
     Ok(path)
 }

@@ -1,6 +1,6 @@
 //! The daemon's process tree as the contract describes it: the manager (the
 //! process the test started), one spawner child (`comm` = `pp-spawner`), and the
-//! four helpers, children of the spawner, recognised by their exact `argv[0]`.
+//! five helpers, children of the spawner, recognised by their exact `argv[0]`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,15 +19,17 @@ pub enum Helper {
     NdProxy,
     McastForwarder,
     AdbProxy,
+    SocketService,
 }
 
 impl Helper {
     /// Every helper, in a fixed order.
-    pub const ALL: [Helper; 4] = [
+    pub const ALL: [Helper; 5] = [
         Helper::DatapathWriter,
         Helper::NdProxy,
         Helper::McastForwarder,
         Helper::AdbProxy,
+        Helper::SocketService,
     ];
 
     /// The executable's file name, which is also the process's exact `argv[0]`.
@@ -37,6 +39,7 @@ impl Helper {
             Helper::NdProxy => "patchpanel-ndproxy",
             Helper::McastForwarder => "patchpanel-mcast-forwarder",
             Helper::AdbProxy => "patchpanel-adb-proxy",
+            Helper::SocketService => "patchpanel-socket-service",
         }
     }
 

@@ -139,9 +139,10 @@ impl World {
             .tempdir()
             .context("policy directory")?;
         let policy = crate::policy::write_test_policy(dir.path())?;
+        let socket_policy = crate::policy::write_test_socket_service_policy(dir.path())?;
         let netns = Netns::new()?;
         let internet = Internet::attach(&netns)?;
-        let bus = PrivateBus::start_with_policy(&[&policy])?;
+        let bus = PrivateBus::start_with_policy(&[&policy, &socket_policy])?;
         let mut daemon = Daemon::start_with(&netns, &bus, options)?;
         daemon.wait_ready()?;
         Ok(World {

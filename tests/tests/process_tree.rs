@@ -82,6 +82,8 @@ const WRITER_CAPS: u64 = cap::mask(&[
     cap::SYS_PTRACE,
 ]);
 const FORWARDER_CAPS: u64 = cap::mask(&[cap::NET_RAW]);
+/// SO_MARK on the sockets TagSocket hands the socket service.
+const SOCKET_SERVICE_CAPS: u64 = cap::mask(&[cap::NET_ADMIN]);
 
 /// Exhaustive: a new helper does not compile until it has a row here.
 fn expected_privileges(role: Role) -> Privileges {
@@ -129,6 +131,16 @@ fn expected_privileges(role: Role) -> Privileges {
             inheritable: Some(0),
             ambient: 0,
             bounding: FORWARDER_CAPS,
+            no_new_privs: 1,
+            seccomp: 2,
+            seccomp_filters: 1,
+        },
+        Role::Helper(Helper::SocketService) => Privileges {
+            account: Account::Service,
+            permitted: SOCKET_SERVICE_CAPS,
+            inheritable: Some(0),
+            ambient: 0,
+            bounding: SOCKET_SERVICE_CAPS,
             no_new_privs: 1,
             seccomp: 2,
             seccomp_filters: 1,
@@ -244,7 +256,7 @@ fn file_name(path: &Path) -> String {
 // Shape and privileges.
 
 #[test]
-fn tree_is_manager_spawner_and_four_helpers() {
+fn tree_is_manager_spawner_and_five_helpers() {
     let bed = start();
 
     let tree = bed.daemon.tree().expect("complete process tree");
@@ -621,4 +633,5 @@ per_helper_tests! {
     ndproxy => Helper::NdProxy;
     mcast_forwarder => Helper::McastForwarder;
     adb_proxy => Helper::AdbProxy;
+    socket_service => Helper::SocketService;
 }

@@ -13,9 +13,10 @@ use patchpanel_proto::{
     ArcVmShutdownRequest, ArcVmShutdownResponse, ArcVmStartupRequest, ArcVmStartupResponse,
     ConnectNamespaceRequest, ConnectNamespaceResponse, GetDevicesRequest, GetDevicesResponse,
     ModifyPortRuleRequest, ModifyPortRuleResponse, NetworkDevice, PluginVmShutdownRequest,
-    PluginVmShutdownResponse, PluginVmStartupRequest, PluginVmStartupResponse,
-    TerminaVmShutdownRequest, TerminaVmShutdownResponse, TerminaVmStartupRequest,
-    TerminaVmStartupResponse, TrafficCounter, TrafficCountersRequest, TrafficCountersResponse,
+    PluginVmShutdownResponse, PluginVmStartupRequest, PluginVmStartupResponse, TagSocketRequest,
+    TagSocketResponse, TerminaVmShutdownRequest, TerminaVmShutdownResponse,
+    TerminaVmStartupRequest, TerminaVmStartupResponse, TrafficCounter, TrafficCountersRequest,
+    TrafficCountersResponse,
 };
 
 use crate::error::{short_type_name, Error};
@@ -38,6 +39,15 @@ impl fmt::Debug for Client {
             .field("timeout", &self.timeout)
             .finish()
     }
+}
+
+/// Which bus name a [`Client::tag_socket`] goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagVia {
+    /// `org.chromium.SocketService`, served by its own helper process.
+    SocketService,
+    /// `org.chromium.PatchPanel`, through the manager.
+    PatchPanel,
 }
 
 impl Client {
@@ -144,6 +154,57 @@ impl Client {
             return Err(empty_response(names::CONNECT_NAMESPACE));
         }
         Ok((response, lifeline))
+    }
+
+    /// `TagSocket`: sets the routing tag and VPN bits of `socket`'s mark,
+    /// through `org.chromium.SocketService` (as shill and dns-proxy call
+    /// it) or `org.chromium.PatchPanel` (as Chrome does). Tag a socket
+    /// before connecting it.
+    pub fn tag_socket(
+        &self,
+        socket: std::os::fd::BorrowedFd<'_>,
+        request: &TagSocketRequest,
+        via: TagVia,
+    ) -> Result<(), Error> {
+        let socket = socket.try_clone_to_owned().map_err(Error::Pipe)?;
+        let (service, path, interface) = match via {
+            TagVia::SocketService => (
+                names::SOCKET_SERVICE_NAME,
+                names::SOCKET_SERVICE_PATH,
+                names::SOCKET_SERVICE_INTERFACE,
+            ),
+            TagVia::PatchPanel => (names::SERVICE, names::PATH, names::INTERFACE),
+        };
+        let msg = Message::method_call(
+            &service.into(),
+            &path.into(),
+            &interface.into(),
+            &Member::from(names::TAG_SOCKET),
+        )
+        .append2(prost::Message::encode_to_vec(request), socket);
+        let reply = self
+            .conn
+            .channel()
+            .send_with_reply_and_block(msg, self.timeout)
+            .map_err(|err| Error::from_call(names::TAG_SOCKET, self.timeout, &err))?;
+        let bytes: Vec<u8> = reply.read1().map_err(|err| Error::UnexpectedArguments {
+            what: "TagSocket reply".into(),
+            reason: err.to_string(),
+        })?;
+        let response =
+            <TagSocketResponse as prost::Message>::decode(bytes.as_slice()).map_err(|source| {
+                Error::Decode {
+                    message: "TagSocketResponse",
+                    source,
+                }
+            })?;
+        if response.success {
+            Ok(())
+        } else {
+            Err(Error::Failed(
+                "TagSocket: the server answered success = false".into(),
+            ))
+        }
     }
 
     /// `GetDevices`: every guest device patchpanel manages.

@@ -30,7 +30,7 @@ mod watch;
 #[cfg(feature = "fake-service")]
 pub mod fake;
 
-pub use client::{Client, DEFAULT_TIMEOUT};
+pub use client::{Client, TagVia, DEFAULT_TIMEOUT};
 pub use error::Error;
 pub use lifeline::Lifeline;
 pub use watch::{DeviceChanges, Signal, Signals, Subscription};

@@ -125,6 +125,69 @@ impl TrafficSource {
     }
 }
 
+/// What `TagSocket` may change in a socket's mark: the routing tag and the
+/// VPN policy bits. The socket's other bits (source, QoS, ...) stay.
+pub const SOCKET_TAG_MASK: u32 = ROUTING_MASK | VPN_MASK;
+
+/// How a tagged socket's traffic treats the VPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VpnPolicy {
+    /// No VPN bit: the routing of the socket's owner decides.
+    Default,
+    /// [`ROUTE_ON_VPN`].
+    RouteOnVpn,
+    /// [`BYPASS_VPN`].
+    BypassVpn,
+}
+
+/// What `TagSocket` puts into a socket's mark, under [`SOCKET_TAG_MASK`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SocketTag {
+    /// The network (its interface index) whose routing tag the socket gets.
+    network: Option<u32>,
+    vpn: VpnPolicy,
+}
+
+impl SocketTag {
+    /// A tag, unless it asks for the VPN and a network at once (the
+    /// original refuses that too: the two routings contradict).
+    pub fn new(network: Option<u32>, vpn: VpnPolicy) -> Result<SocketTag, &'static str> {
+        if network.is_some() && vpn == VpnPolicy::RouteOnVpn {
+            return Err("ROUTE_ON_VPN and a network_id cannot be asked for together");
+        }
+        if network
+            .is_some_and(|ifindex| ifindex == 0 || ifindex > u32::from(u16::MAX) - TABLE_ID_OFFSET)
+        {
+            return Err("the network_id is out of range");
+        }
+        Ok(SocketTag { network, vpn })
+    }
+
+    pub fn network(self) -> Option<u32> {
+        self.network
+    }
+
+    pub fn vpn(self) -> VpnPolicy {
+        self.vpn
+    }
+
+    /// The bits under [`SOCKET_TAG_MASK`].
+    pub fn bits(self) -> u32 {
+        let routing = self.network.map(routing_tag_for_ifindex).unwrap_or(0);
+        let vpn = match self.vpn {
+            VpnPolicy::Default => 0,
+            VpnPolicy::RouteOnVpn => ROUTE_ON_VPN,
+            VpnPolicy::BypassVpn => BYPASS_VPN,
+        };
+        routing | vpn
+    }
+
+    /// `old` with its routing and VPN bits replaced by this tag's.
+    pub fn retag(self, old: u32) -> u32 {
+        (old & !SOCKET_TAG_MASK) | self.bits()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +229,40 @@ mod tests {
         assert!(TrafficSource::WifiLohs.is_forwarded());
         assert!(!TrafficSource::System.is_forwarded());
         assert!(!TrafficSource::Unknown.is_forwarded());
+    }
+
+    #[test]
+    fn socket_tags_set_only_routing_and_vpn_bits() {
+        let bypass = SocketTag::new(None, VpnPolicy::BypassVpn).unwrap();
+        assert_eq!(bypass.bits(), 0x4000);
+        // Source and QoS bits of the old mark stay; old routing/VPN bits go.
+        assert_eq!(
+            bypass.retag(0x03ea_8000 | 0x2100 | 0x20 | 1),
+            0x4000 | 0x2100 | 0x20 | 1
+        );
+        let on_vpn = SocketTag::new(None, VpnPolicy::RouteOnVpn).unwrap();
+        assert_eq!(on_vpn.retag(0), 0x8000);
+        let eth0 = SocketTag::new(Some(2), VpnPolicy::Default).unwrap();
+        assert_eq!(eth0.bits(), 0x03ea_0000);
+        assert_eq!(eth0.retag(0x4000 | 0x0400), 0x03ea_0400);
+        let eth0_bypass = SocketTag::new(Some(2), VpnPolicy::BypassVpn).unwrap();
+        assert_eq!(eth0_bypass.retag(0xffff_ffff), 0x03ea_4000 | 0x3fff);
+        let plain = SocketTag::new(None, VpnPolicy::Default).unwrap();
+        assert_eq!(plain.retag(0xffff_ffff), 0x3fff);
+        assert_eq!(SOCKET_TAG_MASK, 0xffff_c000);
+    }
+
+    #[test]
+    fn socket_tag_refuses_vpn_with_a_network_and_out_of_range_networks() {
+        assert!(SocketTag::new(Some(2), VpnPolicy::RouteOnVpn).is_err());
+        assert!(SocketTag::new(Some(0), VpnPolicy::Default).is_err());
+        assert!(SocketTag::new(Some(64535), VpnPolicy::Default).is_ok());
+        assert!(SocketTag::new(Some(64536), VpnPolicy::Default).is_err());
+        assert_eq!(
+            SocketTag::new(Some(64535), VpnPolicy::Default)
+                .unwrap()
+                .bits(),
+            0xffff_0000
+        );
     }
 }

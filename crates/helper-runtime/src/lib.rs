@@ -138,6 +138,7 @@ pub fn role_of(process: Process) -> Role {
         Process::NdProxy => Role::NdProxy,
         Process::McastForwarder => Role::McastForwarder,
         Process::AdbProxy => Role::AdbProxy,
+        Process::SocketService => Role::SocketService,
     }
 }
 

@@ -60,6 +60,12 @@ pub const SOCKET_SERVICE_NAME: &str = "org.chromium.SocketService";
 pub const SOCKET_SERVICE_PATH: &str = "/org/chromium/SocketService";
 /// Interface of the socket service.
 pub const SOCKET_SERVICE_INTERFACE: &str = "org.chromium.SocketService";
+/// The socket service's error for a request that is malformed or names
+/// something that does not exist.
+pub const SOCKET_SERVICE_ERROR_INVALID_ARGUMENT: &str =
+    "org.chromium.SocketService.Error.InvalidArgument";
+/// The socket service's error for a valid request the kernel refused.
+pub const SOCKET_SERVICE_ERROR_FAILED: &str = "org.chromium.SocketService.Error.Failed";
 
 /// Signal `NetworkDeviceChanged`, payload
 /// [`crate::NetworkDeviceChangedSignal`].

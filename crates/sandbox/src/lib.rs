@@ -24,15 +24,17 @@ pub enum Process {
     NdProxy,
     McastForwarder,
     AdbProxy,
+    SocketService,
 }
 
 impl Process {
     /// The helpers the spawner starts, in start order.
-    pub const HELPERS: [Process; 4] = [
+    pub const HELPERS: [Process; 5] = [
         Process::DatapathWriter,
         Process::NdProxy,
         Process::McastForwarder,
         Process::AdbProxy,
+        Process::SocketService,
     ];
 
     /// Name of the executable (helpers) and of the seccomp policy.
@@ -43,6 +45,7 @@ impl Process {
             Process::NdProxy => "patchpanel-ndproxy",
             Process::McastForwarder => "patchpanel-mcast-forwarder",
             Process::AdbProxy => "patchpanel-adb-proxy",
+            Process::SocketService => "patchpanel-socket-service",
         }
     }
 
@@ -54,6 +57,7 @@ impl Process {
             Process::NdProxy => "pp-ndproxy",
             Process::McastForwarder => "pp-mcast",
             Process::AdbProxy => "pp-adb",
+            Process::SocketService => "pp-socket",
         }
     }
 
@@ -77,6 +81,9 @@ impl Process {
             Process::NdProxy | Process::McastForwarder => &[Capability::CAP_NET_RAW],
             // Ordinary TCP sockets only.
             Process::AdbProxy => &[],
+            // SO_MARK on the sockets TagSocket hands it (the routing tag
+            // and VPN bits; the kernel asks for NET_ADMIN).
+            Process::SocketService => &[Capability::CAP_NET_ADMIN],
         }
     }
 
@@ -85,9 +92,11 @@ impl Process {
     pub fn execs_tools(self) -> bool {
         match self {
             Process::DatapathWriter => true,
-            Process::Manager | Process::NdProxy | Process::McastForwarder | Process::AdbProxy => {
-                false
-            }
+            Process::Manager
+            | Process::NdProxy
+            | Process::McastForwarder
+            | Process::AdbProxy
+            | Process::SocketService => false,
         }
     }
 }

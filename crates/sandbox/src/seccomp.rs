@@ -51,6 +51,8 @@ pub(crate) fn program(process: Process, mode: SeccompMode) -> &'static [(u16, u8
         (Process::McastForwarder, SeccompMode::Log) => MCAST_FORWARDER_LOG,
         (Process::AdbProxy, SeccompMode::Enforce) => ADB_PROXY_ENFORCE,
         (Process::AdbProxy, SeccompMode::Log) => ADB_PROXY_LOG,
+        (Process::SocketService, SeccompMode::Enforce) => SOCKET_SERVICE_ENFORCE,
+        (Process::SocketService, SeccompMode::Log) => SOCKET_SERVICE_LOG,
     }
 }
 

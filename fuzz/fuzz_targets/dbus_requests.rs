@@ -1,7 +1,8 @@
 //! Every D-Bus request body the manager accepts, through the decoder and
 //! the validation the daemon runs on it (manager/src: `decode_request`,
 //! `namespaces::parse_request`, `port_rules::parse`,
-//! `counters::parse_request`, `guests::check_id`/`parallels_index`).
+//! `counters::parse_request`, `guests::check_id`/`parallels_index`,
+//! `network_config::parse`).
 //!
 //! The first byte picks the method, the rest is the protobuf. Beyond
 //! "never panics": whatever validates must re-encode and validate again to
@@ -11,7 +12,7 @@
 use libfuzzer_sys::fuzz_target;
 use patchpanel_proto as proto;
 use patchpanel_proto::decode_request;
-use patchpaneld::{counters, guests, namespaces, port_rules};
+use patchpaneld::{counters, guests, namespaces, network_config, port_rules};
 use prost::Message;
 
 fn policy() -> port_rules::PortPolicy {
@@ -29,10 +30,9 @@ fuzz_target!(|data: &[u8]| {
         1 => {
             if let Ok(req) = decode_request::<proto::ConnectNamespaceRequest>(body) {
                 if let Ok(parsed) = namespaces::parse_request(&req) {
-                    let again = decode_request::<proto::ConnectNamespaceRequest>(
-                        &req.encode_to_vec(),
-                    )
-                    .expect("re-encoded request decodes");
+                    let again =
+                        decode_request::<proto::ConnectNamespaceRequest>(&req.encode_to_vec())
+                            .expect("re-encoded request decodes");
                     assert_eq!(
                         namespaces::parse_request(&again).ok(),
                         Some(parsed),
@@ -102,6 +102,28 @@ fuzz_target!(|data: &[u8]| {
         }
         14 => {
             let _ = decode_request::<proto::SetDnsRedirectionRuleRequest>(body);
+        }
+        15 => {
+            if let Ok(req) = decode_request::<proto::ConfigureNetworkRequest>(body) {
+                if let Ok(spec) = network_config::parse(&req) {
+                    let again =
+                        decode_request::<proto::ConfigureNetworkRequest>(&req.encode_to_vec())
+                            .expect("re-encoded request decodes");
+                    assert_eq!(
+                        network_config::parse(&again).ok(),
+                        Some(spec.clone()),
+                        "validation is not stable"
+                    );
+                    // Whatever validates makes plans that fit one message.
+                    let (plans, _) =
+                        network_config::plans(&spec, &network_config::Networks::default(), "fuzz");
+                    for plan in plans {
+                        let bytes = patchpanel_ipc::encode(&patchpanel_ipc::Request::Apply(plan))
+                            .expect("a plan encodes");
+                        assert!(bytes.len() <= patchpanel_ipc::MAX_MESSAGE_SIZE);
+                    }
+                }
+            }
         }
         _ => {}
     }

@@ -789,3 +789,69 @@ fn a_spec_round_trips_through_the_state_format() {
     let back: (NetworkSpec, Networks) = serde_json::from_str(&text).unwrap();
     assert_eq!(back, (s, n));
 }
+
+// ---- sizes and seeds -----------------------------------------------------
+
+/// A request at every bound: the plans still fit one IPC message and the
+/// writer's limits.
+#[test]
+fn the_largest_valid_request_makes_plans_that_fit_one_message() {
+    let req = with_config(|c| {
+        c.ipv6_addresses = (0..MAX_ITEMS)
+            .map(|i| cidr(&format!("2001:db8::{:x}", i + 1), 64))
+            .collect();
+        c.excluded_route_prefixes = (0..MAX_ITEMS)
+            .map(|i| cidr(&format!("10.{i}.0.0"), 16))
+            .collect();
+        c.included_route_prefixes = (0..MAX_ITEMS)
+            .map(|i| cidr(&format!("2001:db8:{:x}::", i + 1), 48))
+            .collect();
+        c.rfc3442_routes = (0..MAX_ITEMS)
+            .map(|i| Route {
+                prefix: Some(cidr(&format!("172.16.{i}.0"), 24)),
+                gateway: v4("192.0.2.254"),
+            })
+            .collect();
+    });
+    let s = spec(&req);
+    assert!(ipv4_routes(&s).len() <= 4 * patchpanel_ipc::datapath::MAX_UPLINK_ITEMS);
+    assert!(ipv6_routes(&s).len() <= 4 * patchpanel_ipc::datapath::MAX_UPLINK_ITEMS);
+    let (plans, _) = plans(&s, &Networks::default(), "big");
+    assert_eq!(plans.len(), 2);
+    for plan in plans {
+        let bytes = patchpanel_ipc::encode(&patchpanel_ipc::Request::Apply(plan)).expect("encodes");
+        assert!(
+            bytes.len() <= patchpanel_ipc::MAX_MESSAGE_SIZE,
+            "{} bytes",
+            bytes.len()
+        );
+    }
+}
+
+/// The fuzz seeds (fuzz/make-seeds.py) are what they say.
+#[test]
+fn the_fuzz_seeds_decode_and_validate_as_named() {
+    use patchpanel_proto::decode_request;
+    let seed = |bytes: &'static [u8]| {
+        assert_eq!(bytes[0], 15, "method byte of ConfigureNetwork");
+        decode_request::<ConfigureNetworkRequest>(&bytes[1..]).expect("decodes")
+    };
+    let eth = spec(&seed(include_bytes!(
+        "../../../fuzz/seeds/dbus_requests/configure-network"
+    )));
+    assert_eq!(eth.area, area::AREA_ALL);
+    assert_eq!(eth.rfc3442_routes.len(), 1);
+    assert_eq!(eth.mtu, Some(1400));
+    let vpn = spec(&seed(include_bytes!(
+        "../../../fuzz/seeds/dbus_requests/configure-network-vpn"
+    )));
+    assert_eq!(vpn.technology, Technology::Vpn);
+    let clear = spec(&seed(include_bytes!(
+        "../../../fuzz/seeds/dbus_requests/configure-network-clear"
+    )));
+    assert_eq!(clear.area, area::AREA_CLEAR);
+    let inject = seed(include_bytes!(
+        "../../../fuzz/seeds/dbus_requests/configure-network-inject"
+    ));
+    assert!(parse(&inject).unwrap_err().starts_with("ifname:"));
+}

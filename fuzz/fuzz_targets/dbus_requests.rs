@@ -30,9 +30,10 @@ fuzz_target!(|data: &[u8]| {
         1 => {
             if let Ok(req) = decode_request::<proto::ConnectNamespaceRequest>(body) {
                 if let Ok(parsed) = namespaces::parse_request(&req) {
-                    let again =
-                        decode_request::<proto::ConnectNamespaceRequest>(&req.encode_to_vec())
-                            .expect("re-encoded request decodes");
+                    let again = decode_request::<proto::ConnectNamespaceRequest>(
+                        &req.encode_to_vec(),
+                    )
+                    .expect("re-encoded request decodes");
                     assert_eq!(
                         namespaces::parse_request(&again).ok(),
                         Some(parsed),

@@ -12,6 +12,11 @@
 //! namespaces whose name starts with its prefix, routes and rules tagged
 //! with its routing protocol number, its own firewall chains. The writer
 //! checks this itself; the manager's word is not enough.
+//!
+//! `ConfigureNetwork` changes links patchpanel does not own (shill's), only
+//! through the `*Uplink*` steps: the link is named by index and name, only
+//! addresses the writer itself added are removed, routes only go into that
+//! link's table (ifindex + 1000).
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -595,3 +595,90 @@ fn each_uplink_step_is_undone_when_a_later_step_fails() {
     f.assert_snapshot_is(&before);
     assert_eq!(f.mtu(), 1500);
 }
+
+#[test]
+fn a_primary_vpn_routes_on_link_throws_exclusions_blackholes_ipv6_and_clears() {
+    let mut f = Fixture::new();
+    f.netns
+        .exec_ok(&[
+            "ip", "link", "add", "tun9", "type", "veth", "peer", "name", "tun9p",
+        ])
+        .expect("tun9");
+    f.netns
+        .exec_ok(&["ip", "link", "set", "tun9", "up"])
+        .expect("tun9 up");
+    let ifindex = f.ip_json(&["link", "show", "dev", "tun9"])[0]["ifindex"]
+        .as_u64()
+        .expect("ifindex") as u32;
+    let before = f.settled_snapshot();
+    let req = ConfigureNetworkRequest {
+        ifindex: ifindex as i32,
+        ifname: "tun9".into(),
+        area: area::AREA_ALL,
+        network_config: Some(NetworkConfig {
+            ipv4_address: Some(cidr("10.8.0.2", 32)),
+            ipv4_default_route: true,
+            ipv6_blackhole_route: true,
+            excluded_route_prefixes: vec![cidr("198.51.100.0", 24)],
+            mtu: Some(1380),
+            ..Default::default()
+        }),
+        technology: NetworkTechnology::Vpn as i32,
+        priority: Some(NetworkPriority {
+            is_primary_logical: true,
+            ..Default::default()
+        }),
+        session_id: 2,
+    };
+    let networks = configure(&mut f, &req, &Networks::default());
+    let table = (ifindex + 1000).to_string();
+    let v4 = f.ip_json(&["-4", "route", "show", "table", &table]);
+    let v4 = v4.as_array().expect("routes");
+    assert!(
+        v4.iter()
+            .any(|r| r["dst"] == "default" && r["dev"] == "tun9" && r.get("gateway").is_none()),
+        "{v4:#?}"
+    );
+    assert!(
+        v4.iter()
+            .any(|r| r["dst"] == "198.51.100.0/24" && r["type"] == "throw"),
+        "{v4:#?}"
+    );
+    let v6 = f.ip_json(&["-6", "route", "show", "table", &table]);
+    let v6 = v6.as_array().expect("routes");
+    assert!(
+        v6.iter()
+            .any(|r| r["dst"] == "default" && r["type"] == "blackhole"),
+        "{v6:#?}"
+    );
+    for family in ["-4", "-6"] {
+        let r = rules(&f, family);
+        // fwmark and oif at 10, route-on-VPN at 32764; no from/iif rules,
+        // no lookup main, no catch-all (not the primary physical network).
+        assert_eq!(r.len(), 3, "{family}: {r:#?}");
+        assert!(r
+            .iter()
+            .any(|r| r["priority"] == 10 && r["oif"] == "tun9" && r["table"] == table));
+        assert!(r.iter().any(|r| r["priority"] == 32764
+            && r["fwmark"] == "0x8000"
+            && r["fwmask"] == "0xc000"
+            && r["table"] == table));
+    }
+    assert_eq!(
+        f.ip_json(&["link", "show", "dev", "tun9"])[0]["mtu"],
+        serde_json::json!(1380)
+    );
+    let out = network_config::clear_plan(
+        &UplinkRef {
+            ifindex,
+            name: IfName::new("tun9").expect("name"),
+        },
+        &networks,
+    );
+    f.apply_all(vec![Plan {
+        label: "clear".into(),
+        mode: ApplyMode::BestEffort,
+        steps: out.steps,
+    }]);
+    f.assert_snapshot_is(&before);
+}

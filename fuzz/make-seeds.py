@@ -46,6 +46,30 @@ def pb_str(field, s):
     return key(field, 2) + varint(len(b)) + b
 
 
+def cidr(addr, prefix_len):
+    return pb_str(1, bytes(addr)) + pb_int(2, prefix_len)
+
+
+def configure_network(ifindex, ifname, area, technology):
+    """ConfigureNetworkRequest: 192.0.2.10/24 via .1, an IPv6 address, an
+    excluded prefix, an RFC 3442 route, MTU 1400, primary."""
+    v6 = [0x20, 0x01, 0x0D, 0xB8] + [0] * 11 + [0x10]
+    config = (
+        pb_str(1, cidr([192, 0, 2, 10], 24))
+        + pb_str(3, bytes([192, 0, 2, 1]))
+        + pb_str(4, cidr(v6, 64))
+        + pb_int(6, 1)
+        + pb_str(8, cidr([203, 0, 113, 0], 24))
+        + pb_str(10, pb_str(1, cidr([198, 51, 100, 0], 24)) + pb_str(2, bytes([192, 0, 2, 254])))
+        + pb_int(13, 1400)
+    )
+    priority = pb_int(1, 1) + pb_int(2, 1) + pb_int(3, 1)
+    return (
+        pb_int(1, ifindex) + pb_str(2, ifname) + pb_int(3, area) + pb_str(4, config)
+        + pb_int(5, technology) + pb_str(6, priority) + pb_int(7, 1)
+    )
+
+
 def dbus_seeds():
     # (method byte as in fuzz_targets/dbus_requests.rs, name, body)
     seeds = [
@@ -81,6 +105,10 @@ def dbus_seeds():
         (15, "tag-socket-vpn-and-network", pb_int(1, 2) + pb_int(2, 1)),
         (15, "tag-socket-annotated", pb_int(2, 2) + pb_str(3, pb_int(1, 1))),
         (1, "truncated", pb_int(1, 1)[:1] + b"\x12\x40eth"),
+        (16, "configure-network", configure_network(2, "eth0", 0x80070707, 2)),
+        (16, "configure-network-vpn", configure_network(9, "tun0", 0x70707, 3)),
+        (16, "configure-network-inject", pb_int(1, 2) + pb_str(2, "eth0 -j ACCEPT") + pb_int(3, 1)),
+        (16, "configure-network-clear", pb_int(1, 2) + pb_str(2, "eth0") + pb_int(3, 0x80000000)),
     ]
     for method, name, body in seeds:
         write("dbus_requests", name, bytes([method]) + body)

@@ -2,7 +2,7 @@
 //! the validation the daemon runs on it (manager/src: `decode_request`,
 //! `namespaces::parse_request`, `port_rules::parse`,
 //! `counters::parse_request`, `guests::check_id`/`parallels_index`,
-//! `patchpanel_socket_service::parse`).
+//! `patchpanel_socket_service::parse`, `network_config::parse`).
 //!
 //! The first byte picks the method, the rest is the protobuf. Beyond
 //! "never panics": whatever validates must re-encode and validate again to
@@ -12,7 +12,7 @@
 use libfuzzer_sys::fuzz_target;
 use patchpanel_proto as proto;
 use patchpanel_proto::decode_request;
-use patchpaneld::{counters, guests, namespaces, port_rules};
+use patchpaneld::{counters, guests, namespaces, network_config, port_rules};
 use prost::Message;
 
 fn policy() -> port_rules::PortPolicy {
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&method, body)) = data.split_first() else {
         return;
     };
-    match method % 16 {
+    match method % 17 {
         0 => {
             let _ = decode_request::<proto::GetDevicesRequest>(body);
         }
@@ -115,6 +115,28 @@ fuzz_target!(|data: &[u8]| {
                     Some(action),
                     "validation is not stable"
                 );
+            }
+        }
+        16 => {
+            if let Ok(req) = decode_request::<proto::ConfigureNetworkRequest>(body) {
+                if let Ok(spec) = network_config::parse(&req) {
+                    let again =
+                        decode_request::<proto::ConfigureNetworkRequest>(&req.encode_to_vec())
+                            .expect("re-encoded request decodes");
+                    assert_eq!(
+                        network_config::parse(&again).ok(),
+                        Some(spec.clone()),
+                        "validation is not stable"
+                    );
+                    // Whatever validates makes plans that fit one message.
+                    let (plans, _) =
+                        network_config::plans(&spec, &network_config::Networks::default(), "fuzz");
+                    for plan in plans {
+                        let bytes = patchpanel_ipc::encode(&patchpanel_ipc::Request::Apply(plan))
+                            .expect("a plan encodes");
+                        assert!(bytes.len() <= patchpanel_ipc::MAX_MESSAGE_SIZE);
+                    }
+                }
             }
         }
         _ => {}

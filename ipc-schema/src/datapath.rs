@@ -12,6 +12,11 @@
 //! namespaces whose name starts with its prefix, routes and rules tagged
 //! with its routing protocol number, its own firewall chains. The writer
 //! checks this itself; the manager's word is not enough.
+//!
+//! `ConfigureNetwork` changes links patchpanel does not own (shill's), only
+//! through the `*Uplink*` steps: the link is named by index and name, only
+//! addresses the writer itself added are removed, routes only go into that
+//! link's table (ifindex + 1000).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -77,7 +82,23 @@ impl Sysctl {
     }
 }
 
+/// What a route does with the packets it matches (`rtm_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteKind {
+    /// Forwarded (through `gateway` and/or out of `dev`).
+    #[default]
+    Unicast,
+    /// The lookup leaves this table and goes on with the next ip rule
+    /// (excluded prefixes of a network).
+    Throw,
+    /// Dropped silently (a VPN's IPv6 when it carries none).
+    Blackhole,
+    /// Dropped with an ICMP unreachable.
+    Unreachable,
+}
+
 /// A route patchpanel installs (tagged with its routing protocol number).
+/// A route that is not [`RouteKind::Unicast`] has no gateway and no device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteSpec {
     pub dst: IpAddr,
@@ -87,6 +108,36 @@ pub struct RouteSpec {
     /// Routing table id; 254 is main.
     pub table: u32,
     pub metric: Option<u32>,
+    pub kind: RouteKind,
+}
+
+/// A link patchpanel does not own (shill's uplink, for `ConfigureNetwork`),
+/// named twice: the writer refuses a step whose index and name are not the
+/// same link, so a link renamed or replaced since the caller looked is
+/// never touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkRef {
+    pub ifindex: u32,
+    pub name: IfName,
+}
+
+impl UplinkRef {
+    /// The per-network routing table: ifindex + 1000.
+    pub fn table(&self) -> u32 {
+        self.ifindex.saturating_add(UPLINK_TABLE_OFFSET)
+    }
+}
+
+/// Per-network routing tables are ifindex + this.
+pub const UPLINK_TABLE_OFFSET: u32 = 1000;
+
+/// An address on an uplink; IPv4 with its broadcast address (the subnet's
+/// when `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkAddress {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+    pub broadcast: Option<Ipv4Addr>,
 }
 
 /// An ip rule patchpanel installs (tagged with its routing protocol number).
@@ -223,7 +274,49 @@ pub enum Step {
         netns: Netns,
         name: IfName,
     },
+    /// `ConfigureNetwork`: makes the addresses of one family (`ipv6`) that
+    /// patchpanel added to the uplink `link` (daemon's namespace) exactly
+    /// `addrs`. The writer remembers which addresses it added there and
+    /// removes only those: an address that was already on the link (shill's,
+    /// an administrator's) is never removed, and listing it does not make
+    /// it patchpanel's. At most [`MAX_UPLINK_ITEMS`]. Undo: the previous
+    /// set of patchpanel's addresses.
+    SyncUplinkAddresses {
+        link: UplinkRef,
+        ipv6: bool,
+        addrs: Vec<UplinkAddress>,
+    },
+    /// `ConfigureNetwork`: makes the routes of one family (`ipv6`) that
+    /// patchpanel put in the uplink's table (`link.table()`) exactly
+    /// `routes`. Every route must be in that table, of that family, and go
+    /// out of `link` or nowhere (throw, blackhole, unreachable); a route
+    /// that is not patchpanel's is never replaced (refused) nor removed.
+    /// At most [`MAX_UPLINK_ITEMS`] * 4. Undo: patchpanel's previous routes.
+    SyncUplinkRoutes {
+        link: UplinkRef,
+        ipv6: bool,
+        routes: Vec<RouteSpec>,
+    },
+    /// `ConfigureNetwork`: the uplink's MTU (68..=65535). The writer
+    /// remembers the MTU it found before its first change, for
+    /// [`Step::ClearUplink`]. Undo: the MTU it replaced.
+    SetUplinkMtu {
+        link: UplinkRef,
+        mtu: u32,
+    },
+    /// `ConfigureNetwork` with `AREA_CLEAR`: removes from the uplink what
+    /// patchpanel put there: the addresses the writer added (both
+    /// families), its routes in the uplink's table, its ip rules that look
+    /// up that table or name the link as `iif`/`oif`, and puts back the
+    /// MTU it found before its first change. Nothing else. No undo.
+    ClearUplink {
+        link: UplinkRef,
+    },
 }
+
+/// Most addresses in one [`Step::SyncUplinkAddresses`] (routes: 4 times
+/// as many).
+pub const MAX_UPLINK_ITEMS: usize = 64;
 
 /// How failures are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

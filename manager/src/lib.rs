@@ -21,6 +21,7 @@ pub mod mcast_service;
 pub mod namespace_service;
 pub mod namespaces;
 pub mod ndproxy_service;
+pub mod network_config;
 pub mod pids;
 pub mod port_rule_service;
 pub mod port_rules;

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use patchpanel_addr::{AddressManager, GuestPool, GuestSubnet, Ipv6Subnet, MacAddr};
 use patchpanel_firewall::{Batch, InverseError};
-use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteSpec, Step, Sysctl};
+use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteKind, RouteSpec, Step, Sysctl};
 use patchpanel_ipc::{IfName, NetnsName};
 use patchpanel_proto::network_device::GuestType;
 use patchpanel_proto::{
@@ -368,6 +368,7 @@ pub fn connect_plan(ns: &ConnectedNamespace, label: String) -> Plan {
             dev: Some(ns.peer_ifname.clone()),
             table: routing::MAIN_TABLE,
             metric: None,
+            kind: RouteKind::Unicast,
         },
     });
     if let Some(v6) = &ns.ipv6 {
@@ -380,6 +381,7 @@ pub fn connect_plan(ns: &ConnectedNamespace, label: String) -> Plan {
                 dev: Some(ns.peer_ifname.clone()),
                 table: routing::MAIN_TABLE,
                 metric: None,
+                kind: RouteKind::Unicast,
             },
         });
     }

@@ -34,7 +34,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteSpec, Step};
+use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteKind, RouteSpec, Step};
 use patchpanel_ipc::{HelperError, IfName, Reply, Request};
 use patchpanel_sandbox::Process;
 
@@ -94,6 +94,7 @@ impl GuestRoute {
             dev: Some(self.downlink.clone()),
             table: MAIN_TABLE,
             metric: None,
+            kind: RouteKind::Unicast,
         }
     }
 }

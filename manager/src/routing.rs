@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use patchpanel_firewall::{Batch, InverseError, TrafficSource as Mark};
-use patchpanel_ipc::datapath::{Netns, RouteSpec, RuleSpec, Step, Sysctl};
+use patchpanel_ipc::datapath::{Netns, RouteKind, RouteSpec, RuleSpec, Step, Sysctl};
 use patchpanel_ipc::IfName;
 use patchpanel_proto::traffic_counter::Source;
 use patchpanel_uplinks::{Uplink, UplinkEvent};
@@ -29,7 +29,7 @@ pub use patchpanel_firewall::TrafficSource;
 /// The main routing table.
 pub const MAIN_TABLE: u32 = 254;
 /// Per-uplink tables are ifindex + this.
-pub const TABLE_OFFSET: u32 = 1000;
+pub const TABLE_OFFSET: u32 = patchpanel_ipc::datapath::UPLINK_TABLE_OFFSET;
 /// "lookup main suppress_prefixlength 0".
 pub const MAIN_RULE_PRIORITY: u32 = 1000;
 /// Physical uplink rules: this + 10 x rank.
@@ -84,68 +84,95 @@ fn table_of(u: &Uplink) -> u32 {
     u.ifindex + TABLE_OFFSET
 }
 
-/// The ip rules patchpanel wants for the uplinks in `view`.
-pub fn desired_rules(view: &UplinkView) -> BTreeSet<RuleSpec> {
-    let mut rules = BTreeSet::new();
-    for ipv6 in [false, true] {
-        rules.insert(RuleSpec {
-            ipv6,
-            priority: MAIN_RULE_PRIORITY,
-            fwmark: None,
-            iif: None,
-            oif: None,
-            src: None,
-            dst: None,
-            table: MAIN_TABLE,
-            suppress_prefixlen: Some(0),
-        });
+/// A rule of `family` at `priority` that looks up `table`, matching
+/// everything until a selector is set.
+pub fn rule(ipv6: bool, priority: u32, table: u32) -> RuleSpec {
+    RuleSpec {
+        ipv6,
+        priority,
+        fwmark: None,
+        iif: None,
+        oif: None,
+        src: None,
+        dst: None,
+        table,
+        suppress_prefixlen: None,
     }
-    for u in view.all() {
-        let name = u.name.clone();
-        let table = table_of(u);
-        let priority = UPLINK_RULE_PRIORITY + 10 * view.rank(u.name.as_str());
-        let base = RuleSpec {
-            ipv6: false,
-            priority,
-            fwmark: None,
-            iif: None,
-            oif: None,
-            src: None,
-            dst: None,
-            table,
-            suppress_prefixlen: None,
-        };
-        rules.insert(RuleSpec {
+}
+
+/// "lookup main suppress_prefixlength 0" at 1000, both families: main
+/// answers for everything but a default route (ChromeOS's main table has
+/// none, so there this is upstream's plain `lookup main`).
+pub fn main_rules() -> [RuleSpec; 2] {
+    [false, true].map(|ipv6| RuleSpec {
+        suppress_prefixlen: Some(0),
+        ..rule(ipv6, MAIN_RULE_PRIORITY, MAIN_TABLE)
+    })
+}
+
+/// The catch-all to the default network's table.
+pub fn catch_all_rule(ipv6: bool, table: u32) -> RuleSpec {
+    rule(ipv6, CATCH_ALL_PRIORITY, table)
+}
+
+/// The rules that select one network's `table` at `priority`, for each
+/// family in `families`: its routing tag (`fwmark table<<16/0xffff0000`),
+/// `oif`, with `iif` also `iif`, and `from <addr>` (a host prefix) for each
+/// of `sources` (of any family). Shared by netlink mode's uplinks and
+/// `ConfigureNetwork`.
+pub fn table_rules(
+    table: u32,
+    priority: u32,
+    ifname: &IfName,
+    families: &[bool],
+    iif: bool,
+    sources: &[IpAddr],
+) -> Vec<RuleSpec> {
+    let mut rules = Vec::new();
+    for &ipv6 in families {
+        let base = rule(ipv6, priority, table);
+        rules.push(RuleSpec {
             fwmark: Some((table << 16, 0xffff_0000)),
             ..base.clone()
         });
-        rules.insert(RuleSpec {
-            oif: Some(name.clone()),
+        rules.push(RuleSpec {
+            oif: Some(ifname.clone()),
             ..base.clone()
         });
-        rules.insert(RuleSpec {
-            iif: Some(name.clone()),
-            ..base.clone()
-        });
-        for (addr, _) in &u.ipv4 {
-            rules.insert(RuleSpec {
-                src: Some((IpAddr::V4(*addr), 32)),
-                ..base.clone()
+        if iif {
+            rules.push(RuleSpec {
+                iif: Some(ifname.clone()),
+                ..base
             });
         }
     }
-    if let Some(d) = view.default_uplink() {
-        rules.insert(RuleSpec {
-            ipv6: false,
-            priority: CATCH_ALL_PRIORITY,
-            fwmark: None,
-            iif: None,
-            oif: None,
-            src: None,
-            dst: None,
-            table: table_of(d),
-            suppress_prefixlen: None,
+    for addr in sources {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        rules.push(RuleSpec {
+            src: Some((*addr, len)),
+            ..rule(addr.is_ipv6(), priority, table)
         });
+    }
+    rules
+}
+
+/// The ip rules patchpanel wants for the uplinks in `view`.
+pub fn desired_rules(view: &UplinkView) -> BTreeSet<RuleSpec> {
+    let mut rules: BTreeSet<RuleSpec> = main_rules().into_iter().collect();
+    for u in view.all() {
+        let priority = UPLINK_RULE_PRIORITY + 10 * view.rank(u.name.as_str());
+        let sources: Vec<IpAddr> = u.ipv4.iter().map(|(a, _)| IpAddr::V4(*a)).collect();
+        rules.extend(table_rules(
+            table_of(u),
+            priority,
+            &u.name,
+            &[false],
+            true,
+            &sources,
+        ));
+    }
+    if let Some(d) = view.default_uplink() {
+        rules.insert(catch_all_rule(false, table_of(d)));
     }
     rules
 }
@@ -165,6 +192,7 @@ pub fn uplink_table(u: &Uplink) -> Vec<RouteSpec> {
             dev: Some(dev.clone()),
             table,
             metric: None,
+            kind: RouteKind::Unicast,
         })
         .collect();
     if let Some(gw) = u.gateway4 {
@@ -175,6 +203,7 @@ pub fn uplink_table(u: &Uplink) -> Vec<RouteSpec> {
             dev: Some(dev),
             table,
             metric: None,
+            kind: RouteKind::Unicast,
         });
     }
     routes

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use patchpanel_firewall::guest::{connected_namespace, connected_namespace_teardown, Mode};
 use patchpanel_firewall::{guest, TrafficSource};
 use patchpanel_ipc::datapath::{
-    self as dp, ApplyMode, Plan, PlanReport, RouteSpec, RuleSpec, Step, Sysctl,
+    self as dp, ApplyMode, Plan, PlanReport, RouteKind, RouteSpec, RuleSpec, Step, Sysctl,
 };
 use patchpanel_ipc::{HelperError, IfName, NetnsName, MAX_MESSAGE_SIZE};
 use patchpanel_tests::world::kernel_snapshot;
@@ -270,6 +270,7 @@ fn route(dst: IpAddr, prefix_len: u8, gateway: Option<IpAddr>, dev: &str, table:
         dev: Some(ifname(dev)),
         table,
         metric: None,
+        kind: RouteKind::Unicast,
     }
 }
 

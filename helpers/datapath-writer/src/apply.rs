@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use log::{debug, info, warn};
 use patchpanel_firewall::{Batch, FirewallBackend, FirewallChoice, IptablesRestore, Nftables};
 use patchpanel_ipc::datapath::{
-    broadcast, ApplyMode, Netns, Plan, PlanReport, RouteSpec, Step, Sysctl, WriterConfig,
-    LINK_ALIAS,
+    broadcast, ApplyMode, Netns, Plan, PlanReport, RouteSpec, Step, Sysctl, UplinkRef,
+    WriterConfig, LINK_ALIAS,
 };
 use patchpanel_ipc::{HelperError, IfName, NetnsName};
 use patchpanel_rtnl::Rtnl;
@@ -36,6 +36,9 @@ pub struct Writer {
     rebuild: Batch,
     /// nf_tables notifications: other programs' changes.
     pub(crate) watch: Option<crate::firewall_watch::FirewallWatch>,
+    /// What `ConfigureNetwork` steps did to uplinks (addresses added, the
+    /// MTU found), so that a clear removes only that.
+    uplinks: crate::uplink::Uplinks,
 }
 
 impl std::fmt::Debug for Writer {
@@ -70,6 +73,20 @@ enum Undo {
         route: patchpanel_rtnl::Route,
     },
     Firewall(Batch),
+    UplinkAddresses {
+        link: UplinkRef,
+        change: crate::uplink::AddressChange,
+    },
+    UplinkRoutes {
+        link: UplinkRef,
+        ipv6: bool,
+        previous: Vec<patchpanel_rtnl::Route>,
+    },
+    UplinkMtu {
+        link: UplinkRef,
+        mtu: u32,
+        first: bool,
+    },
     Nothing,
 }
 
@@ -317,6 +334,17 @@ impl Writer {
         }
     }
 
+    /// The daemon's namespace's socket and the uplink memory, together.
+    fn host_rtnl_and_uplinks(
+        &mut self,
+    ) -> Result<(&Rtnl, &mut crate::uplink::Uplinks), HelperError> {
+        self.rtnl(&Netns::Host)?;
+        match self.host.as_ref() {
+            Some(rtnl) => Ok((rtnl, &mut self.uplinks)),
+            None => Err(refused("no rtnetlink socket")),
+        }
+    }
+
     pub(crate) fn forget_netns(&mut self, name: &NetnsName) {
         self.sockets.remove(name);
     }
@@ -432,6 +460,23 @@ impl Writer {
                     fw.apply(&batch)
                         .map_err(|e| firewall_error("firewall undo", &e))
                 }),
+                Undo::UplinkAddresses { link, change } => {
+                    self.host_rtnl_and_uplinks().and_then(|(rtnl, uplinks)| {
+                        crate::uplink::undo_addresses(rtnl, uplinks, &link, &change)
+                    })
+                }
+                Undo::UplinkRoutes {
+                    link,
+                    ipv6,
+                    previous,
+                } => self.rtnl(&Netns::Host).and_then(|rtnl| {
+                    crate::uplink::restore_routes(rtnl, link.table(), ipv6, &previous)
+                }),
+                Undo::UplinkMtu { link, mtu, first } => {
+                    self.host_rtnl_and_uplinks().and_then(|(rtnl, uplinks)| {
+                        crate::uplink::undo_mtu(rtnl, uplinks, &link, mtu, first)
+                    })
+                }
             };
             if let Err(e) = result {
                 failures.push(e.to_string());
@@ -716,6 +761,45 @@ impl Writer {
                 owned::expect_owned_link(self.rtnl(netns)?, name)?;
                 Ok(Undo::Nothing)
             }
+            Step::SyncUplinkAddresses { link, ipv6, addrs } => {
+                let (rtnl, uplinks) = self.host_rtnl_and_uplinks()?;
+                let change = crate::uplink::sync_addresses(rtnl, uplinks, link, *ipv6, addrs)?;
+                Ok(Undo::UplinkAddresses {
+                    link: link.clone(),
+                    change,
+                })
+            }
+            Step::SyncUplinkRoutes { link, ipv6, routes } => {
+                let previous =
+                    crate::uplink::sync_routes(self.rtnl(&Netns::Host)?, link, *ipv6, routes)?;
+                Ok(Undo::UplinkRoutes {
+                    link: link.clone(),
+                    ipv6: *ipv6,
+                    previous,
+                })
+            }
+            Step::SetUplinkMtu { link, mtu } => {
+                let (rtnl, uplinks) = self.host_rtnl_and_uplinks()?;
+                let (old, first) = crate::uplink::set_mtu(rtnl, uplinks, link, *mtu)?;
+                Ok(Undo::UplinkMtu {
+                    link: link.clone(),
+                    mtu: old,
+                    first,
+                })
+            }
+            Step::ClearUplink { link } => {
+                let (rtnl, uplinks) = self.host_rtnl_and_uplinks()?;
+                let failures = crate::uplink::clear(rtnl, uplinks, link)?;
+                if failures.is_empty() {
+                    Ok(Undo::Nothing)
+                } else {
+                    Err(HelperError::Os {
+                        operation: format!("clear {}", link.name),
+                        errno: None,
+                        message: failures.join("; "),
+                    })
+                }
+            }
             Step::Firewall(batch) => {
                 batch
                     .validate()
@@ -827,6 +911,10 @@ fn step_name(step: &Step) -> &'static str {
         Step::CreateBridge { .. } => "create bridge",
         Step::SetMaster { .. } => "set master",
         Step::ExpectLink { .. } => "expect link",
+        Step::SyncUplinkAddresses { .. } => "uplink addresses",
+        Step::SyncUplinkRoutes { .. } => "uplink routes",
+        Step::SetUplinkMtu { .. } => "uplink mtu",
+        Step::ClearUplink { .. } => "clear uplink",
     }
 }
 

@@ -1,6 +1,11 @@
 //! Removing everything patchpanel owns (at start, at stop, and for
 //! `--cleanup`), with the ownership checks of [`crate::owned`]. Keeps
 //! going after an error and reports every one.
+//!
+//! On shill's links (`ConfigureNetwork`), that is the routes of their
+//! tables and the ip rules (protocol 157); their addresses and MTU stay:
+//! a writer that did not add them cannot tell them from shill's, and shill
+//! keeps using the link.
 
 use std::collections::HashSet;
 

@@ -1,7 +1,7 @@
 //! The IPC's route and rule specs as rtnetlink objects: checked, and
 //! marked with patchpanel's protocol number.
 
-use patchpanel_ipc::datapath::{RouteSpec, RuleSpec, ROUTE_PROTOCOL};
+use patchpanel_ipc::datapath::{RouteKind, RouteSpec, RuleSpec, ROUTE_PROTOCOL};
 use patchpanel_ipc::HelperError;
 
 use crate::error::refused;
@@ -19,7 +19,19 @@ pub(crate) fn to_route(r: &RouteSpec) -> Result<patchpanel_rtnl::Route, HelperEr
             return Err(refused(format!("gateway {gw} for {}", r.dst)));
         }
     }
+    if r.kind != RouteKind::Unicast && (r.gateway.is_some() || r.dev.is_some()) {
+        return Err(refused(format!(
+            "a {:?} route to {}/{} has no gateway and no device",
+            r.kind, r.dst, r.prefix_len
+        )));
+    }
     let mut route = patchpanel_rtnl::Route::new(r.dst, r.prefix_len);
+    route.kind = match r.kind {
+        RouteKind::Unicast => patchpanel_rtnl::RouteType::Unicast,
+        RouteKind::Throw => patchpanel_rtnl::RouteType::Throw,
+        RouteKind::Blackhole => patchpanel_rtnl::RouteType::Blackhole,
+        RouteKind::Unreachable => patchpanel_rtnl::RouteType::Unreachable,
+    };
     route.gateway = r.gateway;
     route.oif = r
         .dev
@@ -28,7 +40,7 @@ pub(crate) fn to_route(r: &RouteSpec) -> Result<patchpanel_rtnl::Route, HelperEr
     route.table = r.table;
     route.metric = r.metric;
     route.protocol = ROUTE_PROTOCOL;
-    if r.gateway.is_none() && r.prefix_len > 0 {
+    if r.kind == RouteKind::Unicast && r.gateway.is_none() && r.prefix_len > 0 {
         route.scope = patchpanel_rtnl::RouteScope::Link;
     }
     Ok(route)

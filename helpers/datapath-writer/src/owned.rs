@@ -48,7 +48,7 @@ pub fn expect_owned_link(rtnl: &Rtnl, name: &IfName) -> Result<patchpanel_rtnl::
 }
 
 /// The metric the kernel gives a route added without one.
-fn effective_metric(r: &Route) -> u32 {
+pub(crate) fn effective_metric(r: &Route) -> u32 {
     match (r.family(), r.metric) {
         // IP6_RT_PRIO_USER
         (patchpanel_rtnl::Family::V6, None | Some(0)) => 1024,

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use patchpanel_addr::{AddressManager, GuestPool, GuestSubnet, MacAddr};
 use patchpanel_firewall::guest::{downstream, Downstream, Inbound, Mode};
 use patchpanel_firewall::{Batch, InverseError};
-use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteSpec, Step, Sysctl};
+use patchpanel_ipc::datapath::{ApplyMode, Netns, Plan, RouteKind, RouteSpec, Step, Sysctl};
 use patchpanel_ipc::IfName;
 use patchpanel_proto::network_device::GuestType;
 use serde::{Deserialize, Serialize};
@@ -236,6 +236,7 @@ fn lxd_route(vm: &VmGuest) -> Option<RouteSpec> {
         dev: Some(vm.tap.clone()),
         table: MAIN_TABLE,
         metric: None,
+        kind: RouteKind::Unicast,
     })
 }
 

@@ -56,6 +56,7 @@ pub enum Method {
     ParallelsVmStartup,
     ParallelsVmShutdown,
     TagSocket,
+    ConfigureNetwork,
 }
 
 impl Method {
@@ -74,6 +75,7 @@ impl Method {
             names::PLUGIN_VM_STARTUP | names::PARALLELS_VM_STARTUP => Method::ParallelsVmStartup,
             names::PLUGIN_VM_SHUTDOWN | names::PARALLELS_VM_SHUTDOWN => Method::ParallelsVmShutdown,
             names::TAG_SOCKET => Method::TagSocket,
+            names::CONFIGURE_NETWORK => Method::ConfigureNetwork,
             _ => return None,
         })
     }
@@ -114,6 +116,8 @@ pub enum Call {
     ParallelsVmShutdown {
         id: u64,
     },
+    /// shill's configuration of one of its networks.
+    ConfigureNetwork(Box<crate::network_config::NetworkSpec>),
     /// What to do, and the socket to do it to (not a lifeline).
     TagSocket {
         action: patchpanel_socket_service::Action,
@@ -580,6 +584,12 @@ impl DbusService {
                     message.read2().map_err(|e| invalid(&e))?;
                 let action = patchpanel_socket_service::parse(bytes).map_err(|e| invalid(&e))?;
                 Call::TagSocket { action, socket }
+            }
+            Method::ConfigureNetwork => {
+                let req = proto::<patchpanel_proto::ConfigureNetworkRequest>(bytes, invalid)?;
+                Call::ConfigureNetwork(Box::new(
+                    crate::network_config::parse(&req).map_err(|e| invalid(&e))?,
+                ))
             }
         })
     }

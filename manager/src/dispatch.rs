@@ -40,7 +40,7 @@ use crate::port_rules::PortPolicy;
 use crate::socket_service::{self, SocketNetworks};
 use crate::state::{State, StateFile};
 use crate::uplinks::UplinkView;
-use crate::{counters, guests, namespace_service, port_rule_service};
+use crate::{counters, guests, namespace_service, network_service, port_rule_service};
 
 /// Site settings the daemon follows, fixed at start.
 #[derive(Debug, Clone)]
@@ -239,7 +239,8 @@ impl Daemon {
             self.ndproxy.reconcile(&guests, &self.uplinks, link);
             self.mcast.reconcile(&guests, &self.uplinks, link);
             self.adb.reconcile(self.state.arc.as_ref(), link);
-            self.socket_networks.reconcile(&self.uplinks, link);
+            self.socket_networks
+                .reconcile(&self.uplinks, &self.state.networks, link);
             self.ndproxy.flush_routes(&self.uplinks, link);
         }
         for (netns, sysctl, old) in self.effects.replaced_sysctls.drain(..) {
@@ -366,6 +367,13 @@ impl Daemon {
                 op,
             )
             .map(|()| patchpanel_proto::PluginVmShutdownResponse {}.encode_to_vec()),
+            Call::ConfigureNetwork(spec) => network_service::configure(
+                &mut env,
+                &mut state.networks,
+                !settings.manage_uplink_routing,
+                *spec,
+                op,
+            ),
             Call::TagSocket { .. } => unreachable!("served above"),
         }
     }

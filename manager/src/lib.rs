@@ -22,6 +22,7 @@ pub mod namespace_service;
 pub mod namespaces;
 pub mod ndproxy_service;
 pub mod network_config;
+pub mod network_service;
 pub mod pids;
 pub mod port_rule_service;
 pub mod port_rules;

@@ -22,7 +22,7 @@ use crate::namespaces::ConnectedNamespace;
 use crate::port_rules::PortPolicy;
 use crate::state::{Loaded, State, StateFile};
 use crate::uplinks::UplinkView;
-use crate::{namespace_service, namespaces, port_rule_service, routing};
+use crate::{namespace_service, namespaces, network_service, port_rule_service, routing};
 
 /// What start sets up.
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +102,17 @@ pub fn start(
             },
             prev,
         );
+        if !prev.networks.is_empty() {
+            if setup.manage_uplink_routing {
+                warn!(
+                    "the previous run held networks configured by shill; with uplinks = netlink \
+                     patchpanel builds the uplinks' routing itself, so they are not re-applied"
+                );
+            } else {
+                state.networks = prev.networks.clone();
+                network_service::readopt(env, &mut state.networks);
+            }
+        }
     }
     // The journal says what this run holds from now on.
     if let Err(e) = store.save_port_rules(&state.port_rules) {
@@ -183,8 +194,20 @@ pub fn stop(
         warn!("{e}");
     }
     restore_sysctls(env, state);
-    if let Err(e) = store.remove() {
-        warn!("cannot remove {}: {e}", store.path().display());
+    // shill does not configure its networks again when patchpanel comes
+    // back: their configurations stay for the next start (and go with
+    // `--cleanup`).
+    let kept = State {
+        networks: std::mem::take(&mut state.networks),
+        ..State::default()
+    };
+    let result = if kept.networks.is_empty() {
+        store.remove()
+    } else {
+        store.save(&kept)
+    };
+    if let Err(e) = result {
+        warn!("cannot update {}: {e}", store.path().display());
     }
 }
 

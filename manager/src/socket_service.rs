@@ -8,7 +8,8 @@
 //! paths decode with [`patchpanel_socket_service::parse`] and mark with
 //! [`patchpanel_socket_service::apply`].
 //!
-//! A network id is the interface index of an uplink patchpanel knows; its
+//! A network id is the interface index of an uplink patchpanel knows or of
+//! a network shill configured (`ConfigureNetwork`); its
 //! routing tag is `(ifindex + 1000) << 16`. The helper learns the current
 //! list after every event that changes it (and from its replay log after a
 //! respawn).
@@ -24,6 +25,7 @@ use prost::Message;
 
 use crate::env::HelperLink;
 use crate::error::CallError;
+use crate::network_service::ConfiguredNetworks;
 use crate::uplinks::UplinkView;
 
 const REPLAY_KEY: &str = "networks";
@@ -35,9 +37,20 @@ pub struct SocketNetworks {
 }
 
 impl SocketNetworks {
-    /// Tells the helper the uplinks' interface indexes when they changed.
-    pub fn reconcile(&mut self, uplinks: &UplinkView, link: &mut dyn HelperLink) {
-        let mut wanted: Vec<u32> = uplinks.all().map(|u| u.ifindex).collect();
+    /// Tells the helper the interface indexes of the uplinks and of the
+    /// networks shill configured (a VPN is not among shill's Devices) when
+    /// they changed.
+    pub fn reconcile(
+        &mut self,
+        uplinks: &UplinkView,
+        configured: &ConfiguredNetworks,
+        link: &mut dyn HelperLink,
+    ) {
+        let mut wanted: Vec<u32> = uplinks
+            .all()
+            .map(|u| u.ifindex)
+            .chain(configured.applied.by_ifindex.keys().copied())
+            .collect();
         wanted.sort_unstable();
         wanted.dedup();
         if self.sent.as_ref() == Some(&wanted) {

@@ -55,6 +55,13 @@ pub struct State {
     /// kernel counts now, so totals keep growing across a flush.
     #[serde(default)]
     pub counter_base: Vec<patchpanel_firewall::counters::CounterSample>,
+    /// Networks shill configured with ConfigureNetwork, re-applied after a
+    /// restart (shill does not send them again).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::network_service::ConfiguredNetworks::is_empty"
+    )]
+    pub networks: crate::network_service::ConfiguredNetworks,
 }
 
 impl Default for State {
@@ -68,6 +75,7 @@ impl Default for State {
             arc: None,
             vms: Vec::new(),
             counter_base: Vec::new(),
+            networks: Default::default(),
         }
     }
 }

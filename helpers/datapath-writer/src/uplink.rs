@@ -88,32 +88,42 @@ impl Uplinks {
 }
 
 /// The link `link` names: it must exist with that index and name, and be
-/// neither `lo` nor one of patchpanel's own.
+/// neither `lo` nor one of patchpanel's own. The index and the name come
+/// from the D-Bus caller (shill), so a mismatch is its mistake:
+/// `InvalidArgument`.
 pub(crate) fn check_uplink(rtnl: &Rtnl, link: &UplinkRef) -> Result<Link, HelperError> {
+    find_uplink(rtnl, link)?.ok_or_else(|| {
+        HelperError::InvalidArgument(format!(
+            "no link named {} (ifindex {})",
+            link.name, link.ifindex
+        ))
+    })
+}
+
+/// Like [`check_uplink`], but a link that is gone is `None`.
+fn find_uplink(rtnl: &Rtnl, link: &UplinkRef) -> Result<Option<Link>, HelperError> {
     let name = link.name.as_str();
     if name == "lo" {
-        return Err(refused("lo is not an uplink"));
+        return Err(HelperError::InvalidArgument("lo is not an uplink".into()));
     }
-    let found = rtnl
+    let Some(found) = rtnl
         .link(name)
         .map_err(|e| os_error(format!("look up {name}"), &e))?
-        .ok_or_else(|| HelperError::Os {
-            operation: format!("look up {name}"),
-            errno: Some(libc::ENODEV),
-            message: format!("no link named {name}"),
-        })?;
+    else {
+        return Ok(None);
+    };
     if found.index != link.ifindex {
-        return Err(refused(format!(
-            "{name} has index {}, not {}: the uplink changed",
+        return Err(HelperError::InvalidArgument(format!(
+            "{name} has index {}, not {}",
             found.index, link.ifindex
         )));
     }
     if found.alias.as_deref() == Some(LINK_ALIAS) {
-        return Err(refused(format!(
+        return Err(HelperError::InvalidArgument(format!(
             "{name} is patchpanel's own link, not an uplink"
         )));
     }
-    Ok(found)
+    Ok(Some(found))
 }
 
 fn check_address(link: &UplinkRef, ipv6: bool, a: &UplinkAddress) -> Result<(), HelperError> {
@@ -417,14 +427,7 @@ pub(crate) fn clear(
     memory: &mut Uplinks,
     link: &UplinkRef,
 ) -> Result<Vec<String>, HelperError> {
-    let present = match check_uplink(rtnl, link) {
-        Ok(found) => Some(found),
-        Err(HelperError::Os {
-            errno: Some(libc::ENODEV),
-            ..
-        }) => None,
-        Err(e) => return Err(e),
-    };
+    let present = find_uplink(rtnl, link)?;
     let mut failures = Vec::new();
     let table = link.table();
     if present.is_some() {

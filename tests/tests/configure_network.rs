@@ -1,0 +1,356 @@
+//! `ConfigureNetwork` as today's shill sends it (since 2023-12 shill no
+//! longer configures addresses, routes, rules or MTU itself): a fake shill
+//! lists eth0 as an Ethernet device, waits until both
+//! `org.chromium.PatchPanel` and `org.chromium.SocketService` have an owner
+//! (its client library's readiness barrier), then configures eth0, which
+//! the test left without an address or route. A connected namespace and a
+//! Termina VM reach the upstream host through it; a kill -9 of the manager
+//! and a successor keep the network; `clear` removes what patchpanel added;
+//! bad requests are `InvalidArgument` and change nothing.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use patchpanel_client::Client;
+use patchpanel_proto::configure_network_request::{self as area, NetworkTechnology};
+use patchpanel_proto::{
+    ConfigureNetworkRequest, ConnectNamespaceRequest, IPAddrCIDR, NetworkConfig, NetworkPriority,
+};
+use patchpanel_tests::dbus_client::ERROR_INVALID_ARGUMENT;
+use patchpanel_tests::fake_shill::FakeShill;
+use patchpanel_tests::vm::FakeVm;
+use patchpanel_tests::world::{kernel_snapshot, Internet, GATEWAY, REMOTE_HOST, UPLINK_ADDR};
+use patchpanel_tests::{poll_until, BusClient, Daemon, DaemonOptions, Netns, PrivateBus};
+use prost::Message as _;
+
+/// Fields drop in order: the daemon stops before shill leaves, shill
+/// leaves before the bus goes.
+struct ShillWorld {
+    daemon: Daemon,
+    _shill: FakeShill,
+    bus: PrivateBus,
+    _internet: Internet,
+    netns: Netns,
+}
+
+fn start_daemon(netns: &Netns, bus: &PrivateBus, successor_of: Option<&Daemon>) -> Daemon {
+    let mut daemon = Daemon::start_with(
+        netns,
+        bus,
+        DaemonOptions {
+            extra_args: vec!["--uplinks=shill".into()],
+            successor_of: successor_of
+                .map(|d| (d.state_dir().to_path_buf(), d.netns_prefix().to_string())),
+            ..Default::default()
+        },
+    )
+    .expect("daemon");
+    daemon.wait_ready().expect("ready");
+    daemon
+}
+
+impl ShillWorld {
+    /// eth0 without its address and routes (shill has not configured it),
+    /// shill listing it, and the daemon following shill.
+    fn start() -> ShillWorld {
+        let netns = Netns::new().expect("netns");
+        let internet = Internet::attach(&netns).expect("internet");
+        netns
+            .exec_ok(&["ip", "addr", "flush", "dev", "eth0"])
+            .expect("flush eth0");
+        let bus = PrivateBus::start().expect("bus");
+        let shill =
+            FakeShill::start_with_default(bus.address(), "eth0", "ethernet").expect("fake shill");
+        let daemon = start_daemon(&netns, &bus, None);
+        ShillWorld {
+            daemon,
+            _shill: shill,
+            bus,
+            _internet: internet,
+            netns,
+        }
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut argv = vec!["ip"];
+        argv.extend_from_slice(args);
+        self.netns.exec_ok(&argv).expect("ip")
+    }
+
+    fn ifindex(&self) -> i32 {
+        self.netns
+            .exec_ok(&["cat", "/sys/class/net/eth0/ifindex"])
+            .expect("ifindex")
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+}
+
+/// Waits, as shill's client library does, for both names.
+fn wait_both_names(bus: &PrivateBus) {
+    let client = BusClient::connect(bus.address()).expect("client");
+    let ready = poll_until(Duration::from_secs(10), || {
+        let both = ["org.chromium.PatchPanel", "org.chromium.SocketService"]
+            .iter()
+            .all(|n| client.name_has_owner(n).unwrap_or(false));
+        both.then_some(())
+    });
+    assert!(ready.is_some(), "both names never had an owner");
+}
+
+fn ethernet(ifindex: i32, ifname: &str, area: u32) -> ConfigureNetworkRequest {
+    ConfigureNetworkRequest {
+        ifindex,
+        ifname: ifname.into(),
+        area,
+        network_config: Some(NetworkConfig {
+            ipv4_address: Some(IPAddrCIDR {
+                addr: vec![192, 0, 2, 2],
+                prefix_len: 24,
+            }),
+            ipv4_gateway: Some(vec![192, 0, 2, 1]),
+            ipv4_default_route: true,
+            dns_servers: vec![vec![192, 0, 2, 1]],
+            mtu: Some(1400),
+            ..Default::default()
+        }),
+        technology: NetworkTechnology::Ethernet as i32,
+        priority: Some(NetworkPriority {
+            is_primary_logical: true,
+            is_primary_physical: true,
+            is_primary_for_dns: true,
+            ranking_order: 0,
+        }),
+        session_id: 7,
+    }
+}
+
+const FULL: u32 = area::AREA_CLEAR
+    | area::AREA_IPV4_ADDRESS
+    | area::AREA_IPV4_ROUTE
+    | area::AREA_IPV4_DEFAULT_ROUTE
+    | area::AREA_ROUTING_POLICY
+    | area::AREA_DNS
+    | area::AREA_MTU;
+
+fn configure(bus: &PrivateBus, req: &ConfigureNetworkRequest) -> Result<Vec<u8>, String> {
+    BusClient::connect(bus.address())
+        .expect("client")
+        .call_bytes("ConfigureNetwork", &req.encode_to_vec())
+        .map_err(|e| format!("{}: {}", e.name, e.message))
+}
+
+/// The ip rules patchpanel holds (proto 157), both families, as text.
+fn owned_rules(world: &ShillWorld) -> BTreeSet<String> {
+    ["-4", "-6"]
+        .iter()
+        .flat_map(|family| {
+            world
+                .ip(&[family, "rule", "show"])
+                .lines()
+                .filter_map(|l| l.trim().strip_suffix(" proto 157"))
+                .map(|l| format!("{family} {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn assert_configured(world: &ShillWorld) {
+    let table = (world.ifindex() + 1000).to_string();
+    let addrs = world.ip(&["-4", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains("192.0.2.2/24"), "{addrs}");
+    let routes = world.ip(&["-4", "route", "show", "table", &table]);
+    assert!(
+        routes.contains(&format!("default via {GATEWAY} dev eth0")),
+        "table {table}: {routes}"
+    );
+    let link = world.ip(&["link", "show", "dev", "eth0"]);
+    assert!(link.contains("mtu 1400"), "{link}");
+    let rules = owned_rules(world);
+    let expect = [
+        "1000:\tfrom all lookup main suppress_prefixlength 0".to_string(),
+        format!(
+            "1010:\tfrom all fwmark 0x{:x}/0xffff0000 lookup {table}",
+            (world.ifindex() + 1000) << 16
+        ),
+        format!("1010:\tfrom all oif eth0 lookup {table}"),
+        format!("1010:\tfrom {UPLINK_ADDR} lookup {table}"),
+        format!("32765:\tfrom all lookup {table}"),
+    ];
+    for e in &expect {
+        assert!(
+            rules.contains(&format!("-4 {e}")),
+            "no rule {e:?} in {rules:#?}"
+        );
+    }
+}
+
+fn reaches_upstream(netns_name: &str) -> bool {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns_name}"))
+        .args(["ping", "-c", "1", "-W", "3", REMOTE_HOST])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_current_shill_gets_a_working_network_and_guests_reach_upstream_through_it() {
+    let world = ShillWorld::start();
+    wait_both_names(&world.bus);
+    let ifindex = world.ifindex();
+    let reply = configure(&world.bus, &ethernet(ifindex, "eth0", FULL)).expect("ConfigureNetwork");
+    assert_eq!(reply, [0x08, 0x01], "success = true");
+    assert_configured(&world);
+
+    // A namespace following the default network, and a Termina VM.
+    let client = Client::connect_to(world.bus.address()).expect("client");
+    let (ns, _lifeline) = client
+        .connect_namespace(&ConnectNamespaceRequest {
+            pid: -1,
+            ..Default::default()
+        })
+        .expect("ConnectNamespace");
+    assert!(
+        reaches_upstream(&ns.netns_name),
+        "the namespace cannot reach {REMOTE_HOST}\n{}",
+        kernel_snapshot(&world.netns).unwrap_or_default()
+    );
+    let vm_resp = client.terminavm_startup(21).expect("TerminaVmStartup");
+    let vm_addr = patchpanel_proto::ipv4_from_addr4(&vm_resp.ipv4_address).expect("vm address");
+    let gw = patchpanel_proto::ipv4_from_addr4(&vm_resp.gateway_ipv4_address).expect("gateway");
+    let vm = FakeVm::boot(
+        &world.netns,
+        &vm_resp.tap_device_ifname,
+        "eth0",
+        &vm_addr.to_string(),
+        30,
+        &gw.to_string(),
+    )
+    .expect("vm");
+    let out = vm
+        .exec(&["ping", "-c", "1", "-W", "3", REMOTE_HOST])
+        .expect("ping from the VM");
+    assert!(out.status.success(), "the VM cannot reach {REMOTE_HOST}");
+    drop(vm);
+    client.terminavm_shutdown(21).expect("TerminaVmShutdown");
+
+    // The same request again changes nothing and answers success.
+    let rules = owned_rules(&world);
+    configure(&world.bus, &ethernet(ifindex, "eth0", FULL)).expect("again");
+    assert_eq!(owned_rules(&world), rules);
+
+    // clear: every route, rule and address patchpanel added goes, and the
+    // MTU comes back.
+    configure(&world.bus, &ethernet(ifindex, "eth0", area::AREA_CLEAR)).expect("clear");
+    let table = (ifindex + 1000).to_string();
+    assert_eq!(
+        world.ip(&["-4", "route", "show", "table", &table]).trim(),
+        ""
+    );
+    assert!(owned_rules(&world).is_empty(), "{:#?}", owned_rules(&world));
+    assert!(!world
+        .ip(&["-4", "addr", "show", "dev", "eth0"])
+        .contains("192.0.2.2"));
+    assert!(world
+        .ip(&["link", "show", "dev", "eth0"])
+        .contains("mtu 1500"));
+}
+
+#[test]
+fn bad_requests_are_invalid_arguments_and_change_nothing() {
+    let world = ShillWorld::start();
+    let ifindex = world.ifindex();
+    let before = kernel_snapshot(&world.netns).expect("snapshot");
+    let mut cases: Vec<(&str, ConfigureNetworkRequest)> = vec![
+        ("wrong name", ethernet(ifindex, "eth1", FULL)),
+        ("unknown ifindex", ethernet(9999, "eth0", FULL)),
+        ("injection", ethernet(ifindex, "eth0 -j ACCEPT", FULL)),
+        ("lo", ethernet(1, "lo", FULL)),
+    ];
+    let mut long_prefix = ethernet(ifindex, "eth0", FULL);
+    long_prefix
+        .network_config
+        .as_mut()
+        .unwrap()
+        .ipv4_address
+        .as_mut()
+        .unwrap()
+        .prefix_len = 33;
+    cases.push(("prefix 33", long_prefix));
+    let mut v6_gateway = ethernet(ifindex, "eth0", FULL);
+    v6_gateway.network_config.as_mut().unwrap().ipv4_gateway = Some(vec![0; 16]);
+    cases.push(("IPv6 gateway for IPv4", v6_gateway));
+    let mut unknown_bit = ethernet(ifindex, "eth0", FULL);
+    unknown_bit.area |= 1 << 20;
+    cases.push(("unknown area bit", unknown_bit));
+    for (what, req) in &cases {
+        let err = configure(&world.bus, req).expect_err(what);
+        assert!(
+            err.starts_with(ERROR_INVALID_ARGUMENT),
+            "{what}: {err}\nlog:\n{}",
+            world.daemon.log()
+        );
+    }
+    assert_eq!(
+        kernel_snapshot(&world.netns).expect("snapshot"),
+        before,
+        "a refused request changed the kernel"
+    );
+    // The daemon still serves.
+    configure(&world.bus, &ethernet(ifindex, "eth0", FULL)).expect("a good one");
+    assert_configured(&world);
+}
+
+/// The network survives the manager stopping with `signal` and a
+/// successor starting on the same state directory.
+fn successor_keeps_shill_s_network(signal: i32) {
+    let mut world = ShillWorld::start();
+    wait_both_names(&world.bus);
+    let ifindex = world.ifindex();
+    configure(&world.bus, &ethernet(ifindex, "eth0", FULL)).expect("ConfigureNetwork");
+    assert_configured(&world);
+
+    world.daemon.signal(signal).expect("signal");
+    world
+        .daemon
+        .wait_exit(Duration::from_secs(5))
+        .expect("wait")
+        .expect("the manager did not stop");
+    std::thread::sleep(Duration::from_millis(300));
+    // shill does not send it again: the successor must put it back (its
+    // start removes every route and rule patchpanel owned first).
+    // The crashed daemon's directory holds the state: it stays until the
+    // successor has stopped.
+    let successor = start_daemon(&world.netns, &world.bus, Some(&world.daemon));
+    wait_both_names(&world.bus);
+    assert_configured(&world);
+    let client = Client::connect_to(world.bus.address()).expect("client");
+    let (ns, _lifeline) = client
+        .connect_namespace(&ConnectNamespaceRequest {
+            pid: -1,
+            ..Default::default()
+        })
+        .expect("ConnectNamespace");
+    assert!(
+        reaches_upstream(&ns.netns_name),
+        "no connectivity after the restart"
+    );
+    drop(_lifeline);
+    drop(successor);
+}
+
+#[test]
+fn a_killed_manager_s_successor_keeps_shill_s_network() {
+    successor_keeps_shill_s_network(libc::SIGKILL);
+}
+
+/// A clean stop removes the routes and rules like everything else it owns,
+/// but keeps the configurations for the next start: shill would not send
+/// them again.
+#[test]
+fn a_stopped_manager_s_successor_puts_shill_s_network_back() {
+    successor_keeps_shill_s_network(libc::SIGTERM);
+}

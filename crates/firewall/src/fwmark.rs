@@ -253,6 +253,14 @@ mod tests {
     }
 
     #[test]
+    fn socket_tag_keeps_what_it_was_made_of() {
+        let tag = SocketTag::new(Some(7), VpnPolicy::BypassVpn).unwrap();
+        assert_eq!((tag.network(), tag.vpn()), (Some(7), VpnPolicy::BypassVpn));
+        let tag = SocketTag::new(None, VpnPolicy::RouteOnVpn).unwrap();
+        assert_eq!((tag.network(), tag.vpn()), (None, VpnPolicy::RouteOnVpn));
+    }
+
+    #[test]
     fn socket_tag_refuses_vpn_with_a_network_and_out_of_range_networks() {
         assert!(SocketTag::new(Some(2), VpnPolicy::RouteOnVpn).is_err());
         assert!(SocketTag::new(Some(0), VpnPolicy::Default).is_err());

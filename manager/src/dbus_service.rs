@@ -57,6 +57,7 @@ pub enum Method {
     ParallelsVmShutdown,
     TagSocket,
     ConfigureNetwork,
+    SetVpnLockdown,
 }
 
 impl Method {
@@ -76,6 +77,7 @@ impl Method {
             names::PLUGIN_VM_SHUTDOWN | names::PARALLELS_VM_SHUTDOWN => Method::ParallelsVmShutdown,
             names::TAG_SOCKET => Method::TagSocket,
             names::CONFIGURE_NETWORK => Method::ConfigureNetwork,
+            names::SET_VPN_LOCKDOWN => Method::SetVpnLockdown,
             _ => return None,
         })
     }
@@ -116,6 +118,8 @@ pub enum Call {
     ParallelsVmShutdown {
         id: u64,
     },
+    /// Turn VPN lockdown on or off.
+    SetVpnLockdown(bool),
     /// shill's configuration of one of its networks.
     ConfigureNetwork(Box<crate::network_config::NetworkSpec>),
     /// What to do, and the socket to do it to (not a lifeline).
@@ -585,6 +589,10 @@ impl DbusService {
                 let action = patchpanel_socket_service::parse(bytes).map_err(|e| invalid(&e))?;
                 Call::TagSocket { action, socket }
             }
+            Method::SetVpnLockdown => Call::SetVpnLockdown(
+                proto::<patchpanel_proto::SetVpnLockdownRequest>(bytes, invalid)?
+                    .enable_vpn_lockdown,
+            ),
             Method::ConfigureNetwork => {
                 let req = proto::<patchpanel_proto::ConfigureNetworkRequest>(bytes, invalid)?;
                 Call::ConfigureNetwork(Box::new(

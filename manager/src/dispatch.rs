@@ -40,7 +40,7 @@ use crate::port_rules::PortPolicy;
 use crate::socket_service::{self, SocketNetworks};
 use crate::state::{State, StateFile};
 use crate::uplinks::UplinkView;
-use crate::{counters, guests, namespace_service, network_service, port_rule_service};
+use crate::{counters, guests, namespace_service, network_service, port_rule_service, vpn_service};
 
 /// Site settings the daemon follows, fixed at start.
 #[derive(Debug, Clone)]
@@ -374,6 +374,9 @@ impl Daemon {
                 *spec,
                 op,
             ),
+            Call::SetVpnLockdown(enable) => {
+                vpn_service::set_lockdown(&mut env, &mut state.vpn_lockdown, enable, client, op)
+            }
             Call::TagSocket { .. } => unreachable!("served above"),
         }
     }

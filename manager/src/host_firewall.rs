@@ -56,6 +56,9 @@ pub fn desired(state: &State, uplinks: &UplinkView, policy: &PortPolicy) -> Batc
     for ns in state.namespaces.values() {
         batch.extend(crate::namespaces::namespace_firewall(ns));
     }
+    if state.vpn_lockdown {
+        batch.extend(patchpanel_firewall::vpn::lockdown());
+    }
     for rule in &state.port_rules {
         match crate::port_rules::batch(rule, policy) {
             Ok(b) => batch.extend(b),

@@ -32,3 +32,4 @@ pub mod spawner;
 pub mod state;
 pub mod supervisor;
 pub mod uplinks;
+pub mod vpn_service;

@@ -22,7 +22,9 @@ use crate::namespaces::ConnectedNamespace;
 use crate::port_rules::PortPolicy;
 use crate::state::{Loaded, State, StateFile};
 use crate::uplinks::UplinkView;
-use crate::{namespace_service, namespaces, network_service, port_rule_service, routing};
+use crate::{
+    namespace_service, namespaces, network_service, port_rule_service, routing, vpn_service,
+};
 
 /// What start sets up.
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +104,7 @@ pub fn start(
             },
             prev,
         );
+        vpn_service::readopt(env, &mut state.vpn_lockdown, prev.vpn_lockdown);
         if !prev.networks.is_empty() {
             if setup.manage_uplink_routing {
                 warn!(
@@ -194,14 +197,15 @@ pub fn stop(
         warn!("{e}");
     }
     restore_sysctls(env, state);
-    // shill does not configure its networks again when patchpanel comes
-    // back: their configurations stay for the next start (and go with
+    // shill does not configure its networks or lockdown again when
+    // patchpanel comes back: they stay for the next start (and go with
     // `--cleanup`).
     let kept = State {
         networks: std::mem::take(&mut state.networks),
+        vpn_lockdown: state.vpn_lockdown,
         ..State::default()
     };
-    let result = if kept.networks.is_empty() {
+    let result = if kept.networks.is_empty() && !kept.vpn_lockdown {
         store.remove()
     } else {
         store.save(&kept)

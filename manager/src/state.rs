@@ -62,6 +62,9 @@ pub struct State {
         skip_serializing_if = "crate::network_service::ConfiguredNetworks::is_empty"
     )]
     pub networks: crate::network_service::ConfiguredNetworks,
+    /// SetVpnLockdown's state, re-applied after a restart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vpn_lockdown: bool,
 }
 
 impl Default for State {
@@ -76,6 +79,7 @@ impl Default for State {
             vms: Vec::new(),
             counter_base: Vec::new(),
             networks: Default::default(),
+            vpn_lockdown: false,
         }
     }
 }

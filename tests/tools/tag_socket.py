@@ -12,8 +12,12 @@ one JSON line:
   {"ok": true, "before": N, "after": N, "waited_ms": N}
   {"ok": false, "error": "org...Error.X", "message": "...", "before": N, "after": N}
 
-`before`/`after` are the socket's SO_MARK (null for a pipe). Exit status: 0
-when the call was answered either way, 1 when the names never appeared.
+`before`/`after` are the socket's SO_MARK (null for a pipe). With --tcp the
+socket is a TCP one, and with --connect HOST:PORT it then connects and
+reads the server's greeting: "connect" in the JSON is the greeting,
+"refused" or "timeout" (run it in the namespace to connect from, e.g.
+with nsenter). Exit status: 0 when the call was answered either way, 1
+when the names never appeared.
 """
 
 import argparse
@@ -77,6 +81,9 @@ def main():
     p.add_argument("--preset-mark", type=lambda s: int(s, 0))
     p.add_argument("--not-a-socket", action="store_true")
     p.add_argument("--wait", type=float, default=10.0)
+    p.add_argument("--tcp", action="store_true")
+    p.add_argument("--connect", help="HOST:PORT to connect to after tagging")
+    p.add_argument("--timeout", type=float, default=2.0)
     a = p.parse_args()
 
     bus = dbus.SystemBus()
@@ -96,7 +103,8 @@ def main():
         r, w = os.pipe()
         fd = w
     else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        kind = socket.SOCK_STREAM if a.tcp else socket.SOCK_DGRAM
+        sock = socket.socket(socket.AF_INET, kind)
         if a.preset_mark is not None:
             sock.setsockopt(socket.SOL_SOCKET, SO_MARK, a.preset_mark)
         fd = sock.fileno()
@@ -117,8 +125,21 @@ def main():
                           "after": mark_of(sock)}))
         return 0
     success = bytes(reply) == b"\x08\x01"
-    print(json.dumps({"ok": success, "reply": bytes(reply).hex(), "before": before,
-                      "after": mark_of(sock), "waited_ms": waited_ms}))
+    result = {"ok": success, "reply": bytes(reply).hex(), "before": before,
+              "after": mark_of(sock), "waited_ms": waited_ms}
+    if a.connect:
+        host, port = a.connect.rsplit(":", 1)
+        sock.settimeout(a.timeout)
+        try:
+            sock.connect((host, int(port)))
+            result["connect"] = sock.recv(64).decode()
+        except ConnectionRefusedError:
+            result["connect"] = "refused"
+        except (socket.timeout, TimeoutError):
+            result["connect"] = "timeout"
+        except OSError as e:
+            result["connect"] = "error: " + os.strerror(e.errno or 0)
+    print(json.dumps(result))
     return 0
 
 

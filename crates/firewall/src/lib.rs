@@ -40,6 +40,7 @@ pub mod nft;
 pub mod ports;
 pub mod render;
 pub mod save;
+pub mod vpn;
 
 pub use backend::{
     FirewallBackend, FirewallChoice, FirewallError, RemoveAllError, Removed, SetupReport,

@@ -43,6 +43,8 @@ mod tests {
                 "{family:?}"
             );
         }
+        assert!(!batch.is_empty());
+        assert!(Batch::new().is_empty());
         let off = batch.inverse().expect("lockdown can be turned off");
         assert!(matches!(off.ipv4[0], Change::Delete { .. }));
     }

@@ -56,6 +56,9 @@ pub fn desired(state: &State, uplinks: &UplinkView, policy: &PortPolicy) -> Batc
     for ns in state.namespaces.values() {
         batch.extend(crate::namespaces::namespace_firewall(ns));
     }
+    if let Some((vpn, table)) = state.networks.default_vpn() {
+        batch.extend(patchpanel_firewall::vpn::routing(&vpn, table));
+    }
     if state.vpn_lockdown {
         batch.extend(patchpanel_firewall::vpn::lockdown());
     }

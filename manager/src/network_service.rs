@@ -16,9 +16,13 @@ use patchpanel_proto::ConfigureNetworkResponse;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use patchpanel_ipc::datapath::{Plan, Step};
+use patchpanel_ipc::IfName;
+use patchpanel_proto::configure_network_request as area;
+
 use crate::env::Env;
 use crate::error::CallError;
-use crate::network_config::{self, NetworkSpec, Networks};
+use crate::network_config::{self, NetworkSpec, Networks, Technology};
 
 /// The configured networks: what the writer holds (rules per network) and
 /// the requests that made it, per ifindex, in order, each reduced to the
@@ -35,15 +39,29 @@ impl ConfiguredNetworks {
         self.applied.by_ifindex.is_empty() && self.requests.is_empty()
     }
 
+    /// The VPN that is the default logical network (its routing policy
+    /// says so), with its routing table.
+    pub fn default_vpn(&self) -> Option<(IfName, u32)> {
+        self.requests
+            .values()
+            .flatten()
+            .find(|s| {
+                s.area & area::AREA_ROUTING_POLICY != 0
+                    && s.technology == Technology::Vpn
+                    && s.priority.primary_logical
+            })
+            .map(|s| (s.link.name.clone(), s.link.table()))
+    }
+
     /// Records `spec` as applied: a clear forgets the network's earlier
     /// requests; every earlier request loses the areas `spec` sets again.
     fn record(&mut self, spec: &NetworkSpec, applied: Networks) {
         self.applied = applied;
         let kept = self.requests.entry(spec.link.ifindex).or_default();
-        if spec.area & patchpanel_proto::configure_network_request::AREA_CLEAR != 0 {
+        if spec.area & area::AREA_CLEAR != 0 {
             kept.clear();
         }
-        let replaced = spec.area & !patchpanel_proto::configure_network_request::AREA_CLEAR;
+        let replaced = spec.area & !area::AREA_CLEAR;
         for earlier in kept.iter_mut() {
             earlier.area &= !replaced;
         }
@@ -78,7 +96,16 @@ pub fn configure(
         "ConfigureNetwork {} #{} op {op}",
         spec.link.name, spec.link.ifindex
     );
-    let (plans, after) = network_config::plans(&spec, &networks.applied, &label);
+    let (mut plans, after) = network_config::plans(&spec, &networks.applied, &label);
+    let vpn_before = networks.default_vpn();
+    let vpn_after = {
+        let mut next = networks.clone();
+        next.record(&spec, after.clone());
+        next.default_vpn()
+    };
+    if vpn_before != vpn_after {
+        with_vpn_routing(&mut plans, vpn_before.as_ref(), vpn_after.as_ref(), &label)?;
+    }
     let mut cleared = None;
     for plan in plans {
         let mode = plan.mode;
@@ -100,6 +127,14 @@ pub fn configure(
         }
     }
     networks.record(&spec, after);
+    if vpn_before != vpn_after {
+        match &vpn_after {
+            Some((vpn, _)) => info!(
+                "{label}: {vpn} is the default network: guests and sockets that follow the user's routing go through it"
+            ),
+            None => info!("{label}: no VPN is the default network any more"),
+        }
+    }
     info!(
         "{label}: applied (area {:#x}, {:?}{})",
         spec.area,
@@ -113,9 +148,41 @@ pub fn configure(
     Ok(ConfigureNetworkResponse { success: true }.encode_to_vec())
 }
 
+/// Puts the VPN routing change into the plans, in the order that never
+/// lets tagged traffic out of the wrong door: the old VPN's routing goes
+/// first (before any of its routes and rules), the new one's last (after
+/// its routes and rules), each in the same plan as the routing change.
+fn with_vpn_routing(
+    plans: &mut Vec<Plan>,
+    before: Option<&(IfName, u32)>,
+    after: Option<&(IfName, u32)>,
+    label: &str,
+) -> Result<(), CallError> {
+    if plans.is_empty() {
+        plans.push(Plan {
+            label: label.to_string(),
+            mode: ApplyMode::Atomic,
+            steps: Vec::new(),
+        });
+    }
+    if let Some((vpn, table)) = before {
+        let off = patchpanel_firewall::vpn::routing(vpn, *table).inverse()?;
+        plans[0].steps.insert(0, Step::Firewall(off));
+    }
+    if let Some((vpn, table)) = after {
+        let last = plans.len() - 1;
+        plans[last]
+            .steps
+            .push(Step::Firewall(patchpanel_firewall::vpn::routing(
+                vpn, *table,
+            )));
+    }
+    Ok(())
+}
+
 fn clear_only(spec: &NetworkSpec) -> NetworkSpec {
     let mut c = spec.clone();
-    c.area = patchpanel_proto::configure_network_request::AREA_CLEAR;
+    c.area = area::AREA_CLEAR;
     c
 }
 
@@ -142,6 +209,18 @@ pub fn readopt(env: &mut Env<'_>, networks: &mut ConfiguredNetworks) {
             }
         }
     }
+    if let Some((vpn, table)) = networks.default_vpn() {
+        let plan = Plan {
+            label: format!("re-adopt VPN routing through {vpn}"),
+            mode: ApplyMode::Atomic,
+            steps: vec![Step::Firewall(patchpanel_firewall::vpn::routing(
+                &vpn, table,
+            ))],
+        };
+        if let Err(e) = env.apply(plan, &[]) {
+            log::error!("VPN routing through {vpn} could not be re-applied: {e}");
+        }
+    }
     let count = networks.requests.len();
     if count > 0 {
         info!("re-adopted {count} network(s) configured by shill");
@@ -151,7 +230,6 @@ pub fn readopt(env: &mut Env<'_>, networks: &mut ConfiguredNetworks) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use patchpanel_proto::configure_network_request as area;
 
     fn spec(area: u32) -> NetworkSpec {
         let req = patchpanel_proto::ConfigureNetworkRequest {

@@ -354,3 +354,199 @@ fn a_killed_manager_s_successor_keeps_shill_s_network() {
 fn a_stopped_manager_s_successor_puts_shill_s_network_back() {
     successor_keeps_shill_s_network(libc::SIGTERM);
 }
+
+// ---------------------------------------------------------------------------
+// VPN routing and lockdown.
+
+const PATH_PORT: u16 = 7373;
+
+/// A VPN stand-in: `vpn0` in the daemon's namespace, its far end in a "VPN
+/// server" namespace that also holds the internet host's address, whose
+/// server answers `vpn` where the real one answers `physical`.
+struct VpnServer {
+    netns: Netns,
+}
+
+impl VpnServer {
+    fn attach(daemon_netns: &Netns) -> VpnServer {
+        let netns = Netns::new().expect("vpn netns");
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip");
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        };
+        run(&[
+            "-n",
+            daemon_netns.name(),
+            "link",
+            "add",
+            "vpn0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vs0",
+            "netns",
+            netns.name(),
+        ]);
+        run(&["-n", daemon_netns.name(), "link", "set", "vpn0", "up"]);
+        run(&[
+            "-n",
+            netns.name(),
+            "addr",
+            "add",
+            "10.8.0.1/24",
+            "dev",
+            "vs0",
+        ]);
+        run(&["-n", netns.name(), "link", "set", "vs0", "up"]);
+        run(&[
+            "-n",
+            netns.name(),
+            "addr",
+            "add",
+            &format!("{REMOTE_HOST}/32"),
+            "dev",
+            "lo",
+        ]);
+        VpnServer { netns }
+    }
+}
+
+fn vpn_request(ifindex: i32, area: u32, primary: bool) -> ConfigureNetworkRequest {
+    ConfigureNetworkRequest {
+        ifindex,
+        ifname: "vpn0".into(),
+        area,
+        network_config: Some(NetworkConfig {
+            ipv4_address: Some(IPAddrCIDR {
+                addr: vec![10, 8, 0, 2],
+                prefix_len: 24,
+            }),
+            ipv4_gateway: Some(vec![10, 8, 0, 1]),
+            ipv4_default_route: true,
+            ..Default::default()
+        }),
+        technology: NetworkTechnology::Vpn as i32,
+        priority: Some(NetworkPriority {
+            is_primary_logical: primary,
+            is_primary_for_dns: primary,
+            ranking_order: 0,
+            ..Default::default()
+        }),
+        session_id: 9,
+    }
+}
+
+/// Which door a connection from named namespace `netns` to the internet
+/// host went out of: `vpn`, `physical`, `refused` or `timeout`.
+fn door_from_namespace(netns: &str) -> String {
+    patchpanel_tests::traffic::fetch(netns, 0, REMOTE_HOST, PATH_PORT).expect("fetch")
+}
+
+/// The same for a host socket tagged `policy` through the socket service.
+fn door_from_host(world: &ShillWorld, policy: &str) -> String {
+    let tool = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/tag_socket.py");
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", world.netns.path().display()))
+        .arg("--")
+        .arg(tool)
+        .args(["--tcp", "--policy", policy, "--connect"])
+        .arg(format!("{REMOTE_HOST}:{PATH_PORT}"))
+        .env("DBUS_SYSTEM_BUS_ADDRESS", world.bus.address())
+        .output()
+        .expect("tag_socket.py");
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("json");
+    assert_eq!(v["ok"], true, "{v}");
+    v["connect"].as_str().unwrap_or_default().to_string()
+}
+
+fn set_lockdown(bus: &PrivateBus, enable: bool) {
+    BusClient::connect(bus.address())
+        .expect("client")
+        .call_bytes(
+            "SetVpnLockdown",
+            &patchpanel_proto::SetVpnLockdownRequest {
+                enable_vpn_lockdown: enable,
+            }
+            .encode_to_vec(),
+        )
+        .expect("SetVpnLockdown");
+}
+
+#[test]
+fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
+    let world = ShillWorld::start();
+    let vpn = VpnServer::attach(&world.netns);
+    let physical_server = patchpanel_tests::traffic::reply_server(
+        world._internet.upstream.name(),
+        REMOTE_HOST,
+        PATH_PORT,
+        "physical",
+    )
+    .expect("physical server");
+    let vpn_server =
+        patchpanel_tests::traffic::reply_server(vpn.netns.name(), REMOTE_HOST, PATH_PORT, "vpn")
+            .expect("vpn server");
+    wait_both_names(&world.bus);
+    let eth0 = world.ifindex();
+    let vpn0: i32 = world
+        .netns
+        .exec_ok(&["cat", "/sys/class/net/vpn0/ifindex"])
+        .expect("ifindex")
+        .trim()
+        .parse()
+        .expect("number");
+    let mut physical = ethernet(eth0, "eth0", FULL);
+    physical.priority = Some(NetworkPriority {
+        is_primary_physical: true,
+        ranking_order: 1,
+        ..Default::default()
+    });
+    configure(&world.bus, &physical).expect("eth0");
+    let client = Client::connect_to(world.bus.address()).expect("client");
+    let (user_ns, _l1) = client
+        .connect_namespace(&ConnectNamespaceRequest {
+            pid: -1,
+            route_on_vpn: true,
+            ..Default::default()
+        })
+        .expect("route_on_vpn namespace");
+    let (system_ns, _l2) = client
+        .connect_namespace(&ConnectNamespaceRequest {
+            pid: -1,
+            ..Default::default()
+        })
+        .expect("system namespace");
+    // No VPN yet: everything leaves on the physical network.
+    assert_eq!(door_from_namespace(&user_ns.netns_name), "physical");
+    assert_eq!(door_from_host(&world, "route_on_vpn"), "physical");
+
+    // The VPN becomes the default network.
+    configure(&world.bus, &vpn_request(vpn0, FULL, true)).expect("vpn0");
+    let log = || world.daemon.log();
+    assert_eq!(door_from_namespace(&user_ns.netns_name), "vpn", "{}", log());
+    assert_eq!(door_from_namespace(&system_ns.netns_name), "physical");
+    assert_eq!(door_from_host(&world, "route_on_vpn"), "vpn");
+    assert_eq!(door_from_host(&world, "bypass_vpn"), "physical");
+    assert_eq!(door_from_host(&world, "default"), "physical");
+
+    // Lockdown with the VPN up: user traffic still goes through it.
+    set_lockdown(&world.bus, true);
+    assert_eq!(door_from_namespace(&user_ns.netns_name), "vpn");
+    assert_eq!(door_from_host(&world, "route_on_vpn"), "vpn");
+    assert_eq!(door_from_namespace(&system_ns.netns_name), "physical");
+
+    // The VPN drops: with lockdown nothing of the user's leaves.
+    configure(&world.bus, &vpn_request(vpn0, area::AREA_CLEAR, false)).expect("vpn0 clear");
+    let user = door_from_namespace(&user_ns.netns_name);
+    assert!(user == "refused" || user == "timeout", "leaked: {user}");
+    assert_eq!(door_from_host(&world, "route_on_vpn"), "refused");
+    assert_eq!(door_from_namespace(&system_ns.netns_name), "physical");
+
+    // Lockdown off: user traffic follows the physical network again.
+    set_lockdown(&world.bus, false);
+    assert_eq!(door_from_namespace(&user_ns.netns_name), "physical");
+    patchpanel_tests::traffic::stop(physical_server);
+    patchpanel_tests::traffic::stop(vpn_server);
+}

@@ -40,6 +40,7 @@
 //! stop on SIGINT/SIGTERM ([`interrupt`]).
 
 pub mod adb;
+pub mod configure_network;
 pub mod guests;
 pub mod host_firewall;
 pub mod idle;

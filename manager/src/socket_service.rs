@@ -16,7 +16,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use log::warn;
+use log::debug;
 use patchpanel_ipc::Request;
 use patchpanel_proto::TagSocketResponse;
 use patchpanel_sandbox::Process;
@@ -64,8 +64,10 @@ impl SocketNetworks {
             request.clone(),
             Vec::new(),
         );
+        // A helper that is not up yet (the first start) or restarting gets
+        // the list from its replay log when it says Hello.
         if let Err(e) = link.call_helper(Process::SocketService, request, &[]) {
-            warn!("socket service: cannot update the networks a tag may name: {e:?}; it gets them again when it restarts");
+            debug!("socket service: networks not sent now ({e:?}); they are replayed when it is up");
         }
         self.sent = Some(wanted);
     }

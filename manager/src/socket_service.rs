@@ -67,7 +67,9 @@ impl SocketNetworks {
         // A helper that is not up yet (the first start) or restarting gets
         // the list from its replay log when it says Hello.
         if let Err(e) = link.call_helper(Process::SocketService, request, &[]) {
-            debug!("socket service: networks not sent now ({e:?}); they are replayed when it is up");
+            debug!(
+                "socket service: networks not sent now ({e:?}); they are replayed when it is up"
+            );
         }
         self.sent = Some(wanted);
     }

@@ -537,6 +537,27 @@ fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
     assert_eq!(door_from_host(&world, "route_on_vpn"), "vpn");
     assert_eq!(door_from_namespace(&system_ns.netns_name), "physical");
 
+    // What `patchpanel networks` reads from the kernel says the same.
+    let cli = patchpanel_tests::bins::bin_path("patchpanel").expect("patchpanel CLI");
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", world.netns.path().display()))
+        .arg("--")
+        .arg(&cli)
+        .args(["networks", "--json"])
+        .output()
+        .expect("patchpanel networks");
+    let shown: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(shown["default_vpn"], "vpn0", "{shown}");
+    assert_eq!(shown["vpn_lockdown"], true, "{shown}");
+    let tables: Vec<&str> = shown["networks"]
+        .as_array()
+        .expect("networks")
+        .iter()
+        .filter_map(|n| n["ifname"].as_str())
+        .collect();
+    assert_eq!(tables, ["eth0", "vpn0"], "{shown}");
+
     // The VPN drops: with lockdown nothing of the user's leaves.
     configure(&world.bus, &vpn_request(vpn0, area::AREA_CLEAR, false)).expect("vpn0 clear");
     let user = door_from_namespace(&user_ns.netns_name);

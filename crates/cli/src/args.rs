@@ -113,6 +113,16 @@ pub enum Command {
         #[arg(long)]
         dot: bool,
     },
+    /// Show the networks patchpanel configured (ConfigureNetwork, or the
+    /// netlink mode's uplinks): each routing table ifindex+1000 with its
+    /// link, MTU, addresses, routes and ip rules, the default VPN and
+    /// whether VPN lockdown is on, read from the kernel of this network
+    /// namespace (lockdown needs root to read the firewall).
+    Networks {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@
 
 mod args;
 mod exit;
+mod networks;
 mod output;
 mod rates;
 mod topology;
@@ -69,6 +70,15 @@ fn run(cli: Cli) -> Result<()> {
     // namespace is being connected still ends in an orderly release.
     let signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install the signal handlers")?;
+    // Read from the kernel alone: no bus needed.
+    if let Command::Networks { json } = cli.command {
+        let n = networks::assemble(&topology::kernel::read());
+        return if json {
+            print(&format!("{}\n", json_line(&n)))
+        } else {
+            print(&networks::render(&n))
+        };
+    }
     let client = Client::connect()?.with_timeout(cli.timeout);
     match cli.command {
         Command::Devices { json } => devices(&client, json),
@@ -81,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Vm(command) => vm(&client, &command),
         Command::Arc(command) => arc(&client, &command),
         Command::Topology { json, dot } => topology(&client, json, dot),
+        Command::Networks { .. } => unreachable!("served above"),
     }
 }
 

@@ -21,6 +21,8 @@ pub struct IpLink {
     pub master: Option<String>,
     #[serde(default)]
     pub linkinfo: Option<IpLinkInfo>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -94,6 +96,9 @@ pub struct IpRule {
     pub oif: Option<String>,
     #[serde(default)]
     pub table: Option<String>,
+    /// `157` for patchpanel's.
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 /// IPv4 or IPv6, for routes, rules and iptables.

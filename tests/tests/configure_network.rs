@@ -35,11 +35,21 @@ struct ShillWorld {
 }
 
 fn start_daemon(netns: &Netns, bus: &PrivateBus, successor_of: Option<&Daemon>) -> Daemon {
+    start_daemon_with(netns, bus, successor_of, "")
+}
+
+fn start_daemon_with(
+    netns: &Netns,
+    bus: &PrivateBus,
+    successor_of: Option<&Daemon>,
+    extra_config: &str,
+) -> Daemon {
     let mut daemon = Daemon::start_with(
         netns,
         bus,
         DaemonOptions {
             extra_args: vec!["--uplinks=shill".into()],
+            extra_config: extra_config.into(),
             successor_of: successor_of
                 .map(|d| (d.state_dir().to_path_buf(), d.netns_prefix().to_string())),
             ..Default::default()
@@ -54,6 +64,10 @@ impl ShillWorld {
     /// eth0 without its address and routes (shill has not configured it),
     /// shill listing it, and the daemon following shill.
     fn start() -> ShillWorld {
+        Self::start_with("")
+    }
+
+    fn start_with(extra_config: &str) -> ShillWorld {
         let netns = Netns::new().expect("netns");
         let internet = Internet::attach(&netns).expect("internet");
         netns
@@ -62,7 +76,7 @@ impl ShillWorld {
         let bus = PrivateBus::start().expect("bus");
         let shill =
             FakeShill::start_with_default(bus.address(), "eth0", "ethernet").expect("fake shill");
-        let daemon = start_daemon(&netns, &bus, None);
+        let daemon = start_daemon_with(&netns, &bus, None, extra_config);
         ShillWorld {
             daemon,
             _shill: shill,
@@ -476,7 +490,22 @@ fn set_lockdown(bus: &PrivateBus, enable: bool) {
 
 #[test]
 fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
-    let world = ShillWorld::start();
+    // pp-chronos stands in for Chrome: its host traffic is user traffic.
+    let world = ShillWorld::start_with("[traffic_sources]\npp-chronos = \"chrome\"\n");
+    let chronos: u32 = String::from_utf8_lossy(
+        &Command::new("id")
+            .args(["-u", "pp-chronos"])
+            .output()
+            .expect("id")
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .expect("pp-chronos exists (scripts/bootstrap)");
+    let door_of_user = || {
+        patchpanel_tests::traffic::fetch(world.netns.name(), chronos, REMOTE_HOST, PATH_PORT)
+            .expect("fetch as pp-chronos")
+    };
     let vpn = VpnServer::attach(&world.netns);
     let physical_server = patchpanel_tests::traffic::reply_server(
         world._internet.upstream.name(),
@@ -521,6 +550,7 @@ fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
     // No VPN yet: everything leaves on the physical network.
     assert_eq!(door_from_namespace(&user_ns.netns_name), "physical");
     assert_eq!(door_from_host(&world, "route_on_vpn"), "physical");
+    assert_eq!(door_of_user(), "physical");
 
     // The VPN becomes the default network.
     configure(&world.bus, &vpn_request(vpn0, FULL, true)).expect("vpn0");
@@ -530,6 +560,10 @@ fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
     assert_eq!(door_from_host(&world, "route_on_vpn"), "vpn");
     assert_eq!(door_from_host(&world, "bypass_vpn"), "physical");
     assert_eq!(door_from_host(&world, "default"), "physical");
+    // Chrome's own traffic (marked by uid in OUTPUT) too: the VPN side
+    // answers, so it left with the VPN's address (the kernel re-routes it
+    // with the new mark; no MASQUERADE needed, checked).
+    assert_eq!(door_of_user(), "vpn");
 
     // Lockdown with the VPN up: user traffic still goes through it.
     set_lockdown(&world.bus, true);
@@ -563,6 +597,7 @@ fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
     let user = door_from_namespace(&user_ns.netns_name);
     assert!(user == "refused" || user == "timeout", "leaked: {user}");
     assert_eq!(door_from_host(&world, "route_on_vpn"), "refused");
+    assert_eq!(door_of_user(), "refused");
     assert_eq!(door_from_namespace(&system_ns.netns_name), "physical");
 
     // Lockdown off: user traffic follows the physical network again.

@@ -344,11 +344,15 @@ fn nat(family: Family) -> TableLayout {
     }
     t.hook(BuiltinChain::Prerouting, ChainContent::Static(prerouting));
     // The legacy SNAT bit set in PREROUTING_<if> (IPv6 only ever gets it
-    // for namespaces with static addresses).
+    // for namespaces with static addresses). Then host traffic that asked
+    // for the VPN: its source address was chosen before `apply_vpn_mark`
+    // re-routed it into the VPN (upstream masquerades `-o <vpn>`; without
+    // a VPN this rewrites the source to the one it already has).
     t.hook(
         BuiltinChain::Postrouting,
         ChainContent::Static(vec![
-            Rule::new(Target::Masquerade).with(Match::mark(fwmark::SNAT_MARK, fwmark::SNAT_MARK))
+            Rule::new(Target::Masquerade).with(Match::mark(fwmark::SNAT_MARK, fwmark::SNAT_MARK)),
+            Rule::new(Target::Masquerade).with(Match::mark(fwmark::ROUTE_ON_VPN, fwmark::VPN_MASK)),
         ]),
     );
     t
@@ -455,6 +459,7 @@ mod tests {
                 "-A patchpanel_PREROUTING -j apply_auto_dnat_to_crostini",
                 "-A patchpanel_PREROUTING -j apply_auto_dnat_to_parallels",
                 "-A patchpanel_POSTROUTING -m mark --mark 0x1/0x1 -j MASQUERADE",
+                "-A patchpanel_POSTROUTING -m mark --mark 0x8000/0xc000 -j MASQUERADE",
             ]
         );
         assert_eq!(
@@ -462,6 +467,7 @@ mod tests {
             [
                 "-A patchpanel_PREROUTING -j redirect_default_dns",
                 "-A patchpanel_POSTROUTING -m mark --mark 0x1/0x1 -j MASQUERADE",
+                "-A patchpanel_POSTROUTING -m mark --mark 0x8000/0xc000 -j MASQUERADE",
             ]
         );
     }

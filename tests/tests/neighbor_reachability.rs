@@ -119,7 +119,10 @@ fn wait_both_names(bus: &PrivateBus) {
 }
 
 fn v4(s: &str) -> Vec<u8> {
-    s.parse::<std::net::Ipv4Addr>().unwrap().octets().to_vec()
+    s.parse::<std::net::Ipv4Addr>()
+        .expect("test value")
+        .octets()
+        .to_vec()
 }
 
 fn ethernet(ifindex: i32, area: u32) -> ConfigureNetworkRequest {

@@ -849,6 +849,68 @@ mod tests {
     }
 
     #[test]
+    fn neighbour_signals_follow_configured_networks_and_go_out_before_the_reply() {
+        use patchpanel_proto::configure_network_request::{self as area, NetworkTechnology};
+        use patchpanel_rtnl::neigh::Neighbor;
+
+        let mut w = World::new(true);
+        let request = patchpanel_proto::ConfigureNetworkRequest {
+            ifindex: 2,
+            ifname: "eth0".into(),
+            area: area::AREA_IPV4_ADDRESS | area::AREA_IPV4_ROUTE,
+            network_config: Some(patchpanel_proto::NetworkConfig {
+                ipv4_address: Some(patchpanel_proto::IPAddrCIDR {
+                    addr: vec![192, 0, 2, 10],
+                    prefix_len: 24,
+                }),
+                ipv4_gateway: Some(vec![192, 0, 2, 1]),
+                ..Default::default()
+            }),
+            technology: NetworkTechnology::Ethernet as i32,
+            priority: None,
+            session_id: 1,
+        };
+        let spec = crate::network_config::parse(&request).expect("valid");
+        w.call(
+            "ConfigureNetwork",
+            Ok(Call::ConfigureNetwork(Box::new(spec))),
+        );
+        assert_eq!(w.daemon.neighbors.watched(), 1);
+        let probes = w
+            .link
+            .plan_labels()
+            .iter()
+            .filter(|l| l.starts_with("probe"))
+            .count();
+        assert_eq!(probes, 1, "the gateway is probed when first watched");
+        assert!(w.daemon.deadline().is_some(), "and again later");
+
+        let gateway = |state| {
+            Event::Neighbors(vec![NeighborEvent::New(Neighbor {
+                ifindex: 2,
+                addr: "192.0.2.1".parse().expect("test value"),
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                state,
+                proxy: false,
+                router: false,
+            })])
+        };
+        w.event(gateway(libc::NUD_REACHABLE));
+        w.event(gateway(libc::NUD_REACHABLE));
+        w.event(gateway(libc::NUD_FAILED));
+        w.call("GetDevices", Ok(Call::GetDevices));
+        assert_eq!(
+            w.bus.log,
+            [
+                "reply ConfigureNetwork ok",
+                "neighbor 2 192.0.2.1 2",
+                "neighbor 2 192.0.2.1 1",
+                "reply GetDevices ok",
+            ]
+        );
+    }
+
+    #[test]
     fn a_namespace_whose_state_cannot_be_saved_is_refused_and_leaves_nothing() {
         let mut w = World::new(false);
         let _keep = w.connect();

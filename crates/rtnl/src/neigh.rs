@@ -154,6 +154,22 @@ pub enum Probe {
     Static,
 }
 
+/// `RTM_GETNEIGH` body for one entry (not a dump).
+fn get_request(addr: &IpAddr, ifindex: u32) -> std::result::Result<Ndmsg, String> {
+    let index = i32::try_from(ifindex).map_err(|_| format!("ifindex {ifindex} out of range"))?;
+    let mut attrs = RtBuffer::<Nda, Buffer>::new();
+    attrs.push(attr(Nda::Dst, wire::ip_bytes(addr).as_slice())?);
+    NdmsgBuilder::default()
+        .ndm_family(RtAddrFamily::from(Family::of(addr).af()))
+        .ndm_index(index)
+        .ndm_state(Nud::empty())
+        .ndm_flags(Ntf::empty())
+        .ndm_type(Rtn::Unspec)
+        .rtattrs(attrs)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// `RTM_NEWNEIGH` body that sets the entry of `addr` on `ifindex` to
 /// `NUD_PROBE` (`resolve` false), or asks the kernel to use it
 /// (`NTF_USE`: resolve it if it is not valid).
@@ -182,16 +198,35 @@ pub(crate) fn probe_request(
 }
 
 impl Rtnl {
+    /// The neighbour cache entry of `addr` on `ifindex`, if any: one
+    /// `RTM_GETNEIGH` (Linux 5.0+); a kernel that refuses it gets a dump
+    /// of the family instead.
+    pub fn neighbor(&self, addr: IpAddr, ifindex: u32) -> Result<Option<Neighbor>> {
+        let op = format!("get neighbour {addr} on #{ifindex}");
+        let body = get_request(&addr, ifindex).map_err(|detail| RtnlError::Encode {
+            op: op.clone(),
+            detail,
+        })?;
+        match self.get(&op, Rtm::Getneigh, body, parse_neighbor_msg) {
+            Ok(found) => Ok(found
+                .into_iter()
+                .find(|n| n.ifindex == ifindex && n.addr == addr)),
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(None),
+            Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)) => Ok(self
+                .neighbors(Family::of(&addr))?
+                .into_iter()
+                .find(|n| n.ifindex == ifindex && n.addr == addr)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Makes the kernel check that `addr` on `ifindex` still answers: a
     /// valid entry is set to `NUD_PROBE` (replaced in place, its hardware
     /// address kept); an address without a valid entry is resolved
     /// (`NTF_USE`, creating the entry if needed). Static and proxy entries
     /// are not touched. Needs CAP_NET_ADMIN.
     pub fn probe_neighbor(&self, addr: IpAddr, ifindex: u32) -> Result<Probe> {
-        let current = self
-            .neighbors(Family::of(&addr))?
-            .into_iter()
-            .find(|n| n.ifindex == ifindex && n.addr == addr);
+        let current = self.neighbor(addr, ifindex)?;
         let valid = u16::from(Nud::REACHABLE | Nud::STALE | Nud::DELAY | Nud::PROBE);
         let fixed = u16::from(Nud::PERMANENT | Nud::NOARP);
         let (resolve, outcome) = match &current {

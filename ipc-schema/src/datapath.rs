@@ -312,6 +312,16 @@ pub enum Step {
     ClearUplink {
         link: UplinkRef,
     },
+    /// `NeighborReachabilityEvent`'s active probe: makes the kernel check
+    /// that `addr` (a unicast address, a gateway or DNS server of the
+    /// network on `link`) still answers: a valid neighbour entry is set to
+    /// `NUD_PROBE`, an address without one is resolved; static entries are
+    /// left alone. The result shows in the neighbour table's notifications.
+    /// No undo.
+    ProbeNeighbor {
+        link: UplinkRef,
+        addr: IpAddr,
+    },
 }
 
 /// Most addresses in one [`Step::SyncUplinkAddresses`] (routes: 4 times

@@ -62,6 +62,10 @@ pub struct Config {
     pub max_port_rules: u32,
     /// Active port rules naming one interface, at most.
     pub max_port_rules_per_interface: u32,
+    /// Seconds between probes of the watched gateways and DNS servers
+    /// (`NeighborReachabilityEvent`), 1-3600; 60 as upstream. Meant for
+    /// tests, which cannot wait a minute per probe.
+    pub neighbor_probe_seconds: u32,
 }
 
 /// Upstream's uid -> source list (`kLocalSourceTypes`), by name.
@@ -119,6 +123,7 @@ impl Default for Config {
             namespaces_per_uid: 8,
             max_port_rules: 4096,
             max_port_rules_per_interface: 1024,
+            neighbor_probe_seconds: 60,
         }
     }
 }
@@ -309,6 +314,12 @@ impl Config {
                 self.adb_max_connections
             ));
         }
+        if !(1..=3600).contains(&self.neighbor_probe_seconds) {
+            return Err(format!(
+                "neighbor_probe_seconds {} must be 1-3600",
+                self.neighbor_probe_seconds
+            ));
+        }
         if self.namespaces_per_uid == 0 {
             return Err("namespaces_per_uid must be at least 1".into());
         }
@@ -408,6 +419,8 @@ mod tests {
         );
         for (text, key) in [
             ("namespaces_per_uid = 0", "namespaces_per_uid"),
+            ("neighbor_probe_seconds = 0", "neighbor_probe_seconds"),
+            ("neighbor_probe_seconds = 3601", "neighbor_probe_seconds"),
             ("max_port_rules = 0", "max_port_rules"),
             (
                 "max_port_rules_per_interface = 0",

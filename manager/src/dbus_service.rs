@@ -28,7 +28,7 @@ use dbus_crossroads::Crossroads;
 use log::{info, warn};
 use patchpanel_ipc::IfName;
 use patchpanel_proto::names;
-use patchpanel_proto::NetworkDeviceChangedSignal;
+use patchpanel_proto::{NeighborReachabilityEventSignal, NetworkDeviceChangedSignal};
 use prost::Message as _;
 
 use crate::env::next_operation;
@@ -147,6 +147,8 @@ pub trait Bus {
     fn reply(&mut self, call: &dbus::Message, result: Result<Vec<u8>, CallError>);
     /// Emits `NetworkDeviceChanged`.
     fn device_changed(&mut self, signal: NetworkDeviceChangedSignal);
+    /// Emits `NeighborReachabilityEvent`.
+    fn neighbor_reachability(&mut self, signal: NeighborReachabilityEventSignal);
 }
 
 /// The connection, the introspection table and the calls waiting for the
@@ -683,6 +685,23 @@ impl Bus for DbusService {
                 names::NETWORK_DEVICE_CHANGED,
             ),
             Err(e) => warn!("cannot build signal {}: {e}", names::NETWORK_DEVICE_CHANGED),
+        }
+    }
+
+    fn neighbor_reachability(&mut self, signal: NeighborReachabilityEventSignal) {
+        match dbus::Message::new_signal(
+            names::PATH,
+            names::INTERFACE,
+            names::NEIGHBOR_REACHABILITY_EVENT,
+        ) {
+            Ok(m) => self.send(
+                m.append1(signal.encode_to_vec().as_slice()),
+                names::NEIGHBOR_REACHABILITY_EVENT,
+            ),
+            Err(e) => warn!(
+                "cannot build signal {}: {e}",
+                names::NEIGHBOR_REACHABILITY_EVENT
+            ),
         }
     }
 }

@@ -9,18 +9,20 @@
 //!    always all three), and queued guest routes go to the writer;
 //! 2. the sysctl values the writer replaced join the ledger;
 //! 3. the state is saved, once, if it changed;
-//! 4. `NetworkDeviceChanged` signals go out;
+//! 4. `NetworkDeviceChanged` and `NeighborReachabilityEvent` signals go
+//!    out (the neighbour watch follows the configured networks first);
 //! 5. the caller, if any, is answered: last, so that when `ArcShutdown`
 //!    returns, the ADB port is closed and the state is on disk.
 //!
 //! No service remembers to do any of these itself.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use mio::Token;
 use patchpanel_addr::AddressManager;
 use patchpanel_ipc::Event as HelperNews;
+use patchpanel_rtnl::neigh::NeighborEvent;
 use patchpanel_sandbox::Process;
 use patchpanel_uplinks::UplinkEvent;
 use prost::Message as _;
@@ -36,6 +38,7 @@ use crate::lifecycle::{self, Setup};
 use crate::lifeline::{Guarded, LifelineWatcher};
 use crate::mcast_service::McastForwarding;
 use crate::ndproxy_service::NdProxyState;
+use crate::neighbor_service::NeighborWatch;
 use crate::port_rules::PortPolicy;
 use crate::socket_service::{self, SocketNetworks};
 use crate::state::{State, StateFile};
@@ -55,6 +58,9 @@ pub struct Settings {
     pub adb: AdbPolicy,
     pub namespaces: namespace_service::Settings,
     pub guests: guest_service::Settings,
+    /// How often watched gateways and DNS servers are probed
+    /// ([`crate::neighbor_service::DEFAULT_PROBE_INTERVAL`]).
+    pub neighbor_probe_interval: Duration,
 }
 
 /// How far the daemon got.
@@ -79,9 +85,11 @@ pub enum Event {
     Lifelines(Vec<Token>),
     /// The uplinks changed.
     Uplinks(Vec<UplinkEvent>),
+    /// The kernel's neighbour table changed.
+    Neighbors(Vec<NeighborEvent>),
     /// Something a helper said or a supervision change.
     Helper(HelperEvent),
-    /// Time passed: a host firewall check may be due.
+    /// Time passed: a host firewall check or a neighbour probe may be due.
     Timers(Instant),
     /// firewalld said it reloaded.
     FirewalldReloaded,
@@ -112,6 +120,7 @@ pub struct Daemon {
     adb: AdbRelay,
     socket_networks: SocketNetworks,
     host_firewall: HostFirewall,
+    neighbors: NeighborWatch,
     effects: Effects,
 }
 
@@ -125,6 +134,7 @@ impl Daemon {
     ) -> Daemon {
         Daemon {
             adb: AdbRelay::new(settings.adb),
+            neighbors: NeighborWatch::new(settings.neighbor_probe_interval),
             settings,
             phase: Phase::Starting,
             state: State::default(),
@@ -159,9 +169,13 @@ impl Daemon {
         self.lifelines.owns(token)
     }
 
-    /// When the host firewall's follower wants to run next.
+    /// When the host firewall's follower or the neighbour probes want to
+    /// run next.
     pub fn deadline(&self) -> Option<Instant> {
-        self.host_firewall.deadline()
+        [self.host_firewall.deadline(), self.neighbors.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// State file writes so far (for tests: one per event at most).
@@ -201,10 +215,16 @@ impl Daemon {
             }
             Event::Lifelines(tokens) => self.on_lifelines(link, tokens),
             Event::Uplinks(events) => self.on_uplinks(link, events),
+            Event::Neighbors(events) => {
+                if self.serving() {
+                    self.neighbors.on_events(events, link);
+                }
+            }
             Event::Helper(event) => flow = self.on_helper(link, event)?,
             Event::Timers(now) => {
                 if self.serving() {
                     self.host_firewall.on_timers(now, link);
+                    self.neighbors.on_timers(now, link);
                 }
             }
             Event::FirewalldReloaded => {
@@ -242,6 +262,8 @@ impl Daemon {
             self.socket_networks
                 .reconcile(&self.uplinks, &self.state.networks, link);
             self.ndproxy.flush_routes(&self.uplinks, link);
+            self.neighbors
+                .reconcile(&self.state.networks, link, Instant::now());
         }
         for (netns, sysctl, old) in self.effects.replaced_sysctls.drain(..) {
             self.state.record_sysctl_original(netns, sysctl, old);
@@ -253,6 +275,9 @@ impl Daemon {
         }
         for signal in self.effects.signals.drain(..) {
             bus.device_changed(signal);
+        }
+        for signal in self.neighbors.take_signals() {
+            bus.neighbor_reachability(signal);
         }
     }
 
@@ -453,6 +478,7 @@ impl Daemon {
             HelperEvent::Up(_) => {}
             HelperEvent::Lost(Process::DatapathWriter) => {
                 self.ndproxy.on_writer_lost();
+                self.neighbors.on_writer_lost();
                 if self.serving() {
                     self.host_firewall.on_writer_lost(Instant::now());
                 }
@@ -475,6 +501,11 @@ impl Daemon {
                 id,
                 result,
             } if self.ndproxy.owns_request(id) => self.ndproxy.on_routes_applied(result),
+            HelperEvent::Answer {
+                process: Process::DatapathWriter,
+                id,
+                result,
+            } if self.neighbors.owns(id) => self.neighbors.on_answer(id, result),
             HelperEvent::Answer {
                 process: Process::DatapathWriter,
                 id,
@@ -516,7 +547,7 @@ mod tests {
 
     use patchpanel_ipc::{FirewallChange, IfName, Reply, Request};
     use patchpanel_proto::network_device_changed_signal::Event as DeviceEvent;
-    use patchpanel_proto::NetworkDeviceChangedSignal;
+    use patchpanel_proto::{NeighborReachabilityEventSignal, NetworkDeviceChangedSignal};
     use patchpanel_uplinks::{Technology, Uplink};
 
     use super::*;
@@ -547,6 +578,13 @@ mod tests {
                 "removed"
             };
             self.log.push(format!("signal {device} {event}"));
+        }
+
+        fn neighbor_reachability(&mut self, signal: NeighborReachabilityEventSignal) {
+            self.log.push(format!(
+                "neighbor {} {} {}",
+                signal.ifindex, signal.ip_addr, signal.r#type
+            ));
         }
     }
 
@@ -604,6 +642,7 @@ mod tests {
                     vm_user: true,
                     adb_allowed: false,
                 },
+                neighbor_probe_interval: Duration::from_secs(60),
             };
             let daemon = Daemon::new(settings, store, AddressManager::new(), uplinks, lifelines);
             let mut w = World {
@@ -757,6 +796,7 @@ mod tests {
                 Event::Timers(Instant::now() + std::time::Duration::from_secs(1)),
             ),
             ("firewalld", Event::FirewalldReloaded),
+            ("neighbours", Event::Neighbors(vec![NeighborEvent::Overrun])),
         ]
     }
 
@@ -806,6 +846,68 @@ mod tests {
         assert_eq!(w.mcast_starts(), 1, "the new TAP is forwarded");
         let saved = std::fs::read_to_string(w.daemon.store.path()).expect("saved");
         assert!(saved.contains(&tap), "the VM is on disk before the reply");
+    }
+
+    #[test]
+    fn neighbour_signals_follow_configured_networks_and_go_out_before_the_reply() {
+        use patchpanel_proto::configure_network_request::{self as area, NetworkTechnology};
+        use patchpanel_rtnl::neigh::Neighbor;
+
+        let mut w = World::new(true);
+        let request = patchpanel_proto::ConfigureNetworkRequest {
+            ifindex: 2,
+            ifname: "eth0".into(),
+            area: area::AREA_IPV4_ADDRESS | area::AREA_IPV4_ROUTE,
+            network_config: Some(patchpanel_proto::NetworkConfig {
+                ipv4_address: Some(patchpanel_proto::IPAddrCIDR {
+                    addr: vec![192, 0, 2, 10],
+                    prefix_len: 24,
+                }),
+                ipv4_gateway: Some(vec![192, 0, 2, 1]),
+                ..Default::default()
+            }),
+            technology: NetworkTechnology::Ethernet as i32,
+            priority: None,
+            session_id: 1,
+        };
+        let spec = crate::network_config::parse(&request).expect("valid");
+        w.call(
+            "ConfigureNetwork",
+            Ok(Call::ConfigureNetwork(Box::new(spec))),
+        );
+        assert_eq!(w.daemon.neighbors.watched(), 1);
+        let probes = w
+            .link
+            .plan_labels()
+            .iter()
+            .filter(|l| l.starts_with("probe"))
+            .count();
+        assert_eq!(probes, 1, "the gateway is probed when first watched");
+        assert!(w.daemon.deadline().is_some(), "and again later");
+
+        let gateway = |state| {
+            Event::Neighbors(vec![NeighborEvent::New(Neighbor {
+                ifindex: 2,
+                addr: "192.0.2.1".parse().expect("test value"),
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                state,
+                proxy: false,
+                router: false,
+            })])
+        };
+        w.event(gateway(libc::NUD_REACHABLE));
+        w.event(gateway(libc::NUD_REACHABLE));
+        w.event(gateway(libc::NUD_FAILED));
+        w.call("GetDevices", Ok(Call::GetDevices));
+        assert_eq!(
+            w.bus.log,
+            [
+                "reply ConfigureNetwork ok",
+                "neighbor 2 192.0.2.1 2",
+                "neighbor 2 192.0.2.1 1",
+                "reply GetDevices ok",
+            ]
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod mcast_service;
 pub mod namespace_service;
 pub mod namespaces;
 pub mod ndproxy_service;
+pub mod neighbor_service;
 pub mod network_config;
 pub mod network_service;
 pub mod pids;

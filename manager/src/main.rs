@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context as _};
-use log::{error, info};
+use log::{error, info, warn};
 use patchpanel_ipc::LogLevel;
 use patchpanel_sandbox::{Process, SeccompMode};
 
@@ -137,8 +137,8 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
 
     patchpanel_sandbox::enter_manager_sandbox(&user).context("dropping privileges")?;
     let addrs = config.address_manager().map_err(|e| anyhow!(e))?;
-    let (dbus, uplink_source) = if flags.cleanup {
-        (None, None)
+    let (dbus, uplink_source, neighbor_monitor) = if flags.cleanup {
+        (None, None, None)
     } else {
         let dbus = dbus_service::DbusService::connect()?;
         let mode = match flags.uplinks.as_deref().unwrap_or(&config.uplinks) {
@@ -155,7 +155,24 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
         )
         .context("cannot track uplinks")?;
         info!("uplinks from {}", source.name());
-        (Some(dbus), Some(source))
+        // Only shill configures networks whose neighbours are watched.
+        let neighbor_monitor = if source.name() == "shill" {
+            match patchpanel_rtnl::neigh::NeighborMonitor::new() {
+                Ok(m) => {
+                    if let Err(e) = m.set_recv_buffer_size(1 << 20) {
+                        warn!("{e}");
+                    }
+                    Some(m)
+                }
+                Err(e) => {
+                    warn!("cannot follow the neighbour table ({e}); no NeighborReachabilityEvent");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        (Some(dbus), Some(source), neighbor_monitor)
     };
     patchpanel_logging::log_panics();
     patchpanel_sandbox::install_filter(Process::Manager, flags.seccomp)
@@ -190,6 +207,7 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
         spawner_pid: pid,
         dbus,
         uplink_source,
+        neighbor_monitor,
         store: state::StateFile::new(&config.state_dir),
         addrs,
         helpers: helpers::HelpersConfig {
@@ -215,6 +233,9 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
                 vm_user: vm_user.is_some(),
                 adb_allowed: config.adb_allowed,
             },
+            neighbor_probe_interval: std::time::Duration::from_secs(u64::from(
+                config.neighbor_probe_seconds,
+            )),
         },
     })?
     .run()

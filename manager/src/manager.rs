@@ -1,6 +1,6 @@
 //! The manager's event loop: one mio `Poll` over the signalfd, the spawner
-//! socket, the D-Bus connection, the uplink source, one channel per helper
-//! and the lifelines. It turns what woke it into a
+//! socket, the D-Bus connection, the uplink source, the neighbour monitor,
+//! one channel per helper and the lifelines. It turns what woke it into a
 //! [`crate::dispatch::Event`] for the [`Daemon`]; supervision is
 //! [`Helpers`]'s. No service is reached from here.
 
@@ -13,7 +13,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use patchpanel_addr::AddressManager;
 use patchpanel_ipc::Channel;
-use patchpanel_proto::NetworkDeviceChangedSignal;
+use patchpanel_proto::{NeighborReachabilityEventSignal, NetworkDeviceChangedSignal};
+use patchpanel_rtnl::neigh::NeighborMonitor;
 use patchpanel_uplinks::UplinkSource;
 
 use crate::dbus_service::{Bus, DbusService};
@@ -30,6 +31,7 @@ const SPAWNER: Token = Token(1);
 const DBUS: Token = Token(2);
 const UPLINKS_BASE: usize = 3;
 const UPLINKS_MAX: usize = 4;
+const NEIGHBORS: Token = Token(8);
 const HELPER_BASE: usize = 10;
 const LIFELINE_BASE: usize = 1000;
 
@@ -40,6 +42,7 @@ enum Source {
     Spawner,
     Bus,
     Uplinks,
+    Neighbors,
     Helper(usize),
     Lifeline(Token),
     Unknown(Token),
@@ -52,6 +55,8 @@ pub struct Startup {
     pub spawner_pid: libc::pid_t,
     pub dbus: Option<DbusService>,
     pub uplink_source: Option<Box<dyn UplinkSource>>,
+    /// The neighbour table's notifications (`NeighborReachabilityEvent`).
+    pub neighbor_monitor: Option<NeighborMonitor>,
     pub store: StateFile,
     pub addrs: AddressManager,
     pub helpers: HelpersConfig,
@@ -72,6 +77,7 @@ pub struct Manager {
     signals: OwnedFd,
     dbus: Option<DbusService>,
     uplink_source: Option<Box<dyn UplinkSource>>,
+    neighbor_monitor: Option<NeighborMonitor>,
     helpers: Helpers,
     daemon: Daemon,
 }
@@ -111,6 +117,7 @@ struct NoBus;
 impl Bus for NoBus {
     fn reply(&mut self, _call: &dbus::Message, _result: Result<Vec<u8>, CallError>) {}
     fn device_changed(&mut self, _signal: NetworkDeviceChangedSignal) {}
+    fn neighbor_reachability(&mut self, _signal: NeighborReachabilityEventSignal) {}
 }
 
 enum Exit {
@@ -126,6 +133,7 @@ impl Manager {
             spawner_pid,
             dbus,
             mut uplink_source,
+            neighbor_monitor,
             store,
             addrs,
             helpers,
@@ -146,6 +154,13 @@ impl Manager {
         )?;
         if let Some(dbus) = &dbus {
             registry.register(&mut SourceFd(&dbus.fd()), DBUS, Interest::READABLE)?;
+        }
+        if let Some(monitor) = &neighbor_monitor {
+            registry.register(
+                &mut SourceFd(&monitor.as_raw_fd()),
+                NEIGHBORS,
+                Interest::READABLE,
+            )?;
         }
         let mut uplinks = UplinkView::default();
         if let Some(source) = uplink_source.as_mut() {
@@ -176,6 +191,7 @@ impl Manager {
             signals,
             dbus,
             uplink_source,
+            neighbor_monitor,
             helpers,
             daemon,
         })
@@ -203,6 +219,7 @@ impl Manager {
             SIGNALS => Source::Signals,
             SPAWNER => Source::Spawner,
             DBUS => Source::Bus,
+            NEIGHBORS => Source::Neighbors,
             Token(t) if (UPLINKS_BASE..UPLINKS_BASE + UPLINKS_MAX).contains(&t) => Source::Uplinks,
             t => match self.helpers.slot_of(t) {
                 Some(i) => Source::Helper(i),
@@ -255,6 +272,7 @@ impl Manager {
                     Source::Spawner => self.helpers.on_spawner()?,
                     Source::Bus => self.on_bus()?,
                     Source::Uplinks => self.on_uplinks()?,
+                    Source::Neighbors => self.on_neighbors()?,
                     Source::Helper(i) => self.helpers.on_readable(i)?,
                     Source::Lifeline(t) => fired.push(t),
                     Source::Unknown(Token(t)) => warn!("event for unknown token {t}"),
@@ -355,6 +373,20 @@ impl Manager {
             Ok(events) => self.handle(Event::Uplinks(events)).map(|_| ()),
             Err(e) => {
                 warn!("uplinks ({}): {e}", source.name());
+                Ok(())
+            }
+        }
+    }
+
+    fn on_neighbors(&mut self) -> anyhow::Result<()> {
+        let Some(monitor) = self.neighbor_monitor.as_mut() else {
+            return Ok(());
+        };
+        match monitor.read_events() {
+            Ok(events) if events.is_empty() => Ok(()),
+            Ok(events) => self.handle(Event::Neighbors(events)).map(|_| ()),
+            Err(e) => {
+                warn!("neighbour monitor: {e}");
                 Ok(())
             }
         }

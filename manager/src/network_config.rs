@@ -123,6 +123,11 @@ pub struct NetworkSpec {
     /// Destination (IPv4) and gateway (`None`: on-link).
     pub rfc3442_routes: Vec<((Ipv4Addr, u8), Option<Ipv4Addr>)>,
     pub mtu: Option<u32>,
+    /// DNS servers (unicast, at most [`MAX_ITEMS`]): not configured by
+    /// patchpanel (`AREA_DNS` is a no-op) but watched in the neighbour
+    /// table (`NeighborReachabilityEvent`). Absent in older state files.
+    #[serde(default)]
+    pub dns_servers: Vec<IpAddr>,
 }
 
 impl NetworkSpec {
@@ -343,6 +348,15 @@ pub fn parse(req: &ConfigureNetworkRequest) -> Result<NetworkSpec, String> {
         rfc3442_routes.push(((dst, len), gw));
     }
     bounded("network_config.dns_servers", &cfg.dns_servers)?;
+    let mut dns_servers = Vec::new();
+    for (i, b) in cfg.dns_servers.iter().enumerate() {
+        let f = format!("network_config.dns_servers[{i}]");
+        let addr = bytes_to_ip(&f, b)?;
+        unicast(&f, addr)?;
+        if !dns_servers.contains(&addr) {
+            dns_servers.push(addr);
+        }
+    }
     bounded("network_config.dns_search_domains", &cfg.dns_search_domains)?;
     bounded(
         "network_config.ipv6_delegated_prefixes",
@@ -384,6 +398,7 @@ pub fn parse(req: &ConfigureNetworkRequest) -> Result<NetworkSpec, String> {
         included_routes,
         rfc3442_routes,
         mtu,
+        dns_servers,
     })
 }
 

@@ -687,3 +687,110 @@ fn a_primary_vpn_routes_on_link_throws_exclusions_blackholes_ipv6_and_clears() {
     }]);
     f.assert_snapshot_is(&before);
 }
+
+/// The state of eth9's neighbour entry for `addr`, as `ip -j neigh` says
+/// it ("" without one).
+fn neigh_state(f: &Fixture, addr: &str) -> String {
+    f.ip_json(&["neigh", "show", "dev", "eth9", "to", addr])
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|n| n["state"].as_array())
+        .map(|s| {
+            s.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn probe(f: &mut Fixture, link: UplinkRef, addr: &str) -> Result<(), HelperError> {
+    f.try_apply(Plan {
+        label: "probe".into(),
+        mode: ApplyMode::Atomic,
+        steps: vec![Step::ProbeNeighbor {
+            link,
+            addr: addr.parse().expect("test value"),
+        }],
+    })
+}
+
+#[test]
+fn probe_neighbor_resolves_reprobes_and_leaves_static_entries_alone() {
+    let mut f = Fixture::new();
+    let eth9 = f.link();
+    // Nobody holds 198.51.100.1 yet: resolving it fails.
+    probe(&mut f, eth9.clone(), "198.51.100.1").expect("probe");
+    wait_for("198.51.100.1 to fail", || {
+        neigh_state(&f, "198.51.100.1") == "FAILED"
+    });
+    // The peer, moved to a namespace of its own, takes it: the next probe
+    // resolves it again.
+    let peer = Netns::new().expect("peer namespace");
+    f.netns
+        .exec_ok(&["ip", "link", "set", "eth9p", "netns", peer.name()])
+        .expect("move the peer");
+    for argv in [
+        &["ip", "addr", "add", "198.51.100.1/24", "dev", "eth9p"][..],
+        &["ip", "link", "set", "eth9p", "up"],
+    ] {
+        peer.exec_ok(argv)
+            .unwrap_or_else(|e| panic!("{argv:?}: {e:#}"));
+    }
+    wait_for("eth9 to come up again", || {
+        f.ip_json(&["link", "show", "dev", "eth9"])[0]["operstate"] == "UP"
+    });
+    probe(&mut f, eth9.clone(), "198.51.100.1").expect("probe");
+    wait_for("198.51.100.1 to be reachable", || {
+        neigh_state(&f, "198.51.100.1") == "REACHABLE"
+    });
+    // A valid entry is set to PROBE and comes back REACHABLE.
+    probe(&mut f, eth9.clone(), "198.51.100.1").expect("probe");
+    wait_for("198.51.100.1 to be reachable again", || {
+        neigh_state(&f, "198.51.100.1") == "REACHABLE"
+    });
+    // An administrator's static entry is not touched.
+    f.netns
+        .exec_ok(&[
+            "ip",
+            "neigh",
+            "add",
+            "198.51.100.7",
+            "lladdr",
+            "02:00:00:00:00:07",
+            "dev",
+            "eth9",
+            "nud",
+            "permanent",
+        ])
+        .expect("static entry");
+    probe(&mut f, eth9.clone(), "198.51.100.7").expect("probe");
+    assert_eq!(neigh_state(&f, "198.51.100.7"), "PERMANENT");
+
+    // Refused: not unicast, not this link, lo.
+    let wrong_index = UplinkRef {
+        ifindex: f.ifindex + 100,
+        name: IfName::new("eth9").expect("test value"),
+    };
+    let lo = UplinkRef {
+        ifindex: 1,
+        name: IfName::new("lo").expect("test value"),
+    };
+    for (link, addr) in [
+        (eth9.clone(), "224.0.0.1"),
+        (eth9.clone(), "255.255.255.255"),
+        (eth9.clone(), "0.0.0.0"),
+        (eth9.clone(), "::ffff:198.51.100.1"),
+    ] {
+        match probe(&mut f, link, addr) {
+            Err(HelperError::Refused(m)) => assert!(m.contains("not a unicast"), "{addr}: {m}"),
+            other => panic!("{addr}: {other:?}"),
+        }
+    }
+    for link in [wrong_index, lo] {
+        match probe(&mut f, link.clone(), "198.51.100.1") {
+            Err(HelperError::InvalidArgument(_)) => {}
+            other => panic!("{link:?}: {other:?}"),
+        }
+    }
+}

@@ -71,7 +71,7 @@ pub const SOCKET_SERVICE_ERROR_FAILED: &str = "org.chromium.SocketService.Error.
 /// [`crate::NetworkDeviceChangedSignal`].
 pub const NETWORK_DEVICE_CHANGED: &str = "NetworkDeviceChanged";
 /// Signal `NeighborReachabilityEvent`, payload
-/// [`crate::NeighborReachabilityEventSignal`] (later scope).
+/// [`crate::NeighborReachabilityEventSignal`].
 pub const NEIGHBOR_REACHABILITY_EVENT: &str = "NeighborReachabilityEvent";
 
 /// Error for a request that is malformed or asks for something invalid.

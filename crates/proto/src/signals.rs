@@ -25,7 +25,7 @@ pub mod network_device_changed_signal {
     }
 }
 
-/// Payload of `NeighborReachabilityEvent` (later scope): a gateway or DNS
+/// Payload of `NeighborReachabilityEvent`: a gateway or DNS
 /// server on an uplink became reachable or unreachable.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct NeighborReachabilityEventSignal {

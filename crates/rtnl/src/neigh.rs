@@ -140,7 +140,114 @@ pub(crate) fn proxy_request(addr: &IpAddr, ifindex: u32) -> std::result::Result<
         .map_err(|e| e.to_string())
 }
 
+/// What [`Rtnl::probe_neighbor`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The entry was valid (REACHABLE, STALE, DELAY or PROBE): it is now
+    /// PROBE, and the kernel sends unicast probes until the neighbour
+    /// answers (REACHABLE) or not (FAILED).
+    Probed,
+    /// There was no valid entry (none, INCOMPLETE, FAILED): the kernel was
+    /// asked to resolve the address (`NTF_USE`), as if a packet were sent.
+    Resolving,
+    /// A static entry (PERMANENT, NOARP) or a proxy entry: left alone.
+    Static,
+}
+
+/// `RTM_GETNEIGH` body for one entry (not a dump).
+fn get_request(addr: &IpAddr, ifindex: u32) -> std::result::Result<Ndmsg, String> {
+    let index = i32::try_from(ifindex).map_err(|_| format!("ifindex {ifindex} out of range"))?;
+    let mut attrs = RtBuffer::<Nda, Buffer>::new();
+    attrs.push(attr(Nda::Dst, wire::ip_bytes(addr).as_slice())?);
+    NdmsgBuilder::default()
+        .ndm_family(RtAddrFamily::from(Family::of(addr).af()))
+        .ndm_index(index)
+        .ndm_state(Nud::empty())
+        .ndm_flags(Ntf::empty())
+        .ndm_type(Rtn::Unspec)
+        .rtattrs(attrs)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// `RTM_NEWNEIGH` body that sets the entry of `addr` on `ifindex` to
+/// `NUD_PROBE` (`resolve` false), or asks the kernel to use it
+/// (`NTF_USE`: resolve it if it is not valid).
+pub(crate) fn probe_request(
+    addr: &IpAddr,
+    ifindex: u32,
+    resolve: bool,
+) -> std::result::Result<Ndmsg, String> {
+    let index = i32::try_from(ifindex).map_err(|_| format!("ifindex {ifindex} out of range"))?;
+    let mut attrs = RtBuffer::<Nda, Buffer>::new();
+    attrs.push(attr(Nda::Dst, wire::ip_bytes(addr).as_slice())?);
+    let (state, flags) = if resolve {
+        (Nud::empty(), Ntf::USE)
+    } else {
+        (Nud::PROBE, Ntf::empty())
+    };
+    NdmsgBuilder::default()
+        .ndm_family(RtAddrFamily::from(Family::of(addr).af()))
+        .ndm_index(index)
+        .ndm_state(state)
+        .ndm_flags(flags)
+        .ndm_type(Rtn::Unspec)
+        .rtattrs(attrs)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 impl Rtnl {
+    /// The neighbour cache entry of `addr` on `ifindex`, if any: one
+    /// `RTM_GETNEIGH` (Linux 5.0+); a kernel that refuses it gets a dump
+    /// of the family instead.
+    pub fn neighbor(&self, addr: IpAddr, ifindex: u32) -> Result<Option<Neighbor>> {
+        let op = format!("get neighbour {addr} on #{ifindex}");
+        let body = get_request(&addr, ifindex).map_err(|detail| RtnlError::Encode {
+            op: op.clone(),
+            detail,
+        })?;
+        match self.get(&op, Rtm::Getneigh, body, parse_neighbor_msg) {
+            Ok(found) => Ok(found
+                .into_iter()
+                .find(|n| n.ifindex == ifindex && n.addr == addr)),
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(None),
+            Err(e) if matches!(e.errno(), Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)) => Ok(self
+                .neighbors(Family::of(&addr))?
+                .into_iter()
+                .find(|n| n.ifindex == ifindex && n.addr == addr)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the kernel check that `addr` on `ifindex` still answers: a
+    /// valid entry is set to `NUD_PROBE` (replaced in place, its hardware
+    /// address kept); an address without a valid entry is resolved
+    /// (`NTF_USE`, creating the entry if needed). Static and proxy entries
+    /// are not touched. Needs CAP_NET_ADMIN.
+    pub fn probe_neighbor(&self, addr: IpAddr, ifindex: u32) -> Result<Probe> {
+        let current = self.neighbor(addr, ifindex)?;
+        let valid = u16::from(Nud::REACHABLE | Nud::STALE | Nud::DELAY | Nud::PROBE);
+        let fixed = u16::from(Nud::PERMANENT | Nud::NOARP);
+        let (resolve, outcome) = match &current {
+            Some(n) if n.proxy || n.state & fixed != 0 => return Ok(Probe::Static),
+            Some(n) if n.state & valid != 0 => (false, Probe::Probed),
+            _ => (true, Probe::Resolving),
+        };
+        let op = format!("probe neighbour {addr} on #{ifindex}");
+        let body = probe_request(&addr, ifindex, resolve).map_err(|detail| RtnlError::Encode {
+            op: op.clone(),
+            detail,
+        })?;
+        let flags = if resolve {
+            NlmF::CREATE | NlmF::REPLACE
+        } else {
+            NlmF::REPLACE
+        };
+        self.ack(&op, Rtm::Newneigh, flags, body)?;
+        Ok(outcome)
+    }
+
     /// The neighbour cache entries of `family` on every interface (not the
     /// proxy entries).
     pub fn neighbors(&self, family: Family) -> Result<Vec<Neighbor>> {
@@ -408,6 +515,38 @@ mod tests {
             libc::NUD_PERMANENT,
             libc::NTF_PROXY,
             &[rta(1, &addr.octets())],
+        );
+        assert_eq!(c.into_inner(), expected);
+    }
+
+    #[test]
+    fn probe_requests_set_probe_or_ask_to_use_the_entry() {
+        let addr: Ipv6Addr = "fe80::1".parse().unwrap();
+        let mut c = Cursor::new(Vec::new());
+        probe_request(&IpAddr::V6(addr), 3, false)
+            .unwrap()
+            .to_bytes(&mut c)
+            .unwrap();
+        let expected = ndmsg(
+            libc::AF_INET6 as u8,
+            3,
+            libc::NUD_PROBE,
+            0,
+            &[rta(1, &addr.octets())],
+        );
+        assert_eq!(c.into_inner(), expected);
+        let v4 = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+        let mut c = Cursor::new(Vec::new());
+        probe_request(&v4, 4, true)
+            .unwrap()
+            .to_bytes(&mut c)
+            .unwrap();
+        let expected = ndmsg(
+            libc::AF_INET as u8,
+            4,
+            0,
+            libc::NTF_USE,
+            &[rta(1, &[192, 0, 2, 1])],
         );
         assert_eq!(c.into_inner(), expected);
     }

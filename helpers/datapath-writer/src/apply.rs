@@ -800,6 +800,10 @@ impl Writer {
                     })
                 }
             }
+            Step::ProbeNeighbor { link, addr } => {
+                crate::uplink::probe_neighbor(self.rtnl(&Netns::Host)?, link, *addr)?;
+                Ok(Undo::Nothing)
+            }
             Step::Firewall(batch) => {
                 batch
                     .validate()
@@ -915,6 +919,7 @@ fn step_name(step: &Step) -> &'static str {
         Step::SyncUplinkRoutes { .. } => "uplink routes",
         Step::SetUplinkMtu { .. } => "uplink mtu",
         Step::ClearUplink { .. } => "clear uplink",
+        Step::ProbeNeighbor { .. } => "probe neighbour",
     }
 }
 

@@ -476,3 +476,23 @@ pub(crate) fn clear(
     }
     Ok(failures)
 }
+
+/// `ProbeNeighbor`: the address must be unicast and the link one of
+/// shill's (see [`check_uplink`]). A link that is gone is refused like any
+/// other wrong link: the manager's view was stale.
+pub(crate) fn probe_neighbor(
+    rtnl: &Rtnl,
+    link: &UplinkRef,
+    addr: IpAddr,
+) -> Result<patchpanel_rtnl::neigh::Probe, HelperError> {
+    let broadcast = addr == IpAddr::V4(std::net::Ipv4Addr::BROADCAST);
+    let mapped = matches!(addr, IpAddr::V6(a) if a.to_ipv4_mapped().is_some());
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() || broadcast || mapped {
+        return Err(refused(format!(
+            "{addr} is not a unicast neighbour address"
+        )));
+    }
+    check_uplink(rtnl, link)?;
+    rtnl.probe_neighbor(addr, link.ifindex)
+        .map_err(|e| os_error(format!("probe neighbour {addr} on {}", link.name), &e))
+}

@@ -100,6 +100,33 @@ fn a_typical_ethernet_request_parses_to_typed_values() {
     assert!(s.priority.primary_physical);
 }
 
+#[test]
+fn dns_servers_are_kept_unicast_and_once_each() {
+    let s = spec(&with_config(|c| {
+        c.dns_servers = vec![v4("192.0.2.53"), v6("2001:db8::53"), v4("192.0.2.53")]
+    }));
+    assert_eq!(
+        s.dns_servers,
+        vec![
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53)),
+            "2001:db8::53".parse::<IpAddr>().unwrap()
+        ]
+    );
+    for (bad, why) in [
+        (v4("0.0.0.0"), "not a unicast"),
+        (v4("224.0.0.251"), "not a unicast"),
+        (vec![1, 2, 3], "3 bytes"),
+    ] {
+        let e = refused(&with_config(|c| {
+            c.dns_servers = vec![v4("192.0.2.53"), bad]
+        }));
+        assert!(
+            e.starts_with("network_config.dns_servers[1]") && e.contains(why),
+            "{e}"
+        );
+    }
+}
+
 fn refused(req: &ConfigureNetworkRequest) -> String {
     match parse(req) {
         Ok(s) => panic!("accepted: {s:?}"),

@@ -1130,6 +1130,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn pages_keep_each_family_in_order_and_never_exceed_the_size() {
+        let rule = |n: u16| {
+            append(
+                Table::Filter,
+                "vpn_accept",
+                Rule::new(Target::Accept).with(Match::mark(u32::from(n), 0xffff)),
+            )
+        };
+        let batch = Batch {
+            ipv4: (1..=5).map(rule).collect(),
+            ipv6: (1..=2).map(rule).collect(),
+        };
+        let pages = batch.pages(2);
+        let sizes: Vec<(usize, usize)> =
+            pages.iter().map(|p| (p.ipv4.len(), p.ipv6.len())).collect();
+        assert_eq!(sizes, [(2, 2), (2, 0), (1, 0)]);
+        let mut again = Batch::new();
+        for p in pages {
+            again.extend(p);
+        }
+        assert_eq!(again, batch);
+        assert_eq!(batch.pages(100).len(), 1);
+        assert_eq!(batch.pages(0).len(), 5, "a size of 0 counts as 1");
+        assert!(Batch::new().pages(3).is_empty());
+        let only_v6 = Batch {
+            ipv4: Vec::new(),
+            ipv6: (1..=3).map(rule).collect(),
+        };
+        assert_eq!(only_v6.pages(2).len(), 2);
+    }
+
     fn invalid(family: Family, change: Change) -> ValidationError {
         let mut batch = Batch::new();
         batch.push(family, change);

@@ -426,6 +426,72 @@ mod tests {
     }
 
     #[test]
+    fn the_rfc_limit_is_9000_bytes_less_the_ipv4_and_udp_headers() {
+        assert_eq!(MAX_MDNS_MESSAGE, 8972);
+    }
+
+    #[test]
+    fn a_query_carrying_the_guest_s_a_record_is_left_alone() {
+        // QR clear: a query (with a known answer, as RFC 6762 §7.1 allows);
+        // only responses are rewritten.
+        let mut msg = announcement(GUEST);
+        msg[2] &= !0x80;
+        assert_eq!(
+            rewrite_mdns_a_records(&msg, GUEST, UPLINK),
+            Rewrite::Unchanged
+        );
+    }
+
+    #[test]
+    fn other_record_types_holding_the_guest_s_bytes_are_not_a_records() {
+        // One TXT record whose data is the guest's four address bytes.
+        let mut msg = vec![0, 0, 0x84, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+        msg.extend_from_slice(b"\x01a\x05local\x00");
+        msg.extend_from_slice(&[0, 16, 0x80, 1, 0, 0, 0, 120, 0, 4]);
+        msg.extend_from_slice(&GUEST.octets());
+        assert_eq!(
+            rewrite_mdns_a_records(&msg, GUEST, UPLINK),
+            Rewrite::Unchanged
+        );
+    }
+
+    #[test]
+    fn section_counts_are_read_big_endian_from_their_own_two_bytes() {
+        // 256 answers announced (0x0100) and one present: unparsable. Read
+        // from the wrong bytes, the count would be 1 (or 0).
+        let mut msg = vec![0, 0, 0x84, 0, 0, 0, 1, 0, 0, 0, 0, 0];
+        msg.extend_from_slice(b"\x01a\x05local\x00");
+        msg.extend_from_slice(&[0, 1, 0x80, 1, 0, 0, 0, 120, 0, 4]);
+        msg.extend_from_slice(&GUEST.octets());
+        assert_eq!(
+            rewrite_mdns_a_records(&msg, GUEST, UPLINK),
+            Rewrite::Unparsable
+        );
+    }
+
+    #[test]
+    fn a_pointer_past_offset_255_is_followed() {
+        // Padding in a first record's data puts the second name past 255;
+        // a later record points back to it (high bits of the pointer set).
+        let mut msg = vec![0, 0, 0x84, 0, 0, 0, 0, 3, 0, 0, 0, 0];
+        msg.extend_from_slice(b"\x03pad\x05local\x00");
+        msg.extend_from_slice(&[0, 16, 0x80, 1, 0, 0, 0, 120, 1, 0]);
+        msg.extend_from_slice(&[b'x'; 256]);
+        let name_at = msg.len();
+        assert!(name_at > 255);
+        msg.extend_from_slice(b"\x01a\x05local\x00");
+        msg.extend_from_slice(&[0, 1, 0x80, 1, 0, 0, 0, 120, 0, 4]);
+        msg.extend_from_slice(&GUEST.octets());
+        msg.extend_from_slice(&[0xc0 | (name_at >> 8) as u8, name_at as u8]);
+        msg.extend_from_slice(&[0, 1, 0x80, 1, 0, 0, 0, 120, 0, 4]);
+        msg.extend_from_slice(&GUEST.octets());
+        let Rewrite::Rewritten { count, .. } = rewrite_mdns_a_records(&msg, GUEST, UPLINK) else {
+            panic!("not rewritten");
+        };
+        assert_eq!(count, 2);
+    }
+
+    #[test]
     fn garbage_and_truncated_messages_are_unparsable() {
         let msg = announcement(GUEST);
         for len in [0, 5, 11, msg.len() - 3] {
@@ -543,6 +609,16 @@ mod tests {
         too_long.push(0);
         assert_eq!(
             rewrite_mdns_a_records(&answer_named(&too_long), GUEST, UPLINK),
+            Rewrite::Unparsable
+        );
+        // 256 bytes (a two-letter label among the one-letter ones): the
+        // zero byte at the end counts too.
+        let mut one_over = b"\x02xx".to_vec();
+        one_over.extend_from_slice(&b"\x01x".repeat(126));
+        one_over.push(0);
+        assert_eq!(one_over.len(), 256);
+        assert_eq!(
+            rewrite_mdns_a_records(&answer_named(&one_over), GUEST, UPLINK),
             Rewrite::Unparsable
         );
         // The same length reached through a pointer counts the same.

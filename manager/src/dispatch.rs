@@ -119,6 +119,7 @@ pub struct Daemon {
     mcast: McastForwarding,
     adb: AdbRelay,
     socket_networks: SocketNetworks,
+    arc_vpn: vpn_service::ArcVpn,
     host_firewall: HostFirewall,
     neighbors: NeighborWatch,
     effects: Effects,
@@ -145,6 +146,7 @@ impl Daemon {
             ndproxy: NdProxyState::default(),
             mcast: McastForwarding::default(),
             socket_networks: SocketNetworks::default(),
+            arc_vpn: vpn_service::ArcVpn::default(),
             host_firewall: HostFirewall::default(),
             effects: Effects::default(),
         }
@@ -261,6 +263,8 @@ impl Daemon {
             self.adb.reconcile(self.state.arc.as_ref(), link);
             self.socket_networks
                 .reconcile(&self.uplinks, &self.state.networks, link);
+            self.arc_vpn
+                .reconcile(self.state.arc.as_ref(), &self.state.networks, link);
             self.ndproxy.flush_routes(&self.uplinks, link);
             self.neighbors
                 .reconcile(&self.state.networks, link, Instant::now());

@@ -58,6 +58,9 @@ pub fn desired(state: &State, uplinks: &UplinkView, policy: &PortPolicy) -> Batc
     }
     if let Some((vpn, table)) = state.networks.default_vpn() {
         batch.extend(patchpanel_firewall::vpn::routing(&vpn, table));
+        if let Some(arc) = &state.arc {
+            batch.extend(crate::vpn_service::arc_vpn_batch(&arc.arc0.bridge, table));
+        }
     }
     if state.vpn_lockdown {
         batch.extend(patchpanel_firewall::vpn::lockdown());

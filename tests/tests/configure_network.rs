@@ -19,7 +19,7 @@ use patchpanel_proto::{
 };
 use patchpanel_tests::dbus_client::ERROR_INVALID_ARGUMENT;
 use patchpanel_tests::fake_shill::FakeShill;
-use patchpanel_tests::vm::FakeVm;
+use patchpanel_tests::vm::{FakeContainer, FakeVm};
 use patchpanel_tests::world::{kernel_snapshot, Internet, GATEWAY, REMOTE_HOST, UPLINK_ADDR};
 use patchpanel_tests::{poll_until, BusClient, Daemon, DaemonOptions, Netns, PrivateBus};
 use prost::Message as _;
@@ -567,6 +567,21 @@ fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
     // here, with it never in 9).
     assert_eq!(door_of_user(), "vpn");
 
+    // ARC: its management bridge goes to the VPN (the original's
+    // StartRoutingDevice(vpn, arcbr0, ARC)); Android reaches the host's VPN
+    // through arc0.
+    let container = FakeContainer::start().expect("container");
+    client.arc_startup(container.pid()).expect("ArcStartup");
+    container
+        .bring_up("arc0", Some("100.115.92.1"))
+        .expect("arc0 up");
+    let arc_netns = format!("/proc/{}/ns/net", container.pid());
+    let door_of_arc = || {
+        patchpanel_tests::traffic::fetch(&arc_netns, 0, REMOTE_HOST, PATH_PORT)
+            .expect("fetch from ARC")
+    };
+    assert_eq!(door_of_arc(), "vpn", "{}", log());
+
     // Lockdown with the VPN up: user traffic still goes through it.
     set_lockdown(&world.bus, true);
     assert_eq!(door_from_namespace(&user_ns.netns_name), "vpn");
@@ -601,6 +616,12 @@ fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
     assert_eq!(door_from_host(&world, "route_on_vpn"), "refused");
     assert_eq!(door_of_user(), "refused");
     assert_eq!(door_from_namespace(&system_ns.netns_name), "physical");
+    assert_ne!(
+        door_of_arc(),
+        "vpn",
+        "arc0 still routed to a VPN that is gone"
+    );
+    client.arc_shutdown(container.pid()).expect("ArcShutdown");
 
     // Lockdown off: user traffic follows the physical network again.
     set_lockdown(&world.bus, false);

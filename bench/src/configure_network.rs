@@ -21,14 +21,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use patchpanel_client::{Client, Lifeline};
-use patchpanel_proto::configure_network_request::{self as area, NetworkTechnology};
-use patchpanel_proto::{
-    ConfigureNetworkRequest, ConnectNamespaceRequest, IPAddrCIDR, NetworkConfig, NetworkPriority,
-};
-use patchpanel_tests::fake_shill::FakeShill;
-use patchpanel_tests::world::{Internet, REMOTE_HOST};
-use patchpanel_tests::{poll_until, BusClient, Daemon, DaemonOptions, Netns, PrivateBus};
-use prost::Message as _;
+use patchpanel_proto::configure_network_request as area;
+use patchpanel_proto::{ConfigureNetworkRequest, ConnectNamespaceRequest, NetworkPriority};
+use patchpanel_tests::shill_world::{self, ShillWorld};
+use patchpanel_tests::world::REMOTE_HOST;
+use patchpanel_tests::{poll_until, Netns};
 
 use crate::interrupt;
 use crate::netns_thread::NetnsThread;
@@ -48,62 +45,18 @@ pub struct Samples {
     pub from_vpn: Vec<Duration>,
 }
 
-const FULL: u32 = area::AREA_CLEAR
-    | area::AREA_IPV4_ADDRESS
-    | area::AREA_IPV4_ROUTE
-    | area::AREA_IPV4_DEFAULT_ROUTE
-    | area::AREA_ROUTING_POLICY
-    | area::AREA_DNS
-    | area::AREA_MTU;
+const FULL: u32 = shill_world::FULL_AREA;
 
+/// The physical network: shill's typical Ethernet configuration, not the
+/// default (logical) network, rank 1 (the VPN is 0).
 fn ethernet(ifindex: i32) -> ConfigureNetworkRequest {
-    ConfigureNetworkRequest {
-        ifindex,
-        ifname: "eth0".into(),
-        area: FULL,
-        network_config: Some(NetworkConfig {
-            ipv4_address: Some(IPAddrCIDR {
-                addr: vec![192, 0, 2, 2],
-                prefix_len: 24,
-            }),
-            ipv4_gateway: Some(vec![192, 0, 2, 1]),
-            ipv4_default_route: true,
-            dns_servers: vec![vec![192, 0, 2, 1]],
-            mtu: Some(1400),
-            ..Default::default()
-        }),
-        technology: NetworkTechnology::Ethernet as i32,
-        priority: Some(NetworkPriority {
-            is_primary_physical: true,
-            ranking_order: 1,
-            ..Default::default()
-        }),
-        session_id: 1,
-    }
-}
-
-fn vpn(ifindex: i32, area: u32, primary: bool) -> ConfigureNetworkRequest {
-    ConfigureNetworkRequest {
-        ifindex,
-        ifname: "vpn0".into(),
-        area,
-        network_config: Some(NetworkConfig {
-            ipv4_address: Some(IPAddrCIDR {
-                addr: vec![10, 8, 0, 2],
-                prefix_len: 24,
-            }),
-            ipv4_gateway: Some(vec![10, 8, 0, 1]),
-            ipv4_default_route: true,
-            ..Default::default()
-        }),
-        technology: NetworkTechnology::Vpn as i32,
-        priority: Some(NetworkPriority {
-            is_primary_logical: primary,
-            ranking_order: 0,
-            ..Default::default()
-        }),
-        session_id: 2,
-    }
+    let mut req = shill_world::ethernet_request(ifindex, "eth0", FULL);
+    req.priority = Some(NetworkPriority {
+        is_primary_physical: true,
+        ranking_order: 1,
+        ..Default::default()
+    });
+    req
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -124,10 +77,10 @@ fn ifindex(netns: &Netns, name: &str) -> Result<i32> {
         .parse()?)
 }
 
-fn configure(client: &BusClient, req: &ConfigureNetworkRequest) -> Result<()> {
-    client
-        .call_bytes("ConfigureNetwork", &req.encode_to_vec())
-        .map_err(|e| anyhow::anyhow!("ConfigureNetwork: {}: {}", e.name, e.message))?;
+fn configure(world: &ShillWorld, req: &ConfigureNetworkRequest) -> Result<()> {
+    world
+        .configure(req)
+        .map_err(|e| anyhow::anyhow!("ConfigureNetwork: {e}"))?;
     Ok(())
 }
 
@@ -252,43 +205,20 @@ fn peer_clear(ns: &str, index: i32) -> Result<()> {
 }
 
 pub fn measure(iterations: usize, switches: usize) -> Result<Samples> {
-    // Drop order: the daemon before shill, shill before the bus.
-    let netns = Netns::new()?;
-    let internet = Internet::attach(&netns)?;
-    netns.exec_ok(&["ip", "addr", "flush", "dev", "eth0"])?;
-    let bus = PrivateBus::start()?;
-    let shill = FakeShill::start_with_default(bus.address(), "eth0", "ethernet")?;
-    let mut daemon = Daemon::start_with(
-        &netns,
-        &bus,
-        DaemonOptions {
-            extra_args: vec!["--uplinks=shill".into()],
-            extra_config: crate::patchpanel::NETNS_POOL_CONFIG.into(),
-            ..Default::default()
-        },
-    )?;
-    daemon.wait_ready()?;
-    let result = measure_in(&netns, &internet, &bus, iterations, switches);
+    let world = ShillWorld::start(crate::patchpanel::NETNS_POOL_CONFIG)?;
+    let result = measure_in(&world, iterations, switches);
     if result.is_err() {
         eprintln!(
             "----- patchpaneld log -----\n{}\n----- end -----",
-            daemon.log()
+            world.daemon.log()
         );
     }
-    drop(daemon);
-    drop(shill);
     result
 }
 
-fn measure_in(
-    netns: &Netns,
-    internet: &Internet,
-    bus: &PrivateBus,
-    iterations: usize,
-    switches: usize,
-) -> Result<Samples> {
-    let client = BusClient::connect(bus.address())?;
-    let eth0 = ifindex(netns, "eth0")?;
+fn measure_in(world: &ShillWorld, iterations: usize, switches: usize) -> Result<Samples> {
+    let (netns, internet, bus) = (&world.netns, &world.internet, &world.bus);
+    let eth0 = world.ifindex("eth0");
     let mut s = Samples::default();
 
     // The peer's link: a veth of its own in a namespace of its own.
@@ -311,9 +241,9 @@ fn measure_in(
     clear.area = area::AREA_CLEAR;
     eprintln!("configure-network: {iterations} configurations each");
     for _ in 0..iterations {
-        configure(&client, &clear)?;
+        configure(world, &clear)?;
         let started = Instant::now();
-        configure(&client, &ethernet(eth0))?;
+        configure(world, &ethernet(eth0))?;
         s.configure.push(started.elapsed());
         peer_clear(peer.name(), peer_index)?;
         let started = Instant::now();
@@ -359,7 +289,7 @@ fn measure_in(
         "dev",
         "lo",
     ])?;
-    let vpn0 = ifindex(netns, "vpn0")?;
+    let vpn0 = world.ifindex("vpn0");
     let servers = [
         (internet.upstream.path(), b"physical".as_slice()),
         (vpn_server.path(), b"vpn".as_slice()),
@@ -367,7 +297,10 @@ fn measure_in(
     .into_iter()
     .map(|(path, greeting)| Greeter::start(&path, greeting))
     .collect::<Result<Vec<_>>>()?;
-    configure(&client, &vpn(vpn0, FULL & !area::AREA_CLEAR, false))?;
+    configure(
+        world,
+        &shill_world::vpn_request(vpn0, FULL & !area::AREA_CLEAR, false),
+    )?;
     let pp = Client::connect_to(bus.address())?;
     let mut lifelines: Vec<Lifeline> = Vec::new();
     let mut guests = Vec::new();
@@ -389,11 +322,11 @@ fn measure_in(
     let routing_only = area::AREA_ROUTING_POLICY;
     for _ in 0..switches {
         let started = Instant::now();
-        configure(&client, &vpn(vpn0, routing_only, true))?;
+        configure(world, &shill_world::vpn_request(vpn0, routing_only, true))?;
         all_use(&guests, target, "vpn", Duration::from_secs(10))?;
         s.to_vpn.push(started.elapsed());
         let started = Instant::now();
-        configure(&client, &vpn(vpn0, routing_only, false))?;
+        configure(world, &shill_world::vpn_request(vpn0, routing_only, false))?;
         all_use(&guests, target, "physical", Duration::from_secs(10))?;
         s.from_vpn.push(started.elapsed());
         interrupt::check()?;

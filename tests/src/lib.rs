@@ -26,6 +26,7 @@ pub mod mcast;
 pub mod netns;
 pub mod policy;
 pub mod procfs;
+pub mod shill_world;
 pub mod snapshot;
 pub mod spawned;
 pub mod traffic;

@@ -13,147 +13,35 @@ use std::process::Command;
 use std::time::Duration;
 
 use patchpanel_client::Client;
-use patchpanel_proto::configure_network_request::{self as area, NetworkTechnology};
-use patchpanel_proto::{
-    ConfigureNetworkRequest, ConnectNamespaceRequest, IPAddrCIDR, NetworkConfig, NetworkPriority,
-};
+use patchpanel_proto::configure_network_request as area;
+use patchpanel_proto::{ConfigureNetworkRequest, ConnectNamespaceRequest, NetworkPriority};
 use patchpanel_tests::dbus_client::ERROR_INVALID_ARGUMENT;
-use patchpanel_tests::fake_shill::FakeShill;
+use patchpanel_tests::shill_world::{self, ShillWorld};
 use patchpanel_tests::vm::{FakeContainer, FakeVm};
-use patchpanel_tests::world::{kernel_snapshot, Internet, GATEWAY, REMOTE_HOST, UPLINK_ADDR};
-use patchpanel_tests::{poll_until, BusClient, Daemon, DaemonOptions, Netns, PrivateBus};
+use patchpanel_tests::world::{kernel_snapshot, GATEWAY, REMOTE_HOST, UPLINK_ADDR};
+use patchpanel_tests::{BusClient, Daemon, Netns, PrivateBus};
 use prost::Message as _;
 
-/// Fields drop in order: the daemon stops before shill leaves, shill
-/// leaves before the bus goes.
-struct ShillWorld {
-    daemon: Daemon,
-    _shill: FakeShill,
-    bus: PrivateBus,
-    _internet: Internet,
-    netns: Netns,
+fn start() -> ShillWorld {
+    ShillWorld::start("").expect("a daemon following a fake shill")
 }
 
-fn start_daemon(netns: &Netns, bus: &PrivateBus, successor_of: Option<&Daemon>) -> Daemon {
-    start_daemon_with(netns, bus, successor_of, "")
-}
-
-fn start_daemon_with(
-    netns: &Netns,
-    bus: &PrivateBus,
-    successor_of: Option<&Daemon>,
-    extra_config: &str,
-) -> Daemon {
-    let mut daemon = Daemon::start_with(
-        netns,
-        bus,
-        DaemonOptions {
-            extra_args: vec!["--uplinks=shill".into()],
-            extra_config: extra_config.into(),
-            successor_of: successor_of
-                .map(|d| (d.state_dir().to_path_buf(), d.netns_prefix().to_string())),
-            ..Default::default()
-        },
-    )
-    .expect("daemon");
-    daemon.wait_ready().expect("ready");
-    daemon
-}
-
-impl ShillWorld {
-    /// eth0 without its address and routes (shill has not configured it),
-    /// shill listing it, and the daemon following shill.
-    fn start() -> ShillWorld {
-        Self::start_with("")
-    }
-
-    fn start_with(extra_config: &str) -> ShillWorld {
-        let netns = Netns::new().expect("netns");
-        let internet = Internet::attach(&netns).expect("internet");
-        netns
-            .exec_ok(&["ip", "addr", "flush", "dev", "eth0"])
-            .expect("flush eth0");
-        let bus = PrivateBus::start().expect("bus");
-        let shill =
-            FakeShill::start_with_default(bus.address(), "eth0", "ethernet").expect("fake shill");
-        let daemon = start_daemon_with(&netns, &bus, None, extra_config);
-        ShillWorld {
-            daemon,
-            _shill: shill,
-            bus,
-            _internet: internet,
-            netns,
-        }
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut argv = vec!["ip"];
-        argv.extend_from_slice(args);
-        self.netns.exec_ok(&argv).expect("ip")
-    }
-
-    fn ifindex(&self) -> i32 {
-        self.netns
-            .exec_ok(&["cat", "/sys/class/net/eth0/ifindex"])
-            .expect("ifindex")
-            .trim()
-            .parse()
-            .expect("a number")
-    }
-}
-
-/// Waits, as shill's client library does, for both names.
 fn wait_both_names(bus: &PrivateBus) {
-    let client = BusClient::connect(bus.address()).expect("client");
-    let ready = poll_until(Duration::from_secs(10), || {
-        let both = ["org.chromium.PatchPanel", "org.chromium.SocketService"]
-            .iter()
-            .all(|n| client.name_has_owner(n).unwrap_or(false));
-        both.then_some(())
-    });
-    assert!(ready.is_some(), "both names never had an owner");
+    shill_world::wait_both_names(bus).expect("both names");
 }
 
 fn ethernet(ifindex: i32, ifname: &str, area: u32) -> ConfigureNetworkRequest {
-    ConfigureNetworkRequest {
-        ifindex,
-        ifname: ifname.into(),
-        area,
-        network_config: Some(NetworkConfig {
-            ipv4_address: Some(IPAddrCIDR {
-                addr: vec![192, 0, 2, 2],
-                prefix_len: 24,
-            }),
-            ipv4_gateway: Some(vec![192, 0, 2, 1]),
-            ipv4_default_route: true,
-            dns_servers: vec![vec![192, 0, 2, 1]],
-            mtu: Some(1400),
-            ..Default::default()
-        }),
-        technology: NetworkTechnology::Ethernet as i32,
-        priority: Some(NetworkPriority {
-            is_primary_logical: true,
-            is_primary_physical: true,
-            is_primary_for_dns: true,
-            ranking_order: 0,
-        }),
-        session_id: 7,
-    }
+    shill_world::ethernet_request(ifindex, ifname, area)
 }
 
-const FULL: u32 = area::AREA_CLEAR
-    | area::AREA_IPV4_ADDRESS
-    | area::AREA_IPV4_ROUTE
-    | area::AREA_IPV4_DEFAULT_ROUTE
-    | area::AREA_ROUTING_POLICY
-    | area::AREA_DNS
-    | area::AREA_MTU;
+const FULL: u32 = shill_world::FULL_AREA;
 
 fn configure(bus: &PrivateBus, req: &ConfigureNetworkRequest) -> Result<Vec<u8>, String> {
-    BusClient::connect(bus.address())
-        .expect("client")
-        .call_bytes("ConfigureNetwork", &req.encode_to_vec())
-        .map_err(|e| format!("{}: {}", e.name, e.message))
+    shill_world::configure(bus, req)
+}
+
+fn start_daemon(netns: &Netns, bus: &PrivateBus, successor_of: Option<&Daemon>) -> Daemon {
+    shill_world::start_daemon(netns, bus, successor_of, "").expect("daemon")
 }
 
 /// The ip rules patchpanel holds (proto 157), both families, as text.
@@ -172,7 +60,7 @@ fn owned_rules(world: &ShillWorld) -> BTreeSet<String> {
 }
 
 fn assert_configured(world: &ShillWorld) {
-    let table = (world.ifindex() + 1000).to_string();
+    let table = (world.ifindex("eth0") + 1000).to_string();
     let addrs = world.ip(&["-4", "addr", "show", "dev", "eth0"]);
     assert!(addrs.contains("192.0.2.2/24"), "{addrs}");
     let routes = world.ip(&["-4", "route", "show", "table", &table]);
@@ -187,7 +75,7 @@ fn assert_configured(world: &ShillWorld) {
         "1000:\tfrom all lookup main suppress_prefixlength 0".to_string(),
         format!(
             "1010:\tfrom all fwmark 0x{:x}/0xffff0000 lookup {table}",
-            (world.ifindex() + 1000) << 16
+            (world.ifindex("eth0") + 1000) << 16
         ),
         format!("1010:\tfrom all oif eth0 lookup {table}"),
         format!("1010:\tfrom {UPLINK_ADDR} lookup {table}"),
@@ -212,9 +100,9 @@ fn reaches_upstream(netns_name: &str) -> bool {
 
 #[test]
 fn a_current_shill_gets_a_working_network_and_guests_reach_upstream_through_it() {
-    let world = ShillWorld::start();
+    let world = start();
     wait_both_names(&world.bus);
-    let ifindex = world.ifindex();
+    let ifindex = world.ifindex("eth0");
     let reply = configure(&world.bus, &ethernet(ifindex, "eth0", FULL)).expect("ConfigureNetwork");
     assert_eq!(reply, [0x08, 0x01], "success = true");
     assert_configured(&world);
@@ -275,8 +163,8 @@ fn a_current_shill_gets_a_working_network_and_guests_reach_upstream_through_it()
 
 #[test]
 fn bad_requests_are_invalid_arguments_and_change_nothing() {
-    let world = ShillWorld::start();
-    let ifindex = world.ifindex();
+    let world = start();
+    let ifindex = world.ifindex("eth0");
     let before = kernel_snapshot(&world.netns).expect("snapshot");
     let mut cases: Vec<(&str, ConfigureNetworkRequest)> = vec![
         ("wrong name", ethernet(ifindex, "eth1", FULL)),
@@ -321,9 +209,9 @@ fn bad_requests_are_invalid_arguments_and_change_nothing() {
 /// The network survives the manager stopping with `signal` and a
 /// successor starting on the same state directory.
 fn successor_keeps_shill_s_network(signal: i32) {
-    let mut world = ShillWorld::start();
+    let mut world = start();
     wait_both_names(&world.bus);
-    let ifindex = world.ifindex();
+    let ifindex = world.ifindex("eth0");
     configure(&world.bus, &ethernet(ifindex, "eth0", FULL)).expect("ConfigureNetwork");
     assert_configured(&world);
 
@@ -426,31 +314,6 @@ impl VpnServer {
     }
 }
 
-fn vpn_request(ifindex: i32, area: u32, primary: bool) -> ConfigureNetworkRequest {
-    ConfigureNetworkRequest {
-        ifindex,
-        ifname: "vpn0".into(),
-        area,
-        network_config: Some(NetworkConfig {
-            ipv4_address: Some(IPAddrCIDR {
-                addr: vec![10, 8, 0, 2],
-                prefix_len: 24,
-            }),
-            ipv4_gateway: Some(vec![10, 8, 0, 1]),
-            ipv4_default_route: true,
-            ..Default::default()
-        }),
-        technology: NetworkTechnology::Vpn as i32,
-        priority: Some(NetworkPriority {
-            is_primary_logical: primary,
-            is_primary_for_dns: primary,
-            ranking_order: 0,
-            ..Default::default()
-        }),
-        session_id: 9,
-    }
-}
-
 /// Which door a connection from named namespace `netns` to the internet
 /// host went out of: `vpn`, `physical`, `refused` or `timeout`.
 fn door_from_namespace(netns: &str) -> String {
@@ -491,7 +354,7 @@ fn set_lockdown(bus: &PrivateBus, enable: bool) {
 #[test]
 fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
     // pp-chronos stands in for Chrome: its host traffic is user traffic.
-    let world = ShillWorld::start_with("[traffic_sources]\npp-chronos = \"chrome\"\n");
+    let world = ShillWorld::start("[traffic_sources]\npp-chronos = \"chrome\"\n").expect("world");
     let chronos: u32 = String::from_utf8_lossy(
         &Command::new("id")
             .args(["-u", "pp-chronos"])
@@ -508,7 +371,7 @@ fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
     };
     let vpn = VpnServer::attach(&world.netns);
     let physical_server = patchpanel_tests::traffic::reply_server(
-        world._internet.upstream.name(),
+        world.internet.upstream.name(),
         REMOTE_HOST,
         PATH_PORT,
         "physical",
@@ -518,7 +381,7 @@ fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
         patchpanel_tests::traffic::reply_server(vpn.netns.name(), REMOTE_HOST, PATH_PORT, "vpn")
             .expect("vpn server");
     wait_both_names(&world.bus);
-    let eth0 = world.ifindex();
+    let eth0 = world.ifindex("eth0");
     let vpn0: i32 = world
         .netns
         .exec_ok(&["cat", "/sys/class/net/vpn0/ifindex"])
@@ -553,7 +416,7 @@ fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
     assert_eq!(door_of_user(), "physical");
 
     // The VPN becomes the default network.
-    configure(&world.bus, &vpn_request(vpn0, FULL, true)).expect("vpn0");
+    configure(&world.bus, &shill_world::vpn_request(vpn0, FULL, true)).expect("vpn0");
     let log = || world.daemon.log();
     assert_eq!(door_from_namespace(&user_ns.netns_name), "vpn", "{}", log());
     assert_eq!(door_from_namespace(&system_ns.netns_name), "physical");
@@ -610,7 +473,11 @@ fn a_default_vpn_carries_user_traffic_and_lockdown_keeps_it_from_leaking() {
     assert_eq!(tables, ["eth0", "vpn0"], "{shown}");
 
     // The VPN drops: with lockdown nothing of the user's leaves.
-    configure(&world.bus, &vpn_request(vpn0, area::AREA_CLEAR, false)).expect("vpn0 clear");
+    configure(
+        &world.bus,
+        &shill_world::vpn_request(vpn0, area::AREA_CLEAR, false),
+    )
+    .expect("vpn0 clear");
     let user = door_from_namespace(&user_ns.netns_name);
     assert!(user == "refused" || user == "timeout", "leaked: {user}");
     assert_eq!(door_from_host(&world, "route_on_vpn"), "refused");

@@ -14,66 +14,24 @@
 use std::time::{Duration, Instant};
 
 use patchpanel_client::{Client, Signal};
-use patchpanel_proto::configure_network_request::{self as area, NetworkTechnology};
+use patchpanel_proto::configure_network_request as area;
 use patchpanel_proto::neighbor_reachability_event_signal::{EventType, Role};
-use patchpanel_proto::{
-    ConfigureNetworkRequest, IPAddrCIDR, NeighborReachabilityEventSignal, NetworkConfig,
-    NetworkPriority,
-};
-use patchpanel_tests::fake_shill::FakeShill;
-use patchpanel_tests::world::{Internet, GATEWAY};
-use patchpanel_tests::{poll_until, BusClient, Daemon, DaemonOptions, Netns, PrivateBus};
-use prost::Message as _;
+use patchpanel_proto::{ConfigureNetworkRequest, NeighborReachabilityEventSignal};
+use patchpanel_tests::shill_world::{self, ShillWorld};
+use patchpanel_tests::world::GATEWAY;
+use patchpanel_tests::PrivateBus;
 
-/// Fields drop in order: the daemon stops before shill leaves, shill
-/// leaves before the bus goes, the namespaces last.
-struct ShillWorld {
-    daemon: Daemon,
-    _shill: FakeShill,
-    bus: PrivateBus,
-    internet: Internet,
-    netns: Netns,
+fn start() -> ShillWorld {
+    ShillWorld::start("neighbor_probe_seconds = 2\n").expect("a daemon following a fake shill")
 }
 
-impl ShillWorld {
-    fn start() -> ShillWorld {
-        let netns = Netns::new().expect("netns");
-        let internet = Internet::attach(&netns).expect("internet");
-        netns
-            .exec_ok(&["ip", "addr", "flush", "dev", "eth0"])
-            .expect("flush eth0");
-        let bus = PrivateBus::start().expect("bus");
-        let shill =
-            FakeShill::start_with_default(bus.address(), "eth0", "ethernet").expect("fake shill");
-        let mut daemon = Daemon::start_with(
-            &netns,
-            &bus,
-            DaemonOptions {
-                extra_args: vec!["--uplinks=shill".into()],
-                extra_config: "neighbor_probe_seconds = 2\n".into(),
-                ..Default::default()
-            },
-        )
-        .expect("daemon");
-        daemon.wait_ready().expect("ready");
-        ShillWorld {
-            daemon,
-            _shill: shill,
-            bus,
-            internet,
-            netns,
-        }
-    }
+/// What the tests do to the world beyond the shared harness.
+trait Gateway {
+    fn gateway_deaf(&self, deaf: bool);
+    fn neigh(&self) -> String;
+}
 
-    fn ifindex(&self) -> i32 {
-        self.netns
-            .exec_ok(&["cat", "/sys/class/net/eth0/ifindex"])
-            .expect("ifindex")
-            .trim()
-            .parse()
-            .expect("a number")
-    }
-
+impl Gateway for ShillWorld {
     /// Drops (or lets through again) every ARP packet the gateway receives.
     fn gateway_deaf(&self, deaf: bool) {
         let commands: &[&[&str]] = if deaf {
@@ -108,14 +66,7 @@ impl ShillWorld {
 }
 
 fn wait_both_names(bus: &PrivateBus) {
-    let client = BusClient::connect(bus.address()).expect("client");
-    let ready = poll_until(Duration::from_secs(10), || {
-        let both = ["org.chromium.PatchPanel", "org.chromium.SocketService"]
-            .iter()
-            .all(|n| client.name_has_owner(n).unwrap_or(false));
-        both.then_some(())
-    });
-    assert!(ready.is_some(), "both names never had an owner");
+    shill_world::wait_both_names(bus).expect("both names");
 }
 
 fn v4(s: &str) -> Vec<u8> {
@@ -125,44 +76,21 @@ fn v4(s: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// shill's Ethernet configuration, with the gateway as first DNS server, an
+/// on-link one nobody holds and an off-link one, no MTU.
 fn ethernet(ifindex: i32, area: u32) -> ConfigureNetworkRequest {
-    ConfigureNetworkRequest {
-        ifindex,
-        ifname: "eth0".into(),
-        area,
-        network_config: Some(NetworkConfig {
-            ipv4_address: Some(IPAddrCIDR {
-                addr: v4("192.0.2.2"),
-                prefix_len: 24,
-            }),
-            ipv4_gateway: Some(v4(GATEWAY)),
-            ipv4_default_route: true,
-            dns_servers: vec![v4(GATEWAY), v4("192.0.2.53"), v4("8.8.8.8")],
-            ..Default::default()
-        }),
-        technology: NetworkTechnology::Ethernet as i32,
-        priority: Some(NetworkPriority {
-            is_primary_logical: true,
-            is_primary_physical: true,
-            is_primary_for_dns: true,
-            ranking_order: 0,
-        }),
-        session_id: 7,
-    }
+    let mut req = shill_world::ethernet_request(ifindex, "eth0", area);
+    let config = req.network_config.as_mut().expect("a config");
+    config.dns_servers = vec![v4(GATEWAY), v4("192.0.2.53"), v4("8.8.8.8")];
+    config.mtu = None;
+    req
 }
 
-const FULL: u32 = area::AREA_CLEAR
-    | area::AREA_IPV4_ADDRESS
-    | area::AREA_IPV4_ROUTE
-    | area::AREA_IPV4_DEFAULT_ROUTE
-    | area::AREA_ROUTING_POLICY
-    | area::AREA_DNS;
+const FULL: u32 = shill_world::FULL_AREA & !area::AREA_MTU;
 
 fn configure(bus: &PrivateBus, req: &ConfigureNetworkRequest) {
-    let reply = BusClient::connect(bus.address())
-        .expect("client")
-        .call_bytes("ConfigureNetwork", &req.encode_to_vec())
-        .unwrap_or_else(|e| panic!("ConfigureNetwork: {}: {}", e.name, e.message));
+    let reply =
+        shill_world::configure(bus, req).unwrap_or_else(|e| panic!("ConfigureNetwork: {e}"));
     assert_eq!(reply, [0x08, 0x01], "success = true");
 }
 
@@ -211,11 +139,11 @@ fn gw(t: EventType) -> Seen {
 
 #[test]
 fn gateway_and_dns_servers_are_reported_once_per_transition() {
-    let world = ShillWorld::start();
+    let world = start();
     wait_both_names(&world.bus);
     let watcher = Client::connect_to(world.bus.address()).expect("client");
     let mut signals = watcher.watch_signals().expect("subscribe");
-    let ifindex = world.ifindex();
+    let ifindex = world.ifindex("eth0");
     configure(&world.bus, &ethernet(ifindex, FULL));
 
     // The gateway answers the first probe; 192.0.2.53 never does.

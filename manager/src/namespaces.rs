@@ -68,7 +68,7 @@ impl ConnectedNamespace {
                 subnet.base(),
                 u32::from(subnet.prefix_len()),
             )),
-            guest_type: GuestType::Unknown as i32,
+            guest_type: GuestType::ConnectedNs as i32,
             phys_ifname: match &self.mode {
                 RoutingMode::Pinned { uplink, .. } => uplink.to_string(),
                 _ => String::new(),

@@ -505,7 +505,7 @@ fn topology_json_places_the_guests_under_the_uplink_with_kernel_state() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|g| g["device"]["guest_type"] == "UNKNOWN")
+        .find(|g| g["device"]["guest_type"] == "CONNECTED_NS")
         .expect("the connected namespace");
     assert_eq!(ns["link"]["kind"], "veth");
     assert!(

@@ -470,6 +470,23 @@ mod tests {
     }
 
     #[test]
+    fn a_response_that_repeats_its_question_is_read_section_by_section() {
+        // One question, then one answer: each count from its own two bytes
+        // (read one byte off, the question would be taken for a record).
+        let mut msg = vec![0, 0, 0x84, 0, 0, 1, 0, 1, 0, 0, 0, 0];
+        msg.extend_from_slice(b"\x01a\x05local\x00");
+        msg.extend_from_slice(&[0, 1, 0, 1]);
+        msg.extend_from_slice(&[0xc0, 12, 0, 1, 0x80, 1, 0, 0, 0, 120, 0, 4]);
+        msg.extend_from_slice(&GUEST.octets());
+        let Rewrite::Rewritten { bytes, count } = rewrite_mdns_a_records(&msg, GUEST, UPLINK)
+        else {
+            panic!("not rewritten");
+        };
+        assert_eq!(count, 1);
+        assert_eq!(&bytes[bytes.len() - 4..], UPLINK.octets());
+    }
+
+    #[test]
     fn a_pointer_past_offset_255_is_followed() {
         // Padding in a first record's data puts the second name past 255;
         // a later record points back to it (high bits of the pointer set).

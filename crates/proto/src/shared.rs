@@ -131,6 +131,9 @@ pub mod network_device {
             TerminaVm = 3 => "TERMINA_VM",
             /// Parallels (Plugin VM).
             ParallelsVm = 4 => "PARALLELS_VM",
+            /// A namespace connected with `ConnectNamespace` (since
+            /// 2025-10 in the original's schema).
+            ConnectedNs = 5 => "CONNECTED_NS",
         }
     }
 

@@ -1,6 +1,6 @@
 //! The daemon's state and the one place where events are handled.
 //!
-//! The loop ([`crate::manager`]) turns what woke it into an [`Event`];
+//! The loop (`manager.rs`, which only `main` reaches) turns what woke it into an [`Event`];
 //! [`Daemon::handle`] routes it to the service that owns it, with
 //! disjoint borrows of the state, and then runs the same tail after every
 //! event, whatever it was:

@@ -146,6 +146,83 @@ pub struct PluginVmShutdownRequest {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PluginVmShutdownResponse {}
 
+/// Request of `BruschettaVmStartup`: a third-party (Bruschetta) VM is about
+/// to start.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BruschettaVmStartupRequest {
+    /// 1: an id chosen by the caller for this VM.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+
+/// Response of `BruschettaVmStartup` (and, with the same fields, of
+/// `BorealisVmStartup`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BruschettaVmStartupResponse {
+    /// 1: the tap device to hand to the VM.
+    #[prost(string, tag = "1")]
+    pub tap_device_ifname: String,
+    /// 2: the subnet between host and VM.
+    #[prost(message, optional, tag = "2")]
+    pub ipv4_subnet: Option<IPv4Subnet>,
+    /// 3: the VM's address, `addr4`.
+    #[prost(bytes = "vec", tag = "3")]
+    pub ipv4_address: Vec<u8>,
+    /// 4: the VM's gateway (the host end), `addr4`.
+    #[prost(bytes = "vec", tag = "4")]
+    pub gateway_ipv4_address: Vec<u8>,
+}
+
+/// Request of `BruschettaVmShutdown`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BruschettaVmShutdownRequest {
+    /// 1: id given to `BruschettaVmStartup`.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+
+/// Response of `BruschettaVmShutdown` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BruschettaVmShutdownResponse {}
+
+/// Request of `BorealisVmStartup`: the Borealis (Steam) VM is about to
+/// start.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BorealisVmStartupRequest {
+    /// 1: the VM's id (its vsock context id); 32 bits, unlike Bruschetta's.
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+}
+
+/// Response of `BorealisVmStartup`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BorealisVmStartupResponse {
+    /// 1: the tap device to hand to the VM.
+    #[prost(string, tag = "1")]
+    pub tap_device_ifname: String,
+    /// 2: the subnet between host and VM.
+    #[prost(message, optional, tag = "2")]
+    pub ipv4_subnet: Option<IPv4Subnet>,
+    /// 3: the VM's address, `addr4`.
+    #[prost(bytes = "vec", tag = "3")]
+    pub ipv4_address: Vec<u8>,
+    /// 4: the VM's gateway (the host end), `addr4`.
+    #[prost(bytes = "vec", tag = "4")]
+    pub gateway_ipv4_address: Vec<u8>,
+}
+
+/// Request of `BorealisVmShutdown`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BorealisVmShutdownRequest {
+    /// 1: id given to `BorealisVmStartup`.
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+}
+
+/// Response of `BorealisVmShutdown` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BorealisVmShutdownResponse {}
+
 /// Request of `ConnectNamespace`: connect a network namespace to the host
 /// with a veth pair. Sent together with a lifeline file descriptor; the
 /// namespace is disconnected when the caller's end closes.
@@ -527,4 +604,140 @@ pub struct ConfigureNetworkResponse {
     /// 1: whether everything asked for was applied.
     #[prost(bool, tag = "1")]
     pub success: bool,
+}
+
+/// Request of `NotifyAndroidInteractiveState` (Chrome): whether Android's
+/// screen is on.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NotifyAndroidInteractiveStateRequest {
+    /// 1: Android is interactive.
+    #[prost(bool, tag = "1")]
+    pub interactive: bool,
+}
+
+/// Response of `NotifyAndroidInteractiveState` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NotifyAndroidInteractiveStateResponse {}
+
+/// Request of `NotifyAndroidWifiMulticastLockChange` (Chrome): whether an
+/// Android app holds the Wi-Fi multicast lock.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NotifyAndroidWifiMulticastLockChangeRequest {
+    /// 1: the lock is held.
+    #[prost(bool, tag = "1")]
+    pub held: bool,
+}
+
+/// Response of `NotifyAndroidWifiMulticastLockChange` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NotifyAndroidWifiMulticastLockChangeResponse {}
+
+/// A socket of ARC opened or closed, as Chrome's socket monitor saw it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SocketConnectionEvent {
+    /// 1: local address (ARC's, before SNAT), 4 or 16 bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub saddr: Vec<u8>,
+    /// 2: local port.
+    #[prost(int32, tag = "2")]
+    pub sport: i32,
+    /// 3: remote address, 4 or 16 bytes.
+    #[prost(bytes = "vec", tag = "3")]
+    pub daddr: Vec<u8>,
+    /// 4: remote port.
+    #[prost(int32, tag = "4")]
+    pub dport: i32,
+    /// 5: a [`socket_connection_event::IpProtocol`].
+    #[prost(enumeration = "socket_connection_event::IpProtocol", tag = "5")]
+    pub proto: i32,
+    /// 6: a [`socket_connection_event::SocketEvent`].
+    #[prost(enumeration = "socket_connection_event::SocketEvent", tag = "6")]
+    pub event: i32,
+    /// 7: a [`socket_connection_event::QosCategory`].
+    #[prost(enumeration = "socket_connection_event::QosCategory", tag = "7")]
+    pub category: i32,
+}
+
+/// Enums nested in [`SocketConnectionEvent`].
+pub mod socket_connection_event {
+    proto_enum! {
+        /// The socket's transport.
+        pub enum IpProtocol {
+            UnknownProto = 0 => "UNKNOWN_PROTO",
+            Tcp = 1 => "TCP",
+            Udp = 2 => "UDP",
+        }
+    }
+    proto_enum! {
+        /// Opened or closed.
+        pub enum SocketEvent {
+            UnknownEvent = 0 => "UNKNOWN_EVENT",
+            Open = 1 => "OPEN",
+            Close = 2 => "CLOSE",
+        }
+    }
+    proto_enum! {
+        /// The QoS class Chrome inferred.
+        pub enum QosCategory {
+            UnknownCategory = 0 => "UNKNOWN_CATEGORY",
+            RealtimeInteractive = 1 => "REALTIME_INTERACTIVE",
+            MultimediaConferencing = 2 => "MULTIMEDIA_CONFERENCING",
+        }
+    }
+}
+
+/// Request of `NotifySocketConnectionEvent` (Chrome, for Wi-Fi QoS).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NotifySocketConnectionEventRequest {
+    /// 1: the event.
+    #[prost(message, optional, tag = "1")]
+    pub msg: Option<SocketConnectionEvent>,
+}
+
+/// Response of `NotifySocketConnectionEvent` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NotifySocketConnectionEventResponse {}
+
+/// Request of `NotifyARCVPNSocketConnectionEvent` (Chrome): a socket that
+/// Android's own VPN app opened or closed (the original counts its flow
+/// as ARC_VPN).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NotifyARCVPNSocketConnectionEventRequest {
+    /// 1: the event.
+    #[prost(message, optional, tag = "1")]
+    pub msg: Option<SocketConnectionEvent>,
+}
+
+/// Response of `NotifyARCVPNSocketConnectionEvent` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NotifyARCVPNSocketConnectionEventResponse {}
+
+/// Request of `SetFeatureFlag` (Chrome's finch features).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetFeatureFlagRequest {
+    /// 1: a [`set_feature_flag_request::FeatureFlag`].
+    #[prost(enumeration = "set_feature_flag_request::FeatureFlag", tag = "1")]
+    pub flag: i32,
+    /// 2: the new value.
+    #[prost(bool, tag = "2")]
+    pub enabled: bool,
+}
+
+/// Enums nested in [`SetFeatureFlagRequest`].
+pub mod set_feature_flag_request {
+    proto_enum! {
+        /// The features Chrome switches.
+        pub enum FeatureFlag {
+            WifiQos = 0 => "WIFI_QOS",
+            Clat = 1 => "CLAT",
+        }
+    }
+}
+
+/// Response of `SetFeatureFlag`: the flag's value before the call.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetFeatureFlagResponse {
+    /// 1: the previous value.
+    #[prost(bool, tag = "1")]
+    pub enabled: bool,
 }

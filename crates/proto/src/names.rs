@@ -54,6 +54,25 @@ pub const TAG_SOCKET: &str = "TagSocket";
 /// Method `ConfigureNetwork` (shill).
 pub const CONFIGURE_NETWORK: &str = "ConfigureNetwork";
 
+/// Method `BruschettaVmStartup` (concierge).
+pub const BRUSCHETTA_VM_STARTUP: &str = "BruschettaVmStartup";
+/// Method `BruschettaVmShutdown` (concierge).
+pub const BRUSCHETTA_VM_SHUTDOWN: &str = "BruschettaVmShutdown";
+/// Method `BorealisVmStartup` (concierge).
+pub const BOREALIS_VM_STARTUP: &str = "BorealisVmStartup";
+/// Method `BorealisVmShutdown` (concierge).
+pub const BOREALIS_VM_SHUTDOWN: &str = "BorealisVmShutdown";
+/// Method `NotifyAndroidInteractiveState` (Chrome).
+pub const NOTIFY_ANDROID_INTERACTIVE_STATE: &str = "NotifyAndroidInteractiveState";
+/// Method `NotifyAndroidWifiMulticastLockChange` (Chrome).
+pub const NOTIFY_ANDROID_WIFI_MULTICAST_LOCK_CHANGE: &str = "NotifyAndroidWifiMulticastLockChange";
+/// Method `NotifySocketConnectionEvent` (Chrome).
+pub const NOTIFY_SOCKET_CONNECTION_EVENT: &str = "NotifySocketConnectionEvent";
+/// Method `NotifyARCVPNSocketConnectionEvent` (Chrome).
+pub const NOTIFY_ARC_VPN_SOCKET_CONNECTION_EVENT: &str = "NotifyARCVPNSocketConnectionEvent";
+/// Method `SetFeatureFlag` (Chrome).
+pub const SET_FEATURE_FLAG: &str = "SetFeatureFlag";
+
 /// Bus name of the socket service, owned by patchpanel's socket helper.
 pub const SOCKET_SERVICE_NAME: &str = "org.chromium.SocketService";
 /// Object path of the socket service.
@@ -70,6 +89,10 @@ pub const SOCKET_SERVICE_ERROR_FAILED: &str = "org.chromium.SocketService.Error.
 /// Signal `NetworkDeviceChanged`, payload
 /// [`crate::NetworkDeviceChangedSignal`].
 pub const NETWORK_DEVICE_CHANGED: &str = "NetworkDeviceChanged";
+/// Signal `NetworkConfigurationChanged` (empty payload,
+/// [`crate::NetworkConfigurationChangedSignal`]): ARC's DNS proxy addresses
+/// in `GetDevices` changed.
+pub const NETWORK_CONFIGURATION_CHANGED: &str = "NetworkConfigurationChanged";
 /// Signal `NeighborReachabilityEvent`, payload
 /// [`crate::NeighborReachabilityEventSignal`].
 pub const NEIGHBOR_REACHABILITY_EVENT: &str = "NeighborReachabilityEvent";
@@ -171,6 +194,30 @@ pub const METHODS: &[MethodSpec] = &[
         "PluginVmShutdownResponse",
     ),
     spec(
+        BRUSCHETTA_VM_STARTUP,
+        false,
+        "BruschettaVmStartupRequest",
+        "BruschettaVmStartupResponse",
+    ),
+    spec(
+        BRUSCHETTA_VM_SHUTDOWN,
+        false,
+        "BruschettaVmShutdownRequest",
+        "BruschettaVmShutdownResponse",
+    ),
+    spec(
+        BOREALIS_VM_STARTUP,
+        false,
+        "BorealisVmStartupRequest",
+        "BorealisVmStartupResponse",
+    ),
+    spec(
+        BOREALIS_VM_SHUTDOWN,
+        false,
+        "BorealisVmShutdownRequest",
+        "BorealisVmShutdownResponse",
+    ),
+    spec(
         CONNECT_NAMESPACE,
         true,
         "ConnectNamespaceRequest",
@@ -218,6 +265,36 @@ pub const METHODS: &[MethodSpec] = &[
         false,
         "ConfigureNetworkRequest",
         "ConfigureNetworkResponse",
+    ),
+    spec(
+        NOTIFY_ANDROID_INTERACTIVE_STATE,
+        false,
+        "NotifyAndroidInteractiveStateRequest",
+        "NotifyAndroidInteractiveStateResponse",
+    ),
+    spec(
+        NOTIFY_ANDROID_WIFI_MULTICAST_LOCK_CHANGE,
+        false,
+        "NotifyAndroidWifiMulticastLockChangeRequest",
+        "NotifyAndroidWifiMulticastLockChangeResponse",
+    ),
+    spec(
+        NOTIFY_SOCKET_CONNECTION_EVENT,
+        false,
+        "NotifySocketConnectionEventRequest",
+        "NotifySocketConnectionEventResponse",
+    ),
+    spec(
+        NOTIFY_ARC_VPN_SOCKET_CONNECTION_EVENT,
+        false,
+        "NotifyARCVPNSocketConnectionEventRequest",
+        "NotifyARCVPNSocketConnectionEventResponse",
+    ),
+    spec(
+        SET_FEATURE_FLAG,
+        false,
+        "SetFeatureFlagRequest",
+        "SetFeatureFlagResponse",
     ),
 ];
 

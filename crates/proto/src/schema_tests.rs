@@ -14,7 +14,8 @@ use prost::Message;
 
 use crate::methods::{
     configure_network_request, modify_port_rule_request, set_dns_redirection_rule_request,
-    set_vpn_intent_request, tag_socket_request, traffic_annotation,
+    set_feature_flag_request, set_vpn_intent_request, socket_connection_event, tag_socket_request,
+    traffic_annotation,
 };
 use crate::shared::{network_device, traffic_counter};
 use crate::signals::{neighbor_reachability_event_signal, network_device_changed_signal};
@@ -179,6 +180,18 @@ rust_messages! {
     PluginVmStartupResponse { tap_device_ifname, ipv4_subnet, ipv4_address }
     PluginVmShutdownRequest { id }
     PluginVmShutdownResponse {}
+    BruschettaVmStartupRequest { id }
+    BruschettaVmStartupResponse {
+        tap_device_ifname, ipv4_subnet, ipv4_address, gateway_ipv4_address,
+    }
+    BruschettaVmShutdownRequest { id }
+    BruschettaVmShutdownResponse {}
+    BorealisVmStartupRequest { id }
+    BorealisVmStartupResponse {
+        tap_device_ifname, ipv4_subnet, ipv4_address, gateway_ipv4_address,
+    }
+    BorealisVmShutdownRequest { id }
+    BorealisVmShutdownResponse {}
     ConnectNamespaceRequest {
         pid, outbound_physical_device, allow_user_traffic, route_on_vpn,
         traffic_source, static_ipv6,
@@ -223,6 +236,18 @@ rust_messages! {
     }
     NetworkDeviceChangedSignal { device, event }
     NeighborReachabilityEventSignal { ifindex, ip_addr, role, r#type }
+    NetworkConfigurationChangedSignal {}
+    NotifyAndroidInteractiveStateRequest { interactive }
+    NotifyAndroidInteractiveStateResponse {}
+    NotifyAndroidWifiMulticastLockChangeRequest { held }
+    NotifyAndroidWifiMulticastLockChangeResponse {}
+    SocketConnectionEvent { saddr, sport, daddr, dport, proto, event, category }
+    NotifySocketConnectionEventRequest { msg }
+    NotifySocketConnectionEventResponse {}
+    NotifyARCVPNSocketConnectionEventRequest { msg }
+    NotifyARCVPNSocketConnectionEventResponse {}
+    SetFeatureFlagRequest { flag, enabled }
+    SetFeatureFlagResponse { enabled }
 }
 
 macro_rules! rust_enums {
@@ -261,6 +286,10 @@ rust_enums! {
     "NetworkDeviceChangedSignal"."Event" => network_device_changed_signal::Event,
     "NeighborReachabilityEventSignal"."Role" => neighbor_reachability_event_signal::Role,
     "NeighborReachabilityEventSignal"."EventType" => neighbor_reachability_event_signal::EventType,
+    "SocketConnectionEvent"."IpProtocol" => socket_connection_event::IpProtocol,
+    "SocketConnectionEvent"."SocketEvent" => socket_connection_event::SocketEvent,
+    "SocketConnectionEvent"."QosCategory" => socket_connection_event::QosCategory,
+    "SetFeatureFlagRequest"."FeatureFlag" => set_feature_flag_request::FeatureFlag,
 }
 
 // ---- .proto side ----

@@ -67,3 +67,8 @@ pub mod neighbor_reachability_event_signal {
         }
     }
 }
+
+/// Payload of `NetworkConfigurationChanged` (no fields): ARC's DNS proxy
+/// addresses changed; Chrome calls `GetDevices` again.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NetworkConfigurationChangedSignal {}

@@ -23,6 +23,8 @@ pub const VPN_ACCEPT: &str = "vpn_accept";
 pub const VPN_LOCKDOWN: &str = "vpn_lockdown";
 pub const DROP_FORWARD_TO_BRUSCHETTA: &str = "drop_forward_to_bruschetta";
 pub const DROP_OUTPUT_TO_BRUSCHETTA: &str = "drop_output_to_bruschetta";
+/// filter: what may always reach a DNS proxy (before the VPN filters).
+pub const ACCEPT_EGRESS_TO_DNS_PROXY: &str = "accept_egress_to_dns_proxy";
 /// filter: per-guest forwarding accepts (upstream appends them to FORWARD).
 pub const GUEST_FORWARD: &str = "guest_forward";
 /// A chain no rule jumps to, which the iptables backend adds to an
@@ -44,7 +46,7 @@ pub(crate) const ROOT_CHAINS: [&str; 5] = [
 ];
 
 /// Every fixed chain name patchpanel owns (all tables, both families).
-pub const CATALOG: [&str; 23] = [
+pub const CATALOG: [&str; 24] = [
     ROOT_CHAINS[0],
     ROOT_CHAINS[1],
     ROOT_CHAINS[2],
@@ -66,6 +68,7 @@ pub const CATALOG: [&str; 23] = [
     VPN_LOCKDOWN,
     DROP_FORWARD_TO_BRUSCHETTA,
     DROP_OUTPUT_TO_BRUSCHETTA,
+    ACCEPT_EGRESS_TO_DNS_PROXY,
     GUEST_FORWARD,
     TABLE_MARKER,
 ];

@@ -37,12 +37,12 @@ pub const HOOK_COMMENT: &str = "patchpanel";
 
 use crate::catalog::ROOT_CHAINS;
 pub use crate::catalog::{
-    is_catalog_chain, APPLY_AUTO_DNAT_TO_ARC, APPLY_AUTO_DNAT_TO_CROSTINI,
-    APPLY_AUTO_DNAT_TO_PARALLELS, APPLY_LOCAL_SOURCE_MARK, APPLY_VPN_MARK, CATALOG,
-    DROP_FORWARD_TO_BRUSCHETTA, DROP_OUTPUT_TO_BRUSCHETTA, EGRESS_PORT_FIREWALL, GUEST_FORWARD,
-    INGRESS_PORT_FIREWALL, INGRESS_PORT_FORWARDING, MADE_HOOK, MADE_TABLE, REDIRECT_DEFAULT_DNS,
-    REDIRECT_USER_DNS, ROOT_CHAIN_PREFIX, SKIP_APPLY_VPN_MARK, TABLE_MARKER, VPN_ACCEPT,
-    VPN_EGRESS_FILTERS, VPN_LOCKDOWN,
+    is_catalog_chain, ACCEPT_EGRESS_TO_DNS_PROXY, APPLY_AUTO_DNAT_TO_ARC,
+    APPLY_AUTO_DNAT_TO_CROSTINI, APPLY_AUTO_DNAT_TO_PARALLELS, APPLY_LOCAL_SOURCE_MARK,
+    APPLY_VPN_MARK, CATALOG, DROP_FORWARD_TO_BRUSCHETTA, DROP_OUTPUT_TO_BRUSCHETTA,
+    EGRESS_PORT_FIREWALL, GUEST_FORWARD, INGRESS_PORT_FIREWALL, INGRESS_PORT_FORWARDING, MADE_HOOK,
+    MADE_TABLE, REDIRECT_DEFAULT_DNS, REDIRECT_USER_DNS, ROOT_CHAIN_PREFIX, SKIP_APPLY_VPN_MARK,
+    TABLE_MARKER, VPN_ACCEPT, VPN_EGRESS_FILTERS, VPN_LOCKDOWN,
 };
 
 /// The root chain for built-in chain `builtin` (same name in every table).
@@ -343,6 +343,14 @@ fn nat(family: Family) -> TableLayout {
         }
     }
     t.hook(BuiltinChain::Prerouting, ChainContent::Static(prerouting));
+    // The user's own DNS queries (they carry the route-on-VPN bit) meet
+    // dns-proxy's USER and EXCLUDE_DESTINATION rules.
+    t.hook(
+        BuiltinChain::Output,
+        ChainContent::Static(vec![
+            jump(REDIRECT_USER_DNS).with(Match::mark(fwmark::ROUTE_ON_VPN, fwmark::VPN_MASK))
+        ]),
+    );
     // The legacy SNAT bit set in PREROUTING_<if> (IPv6 only ever gets it
     // for namespaces with static addresses). Then host traffic that asked
     // for the VPN: its source address was chosen before `apply_vpn_mark`
@@ -368,6 +376,7 @@ fn filter(family: Family) -> TableLayout {
         GUEST_FORWARD,
         DROP_FORWARD_TO_BRUSCHETTA,
         DROP_OUTPUT_TO_BRUSCHETTA,
+        ACCEPT_EGRESS_TO_DNS_PROXY,
     ] {
         t.dynamic(name);
     }
@@ -382,6 +391,8 @@ fn filter(family: Family) -> TableLayout {
     t.hook(
         BuiltinChain::Forward,
         ChainContent::Static(vec![
+            // Queries to a DNS proxy pass whatever lockdown says.
+            jump(ACCEPT_EGRESS_TO_DNS_PROXY),
             jump(VPN_EGRESS_FILTERS),
             jump(GUEST_FORWARD),
             jump(DROP_FORWARD_TO_BRUSCHETTA),
@@ -390,6 +401,7 @@ fn filter(family: Family) -> TableLayout {
     t.hook(
         BuiltinChain::Output,
         ChainContent::Static(vec![
+            jump(ACCEPT_EGRESS_TO_DNS_PROXY),
             jump(VPN_EGRESS_FILTERS),
             jump(DROP_OUTPUT_TO_BRUSCHETTA),
             jump(EGRESS_PORT_FIREWALL),
@@ -458,6 +470,7 @@ mod tests {
                 "-A patchpanel_PREROUTING -j apply_auto_dnat_to_arc",
                 "-A patchpanel_PREROUTING -j apply_auto_dnat_to_crostini",
                 "-A patchpanel_PREROUTING -j apply_auto_dnat_to_parallels",
+                "-A patchpanel_OUTPUT -m mark --mark 0x8000/0xc000 -j redirect_user_dns",
                 "-A patchpanel_POSTROUTING -m mark --mark 0x1/0x1 -j MASQUERADE",
                 "-A patchpanel_POSTROUTING -m mark --mark 0x8000/0xc000 -j MASQUERADE",
             ]
@@ -466,6 +479,7 @@ mod tests {
             static_lines(&layout, Family::V6, Table::Nat),
             [
                 "-A patchpanel_PREROUTING -j redirect_default_dns",
+                "-A patchpanel_OUTPUT -m mark --mark 0x8000/0xc000 -j redirect_user_dns",
                 "-A patchpanel_POSTROUTING -m mark --mark 0x1/0x1 -j MASQUERADE",
                 "-A patchpanel_POSTROUTING -m mark --mark 0x8000/0xc000 -j MASQUERADE",
             ]
@@ -480,9 +494,11 @@ mod tests {
                 "-A vpn_egress_filters -j vpn_accept",
                 "-A vpn_egress_filters -j vpn_lockdown",
                 "-A patchpanel_INPUT -j ingress_port_firewall",
+                "-A patchpanel_FORWARD -j accept_egress_to_dns_proxy",
                 "-A patchpanel_FORWARD -j vpn_egress_filters",
                 "-A patchpanel_FORWARD -j guest_forward",
                 "-A patchpanel_FORWARD -j drop_forward_to_bruschetta",
+                "-A patchpanel_OUTPUT -j accept_egress_to_dns_proxy",
                 "-A patchpanel_OUTPUT -j vpn_egress_filters",
                 "-A patchpanel_OUTPUT -j drop_output_to_bruschetta",
                 "-A patchpanel_OUTPUT -j egress_port_firewall",

@@ -21,6 +21,7 @@
 //! * [`guest`]: per-guest and per-uplink rules;
 //! * [`auto_dnat`]: unsolicited inbound traffic on an uplink sent to a guest
 //!   (ARC);
+//! * [`dns`]: SetDnsRedirectionRule's redirections to dns-proxy;
 //! * [`ports`]: ModifyPortRule's access, lockdown and forwarding rules;
 //! * [`counters`]: traffic accounting chains and their jumps;
 //! * [`conflicts`]: warnings about other firewalls that would drop guest
@@ -31,6 +32,7 @@ pub mod backend;
 pub mod catalog;
 pub mod conflicts;
 pub mod counters;
+pub mod dns;
 pub mod fwmark;
 pub mod guest;
 pub mod iptables;

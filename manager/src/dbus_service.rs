@@ -58,6 +58,16 @@ pub enum Method {
     TagSocket,
     ConfigureNetwork,
     SetVpnLockdown,
+    BruschettaVmStartup,
+    BruschettaVmShutdown,
+    BorealisVmStartup,
+    BorealisVmShutdown,
+    SetDnsRedirectionRule,
+    NotifyAndroidInteractiveState,
+    NotifyAndroidWifiMulticastLockChange,
+    NotifySocketConnectionEvent,
+    NotifyArcVpnSocketConnectionEvent,
+    SetFeatureFlag,
 }
 
 impl Method {
@@ -78,6 +88,20 @@ impl Method {
             names::TAG_SOCKET => Method::TagSocket,
             names::CONFIGURE_NETWORK => Method::ConfigureNetwork,
             names::SET_VPN_LOCKDOWN => Method::SetVpnLockdown,
+            names::BRUSCHETTA_VM_STARTUP => Method::BruschettaVmStartup,
+            names::BRUSCHETTA_VM_SHUTDOWN => Method::BruschettaVmShutdown,
+            names::BOREALIS_VM_STARTUP => Method::BorealisVmStartup,
+            names::BOREALIS_VM_SHUTDOWN => Method::BorealisVmShutdown,
+            names::SET_DNS_REDIRECTION_RULE => Method::SetDnsRedirectionRule,
+            names::NOTIFY_ANDROID_INTERACTIVE_STATE => Method::NotifyAndroidInteractiveState,
+            names::NOTIFY_ANDROID_WIFI_MULTICAST_LOCK_CHANGE => {
+                Method::NotifyAndroidWifiMulticastLockChange
+            }
+            names::NOTIFY_SOCKET_CONNECTION_EVENT => Method::NotifySocketConnectionEvent,
+            names::NOTIFY_ARC_VPN_SOCKET_CONNECTION_EVENT => {
+                Method::NotifyArcVpnSocketConnectionEvent
+            }
+            names::SET_FEATURE_FLAG => Method::SetFeatureFlag,
             _ => return None,
         })
     }
@@ -127,6 +151,32 @@ pub enum Call {
         action: patchpanel_socket_service::Action,
         socket: OwnedFd,
     },
+    BruschettaVmStartup {
+        id: u64,
+    },
+    BruschettaVmShutdown {
+        id: u64,
+    },
+    BorealisVmStartup {
+        id: u32,
+    },
+    BorealisVmShutdown {
+        id: u32,
+    },
+    /// A DNS redirection rule, its lifeline and who asked.
+    SetDnsRedirectionRule(crate::dns_service::SetRule),
+    AndroidInteractiveState(bool),
+    /// Android holds (`true`) or released the Wi-Fi multicast lock.
+    WifiMulticastLock(bool),
+    /// A socket event of ARC (`arc_vpn`: of Android's VPN app).
+    SocketConnectionEvent {
+        arc_vpn: bool,
+        event: crate::chrome_service::SocketEventSpec,
+    },
+    SetFeatureFlag {
+        flag: patchpanel_proto::set_feature_flag_request::FeatureFlag,
+        enabled: bool,
+    },
 }
 
 /// One call off the bus: the message to answer, who sent it, the id of
@@ -149,6 +199,8 @@ pub trait Bus {
     fn device_changed(&mut self, signal: NetworkDeviceChangedSignal);
     /// Emits `NeighborReachabilityEvent`.
     fn neighbor_reachability(&mut self, signal: NeighborReachabilityEventSignal);
+    /// Emits `NetworkConfigurationChanged`.
+    fn network_configuration_changed(&mut self);
 }
 
 /// The connection, the introspection table and the calls waiting for the
@@ -243,6 +295,8 @@ impl DbusService {
                     }
                 }
                 b.signal::<(Vec<u8>,), _>(names::NETWORK_DEVICE_CHANGED, ("signal",));
+                b.signal::<(Vec<u8>,), _>(names::NEIGHBOR_REACHABILITY_EVENT, ("signal",));
+                b.signal::<(Vec<u8>,), _>(names::NETWORK_CONFIGURATION_CHANGED, ("signal",));
             },
         );
         cr.insert(names::PATH, &[iface], ());
@@ -601,6 +655,85 @@ impl DbusService {
                     crate::network_config::parse(&req).map_err(|e| invalid(&e))?,
                 ))
             }
+            Method::BruschettaVmStartup => {
+                let req = proto::<patchpanel_proto::BruschettaVmStartupRequest>(bytes, invalid)?;
+                guests::check_id("id", req.id)?;
+                Call::BruschettaVmStartup { id: req.id }
+            }
+            Method::BruschettaVmShutdown => Call::BruschettaVmShutdown {
+                id: proto::<patchpanel_proto::BruschettaVmShutdownRequest>(bytes, invalid)?.id,
+            },
+            Method::BorealisVmStartup => {
+                let req = proto::<patchpanel_proto::BorealisVmStartupRequest>(bytes, invalid)?;
+                guests::check_id("id", u64::from(req.id))?;
+                Call::BorealisVmStartup { id: req.id }
+            }
+            Method::BorealisVmShutdown => Call::BorealisVmShutdown {
+                id: proto::<patchpanel_proto::BorealisVmShutdownRequest>(bytes, invalid)?.id,
+            },
+            Method::SetDnsRedirectionRule => {
+                let (_, lifeline): (&[u8], dbus::arg::OwnedFd) =
+                    message.read2().map_err(|e| invalid(&e))?;
+                let lifeline: OwnedFd = lifeline;
+                let request = crate::dns_service::parse(&proto::<
+                    patchpanel_proto::SetDnsRedirectionRuleRequest,
+                >(bytes, invalid)?)?;
+                lifeline::check_kind(&lifeline).map_err(|e| invalid(&e))?;
+                // Who asked, to keep the rule across a restart of ours
+                // while that process lives; without it the rule still
+                // works, it only does not outlive this run.
+                let owner = match self.caller_pid(client) {
+                    Ok(pid) => crate::dns_service::Owner::of(pid),
+                    Err(e) => {
+                        warn!("{name} from {client}: {e:#}; the rule will not outlive this run");
+                        None
+                    }
+                };
+                Call::SetDnsRedirectionRule(crate::dns_service::SetRule {
+                    request,
+                    lifeline,
+                    owner,
+                })
+            }
+            Method::NotifyAndroidInteractiveState => Call::AndroidInteractiveState(
+                proto::<patchpanel_proto::NotifyAndroidInteractiveStateRequest>(bytes, invalid)?
+                    .interactive,
+            ),
+            Method::NotifyAndroidWifiMulticastLockChange => Call::WifiMulticastLock(
+                proto::<patchpanel_proto::NotifyAndroidWifiMulticastLockChangeRequest>(
+                    bytes, invalid,
+                )?
+                .held,
+            ),
+            Method::NotifySocketConnectionEvent => {
+                let req =
+                    proto::<patchpanel_proto::NotifySocketConnectionEventRequest>(bytes, invalid)?;
+                Call::SocketConnectionEvent {
+                    arc_vpn: false,
+                    event: crate::chrome_service::parse_socket_event(req.msg.as_ref())
+                        .map_err(|e| invalid(&e))?,
+                }
+            }
+            Method::NotifyArcVpnSocketConnectionEvent => {
+                let req = proto::<patchpanel_proto::NotifyARCVPNSocketConnectionEventRequest>(
+                    bytes, invalid,
+                )?;
+                Call::SocketConnectionEvent {
+                    arc_vpn: true,
+                    event: crate::chrome_service::parse_socket_event(req.msg.as_ref())
+                        .map_err(|e| invalid(&e))?,
+                }
+            }
+            Method::SetFeatureFlag => {
+                let req = proto::<patchpanel_proto::SetFeatureFlagRequest>(bytes, invalid)?;
+                let flag =
+                    patchpanel_proto::set_feature_flag_request::FeatureFlag::try_from(req.flag)
+                        .map_err(|_| invalid(&format!("unknown feature flag {}", req.flag)))?;
+                Call::SetFeatureFlag {
+                    flag,
+                    enabled: req.enabled,
+                }
+            }
         })
     }
 
@@ -624,6 +757,24 @@ impl DbusService {
     /// arrives into its own queue, where the socket's readiness no longer
     /// shows it: the caller must [`Self::dispatch`] again before the loop
     /// sleeps (`on_dbus` does).
+    /// The pid of a bus peer, from the bus daemon (not cached: asked only
+    /// by `SetDnsRedirectionRule`). Blocks as [`Self::caller_uid`] does.
+    pub fn caller_pid(&mut self, sender: &str) -> anyhow::Result<u32> {
+        let proxy = self.conn.with_proxy(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            Duration::from_secs(5),
+        );
+        let (pid,): (u32,) = proxy
+            .method_call(
+                "org.freedesktop.DBus",
+                "GetConnectionUnixProcessID",
+                (sender,),
+            )
+            .with_context(|| format!("cannot learn the pid of {sender}"))?;
+        Ok(pid)
+    }
+
     pub fn caller_uid(&mut self, sender: &str) -> anyhow::Result<u32> {
         if let Some(uid) = self.uids.get(sender) {
             return Ok(*uid);
@@ -701,6 +852,26 @@ impl Bus for DbusService {
             Err(e) => warn!(
                 "cannot build signal {}: {e}",
                 names::NEIGHBOR_REACHABILITY_EVENT
+            ),
+        }
+    }
+    fn network_configuration_changed(&mut self) {
+        match dbus::Message::new_signal(
+            names::PATH,
+            names::INTERFACE,
+            names::NETWORK_CONFIGURATION_CHANGED,
+        ) {
+            Ok(m) => self.send(
+                m.append1(
+                    patchpanel_proto::NetworkConfigurationChangedSignal {}
+                        .encode_to_vec()
+                        .as_slice(),
+                ),
+                names::NETWORK_CONFIGURATION_CHANGED,
+            ),
+            Err(e) => warn!(
+                "cannot build signal {}: {e}",
+                names::NETWORK_CONFIGURATION_CHANGED
             ),
         }
     }

@@ -43,7 +43,10 @@ use crate::port_rules::PortPolicy;
 use crate::socket_service::{self, SocketNetworks};
 use crate::state::{State, StateFile};
 use crate::uplinks::UplinkView;
-use crate::{counters, guests, namespace_service, network_service, port_rule_service, vpn_service};
+use crate::{
+    chrome_service, counters, dns_service, guests, namespace_service, network_service,
+    port_rule_service, vpn_service,
+};
 
 /// Site settings the daemon follows, fixed at start.
 #[derive(Debug, Clone)]
@@ -259,7 +262,12 @@ impl Daemon {
                 vms: &self.state.vms,
             };
             self.ndproxy.reconcile(&guests, &self.uplinks, link);
-            self.mcast.reconcile(&guests, &self.uplinks, link);
+            self.mcast.reconcile(
+                &guests,
+                &self.uplinks,
+                self.state.chrome.wifi_multicast_lock,
+                link,
+            );
             self.adb.reconcile(self.state.arc.as_ref(), link);
             self.socket_networks
                 .reconcile(&self.uplinks, &self.state.networks, link);
@@ -282,6 +290,9 @@ impl Daemon {
         }
         for signal in self.neighbors.take_signals() {
             bus.neighbor_reachability(signal);
+        }
+        if std::mem::take(&mut self.effects.network_configuration_changed) {
+            bus.network_configuration_changed();
         }
     }
 
@@ -406,20 +417,103 @@ impl Daemon {
             Call::SetVpnLockdown(enable) => {
                 vpn_service::set_lockdown(&mut env, &mut state.vpn_lockdown, enable, client, op)
             }
+            Call::BruschettaVmStartup { id } => guest_service::bruschetta_or_borealis_startup(
+                &mut env,
+                guests,
+                gs,
+                guests::VmKind::Bruschetta,
+                id,
+                client,
+                op,
+            ),
+            Call::BorealisVmStartup { id } => guest_service::bruschetta_or_borealis_startup(
+                &mut env,
+                guests,
+                gs,
+                guests::VmKind::Borealis,
+                u64::from(id),
+                client,
+                op,
+            ),
+            Call::BruschettaVmShutdown { id } => guest_service::vm_shutdown(
+                &mut env,
+                guests.vms,
+                guests::VmKind::Bruschetta,
+                id,
+                client,
+                op,
+            )
+            .map(|()| patchpanel_proto::BruschettaVmShutdownResponse {}.encode_to_vec()),
+            Call::BorealisVmShutdown { id } => guest_service::vm_shutdown(
+                &mut env,
+                guests.vms,
+                guests::VmKind::Borealis,
+                u64::from(id),
+                client,
+                op,
+            )
+            .map(|()| patchpanel_proto::BorealisVmShutdownResponse {}.encode_to_vec()),
+            Call::SetDnsRedirectionRule(rule) => {
+                let view = GuestView {
+                    namespaces: &state.namespaces,
+                    arc: state.arc.as_ref(),
+                    vms: &state.vms,
+                };
+                dns_service::set(
+                    &mut env,
+                    &mut state.dns_redirections,
+                    &view,
+                    lifelines,
+                    rule,
+                    client,
+                    op,
+                )
+            }
+            Call::AndroidInteractiveState(on) => {
+                Ok(chrome_service::interactive(&mut state.chrome, on, client))
+            }
+            Call::WifiMulticastLock(held) => Ok(chrome_service::multicast_lock(
+                &mut state.chrome,
+                held,
+                client,
+            )),
+            Call::SocketConnectionEvent { arc_vpn, event } => {
+                Ok(chrome_service::socket_event(arc_vpn, &event, client))
+            }
+            Call::SetFeatureFlag { flag, enabled } => Ok(chrome_service::set_feature_flag(
+                &mut state.chrome,
+                flag,
+                enabled,
+                client,
+            )),
             Call::TagSocket { .. } => unreachable!("served above"),
         }
     }
 
-    /// Lifelines that fired in one wake-up: their namespaces go together.
+    /// Lifelines that fired in one wake-up: their namespaces go together;
+    /// DNS redirection rules go one by one.
     fn on_lifelines(&mut self, link: &mut dyn HelperLink, tokens: Vec<Token>) {
-        let ids: Vec<u32> = tokens
-            .into_iter()
-            .filter_map(|t| self.lifelines.fired(t).map(|Guarded::Namespace(id)| id))
-            .collect();
+        let mut ids = Vec::new();
+        let mut dns_rules = Vec::new();
+        for token in tokens {
+            match self.lifelines.fired(token) {
+                Some(Guarded::Namespace(id)) => ids.push(id),
+                Some(Guarded::DnsRule(id)) => dns_rules.push(id),
+                None => {}
+            }
+        }
+        let mut env = Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
+        for id in dns_rules {
+            dns_service::remove(
+                &mut env,
+                &mut self.state.dns_redirections,
+                id,
+                "its lifeline closed",
+            );
+        }
         if ids.is_empty() {
             return;
         }
-        let mut env = Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
         namespace_service::disconnect(
             &mut env,
             &mut self.state.namespaces,
@@ -468,6 +562,7 @@ impl Daemon {
                     &mut env,
                     &mut self.state,
                     &self.store,
+                    &mut self.lifelines,
                     &Setup {
                         layout: &self.settings.layout,
                         port_policy: &self.settings.port_policy,
@@ -589,6 +684,10 @@ mod tests {
                 "neighbor {} {} {}",
                 signal.ifindex, signal.ip_addr, signal.r#type
             ));
+        }
+
+        fn network_configuration_changed(&mut self) {
+            self.log.push("signal network configuration changed".into());
         }
     }
 

@@ -103,6 +103,8 @@ impl HelperLink for Helpers {
 #[derive(Debug, Default)]
 pub struct Effects {
     pub signals: Vec<NetworkDeviceChangedSignal>,
+    /// `NetworkConfigurationChanged` is due (ARC's DNS proxies changed).
+    pub network_configuration_changed: bool,
     pub replaced_sysctls: Vec<(Netns, Sysctl, String)>,
 }
 
@@ -169,6 +171,11 @@ impl<'a> Env<'a> {
     /// Any other request to the writer.
     pub fn call(&mut self, request: Request) -> Result<Reply, CallError> {
         self.datapath.call(request, &[])
+    }
+
+    /// Queues one `NetworkConfigurationChanged` for after the event.
+    pub fn network_configuration_changed(&mut self) {
+        self.effects.network_configuration_changed = true;
     }
 
     /// Queues a `NetworkDeviceChanged` for after the event.

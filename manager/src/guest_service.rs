@@ -407,7 +407,27 @@ pub fn parallels_startup(
     Ok(guests::parallels_response(&vm).encode_to_vec())
 }
 
-/// `TerminaVmShutdown` / `ParallelsVmShutdown`: the VM `id` of `kind`.
+/// `BruschettaVmStartup` or `BorealisVmStartup` for `id` (the answer
+/// is the caller's to encode: the two messages differ in type only).
+pub fn bruschetta_or_borealis_startup(
+    env: &mut Env<'_>,
+    guests: Guests<'_>,
+    settings: &Settings,
+    kind: VmKind,
+    id: u64,
+    client: &str,
+    op: u64,
+) -> Result<Vec<u8>, CallError> {
+    require_vm_user(settings)?;
+    let vm = start_vm(env, guests, settings, kind, id, None, client, op)?;
+    Ok(match kind {
+        VmKind::Borealis => guests::borealis_response(&vm).encode_to_vec(),
+        _ => guests::bruschetta_response(&vm).encode_to_vec(),
+    })
+}
+
+/// `TerminaVmShutdown`, `ParallelsVmShutdown`, `BruschettaVmShutdown`,
+/// `BorealisVmShutdown`: the VM `id` of `kind`.
 pub fn vm_shutdown(
     env: &mut Env<'_>,
     vms: &mut Vec<VmGuest>,

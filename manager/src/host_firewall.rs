@@ -65,6 +65,7 @@ pub fn desired(state: &State, uplinks: &UplinkView, policy: &PortPolicy) -> Batc
     if state.vpn_lockdown {
         batch.extend(patchpanel_firewall::vpn::lockdown());
     }
+    batch.extend(state.dns_redirections.batch());
     for rule in &state.port_rules {
         match crate::port_rules::batch(rule, policy) {
             Ok(b) => batch.extend(b),

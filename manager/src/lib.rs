@@ -3,10 +3,12 @@
 //! and their validation exactly as the daemon runs them.
 
 pub mod adb_service;
+pub mod chrome_service;
 pub mod config;
 pub mod counters;
 pub mod dbus_service;
 pub mod dispatch;
+pub mod dns_service;
 pub mod env;
 pub mod error;
 pub mod firewall_service;

@@ -23,7 +23,8 @@ use crate::port_rules::PortPolicy;
 use crate::state::{Loaded, State, StateFile};
 use crate::uplinks::UplinkView;
 use crate::{
-    namespace_service, namespaces, network_service, port_rule_service, routing, vpn_service,
+    dns_service, namespace_service, namespaces, network_service, port_rule_service, routing,
+    vpn_service,
 };
 
 /// What start sets up.
@@ -74,6 +75,7 @@ pub fn start(
     env: &mut Env<'_>,
     state: &mut State,
     store: &StateFile,
+    lifelines: &mut LifelineWatcher,
     setup: &Setup<'_>,
 ) -> anyhow::Result<Request> {
     let previous = previous(store);
@@ -105,6 +107,13 @@ pub fn start(
             prev,
         );
         vpn_service::readopt(env, &mut state.vpn_lockdown, prev.vpn_lockdown);
+        dns_service::readopt(
+            env,
+            &mut state.dns_redirections,
+            &prev.dns_redirections,
+            lifelines,
+        );
+        state.chrome = prev.chrome.clone();
         if !prev.networks.is_empty() {
             if setup.manage_uplink_routing {
                 warn!(
@@ -200,12 +209,16 @@ pub fn stop(
     // shill does not configure its networks or lockdown again when
     // patchpanel comes back: they stay for the next start (and go with
     // `--cleanup`).
+    // Nor does Chrome send its notifications again. DNS redirection rules
+    // end here: dns-proxy asks again when the name has an owner again.
     let kept = State {
         networks: std::mem::take(&mut state.networks),
         vpn_lockdown: state.vpn_lockdown,
+        chrome: std::mem::take(&mut state.chrome),
         ..State::default()
     };
-    let result = if kept.networks.is_empty() && !kept.vpn_lockdown {
+    state.dns_redirections = Default::default();
+    let result = if kept.networks.is_empty() && !kept.vpn_lockdown && kept.chrome.is_default() {
         store.remove()
     } else {
         store.save(&kept)

@@ -107,6 +107,9 @@ fn sockopt(fd: i32, name: i32) -> Result<i32, LifelineError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Guarded {
     Namespace(u32),
+    /// A `SetDnsRedirectionRule` rule (after a restart: a pidfd of the
+    /// process that asked for it).
+    DnsRule(u32),
 }
 
 #[derive(Debug)]

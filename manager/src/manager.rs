@@ -118,6 +118,7 @@ impl Bus for NoBus {
     fn reply(&mut self, _call: &dbus::Message, _result: Result<Vec<u8>, CallError>) {}
     fn device_changed(&mut self, _signal: NetworkDeviceChangedSignal) {}
     fn neighbor_reachability(&mut self, _signal: NeighborReachabilityEventSignal) {}
+    fn network_configuration_changed(&mut self) {}
 }
 
 enum Exit {

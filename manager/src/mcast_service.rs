@@ -8,6 +8,12 @@
 //! are in the helper's replay log: a respawned helper resumes forwarding
 //! without any D-Bus call.
 //!
+//! Inbound forwarding to ARC on a Wi-Fi uplink follows Android's Wi-Fi
+//! multicast lock (`NotifyAndroidWifiMulticastLockChange`, off until Chrome
+//! says it is held, as upstream): without it ARC still sends, but receives
+//! nothing from the LAN, so Android's Wi-Fi can sleep. A change re-sends
+//! the pair, whose replay entry then carries it.
+//!
 //! The policy ([`wanted_pairs`], [`McastForwarding::diff`]) is pure; the
 //! manager only sends what the diff returns.
 
@@ -18,15 +24,19 @@ use log::{info, warn};
 use patchpanel_ipc::{IfName, McastPair, Request};
 use patchpanel_sandbox::Process;
 
+use patchpanel_uplinks::Technology;
+
 use crate::env::{GuestView, HelperLink};
 use crate::guests::{ArcGuest, VmGuest};
 use crate::uplinks::UplinkView;
 
 /// Every guest link that should be forwarded now, by downlink name.
+/// `wifi_multicast_lock`: whether Android holds the Wi-Fi multicast lock.
 pub fn wanted_pairs(
     uplinks: &UplinkView,
     arc: Option<&ArcGuest>,
     vms: &[VmGuest],
+    wifi_multicast_lock: bool,
 ) -> BTreeMap<IfName, McastPair> {
     // An uplink without IPv4 (IPv6-only network) still forwards IPv6.
     let first_v4 = |name: &IfName| -> Option<(IfName, Option<[u8; 4]>)> {
@@ -47,10 +57,12 @@ pub fn wanted_pairs(
                 .slots
                 .get(device.slot as usize)
                 .map(|s| s.subnet.guest());
-            wanted.insert(
-                device.bridge.clone(),
-                pair(uplink, uplink_v4, device.bridge.clone(), guest),
-            );
+            let wifi = uplinks
+                .get(up.name.as_str())
+                .is_some_and(|u| u.technology == Technology::Wifi);
+            let mut p = pair(uplink, uplink_v4, device.bridge.clone(), guest);
+            p.inbound = !wifi || wifi_multicast_lock;
+            wanted.insert(device.bridge.clone(), p);
         }
     }
     if let Some((uplink, uplink_v4)) = uplinks.default_uplink().and_then(|u| first_v4(&u.name)) {
@@ -128,9 +140,10 @@ impl McastForwarding {
         &mut self,
         guests: &GuestView<'_>,
         uplinks: &UplinkView,
+        wifi_multicast_lock: bool,
         link: &mut dyn HelperLink,
     ) {
-        let wanted = wanted_pairs(uplinks, guests.arc, guests.vms);
+        let wanted = wanted_pairs(uplinks, guests.arc, guests.vms, wifi_multicast_lock);
         for change in self.diff(&wanted) {
             match change {
                 McastChange::Stop(pair) => {
@@ -163,8 +176,10 @@ impl McastForwarding {
                     self.active.insert(pair.downlink.clone(), pair.clone());
                     match link.call_helper(Process::McastForwarder, request, &[]) {
                         Ok(_) => info!(
-                            "multicast forwarding (mDNS, SSDP) {} <-> {} started",
-                            pair.uplink, pair.downlink
+                            "multicast forwarding (mDNS, SSDP) {} {} {} started",
+                            pair.uplink,
+                            if pair.inbound { "<->" } else { "<-" },
+                            pair.downlink
                         ),
                         Err(e) => warn!(
                             "multicast forwarding {} <-> {}: {e:?} (retried when the helper restarts)",
@@ -227,7 +242,7 @@ mod tests {
 
     #[test]
     fn nothing_is_forwarded_without_uplinks() {
-        let wanted = wanted_pairs(&UplinkView::default(), None, &[]);
+        let wanted = wanted_pairs(&UplinkView::default(), None, &[], false);
         assert!(wanted.is_empty());
     }
 }

@@ -65,6 +65,20 @@ pub struct State {
     /// SetVpnLockdown's state, re-applied after a restart.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub vpn_lockdown: bool,
+    /// SetDnsRedirectionRule's active rules, re-adopted after a restart
+    /// while the processes that asked for them run.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::dns_service::DnsRedirections::is_empty"
+    )]
+    pub dns_redirections: crate::dns_service::DnsRedirections,
+    /// Chrome's notifications and feature flags
+    /// ([`crate::chrome_service`]).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::chrome_service::ChromeState::is_default"
+    )]
+    pub chrome: crate::chrome_service::ChromeState,
 }
 
 impl Default for State {
@@ -80,6 +94,8 @@ impl Default for State {
             counter_base: Vec::new(),
             networks: Default::default(),
             vpn_lockdown: false,
+            dns_redirections: Default::default(),
+            chrome: Default::default(),
         }
     }
 }
@@ -89,7 +105,12 @@ impl State {
         let mut devices: Vec<NetworkDevice> =
             self.namespaces.values().map(|n| n.device()).collect();
         if let Some(arc) = &self.arc {
-            devices.extend(crate::guests::arc_devices(arc));
+            devices.extend(crate::guests::arc_devices(arc).into_iter().map(|mut d| {
+                let (v4, v6) = self.dns_redirections.arc_proxies(&d.ifname);
+                d.dns_proxy_ipv4_addr = v4.map(|a| a.octets().to_vec()).unwrap_or_default();
+                d.dns_proxy_ipv6_addr = v6.map(|a| a.octets().to_vec()).unwrap_or_default();
+                d
+            }));
         }
         devices.extend(self.vms.iter().map(crate::guests::vm_device));
         GetDevicesResponse { devices }

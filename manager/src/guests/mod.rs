@@ -1,4 +1,5 @@
-//! Guest policy: ARC (container or VM), Termina and Parallels VMs
+//! Guest policy: ARC (container or VM), Termina, Parallels, Bruschetta and
+//! Borealis VMs
 //! (upstream-core §4.7, §4.8). Pure: given state and a request, choose
 //! names, addresses and MACs and turn them into datapath plans; the manager
 //! ([`crate::guest_service`]) carries the plans to the writer.
@@ -15,7 +16,9 @@
 //! * A Termina VM gets a TAP with the host address of a /30 and an LXD /28
 //!   routed through the VM; a Parallels VM a TAP on a /29 of
 //!   100.115.93.0/24 (an explicit index keeps its subnet and MAC across
-//!   runs). VM traffic follows the default network.
+//!   runs). Bruschetta and Borealis take a /30 of Termina's pool without
+//!   an LXD subnet; Bruschetta is isolated (upstream-clients §3.5). VM
+//!   traffic follows the default network.
 //!
 //! `arc`, `vm`, `names` and `proto` hold the parts; everything is
 //! re-exported here.

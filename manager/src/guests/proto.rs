@@ -4,8 +4,9 @@
 use patchpanel_addr::GuestSubnet;
 use patchpanel_proto::network_device::GuestType;
 use patchpanel_proto::{
-    ipv4_to_addr4, ipv4_to_net_u32, ArcVmStartupResponse, IPv4Subnet, NetworkDevice,
-    PluginVmStartupResponse, TerminaVmStartupResponse,
+    ipv4_to_addr4, ipv4_to_net_u32, ArcVmStartupResponse, BorealisVmStartupResponse,
+    BruschettaVmStartupResponse, IPv4Subnet, NetworkDevice, PluginVmStartupResponse,
+    TerminaVmStartupResponse,
 };
 
 use super::arc::{ArcDevice, ArcGuest};
@@ -74,6 +75,27 @@ pub fn parallels_response(vm: &VmGuest) -> PluginVmStartupResponse {
         tap_device_ifname: vm.tap.to_string(),
         ipv4_subnet: Some(subnet_proto(&vm.subnet)),
         ipv4_address: ipv4_to_addr4(vm.subnet.guest()),
+    }
+}
+
+/// `BruschettaVmStartup`'s answer.
+pub fn bruschetta_response(vm: &VmGuest) -> BruschettaVmStartupResponse {
+    BruschettaVmStartupResponse {
+        tap_device_ifname: vm.tap.to_string(),
+        ipv4_subnet: Some(subnet_proto(&vm.subnet)),
+        ipv4_address: ipv4_to_addr4(vm.subnet.guest()),
+        gateway_ipv4_address: ipv4_to_addr4(vm.subnet.host()),
+    }
+}
+
+/// `BorealisVmStartup`'s answer (the same fields as Bruschetta's).
+pub fn borealis_response(vm: &VmGuest) -> BorealisVmStartupResponse {
+    let r = bruschetta_response(vm);
+    BorealisVmStartupResponse {
+        tap_device_ifname: r.tap_device_ifname,
+        ipv4_subnet: r.ipv4_subnet,
+        ipv4_address: r.ipv4_address,
+        gateway_ipv4_address: r.gateway_ipv4_address,
     }
 }
 

@@ -1,5 +1,5 @@
-//! Termina and Parallels VMs: their TAP, subnets and MAC, and the plans
-//! that start, stop and re-adopt them.
+//! Termina, Parallels, Bruschetta and Borealis VMs: their TAP, subnets and
+//! MAC, and the plans that start, stop and re-adopt them.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -25,6 +25,13 @@ pub enum VmKind {
     Termina,
     /// Parallels (`PluginVmStartup` / `ParallelsVmStartup`).
     Parallels,
+    /// A third-party VM (`BruschettaVmStartup`): Termina's pool without an
+    /// LXD subnet, and isolated (nothing new reaches it, even from the
+    /// host).
+    Bruschetta,
+    /// Steam (`BorealisVmStartup`, id = cid): Termina's pool without an
+    /// LXD subnet.
+    Borealis,
 }
 
 impl VmKind {
@@ -32,6 +39,8 @@ impl VmKind {
         match self {
             VmKind::Termina => "Termina VM",
             VmKind::Parallels => "Parallels VM",
+            VmKind::Bruschetta => "Bruschetta VM",
+            VmKind::Borealis => "Borealis VM",
         }
     }
 
@@ -39,25 +48,37 @@ impl VmKind {
         match self {
             VmKind::Termina => TrafficSource::CrostiniVm,
             VmKind::Parallels => TrafficSource::ParallelsVm,
+            VmKind::Bruschetta => TrafficSource::BruschettaVm,
+            VmKind::Borealis => TrafficSource::BorealisVm,
         }
     }
 
+    /// Bruschetta and Borealis are `TERMINA_VM` in `GetDevices`, as the
+    /// original reports them (its schema has no type of their own).
     pub(super) fn guest_type(self) -> GuestType {
         match self {
-            VmKind::Termina => GuestType::TerminaVm,
+            VmKind::Termina | VmKind::Bruschetta | VmKind::Borealis => GuestType::TerminaVm,
             VmKind::Parallels => GuestType::ParallelsVm,
         }
     }
 
     fn pool(self) -> GuestPool {
         match self {
-            VmKind::Termina => GuestPool::TerminaVm,
+            VmKind::Termina | VmKind::Bruschetta | VmKind::Borealis => GuestPool::TerminaVm,
             VmKind::Parallels => GuestPool::ParallelsVm,
+        }
+    }
+
+    /// Who may open connections to the VM.
+    fn inbound(self) -> Inbound {
+        match self {
+            VmKind::Bruschetta => Inbound::Isolated,
+            VmKind::Termina | VmKind::Parallels | VmKind::Borealis => Inbound::Open,
         }
     }
 }
 
-/// A running Termina or Parallels VM.
+/// A running VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmGuest {
     pub kind: VmKind,
@@ -192,7 +213,7 @@ pub fn vm_firewall(vm: &VmGuest) -> Batch {
         ifname: vm.tap.clone(),
         source: vm.kind.source(),
         mode: Mode::User,
-        inbound: Inbound::Open,
+        inbound: vm.kind.inbound(),
         snat_ipv6: false,
         peer: None,
     });

@@ -113,6 +113,30 @@ pub enum Command {
         #[arg(long)]
         dot: bool,
     },
+    /// Redirect DNS queries to a DNS proxy and hold the rule until SIGINT or
+    /// SIGTERM (SetDnsRedirectionRule, as dns-proxy does).
+    #[command(
+        name = "dns-redirect",
+        long_about = "Redirect DNS queries to a DNS proxy (SetDnsRedirectionRule, as \
+                      dns-proxy calls it), then hold the rule until SIGINT, SIGTERM \
+                      or SIGHUP. default: queries arriving on a guest's interface \
+                      (--ifname, a VM's TAP) go to the proxy; arc: ARC's device \
+                      (--ifname) uses the proxy (GetDevices shows it); user: the \
+                      user's own queries (Chrome and the traffic_sources uids) go to \
+                      the proxy; exclude-destination: the user's queries not aimed at \
+                      the proxy are left alone. The rule goes as soon as this command \
+                      exits, however it exits."
+    )]
+    DnsRedirect(DnsRedirectArgs),
+    /// Set a feature flag as Chrome does (SetFeatureFlag); prints the
+    /// previous value.
+    #[command(name = "feature-flag")]
+    FeatureFlag {
+        #[arg(value_enum)]
+        flag: FlagName,
+        #[arg(value_enum)]
+        state: OnOff,
+    },
     /// Show the networks patchpanel configured (ConfigureNetwork, or the
     /// netlink mode's uplinks): each routing table ifindex+1000 with its
     /// link, MTU, addresses, routes and ip rules, the default VPN and
@@ -123,6 +147,48 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct DnsRedirectArgs {
+    /// Which queries.
+    #[arg(long = "type", value_enum)]
+    pub kind: DnsRuleKind,
+    /// The guest interface (default, arc).
+    #[arg(long, value_name = "IFNAME", required_if_eq_any([("kind", "default"), ("kind", "arc")]))]
+    pub ifname: Option<String>,
+    /// The proxy's address.
+    #[arg(long, value_name = "IP")]
+    pub proxy: IpAddr,
+    /// A name server the proxy stands for (repeatable).
+    #[arg(long = "nameserver", value_name = "IP")]
+    pub nameservers: Vec<IpAddr>,
+    /// The host end of the proxy's namespace.
+    #[arg(long, value_name = "IFNAME")]
+    pub host_ifname: Option<String>,
+}
+
+/// `SetDnsRedirectionRuleRequest.type`, without the invalid value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DnsRuleKind {
+    Default,
+    Arc,
+    User,
+    ExcludeDestination,
+}
+
+/// `SetFeatureFlagRequest.flag`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FlagName {
+    WifiQos,
+    Clat,
+}
+
+/// On or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +266,21 @@ pub enum VmStart {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// A third-party (Bruschetta) VM (BruschettaVmStartup): isolated, nothing
+    /// new reaches it.
+    Bruschetta {
+        #[command(flatten)]
+        id: PluginIdArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// The Borealis (Steam) VM (BorealisVmStartup).
+    Borealis {
+        #[command(flatten)]
+        cid: CidArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +306,20 @@ pub enum VmStop {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// BruschettaVmShutdown.
+    Bruschetta {
+        #[command(flatten)]
+        id: PluginIdArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// BorealisVmShutdown.
+    Borealis {
+        #[command(flatten)]
+        cid: CidArg,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,6 +329,21 @@ pub enum ArcCommand {
     Start(ArcArgs),
     /// ArcShutdown: remove them.
     Stop(ArcArgs),
+    /// Say that Android holds or released the Wi-Fi multicast lock
+    /// (NotifyAndroidWifiMulticastLockChange, as Chrome does): inbound mDNS
+    /// and SSDP from Wi-Fi uplinks reach ARC only while it is held.
+    #[command(name = "multicast-lock")]
+    MulticastLock {
+        #[arg(value_enum)]
+        state: LockState,
+    },
+}
+
+/// `arc multicast-lock`'s argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LockState {
+    Held,
+    Released,
 }
 
 #[derive(Debug, Args)]

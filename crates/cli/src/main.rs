@@ -32,8 +32,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::{
-    ArcCommand, Cli, Command, ConnectNsArgs, CountersArgs, FollowArgs, PortRuleCommand, VmCommand,
-    VmStart, VmStop,
+    ArcCommand, Cli, Command, ConnectNsArgs, CountersArgs, DnsRedirectArgs, DnsRuleKind, FlagName,
+    FollowArgs, LockState, OnOff, PortRuleCommand, VmCommand, VmStart, VmStop,
 };
 use crate::output::{
     counters_table, device_change_text, devices_table, guest_text, json_line, namespace_text,
@@ -91,8 +91,62 @@ fn run(cli: Cli) -> Result<()> {
         Command::Vm(command) => vm(&client, &command),
         Command::Arc(command) => arc(&client, &command),
         Command::Topology { json, dot } => topology(&client, json, dot),
+        Command::DnsRedirect(args) => dns_redirect(&client, &args, signals),
+        Command::FeatureFlag { flag, state } => feature_flag(&client, flag, state),
         Command::Networks { .. } => unreachable!("served above"),
     }
+}
+
+fn dns_redirect(client: &Client, args: &DnsRedirectArgs, mut signals: Signals) -> Result<()> {
+    use patchpanel_proto::set_dns_redirection_rule_request::RuleType as DnsType;
+    let kind = match args.kind {
+        DnsRuleKind::Default => DnsType::Default,
+        DnsRuleKind::Arc => DnsType::Arc,
+        DnsRuleKind::User => DnsType::User,
+        DnsRuleKind::ExcludeDestination => DnsType::ExcludeDestination,
+    };
+    let request = patchpanel_proto::SetDnsRedirectionRuleRequest {
+        r#type: kind as i32,
+        input_ifname: args.ifname.clone().unwrap_or_default(),
+        proxy_address: args.proxy.to_string(),
+        nameservers: args.nameservers.iter().map(|n| n.to_string()).collect(),
+        host_ifname: args.host_ifname.clone().unwrap_or_default(),
+    };
+    let what = format!(
+        "{}{} to {}",
+        kind.as_str_name(),
+        args.ifname
+            .as_ref()
+            .map(|i| format!(" on {i}"))
+            .unwrap_or_default(),
+        args.proxy
+    );
+    let lifeline = client
+        .set_dns_redirection_rule(&request)
+        .with_context(|| format!("cannot redirect DNS ({what})"))?;
+    print(&format!(
+        "redirecting DNS: {what}; SIGINT (Ctrl-C) or SIGTERM removes the rule\n"
+    ))?;
+    let signal = signals.forever().next();
+    lifeline.release();
+    print(&format!(
+        "removing the DNS redirection ({})\n",
+        signal.map_or_else(|| "signal".into(), signal_name)
+    ))
+}
+
+fn feature_flag(client: &Client, flag: FlagName, state: OnOff) -> Result<()> {
+    use patchpanel_proto::set_feature_flag_request::FeatureFlag;
+    let (flag, name) = match flag {
+        FlagName::WifiQos => (FeatureFlag::WifiQos, "wifi-qos"),
+        FlagName::Clat => (FeatureFlag::Clat, "clat"),
+    };
+    let on = state == OnOff::On;
+    let previous = client
+        .set_feature_flag(flag, on)
+        .with_context(|| format!("cannot set the feature flag {name}"))?;
+    let word = |b: bool| if b { "on" } else { "off" };
+    print(&format!("{name}: {} (was {})\n", word(on), word(previous)))
 }
 
 fn devices(client: &Client, json: bool) -> Result<()> {
@@ -300,6 +354,34 @@ fn vm(client: &Client, command: &VmCommand) -> Result<()> {
                 .context("cannot start ARCVM's network"),
             json,
         ),
+        VmCommand::Start(VmStart::Bruschetta { id, json }) => (
+            client
+                .bruschettavm_startup(id.id)
+                .map(|r| GuestJson::bruschetta(id.id, &r))
+                .context("cannot start the Bruschetta VM's network"),
+            json,
+        ),
+        VmCommand::Start(VmStart::Borealis { cid, json }) => (
+            client
+                .borealisvm_startup(cid.cid)
+                .map(|r| GuestJson::borealis(cid.cid, &r))
+                .context("cannot start the Borealis VM's network"),
+            json,
+        ),
+        VmCommand::Stop(VmStop::Bruschetta { id, json }) => (
+            client
+                .bruschettavm_shutdown(id.id)
+                .map(|()| GuestJson::stopped("bruschetta", None, Some(id.id), None))
+                .context("cannot stop the Bruschetta VM's network"),
+            json,
+        ),
+        VmCommand::Stop(VmStop::Borealis { cid, json }) => (
+            client
+                .borealisvm_shutdown(cid.cid)
+                .map(|()| GuestJson::stopped("borealis", Some(cid.cid), None, None))
+                .context("cannot stop the Borealis VM's network"),
+            json,
+        ),
         VmCommand::Stop(VmStop::Termina { cid, json }) => (
             client
                 .terminavm_shutdown(cid.cid)
@@ -342,8 +424,21 @@ fn arc(client: &Client, command: &ArcCommand) -> Result<()> {
                 .context("cannot stop ARC's network")?;
             GuestJson::stopped("arc", None, None, Some(args.pid))
         }
+        ArcCommand::MulticastLock { state } => {
+            let held = *state == LockState::Held;
+            client
+                .notify_wifi_multicast_lock(held)
+                .context("cannot notify the Wi-Fi multicast lock")?;
+            return print(if held {
+                "Wi-Fi multicast lock held: inbound mDNS/SSDP from Wi-Fi reaches ARC\n"
+            } else {
+                "Wi-Fi multicast lock released: inbound mDNS/SSDP from Wi-Fi no longer reaches ARC\n"
+            });
+        }
     };
-    let (ArcCommand::Start(args) | ArcCommand::Stop(args)) = command;
+    let (ArcCommand::Start(args) | ArcCommand::Stop(args)) = command else {
+        unreachable!("answered above")
+    };
     print_guest(&guest, args.json.json)
 }
 

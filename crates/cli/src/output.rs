@@ -14,7 +14,8 @@ use patchpanel_proto::network_device::{GuestType, TechnologyType};
 use patchpanel_proto::network_device_changed_signal::Event;
 use patchpanel_proto::traffic_counter::{IpFamily, Source};
 use patchpanel_proto::{
-    ipv4_from_addr4, ipv4_from_net_u32, ArcVmStartupResponse, ConnectNamespaceResponse, IPv4Subnet,
+    ipv4_from_addr4, ipv4_from_net_u32, ArcVmStartupResponse, BorealisVmStartupResponse,
+    BruschettaVmStartupResponse, ConnectNamespaceResponse, IPv4Subnet,
     NeighborReachabilityEventSignal, NetworkDevice, NetworkDeviceChangedSignal,
     PluginVmStartupResponse, TerminaVmStartupResponse, TrafficCounter,
 };
@@ -296,6 +297,32 @@ impl GuestJson {
         }
     }
 
+    pub fn bruschetta(id: u64, r: &BruschettaVmStartupResponse) -> Self {
+        Self {
+            guest: "bruschetta",
+            action: "started",
+            id: Some(id),
+            tap_device_ifname: Some(r.tap_device_ifname.clone()),
+            ipv4_subnet: r.ipv4_subnet.as_ref().and_then(subnet),
+            ipv4_address: addr4(&r.ipv4_address),
+            gateway_ipv4_address: addr4(&r.gateway_ipv4_address),
+            ..Default::default()
+        }
+    }
+
+    pub fn borealis(cid: u32, r: &BorealisVmStartupResponse) -> Self {
+        Self {
+            guest: "borealis",
+            action: "started",
+            cid: Some(cid),
+            tap_device_ifname: Some(r.tap_device_ifname.clone()),
+            ipv4_subnet: r.ipv4_subnet.as_ref().and_then(subnet),
+            ipv4_address: addr4(&r.ipv4_address),
+            gateway_ipv4_address: addr4(&r.gateway_ipv4_address),
+            ..Default::default()
+        }
+    }
+
     pub fn arcvm(cid: u32, r: &ArcVmStartupResponse) -> Self {
         Self {
             guest: "arcvm",
@@ -348,6 +375,8 @@ pub fn guest_text(g: &GuestJson) -> String {
         "termina" => "Termina VM",
         "plugin" => "Plugin VM",
         "arcvm" => "ARCVM",
+        "bruschetta" => "Bruschetta VM",
+        "borealis" => "Borealis VM",
         _ => "ARC container",
     };
     let key = match (g.cid, g.id, g.pid) {

@@ -9,14 +9,20 @@ use dbus::channel::{BusType, Channel};
 use dbus::strings::Member;
 use dbus::Message;
 use patchpanel_proto::{
-    names, ArcShutdownRequest, ArcShutdownResponse, ArcStartupRequest, ArcStartupResponse,
-    ArcVmShutdownRequest, ArcVmShutdownResponse, ArcVmStartupRequest, ArcVmStartupResponse,
-    ConnectNamespaceRequest, ConnectNamespaceResponse, GetDevicesRequest, GetDevicesResponse,
-    ModifyPortRuleRequest, ModifyPortRuleResponse, NetworkDevice, PluginVmShutdownRequest,
-    PluginVmShutdownResponse, PluginVmStartupRequest, PluginVmStartupResponse, TagSocketRequest,
-    TagSocketResponse, TerminaVmShutdownRequest, TerminaVmShutdownResponse,
-    TerminaVmStartupRequest, TerminaVmStartupResponse, TrafficCounter, TrafficCountersRequest,
-    TrafficCountersResponse,
+    names, set_feature_flag_request::FeatureFlag, ArcShutdownRequest, ArcShutdownResponse,
+    ArcStartupRequest, ArcStartupResponse, ArcVmShutdownRequest, ArcVmShutdownResponse,
+    ArcVmStartupRequest, ArcVmStartupResponse, BorealisVmShutdownRequest,
+    BorealisVmShutdownResponse, BorealisVmStartupRequest, BorealisVmStartupResponse,
+    BruschettaVmShutdownRequest, BruschettaVmShutdownResponse, BruschettaVmStartupRequest,
+    BruschettaVmStartupResponse, ConnectNamespaceRequest, ConnectNamespaceResponse,
+    GetDevicesRequest, GetDevicesResponse, ModifyPortRuleRequest, ModifyPortRuleResponse,
+    NetworkDevice, NotifyAndroidWifiMulticastLockChangeRequest,
+    NotifyAndroidWifiMulticastLockChangeResponse, PluginVmShutdownRequest,
+    PluginVmShutdownResponse, PluginVmStartupRequest, PluginVmStartupResponse,
+    SetDnsRedirectionRuleRequest, SetDnsRedirectionRuleResponse, SetFeatureFlagRequest,
+    SetFeatureFlagResponse, TagSocketRequest, TagSocketResponse, TerminaVmShutdownRequest,
+    TerminaVmShutdownResponse, TerminaVmStartupRequest, TerminaVmStartupResponse, TrafficCounter,
+    TrafficCountersRequest, TrafficCountersResponse,
 };
 
 use crate::error::{short_type_name, Error};
@@ -292,6 +298,90 @@ impl Client {
             None,
         )?;
         Ok(())
+    }
+
+    /// `BruschettaVmStartup` for the VM `id`.
+    pub fn bruschettavm_startup(&self, id: u64) -> Result<BruschettaVmStartupResponse, Error> {
+        let response: BruschettaVmStartupResponse = self.call(
+            names::BRUSCHETTA_VM_STARTUP,
+            &BruschettaVmStartupRequest { id },
+            None,
+        )?;
+        if response.tap_device_ifname.is_empty() {
+            return Err(empty_response(names::BRUSCHETTA_VM_STARTUP));
+        }
+        Ok(response)
+    }
+
+    /// `BruschettaVmShutdown`.
+    pub fn bruschettavm_shutdown(&self, id: u64) -> Result<(), Error> {
+        let _: BruschettaVmShutdownResponse = self.call(
+            names::BRUSCHETTA_VM_SHUTDOWN,
+            &BruschettaVmShutdownRequest { id },
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// `BorealisVmStartup` for the VM `id` (its cid).
+    pub fn borealisvm_startup(&self, id: u32) -> Result<BorealisVmStartupResponse, Error> {
+        let response: BorealisVmStartupResponse = self.call(
+            names::BOREALIS_VM_STARTUP,
+            &BorealisVmStartupRequest { id },
+            None,
+        )?;
+        if response.tap_device_ifname.is_empty() {
+            return Err(empty_response(names::BOREALIS_VM_STARTUP));
+        }
+        Ok(response)
+    }
+
+    /// `BorealisVmShutdown`.
+    pub fn borealisvm_shutdown(&self, id: u32) -> Result<(), Error> {
+        let _: BorealisVmShutdownResponse = self.call(
+            names::BOREALIS_VM_SHUTDOWN,
+            &BorealisVmShutdownRequest { id },
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// `SetDnsRedirectionRule`: the rule holds for as long as the returned
+    /// [`Lifeline`] lives.
+    pub fn set_dns_redirection_rule(
+        &self,
+        request: &SetDnsRedirectionRuleRequest,
+    ) -> Result<Lifeline, Error> {
+        let (lifeline, write_end) = Lifeline::pair().map_err(Error::Pipe)?;
+        let response: SetDnsRedirectionRuleResponse =
+            self.call(names::SET_DNS_REDIRECTION_RULE, request, Some(write_end))?;
+        if !response.success {
+            return Err(empty_response(names::SET_DNS_REDIRECTION_RULE));
+        }
+        Ok(lifeline)
+    }
+
+    /// `NotifyAndroidWifiMulticastLockChange`, as Chrome sends it.
+    pub fn notify_wifi_multicast_lock(&self, held: bool) -> Result<(), Error> {
+        let _: NotifyAndroidWifiMulticastLockChangeResponse = self.call(
+            names::NOTIFY_ANDROID_WIFI_MULTICAST_LOCK_CHANGE,
+            &NotifyAndroidWifiMulticastLockChangeRequest { held },
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// `SetFeatureFlag`: the flag's value before the call.
+    pub fn set_feature_flag(&self, flag: FeatureFlag, enabled: bool) -> Result<bool, Error> {
+        let response: SetFeatureFlagResponse = self.call(
+            names::SET_FEATURE_FLAG,
+            &SetFeatureFlagRequest {
+                flag: flag as i32,
+                enabled,
+            },
+            None,
+        )?;
+        Ok(response.enabled)
     }
 
     /// `PluginVmStartup`: `subnet_index` is 1-based, 0 for any free subnet.

@@ -23,8 +23,8 @@ use crate::layout::{
     GUEST_FORWARD, SKIP_APPLY_VPN_MARK,
 };
 use crate::model::{
-    Batch, BuiltinChain, Change, Cidr, CtStates, Family, InterfaceChainPrefix, InverseError, Match,
-    OwnedChain, Rule, Table, Target,
+    Batch, BuiltinChain, Change, Cidr, CtStateMatch, CtStates, Family, InterfaceChainPrefix,
+    InverseError, Match, OwnedChain, Rule, Table, Target,
 };
 
 /// How a downstream interface's traffic finds its uplink (§4.5).
@@ -178,18 +178,22 @@ pub fn downstream(d: &Downstream) -> Batch {
             Rule::new(Target::Accept).with(Match::iif(&d.ifname)),
         ));
         if d.inbound == Inbound::Isolated {
-            changes.push(append(
-                Table::Filter,
-                named(DROP_FORWARD_TO_BRUSCHETTA),
-                Rule::new(Target::Drop).with(Match::oif(&d.ifname)),
-            ));
-            changes.push(append(
-                Table::Filter,
-                named(DROP_OUTPUT_TO_BRUSCHETTA),
-                Rule::new(Target::Drop)
-                    .with(Match::oif(&d.ifname))
-                    .with(Match::ctstate(CtStates::NEW)),
-            ));
+            // Anything but replies and related traffic, from the host or
+            // forwarded from anywhere (the LAN, other guests: the chain
+            // runs before `guest_forward`, whose `-i <other guest>`
+            // accepts would let them through), in both families.
+            for chain in [DROP_FORWARD_TO_BRUSCHETTA, DROP_OUTPUT_TO_BRUSCHETTA] {
+                changes.push(append(
+                    Table::Filter,
+                    named(chain),
+                    Rule::new(Target::Drop)
+                        .with(Match::oif(&d.ifname))
+                        .with(Match::ConnState(CtStateMatch {
+                            states: CtStates::RELATED.union(CtStates::ESTABLISHED),
+                            negate: true,
+                        })),
+                ));
+            }
         }
         changes.push(Change::NewChain {
             table: Table::Mangle,
@@ -507,8 +511,8 @@ COMMIT
 *filter
 -A guest_forward -o vmtap3 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A guest_forward -i vmtap3 -j ACCEPT
--A drop_forward_to_bruschetta -o vmtap3 -j DROP
--A drop_output_to_bruschetta -o vmtap3 -m conntrack --ctstate NEW -j DROP
+-A drop_forward_to_bruschetta -o vmtap3 -m conntrack ! --ctstate RELATED,ESTABLISHED -j DROP
+-A drop_output_to_bruschetta -o vmtap3 -m conntrack ! --ctstate RELATED,ESTABLISHED -j DROP
 COMMIT
 "
         ));

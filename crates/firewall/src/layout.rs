@@ -394,8 +394,10 @@ fn filter(family: Family) -> TableLayout {
             // Queries to a DNS proxy pass whatever lockdown says.
             jump(ACCEPT_EGRESS_TO_DNS_PROXY),
             jump(VPN_EGRESS_FILTERS),
-            jump(GUEST_FORWARD),
+            // Before the guests' accepts: another guest's `-i` accept
+            // must not open an isolated guest.
             jump(DROP_FORWARD_TO_BRUSCHETTA),
+            jump(GUEST_FORWARD),
         ]),
     );
     t.hook(
@@ -496,8 +498,8 @@ mod tests {
                 "-A patchpanel_INPUT -j ingress_port_firewall",
                 "-A patchpanel_FORWARD -j accept_egress_to_dns_proxy",
                 "-A patchpanel_FORWARD -j vpn_egress_filters",
-                "-A patchpanel_FORWARD -j guest_forward",
                 "-A patchpanel_FORWARD -j drop_forward_to_bruschetta",
+                "-A patchpanel_FORWARD -j guest_forward",
                 "-A patchpanel_OUTPUT -j accept_egress_to_dns_proxy",
                 "-A patchpanel_OUTPUT -j vpn_egress_filters",
                 "-A patchpanel_OUTPUT -j drop_output_to_bruschetta",

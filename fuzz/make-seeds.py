@@ -109,6 +109,20 @@ def dbus_seeds():
         (16, "configure-network-vpn", configure_network(9, "tun0", 0x70707, 3)),
         (16, "configure-network-inject", pb_int(1, 2) + pb_str(2, "eth0 -j ACCEPT") + pb_int(3, 1)),
         (16, "configure-network-clear", pb_int(1, 2) + pb_str(2, "eth0") + pb_int(3, 0x80000000)),
+        (14, "dns-user-v6", pb_int(1, 3) + pb_str(3, "fd64:ffff::2") + pb_str(4, "2001:4860:4860::8888")),
+        (14, "dns-exclude", pb_int(1, 4) + pb_str(3, "100.115.92.134") + pb_str(5, "arc_ns1")),
+        (14, "dns-default-inject", pb_int(1, 1) + pb_str(2, "vmtap0 -j ACCEPT") + pb_str(3, "100.115.92.130")),
+        (17, "bruschetta-start", pb_int(1, 5)),
+        (18, "borealis-start", pb_int(1, 21)),
+        (19, "bruschetta-borealis-stop", pb_int(1, 5)),
+        (
+            20,
+            "socket-event",
+            pb_str(1, pb_str(1, bytes([100, 115, 92, 6])) + pb_int(2, 40000) + pb_str(3, bytes([8, 8, 8, 8]))
+                   + pb_int(4, 443) + pb_int(5, 1) + pb_int(6, 1) + pb_int(7, 2)),
+        ),
+        (21, "feature-flag", pb_int(1, 1) + pb_int(2, 1)),
+        (22, "multicast-lock", pb_int(1, 1)),
     ]
     for method, name, body in seeds:
         write("dbus_requests", name, bytes([method]) + body)

@@ -2,7 +2,8 @@
 //! the validation the daemon runs on it (manager/src: `decode_request`,
 //! `namespaces::parse_request`, `port_rules::parse`,
 //! `counters::parse_request`, `guests::check_id`/`parallels_index`,
-//! `patchpanel_socket_service::parse`, `network_config::parse`).
+//! `patchpanel_socket_service::parse`, `network_config::parse`,
+//! `dns_service::parse`, `chrome_service::parse_socket_event`).
 //!
 //! The first byte picks the method, the rest is the protobuf. Beyond
 //! "never panics": whatever validates must re-encode and validate again to
@@ -12,7 +13,9 @@
 use libfuzzer_sys::fuzz_target;
 use patchpanel_proto as proto;
 use patchpanel_proto::decode_request;
-use patchpaneld::{counters, guests, namespaces, network_config, port_rules};
+use patchpaneld::{
+    chrome_service, counters, dns_service, guests, namespaces, network_config, port_rules,
+};
 use prost::Message;
 
 fn policy() -> port_rules::PortPolicy {
@@ -23,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&method, body)) = data.split_first() else {
         return;
     };
-    match method % 17 {
+    match method % 23 {
         0 => {
             let _ = decode_request::<proto::GetDevicesRequest>(body);
         }
@@ -102,7 +105,23 @@ fuzz_target!(|data: &[u8]| {
             let _ = decode_request::<proto::SetVpnLockdownRequest>(body);
         }
         14 => {
-            let _ = decode_request::<proto::SetDnsRedirectionRuleRequest>(body);
+            if let Ok(req) = decode_request::<proto::SetDnsRedirectionRuleRequest>(body) {
+                if let Ok(parsed) = dns_service::parse(&req) {
+                    let again = decode_request::<proto::SetDnsRedirectionRuleRequest>(
+                        &req.encode_to_vec(),
+                    )
+                    .expect("re-encoded request decodes");
+                    assert_eq!(
+                        dns_service::parse(&again).ok(),
+                        Some(parsed.clone()),
+                        "validation is not stable"
+                    );
+                    // What validates makes valid firewall changes.
+                    let batch = patchpanel_firewall::dns::redirection(&parsed.rule);
+                    batch.validate().expect("a valid rule makes a valid batch");
+                    batch.inverse().expect("and an invertible one");
+                }
+            }
         }
         15 => {
             // TagSocket: one parser for org.chromium.PatchPanel (manager)
@@ -138,6 +157,42 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
+        }
+        17 => {
+            if let Ok(req) = decode_request::<proto::BruschettaVmStartupRequest>(body) {
+                let _ = guests::check_id("id", req.id);
+            }
+        }
+        18 => {
+            if let Ok(req) = decode_request::<proto::BorealisVmStartupRequest>(body) {
+                let _ = guests::check_id("id", u64::from(req.id));
+            }
+        }
+        19 => {
+            let _ = decode_request::<proto::BruschettaVmShutdownRequest>(body);
+            let _ = decode_request::<proto::BorealisVmShutdownRequest>(body);
+        }
+        20 => {
+            // Both socket event methods carry the same message at field 1.
+            if let Ok(req) = decode_request::<proto::NotifySocketConnectionEventRequest>(body) {
+                let parsed = chrome_service::parse_socket_event(req.msg.as_ref());
+                let vpn = decode_request::<proto::NotifyARCVPNSocketConnectionEventRequest>(body)
+                    .expect("the same bytes decode as the ARC VPN request");
+                assert_eq!(
+                    chrome_service::parse_socket_event(vpn.msg.as_ref()),
+                    parsed,
+                    "the two requests check alike"
+                );
+            }
+        }
+        21 => {
+            if let Ok(req) = decode_request::<proto::SetFeatureFlagRequest>(body) {
+                let _ = proto::set_feature_flag_request::FeatureFlag::try_from(req.flag);
+            }
+        }
+        22 => {
+            let _ = decode_request::<proto::NotifyAndroidWifiMulticastLockChangeRequest>(body);
+            let _ = decode_request::<proto::NotifyAndroidInteractiveStateRequest>(body);
         }
         _ => {}
     }

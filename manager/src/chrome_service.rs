@@ -218,7 +218,8 @@ mod tests {
     #[test]
     fn bad_events_are_refused() {
         assert!(parse_socket_event(None).unwrap_err().contains("missing"));
-        let cases: [(fn(&mut SocketConnectionEvent), &str); 7] = [
+        type Change = fn(&mut SocketConnectionEvent);
+        let cases: [(Change, &str); 7] = [
             (|e| e.saddr = vec![1, 2, 3], "3 bytes"),
             (|e| e.daddr = vec![0; 16], "different families"),
             (|e| e.sport = 0, "sport 0"),

@@ -158,6 +158,10 @@ pub enum Request {
     /// with [`Reply::Done`]; `InvalidArgument` for a descriptor that is not
     /// a socket or a network that is not known.
     TagSocket(patchpanel_firewall::fwmark::SocketTag),
+    /// Datapath writer: sets the masked bits of a tracked connection's
+    /// conntrack mark (ctnetlink). Answered with
+    /// [`Reply::ConnmarkUpdated`].
+    UpdateConnmark(patchpanel_firewall::conntrack::MarkUpdate),
 }
 
 /// One guest link forwarded to one uplink by the mcast-forwarder.
@@ -191,6 +195,11 @@ pub enum Reply {
         nonce: u64,
     },
     Done,
+    /// [`Request::UpdateConnmark`]: `found` is false when the kernel
+    /// tracks no such connection (nothing changed).
+    ConnmarkUpdated {
+        found: bool,
+    },
     Applied(PlanReport),
     /// One page of counter samples; `next` is the offset of the next page.
     Counters {

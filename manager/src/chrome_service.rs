@@ -11,20 +11,31 @@
 //!   is no Wi-Fi QoS or CLAT datapath for them to switch
 //!   (docs/compatibility.md);
 //! * the interactive state is kept (upstream ignores it too);
-//! * socket events are checked and logged (the QoS and ARC-VPN accounting
-//!   they drive upstream are not built: docs/compatibility.md).
+//! * an ARC VPN socket event gives that connection the ARC_VPN source in
+//!   its conntrack mark (through the writer, over ctnetlink), so its
+//!   traffic is counted as VPN, not ARC, as upstream; other socket events
+//!   are checked and logged (the Wi-Fi QoS they drive upstream is not
+//!   built: docs/compatibility.md).
 //!
 //! All of it is in the state file and survives a restart or a clean stop:
 //! Chrome sends each only when it changes.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use log::info;
+use patchpanel_firewall::conntrack::{Flow, MarkUpdate};
+use patchpanel_firewall::fwmark::SOURCE_MASK;
+use patchpanel_firewall::TrafficSource;
+use patchpanel_ipc::{Reply, Request};
 use patchpanel_proto::set_feature_flag_request::FeatureFlag;
 use patchpanel_proto::socket_connection_event::{IpProtocol, QosCategory, SocketEvent};
 use patchpanel_proto::{SetFeatureFlagResponse, SocketConnectionEvent};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
+
+use crate::env::Env;
+use crate::error::CallError;
+use crate::guests::ArcGuest;
 
 /// What Chrome told patchpanel.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,19 +186,71 @@ pub fn parse_socket_event(msg: Option<&SocketConnectionEvent>) -> Result<SocketE
     })
 }
 
-/// `NotifySocketConnectionEvent` (`arc_vpn` false) or
-/// `NotifyARCVPNSocketConnectionEvent`: logged at debug level (Chrome
-/// sends one per ARC socket).
-pub fn socket_event(arc_vpn: bool, event: &SocketEventSpec, client: &str) -> Vec<u8> {
-    log::debug!(
-        "{} socket {event} ({client})",
-        if arc_vpn { "ARC VPN" } else { "ARC" }
-    );
-    if arc_vpn {
-        patchpanel_proto::NotifyARCVPNSocketConnectionEventResponse {}.encode_to_vec()
-    } else {
-        patchpanel_proto::NotifySocketConnectionEventResponse {}.encode_to_vec()
+/// Whether `addr` can be ARC's own: one of its IPv4 guest addresses, or
+/// any IPv6 address while ARC runs (its SLAAC addresses are Android's).
+fn is_arcs(arc: Option<&ArcGuest>, addr: IpAddr) -> bool {
+    match (arc, addr) {
+        (None, _) => false,
+        (Some(arc), IpAddr::V4(a)) => arc.slots.iter().any(|s| s.subnet.guest() == a),
+        (Some(_), IpAddr::V6(_)) => true,
     }
+}
+
+/// `NotifySocketConnectionEvent` (`arc_vpn` false) or
+/// `NotifyARCVPNSocketConnectionEvent`. The socket must be ARC's. An ARC
+/// VPN socket that opens gets the ARC_VPN source in its conntrack mark; a
+/// connection the kernel does not track (yet: a UDP socket that has sent
+/// nothing) is logged and left, as Chrome cannot act on an error anyway.
+pub fn socket_event(
+    env: &mut Env<'_>,
+    arc: Option<&ArcGuest>,
+    arc_vpn: bool,
+    event: &SocketEventSpec,
+    client: &str,
+) -> Result<Vec<u8>, CallError> {
+    let what = if arc_vpn { "ARC VPN" } else { "ARC" };
+    if !is_arcs(arc, event.source.0) {
+        return Err(CallError::InvalidArgument(format!(
+            "{what} socket event: {} is not an address of ARC{}",
+            event.source.0,
+            if arc.is_none() {
+                " (ARC is not running)"
+            } else {
+                ""
+            }
+        )));
+    }
+    log::debug!("{what} socket {event} ({client})");
+    if !arc_vpn {
+        return Ok(patchpanel_proto::NotifySocketConnectionEventResponse {}.encode_to_vec());
+    }
+    if event.open {
+        let update = MarkUpdate {
+            flow: Flow {
+                tcp: event.tcp,
+                src: SocketAddr::new(event.source.0, event.source.1),
+                dst: SocketAddr::new(event.destination.0, event.destination.1),
+            },
+            value: TrafficSource::ArcVpn.fwmark(),
+            mask: SOURCE_MASK,
+        };
+        match env.call(Request::UpdateConnmark(update)) {
+            Ok(Reply::ConnmarkUpdated { found: true }) => {
+                info!("{} counted as ARC_VPN ({client})", update.flow)
+            }
+            Ok(Reply::ConnmarkUpdated { found: false }) => info!(
+                "{} is not tracked by the kernel (yet): not counted as ARC_VPN",
+                update.flow
+            ),
+            Ok(other) => {
+                return Err(CallError::Failed(format!(
+                    "the writer answered {other:?} to a conntrack mark update"
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(patchpanel_proto::NotifyARCVPNSocketConnectionEventResponse {}.encode_to_vec())
 }
 
 #[cfg(test)]

@@ -478,7 +478,7 @@ impl Daemon {
                 client,
             )),
             Call::SocketConnectionEvent { arc_vpn, event } => {
-                Ok(chrome_service::socket_event(arc_vpn, &event, client))
+                chrome_service::socket_event(&mut env, state.arc.as_ref(), arc_vpn, &event, client)
             }
             Call::SetFeatureFlag { flag, enabled } => Ok(chrome_service::set_feature_flag(
                 &mut state.chrome,

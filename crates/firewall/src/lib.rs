@@ -24,6 +24,7 @@
 //! * [`dns`]: SetDnsRedirectionRule's redirections to dns-proxy;
 //! * [`ports`]: ModifyPortRule's access, lockdown and forwarding rules;
 //! * [`counters`]: traffic accounting chains and their jumps;
+//! * [`conntrack`]: a connection's conntrack mark, over ctnetlink;
 //! * [`conflicts`]: warnings about other firewalls that would drop guest
 //!   traffic.
 
@@ -31,6 +32,7 @@ pub mod auto_dnat;
 pub mod backend;
 pub mod catalog;
 pub mod conflicts;
+pub mod conntrack;
 pub mod counters;
 pub mod dns;
 pub mod fwmark;

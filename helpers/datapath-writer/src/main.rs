@@ -57,6 +57,18 @@ impl Service for Writer {
                         missing,
                     })
             }
+            Request::UpdateConnmark(update) => {
+                if let Err(e) = update.check() {
+                    return Some(Err(HelperError::Refused(e)));
+                }
+                patchpanel_firewall::conntrack::update_mark(update)
+                    .map(|found| Reply::ConnmarkUpdated { found })
+                    .map_err(|e| HelperError::Os {
+                        operation: format!("update the conntrack mark of {}", update.flow),
+                        errno: e.raw_os_error(),
+                        message: e.to_string(),
+                    })
+            }
             Request::RebuildFirewall { page, last } => {
                 self.rebuild_firewall(page, *last)
                     .map(|carried| match carried {

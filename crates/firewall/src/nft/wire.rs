@@ -443,6 +443,26 @@ impl NfSocket {
         }
     }
 
+    /// Sends one message that is not part of a batch (`NLM_F_ACK` set by
+    /// the caller) and waits for its ack: `Ok(Ok(()))`, or the kernel's
+    /// errno.
+    pub fn request(&mut self, message: &[u8], seq: u32) -> io::Result<Result<(), i32>> {
+        self.send(message)?;
+        let mut rbuf = vec![0u8; 1 << 12];
+        loop {
+            for (ty, rseq, payload) in self.recv(&mut rbuf)? {
+                if rseq != seq || ty != NLMSG_ERROR {
+                    continue;
+                }
+                let errno = payload
+                    .get(..4)
+                    .map(|b| ne_u32(b) as i32)
+                    .unwrap_or(-libc::EPROTO);
+                return Ok(if errno == 0 { Ok(()) } else { Err(-errno) });
+            }
+        }
+    }
+
     /// Runs one dump request and returns every object of it.
     pub fn dump(
         &mut self,

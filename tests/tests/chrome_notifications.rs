@@ -49,13 +49,13 @@ fn event(sport: u16, dport: u16) -> SocketConnectionEvent {
     SocketConnectionEvent {
         saddr: ARC_ETH0
             .parse::<std::net::Ipv4Addr>()
-            .unwrap()
+            .expect("address")
             .octets()
             .to_vec(),
         sport: i32::from(sport),
         daddr: REMOTE_HOST
             .parse::<std::net::Ipv4Addr>()
-            .unwrap()
+            .expect("address")
             .octets()
             .to_vec(),
         dport: i32::from(dport),

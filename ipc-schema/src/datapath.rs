@@ -200,6 +200,15 @@ pub enum Step {
         addr: IpAddr,
         prefix_len: u8,
     },
+    /// Removes an address, if present, from `lo` or a link patchpanel
+    /// owns (the writer refuses any other). Not undone: for best-effort
+    /// plans.
+    DeleteAddress {
+        netns: Netns,
+        link: IfName,
+        addr: IpAddr,
+        prefix_len: u8,
+    },
     /// Brings a link up, setting multicast on or off. Undo: down.
     LinkUp {
         netns: Netns,

@@ -66,6 +66,10 @@ pub struct Config {
     /// (`NeighborReachabilityEvent`), 1-3600; 60 as upstream. Meant for
     /// tests, which cannot wait a minute per probe.
     pub neighbor_probe_seconds: u32,
+    /// Put the root-namespace DNS proxies' IPv6 addresses (fd64:ffff::2
+    /// and ::3, as upstream) on `lo` while running; their IPv4 ones
+    /// (127.0.0.2/3) are on `lo` already.
+    pub dns_proxy_loopback: bool,
 }
 
 /// Upstream's uid -> source list (`kLocalSourceTypes`), by name.
@@ -124,6 +128,7 @@ impl Default for Config {
             max_port_rules: 4096,
             max_port_rules_per_interface: 1024,
             neighbor_probe_seconds: 60,
+            dns_proxy_loopback: true,
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct Settings {
     /// How often watched gateways and DNS servers are probed
     /// ([`crate::neighbor_service::DEFAULT_PROBE_INTERVAL`]).
     pub neighbor_probe_interval: Duration,
+    /// The root-namespace DNS proxies' IPv6 addresses on `lo`.
+    pub dns_proxy_loopback: bool,
 }
 
 /// How far the daemon got.
@@ -567,6 +569,7 @@ impl Daemon {
                         layout: &self.settings.layout,
                         port_policy: &self.settings.port_policy,
                         manage_uplink_routing: self.settings.manage_uplink_routing,
+                        dns_proxy_loopback: self.settings.dns_proxy_loopback,
                     },
                 )?;
                 // A respawned writer sets the firewall up again before
@@ -746,6 +749,7 @@ mod tests {
                     adb_allowed: false,
                 },
                 neighbor_probe_interval: Duration::from_secs(60),
+                dns_proxy_loopback: false,
             };
             let daemon = Daemon::new(settings, store, AddressManager::new(), uplinks, lifelines);
             let mut w = World {

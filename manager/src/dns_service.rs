@@ -33,6 +33,51 @@ use crate::env::{Env, GuestView};
 use crate::error::CallError;
 use crate::lifeline::{Guarded, LifelineWatcher};
 
+/// The system and default DNS proxies' IPv6 addresses on `lo` (upstream's
+/// `kDnsProxySystemIPv6Address`, `kDnsProxyDefaultIPv6Address`), for
+/// dns-proxy's root-namespace mode; their IPv4 ones, 127.0.0.2 and
+/// 127.0.0.3, are in `lo`'s 127/8 already.
+pub const LOOPBACK_PROXIES: [Ipv6Addr; 2] = [
+    Ipv6Addr::new(0xfd64, 0xffff, 0, 0, 0, 0, 0, 2),
+    Ipv6Addr::new(0xfd64, 0xffff, 0, 0, 0, 0, 0, 3),
+];
+
+/// Adds (`add`) or removes the proxies' addresses on the host's `lo`;
+/// best effort: a host without IPv6 on `lo` logs and goes on.
+pub fn loopback_plan(add: bool) -> Plan {
+    let lo = IfName::new("lo").expect("a valid name");
+    Plan {
+        label: format!("DNS proxy addresses {} lo", if add { "on" } else { "off" }),
+        mode: ApplyMode::BestEffort,
+        steps: LOOPBACK_PROXIES
+            .iter()
+            .map(|a| {
+                let (netns, link, addr, prefix_len) = (
+                    patchpanel_ipc::datapath::Netns::Host,
+                    lo.clone(),
+                    IpAddr::V6(*a),
+                    128,
+                );
+                if add {
+                    Step::AddAddress {
+                        netns,
+                        link,
+                        addr,
+                        prefix_len,
+                    }
+                } else {
+                    Step::DeleteAddress {
+                        netns,
+                        link,
+                        addr,
+                        prefix_len,
+                    }
+                }
+            })
+            .collect(),
+    }
+}
+
 /// At most this many rules at once (dns-proxy asks for a handful: two per
 /// proxy and guest).
 pub const MAX_RULES: usize = 512;

@@ -33,6 +33,8 @@ pub struct Setup<'a> {
     pub layout: &'a LayoutConfig,
     pub port_policy: &'a PortPolicy,
     pub manage_uplink_routing: bool,
+    /// The root-namespace DNS proxies' IPv6 addresses on `lo`.
+    pub dns_proxy_loopback: bool,
 }
 
 /// The previous run's state, if it left a usable one.
@@ -91,6 +93,11 @@ pub fn start(
     let firewall = Request::SetupFirewall(setup.layout.clone());
     env.call(firewall.clone())
         .map_err(|e| anyhow!("cannot set up the firewall: {e}"))?;
+    if setup.dns_proxy_loopback {
+        if let Err(e) = env.apply(dns_service::loopback_plan(true), &[]) {
+            warn!("the DNS proxies' addresses cannot be put on lo: {e}");
+        }
+    }
     if let Some(prev) = &previous {
         port_rule_service::readopt(
             env,
@@ -170,11 +177,20 @@ pub fn clean_up(env: &mut Env<'_>, state: &mut State, store: &StateFile) -> anyh
         inherit(env, state, &prev);
     }
     remove_owned(env, false, Vec::new(), Vec::new())?;
+    remove_loopback_proxies(env);
     restore_sysctls(env, state);
     if let Err(e) = store.remove() {
         warn!("cannot remove {}: {e}", store.path().display());
     }
     Ok(())
+}
+
+/// The DNS proxies' addresses on `lo` go at a stop and a cleanup (whether
+/// or not this run put them there: they are patchpanel's by convention).
+fn remove_loopback_proxies(env: &mut Env<'_>) {
+    if let Err(e) = env.apply(dns_service::loopback_plan(false), &[]) {
+        warn!("the DNS proxies' addresses cannot be removed from lo: {e}");
+    }
 }
 
 /// A clean stop: every namespace and guest goes, then everything owned but
@@ -205,6 +221,7 @@ pub fn stop(
     if let Err(e) = remove_owned(env, true, Vec::new(), Vec::new()) {
         warn!("{e}");
     }
+    remove_loopback_proxies(env);
     restore_sysctls(env, state);
     // shill does not configure its networks or lockdown again when
     // patchpanel comes back: they stay for the next start (and go with

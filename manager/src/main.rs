@@ -236,6 +236,7 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
             neighbor_probe_interval: std::time::Duration::from_secs(u64::from(
                 config.neighbor_probe_seconds,
             )),
+            dns_proxy_loopback: config.dns_proxy_loopback,
         },
     })?
     .run()

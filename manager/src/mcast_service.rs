@@ -241,6 +241,40 @@ mod tests {
     }
 
     #[test]
+    fn inbound_to_arc_on_wifi_follows_the_multicast_lock() {
+        use crate::guests::test_support::*;
+        let mut a = addrs();
+        let mut arc = arc_allocate(container(), &mut a, &Default::default()).unwrap();
+        let mut view = UplinkView::default();
+        for (name, index, tech) in [
+            ("eth0", 2, Technology::Ethernet),
+            ("wlan0", 3, Technology::Wifi),
+        ] {
+            let u = uplink(name, index, tech);
+            arc.devices
+                .insert(name.into(), arc_device(&arc, &u, &mut a).unwrap().unwrap());
+            view.apply(&patchpanel_uplinks::UplinkEvent::Added(u));
+        }
+        for held in [false, true] {
+            let wanted = wanted_pairs(&view, Some(&arc), &[], held);
+            let eth = &wanted[&name("arc_eth0")];
+            let wifi = &wanted[&name("arc_wlan0")];
+            assert!(eth.inbound && eth.outbound, "Ethernet is not affected");
+            assert_eq!(wifi.inbound, held, "Wi-Fi inbound follows the lock");
+            assert!(wifi.outbound, "ARC always sends");
+        }
+        // A change re-sends the pair (the replay log then carries it).
+        let fwd = McastForwarding {
+            active: wanted_pairs(&view, Some(&arc), &[], false),
+        };
+        let changes = fwd.diff(&wanted_pairs(&view, Some(&arc), &[], true));
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(
+            matches!(&changes[1], McastChange::Start(p) if p.inbound && p.downlink == name("arc_wlan0"))
+        );
+    }
+
+    #[test]
     fn nothing_is_forwarded_without_uplinks() {
         let wanted = wanted_pairs(&UplinkView::default(), None, &[], false);
         assert!(wanted.is_empty());

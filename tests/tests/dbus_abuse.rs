@@ -41,7 +41,7 @@ const UNKNOWN_OBJECT: &str = "org.freedesktop.DBus.Error.UnknownObject";
 
 /// Every method the daemon exports (`IMPLEMENTED` in
 /// manager/src/dbus_service.rs); checked against its introspection data.
-const EXPORTED: [&str; 17] = [
+const EXPORTED: [&str; 27] = [
     names::GET_DEVICES,
     names::CONNECT_NAMESPACE,
     names::MODIFY_PORT_RULE,
@@ -59,6 +59,16 @@ const EXPORTED: [&str; 17] = [
     names::TAG_SOCKET,
     names::CONFIGURE_NETWORK,
     names::SET_VPN_LOCKDOWN,
+    names::BRUSCHETTA_VM_STARTUP,
+    names::BRUSCHETTA_VM_SHUTDOWN,
+    names::BOREALIS_VM_STARTUP,
+    names::BOREALIS_VM_SHUTDOWN,
+    names::SET_DNS_REDIRECTION_RULE,
+    names::NOTIFY_ANDROID_INTERACTIVE_STATE,
+    names::NOTIFY_ANDROID_WIFI_MULTICAST_LOCK_CHANGE,
+    names::NOTIFY_SOCKET_CONNECTION_EVENT,
+    names::NOTIFY_ARC_VPN_SOCKET_CONNECTION_EVENT,
+    names::SET_FEATURE_FLAG,
 ];
 
 /// 10 MiB.
@@ -600,6 +610,20 @@ fn default_request_outcome(method: &str) -> Expect {
         names::CONFIGURE_NETWORK => Expect::Invalid("ifindex"),
         // Lockdown off while it is off: nothing to do.
         names::SET_VPN_LOCKDOWN => Expect::Empty,
+        names::BRUSCHETTA_VM_STARTUP | names::BOREALIS_VM_STARTUP => Expect::Invalid("id"),
+        names::BRUSCHETTA_VM_SHUTDOWN | names::BOREALIS_VM_SHUTDOWN => {
+            Expect::Invalid("is running")
+        }
+        names::SET_DNS_REDIRECTION_RULE => Expect::Invalid("rule type"),
+        // Not interactive, the lock not held: what Chrome may say.
+        names::NOTIFY_ANDROID_INTERACTIVE_STATE
+        | names::NOTIFY_ANDROID_WIFI_MULTICAST_LOCK_CHANGE => Expect::Empty,
+        names::NOTIFY_SOCKET_CONNECTION_EVENT | names::NOTIFY_ARC_VPN_SOCKET_CONNECTION_EVENT => {
+            Expect::Invalid("missing")
+        }
+        // WIFI_QOS off, and it was off: the previous value false is an
+        // all-default response.
+        names::SET_FEATURE_FLAG => Expect::Empty,
         other => panic!("no expectation for {other}"),
     }
 }

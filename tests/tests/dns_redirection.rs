@@ -523,3 +523,29 @@ fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(firewall(&world), before);
     assert!(c.get_devices().is_ok(), "the daemon still serves");
 }
+
+#[test]
+fn the_root_namespace_proxies_addresses_are_on_lo_while_patchpanel_runs() {
+    let mut world = World::start().expect("world");
+    let lo = |world: &World| {
+        world
+            .netns
+            .exec_ok(&["ip", "-6", "-o", "addr", "show", "dev", "lo"])
+            .expect("ip addr")
+    };
+    let shown = lo(&world);
+    for addr in ["fd64:ffff::2/128", "fd64:ffff::3/128"] {
+        assert!(shown.contains(addr), "{addr} not on lo: {shown}");
+    }
+    world.daemon.signal(libc::SIGTERM).expect("SIGTERM");
+    world
+        .daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("wait")
+        .expect("the daemon did not stop");
+    let shown = lo(&world);
+    assert!(
+        !shown.contains("fd64:ffff::"),
+        "left on lo after the stop: {shown}"
+    );
+}

@@ -593,6 +593,22 @@ impl Writer {
                     prefix_len: *prefix_len,
                 })
             }
+            Step::DeleteAddress {
+                netns,
+                link,
+                addr,
+                prefix_len,
+            } => {
+                let rtnl = self.rtnl(netns)?;
+                // Never another program's link: the loopback (the DNS
+                // proxies' addresses) or one patchpanel made.
+                if link.as_str() != "lo" {
+                    owned::expect_owned_link(rtnl, link)?;
+                }
+                rtnl.delete_address(link.as_str(), *addr, *prefix_len)
+                    .map_err(|e| os_error(format!("delete {addr}/{prefix_len} from {link}"), &e))?;
+                Ok(Undo::Nothing)
+            }
             Step::LinkUp {
                 netns,
                 link,
@@ -901,6 +917,7 @@ fn step_name(step: &Step) -> &'static str {
         Step::CreateVeth { .. } => "create veth",
         Step::DeleteLink { .. } => "delete link",
         Step::AddAddress { .. } => "add address",
+        Step::DeleteAddress { .. } => "delete address",
         Step::LinkUp { .. } => "link up",
         Step::AddRoute { .. } => "add route",
         Step::DeleteRoute { .. } => "delete route",

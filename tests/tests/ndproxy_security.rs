@@ -424,8 +424,19 @@ fn an_nd_proxy_killed_again_and_again_while_serving_never_takes_the_tree_down() 
         send_signal(old.pid, libc::SIGKILL).expect("SIGKILL ndproxy");
         let new = poll_until(Duration::from_secs(10), || {
             let new = world.daemon.tree().ok()?.helper(Helper::NdProxy);
-            let up = format!("patchpanel-ndproxy (pid {new}) is up; replayed");
-            (new != old.pid && old.is_gone() && world.daemon.log().contains(&up)).then_some(new)
+            // One "is up" line per instance: the first and one per kill so
+            // far. (Counted, not looked up by pid: a helper's Hello can
+            // arrive before the spawner reports its pid, and the line then
+            // says "pid unknown".)
+            let log = world.daemon.log();
+            let ups = log
+                .lines()
+                .filter(|l| {
+                    l.contains("patchpanel-ndproxy (pid ") && l.contains(") is up; replayed")
+                })
+                .count();
+            let started = log.contains(&format!("patchpanel-ndproxy started as pid {new}"));
+            (new != old.pid && old.is_gone() && started && ups >= round + 2).then_some(new)
         });
         assert!(
             new.is_some(),

@@ -371,6 +371,7 @@ fn held_by_cli(world: &World, args: &[&str]) -> Running {
         .args(args)
         .env("DBUS_SYSTEM_BUS_ADDRESS", world.bus.address())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("patchpanel dns-redirect");
     let mut line = String::new();
@@ -379,7 +380,16 @@ fn held_by_cli(world: &World, args: &[&str]) -> Running {
         &mut line,
     )
     .expect("read");
-    assert!(line.starts_with("redirecting DNS"), "{line:?}");
+    if !line.starts_with("redirecting DNS") {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        panic!(
+            "patchpanel dns-redirect: {line:?} {err}\ndaemon log:\n{}",
+            world.daemon.log()
+        );
+    }
     Running(child)
 }
 

@@ -41,6 +41,7 @@
 
 pub mod adb;
 pub mod configure_network;
+pub mod dhcp;
 pub mod guests;
 pub mod host_firewall;
 pub mod idle;

@@ -16,6 +16,7 @@ const POLICIES: &[&str] = &[
     "mcast-forwarder",
     "adb-proxy",
     "socket-service",
+    "dhcp-server",
 ];
 
 fn main() {

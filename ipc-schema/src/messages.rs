@@ -12,6 +12,7 @@ pub enum Role {
     McastForwarder,
     AdbProxy,
     SocketService,
+    DhcpServer,
 }
 
 impl Role {
@@ -23,6 +24,7 @@ impl Role {
             Role::McastForwarder => "mcast-forwarder",
             Role::AdbProxy => "adb-proxy",
             Role::SocketService => "socket-service",
+            Role::DhcpServer => "dhcp-server",
         }
     }
 }
@@ -162,6 +164,16 @@ pub enum Request {
     /// conntrack mark (ctnetlink). Answered with
     /// [`Reply::ConnmarkUpdated`].
     UpdateConnmark(patchpanel_firewall::conntrack::MarkUpdate),
+    /// dhcp-server: serves DHCP on `ifname` with `config`, replacing an
+    /// earlier config of that link. Answered with [`Reply::Done`].
+    /// Replayed.
+    DhcpServe {
+        ifname: IfName,
+        config: patchpanel_dhcp::LinkConfig,
+    },
+    /// dhcp-server: stops serving `ifname`. Answered with [`Reply::Done`],
+    /// also when it was not served.
+    DhcpStop { ifname: IfName },
 }
 
 /// One guest link forwarded to one uplink by the mcast-forwarder.
@@ -351,6 +363,7 @@ mod size_tests {
             Role::McastForwarder,
             Role::AdbProxy,
             Role::SocketService,
+            Role::DhcpServer,
         ]
         .map(Role::name);
 
@@ -362,7 +375,8 @@ mod size_tests {
                 "ndproxy",
                 "mcast-forwarder",
                 "adb-proxy",
-                "socket-service"
+                "socket-service",
+                "dhcp-server"
             ]
         );
     }

@@ -70,6 +70,15 @@ pub struct Config {
     /// and ::3, as upstream) on `lo` while running; their IPv4 ones
     /// (127.0.0.2/3) are on `lo` already.
     pub dns_proxy_loopback: bool,
+    /// Serve DHCPv4 on every VM TAP and connected namespace with the
+    /// address the daemon allocated for its guest (generic hosts, whose
+    /// stock VM images configure themselves by DHCP). Off by default: on
+    /// ChromeOS concierge configures its guests statically.
+    pub guest_dhcp: bool,
+    /// The name servers DHCP announces; empty: the host's (the
+    /// non-loopback `nameserver` lines of /etc/resolv.conf, else of
+    /// systemd-resolved's /run/systemd/resolve/resolv.conf).
+    pub guest_dns: Vec<std::net::Ipv4Addr>,
 }
 
 /// Upstream's uid -> source list (`kLocalSourceTypes`), by name.
@@ -129,6 +138,8 @@ impl Default for Config {
             max_port_rules_per_interface: 1024,
             neighbor_probe_seconds: 60,
             dns_proxy_loopback: true,
+            guest_dhcp: false,
+            guest_dns: Vec::new(),
         }
     }
 }

@@ -77,7 +77,11 @@ pub fn wanted(guests: &GuestView<'_>, dns: &[Ipv4Addr]) -> BTreeMap<IfName, Link
     for ns in guests.namespaces.values() {
         wanted.insert(
             ns.host_ifname.clone(),
-            config(ns.host_addr(), ns.peer_addr(), ns.subnet.subnet.prefix_len()),
+            config(
+                ns.host_addr(),
+                ns.peer_addr(),
+                ns.subnet.subnet.prefix_len(),
+            ),
         );
     }
     wanted
@@ -166,9 +170,7 @@ impl DhcpLinks {
                             "DHCP on {ifname}: {} for the guest, router {}",
                             config.client, config.server
                         ),
-                        Err(e) => warn!(
-                            "DHCP on {ifname}: {e} (retried when the helper restarts)"
-                        ),
+                        Err(e) => warn!("DHCP on {ifname}: {e} (retried when the helper restarts)"),
                     }
                 }
             }
@@ -217,8 +219,20 @@ mod tests {
             [DhcpChange::Serve(name("vmtap0"), config(26))]
         );
         links.active = wanted;
-        let changed: BTreeMap<_, _> = [(name("vmtap0"), LinkConfig { mtu: Some(1400), ..config(26) })].into();
-        assert!(matches!(&links.diff(&changed)[..], [DhcpChange::Serve(_, c)] if c.mtu == Some(1400)));
-        assert_eq!(links.diff(&BTreeMap::new()), [DhcpChange::Stop(name("vmtap0"))]);
+        let changed: BTreeMap<_, _> = [(
+            name("vmtap0"),
+            LinkConfig {
+                mtu: Some(1400),
+                ..config(26)
+            },
+        )]
+        .into();
+        assert!(
+            matches!(&links.diff(&changed)[..], [DhcpChange::Serve(_, c)] if c.mtu == Some(1400))
+        );
+        assert_eq!(
+            links.diff(&BTreeMap::new()),
+            [DhcpChange::Stop(name("vmtap0"))]
+        );
     }
 }

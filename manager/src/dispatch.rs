@@ -29,6 +29,7 @@ use prost::Message as _;
 
 use crate::adb_service::{AdbPolicy, AdbRelay};
 use crate::dbus_service::{Bus, Call, Incoming, FIREWALLD_RELOADED};
+use crate::dhcp_service::DhcpLinks;
 use crate::env::{Effects, Env, GuestView, HelperLink};
 use crate::error::CallError;
 use crate::firewall_service::HostFirewall;
@@ -66,6 +67,8 @@ pub struct Settings {
     pub neighbor_probe_interval: Duration,
     /// The root-namespace DNS proxies' IPv6 addresses on `lo`.
     pub dns_proxy_loopback: bool,
+    /// DHCP for guests: the name servers to announce, or `None` (off).
+    pub guest_dhcp: Option<Vec<std::net::Ipv4Addr>>,
 }
 
 /// How far the daemon got.
@@ -125,6 +128,7 @@ pub struct Daemon {
     adb: AdbRelay,
     socket_networks: SocketNetworks,
     arc_vpn: vpn_service::ArcVpn,
+    dhcp: DhcpLinks,
     host_firewall: HostFirewall,
     neighbors: NeighborWatch,
     effects: Effects,
@@ -140,6 +144,7 @@ impl Daemon {
     ) -> Daemon {
         Daemon {
             adb: AdbRelay::new(settings.adb),
+            dhcp: DhcpLinks::new(settings.guest_dhcp.clone()),
             neighbors: NeighborWatch::new(settings.neighbor_probe_interval),
             settings,
             phase: Phase::Starting,
@@ -271,6 +276,7 @@ impl Daemon {
                 link,
             );
             self.adb.reconcile(self.state.arc.as_ref(), link);
+            self.dhcp.reconcile(&guests, link);
             self.socket_networks
                 .reconcile(&self.uplinks, &self.state.networks, link);
             self.arc_vpn
@@ -750,6 +756,7 @@ mod tests {
                 },
                 neighbor_probe_interval: Duration::from_secs(60),
                 dns_proxy_loopback: false,
+                guest_dhcp: None,
             };
             let daemon = Daemon::new(settings, store, AddressManager::new(), uplinks, lifelines);
             let mut w = World {

@@ -7,6 +7,7 @@ pub mod chrome_service;
 pub mod config;
 pub mod counters;
 pub mod dbus_service;
+pub mod dhcp_service;
 pub mod dispatch;
 pub mod dns_service;
 pub mod env;

@@ -237,6 +237,25 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
                 config.neighbor_probe_seconds,
             )),
             dns_proxy_loopback: config.dns_proxy_loopback,
+            guest_dhcp: config.guest_dhcp.then(|| {
+                let dns = if config.guest_dns.is_empty() {
+                    patchpaneld::dhcp_service::host_name_servers()
+                } else {
+                    config.guest_dns.clone()
+                };
+                info!(
+                    "DHCP for guests on; name servers announced: {}",
+                    if dns.is_empty() {
+                        "none (no usable one in resolv.conf; set guest_dns)".to_string()
+                    } else {
+                        dns.iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    }
+                );
+                dns
+            }),
         },
     })?
     .run()

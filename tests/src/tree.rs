@@ -1,6 +1,6 @@
 //! The daemon's process tree as the contract describes it: the manager (the
 //! process the test started), one spawner child (`comm` = `pp-spawner`), and the
-//! five helpers, children of the spawner, recognised by their exact `argv[0]`.
+//! six helpers, children of the spawner, recognised by their exact `argv[0]`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,16 +20,18 @@ pub enum Helper {
     McastForwarder,
     AdbProxy,
     SocketService,
+    DhcpServer,
 }
 
 impl Helper {
     /// Every helper, in a fixed order.
-    pub const ALL: [Helper; 5] = [
+    pub const ALL: [Helper; 6] = [
         Helper::DatapathWriter,
         Helper::NdProxy,
         Helper::McastForwarder,
         Helper::AdbProxy,
         Helper::SocketService,
+        Helper::DhcpServer,
     ];
 
     /// The executable's file name, which is also the process's exact `argv[0]`.
@@ -40,6 +42,7 @@ impl Helper {
             Helper::McastForwarder => "patchpanel-mcast-forwarder",
             Helper::AdbProxy => "patchpanel-adb-proxy",
             Helper::SocketService => "patchpanel-socket-service",
+            Helper::DhcpServer => "patchpanel-dhcp-server",
         }
     }
 

@@ -69,6 +69,7 @@ const SPAWNER_CAPS: u64 = cap::mask(&[
     cap::SETUID,
     cap::SETGID,
     cap::SETPCAP,
+    cap::NET_BIND_SERVICE,
     cap::NET_ADMIN,
     cap::NET_RAW,
     cap::SYS_ADMIN,
@@ -84,6 +85,8 @@ const WRITER_CAPS: u64 = cap::mask(&[
 const FORWARDER_CAPS: u64 = cap::mask(&[cap::NET_RAW]);
 /// SO_MARK on the sockets TagSocket hands the socket service.
 const SOCKET_SERVICE_CAPS: u64 = cap::mask(&[cap::NET_ADMIN]);
+/// Port 67 on each link the DHCP server serves.
+const DHCP_SERVER_CAPS: u64 = cap::mask(&[cap::NET_BIND_SERVICE]);
 
 /// Exhaustive: a new helper does not compile until it has a row here.
 fn expected_privileges(role: Role) -> Privileges {
@@ -141,6 +144,16 @@ fn expected_privileges(role: Role) -> Privileges {
             inheritable: Some(0),
             ambient: 0,
             bounding: SOCKET_SERVICE_CAPS,
+            no_new_privs: 1,
+            seccomp: 2,
+            seccomp_filters: 1,
+        },
+        Role::Helper(Helper::DhcpServer) => Privileges {
+            account: Account::Service,
+            permitted: DHCP_SERVER_CAPS,
+            inheritable: Some(0),
+            ambient: 0,
+            bounding: DHCP_SERVER_CAPS,
             no_new_privs: 1,
             seccomp: 2,
             seccomp_filters: 1,
@@ -256,7 +269,7 @@ fn file_name(path: &Path) -> String {
 // Shape and privileges.
 
 #[test]
-fn tree_is_manager_spawner_and_five_helpers() {
+fn tree_is_manager_spawner_and_six_helpers() {
     let bed = start();
 
     let tree = bed.daemon.tree().expect("complete process tree");
@@ -634,4 +647,5 @@ per_helper_tests! {
     mcast_forwarder => Helper::McastForwarder;
     adb_proxy => Helper::AdbProxy;
     socket_service => Helper::SocketService;
+    dhcp_server => Helper::DhcpServer;
 }

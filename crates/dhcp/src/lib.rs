@@ -9,8 +9,8 @@
 //! * DISCOVER: an OFFER of that address, with the router (the host end),
 //!   the DNS servers, the MTU and the lease time;
 //! * REQUEST (selecting, init-reboot, renewing, rebinding): an ACK when it
-//!   asks for that address, a NAK when it asks for any other; a REQUEST
-//!   that names another server is not ours;
+//!   asks for that address, a NAK when it asks for any other (whoever
+//!   asks); a REQUEST that names another server is not ours;
 //! * RELEASE and DECLINE end the lease; INFORM gets the options without an
 //!   address.
 //!
@@ -28,7 +28,8 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
+pub use dhcproto::v4::{DhcpOption, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{Flags, HType, Message};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use serde::{Deserialize, Serialize};
 
@@ -88,7 +89,11 @@ impl LinkConfig {
     }
 
     pub fn mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0))
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix_len))
+                .unwrap_or(0),
+        )
     }
 
     fn network(&self) -> Ipv4Addr {
@@ -211,6 +216,9 @@ impl Server {
         if packet.len() > MAX_REQUEST {
             return Outcome::Dropped(DropReason::Oversized);
         }
+        if !options_are_safe(packet) {
+            return Outcome::Dropped(DropReason::Malformed);
+        }
         let Ok(msg) = Message::decode(&mut Decoder::new(packet)) else {
             return Outcome::Dropped(DropReason::Malformed);
         };
@@ -220,7 +228,11 @@ impl Server {
         if !msg.giaddr().is_unspecified() {
             return Outcome::Dropped(DropReason::Relayed);
         }
-        let Some(mac) = msg.chaddr().get(..6).and_then(|m| <[u8; 6]>::try_from(m).ok()) else {
+        let Some(mac) = msg
+            .chaddr()
+            .get(..6)
+            .and_then(|m| <[u8; 6]>::try_from(m).ok())
+        else {
             return Outcome::Dropped(DropReason::NotARequest);
         };
         let Some(kind) = msg.opts().msg_type() else {
@@ -246,15 +258,17 @@ impl Server {
                     // The client chose another server's offer.
                     return Outcome::Dropped(DropReason::OtherServer);
                 }
-                if !free_for(self.lease) {
-                    return Outcome::Dropped(DropReason::OtherClient);
-                }
                 let asked = match msg.opts().get(OptionCode::RequestedIpAddress) {
                     Some(DhcpOption::RequestedIpAddress(a)) => *a,
                     _ => msg.ciaddr(),
                 };
+                // Any other address is wrong on this link, whoever asks
+                // (another guest's, one from a previous network).
                 if asked != self.config.client {
                     return self.reply(&msg, MessageType::Nak, None);
+                }
+                if !free_for(self.lease) {
+                    return Outcome::Dropped(DropReason::OtherClient);
                 }
                 self.lease = Some(Lease {
                     mac,
@@ -330,6 +344,56 @@ impl Server {
         };
         Outcome::Reply { bytes, to, kind }
     }
+}
+
+/// Whether `packet`'s options may go to `dhcproto`'s decoder. It asserts
+/// (debug builds) or unwraps (all builds: a classless route's prefix
+/// length over 32) on some malformed options; none of those belongs in a
+/// client's request, so a request carrying one is malformed here, as is one
+/// whose options run past its end or overload `sname`/`file` (option 52,
+/// which this server does not read), or that lacks the magic cookie.
+fn options_are_safe(packet: &[u8]) -> bool {
+    const OPTIONS: usize = 240;
+    // A DHCP message has the magic cookie (`dhcproto` does not check it:
+    // it reads options from whatever follows).
+    if packet.len() < OPTIONS || packet[236..OPTIONS] != [99, 130, 83, 99] {
+        return false;
+    }
+    let mut i = OPTIONS;
+    while let Some(&code) = packet.get(i) {
+        match code {
+            0 => {
+                i += 1;
+                continue;
+            }
+            255 => return true,
+            _ => {}
+        }
+        let Some(&len) = packet.get(i + 1) else {
+            return false;
+        };
+        let len = usize::from(len);
+        if i + 2 + len > packet.len() {
+            return false;
+        }
+        let fine = match code {
+            // Overload; classless static routes (RFC 3442 and Microsoft's);
+            // bulk leasequery (a relay's, RFC 6926).
+            52 | 121 | 249 | 151..=158 => false,
+            // The client FQDN starts with three octets (flags, two rcodes);
+            // rapid commit carries nothing; the client network interface
+            // identifier is three octets.
+            81 => len >= 3,
+            80 => len == 0,
+            94 => len == 3,
+            _ => true,
+        };
+        if !fine {
+            return false;
+        }
+        i += 2 + len;
+    }
+    true
 }
 
 /// A client's message, for tests and the benchmark: `kind` from `mac`,

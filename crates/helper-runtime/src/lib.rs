@@ -139,6 +139,7 @@ pub fn role_of(process: Process) -> Role {
         Process::McastForwarder => Role::McastForwarder,
         Process::AdbProxy => Role::AdbProxy,
         Process::SocketService => Role::SocketService,
+        Process::DhcpServer => Role::DhcpServer,
     }
 }
 

@@ -25,16 +25,18 @@ pub enum Process {
     McastForwarder,
     AdbProxy,
     SocketService,
+    DhcpServer,
 }
 
 impl Process {
     /// The helpers the spawner starts, in start order.
-    pub const HELPERS: [Process; 5] = [
+    pub const HELPERS: [Process; 6] = [
         Process::DatapathWriter,
         Process::NdProxy,
         Process::McastForwarder,
         Process::AdbProxy,
         Process::SocketService,
+        Process::DhcpServer,
     ];
 
     /// Name of the executable (helpers) and of the seccomp policy.
@@ -46,6 +48,7 @@ impl Process {
             Process::McastForwarder => "patchpanel-mcast-forwarder",
             Process::AdbProxy => "patchpanel-adb-proxy",
             Process::SocketService => "patchpanel-socket-service",
+            Process::DhcpServer => "patchpanel-dhcp-server",
         }
     }
 
@@ -58,6 +61,7 @@ impl Process {
             Process::McastForwarder => "pp-mcast",
             Process::AdbProxy => "pp-adb",
             Process::SocketService => "pp-socket",
+            Process::DhcpServer => "pp-dhcp",
         }
     }
 
@@ -84,6 +88,8 @@ impl Process {
             // SO_MARK on the sockets TagSocket hands it (the routing tag
             // and VPN bits; the kernel asks for NET_ADMIN).
             Process::SocketService => &[Capability::CAP_NET_ADMIN],
+            // Port 67 on each served link.
+            Process::DhcpServer => &[Capability::CAP_NET_BIND_SERVICE],
         }
     }
 
@@ -96,7 +102,8 @@ impl Process {
             | Process::NdProxy
             | Process::McastForwarder
             | Process::AdbProxy
-            | Process::SocketService => false,
+            | Process::SocketService
+            | Process::DhcpServer => false,
         }
     }
 }

@@ -53,6 +53,8 @@ pub(crate) fn program(process: Process, mode: SeccompMode) -> &'static [(u16, u8
         (Process::AdbProxy, SeccompMode::Log) => ADB_PROXY_LOG,
         (Process::SocketService, SeccompMode::Enforce) => SOCKET_SERVICE_ENFORCE,
         (Process::SocketService, SeccompMode::Log) => SOCKET_SERVICE_LOG,
+        (Process::DhcpServer, SeccompMode::Enforce) => DHCP_SERVER_ENFORCE,
+        (Process::DhcpServer, SeccompMode::Log) => DHCP_SERVER_LOG,
     }
 }
 

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use mio::net::UdpSocket as MioUdp;
 use mio::{Interest, Registry, Token};
-use patchpanel_dhcp::{Destination, DropReason, LinkConfig, Outcome, Server, CLIENT_PORT, SERVER_PORT};
+use patchpanel_dhcp::{
+    Destination, DropReason, LinkConfig, Outcome, Server, CLIENT_PORT, SERVER_PORT,
+};
 use patchpanel_helper_runtime::Service;
 use patchpanel_ipc::{Event, HelperError, IfName, Reply, Request};
 use patchpanel_sandbox::Process;
@@ -96,10 +98,27 @@ fn link_socket(ifname: &IfName) -> io::Result<UdpSocket> {
     // Other servers may have port 67 on other links (libvirt's dnsmasq).
     set(libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
     set(libc::SOL_SOCKET, libc::SO_BROADCAST, &one)?;
-    set(libc::SOL_SOCKET, libc::SO_BINDTODEVICE, ifname.as_str().as_bytes())?;
-    let socket = UdpSocket::from(fd);
-    socket.bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVER_PORT))?;
-    Ok(socket)
+    set(
+        libc::SOL_SOCKET,
+        libc::SO_BINDTODEVICE,
+        ifname.as_str().as_bytes(),
+    )?;
+    // SAFETY: sockaddr_in is plain data; zeroes are the wildcard address.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_port = SERVER_PORT.to_be();
+    // SAFETY: `addr` is a valid sockaddr_in for the call.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UdpSocket::from(fd))
 }
 
 impl DhcpServer {
@@ -118,7 +137,8 @@ impl DhcpServer {
             .registry
             .as_ref()
             .ok_or_else(|| HelperError::Refused("the DHCP server is not running".into()))?;
-        let socket = link_socket(ifname).map_err(|e| os_error(format!("DHCP socket on {ifname}"), &e))?;
+        let socket =
+            link_socket(ifname).map_err(|e| os_error(format!("DHCP socket on {ifname}"), &e))?;
         let mut socket = MioUdp::from_std(socket);
         let token = Token(FIRST_TOKEN + self.next_token);
         self.next_token += 1;
@@ -186,7 +206,10 @@ impl DhcpServer {
                         }
                         Err(e) => {
                             self.send_errors += 1;
-                            warn!("DHCP on {}: send to {dest} (asked from {from}): {e}", link.name);
+                            warn!(
+                                "DHCP on {}: send to {dest} (asked from {from}): {e}",
+                                link.name
+                            );
                         }
                     }
                 }
@@ -237,7 +260,11 @@ fn describe(c: &LinkConfig) -> String {
         if c.dns.is_empty() {
             "none".to_string()
         } else {
-            c.dns.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ")
+            c.dns
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
         },
         c.mtu.map_or("default".to_string(), |m| m.to_string()),
         c.lease_secs
@@ -261,11 +288,7 @@ impl Service for DhcpServer {
     }
 
     fn start(&mut self, registry: &Registry) -> Result<(), String> {
-        self.registry = Some(
-            registry
-                .try_clone()
-                .map_err(|e| format!("epoll: {e}"))?,
-        );
+        self.registry = Some(registry.try_clone().map_err(|e| format!("epoll: {e}"))?);
         Ok(())
     }
 
@@ -277,7 +300,11 @@ impl Service for DhcpServer {
 
 impl Drop for DhcpServer {
     fn drop(&mut self) {
-        let answered: Vec<String> = self.answered.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let answered: Vec<String> = self
+            .answered
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         info!(
             "DHCP server: {} answered ({}), {}, send errors {}",
             self.answered.values().sum::<u64>(),

@@ -159,6 +159,31 @@ impl World {
         self.policy_dir.is_some()
     }
 
+    /// kill -9 of the manager (the tree dies with it), then a successor
+    /// that reads its state, ready; `extra_config` as the first had it.
+    /// The first stays in `daemon` (its files are the successor's).
+    pub fn crash_and_succeed(&mut self, extra_config: &str) -> Result<Daemon> {
+        self.daemon.signal(libc::SIGKILL)?;
+        self.daemon
+            .wait_exit(std::time::Duration::from_secs(5))?
+            .context("the manager did not die")?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut successor = Daemon::start_with(
+            &self.netns,
+            &self.bus,
+            DaemonOptions {
+                successor_of: Some((
+                    self.daemon.state_dir().to_path_buf(),
+                    self.daemon.netns_prefix().to_string(),
+                )),
+                extra_config: extra_config.to_string(),
+                ..Default::default()
+            },
+        )?;
+        successor.wait_ready()?;
+        Ok(successor)
+    }
+
     /// Runs `argv` inside the named namespace `name` (one the daemon made).
     pub fn exec_in(&self, name: &str, argv: &[&str]) -> Result<std::process::Output> {
         crate::command::output(

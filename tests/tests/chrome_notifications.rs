@@ -7,7 +7,6 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
-use std::time::Duration;
 
 use patchpanel_client::Client;
 use patchpanel_proto::set_feature_flag_request::FeatureFlag;
@@ -19,7 +18,7 @@ use patchpanel_proto::{
 };
 use patchpanel_tests::vm::FakeContainer;
 use patchpanel_tests::world::{World, REMOTE_HOST};
-use patchpanel_tests::{traffic, BusClient, Daemon, DaemonOptions, MethodError};
+use patchpanel_tests::{traffic, BusClient, MethodError};
 use prost::Message as _;
 
 const ARC_ETH0: &str = "100.115.92.6";
@@ -246,25 +245,7 @@ fn feature_flags_answer_the_previous_value_and_outlive_a_crash() {
         .expect_err("flag 7");
     assert!(err.message.contains("unknown feature flag 7"), "{err:?}");
 
-    world.daemon.signal(libc::SIGKILL).expect("SIGKILL");
-    world
-        .daemon
-        .wait_exit(Duration::from_secs(5))
-        .expect("wait")
-        .expect("the manager did not die");
-    let mut successor = Daemon::start_with(
-        &world.netns,
-        &world.bus,
-        DaemonOptions {
-            successor_of: Some((
-                world.daemon.state_dir().to_path_buf(),
-                world.daemon.netns_prefix().to_string(),
-            )),
-            ..Default::default()
-        },
-    )
-    .expect("successor");
-    successor.wait_ready().expect("ready");
+    let successor = world.crash_and_succeed("").expect("successor");
     let c = Client::connect_to(world.bus.address()).expect("client");
     assert!(
         c.set_feature_flag(FeatureFlag::WifiQos, false)

@@ -27,7 +27,7 @@ use patchpanel_proto::{
 };
 use patchpanel_tests::vm::{FakeContainer, FakeVm};
 use patchpanel_tests::world::{kernel_snapshot, World, REMOTE_HOST};
-use patchpanel_tests::{bin_path, poll_until, traffic, BusClient, Daemon, DaemonOptions};
+use patchpanel_tests::{bin_path, poll_until, traffic, BusClient, DaemonOptions};
 use prost::Message as _;
 
 /// A process killed on drop (also when the test fails).
@@ -146,6 +146,23 @@ fn rule(kind: RuleType, ifname: &str, proxy: &str) -> SetDnsRedirectionRuleReque
     }
 }
 
+/// A Termina VM `cid` and its fake guest, configured as concierge would.
+fn termina(world: &World, c: &Client, cid: u32) -> (String, FakeVm) {
+    let vm = c.terminavm_startup(cid).expect("TerminaVmStartup");
+    let guest = ipv4_from_addr4(&vm.ipv4_address).expect("address");
+    let gateway = ipv4_from_addr4(&vm.gateway_ipv4_address).expect("gateway");
+    let fake = FakeVm::boot(
+        &world.netns,
+        &vm.tap_device_ifname,
+        "eth0",
+        &guest.to_string(),
+        30,
+        &gateway.to_string(),
+    )
+    .expect("fake VM");
+    (vm.tap_device_ifname, fake)
+}
+
 fn client(world: &World) -> Client {
     Client::connect_to(world.bus.address()).expect("client")
 }
@@ -165,18 +182,7 @@ fn default_rules_send_a_vms_queries_to_the_proxy_until_the_lifeline_closes() {
     let c = client(&world);
     let _upstream = responder(world.internet.upstream.name(), REMOTE_HOST, "upstream");
     let p = proxy(&c, "proxy");
-    let vm = c.terminavm_startup(7).expect("TerminaVmStartup");
-    let guest = ipv4_from_addr4(&vm.ipv4_address).unwrap();
-    let gateway = ipv4_from_addr4(&vm.gateway_ipv4_address).unwrap();
-    let fake = FakeVm::boot(
-        &world.netns,
-        &vm.tap_device_ifname,
-        "eth0",
-        &guest.to_string(),
-        30,
-        &gateway.to_string(),
-    )
-    .expect("fake VM");
+    let (tap, fake) = termina(&world, &c, 7);
     let vm_ns = fake.netns().name().to_string();
     assert!(
         answered_by(&vm_ns, 0, REMOTE_HOST, "upstream"),
@@ -185,11 +191,7 @@ fn default_rules_send_a_vms_queries_to_the_proxy_until_the_lifeline_closes() {
     let before = firewall(&world);
 
     let lifeline = c
-        .set_dns_redirection_rule(&rule(
-            RuleType::Default,
-            &vm.tap_device_ifname,
-            &p.addr.to_string(),
-        ))
+        .set_dns_redirection_rule(&rule(RuleType::Default, &tap, &p.addr.to_string()))
         .expect("SetDnsRedirectionRule DEFAULT");
     assert!(
         answered_by(&vm_ns, 0, REMOTE_HOST, "proxy"),
@@ -402,18 +404,7 @@ fn a_rule_survives_a_manager_crash_while_its_process_lives_and_goes_with_it() {
     // the manager; dns-proxy connects a new one): after the restart the
     // rule itself is what is checked.
     let p = proxy(&c, "proxy");
-    let vm = c.terminavm_startup(8).expect("TerminaVmStartup");
-    let guest = ipv4_from_addr4(&vm.ipv4_address).unwrap();
-    let gateway = ipv4_from_addr4(&vm.gateway_ipv4_address).unwrap();
-    let fake = FakeVm::boot(
-        &world.netns,
-        &vm.tap_device_ifname,
-        "eth0",
-        &guest.to_string(),
-        30,
-        &gateway.to_string(),
-    )
-    .expect("fake VM");
+    let (tap, fake) = termina(&world, &c, 8);
     let vm_ns = fake.netns().name().to_string();
     let holder = held_by_cli(
         &world,
@@ -421,35 +412,16 @@ fn a_rule_survives_a_manager_crash_while_its_process_lives_and_goes_with_it() {
             "--type",
             "default",
             "--ifname",
-            &vm.tap_device_ifname,
+            &tap,
             "--proxy",
             &p.addr.to_string(),
         ],
     );
     assert!(answered_by(&vm_ns, 0, REMOTE_HOST, "proxy"));
-    let rule_text = format!("-i {} -p udp", vm.tap_device_ifname);
+    let rule_text = format!("-i {} -p udp", tap);
     assert!(firewall(&world).contains(&rule_text));
 
-    world.daemon.signal(libc::SIGKILL).expect("SIGKILL");
-    world
-        .daemon
-        .wait_exit(Duration::from_secs(5))
-        .expect("wait")
-        .expect("the manager did not die");
-    std::thread::sleep(Duration::from_millis(300));
-    let mut successor = Daemon::start_with(
-        &world.netns,
-        &world.bus,
-        DaemonOptions {
-            successor_of: Some((
-                world.daemon.state_dir().to_path_buf(),
-                world.daemon.netns_prefix().to_string(),
-            )),
-            ..Default::default()
-        },
-    )
-    .expect("successor");
-    successor.wait_ready().expect("ready");
+    let successor = world.crash_and_succeed("").expect("successor");
     assert!(
         firewall(&world).contains(&rule_text),
         "the rule was not re-adopted while its process runs; log:\n{}",
@@ -479,8 +451,10 @@ fn a_rule_survives_a_manager_crash_while_its_process_lives_and_goes_with_it() {
 fn bad_requests_are_refused_and_change_nothing() {
     let world = World::start().expect("world");
     let c = client(&world);
-    let vm = c.terminavm_startup(9).expect("TerminaVmStartup");
-    let tap = vm.tap_device_ifname.clone();
+    let tap = c
+        .terminavm_startup(9)
+        .expect("TerminaVmStartup")
+        .tap_device_ifname;
     let before = firewall(&world);
     let cases: Vec<(SetDnsRedirectionRuleRequest, &str)> = vec![
         (

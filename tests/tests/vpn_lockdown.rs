@@ -12,7 +12,7 @@ use std::time::Duration;
 use patchpanel_proto::SetVpnLockdownRequest;
 use patchpanel_tests::traffic;
 use patchpanel_tests::world::{World, REMOTE_HOST};
-use patchpanel_tests::{poll_until, BusClient, Daemon, DaemonOptions};
+use patchpanel_tests::{poll_until, BusClient};
 use prost::Message as _;
 use serde_json::Value;
 
@@ -93,26 +93,7 @@ fn lockdown_rejects_vpn_tagged_traffic_and_survives_a_restart_and_a_flush() {
     set_lockdown(&bus, true); // again: no change, no error
 
     // kill -9: the successor reads the state and puts lockdown back.
-    world.daemon.signal(libc::SIGKILL).expect("SIGKILL");
-    world
-        .daemon
-        .wait_exit(Duration::from_secs(5))
-        .expect("wait")
-        .expect("the manager did not die");
-    std::thread::sleep(Duration::from_millis(300));
-    let mut successor = Daemon::start_with(
-        &world.netns,
-        &world.bus,
-        DaemonOptions {
-            successor_of: Some((
-                world.daemon.state_dir().to_path_buf(),
-                world.daemon.netns_prefix().to_string(),
-            )),
-            ..Default::default()
-        },
-    )
-    .expect("successor");
-    successor.wait_ready().expect("ready");
+    let successor = world.crash_and_succeed("").expect("successor");
     assert_eq!(
         connect_tagged(&world, &bus, "route_on_vpn"),
         "refused",

@@ -299,26 +299,45 @@ impl GuestJson {
 
     pub fn bruschetta(id: u64, r: &BruschettaVmStartupResponse) -> Self {
         Self {
-            guest: "bruschetta",
-            action: "started",
             id: Some(id),
-            tap_device_ifname: Some(r.tap_device_ifname.clone()),
-            ipv4_subnet: r.ipv4_subnet.as_ref().and_then(subnet),
-            ipv4_address: addr4(&r.ipv4_address),
-            gateway_ipv4_address: addr4(&r.gateway_ipv4_address),
-            ..Default::default()
+            ..Self::tap_with_gateway(
+                "bruschetta",
+                &r.tap_device_ifname,
+                r.ipv4_subnet.as_ref(),
+                &r.ipv4_address,
+                &r.gateway_ipv4_address,
+            )
         }
     }
 
     pub fn borealis(cid: u32, r: &BorealisVmStartupResponse) -> Self {
         Self {
-            guest: "borealis",
-            action: "started",
             cid: Some(cid),
-            tap_device_ifname: Some(r.tap_device_ifname.clone()),
-            ipv4_subnet: r.ipv4_subnet.as_ref().and_then(subnet),
-            ipv4_address: addr4(&r.ipv4_address),
-            gateway_ipv4_address: addr4(&r.gateway_ipv4_address),
+            ..Self::tap_with_gateway(
+                "borealis",
+                &r.tap_device_ifname,
+                r.ipv4_subnet.as_ref(),
+                &r.ipv4_address,
+                &r.gateway_ipv4_address,
+            )
+        }
+    }
+
+    /// A started VM with one TAP, its subnet, its address and gateway.
+    fn tap_with_gateway(
+        guest: &'static str,
+        tap: &str,
+        ipv4_subnet: Option<&IPv4Subnet>,
+        address: &[u8],
+        gateway: &[u8],
+    ) -> Self {
+        Self {
+            guest,
+            action: "started",
+            tap_device_ifname: Some(tap.to_string()),
+            ipv4_subnet: ipv4_subnet.and_then(subnet),
+            ipv4_address: addr4(address),
+            gateway_ipv4_address: addr4(gateway),
             ..Default::default()
         }
     }

@@ -395,6 +395,7 @@ mod tests {
             Capability::CAP_SETGID,
             Capability::CAP_SETUID,
             Capability::CAP_SETPCAP,
+            Capability::CAP_NET_BIND_SERVICE,
             Capability::CAP_NET_ADMIN,
             Capability::CAP_NET_RAW,
             Capability::CAP_SYS_PTRACE,

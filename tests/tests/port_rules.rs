@@ -67,6 +67,71 @@ fn a_forwarded_port_reaches_a_server_in_a_guest_until_deleted() {
     traffic::stop(srv);
 }
 
+/// One datagram to `addr:port` from `netns`: the answer, or `timeout`.
+fn udp_ask(netns: &str, addr: &str, port: u16) -> String {
+    let out = traffic::run(
+        netns,
+        0,
+        &format!(
+            "import socket\n\
+             s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n\
+             s.sendto(b'ping', ('{addr}',{port}))\n\
+             try: print(s.recvfrom(64)[0].decode())\n\
+             except Exception: print('timeout')\n"
+        ),
+    )
+    .expect("client");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// UDP too (with the iptables backend, `-p udp --dport` rules make
+/// iptables-nft-restore resolve the port with getaddrinfo(); the writer's
+/// seccomp filter must let it).
+#[test]
+fn a_forwarded_udp_port_reaches_a_server_in_a_guest_until_deleted() {
+    let world = World::start().expect("world");
+    let c = client(&world.bus);
+    let (ns, _lifeline) = c
+        .connect_namespace(&ConnectNamespaceRequest {
+            pid: -1,
+            ..Default::default()
+        })
+        .expect("connect");
+    let guest_ip = "100.115.92.130";
+    // Killed on drop, also when an assertion fails.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _srv = Server(
+        traffic::listener(
+            &ns.netns_name,
+            &format!(
+                "import socket\n\
+             s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('{guest_ip}',5300))\n\
+             print('listening', flush=True)\n\
+             while True:\n    d,a=s.recvfrom(64); s.sendto(b'guest', a)\n"
+            ),
+        )
+        .expect("udp server"),
+    );
+    let upstream = world.internet.upstream.name().to_string();
+    assert_eq!(udp_ask(&upstream, UPLINK_ADDR, 5300), "timeout");
+    let udp = |op| ModifyPortRuleRequest {
+        proto: Protocol::Udp as i32,
+        ..forward(op, 5300, guest_ip, 5300)
+    };
+    c.modify_port_rule(&udp(Operation::Create)).expect("create");
+    assert_eq!(udp_ask(&upstream, UPLINK_ADDR, 5300), "guest");
+    c.modify_port_rule(&udp(Operation::Delete)).expect("delete");
+    // A new source port: the old flow's conntrack entry would still be
+    // NATed.
+    assert_eq!(udp_ask(&upstream, UPLINK_ADDR, 5300), "timeout");
+}
+
 #[test]
 fn access_opens_a_host_port_under_a_default_drop_input_policy() {
     let netns = Netns::new().expect("netns");

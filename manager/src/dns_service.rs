@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use log::{info, warn};
 use patchpanel_firewall::dns::{redirection, DnsRule, Redirect};
@@ -419,14 +419,7 @@ pub fn remove(env: &mut Env<'_>, redirections: &mut DnsRedirections, id: u32, wh
 /// A pidfd for `owner`'s process if it is the same process that asked
 /// (same start time), else `None`.
 fn pin_owner(owner: &Owner) -> Option<OwnedFd> {
-    let pid = i32::try_from(owner.pid).ok()?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: pidfd_open returned a new descriptor that we own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let pidfd = crate::pids::open(i32::try_from(owner.pid).ok()?).ok()?;
     // Read after the pidfd is open: a pid reused before it would show
     // another start time; after it, the pidfd names the process we read.
     (Owner::of(owner.pid).as_ref() == Some(owner) && crate::pids::is_alive(&pidfd)).then_some(pidfd)

@@ -27,27 +27,27 @@ pub fn pin(pid: i32, caller_uid: u32) -> Result<OwnedFd, CallError> {
             "pid {pid} is not a process id (use -1 for a new namespace)"
         )));
     }
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        // pidfd_open refuses a thread that does not lead its group (with
-        // EINVAL, or ENOENT since Linux 6.9).
-        if let Some(tgid) = thread_group(pid).filter(|&tgid| tgid != pid) {
-            return Err(CallError::InvalidArgument(format!(
-                "pid {pid} is a thread of process {tgid}, not a process"
-            )));
-        }
-        return Err(match e.raw_os_error() {
-            Some(libc::ESRCH) | Some(libc::ENOENT) => {
-                CallError::InvalidArgument(format!("no process with pid {pid}"))
+    let pidfd = match open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // pidfd_open refuses a thread that does not lead its group (with
+            // EINVAL, or ENOENT since Linux 6.9).
+            if let Some(tgid) = thread_group(pid).filter(|&tgid| tgid != pid) {
+                return Err(CallError::InvalidArgument(format!(
+                    "pid {pid} is a thread of process {tgid}, not a process"
+                )));
             }
-            Some(libc::EINVAL) => CallError::InvalidArgument(format!("pid {pid} is not a process")),
-            _ => CallError::Failed(format!("cannot pin pid {pid}: {e}")),
-        });
-    }
-    // SAFETY: pidfd_open returned a new descriptor that we own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            return Err(match e.raw_os_error() {
+                Some(libc::ESRCH) | Some(libc::ENOENT) => {
+                    CallError::InvalidArgument(format!("no process with pid {pid}"))
+                }
+                Some(libc::EINVAL) => {
+                    CallError::InvalidArgument(format!("pid {pid} is not a process"))
+                }
+                _ => CallError::Failed(format!("cannot pin pid {pid}: {e}")),
+            });
+        }
+    };
     // SAFETY: getpid has no preconditions.
     if pid == unsafe { libc::getpid() } {
         return Err(CallError::InvalidArgument(format!(
@@ -76,6 +76,17 @@ pub fn pin(pid: i32, caller_uid: u32) -> Result<OwnedFd, CallError> {
         )));
     }
     Ok(pidfd)
+}
+
+/// A pidfd for `pid` (pidfd_open(2)), no questions asked.
+pub fn open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_open returned a new descriptor that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The real, effective, saved and filesystem uids of `pid`, from

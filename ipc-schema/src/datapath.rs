@@ -256,14 +256,16 @@ pub enum Step {
         names: Vec<IfName>,
         timeout_ms: u32,
     },
-    /// A persistent TAP for a VM in the daemon's namespace, owned by the VM
-    /// user the writer was configured with
-    /// ([`WriterConfig::tap_owner_uid`]; the manager cannot choose another
-    /// owner), marked as patchpanel's, with `mac`. Never attaches to an
+    /// A persistent TAP for a VM in the daemon's namespace, marked as
+    /// patchpanel's, with `mac`, owned by the VM user the writer was
+    /// configured with ([`WriterConfig::tap_owner_uid`]), or with `user`
+    /// by that user, who must be one of [`WriterConfig::user_tap_owners`]
+    /// (the manager cannot choose any other owner). Never attaches to an
     /// existing device. Undo: delete it.
     CreateTap {
         name: IfName,
         mac: Mac,
+        user: Option<u32>,
     },
     /// A bridge in the daemon's namespace, marked as patchpanel's. Undo:
     /// delete it.
@@ -374,6 +376,9 @@ pub struct WriterConfig {
     /// Owner of the TAPs made for VMs (the `crosvm` user); `None` when that
     /// user does not exist, and then no TAP is made.
     pub tap_owner_uid: Option<u32>,
+    /// Users who may own the TAP of a VM of their own (config `vm_owners`,
+    /// resolved at the daemon's start); never root.
+    pub user_tap_owners: Vec<u32>,
     /// The firewall backend.
     pub firewall: patchpanel_firewall::FirewallChoice,
 }

@@ -33,4 +33,4 @@ pub const MAX_FDS: usize = 8;
 
 /// Bumped whenever a message changes shape. Both ends refuse a peer whose
 /// `Hello` carries another version.
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;

@@ -79,6 +79,11 @@ pub struct Config {
     /// non-loopback `nameserver` lines of /etc/resolv.conf, else of
     /// systemd-resolved's /run/systemd/resolve/resolv.conf).
     pub guest_dns: Vec<std::net::Ipv4Addr>,
+    /// Who may run a VM of their own (`patchpanel vm run`): user names,
+    /// and `@group` for the users of a group. Such a caller's VM startup
+    /// gets a TAP it owns, and the VM's network lives as long as the
+    /// calling process. Resolved at start; never root, never the VM user.
+    pub vm_owners: Vec<String>,
 }
 
 /// Upstream's uid -> source list (`kLocalSourceTypes`), by name.
@@ -140,6 +145,7 @@ impl Default for Config {
             dns_proxy_loopback: true,
             guest_dhcp: false,
             guest_dns: Vec::new(),
+            vm_owners: vec!["@patchpanel".into()],
         }
     }
 }

@@ -33,6 +33,8 @@ use prost::Message as _;
 
 use crate::env::next_operation;
 use crate::error::CallError;
+use crate::guest_service::VmCaller;
+use crate::guests::VmUser;
 use crate::namespace_service::Connect;
 use crate::port_rules::{PortOp, PortPolicy};
 use crate::{counters, guests, lifeline, namespaces};
@@ -131,16 +133,20 @@ pub enum Call {
     },
     TerminaVmStartup {
         cid: u32,
+        caller: VmCaller,
     },
     TerminaVmShutdown {
         cid: u32,
+        caller: VmCaller,
     },
     ParallelsVmStartup {
         id: u64,
         subnet_index: i32,
+        caller: VmCaller,
     },
     ParallelsVmShutdown {
         id: u64,
+        caller: VmCaller,
     },
     /// Turn VPN lockdown on or off.
     SetVpnLockdown(bool),
@@ -153,15 +159,19 @@ pub enum Call {
     },
     BruschettaVmStartup {
         id: u64,
+        caller: VmCaller,
     },
     BruschettaVmShutdown {
         id: u64,
+        caller: VmCaller,
     },
     BorealisVmStartup {
         id: u32,
+        caller: VmCaller,
     },
     BorealisVmShutdown {
         id: u32,
+        caller: VmCaller,
     },
     /// A DNS redirection rule, its lifeline and who asked.
     SetDnsRedirectionRule(crate::dns_service::SetRule),
@@ -218,6 +228,8 @@ pub struct DbusService {
     /// firewalld's accepted `Reloaded` signals not yet taken by the manager.
     firewalld_reloaded: bool,
     forgeries: Forgeries,
+    /// Uids whose VM startups get a VM of their own (config `vm_owners`).
+    vm_owners: std::collections::BTreeSet<u32>,
 }
 
 /// How many peers' uids are remembered.
@@ -248,7 +260,8 @@ impl DbusService {
     /// Connects to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` is honoured)
     /// and builds the introspection table. The name is requested later,
     /// once the helpers are up, so that owning it means "ready".
-    pub fn connect() -> anyhow::Result<DbusService> {
+    /// `vm_owners`: the uids whose VM startups get a VM of their own.
+    pub fn connect(vm_owners: std::collections::BTreeSet<u32>) -> anyhow::Result<DbusService> {
         let mut channel = Channel::get_private(BusType::System).map_err(|e| {
             anyhow!(
                 "cannot connect to the system bus{}: {}",
@@ -309,6 +322,7 @@ impl DbusService {
             firewalld: FirewalldWatch::default(),
             firewalld_reloaded: false,
             forgeries: Forgeries::default(),
+            vm_owners,
         };
         // Not fatal: patchpanel still follows the rule set itself.
         if let Err(e) = service.follow_firewalld() {
@@ -621,11 +635,17 @@ impl DbusService {
             Method::TerminaVmStartup => {
                 let req = proto::<patchpanel_proto::TerminaVmStartupRequest>(bytes, invalid)?;
                 guests::check_id("cid", u64::from(req.cid))?;
-                Call::TerminaVmStartup { cid: req.cid }
+                Call::TerminaVmStartup {
+                    cid: req.cid,
+                    caller: self.vm_caller(client, true)?,
+                }
             }
             Method::TerminaVmShutdown => {
                 let req = proto::<patchpanel_proto::TerminaVmShutdownRequest>(bytes, invalid)?;
-                Call::TerminaVmShutdown { cid: req.cid }
+                Call::TerminaVmShutdown {
+                    cid: req.cid,
+                    caller: self.vm_caller(client, false)?,
+                }
             }
             Method::ParallelsVmStartup => {
                 let req = proto::<patchpanel_proto::PluginVmStartupRequest>(bytes, invalid)?;
@@ -633,11 +653,15 @@ impl DbusService {
                 Call::ParallelsVmStartup {
                     id: req.id,
                     subnet_index: req.subnet_index,
+                    caller: self.vm_caller(client, true)?,
                 }
             }
             Method::ParallelsVmShutdown => {
                 let req = proto::<patchpanel_proto::PluginVmShutdownRequest>(bytes, invalid)?;
-                Call::ParallelsVmShutdown { id: req.id }
+                Call::ParallelsVmShutdown {
+                    id: req.id,
+                    caller: self.vm_caller(client, false)?,
+                }
             }
             Method::TagSocket => {
                 let (_, socket): (&[u8], dbus::arg::OwnedFd) =
@@ -658,18 +682,26 @@ impl DbusService {
             Method::BruschettaVmStartup => {
                 let req = proto::<patchpanel_proto::BruschettaVmStartupRequest>(bytes, invalid)?;
                 guests::check_id("id", req.id)?;
-                Call::BruschettaVmStartup { id: req.id }
+                Call::BruschettaVmStartup {
+                    id: req.id,
+                    caller: self.vm_caller(client, true)?,
+                }
             }
             Method::BruschettaVmShutdown => Call::BruschettaVmShutdown {
                 id: proto::<patchpanel_proto::BruschettaVmShutdownRequest>(bytes, invalid)?.id,
+                caller: self.vm_caller(client, false)?,
             },
             Method::BorealisVmStartup => {
                 let req = proto::<patchpanel_proto::BorealisVmStartupRequest>(bytes, invalid)?;
                 guests::check_id("id", u64::from(req.id))?;
-                Call::BorealisVmStartup { id: req.id }
+                Call::BorealisVmStartup {
+                    id: req.id,
+                    caller: self.vm_caller(client, true)?,
+                }
             }
             Method::BorealisVmShutdown => Call::BorealisVmShutdown {
                 id: proto::<patchpanel_proto::BorealisVmShutdownRequest>(bytes, invalid)?.id,
+                caller: self.vm_caller(client, false)?,
             },
             Method::SetDnsRedirectionRule => {
                 let (_, lifeline): (&[u8], dbus::arg::OwnedFd) =
@@ -734,6 +766,27 @@ impl DbusService {
                     enabled: req.enabled,
                 }
             }
+        })
+    }
+
+    /// Who starts (`starts`) or stops a VM: the caller's uid, and for a
+    /// start by one of `vm_owners`, the process the VM will live with (the
+    /// bus names it; without it a user's VM is refused, since nothing
+    /// would remove it).
+    fn vm_caller(&mut self, client: &str, starts: bool) -> Result<VmCaller, CallError> {
+        let uid = self.caller_uid_for_call(client)?;
+        if !starts || !self.vm_owners.contains(&uid) {
+            return Ok(VmCaller { uid, user: None });
+        }
+        let pid = self
+            .caller_pid(client)
+            .map_err(|e| CallError::Failed(format!("{e:#}; a VM of one's own needs it")))?;
+        let process = crate::pids::Owner::of(pid).ok_or_else(|| {
+            CallError::InvalidArgument(format!("process {pid} that asked has exited"))
+        })?;
+        Ok(VmCaller {
+            uid,
+            user: Some(VmUser { uid, process }),
         })
     }
 

@@ -391,28 +391,39 @@ impl Daemon {
             Call::ArcVmShutdown { cid } => {
                 Ok(guest_service::arcvm_shutdown(&mut env, guests.arc, cid, op))
             }
-            Call::TerminaVmStartup { cid } => {
-                guest_service::termina_startup(&mut env, guests, gs, cid, client, op)
-            }
-            Call::TerminaVmShutdown { cid } => guest_service::vm_shutdown(
+            Call::TerminaVmStartup { cid, caller } => guest_service::termina_startup(
+                &mut env,
+                guests,
+                gs,
+                vm_call(caller, lifelines, client, op),
+                cid,
+            ),
+            Call::TerminaVmShutdown { cid, caller } => guest_service::vm_shutdown(
                 &mut env,
                 guests.vms,
+                vm_call(caller, lifelines, client, op),
                 guests::VmKind::Termina,
                 u64::from(cid),
-                client,
-                op,
             )
             .map(|()| patchpanel_proto::TerminaVmShutdownResponse {}.encode_to_vec()),
-            Call::ParallelsVmStartup { id, subnet_index } => {
-                guest_service::parallels_startup(&mut env, guests, gs, id, subnet_index, client, op)
-            }
-            Call::ParallelsVmShutdown { id } => guest_service::vm_shutdown(
+            Call::ParallelsVmStartup {
+                id,
+                subnet_index,
+                caller,
+            } => guest_service::parallels_startup(
+                &mut env,
+                guests,
+                gs,
+                vm_call(caller, lifelines, client, op),
+                id,
+                subnet_index,
+            ),
+            Call::ParallelsVmShutdown { id, caller } => guest_service::vm_shutdown(
                 &mut env,
                 guests.vms,
+                vm_call(caller, lifelines, client, op),
                 guests::VmKind::Parallels,
                 id,
-                client,
-                op,
             )
             .map(|()| patchpanel_proto::PluginVmShutdownResponse {}.encode_to_vec()),
             Call::ConfigureNetwork(spec) => network_service::configure(
@@ -425,40 +436,40 @@ impl Daemon {
             Call::SetVpnLockdown(enable) => {
                 vpn_service::set_lockdown(&mut env, &mut state.vpn_lockdown, enable, client, op)
             }
-            Call::BruschettaVmStartup { id } => guest_service::bruschetta_or_borealis_startup(
-                &mut env,
-                guests,
-                gs,
-                guests::VmKind::Bruschetta,
-                id,
-                client,
-                op,
-            ),
-            Call::BorealisVmStartup { id } => guest_service::bruschetta_or_borealis_startup(
-                &mut env,
-                guests,
-                gs,
-                guests::VmKind::Borealis,
-                u64::from(id),
-                client,
-                op,
-            ),
-            Call::BruschettaVmShutdown { id } => guest_service::vm_shutdown(
+            Call::BruschettaVmStartup { id, caller } => {
+                guest_service::bruschetta_or_borealis_startup(
+                    &mut env,
+                    guests,
+                    gs,
+                    vm_call(caller, lifelines, client, op),
+                    guests::VmKind::Bruschetta,
+                    id,
+                )
+            }
+            Call::BorealisVmStartup { id, caller } => {
+                guest_service::bruschetta_or_borealis_startup(
+                    &mut env,
+                    guests,
+                    gs,
+                    vm_call(caller, lifelines, client, op),
+                    guests::VmKind::Borealis,
+                    u64::from(id),
+                )
+            }
+            Call::BruschettaVmShutdown { id, caller } => guest_service::vm_shutdown(
                 &mut env,
                 guests.vms,
+                vm_call(caller, lifelines, client, op),
                 guests::VmKind::Bruschetta,
                 id,
-                client,
-                op,
             )
             .map(|()| patchpanel_proto::BruschettaVmShutdownResponse {}.encode_to_vec()),
-            Call::BorealisVmShutdown { id } => guest_service::vm_shutdown(
+            Call::BorealisVmShutdown { id, caller } => guest_service::vm_shutdown(
                 &mut env,
                 guests.vms,
+                vm_call(caller, lifelines, client, op),
                 guests::VmKind::Borealis,
                 u64::from(id),
-                client,
-                op,
             )
             .map(|()| patchpanel_proto::BorealisVmShutdownResponse {}.encode_to_vec()),
             Call::SetDnsRedirectionRule(rule) => {
@@ -499,14 +510,16 @@ impl Daemon {
     }
 
     /// Lifelines that fired in one wake-up: their namespaces go together;
-    /// DNS redirection rules go one by one.
+    /// DNS redirection rules and users' VMs go one by one.
     fn on_lifelines(&mut self, link: &mut dyn HelperLink, tokens: Vec<Token>) {
         let mut ids = Vec::new();
         let mut dns_rules = Vec::new();
+        let mut vms = Vec::new();
         for token in tokens {
             match self.lifelines.fired(token) {
                 Some(Guarded::Namespace(id)) => ids.push(id),
                 Some(Guarded::DnsRule(id)) => dns_rules.push(id),
+                Some(Guarded::Vm { kind, id, process }) => vms.push((kind, id, process)),
                 None => {}
             }
         }
@@ -517,6 +530,16 @@ impl Daemon {
                 &mut self.state.dns_redirections,
                 id,
                 "its lifeline closed",
+            );
+        }
+        for (kind, id, process) in vms {
+            guest_service::vm_owner_exited(
+                &mut env,
+                &mut self.state.vms,
+                &mut self.lifelines,
+                kind,
+                id,
+                process,
             );
         }
         if ids.is_empty() {
@@ -639,6 +662,21 @@ impl Daemon {
 
 /// Saves the state if it changed; a failure is logged (the next event
 /// tries again).
+/// A VM call as the guest service takes it.
+fn vm_call<'a>(
+    caller: guest_service::VmCaller,
+    lifelines: &'a mut LifelineWatcher,
+    client: &'a str,
+    op: u64,
+) -> guest_service::VmStart<'a> {
+    guest_service::VmStart {
+        caller,
+        lifelines,
+        client,
+        op,
+    }
+}
+
 fn save(store: &StateFile, state: &State) {
     if let Err(e) = store.save_if_changed(state) {
         error!(
@@ -752,6 +790,7 @@ mod tests {
                 guests: guest_service::Settings {
                     netns_prefix: "pp-".into(),
                     vm_user: true,
+                    vm_owners: Default::default(),
                     adb_allowed: false,
                 },
                 neighbor_probe_interval: Duration::from_secs(60),
@@ -917,7 +956,13 @@ mod tests {
     #[test]
     fn every_event_kind_ends_in_reconcile_and_one_save() {
         let mut w = World::new(true);
-        w.call("TerminaVmStartup", Ok(Call::TerminaVmStartup { cid: 7 }));
+        w.call(
+            "TerminaVmStartup",
+            Ok(Call::TerminaVmStartup {
+                cid: 7,
+                caller: guest_service::VmCaller { uid: 0, user: None },
+            }),
+        );
         let events = every_kind(&mut w);
         for (what, event) in events {
             // The forwarder forgets what it told its helper, and the state
@@ -947,7 +992,13 @@ mod tests {
     fn signals_go_out_before_the_reply_and_after_the_state_is_saved() {
         let mut w = World::new(true);
         let writes = w.daemon.state_writes();
-        w.call("TerminaVmStartup", Ok(Call::TerminaVmStartup { cid: 7 }));
+        w.call(
+            "TerminaVmStartup",
+            Ok(Call::TerminaVmStartup {
+                cid: 7,
+                caller: guest_service::VmCaller { uid: 0, user: None },
+            }),
+        );
         let tap = w.daemon.state.vms[0].tap.to_string();
         assert_eq!(
             w.bus.log,
@@ -1066,7 +1117,13 @@ mod tests {
     #[test]
     fn a_stop_takes_everything_down_and_leaves_no_state_file() {
         let mut w = World::new(true);
-        w.call("TerminaVmStartup", Ok(Call::TerminaVmStartup { cid: 7 }));
+        w.call(
+            "TerminaVmStartup",
+            Ok(Call::TerminaVmStartup {
+                cid: 7,
+                caller: guest_service::VmCaller { uid: 0, user: None },
+            }),
+        );
         let _keep = w.connect();
         assert!(w.daemon.store.path().exists());
         w.event(Event::Stop);

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::env::{Env, GuestView};
 use crate::error::CallError;
 use crate::lifeline::{Guarded, LifelineWatcher};
+pub use crate::pids::Owner;
 
 /// The system and default DNS proxies' IPv6 addresses on `lo` (upstream's
 /// `kDnsProxySystemIPv6Address`, `kDnsProxyDefaultIPv6Address`), for
@@ -187,33 +188,6 @@ pub fn parse(req: &SetDnsRedirectionRuleRequest) -> Result<Request, CallError> {
         nameservers,
         host_ifname,
     })
-}
-
-/// The process that asked for a rule: its pid and its start time (clock
-/// ticks after boot, `/proc/<pid>/stat` field 22), which a reused pid does
-/// not share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owner {
-    pub pid: u32,
-    pub start_time: u64,
-}
-
-impl Owner {
-    /// `pid` as it runs now; `None` if it is gone (or unreadable).
-    pub fn of(pid: u32) -> Option<Owner> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        Some(Owner {
-            pid,
-            start_time: start_time(&stat)?,
-        })
-    }
-}
-
-/// Field 22 of a `stat` line; the command name (field 2) may hold spaces
-/// and parentheses, so fields are counted after its last `)`.
-fn start_time(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// One active rule.
@@ -416,15 +390,6 @@ pub fn remove(env: &mut Env<'_>, redirections: &mut DnsRedirections, id: u32, wh
     }
 }
 
-/// A pidfd for `owner`'s process if it is the same process that asked
-/// (same start time), else `None`.
-fn pin_owner(owner: &Owner) -> Option<OwnedFd> {
-    let pidfd = crate::pids::open(i32::try_from(owner.pid).ok()?).ok()?;
-    // Read after the pidfd is open: a pid reused before it would show
-    // another start time; after it, the pidfd names the process we read.
-    (Owner::of(owner.pid).as_ref() == Some(owner) && crate::pids::is_alive(&pidfd)).then_some(pidfd)
-}
-
 /// After a restart: the previous run's rules whose process still runs are
 /// applied again and watched through that process; the others are not
 /// (their lifelines died with the old manager, and the process that held
@@ -437,7 +402,7 @@ pub fn readopt(
 ) {
     redirections.next_id = previous.next_id;
     for r in previous.rules.values() {
-        let Some(pidfd) = r.owner.as_ref().and_then(pin_owner) else {
+        let Some(pidfd) = r.owner.as_ref().and_then(Owner::pin) else {
             info!(
                 "DNS redirection {} ({}) not re-adopted: the process that asked for it is gone",
                 r.id, r.rule
@@ -580,21 +545,6 @@ mod tests {
         let mut i = request(RuleType::User, "x;y", "100.115.92.130", &[]);
         i.input_ifname = "x y".into();
         assert!(refused(&i).contains("input_ifname"));
-    }
-
-    #[test]
-    fn start_time_is_field_22_even_with_parentheses_in_the_name() {
-        let stat =
-            "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(start_time(stat), Some(987654));
-        let me = Owner::of(std::process::id()).expect("this process");
-        assert!(me.start_time > 0);
-        assert!(pin_owner(&me).is_some());
-        assert!(pin_owner(&Owner {
-            start_time: me.start_time + 1,
-            ..me
-        })
-        .is_none());
     }
 
     #[test]

@@ -18,7 +18,8 @@ use prost::Message as _;
 
 use crate::env::{next_operation, Env};
 use crate::error::CallError;
-use crate::guests::{self, ArcGuest, ArcKind, VmGuest, VmKind};
+use crate::guests::{self, ArcGuest, ArcKind, VmGuest, VmKind, VmUser};
+use crate::lifeline::{Guarded, LifelineWatcher};
 use crate::pids;
 use crate::state::State;
 
@@ -35,6 +36,8 @@ pub struct Settings {
     pub netns_prefix: String,
     /// Whether there is a VM user to own TAPs.
     pub vm_user: bool,
+    /// Uids that may run VMs of their own (config `vm_owners`).
+    pub vm_owners: BTreeSet<u32>,
     /// Termina VMs started now may `adb connect` to ARC.
     pub adb_allowed: bool,
 }
@@ -63,6 +66,14 @@ fn log_report(what: &str, result: Result<PlanReport, CallError>) {
         ),
         Err(e) => error!("{what}: {e}"),
     }
+}
+
+/// Who asks for a VM: the caller's uid, and when that uid is one of
+/// `vm_owners`, the user and process the VM will belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmCaller {
+    pub uid: u32,
+    pub user: Option<VmUser>,
 }
 
 fn require_vm_user(settings: &Settings) -> Result<(), CallError> {
@@ -363,47 +374,34 @@ pub fn termina_startup(
     env: &mut Env<'_>,
     guests: Guests<'_>,
     settings: &Settings,
+    start: VmStart<'_>,
     cid: u32,
-    client: &str,
-    op: u64,
 ) -> Result<Vec<u8>, CallError> {
     require_vm_user(settings)?;
     let vm = start_vm(
         env,
         guests,
         settings,
+        start,
         VmKind::Termina,
         u64::from(cid),
         None,
-        client,
-        op,
     )?;
     Ok(guests::termina_response(&vm).encode_to_vec())
 }
 
 /// `ParallelsVmStartup` (or `PluginVmStartup`) for `id`.
-#[allow(clippy::too_many_arguments)]
 pub fn parallels_startup(
     env: &mut Env<'_>,
     guests: Guests<'_>,
     settings: &Settings,
+    start: VmStart<'_>,
     id: u64,
     subnet_index: i32,
-    client: &str,
-    op: u64,
 ) -> Result<Vec<u8>, CallError> {
     let index = guests::parallels_index(env.addrs, subnet_index)?;
     require_vm_user(settings)?;
-    let vm = start_vm(
-        env,
-        guests,
-        settings,
-        VmKind::Parallels,
-        id,
-        index,
-        client,
-        op,
-    )?;
+    let vm = start_vm(env, guests, settings, start, VmKind::Parallels, id, index)?;
     Ok(guests::parallels_response(&vm).encode_to_vec())
 }
 
@@ -413,13 +411,12 @@ pub fn bruschetta_or_borealis_startup(
     env: &mut Env<'_>,
     guests: Guests<'_>,
     settings: &Settings,
+    start: VmStart<'_>,
     kind: VmKind,
     id: u64,
-    client: &str,
-    op: u64,
 ) -> Result<Vec<u8>, CallError> {
     require_vm_user(settings)?;
-    let vm = start_vm(env, guests, settings, kind, id, None, client, op)?;
+    let vm = start_vm(env, guests, settings, start, kind, id, None)?;
     Ok(match kind {
         VmKind::Borealis => guests::borealis_response(&vm).encode_to_vec(),
         _ => guests::bruschetta_response(&vm).encode_to_vec(),
@@ -427,53 +424,132 @@ pub fn bruschetta_or_borealis_startup(
 }
 
 /// `TerminaVmShutdown`, `ParallelsVmShutdown`, `BruschettaVmShutdown`,
-/// `BorealisVmShutdown`: the VM `id` of `kind`.
+/// `BorealisVmShutdown`: the VM `id` of `kind`. A user's own VM is stopped
+/// only by that user or root.
 pub fn vm_shutdown(
     env: &mut Env<'_>,
     vms: &mut Vec<VmGuest>,
+    start: VmStart<'_>,
     kind: VmKind,
     id: u64,
-    client: &str,
-    op: u64,
 ) -> Result<(), CallError> {
     let pos = vm_position(vms, kind, id).ok_or_else(|| {
         CallError::InvalidArgument(format!("no {} with id {id} is running", kind.name()))
     })?;
-    stop_vm(env, vms, pos, &format!("shutdown op {op} from {client}"));
+    if let Some(user) = vms[pos].user {
+        if start.caller.uid != user.uid && start.caller.uid != 0 {
+            return Err(CallError::InvalidArgument(format!(
+                "{} {id} belongs to uid {}, not to the caller (uid {})",
+                kind.name(),
+                user.uid,
+                start.caller.uid
+            )));
+        }
+    }
+    stop_vm(
+        env,
+        vms,
+        start.lifelines,
+        pos,
+        &format!("shutdown op {} from {}", start.op, start.client),
+    );
     Ok(())
 }
 
-/// Starts a VM; one already running with the same id is stopped first.
-#[allow(clippy::too_many_arguments)]
+/// A call that starts or stops a VM: who asked, and the lifelines a
+/// user's VM is watched with.
+#[derive(Debug)]
+pub struct VmStart<'a> {
+    pub caller: VmCaller,
+    pub lifelines: &'a mut LifelineWatcher,
+    pub client: &'a str,
+    pub op: u64,
+}
+
+/// Starts a VM; one already running with the same id is stopped first,
+/// unless it or the new one is a user's own (a user's VM runs until its
+/// process exits: the id is taken until then).
 fn start_vm(
     env: &mut Env<'_>,
     guests: Guests<'_>,
     settings: &Settings,
+    start: VmStart<'_>,
     kind: VmKind,
     id: u64,
     index: Option<u32>,
-    client: &str,
-    op: u64,
 ) -> Result<VmGuest, CallError> {
+    let VmStart {
+        caller,
+        lifelines,
+        client,
+        op,
+    } = start;
     if let Some(pos) = vm_position(guests.vms, kind, id) {
+        if guests.vms[pos].user.is_some() || caller.user.is_some() {
+            return Err(CallError::InvalidArgument(format!(
+                "{} {id} is running already{}; choose another id",
+                kind.name(),
+                guests.vms[pos]
+                    .user
+                    .map(|u| format!(" (uid {}'s, until process {} exits)", u.uid, u.process.pid))
+                    .unwrap_or_default()
+            )));
+        }
         warn!(
             "{} {id} is already running (did it crash?); stopping it first",
             kind.name()
         );
-        stop_vm(env, guests.vms, pos, "it starts again");
+        stop_vm(env, guests.vms, lifelines, pos, "it starts again");
     }
+    // The process a user's VM lives with, pinned before anything is made.
+    let pinned = match caller.user {
+        Some(user) => Some((
+            user,
+            user.process.pin().ok_or_else(|| {
+                CallError::InvalidArgument(format!(
+                    "process {} that asked for the VM has exited",
+                    user.process.pid
+                ))
+            })?,
+        )),
+        None => None,
+    };
     let mut taken = guests::taken_taps(guests.arc.as_ref(), guests.vms);
     taken.extend(kernel_links());
     let mut vm = guests::vm_allocate(kind, id, index, env.addrs, &taken)?;
     vm.adb_sideload = kind == VmKind::Termina && settings.adb_allowed;
+    vm.user = caller.user;
     let plan = guests::vm_start_plan(&vm, format!("start {} op {op}", vm.label()));
     if let Err(e) = env.apply(plan, &[]) {
         guests::vm_release(&vm, env.addrs);
         return Err(e);
     }
+    guests.vms.push(vm.clone());
+    if let Some((user, pidfd)) = pinned {
+        if let Err(e) = lifelines.watch(pidfd, vm_lifeline(&vm, user)) {
+            let last = guests.vms.len() - 1;
+            stop_vm(
+                env,
+                guests.vms,
+                lifelines,
+                last,
+                "its process cannot be watched",
+            );
+            return Err(CallError::Failed(format!(
+                "cannot watch process {} that asked for the VM: {e}",
+                user.process.pid
+            )));
+        }
+    }
     info!(
-        "{} started (op {op} from {client}): {} {} <-> {}{}",
+        "{} started (op {op} from {client}{}): {} {} <-> {}{}",
         vm.label(),
+        vm.user
+            .map(|u| format!(
+                ", uid {}'s own until process {} exits",
+                u.uid, u.process.pid
+            ))
+            .unwrap_or_default(),
         vm.tap,
         vm.subnet.host(),
         vm.subnet.guest(),
@@ -482,18 +558,63 @@ fn start_vm(
             .unwrap_or_default()
     );
     env.emit(guests::vm_device(&vm), DeviceEvent::DeviceAdded);
-    guests.vms.push(vm.clone());
     Ok(vm)
+}
+
+fn vm_lifeline(vm: &VmGuest, user: VmUser) -> Guarded {
+    Guarded::Vm {
+        kind: vm.kind,
+        id: vm.id,
+        process: user.process,
+    }
+}
+
+/// The process that started a user's VM exited: the VM goes, if it is
+/// still that process's.
+pub fn vm_owner_exited(
+    env: &mut Env<'_>,
+    vms: &mut Vec<VmGuest>,
+    lifelines: &mut LifelineWatcher,
+    kind: VmKind,
+    id: u64,
+    process: crate::pids::Owner,
+) {
+    if let Some(pos) = vm_position(vms, kind, id) {
+        if vms[pos].user.is_some_and(|u| u.process == process) {
+            stop_vm(
+                env,
+                vms,
+                lifelines,
+                pos,
+                &format!("process {} that started it exited", process.pid),
+            );
+        }
+    }
 }
 
 fn vm_position(vms: &[VmGuest], kind: VmKind, id: u64) -> Option<usize> {
     vms.iter().position(|v| v.kind == kind && v.id == id)
 }
 
-/// Removes the VM at `pos` and returns its addresses.
-fn stop_vm(env: &mut Env<'_>, vms: &mut Vec<VmGuest>, pos: usize, why: &str) {
+/// Removes the VM at `pos`, and its process's lifeline if it is a user's.
+fn stop_vm(
+    env: &mut Env<'_>,
+    vms: &mut Vec<VmGuest>,
+    lifelines: &mut LifelineWatcher,
+    pos: usize,
+    why: &str,
+) {
+    if let Some(vm) = remove_vm(env, vms, pos, why) {
+        if let Some(user) = vm.user {
+            lifelines.forget(vm_lifeline(&vm, user));
+        }
+    }
+}
+
+/// Removes the VM at `pos`, returns its addresses, and says which it was.
+fn remove_vm(env: &mut Env<'_>, vms: &mut Vec<VmGuest>, pos: usize, why: &str) -> Option<VmGuest> {
     if pos >= vms.len() {
-        return;
+        return None;
     }
     let vm = vms.remove(pos);
     env.emit(guests::vm_device(&vm), DeviceEvent::DeviceRemoved);
@@ -505,6 +626,7 @@ fn stop_vm(env: &mut Env<'_>, vms: &mut Vec<VmGuest>, pos: usize, why: &str) {
     );
     guests::vm_release(&vm, env.addrs);
     info!("{} stopped ({why})", vm.label());
+    Some(vm)
 }
 
 /// A clean stop: every guest goes.
@@ -512,7 +634,7 @@ pub fn stop_all(env: &mut Env<'_>, guests: Guests<'_>, why: &str) {
     stop_arc(env, guests.arc, why);
     while !guests.vms.is_empty() {
         let last = guests.vms.len() - 1;
-        stop_vm(env, guests.vms, last, why);
+        remove_vm(env, guests.vms, last, why);
     }
 }
 
@@ -531,8 +653,14 @@ pub fn leftovers(prev: &State) -> (Vec<IfName>, Vec<NetnsName>) {
 }
 
 /// A crash restart: guests whose links survived get their addresses back
-/// and their rules applied again; the others are removed.
-pub fn readopt(env: &mut Env<'_>, guests: Guests<'_>, prev: &State) {
+/// and their rules applied again; the others are removed, as is a user's
+/// VM whose process has exited.
+pub fn readopt(
+    env: &mut Env<'_>,
+    guests: Guests<'_>,
+    lifelines: &mut LifelineWatcher,
+    prev: &State,
+) {
     if let Some(arc) = &prev.arc {
         let adopted = guests::arc_adopt(arc, env.addrs).and_then(|()| {
             env.apply(guests::arc_readopt_plan(arc, "re-adopt ARC".into()), &[])
@@ -556,6 +684,26 @@ pub fn readopt(env: &mut Env<'_>, guests: Guests<'_>, prev: &State) {
         }
     }
     for vm in &prev.vms {
+        // A user's VM lives with the process that started it; watched again
+        // once its network is back.
+        let pinned = match vm.user {
+            Some(user) => match user.process.pin() {
+                Some(pidfd) => Some((user, pidfd)),
+                None => {
+                    info!(
+                        "{} of the previous run is not re-adopted: process {} that started it has exited",
+                        vm.label(),
+                        user.process.pid
+                    );
+                    apply_teardown(
+                        env,
+                        guests::vm_stop_plan(vm, format!("remove the previous {}", vm.label())),
+                    );
+                    continue;
+                }
+            },
+            None => None,
+        };
         let adopted = guests::vm_adopt(vm, env.addrs).and_then(|()| {
             env.apply(
                 guests::vm_readopt_plan(vm, format!("re-adopt {}", vm.label())),
@@ -571,6 +719,18 @@ pub fn readopt(env: &mut Env<'_>, guests: Guests<'_>, prev: &State) {
                     vm.tap
                 );
                 guests.vms.push(vm.clone());
+                if let Some((user, pidfd)) = pinned {
+                    if let Err(e) = lifelines.watch(pidfd, vm_lifeline(vm, user)) {
+                        let last = guests.vms.len() - 1;
+                        stop_vm(
+                            env,
+                            guests.vms,
+                            lifelines,
+                            last,
+                            &format!("its process cannot be watched: {e}"),
+                        );
+                    }
+                }
             }
             Err(e) => {
                 warn!(
@@ -613,7 +773,37 @@ mod tests {
         Settings {
             netns_prefix: "pp-".into(),
             vm_user: true,
+            vm_owners: BTreeSet::from([1000]),
             adb_allowed: false,
+        }
+    }
+
+    /// A lifeline watcher and the poll it registers with (kept alive).
+    fn watcher() -> (mio::Poll, LifelineWatcher) {
+        let poll = mio::Poll::new().expect("poll");
+        let w = LifelineWatcher::new(poll.registry().try_clone().expect("registry"), 100);
+        (poll, w)
+    }
+
+    fn call<'a>(caller: VmCaller, lifelines: &'a mut LifelineWatcher) -> VmStart<'a> {
+        VmStart {
+            caller,
+            lifelines,
+            client: ":1.9",
+            op: 1,
+        }
+    }
+
+    const CONCIERGE: VmCaller = VmCaller { uid: 0, user: None };
+
+    /// A caller that is one of `vm_owners`, as this test process.
+    fn alice() -> VmCaller {
+        VmCaller {
+            uid: 1000,
+            user: Some(VmUser {
+                uid: 1000,
+                process: crate::pids::Owner::of(std::process::id()).expect("this process"),
+            }),
         }
     }
 
@@ -635,12 +825,14 @@ mod tests {
         let mut effects = Effects::default();
         let (mut arc, mut vms) = (None, Vec::new());
         let mut env = Env::new(&mut datapath, &mut addrs, &uplinks, &mut effects);
+        let (_poll, mut lifelines) = watcher();
         readopt(
             &mut env,
             Guests {
                 arc: &mut arc,
                 vms: &mut vms,
             },
+            &mut lifelines,
             &prev,
         );
         assert!(vms.is_empty(), "not re-adopted");
@@ -670,6 +862,7 @@ mod tests {
         let mut effects = Effects::default();
         let (mut arc, mut vms) = (None, Vec::new());
         let mut env = Env::new(&mut datapath, &mut addrs, &uplinks, &mut effects);
+        let (_poll, mut lifelines) = watcher();
         let e = termina_startup(
             &mut env,
             Guests {
@@ -677,13 +870,162 @@ mod tests {
                 vms: &mut vms,
             },
             &settings(),
+            call(CONCIERGE, &mut lifelines),
             7,
-            ":1.9",
-            1,
         );
         assert!(e.is_err());
         assert!(vms.is_empty());
         assert!(addrs.allocations().is_empty());
         assert!(effects.signals.is_empty(), "no device was announced");
+    }
+
+    #[test]
+    fn a_users_vm_is_theirs_until_its_process_exits() {
+        let mut addrs = AddressManager::new();
+        let mut datapath = FakeDatapath::default();
+        let uplinks = UplinkView::default();
+        let mut effects = Effects::default();
+        let (mut arc, mut vms) = (None, Vec::new());
+        let mut env = Env::new(&mut datapath, &mut addrs, &uplinks, &mut effects);
+        let (_poll, mut lifelines) = watcher();
+        fn guests<'a>(arc: &'a mut Option<ArcGuest>, vms: &'a mut Vec<VmGuest>) -> Guests<'a> {
+            Guests { arc, vms }
+        }
+
+        termina_startup(
+            &mut env,
+            guests(&mut arc, &mut vms),
+            &settings(),
+            call(alice(), &mut lifelines),
+            7,
+        )
+        .expect("alice's VM");
+        assert_eq!(vms[0].user.map(|u| u.uid), Some(1000));
+        assert_eq!(lifelines.watched(), 1, "watched through this process");
+
+        // Nobody else takes the id over, not even concierge (root).
+        let e = termina_startup(
+            &mut env,
+            guests(&mut arc, &mut vms),
+            &settings(),
+            call(CONCIERGE, &mut lifelines),
+            7,
+        )
+        .expect_err("the id is taken");
+        assert!(e.to_string().contains("uid 1000's"), "{e}");
+        // Another user cannot stop it; root can.
+        let bob = VmCaller {
+            uid: 1001,
+            user: None,
+        };
+        let e = vm_shutdown(
+            &mut env,
+            &mut vms,
+            call(bob, &mut lifelines),
+            VmKind::Termina,
+            7,
+        )
+        .expect_err("not bob's");
+        assert!(e.to_string().contains("belongs to uid 1000"), "{e}");
+        assert_eq!(vms.len(), 1);
+
+        // Its process "exits" (another start time: not this VM's process):
+        // nothing happens; the real one: the VM goes.
+        let mut other = alice().user.expect("user").process;
+        other.start_time += 1;
+        vm_owner_exited(
+            &mut env,
+            &mut vms,
+            &mut lifelines,
+            VmKind::Termina,
+            7,
+            other,
+        );
+        assert_eq!(vms.len(), 1);
+        let process = alice().user.expect("user").process;
+        vm_owner_exited(
+            &mut env,
+            &mut vms,
+            &mut lifelines,
+            VmKind::Termina,
+            7,
+            process,
+        );
+        assert!(vms.is_empty());
+        assert_eq!(lifelines.watched(), 0);
+        assert!(env.addrs.allocations().is_empty());
+
+        // A shutdown by root forgets the lifeline too.
+        termina_startup(
+            &mut env,
+            guests(&mut arc, &mut vms),
+            &settings(),
+            call(alice(), &mut lifelines),
+            8,
+        )
+        .expect("alice's second VM");
+        vm_shutdown(
+            &mut env,
+            &mut vms,
+            call(CONCIERGE, &mut lifelines),
+            VmKind::Termina,
+            8,
+        )
+        .expect("root stops it");
+        assert_eq!(lifelines.watched(), 0);
+        let labels = datapath.plan_labels();
+        assert_eq!(labels.len(), 4, "{labels:?}");
+        let Request::Apply(start) = &datapath.requests[0] else {
+            panic!("{:?}", datapath.requests[0]);
+        };
+        assert!(
+            matches!(
+                &start.steps[0],
+                Step::CreateTap {
+                    user: Some(1000),
+                    ..
+                }
+            ),
+            "{:?}",
+            start.steps[0]
+        );
+    }
+
+    #[test]
+    fn a_users_vm_of_a_previous_run_goes_when_its_process_has() {
+        let mut addrs = AddressManager::new();
+        let mut prev_vm =
+            guests::vm_allocate(VmKind::Termina, 7, None, &mut addrs, &BTreeSet::new())
+                .expect("vm");
+        let mut process = alice().user.expect("user").process;
+        process.start_time += 1; // not this process: it "exited"
+        prev_vm.user = Some(VmUser { uid: 1000, process });
+        let mut addrs = AddressManager::new();
+        let prev = State {
+            vms: vec![prev_vm.clone()],
+            ..State::default()
+        };
+        let mut datapath = FakeDatapath::default();
+        let uplinks = UplinkView::default();
+        let mut effects = Effects::default();
+        let (mut arc, mut vms) = (None, Vec::new());
+        let mut env = Env::new(&mut datapath, &mut addrs, &uplinks, &mut effects);
+        let (_poll, mut lifelines) = watcher();
+        readopt(
+            &mut env,
+            Guests {
+                arc: &mut arc,
+                vms: &mut vms,
+            },
+            &mut lifelines,
+            &prev,
+        );
+        assert!(vms.is_empty());
+        assert_eq!(lifelines.watched(), 0);
+        assert!(addrs.allocations().is_empty());
+        assert_eq!(
+            datapath.plan_labels(),
+            [format!("remove the previous {}", prev_vm.label())]
+        );
     }
 }

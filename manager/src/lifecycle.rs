@@ -111,6 +111,7 @@ pub fn start(
                 arc: &mut state.arc,
                 vms: &mut state.vms,
             },
+            lifelines,
             prev,
         );
         vpn_service::readopt(env, &mut state.vpn_lockdown, prev.vpn_lockdown);

@@ -110,6 +110,13 @@ pub enum Guarded {
     /// A `SetDnsRedirectionRule` rule (after a restart: a pidfd of the
     /// process that asked for it).
     DnsRule(u32),
+    /// A user's own VM: a pidfd of the process that started it (the same
+    /// process must still own the VM when it fires).
+    Vm {
+        kind: crate::guests::VmKind,
+        id: u64,
+        process: crate::pids::Owner,
+    },
 }
 
 #[derive(Debug)]

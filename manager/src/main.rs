@@ -104,6 +104,7 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
     };
     let (port_policy, layout) = site_policy(&config)?;
     let vm_user = vm_user();
+    let vm_owners = vm_owners(&config.vm_owners, vm_user.as_ref(), &user);
     let executables = Process::HELPERS
         .iter()
         .map(|p| open_executable(&helper_dir.join(p.executable())))
@@ -140,7 +141,7 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
     let (dbus, uplink_source, neighbor_monitor) = if flags.cleanup {
         (None, None, None)
     } else {
-        let dbus = dbus_service::DbusService::connect()?;
+        let dbus = dbus_service::DbusService::connect(vm_owners.clone())?;
         let mode = match flags.uplinks.as_deref().unwrap_or(&config.uplinks) {
             "shill" => patchpanel_uplinks::Mode::Shill,
             "netlink" => patchpanel_uplinks::Mode::Netlink,
@@ -198,6 +199,7 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
         netns_prefix: config.netns_prefix.clone(),
         netns_dir: config.netns_dir.to_string_lossy().into_owned(),
         tap_owner_uid: vm_user.as_ref().map(|u| u.uid),
+        user_tap_owners: vm_owners.iter().copied().collect(),
         firewall: patchpanel_firewall::FirewallChoice::parse(&config.firewall_backend)
             .unwrap_or_default(),
     };
@@ -231,6 +233,7 @@ fn run(flags: Flags, config: Config, level: log::LevelFilter) -> anyhow::Result<
             guests: guest_service::Settings {
                 netns_prefix: config.netns_prefix.clone(),
                 vm_user: vm_user.is_some(),
+                vm_owners: vm_owners.clone(),
                 adb_allowed: config.adb_allowed,
             },
             neighbor_probe_interval: std::time::Duration::from_secs(u64::from(
@@ -334,6 +337,47 @@ fn vm_user() -> Option<patchpanel_sandbox::User> {
             None
         }
     }
+}
+
+/// The uids of `vm_owners` (names and `@group`s), without root, the VM
+/// user (its VMs are concierge's) and the daemon's own user. A name that
+/// does not resolve is logged and skipped: a missing group is the normal
+/// case on a host without the package's users.
+fn vm_owners(
+    entries: &[String],
+    vm_user: Option<&patchpanel_sandbox::User>,
+    daemon: &patchpanel_sandbox::User,
+) -> std::collections::BTreeSet<u32> {
+    let mut users = Vec::new();
+    for entry in entries {
+        let found = match entry.strip_prefix('@') {
+            Some(group) => patchpanel_sandbox::lookup_group_users(group),
+            None => patchpanel_sandbox::lookup_user(entry).map(|u| u.map(|u| vec![u])),
+        };
+        match found {
+            Ok(Some(found)) => users.extend(found),
+            Ok(None) => info!("vm_owners: no {entry:?} on this host; skipped"),
+            Err(e) => log::warn!("vm_owners: cannot look up {entry:?}: {e}; skipped"),
+        }
+    }
+    let mut uids = std::collections::BTreeSet::new();
+    for u in users {
+        if u.uid == 0 || u.uid == daemon.uid || vm_user.is_some_and(|v| v.uid == u.uid) {
+            log::warn!(
+                "vm_owners: {} (uid {}) may not own a VM's TAP; skipped",
+                u.name,
+                u.uid
+            );
+            continue;
+        }
+        if uids.insert(u.uid) {
+            info!(
+                "{} (uid {}) may run VMs of their own (vm_owners)",
+                u.name, u.uid
+            );
+        }
+    }
+    uids
 }
 
 /// Opens a helper executable as O_PATH for a later execveat.

@@ -116,6 +116,43 @@ fn thread_group(tid: i32) -> Option<i32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// A process as it was when it asked for something that lives as long as
+/// it does: its pid and its start time (clock ticks after boot,
+/// `/proc/<pid>/stat` field 22), which a reused pid does not share. Kept in
+/// the state file, so that a successor can find the same process again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+impl Owner {
+    /// `pid` as it runs now; `None` if it is gone (or unreadable).
+    pub fn of(pid: u32) -> Option<Owner> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some(Owner {
+            pid,
+            start_time: start_time(&stat)?,
+        })
+    }
+
+    /// A pidfd for this process if it still runs (same pid, same start
+    /// time), else `None`.
+    pub fn pin(&self) -> Option<OwnedFd> {
+        let pidfd = open(i32::try_from(self.pid).ok()?).ok()?;
+        // Read after the pidfd is open: a pid reused before it would show
+        // another start time; after it, the pidfd names the process we read.
+        (Owner::of(self.pid).as_ref() == Some(self) && is_alive(&pidfd)).then_some(pidfd)
+    }
+}
+
+/// Field 22 of a `stat` line; the command name (field 2) may hold spaces
+/// and parentheses, so fields are counted after its last `)`.
+fn start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// A pidfd polls readable once its process has exited.
 pub fn is_alive(pidfd: &OwnedFd) -> bool {
     let mut p = libc::pollfd {
@@ -131,6 +168,22 @@ pub fn is_alive(pidfd: &OwnedFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_time_is_field_22_even_with_parentheses_in_the_name() {
+        let stat =
+            "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(start_time(stat), Some(987654));
+        let me = Owner::of(std::process::id()).expect("this process");
+        assert!(me.start_time > 0);
+        assert!(me.pin().is_some());
+        assert!(Owner {
+            start_time: me.start_time + 1,
+            ..me
+        }
+        .pin()
+        .is_none());
+    }
 
     #[test]
     fn pid_1_is_refused() {

@@ -17,6 +17,7 @@ pub mod bins;
 pub mod bus;
 pub mod daemon;
 pub mod dbus_client;
+pub mod dhcp;
 pub mod direct_helper;
 pub mod fake_shill;
 pub mod firewalld;

@@ -70,11 +70,23 @@ impl WriterClient {
         prefix: &str,
         tap_owner_uid: Option<u32>,
     ) -> Result<Self> {
+        Self::configured_with_tap_owners(netns, prefix, tap_owner_uid, Vec::new())
+    }
+
+    /// Like [`WriterClient::configured_with_tap_owner`], with the users who
+    /// may own the TAP of a VM of their own.
+    pub fn configured_with_tap_owners(
+        netns: &Netns,
+        prefix: &str,
+        tap_owner_uid: Option<u32>,
+        user_tap_owners: Vec<u32>,
+    ) -> Result<Self> {
         let mut client = Self::spawn(netns)?;
         let config = WriterConfig {
             netns_prefix: prefix.to_string(),
             netns_dir: NETNS_RUN_DIR.to_string(),
             tap_owner_uid,
+            user_tap_owners,
             firewall: patchpanel_firewall::FirewallChoice::parse(crate::daemon::firewall_backend())
                 .unwrap_or_default(),
         };

@@ -13,6 +13,7 @@ use std::time::Duration;
 use patchpanel_client::Client;
 use patchpanel_dhcp::{client_message, parse_reply, MessageType};
 use patchpanel_proto::{ipv4_from_addr4, ConnectNamespaceRequest};
+use patchpanel_tests::dhcp::{field, pings, udhcpc, udhcpc_script};
 use patchpanel_tests::vm::FakeVm;
 use patchpanel_tests::world::{World, REMOTE_HOST};
 use patchpanel_tests::{poll_until, DaemonOptions, Helper};
@@ -27,53 +28,6 @@ fn world() -> World {
         ..Default::default()
     })
     .expect("world")
-}
-
-/// The script udhcpc runs: applies the lease with `ip` in the guest's
-/// namespace and prints what it got.
-const UDHCPC_SCRIPT: &str = "#!/bin/sh\n\
-case \"$1\" in\n\
-  bound|renew)\n\
-    ip addr flush dev \"$interface\"\n\
-    ip addr add \"$ip/$mask\" dev \"$interface\"\n\
-    ip route replace default via \"$router\" dev \"$interface\"\n\
-    echo \"lease $1 ip=$ip mask=$mask router=$router dns=$dns lease=$lease\" ;;\n\
-esac\n";
-
-fn udhcpc_script(dir: &std::path::Path) -> String {
-    let path = dir.join("udhcpc.sh");
-    std::fs::write(&path, UDHCPC_SCRIPT).expect("script");
-    let _ = Command::new("chmod").arg("+x").arg(&path).status();
-    path.display().to_string()
-}
-
-/// `udhcpc` once in `netns` on `ifname`: its output (the script's line).
-fn udhcpc(netns: &str, ifname: &str, script: &str) -> String {
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", netns, "busybox", "udhcpc", "-i", ifname, "-s", script,
-        ])
-        .args(["-n", "-q", "-f", "-t", "5", "-T", "1"])
-        .output()
-        .expect("udhcpc");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-}
-
-fn pings(netns: &str, to: &str) -> bool {
-    poll_until(Duration::from_secs(10), || {
-        Command::new("ip")
-            .args(["netns", "exec", netns, "ping", "-c", "1", "-W", "2", to])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    })
-    .is_some()
 }
 
 #[test]

@@ -26,6 +26,10 @@ struct Fixture {
 
 impl Fixture {
     fn new(tap_owner: Option<u32>) -> Fixture {
+        Fixture::with_users(tap_owner, Vec::new())
+    }
+
+    fn with_users(tap_owner: Option<u32>, users: Vec<u32>) -> Fixture {
         let netns = Netns::new().expect("test namespace");
         for key in [
             "net.ipv6.conf.all.accept_dad=0",
@@ -34,8 +38,9 @@ impl Fixture {
             netns.exec_ok(&["sysctl", "-qw", key]).expect("disable DAD");
         }
         let prefix = NetnsPrefix::new();
-        let writer = WriterClient::configured_with_tap_owner(&netns, prefix.as_str(), tap_owner)
-            .expect("start the writer");
+        let writer =
+            WriterClient::configured_with_tap_owners(&netns, prefix.as_str(), tap_owner, users)
+                .expect("start the writer");
         Fixture {
             writer,
             _prefix: prefix,
@@ -113,6 +118,15 @@ fn tap(n: &str) -> Step {
     Step::CreateTap {
         name: name(n),
         mac: MAC,
+        user: None,
+    }
+}
+
+fn user_tap(n: &str, uid: u32) -> Step {
+    Step::CreateTap {
+        name: name(n),
+        mac: MAC,
+        user: Some(uid),
     }
 }
 
@@ -183,6 +197,33 @@ fn a_failed_plan_rolls_the_tap_bridge_and_master_back() {
     ]);
 
     assert!(e.to_string().contains("nosuch0"), "{e}");
+    f.assert_snapshot_is(&before);
+}
+
+#[test]
+fn a_users_own_tap_only_for_a_configured_owner() {
+    const ALICE: u32 = 4343;
+    const MALLORY: u32 = 4444;
+    // Root in the list (a configuration mistake) still never gets one.
+    let mut f = Fixture::with_users(Some(OWNER), vec![ALICE, 0]);
+    let before = f.snapshot();
+
+    // Neither a user who is not configured, nor root, though the manager
+    // asks: the writer keeps its own list.
+    for uid in [MALLORY, 0] {
+        let e = f.refused(vec![user_tap("vmtap1", uid)]);
+        assert!(
+            matches!(&e, HelperError::Refused(m) if m.contains("not one of the users")),
+            "{uid}: {e}"
+        );
+        f.assert_snapshot_is(&before);
+    }
+
+    f.apply(vec![user_tap("vmtap1", ALICE)]);
+    let t = f.link("vmtap1");
+    assert_eq!(t["linkinfo"]["info_data"]["user"], ALICE, "{t}");
+    assert_eq!(t["ifalias"], "patchpanel", "{t}");
+    f.teardown(vec![delete("vmtap1")]);
     f.assert_snapshot_is(&before);
 }
 

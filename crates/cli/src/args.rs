@@ -236,6 +236,40 @@ pub enum VmCommand {
     /// Remove a VM's TAP and addresses.
     #[command(subcommand)]
     Stop(VmStop),
+    /// Start a VM's network, run the VM (e.g. qemu) with its TAP, and stop
+    /// the network when the VM exits.
+    #[command(long_about = "Start a VM's network, run COMMAND (the VM, e.g. \
+                      qemu-system-x86_64 ...) with its TAP, and stop the network when it exits. \
+                      For a user in vm_owners the TAP is the user's own and the network also goes \
+                      if this process is killed. In COMMAND's arguments {tap} becomes the TAP's \
+                      name and {fd} a descriptor open on it; with neither, a qemu-system-* command \
+                      gets `-netdev tap,id=patchpanel0,fd=N -device \
+                      virtio-net-pci,netdev=patchpanel0` appended. COMMAND also finds \
+                      PATCHPANEL_TAP, PATCHPANEL_VM_ADDRESS and PATCHPANEL_VM_GATEWAY in its \
+                      environment. Exits with COMMAND's status.")]
+    Run(VmRunArgs),
+}
+
+/// The networks `vm run` can give a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunKind {
+    /// TerminaVmStartup: a /30 of the Termina pool.
+    Termina,
+    /// PluginVmStartup: a subnet of the Parallels pool.
+    Plugin,
+}
+
+#[derive(Debug, Args)]
+pub struct VmRunArgs {
+    /// Which network the VM gets.
+    #[arg(long, value_enum, default_value = "termina")]
+    pub kind: RunKind,
+    /// The VM's id (a Termina VM's cid); default: this process's pid.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub id: Option<u32>,
+    /// The VM to run and its arguments (after `--`).
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,6 +18,7 @@ mod networks;
 mod output;
 mod rates;
 mod topology;
+mod vm_run;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
         }
     };
     match run(cli) {
-        Ok(()) => ExitCode::from(exit::OK),
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("patchpanel: {err:#}");
             ExitCode::from(exit::code_for(&err))
@@ -65,7 +66,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Runs the command; the exit code on success (`vm run`: its VM's).
+fn run(cli: Cli) -> Result<u8> {
     // Installed before any call, so that a signal arriving while a
     // namespace is being connected still ends in an orderly release.
     let signals =
@@ -77,9 +79,13 @@ fn run(cli: Cli) -> Result<()> {
             print(&format!("{}\n", json_line(&n)))
         } else {
             print(&networks::render(&n))
-        };
+        }
+        .map(|()| exit::OK);
     }
     let client = Client::connect()?.with_timeout(cli.timeout);
+    if let Command::Vm(VmCommand::Run(args)) = &cli.command {
+        return vm_run::run(&client, args, signals);
+    }
     match cli.command {
         Command::Devices { json } => devices(&client, json),
         Command::ConnectNs(args) => connect_ns(&client, &args, signals),
@@ -95,6 +101,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::FeatureFlag { flag, state } => feature_flag(&client, flag, state),
         Command::Networks { .. } => unreachable!("served above"),
     }
+    .map(|()| exit::OK)
 }
 
 fn dns_redirect(client: &Client, args: &DnsRedirectArgs, mut signals: Signals) -> Result<()> {
@@ -329,6 +336,7 @@ fn counters_watch(client: &Client, args: &CountersArgs, mut signals: Signals) ->
 
 fn vm(client: &Client, command: &VmCommand) -> Result<()> {
     let (result, json) = match command {
+        VmCommand::Run(_) => unreachable!("served by run"),
         VmCommand::Start(VmStart::Termina { cid, json }) => (
             client
                 .terminavm_startup(cid.cid)

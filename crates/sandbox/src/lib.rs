@@ -14,7 +14,7 @@ use std::io;
 use caps::{CapSet, Capability, CapsHashSet};
 
 pub use seccomp::{forbid_exec, install_filter, SeccompMode};
-pub use user::{lookup_user, User};
+pub use user::{lookup_group_users, lookup_user, User};
 
 /// A sandboxed patchpanel process (the spawner is not one: it keeps root).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -755,7 +755,7 @@ impl Writer {
                 }
                 Ok(Undo::Nothing)
             }
-            Step::CreateTap { name, mac } => self.create_tap(name, *mac),
+            Step::CreateTap { name, mac, user } => self.create_tap(name, *mac, *user),
             Step::CreateBridge { name } => {
                 let rtnl = self.rtnl(&Netns::Host)?;
                 if rtnl
@@ -840,14 +840,29 @@ impl Writer {
 }
 
 impl Writer {
-    /// A persistent TAP owned by the configured VM user, then its alias
-    /// and MAC; deleted again if those cannot be set.
-    fn create_tap(&mut self, name: &IfName, mac: [u8; 6]) -> Result<Undo, HelperError> {
-        let owner = self.config()?.tap_owner_uid.ok_or_else(|| {
-            refused(format!(
-                "cannot create {name}: no VM user is configured to own TAPs"
-            ))
-        })?;
+    /// A persistent TAP owned by the configured VM user (or by `user`, one
+    /// of the configured owners of their own VMs), then its alias and MAC;
+    /// deleted again if those cannot be set.
+    fn create_tap(
+        &mut self,
+        name: &IfName,
+        mac: [u8; 6],
+        user: Option<u32>,
+    ) -> Result<Undo, HelperError> {
+        let config = self.config()?;
+        let owner = match user {
+            None => config.tap_owner_uid.ok_or_else(|| {
+                refused(format!(
+                    "cannot create {name}: no VM user is configured to own TAPs"
+                ))
+            })?,
+            Some(uid) if uid != 0 && config.user_tap_owners.contains(&uid) => uid,
+            Some(uid) => {
+                return Err(refused(format!(
+                    "cannot create {name} for uid {uid}: not one of the users allowed to own a VM's TAP"
+                )))
+            }
+        };
         let rtnl = self.rtnl(&Netns::Host)?;
         if rtnl
             .link(name.as_str())

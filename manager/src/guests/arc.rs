@@ -541,6 +541,7 @@ pub fn arc_start_plan(arc: &ArcGuest, label: String) -> Plan {
                     steps.push(Step::CreateTap {
                         name: tap.clone(),
                         mac: slot.mac.0,
+                        user: None,
                     });
                     steps.push(Step::LinkUp {
                         netns: Netns::Host,

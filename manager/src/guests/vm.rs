@@ -19,7 +19,7 @@ use super::failed;
 use super::names::*;
 
 /// Which VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum VmKind {
     /// Crostini's Termina (`TerminaVmStartup`, id = cid).
     Termina,
@@ -95,6 +95,18 @@ pub struct VmGuest {
     /// host's ADB relay (DNAT to the TAP's host address, port 5555).
     #[serde(default)]
     pub adb_sideload: bool,
+    /// A user's own VM (config `vm_owners`); `None`: the VM user's
+    /// (concierge's).
+    #[serde(default)]
+    pub user: Option<VmUser>,
+}
+
+/// The user a VM of their own belongs to: the TAP is theirs, and the VM's
+/// network goes when the process that asked for it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VmUser {
+    pub uid: u32,
+    pub process: crate::pids::Owner,
 }
 
 impl VmGuest {
@@ -175,6 +187,7 @@ pub fn vm_allocate(
         subnet,
         lxd,
         adb_sideload: false,
+        user: None,
     })
 }
 
@@ -268,6 +281,7 @@ pub fn vm_start_plan(vm: &VmGuest, label: String) -> Plan {
         Step::CreateTap {
             name: vm.tap.clone(),
             mac: vm.mac.0,
+            user: vm.user.map(|u| u.uid),
         },
         Step::AddAddress {
             netns: Netns::Host,

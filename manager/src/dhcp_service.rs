@@ -53,13 +53,21 @@ pub fn host_name_servers() -> Vec<Ipv4Addr> {
     Vec::new()
 }
 
-/// Every guest link to serve now, by link name.
-pub fn wanted(guests: &GuestView<'_>, dns: &[Ipv4Addr]) -> BTreeMap<IfName, LinkConfig> {
-    let config = |server, client, prefix_len| LinkConfig {
+/// Every guest link to serve now, by link name. A link with a DNS proxy
+/// (an IPv4 `SetDnsRedirectionRule` DEFAULT rule for it, `proxies`) is
+/// given the proxy as its name server: the guest asks it directly.
+pub fn wanted(
+    guests: &GuestView<'_>,
+    dns: &[Ipv4Addr],
+    proxies: &BTreeMap<IfName, Ipv4Addr>,
+) -> BTreeMap<IfName, LinkConfig> {
+    let config = |ifname: &IfName, server, client, prefix_len| LinkConfig {
         server,
         client,
         prefix_len,
-        dns: dns.to_vec(),
+        dns: proxies
+            .get(ifname)
+            .map_or_else(|| dns.to_vec(), |proxy| vec![*proxy]),
         mtu: None,
         lease_secs: LEASE_SECS,
     };
@@ -68,6 +76,7 @@ pub fn wanted(guests: &GuestView<'_>, dns: &[Ipv4Addr]) -> BTreeMap<IfName, Link
         wanted.insert(
             vm.tap.clone(),
             config(
+                &vm.tap,
                 vm.subnet.host(),
                 vm.subnet.guest(),
                 vm.subnet.subnet.prefix_len(),
@@ -78,6 +87,7 @@ pub fn wanted(guests: &GuestView<'_>, dns: &[Ipv4Addr]) -> BTreeMap<IfName, Link
         wanted.insert(
             ns.host_ifname.clone(),
             config(
+                &ns.host_ifname,
                 ns.host_addr(),
                 ns.peer_addr(),
                 ns.subnet.subnet.prefix_len(),
@@ -134,11 +144,16 @@ impl DhcpLinks {
     }
 
     /// Brings the helper's links in line with the guests.
-    pub fn reconcile(&mut self, guests: &GuestView<'_>, link: &mut dyn HelperLink) {
+    pub fn reconcile(
+        &mut self,
+        guests: &GuestView<'_>,
+        proxies: &BTreeMap<IfName, Ipv4Addr>,
+        link: &mut dyn HelperLink,
+    ) {
         let Some(dns) = &self.name_servers else {
             return;
         };
-        let wanted = wanted(guests, dns);
+        let wanted = wanted(guests, dns, proxies);
         for change in self.diff(&wanted) {
             match change {
                 DhcpChange::Stop(ifname) => {
@@ -234,5 +249,32 @@ mod tests {
             links.diff(&BTreeMap::new()),
             [DhcpChange::Stop(name("vmtap0"))]
         );
+    }
+
+    #[test]
+    fn a_link_with_a_dns_proxy_is_told_the_proxy() {
+        let mut addrs = patchpanel_addr::AddressManager::new();
+        let vm = crate::guests::vm_allocate(
+            crate::guests::VmKind::Termina,
+            7,
+            None,
+            &mut addrs,
+            &Default::default(),
+        )
+        .expect("vm");
+        let vms = [vm.clone()];
+        let namespaces = BTreeMap::new();
+        let guests = GuestView {
+            namespaces: &namespaces,
+            arc: None,
+            vms: &vms,
+        };
+        let host = [Ipv4Addr::new(192, 0, 2, 53)];
+        let plain = wanted(&guests, &host, &BTreeMap::new());
+        assert_eq!(plain[&vm.tap].dns, host);
+        assert_eq!(plain[&vm.tap].client, vm.subnet.guest());
+        let proxy = Ipv4Addr::new(100, 115, 92, 130);
+        let proxied = wanted(&guests, &host, &[(vm.tap.clone(), proxy)].into());
+        assert_eq!(proxied[&vm.tap].dns, [proxy]);
     }
 }

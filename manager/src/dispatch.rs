@@ -276,7 +276,8 @@ impl Daemon {
                 link,
             );
             self.adb.reconcile(self.state.arc.as_ref(), link);
-            self.dhcp.reconcile(&guests, link);
+            self.dhcp
+                .reconcile(&guests, &self.state.dns_redirections.guest_proxies(), link);
             self.socket_networks
                 .reconcile(&self.uplinks, &self.state.networks, link);
             self.arc_vpn

@@ -218,6 +218,20 @@ impl DnsRedirections {
 
     /// The proxies ARC's device `ifname` uses: the latest ARC rule of each
     /// family.
+    /// The IPv4 DNS proxy of each guest link with a DEFAULT rule (the
+    /// latest rule wins), for the name server DHCP announces there.
+    pub fn guest_proxies(&self) -> BTreeMap<IfName, Ipv4Addr> {
+        let mut proxies = BTreeMap::new();
+        for r in self.rules.values() {
+            if let (Redirect::Default { ifname }, IpAddr::V4(proxy)) =
+                (&r.rule.redirect, r.rule.proxy)
+            {
+                proxies.insert(ifname.clone(), proxy);
+            }
+        }
+        proxies
+    }
+
     pub fn arc_proxies(&self, ifname: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
         let mut v4 = None;
         let mut v6 = None;
@@ -576,5 +590,65 @@ mod tests {
             )
         );
         assert_eq!(d.arc_proxies("arc_wlan0"), (None, None));
+    }
+
+    #[test]
+    fn guest_proxies_are_the_latest_ipv4_default_rule_per_link() {
+        let mut d = DnsRedirections::default();
+        let rules = [
+            (
+                0,
+                Redirect::Default {
+                    ifname: IfName::new("vmtap0").unwrap(),
+                },
+                "100.115.92.130",
+            ),
+            (
+                1,
+                Redirect::Default {
+                    ifname: IfName::new("vmtap0").unwrap(),
+                },
+                "fd64::3",
+            ),
+            (
+                2,
+                Redirect::Default {
+                    ifname: IfName::new("vmtap0").unwrap(),
+                },
+                "100.115.92.134",
+            ),
+            (
+                3,
+                Redirect::Arc {
+                    ifname: IfName::new("arc_eth0").unwrap(),
+                },
+                "100.115.92.138",
+            ),
+            (4, Redirect::User, "100.115.92.142"),
+        ];
+        for (id, redirect, proxy) in rules {
+            d.rules.insert(
+                id,
+                Redirection {
+                    id,
+                    rule: DnsRule {
+                        redirect,
+                        proxy: proxy.parse().unwrap(),
+                    },
+                    nameservers: vec![],
+                    host_ifname: None,
+                    client: ":1.1".into(),
+                    owner: None,
+                },
+            );
+        }
+        assert_eq!(
+            d.guest_proxies(),
+            [(
+                IfName::new("vmtap0").unwrap(),
+                Ipv4Addr::new(100, 115, 92, 134)
+            )]
+            .into()
+        );
     }
 }

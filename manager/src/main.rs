@@ -314,7 +314,22 @@ fn site_policy(
             max_rules: config.max_port_rules as usize,
             max_rules_per_interface: config.max_port_rules_per_interface as usize,
         },
-        patchpanel_firewall::LayoutConfig { local_traffic },
+        patchpanel_firewall::LayoutConfig {
+            local_traffic,
+            // The links the DHCP server serves: VM TAPs and connected
+            // namespaces' host veths.
+            guest_dhcp: if config.guest_dhcp {
+                [
+                    patchpaneld::guests::TAP_PREFIX,
+                    patchpaneld::namespaces::HOST_IFNAME_PREFIX,
+                ]
+                .iter()
+                .map(|p| patchpanel_ipc::IfName::new(p).map_err(|e| anyhow!("{p}: {e}")))
+                .collect::<anyhow::Result<_>>()?
+            } else {
+                Vec::new()
+            },
+        },
     ))
 }
 

@@ -16,6 +16,9 @@ use patchpanel_proto::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::CallError;
+
+/// Connected namespaces' host-side veths are `arc_ns<id>` (upstream's names).
+pub const HOST_IFNAME_PREFIX: &str = "arc_ns";
 use crate::routing::{self, RoutingMode, TrafficSource, TABLE_OFFSET};
 use crate::uplinks::UplinkView;
 
@@ -195,7 +198,7 @@ pub fn allocate(
     };
     let netns = NetnsName::new(&format!("{}connected_netns_{}", ctx.netns_prefix, ctx.id))
         .map_err(|e| CallError::Failed(format!("namespace name: {e}")))?;
-    let host_ifname = IfName::new(&format!("arc_ns{}", ctx.id))
+    let host_ifname = IfName::new(&format!("{HOST_IFNAME_PREFIX}{}", ctx.id))
         .map_err(|e| CallError::Failed(format!("interface name: {e}")))?;
     let peer_ifname = IfName::new(&format!("veth{}", ctx.id))
         .map_err(|e| CallError::Failed(format!("interface name: {e}")))?;

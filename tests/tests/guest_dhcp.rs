@@ -201,3 +201,40 @@ fn dhclient_in_a_connected_namespace_gets_its_own_address_and_a_foreign_one_is_n
     assert_eq!(kind, MessageType::Nak);
     c.terminavm_shutdown(8).expect("shutdown");
 }
+
+/// A host firewall that drops INPUT (ufw's `iptables -P INPUT DROP`): the
+/// guests' DHCP requests still reach the server, through patchpanel's
+/// narrow accept of UDP 68 -> 67 on guest links (nothing else of the
+/// host's INPUT opens: the guest cannot ping the host's TAP address).
+#[test]
+fn a_host_firewall_that_drops_input_still_lets_guest_dhcp_through() {
+    let world = world();
+    world
+        .netns
+        .exec_ok(&["iptables", "-P", "INPUT", "DROP"])
+        .expect("ufw-like INPUT policy");
+    let c = Client::connect_to(world.daemon.bus_address()).expect("client");
+    let vm = c.terminavm_startup(7).expect("TerminaVmStartup");
+    let guest = ipv4_from_addr4(&vm.ipv4_address).expect("address");
+    let gateway = ipv4_from_addr4(&vm.gateway_ipv4_address).expect("gateway");
+    let fake = FakeVm::attach(&world.netns, &vm.tap_device_ifname, "eth0").expect("fake VM");
+    fake.exec(&["ip", "link", "set", "eth0", "up"]).expect("up");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let out = udhcpc(fake.netns().name(), "eth0", &udhcpc_script(dir.path()));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("lease bound"))
+        .unwrap_or_else(|| panic!("udhcpc got no lease:\n{out}\n{}", world.daemon.log()));
+    assert_eq!(field(line, "ip"), Some(guest.to_string().as_str()), "{line}");
+    assert!(pings(fake.netns().name(), REMOTE_HOST), "no route out");
+    let to_host = fake
+        .exec(&["ping", "-c", "1", "-W", "1", &gateway.to_string()])
+        .expect("ping");
+    assert!(
+        !to_host.status.success(),
+        "the host's INPUT policy still applies to everything but DHCP"
+    );
+    drop(fake);
+    c.terminavm_shutdown(7).expect("shutdown");
+}

@@ -29,8 +29,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::fwmark::{self, TrafficSource};
 use crate::model::{
-    BuiltinChain, Change, Comment, Family, Match, OwnedChain, Rule, Table, Target, ValidationError,
+    BuiltinChain, Change, Comment, Family, IfMatch, Match, OwnedChain, Protocol, Rule, Table,
+    Target, ValidationError,
 };
+use patchpanel_names::IfName;
 
 /// The comment on patchpanel's jumps from built-in chains.
 pub const HOOK_COMMENT: &str = "patchpanel";
@@ -202,6 +204,12 @@ pub struct LayoutConfig {
     /// rewrites fwmark bits of every local packet, which other software
     /// (WireGuard, kube-proxy, Tailscale) may use.
     pub local_traffic: Option<LocalTraffic>,
+    /// Prefixes of the guest links whose DHCPv4 requests to the host are
+    /// accepted at INPUT (`-i <prefix>+ -p udp --sport 68 --dport 67`):
+    /// patchpanel's DHCP server serves them (`guest_dhcp`), and a host
+    /// firewall that drops INPUT (ufw) would drop the requests. Empty: none.
+    #[serde(default)]
+    pub guest_dhcp: Vec<IfName>,
 }
 
 /// Every chain and hook patchpanel owns, per family and table.
@@ -224,7 +232,7 @@ impl Layout {
                 tables.push(match table {
                     Table::Mangle => mangle(family, config),
                     Table::Nat => nat(family),
-                    Table::Filter => filter(family),
+                    Table::Filter => filter(family, config),
                 });
             }
         }
@@ -366,7 +374,20 @@ fn nat(family: Family) -> TableLayout {
     t
 }
 
-fn filter(family: Family) -> TableLayout {
+/// DHCPv4 requests from guests on links named `prefix`*.
+fn dhcp_accept(prefix: &IfName) -> Rule {
+    Rule::new(Target::Accept)
+        .with(Match::InInterface(IfMatch {
+            name: prefix.clone(),
+            wildcard: true,
+            negate: false,
+        }))
+        .with(Match::Protocol(Protocol::Udp))
+        .with(Match::SourcePort(68))
+        .with(Match::DestinationPort(67))
+}
+
+fn filter(family: Family, config: &LayoutConfig) -> TableLayout {
     let mut t = TableLayout::new(family, Table::Filter);
     for name in [
         INGRESS_PORT_FIREWALL,
@@ -384,10 +405,11 @@ fn filter(family: Family) -> TableLayout {
         named(VPN_EGRESS_FILTERS),
         vec![jump(VPN_ACCEPT), jump(VPN_LOCKDOWN)],
     );
-    t.hook(
-        BuiltinChain::Input,
-        ChainContent::Static(vec![jump(INGRESS_PORT_FIREWALL)]),
-    );
+    let mut input = vec![jump(INGRESS_PORT_FIREWALL)];
+    if family == Family::V4 {
+        input.extend(config.guest_dhcp.iter().map(dhcp_accept));
+    }
+    t.hook(BuiltinChain::Input, ChainContent::Static(input));
     t.hook(
         BuiltinChain::Forward,
         ChainContent::Static(vec![
@@ -434,6 +456,7 @@ mod tests {
                 uid_sources: vec![(1000, TrafficSource::Chrome), (216, TrafficSource::User)],
                 update_engine_cgroup: Some(0x10001),
             }),
+            guest_dhcp: vec![],
         };
         Layout::new(&config).validate().unwrap();
     }
@@ -509,12 +532,44 @@ mod tests {
     }
 
     #[test]
+    fn guest_dhcp_requests_are_accepted_at_input_on_the_guest_prefixes_ipv4_only() {
+        let config = LayoutConfig {
+            local_traffic: None,
+            guest_dhcp: vec![
+                IfName::new("vmtap").unwrap(),
+                IfName::new("arc_ns").unwrap(),
+            ],
+        };
+        let layout = Layout::new(&config);
+        layout.validate().unwrap();
+        let input = |family| -> Vec<String> {
+            static_lines(&layout, family, Table::Filter)
+                .into_iter()
+                .filter(|l| l.starts_with("-A patchpanel_INPUT"))
+                .collect()
+        };
+        assert_eq!(
+            input(Family::V4),
+            [
+                "-A patchpanel_INPUT -j ingress_port_firewall",
+                "-A patchpanel_INPUT -i vmtap+ -p udp --sport 68 --dport 67 -j ACCEPT",
+                "-A patchpanel_INPUT -i arc_ns+ -p udp --sport 68 --dport 67 -j ACCEPT",
+            ]
+        );
+        assert_eq!(
+            input(Family::V6),
+            ["-A patchpanel_INPUT -j ingress_port_firewall"]
+        );
+    }
+
+    #[test]
     fn local_traffic_marking_follows_upstream_apply_local_source_mark() {
         let config = LayoutConfig {
             local_traffic: Some(LocalTraffic {
                 uid_sources: vec![(1000, TrafficSource::Chrome)],
                 update_engine_cgroup: Some(0x10001),
             }),
+            guest_dhcp: vec![],
         };
         assert_eq!(
             static_lines(&Layout::new(&config), Family::V4, Table::Mangle),

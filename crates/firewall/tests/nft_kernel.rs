@@ -84,6 +84,7 @@ fn local_layout() -> Layout {
             uid_sources: vec![(1000, TrafficSource::User)],
             update_engine_cgroup: Some(0x10001),
         }),
+        guest_dhcp: vec![IfName::new("vmtap").expect("prefix")],
     })
 }
 

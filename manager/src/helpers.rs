@@ -31,8 +31,9 @@ use crate::error::CallError;
 use crate::spawner::{self, SpawnerEvent, SpawnerRequest};
 use crate::supervisor::{Liveness, ReplayLog, RespawnPolicy, Stage, Verdict};
 
-/// How long a call waits for its helper before giving up.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a call waits for its answer: the deadline after which the
+/// helper counts as hung.
+const CALL_TIMEOUT: Duration = crate::supervisor::REQUEST_DEADLINE;
 
 fn pid_text(pid: Option<i32>) -> String {
     pid.map(|p| p.to_string())
@@ -94,6 +95,7 @@ impl Slot {
         let channel = self.channel().ok_or(ChannelError::Closed)?;
         channel.send(&ManagerMessage::Request { id, body: request }, fds)?;
         self.pending.insert(id, what);
+        self.liveness.sent(id, Instant::now());
         Ok(id)
     }
 }
@@ -149,7 +151,6 @@ pub struct Helpers {
     spawner_pid: libc::pid_t,
     spawn_flags: u32,
     slots: Vec<Slot>,
-    nonce: u64,
     /// Messages that arrived during a call, for the loop.
     queued: VecDeque<HelperEvent>,
     /// A give-up decided in the middle of a call, for the loop to act on.
@@ -200,7 +201,6 @@ impl Helpers {
             spawner_pid,
             spawn_flags: config.spawn_flags,
             slots,
-            nonce: 1,
             queued: VecDeque::new(),
             fatal: None,
         }
@@ -245,41 +245,48 @@ impl Helpers {
             .min()
     }
 
-    /// Respawns what is due, pings, and kills hung helpers.
+    /// Respawns what is due and kills hung helpers (a request unanswered
+    /// past its deadline).
     pub fn on_timers(&mut self, now: Instant) -> anyhow::Result<()> {
         for i in 0..self.slots.len() {
             match self.slots[i].phase {
                 Phase::Down { respawn_at } if now >= respawn_at => self.start(i)?,
                 Phase::Up { .. } => {
-                    let slot = &mut self.slots[i];
-                    if slot.liveness.is_hung(now) {
-                        error!(
-                            "{} (pid {}) has not answered a ping for {:?}; killing it",
-                            slot.process.executable(),
-                            pid_text(slot.pid),
-                            crate::supervisor::PING_TIMEOUT
-                        );
-                        slot.liveness.stopped();
-                        if let Some(pid) = slot.pid {
-                            spawner::send_request(
-                                &self.spawner,
-                                SpawnerRequest::Kill {
-                                    helper: slot.process,
-                                    pid,
-                                },
-                                None,
-                            )
-                            .map_err(|e| anyhow!("spawner socket: {e}"))?;
-                        }
-                    } else if let Some(nonce) = slot.liveness.due(now, self.nonce) {
-                        self.nonce += 1;
-                        if let Err(e) = slot.send(Request::Ping { nonce }, &[]) {
-                            debug!("ping to {}: {e}", slot.process.executable());
-                        }
+                    if let Some(id) = self.slots[i].liveness.overdue(now) {
+                        self.kill_hung(i, id)?;
                     }
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Helper `i` left request `id` unanswered past its deadline: the
+    /// spawner kills it; its exit then respawns it with its replay log.
+    fn kill_hung(&mut self, i: usize, id: u64) -> anyhow::Result<()> {
+        let slot = &mut self.slots[i];
+        error!(
+            "{} (pid {}) has not answered {} for {:?}; killing it",
+            slot.process.executable(),
+            pid_text(slot.pid),
+            slot.pending.get(&id).map_or_else(
+                || format!("request {id}"),
+                |w| format!("request {id} ({w})")
+            ),
+            crate::supervisor::REQUEST_DEADLINE
+        );
+        slot.liveness.stopped();
+        if let Some(pid) = slot.pid {
+            spawner::send_request(
+                &self.spawner,
+                SpawnerRequest::Kill {
+                    helper: slot.process,
+                    pid,
+                },
+                None,
+            )
+            .map_err(|e| anyhow!("spawner socket: {e}"))?;
         }
         Ok(())
     }
@@ -374,6 +381,7 @@ impl Helpers {
                     );
                 }
                 let what = slot.pending.remove(&id);
+                slot.liveness.answered(id);
                 if let Some(pos) = slot.unawaited.iter().position(|&u| u == id) {
                     slot.unawaited.swap_remove(pos);
                     self.queued.push_back(HelperEvent::Answer {
@@ -384,9 +392,6 @@ impl Helpers {
                     return Ok(());
                 }
                 match result {
-                    Ok(Reply::Pong { nonce }) => {
-                        slot.liveness.pong(nonce, Instant::now());
-                    }
                     Ok(_) => {}
                     Err(e) => warn!(
                         "{} failed {}: {e}",
@@ -426,7 +431,7 @@ impl Helpers {
             bail!("{} sent a second Hello", process.executable());
         };
         slot.phase = Phase::Up { channel };
-        slot.liveness.started(Instant::now());
+        slot.liveness.stopped();
         let replay: Vec<_> = slot.replay.entries().cloned().collect();
         let count = replay.len();
         for entry in replay {
@@ -480,6 +485,7 @@ impl Helpers {
         slot.pid = None;
         slot.started_at = Instant::now();
         slot.pending.clear();
+        slot.liveness.stopped();
         slot.unawaited.clear();
         slot.stage = Stage::Starting;
         slot.replay_until = None;
@@ -651,9 +657,12 @@ impl Helpers {
                 Err(ChannelError::WouldBlock) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
+                        if let Err(e) = self.kill_hung(i, id) {
+                            self.fatal.get_or_insert(e);
+                        }
                         self.slots[i].pending.remove(&id);
                         return Err(CallError::Failed(format!(
-                            "{name} did not answer within {CALL_TIMEOUT:?}"
+                            "{name} did not answer within {CALL_TIMEOUT:?}; it is being restarted"
                         )));
                     }
                     wait_readable(channel, left);
@@ -677,6 +686,7 @@ impl Helpers {
             match received.msg {
                 HelperMessage::Response { id: got, result } if got == id => {
                     self.slots[i].pending.remove(&id);
+                    self.slots[i].liveness.answered(id);
                     return result.map_err(CallError::from);
                 }
                 other => {

@@ -154,56 +154,46 @@ impl ReplayLog {
     }
 }
 
-/// When the next health ping is due and when an unanswered one is overdue.
-pub const PING_INTERVAL: Duration = Duration::from_secs(10);
-pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may go unanswered before its helper counts as hung
+/// (and is killed, then respawned with its replay log). There is no
+/// periodic ping: an idle tree never wakes up, and a helper is only asked
+/// to prove it lives when it has work to do.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Tracks the one outstanding ping of a helper.
+/// The requests of one helper instance still in flight, by id (ids grow
+/// with time: the first is the oldest).
 #[derive(Debug, Clone, Default)]
 pub struct Liveness {
-    outstanding: Option<(u64, Instant)>,
-    next_due: Option<Instant>,
+    in_flight: std::collections::BTreeMap<u64, Instant>,
 }
 
 impl Liveness {
-    pub fn started(&mut self, now: Instant) {
-        self.outstanding = None;
-        self.next_due = Some(now + PING_INTERVAL);
+    pub fn sent(&mut self, id: u64, now: Instant) {
+        self.in_flight.insert(id, now);
     }
 
+    pub fn answered(&mut self, id: u64) {
+        self.in_flight.remove(&id);
+    }
+
+    /// The instance is gone (or being killed): nothing is in flight.
     pub fn stopped(&mut self) {
-        self.outstanding = None;
-        self.next_due = None;
+        self.in_flight.clear();
     }
 
-    /// Returns a nonce to send if a ping is due.
-    pub fn due(&mut self, now: Instant, nonce: u64) -> Option<u64> {
-        if self.outstanding.is_none() && self.next_due.is_some_and(|d| now >= d) {
-            self.outstanding = Some((nonce, now));
-            return Some(nonce);
-        }
-        None
+    /// The oldest request unanswered for [`REQUEST_DEADLINE`], if any.
+    pub fn overdue(&self, now: Instant) -> Option<u64> {
+        let (&id, &sent) = self.in_flight.iter().next()?;
+        (now.saturating_duration_since(sent) >= REQUEST_DEADLINE).then_some(id)
     }
 
-    pub fn pong(&mut self, nonce: u64, now: Instant) -> bool {
-        if self.outstanding.is_some_and(|(n, _)| n == nonce) {
-            self.outstanding = None;
-            self.next_due = Some(now + PING_INTERVAL);
-            return true;
-        }
-        false
-    }
-
-    pub fn is_hung(&self, now: Instant) -> bool {
-        self.outstanding
-            .is_some_and(|(_, sent)| now.duration_since(sent) >= PING_TIMEOUT)
-    }
-
+    /// When the oldest request in flight becomes overdue; `None` when
+    /// nothing is in flight (no timer at all).
     pub fn next_deadline(&self) -> Option<Instant> {
-        match self.outstanding {
-            Some((_, sent)) => Some(sent + PING_TIMEOUT),
-            None => self.next_due,
-        }
+        self.in_flight
+            .values()
+            .next()
+            .map(|&sent| sent + REQUEST_DEADLINE)
     }
 }
 
@@ -314,25 +304,29 @@ mod tests {
     }
 
     #[test]
-    fn unanswered_ping_marks_the_helper_hung() {
+    fn an_unanswered_request_marks_the_helper_hung_at_its_deadline() {
         let t0 = Instant::now();
         let mut l = Liveness::default();
-        l.started(t0);
-        assert_eq!(l.due(t0, 1), None);
-        assert_eq!(l.due(t0 + PING_INTERVAL, 1), Some(1));
-        assert!(!l.is_hung(t0 + PING_INTERVAL));
-        assert!(l.is_hung(t0 + PING_INTERVAL + PING_TIMEOUT));
-    }
-
-    #[test]
-    fn answered_ping_schedules_the_next() {
-        let t0 = Instant::now();
-        let mut l = Liveness::default();
-        l.started(t0);
-        let t1 = t0 + PING_INTERVAL;
-        assert_eq!(l.due(t1, 9), Some(9));
-        assert!(!l.pong(8, t1), "wrong nonce accepted");
-        assert!(l.pong(9, t1));
-        assert_eq!(l.next_deadline(), Some(t1 + PING_INTERVAL));
+        assert_eq!(l.next_deadline(), None, "idle: no timer");
+        l.sent(7, t0);
+        l.sent(8, t0 + Duration::from_secs(3));
+        assert_eq!(l.next_deadline(), Some(t0 + REQUEST_DEADLINE));
+        assert_eq!(
+            l.overdue(t0 + REQUEST_DEADLINE - Duration::from_millis(1)),
+            None
+        );
+        assert_eq!(l.overdue(t0 + REQUEST_DEADLINE), Some(7));
+        // The oldest answered: the next one sets the deadline.
+        l.answered(7);
+        assert_eq!(
+            l.next_deadline(),
+            Some(t0 + Duration::from_secs(3) + REQUEST_DEADLINE)
+        );
+        assert_eq!(l.overdue(t0 + REQUEST_DEADLINE), None);
+        l.answered(8);
+        assert_eq!(l.next_deadline(), None);
+        l.sent(9, t0);
+        l.stopped();
+        assert_eq!(l.overdue(t0 + REQUEST_DEADLINE * 2), None);
     }
 }

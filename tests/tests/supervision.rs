@@ -120,21 +120,30 @@ fn helper_that_keeps_failing_makes_the_manager_give_up() {
 
 #[test]
 fn hung_helper_is_killed_and_respawned() {
-    // A stopped helper answers no ping: after the ping interval and timeout
-    // (10 s + 10 s) the manager has the spawner kill it, then respawns it.
+    // A stopped helper is not pinged while idle (nothing wakes up then);
+    // the first request it gets goes unanswered, and at its deadline (10 s)
+    // the manager has the spawner kill it, then respawns it.
     let bed = TestBed::start().expect("start patchpaneld");
     let old = bed
         .daemon
         .tree()
         .expect("tree")
-        .helper(Helper::McastForwarder);
+        .helper(Helper::DatapathWriter);
     let old = ProcIdentity::of(old).expect("identity");
 
-    send_signal(old.pid, libc::SIGSTOP).expect("SIGSTOP mcast-forwarder");
+    send_signal(old.pid, libc::SIGSTOP).expect("SIGSTOP the writer");
+    // Work for it: a VM's TAP. The call fails at the deadline, clearly.
+    let client = Client::connect_to(bed.bus.address())
+        .expect("client")
+        .with_timeout(Duration::from_secs(30));
+    let e = client
+        .terminavm_startup(7)
+        .expect_err("the writer is stopped");
+    assert!(e.to_string().contains("did not answer"), "{e}");
     let new = bed
         .daemon
-        .wait_for_tree(Duration::from_secs(40), |t| {
-            t.helper(Helper::McastForwarder) != old.pid && old.is_gone()
+        .wait_for_tree(Duration::from_secs(20), |t| {
+            t.helper(Helper::DatapathWriter) != old.pid && old.is_gone()
         })
         .unwrap_or_else(|e| {
             panic!(
@@ -146,11 +155,15 @@ fn hung_helper_is_killed_and_respawned() {
     let log = bed.daemon.log();
     assert!(
         log.contains(&format!(
-            "patchpanel-mcast-forwarder (pid {}) has not answered a ping",
+            "patchpanel-datapath-writer (pid {}) has not answered request",
             old.pid
         )),
         "no hang diagnosis; log:\n{log}"
     );
-    assert_ne!(new.helper(Helper::McastForwarder), old.pid);
-    assert_eq!(bed.client().expect("client").get_devices(), Ok(vec![]));
+    assert_ne!(new.helper(Helper::DatapathWriter), old.pid);
+    // The new writer, configured by its replay log, builds the VM.
+    let vm = poll_until(Duration::from_secs(10), || client.terminavm_startup(7).ok())
+        .unwrap_or_else(|| panic!("no VM after the respawn:\n{}", bed.daemon.log()));
+    assert!(!vm.tap_device_ifname.is_empty());
+    client.terminavm_shutdown(7).expect("TerminaVmShutdown");
 }

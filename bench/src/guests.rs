@@ -70,6 +70,11 @@ pub struct StartStop {
     pub shutdown: Vec<Duration>,
     /// Shutdown call to the network gone.
     pub gone: Vec<Duration>,
+    /// ARC: a `ConnectNamespace` issued right after the `ArcShutdown`
+    /// answer, while the kernel still deletes ARC's links, to its answer.
+    pub connect_during: Vec<Duration>,
+    /// ARC: the same call once ARC's links are gone (its normal time).
+    pub connect_alone: Vec<Duration>,
 }
 
 /// One peer series on netavark.
@@ -216,13 +221,15 @@ fn peer_cycle(network: &BridgeNetwork, networks: u8, check: bool) -> Result<(Dur
     Ok((setup, teardown))
 }
 
-/// The four times of one patchpanel start/stop.
+/// The times of one patchpanel start/stop.
 #[derive(Debug, Clone, Copy)]
 struct Cycle {
     answer: Duration,
     usable: Duration,
     shutdown: Duration,
     gone: Duration,
+    /// ARC only: (during the teardown, alone).
+    connects: Option<(Duration, Duration)>,
 }
 
 impl Cycle {
@@ -231,7 +238,25 @@ impl Cycle {
         series.usable.push(self.usable);
         series.shutdown.push(self.shutdown);
         series.gone.push(self.gone);
+        if let Some((during, alone)) = self.connects {
+            series.connect_during.push(during);
+            series.connect_alone.push(alone);
+        }
     }
+}
+
+/// `ConnectNamespace` for a new namespace: the time to its answer, and
+/// the lifeline (dropping it releases the namespace).
+fn timed_connect(client: &Client) -> Result<(Duration, patchpanel_client::Lifeline)> {
+    let request = patchpanel_client::proto::ConnectNamespaceRequest {
+        pid: -1,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let (_, lifeline) = client
+        .connect_namespace(&request)
+        .context("ConnectNamespace failed")?;
+    Ok((started.elapsed(), lifeline))
 }
 
 /// The daemon, a client, and rtnetlink inside the daemon's namespace.
@@ -298,6 +323,7 @@ impl<'w> Daemon<'w> {
             usable,
             shutdown,
             gone,
+            connects: None,
         })
     }
 
@@ -329,6 +355,8 @@ impl<'w> Daemon<'w> {
             .arc_shutdown(pid)
             .context("ArcShutdown failed")?;
         let shutdown = started.elapsed();
+        // A namespace asked for while the kernel deletes ARC's links.
+        let (during, during_lifeline) = timed_connect(&self.client)?;
         let gone = self
             .poll(started, READY_TIMEOUT, || {
                 let links = self.rtnl.links()?;
@@ -340,11 +368,14 @@ impl<'w> Daemon<'w> {
             })
             .context("ARC devices still present after ArcShutdown")?;
         drop(container);
+        let (alone, alone_lifeline) = timed_connect(&self.client)?;
+        drop((during_lifeline, alone_lifeline));
         Ok(Cycle {
             answer,
             usable,
             shutdown,
             gone,
+            connects: Some((during, alone)),
         })
     }
 

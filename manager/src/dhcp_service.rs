@@ -162,8 +162,9 @@ impl DhcpLinks {
                     let request = Request::DhcpStop {
                         ifname: ifname.clone(),
                     };
-                    if let Err(e) = link.call_helper(Process::DhcpServer, request, &[]) {
-                        warn!("DHCP on {ifname}: stop: {e}");
+                    // Not waited for (see mcast_service).
+                    if let Err(e) = link.send_waiting(Process::DhcpServer, request) {
+                        warn!("DHCP on {ifname}: stop: {e:?}");
                     }
                 }
                 DhcpChange::Serve(ifname, config) => {

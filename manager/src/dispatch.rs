@@ -661,8 +661,6 @@ impl Daemon {
     }
 }
 
-/// Saves the state if it changed; a failure is logged (the next event
-/// tries again).
 /// A VM call as the guest service takes it.
 fn vm_call<'a>(
     caller: guest_service::VmCaller,
@@ -678,6 +676,8 @@ fn vm_call<'a>(
     }
 }
 
+/// Saves the state if it changed; a failure is logged (the next event
+/// tries again).
 fn save(store: &StateFile, state: &State) {
     if let Err(e) = store.save_if_changed(state) {
         error!(

@@ -153,7 +153,11 @@ impl McastForwarding {
                         uplink: pair.uplink.clone(),
                         downlink: pair.downlink.clone(),
                     };
-                    match link.call_helper(Process::McastForwarder, request, &[]) {
+                    // Not waited for: leaving the groups of a link the
+                    // writer is deleting waits for the kernel's rtnl lock,
+                    // and nothing here depends on it. A failure comes back
+                    // to the loop and is logged there.
+                    match link.send_waiting(Process::McastForwarder, request) {
                         Ok(_) => info!(
                             "multicast forwarding {} <-> {} stopped",
                             pair.uplink, pair.downlink

@@ -585,8 +585,9 @@ impl NdProxyState {
             uplink_ifindex: pair.uplink_ifindex,
             downlink_ifindex: pair.downlink_ifindex,
         };
-        if let Err(e) = link.call_helper(Process::NdProxy, request, &[]) {
-            debug!("ndproxy stop {} <-> {}: {e}", pair.uplink, pair.downlink);
+        // Not waited for (see mcast_service: its answer changes nothing).
+        if let Err(e) = link.send_waiting(Process::NdProxy, request) {
+            debug!("ndproxy stop {} <-> {}: {e:?}", pair.uplink, pair.downlink);
         }
     }
 

@@ -195,6 +195,20 @@ impl World {
     }
 }
 
+/// [`kernel_snapshot`] once it equals `expected`, or after 10 s the last
+/// one taken: the writer deletes links after it answers (its reaper), so a
+/// teardown's kernel state settles shortly after the call returns.
+pub fn settled_kernel_snapshot(netns: &Netns, expected: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = kernel_snapshot(netns).unwrap_or_default();
+        if now == expected || std::time::Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A snapshot of everything patchpanel could touch in a namespace, for
 /// before/after comparisons: links, addresses, routes of all tables, ip
 /// rules, iptables and ip6tables rules (without counters).

@@ -14,7 +14,9 @@ use patchpanel_proto::network_device::{GuestType, TechnologyType};
 use patchpanel_proto::network_device_changed_signal::Event;
 use patchpanel_proto::{ipv4_from_addr4, ipv4_from_net_u32, NetworkDevice};
 use patchpanel_tests::vm::{FakeContainer, FakeVm};
-use patchpanel_tests::world::{kernel_snapshot, World, REMOTE_HOST, UPLINK_ADDR};
+use patchpanel_tests::world::{
+    kernel_snapshot, settled_kernel_snapshot, World, REMOTE_HOST, UPLINK_ADDR,
+};
 use patchpanel_tests::{poll_until, Netns};
 
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -338,7 +340,7 @@ fn arc_shutdown_leaves_nothing_behind_and_a_restart_gets_the_same_networks() {
 
     c.arc_shutdown(container.pid()).expect("ArcShutdown");
 
-    assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
+    assert_same_kernel_state(&settled_kernel_snapshot(&world.netns, &before), &before);
     let netns: Vec<String> = std::fs::read_dir("/run/netns")
         .expect("/run/netns")
         .flatten()
@@ -451,7 +453,7 @@ fn arcvm_gets_six_crosvm_taps_and_its_uplink_network() {
     assert_eq!(c.get_devices().expect("GetDevices").len(), 1);
 
     c.arcvm_shutdown(33).expect("ArcVmShutdown");
-    assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
+    assert_same_kernel_state(&settled_kernel_snapshot(&world.netns, &before), &before);
     assert!(c.get_devices().expect("GetDevices").is_empty());
 }
 
@@ -482,7 +484,7 @@ fn assert_refused(
         }
         other => panic!("expected InvalidArgument containing {needle:?}, got {other:?}"),
     }
-    assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
+    assert_same_kernel_state(&settled_kernel_snapshot(&world.netns, &before), &before);
     assert!(c.get_devices().expect("GetDevices").is_empty());
 }
 
@@ -551,7 +553,7 @@ fn an_arcvm_startup_that_fails_halfway_is_rolled_back() {
         matches!(&result, Err(ClientError::Failed(m)) if m.contains("arc_eth0 already exists")),
         "{result:?}"
     );
-    assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
+    assert_same_kernel_state(&settled_kernel_snapshot(&world.netns, &before), &before);
     assert!(c.get_devices().expect("GetDevices").is_empty());
     world
         .netns

@@ -14,7 +14,9 @@ use patchpanel_proto::network_device::GuestType;
 use patchpanel_proto::traffic_counter::{IpFamily, Source};
 use patchpanel_proto::{ipv4_from_addr4, TrafficCounter};
 use patchpanel_tests::vm::FakeVm;
-use patchpanel_tests::world::{kernel_snapshot, World, REMOTE_HOST, UPLINK_ADDR};
+use patchpanel_tests::world::{
+    kernel_snapshot, settled_kernel_snapshot, World, REMOTE_HOST, UPLINK_ADDR,
+};
 use patchpanel_tests::{poll_until, traffic};
 
 const PAYLOAD: usize = 100_000;
@@ -143,7 +145,7 @@ fn a_borealis_vm_reaches_the_internet_through_nat_and_is_counted_as_borealis() {
     drop(vm);
     c.borealisvm_shutdown(21).expect("BorealisVmShutdown");
     assert!(c.get_devices().expect("GetDevices").is_empty());
-    assert_eq!(kernel_snapshot(&world.netns).expect("snapshot"), before);
+    assert_eq!(settled_kernel_snapshot(&world.netns, &before), before);
     traffic::stop(server);
 }
 
@@ -246,7 +248,7 @@ fn a_bruschetta_vm_is_isolated_but_its_own_connections_work() {
         .upstream
         .exec_ok(&["ip", "route", "del", "100.115.92.0/24"])
         .expect("route");
-    assert_eq!(kernel_snapshot(&world.netns).expect("snapshot"), before);
+    assert_eq!(settled_kernel_snapshot(&world.netns, &before), before);
     traffic::stop(server);
 }
 
@@ -272,5 +274,5 @@ fn bad_bruschetta_and_borealis_requests_are_refused() {
     assert_eq!(c.get_devices().expect("devices").len(), 2);
     c.borealisvm_shutdown(3).expect("stop Borealis");
     c.bruschettavm_shutdown(3).expect("stop Bruschetta");
-    assert_eq!(kernel_snapshot(&world.netns).expect("snapshot"), before);
+    assert_eq!(settled_kernel_snapshot(&world.netns, &before), before);
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use patchpanel_client::{Client, Error as ClientError, Lifeline};
 use patchpanel_proto::{ConnectNamespaceRequest, ConnectNamespaceResponse};
-use patchpanel_tests::world::{kernel_snapshot, World, REMOTE_HOST, UPLINK_ADDR};
+use patchpanel_tests::world::{
+    kernel_snapshot, settled_kernel_snapshot, World, REMOTE_HOST, UPLINK_ADDR,
+};
 use patchpanel_tests::{poll_until, traffic, DaemonOptions};
 
 /// Generous: teardown is measured in the benchmark, not here.
@@ -126,7 +128,7 @@ fn closing_the_lifeline_removes_every_trace_and_frees_the_subnet() {
 
     drop(lifeline);
     wait_gone(&world, &resp.netns_name);
-    assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
+    assert_same_kernel_state(&settled_kernel_snapshot(&world.netns, &before), &before);
 
     // The subnet went back to the pool: the next namespace gets it again.
     let (again, _l) = connect(&world, &new_namespace());
@@ -238,7 +240,7 @@ fn assert_refused(world: &World, request: &ConnectNamespaceRequest, needle: &str
         }
         other => panic!("expected InvalidArgument containing {needle:?}, got {other:?}"),
     }
-    assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
+    assert_same_kernel_state(&settled_kernel_snapshot(&world.netns, &before), &before);
     assert!(client(world).get_devices().expect("devices").is_empty());
 }
 

@@ -226,7 +226,11 @@ fn a_host_firewall_that_drops_input_still_lets_guest_dhcp_through() {
         .lines()
         .find(|l| l.starts_with("lease bound"))
         .unwrap_or_else(|| panic!("udhcpc got no lease:\n{out}\n{}", world.daemon.log()));
-    assert_eq!(field(line, "ip"), Some(guest.to_string().as_str()), "{line}");
+    assert_eq!(
+        field(line, "ip"),
+        Some(guest.to_string().as_str()),
+        "{line}"
+    );
     assert!(pings(fake.netns().name(), REMOTE_HOST), "no route out");
     let to_host = fake
         .exec(&["ping", "-c", "1", "-W", "1", &gateway.to_string()])

@@ -11,7 +11,9 @@ use patchpanel_proto::network_device::GuestType;
 use patchpanel_proto::network_device_changed_signal::Event;
 use patchpanel_proto::{ipv4_from_addr4, ipv4_from_net_u32};
 use patchpanel_tests::vm::FakeVm;
-use patchpanel_tests::world::{kernel_snapshot, World, REMOTE_HOST, UPLINK_ADDR};
+use patchpanel_tests::world::{
+    kernel_snapshot, settled_kernel_snapshot, World, REMOTE_HOST, UPLINK_ADDR,
+};
 use patchpanel_tests::{poll_until, DaemonOptions};
 
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -186,7 +188,7 @@ fn termina_shutdown_leaves_nothing_behind_and_frees_the_subnets() {
 
     c.terminavm_shutdown(9).expect("TerminaVmShutdown");
 
-    assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
+    assert_same_kernel_state(&settled_kernel_snapshot(&world.netns, &before), &before);
     assert!(c.get_devices().expect("GetDevices").is_empty());
     let again = c.terminavm_startup(10).expect("TerminaVmStartup");
     assert_eq!(again.tap_device_ifname, first.tap_device_ifname);
@@ -298,7 +300,7 @@ fn a_parallels_vm_reaches_the_upstream_host_and_keeps_an_explicit_subnet() {
     assert_ne!(other.tap_device_ifname, again.tap_device_ifname);
     c.parallelsvm_shutdown(1234).expect("ParallelsVmShutdown");
     c.pluginvm_shutdown(99).expect("PluginVmShutdown");
-    assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
+    assert_same_kernel_state(&settled_kernel_snapshot(&world.netns, &before), &before);
 }
 
 fn assert_refused(
@@ -314,7 +316,7 @@ fn assert_refused(
         }
         other => panic!("expected InvalidArgument containing {needle:?}, got {other:?}"),
     }
-    assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
+    assert_same_kernel_state(&settled_kernel_snapshot(&world.netns, &before), &before);
 }
 
 #[test]
@@ -422,7 +424,7 @@ fn a_startup_that_fails_halfway_is_rolled_back_and_frees_its_addresses() {
         ),
         "{result:?}"
     );
-    assert_same_kernel_state(&kernel_snapshot(&world.netns).expect("snapshot"), &before);
+    assert_same_kernel_state(&settled_kernel_snapshot(&world.netns, &before), &before);
     assert!(c.get_devices().expect("GetDevices").is_empty());
 
     world

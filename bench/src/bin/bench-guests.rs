@@ -151,6 +151,16 @@ fn render(samples: Option<&GuestSamples>) -> String {
             three.map(|s| &s.teardown[..]),
         ),
         Row::new(
+            "ConnectNamespace during ArcShutdown's deletions",
+            arc.filter(|s| !s.connect_during.is_empty())
+                .map(|s| &s.connect_during[..]),
+        ),
+        Row::new(
+            "ConnectNamespace alone (its normal time)",
+            arc.filter(|s| !s.connect_alone.is_empty())
+                .map(|s| &s.connect_alone[..]),
+        ),
+        Row::new(
             "(nsenter alone, in netavark rows)",
             samples
                 .filter(|s| !s.nsenter.is_empty())
@@ -164,7 +174,7 @@ fn render(samples: Option<&GuestSamples>) -> String {
         peer: summary(peer),
     };
     format!(
-        "{}\n{}\n{}\n",
+        "{}\n{}\n{}\n{}\n",
         report::table(&rows),
         report::ratios_line(
             "Termina (vs 1 network)",
@@ -183,6 +193,11 @@ fn render(samples: Option<&GuestSamples>) -> String {
                 point("startup answer", 6, 8),
                 point("shutdown gone", 10, 11),
             ]
+        ),
+        report::ratios_line(
+            "ConnectNamespace during ArcShutdown's deletions (vs alone)",
+            "during/alone",
+            &[point("answer", 12, 13)]
         ),
     )
 }

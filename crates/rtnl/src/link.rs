@@ -373,6 +373,20 @@ impl Rtnl {
         self.setlink(&op, name, Iff::empty(), Iff::empty(), vec![a])
     }
 
+    /// Deletes the link with interface index `index`: `Ok(true)` if
+    /// deleted, `Ok(false)` if there was none.
+    pub fn delete_link_index(&self, index: u32) -> Result<bool> {
+        let op = format!("delete link #{index}");
+        let index = i32::try_from(index)
+            .map_err(|_| RtnlError::invalid("ifindex", index.to_string(), "too large"))?;
+        let body =
+            ifinfomsg(index, Iff::empty(), Iff::empty(), RtBuffer::new()).map_err(Self::enc(&op))?;
+        benign(
+            self.ack(&op, Rtm::Dellink, NlmF::empty(), body),
+            &[libc::ENODEV],
+        )
+    }
+
     /// Deletes the link: `Ok(true)` if deleted, `Ok(false)` if there was none.
     pub fn delete_link(&self, name: &str) -> Result<bool> {
         validate_ifname(name)?;

@@ -39,6 +39,8 @@ pub struct Writer {
     /// What `ConfigureNetwork` steps did to uplinks (addresses added, the
     /// MTU found), so that a clear removes only that.
     uplinks: crate::uplink::Uplinks,
+    /// Deletes the daemon's namespace's links off the request path.
+    reaper: crate::reaper::Reaper,
 }
 
 impl std::fmt::Debug for Writer {
@@ -378,15 +380,27 @@ impl Writer {
     /// is returned. Best effort: every step runs; failures are listed.
     pub fn apply(&mut self, plan: &Plan, fds: Vec<OwnedFd>) -> Result<PlanReport, HelperError> {
         self.config()?;
-        let mut report = PlanReport {
+        let report = PlanReport {
             replaced_sysctls: Vec::new(),
             failures: Vec::new(),
         };
+        self.reaper.hold();
+        let result = self.apply_steps(plan, &fds, report);
+        self.reaper.release(self.host.as_ref());
+        result
+    }
+
+    fn apply_steps(
+        &mut self,
+        plan: &Plan,
+        fds: &[OwnedFd],
+        mut report: PlanReport,
+    ) -> Result<PlanReport, HelperError> {
         let mut undo: Vec<Undo> = Vec::new();
         debug!("plan {:?}: {} steps", plan.label, plan.steps.len());
         for (i, step) in plan.steps.iter().enumerate() {
             let started = std::time::Instant::now();
-            let result = self.step(step, &fds, &mut report);
+            let result = self.step(step, fds, &mut report);
             debug!(
                 "plan {:?} step {} ({}) took {:.1?}",
                 plan.label,
@@ -531,26 +545,40 @@ impl Writer {
                 peer_mac,
             } => {
                 let peer_fd = self.netns_fd(peer_netns)?;
-                let rtnl = self.rtnl(&Netns::Host)?;
-                if rtnl
+                self.wait_for_name(host)?;
+                if self
+                    .rtnl(&Netns::Host)?
                     .link(host.as_str())
                     .map_err(|e| os_error(format!("look up {host}"), &e))?
                     .is_some()
                 {
                     return Err(refused(format!("interface {host} already exists")));
                 }
-                rtnl.create_veth(
-                    host.as_str(),
-                    peer.as_str(),
-                    peer_fd.as_ref().map(|f| f.as_fd()),
-                    LINK_ALIAS,
-                )
-                .map_err(|e| os_error(format!("create veth {host} <-> {peer}"), &e))?;
+                let create = |rtnl: &Rtnl| {
+                    rtnl.create_veth(
+                        host.as_str(),
+                        peer.as_str(),
+                        peer_fd.as_ref().map(|f| f.as_fd()),
+                        LINK_ALIAS,
+                    )
+                };
+                let mut created = create(self.rtnl(&Netns::Host)?);
+                if created.as_ref().is_err_and(|e| e.errno() == Some(libc::EEXIST))
+                    && self.reaper.busy()
+                {
+                    // The peer's name may be that of a pair still being
+                    // deleted in the same namespace: once it is gone, again.
+                    self.reaper
+                        .drain(self.host.as_ref(), crate::reaper::WAIT);
+                    created = create(self.rtnl(&Netns::Host)?);
+                }
+                created.map_err(|e| os_error(format!("create veth {host} <-> {peer}"), &e))?;
                 let undo = Undo::Step(Step::DeleteLink {
                     netns: Netns::Host,
                     name: host.clone(),
                 });
-                let macs = rtnl
+                let macs = self
+                    .rtnl(&Netns::Host)?
                     .set_mac(host.as_str(), *host_mac)
                     .map_err(|e| os_error(format!("set MAC of {host}"), &e))
                     .and_then(|()| {
@@ -563,6 +591,22 @@ impl Writer {
                     return Err(e);
                 }
                 Ok(undo)
+            }
+            Step::DeleteLink {
+                netns: Netns::Host,
+                name,
+            } => {
+                let rtnl = self.rtnl(&Netns::Host)?;
+                if let Some(link) = owned::owned_link_to_delete(rtnl, name)? {
+                    // The checks are done; the kernel's part goes on
+                    // without us (see crate::reaper).
+                    let rtnl = self
+                        .host
+                        .as_ref()
+                        .ok_or_else(|| refused("no rtnetlink socket"))?;
+                    self.reaper.delete(rtnl, link.index, name.as_str());
+                }
+                Ok(Undo::Nothing)
             }
             Step::DeleteLink { netns, name } => {
                 owned::delete_owned_link(self.rtnl(netns)?, name)?;
@@ -757,6 +801,7 @@ impl Writer {
             }
             Step::CreateTap { name, mac, user } => self.create_tap(name, *mac, *user),
             Step::CreateBridge { name } => {
+                self.wait_for_name(name)?;
                 let rtnl = self.rtnl(&Netns::Host)?;
                 if rtnl
                     .link(name.as_str())
@@ -840,6 +885,28 @@ impl Writer {
 }
 
 impl Writer {
+    /// A link of the daemon's namespace named `name` that is being deleted
+    /// (see [`crate::reaper`]) and still listed is waited for: its name is
+    /// about to be free. (The kernel unlists a link early in its deletion;
+    /// once unlisted the name can be taken again at once.)
+    fn wait_for_name(&mut self, name: &IfName) -> Result<(), HelperError> {
+        if !self.reaper.is_pending(name.as_str()) {
+            return Ok(());
+        }
+        let listed = self
+            .rtnl(&Netns::Host)?
+            .link(name.as_str())
+            .map_err(|e| os_error(format!("look up {name}"), &e))?
+            .is_some();
+        if listed && !self.reaper.wait_for(self.host.as_ref(), name.as_str()) {
+            return Err(refused(format!(
+                "interface {name} is still being deleted after {:?}",
+                crate::reaper::WAIT
+            )));
+        }
+        Ok(())
+    }
+
     /// A persistent TAP owned by the configured VM user (or by `user`, one
     /// of the configured owners of their own VMs), then its alias and MAC;
     /// deleted again if those cannot be set.
@@ -863,6 +930,7 @@ impl Writer {
                 )))
             }
         };
+        self.wait_for_name(name)?;
         let rtnl = self.rtnl(&Netns::Host)?;
         if rtnl
             .link(name.as_str())

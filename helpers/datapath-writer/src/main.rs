@@ -15,6 +15,7 @@ mod error;
 mod firewall_watch;
 mod netns;
 mod owned;
+mod reaper;
 mod uplink;
 
 use std::os::fd::OwnedFd;

@@ -11,11 +11,25 @@ use crate::error::os_error;
 
 /// Deletes `name` if it is patchpanel's; a missing link is not an error.
 pub fn delete_owned_link(rtnl: &Rtnl, name: &IfName) -> Result<(), HelperError> {
+    if owned_link_to_delete(rtnl, name)?.is_some() {
+        rtnl.delete_link(name.as_str())
+            .map_err(|e| os_error(format!("delete {name}"), &e))?;
+    }
+    Ok(())
+}
+
+/// The link `name` if it exists and may be deleted (it is patchpanel's);
+/// `None` if there is none (already gone: nothing to do); refused if it is
+/// someone else's.
+pub fn owned_link_to_delete(
+    rtnl: &Rtnl,
+    name: &IfName,
+) -> Result<Option<patchpanel_rtnl::Link>, HelperError> {
     let link = rtnl
         .link(name.as_str())
         .map_err(|e| os_error(format!("look up {name}"), &e))?;
     let Some(link) = link else {
-        return Ok(());
+        return Ok(None);
     };
     if link.alias.as_deref() != Some(LINK_ALIAS) {
         return Err(HelperError::Refused(format!(
@@ -23,9 +37,7 @@ pub fn delete_owned_link(rtnl: &Rtnl, name: &IfName) -> Result<(), HelperError> 
             link.alias.unwrap_or_default()
         )));
     }
-    rtnl.delete_link(name.as_str())
-        .map_err(|e| os_error(format!("delete {name}"), &e))?;
-    Ok(())
+    Ok(Some(link))
 }
 
 /// The link `name`, which must exist and be patchpanel's.

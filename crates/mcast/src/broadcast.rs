@@ -126,9 +126,16 @@ pub fn ipv4_checksum(header: &[u8]) -> u16 {
 /// `IP_HDRINCL` socket, each checksum computed from scratch (upstream summed
 /// the previous guest's checksum into the next one).
 pub fn build(d: &Datagram<'_>) -> Vec<u8> {
+    let mut p = Vec::with_capacity(28 + d.payload.len());
+    build_into(d, &mut p);
+    p
+}
+
+/// [`build`] into `p` (cleared first), so that its memory is reused.
+pub fn build_into(d: &Datagram<'_>, p: &mut Vec<u8>) {
     let udp_len = 8 + d.payload.len();
     let total = 20 + udp_len;
-    let mut p = Vec::with_capacity(total);
+    p.clear();
     p.extend_from_slice(&[0x45, d.tos]);
     p.extend_from_slice(&(total as u16).to_be_bytes());
     p.extend_from_slice(&d.id.to_be_bytes());
@@ -144,7 +151,6 @@ pub fn build(d: &Datagram<'_>) -> Vec<u8> {
     p.extend_from_slice(d.payload);
     let udp_sum = udp_checksum(d.src, d.dst, &p[20..]);
     p[26..28].copy_from_slice(&udp_sum.to_be_bytes());
-    p
 }
 
 /// A link's broadcast address: the one configured (`IFA_BROADCAST`), else
@@ -305,6 +311,13 @@ mod tests {
             assert_eq!(ipv4_checksum(&p[..20]), 0);
             assert_eq!(parse(&p), Ok(d));
         }
+    }
+
+    #[test]
+    fn building_into_a_used_buffer_gives_the_same_packet() {
+        let mut p = build(&datagram(&[7; 300]));
+        build_into(&datagram(b"hi"), &mut p);
+        assert_eq!(p, build(&datagram(b"hi")));
     }
 
     #[test]

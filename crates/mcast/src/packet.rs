@@ -52,29 +52,76 @@ pub enum Rewrite {
 /// name, as a DNS library does, made one crafted 60 KB answer (3,700
 /// records named by one pointer to a 122-label name) cost milliseconds.
 pub fn rewrite_mdns_a_records(message: &[u8], guest: Ipv4Addr, uplink: Ipv4Addr) -> Rewrite {
-    if message.len() > MAX_MDNS_MESSAGE {
-        return Rewrite::TooLong { len: message.len() };
+    let mut bytes = Vec::new();
+    match Rewriter::default().rewrite_into(message, guest, uplink, &mut bytes) {
+        Rewritten::Rewritten { count } => Rewrite::Rewritten { bytes, count },
+        Rewritten::Unchanged => Rewrite::Unchanged,
+        Rewritten::Unparsable => Rewrite::Unparsable,
+        Rewritten::TooLong { len } => Rewrite::TooLong { len },
     }
-    let Some(header) = message.get(..HEADER_LEN) else {
-        return Rewrite::Unparsable;
-    };
-    // QR (bit 7 of byte 2) set: a response; RCODE (low 4 bits of byte 3).
-    if header[2] & 0x80 == 0 || header[3] & 0x0f != 0 {
-        return Rewrite::Unchanged;
-    }
-    let Ok(addresses) = a_record_addresses(message, guest.octets()) else {
-        return Rewrite::Unparsable;
-    };
-    if addresses.is_empty() {
-        return Rewrite::Unchanged;
-    }
-    let mut bytes = message.to_vec();
-    for at in &addresses {
-        bytes[*at..*at + 4].copy_from_slice(&uplink.octets());
-    }
-    Rewrite::Rewritten {
-        bytes,
-        count: addresses.len(),
+}
+
+/// What [`Rewriter::rewrite_into`] did; [`Rewrite`] without the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewritten {
+    /// `count` A records were patched; the output buffer holds the message.
+    Rewritten { count: usize },
+    /// As [`Rewrite::Unchanged`]; the output buffer is left alone.
+    Unchanged,
+    /// As [`Rewrite::Unparsable`]; the output buffer is left alone.
+    Unparsable,
+    /// As [`Rewrite::TooLong`]; the output buffer is left alone.
+    TooLong { len: usize },
+}
+
+/// [`rewrite_mdns_a_records`] with its working memory kept from one
+/// message to the next, so that the forwarder's hot path allocates
+/// nothing once the longest message seen has been seen.
+#[derive(Debug, Default)]
+pub struct Rewriter {
+    /// [`Names::expanded`], one entry per byte of the message.
+    expanded: Vec<u16>,
+    /// [`Names::path`].
+    path: Vec<usize>,
+    /// The offsets of the addresses to patch.
+    addresses: Vec<usize>,
+}
+
+impl Rewriter {
+    /// [`rewrite_mdns_a_records`]: on [`Rewritten::Rewritten`], `out` is
+    /// cleared and holds the patched message; otherwise it is untouched.
+    pub fn rewrite_into(
+        &mut self,
+        message: &[u8],
+        guest: Ipv4Addr,
+        uplink: Ipv4Addr,
+        out: &mut Vec<u8>,
+    ) -> Rewritten {
+        if message.len() > MAX_MDNS_MESSAGE {
+            return Rewritten::TooLong { len: message.len() };
+        }
+        let Some(header) = message.get(..HEADER_LEN) else {
+            return Rewritten::Unparsable;
+        };
+        // QR (bit 7 of byte 2) set: a response; RCODE (low 4 bits of byte 3).
+        if header[2] & 0x80 == 0 || header[3] & 0x0f != 0 {
+            return Rewritten::Unchanged;
+        }
+        let mut names = Names::new(message, &mut self.expanded, &mut self.path);
+        if a_record_addresses(message, guest.octets(), &mut names, &mut self.addresses).is_err() {
+            return Rewritten::Unparsable;
+        }
+        if self.addresses.is_empty() {
+            return Rewritten::Unchanged;
+        }
+        out.clear();
+        out.extend_from_slice(message);
+        for at in &self.addresses {
+            out[*at..*at + 4].copy_from_slice(&uplink.octets());
+        }
+        Rewritten::Rewritten {
+            count: self.addresses.len(),
+        }
     }
 }
 
@@ -87,17 +134,21 @@ const TYPE_A: u16 = 1;
 #[derive(Debug, PartialEq, Eq)]
 struct Malformed;
 
-/// The offsets of the rdata of every A record holding `guest`, after a
-/// check of the whole message: every question and record present, every
-/// name valid, no A record of one to three bytes.
-fn a_record_addresses(message: &[u8], guest: [u8; 4]) -> Result<Vec<usize>, Malformed> {
+/// Fills `addresses` with the offsets of the rdata of every A record
+/// holding `guest`, after a check of the whole message: every question and
+/// record present, every name valid, no A record of one to three bytes.
+fn a_record_addresses(
+    message: &[u8],
+    guest: [u8; 4],
+    names: &mut Names<'_>,
+    addresses: &mut Vec<usize>,
+) -> Result<(), Malformed> {
+    addresses.clear();
     let header = message.get(..HEADER_LEN).ok_or(Malformed)?;
     let count = |i: usize| usize::from(u16::from_be_bytes([header[i], header[i + 1]]));
     let questions = count(4);
     let records = count(6) + count(8) + count(10);
-    let mut names = Names::new(message);
     let mut at = HEADER_LEN;
-    let mut addresses = Vec::new();
     for _ in 0..questions {
         at = names.skip(at)?;
         at = fixed(message, at, 4)?.1;
@@ -128,7 +179,7 @@ fn a_record_addresses(message: &[u8], guest: [u8; 4]) -> Result<Vec<usize>, Malf
     if addresses.iter().any(|&at| names.walked(at..at + 4)) {
         return Err(Malformed);
     }
-    Ok(addresses)
+    Ok(())
 }
 
 /// `len` bytes at `at`, and the offset after them.
@@ -149,9 +200,9 @@ fn fixed(message: &[u8], at: usize, len: usize) -> Result<(&[u8], usize), Malfor
 #[derive(Debug)]
 struct Names<'a> {
     message: &'a [u8],
-    expanded: Vec<u16>,
+    expanded: &'a mut Vec<u16>,
     /// The offsets of the walk under way (kept to reuse its allocation).
-    path: Vec<usize>,
+    path: &'a mut Vec<usize>,
 }
 
 /// `expanded[o]` of an offset whose walk is under way: reaching it again
@@ -159,11 +210,15 @@ struct Names<'a> {
 const WALKING: u16 = u16::MAX;
 
 impl<'a> Names<'a> {
-    fn new(message: &'a [u8]) -> Names<'a> {
+    /// The names of `message`, in the memory of `expanded` and `path`
+    /// (whatever they held is cleared).
+    fn new(message: &'a [u8], expanded: &'a mut Vec<u16>, path: &'a mut Vec<usize>) -> Names<'a> {
+        expanded.clear();
+        expanded.resize(message.len(), 0);
         Names {
             message,
-            expanded: vec![0; message.len()],
-            path: Vec::new(),
+            expanded,
+            path,
         }
     }
 
@@ -190,10 +245,10 @@ impl<'a> Names<'a> {
     fn expanded_len(&mut self, start: usize) -> Result<usize, Malformed> {
         // Walk to the end of the name or to an offset already known,
         // marking the way, then fill in the lengths backwards.
-        let mut path = std::mem::take(&mut self.path);
+        let mut path = std::mem::take(self.path);
         path.clear();
         let result = self.walk(start, &mut path);
-        self.path = path;
+        *self.path = path;
         result
     }
 
@@ -525,6 +580,41 @@ mod tests {
             rewrite_mdns_a_records(&looped, GUEST, UPLINK),
             Rewrite::Unparsable
         );
+    }
+
+    #[test]
+    fn one_rewriter_reused_gives_what_a_fresh_rewrite_gives_message_after_message() {
+        let long = announcement(GUEST);
+        let mut looped = vec![0, 0, 0x84, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0xc0, 12];
+        looped.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4]);
+        let mut short = Packet::new_reply(0);
+        short.answers.push(record("a.local", a(GUEST)));
+        let short = short.build_bytes_vec_compressed().expect("encode");
+        let messages = [
+            long.clone(),
+            short.clone(),
+            looped,
+            long[..long.len() - 3].to_vec(),
+            announcement(OTHER),
+            short,
+            long,
+            vec![0; MAX_MDNS_MESSAGE + 1],
+        ];
+        let mut rewriter = Rewriter::default();
+        let mut out = Vec::new();
+        for m in &messages {
+            let fresh = rewrite_mdns_a_records(m, GUEST, UPLINK);
+            let reused = rewriter.rewrite_into(m, GUEST, UPLINK, &mut out);
+            match (fresh, reused) {
+                (Rewrite::Rewritten { bytes, count }, Rewritten::Rewritten { count: c }) => {
+                    assert_eq!((&bytes, count), (&out, c));
+                }
+                (Rewrite::Unchanged, Rewritten::Unchanged)
+                | (Rewrite::Unparsable, Rewritten::Unparsable) => {}
+                (Rewrite::TooLong { len }, Rewritten::TooLong { len: l }) => assert_eq!(len, l),
+                (fresh, reused) => panic!("{fresh:?} != {reused:?}"),
+            }
+        }
     }
 
     /// A response whose first answer is `name_labels` one-letter labels,

@@ -10,15 +10,33 @@
 //! * on an uplink goes to every downlink paired with it inbound;
 //! * on a downlink whose pair is outbound goes to the uplink (IPv4 mDNS
 //!   responses with the guest's A records rewritten to the uplink's
-//!   address, [`crate::packet::rewrite_mdns_a_records`]) and to the other
-//!   downlinks of that uplink that are inbound (unchanged: guests reach
-//!   each other's private addresses).
+//!   address, [`crate::packet::Rewriter`]) and to the other downlinks of
+//!   that uplink that are inbound (unchanged: guests reach each other's
+//!   private addresses).
+//!
+//! Where a link's datagrams go is worked out when pairs or links change
+//! (a [`Route`] per link), not per datagram.
+//!
+//! At rate: a readable socket is read [`socket::BATCH`] datagrams at a
+//! time (`recvmmsg`), and the copies they make are queued and sent per
+//! socket [`socket::BATCH`] at a time (`sendmmsg`) once the batch is
+//! handled. The receive slots, the send queue, the rewrite's working
+//! memory and the echo memory are allocated once (or grow to a high-water
+//! mark) and reused: nothing is allocated per datagram. A link's IPv4
+//! configuration (for `mcastd`, the uplink's address of the rewrite; for
+//! broadcast, the links' addresses) is read once per batch, not per
+//! datagram. One socket is read at most [`MAX_BATCHES_PER_WAKE`] batches
+//! in a row; then it is re-armed and the other ready sockets (another
+//! guest, the manager's channel) go first.
 //!
 //! What one guest may cost the forwarder is bounded: its IPv4 mDNS to the
 //! LAN is charged to a per-downlink budget ([`crate::budget`]); beyond it,
 //! and for messages longer than RFC 6762 allows
 //! ([`crate::packet::MAX_MDNS_MESSAGE`]), the LAN copy is dropped and
-//! counted ([`Stats::mdns_over_budget`], [`Stats::mdns_too_long`]).
+//! counted ([`Stats::mdns_over_budget`], [`Stats::mdns_too_long`]). What
+//! the kernel drops because a socket's receive buffer was full is counted
+//! too ([`Stats::receive_overflows`]); the receive buffers are asked to be
+//! [`RECEIVE_BUFFER`] bytes (capped by `net.core.rmem_max`).
 //!
 //! A query that expects a unicast answer (a legacy mDNS query from a port
 //! other than 5353, an SSDP M-SEARCH) is sent on each egress link from a
@@ -31,14 +49,15 @@
 //! link, and a datagram identical to one we sent on a link in the last
 //! [`ECHO_WINDOW`] is dropped when it arrives on that link (a reflector
 //! elsewhere sending our copy back; identical mDNS questions and answers
-//! within a second are suppressed by mDNS itself, RFC 6762 §7.3, 7.4).
+//! within a second are suppressed by mDNS itself, RFC 6762 §7.3, 7.4);
+//! see [`crate::echo`].
 
-use std::collections::hash_map::DefaultHasher;
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV6};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -47,24 +66,41 @@ use mio::{Interest, Registry, Token};
 
 use crate::broadcast;
 use crate::budget::{MdnsBudget, TokenBucket};
+use crate::echo::EchoMemory;
+pub use crate::echo::ECHO_WINDOW;
 use crate::packet::{
-    classify_ssdp, is_legacy_mdns_query, rewrite_mdns_a_records, Rewrite, Ssdp, MDNS_PORT, MDNS_V4,
-    MDNS_V6, SSDP_PORT, SSDP_V4, SSDP_V6,
+    classify_ssdp, is_legacy_mdns_query, Rewriter, Rewritten, Ssdp, MAX_MDNS_MESSAGE, MDNS_PORT,
+    MDNS_V4, MDNS_V6, SSDP_PORT, SSDP_V4, SSDP_V6,
 };
-use crate::socket::{self, Family, V4Config};
+use crate::socket::{self, Family, RecvBatch, V4Config, BATCH};
 
 /// How long a session socket waits for unicast answers (SSDP's MX is at
 /// most 5 s, UDA 1.1 §1.3.2; legacy mDNS resolvers wait less).
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(6);
 /// At most this many session sockets at once; the oldest goes first.
 pub const MAX_SESSIONS: usize = 256;
-/// How long a datagram we sent on a link is remembered as ours.
-pub const ECHO_WINDOW: Duration = Duration::from_secs(1);
 /// At most one warning per downlink this often about its dropped mDNS.
 const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
-/// Receive buffer: larger than any UDP payload, so nothing is cut (a
+/// A receive slot: larger than any UDP payload, so nothing is cut (a
 /// datagram that still is, is counted and dropped, never forwarded cut).
+/// The [`socket::BATCH`] slots are one zeroed allocation whose pages are
+/// touched only as far as datagrams fill them.
 const BUFFER: usize = 65536 + 1;
+/// The receive buffer each socket asks for (`SO_RCVBUF`; the kernel caps
+/// it at `net.core.rmem_max` and doubles it). The default, 208 KiB, holds
+/// about 270 short mDNS datagrams (each costs its ~770-byte sk_buff):
+/// 5 ms at 50,000 a second, less than a busy 2-CPU machine may keep the
+/// forwarder from running. 1 MiB asked (2 MiB once doubled) holds about
+/// 2,700.
+pub const RECEIVE_BUFFER: usize = 1 << 20;
+/// One socket is read at most this many batches in a row per wake-up.
+pub const MAX_BATCHES_PER_WAKE: usize = 8;
+/// Copies queued at most before they are sent (a multiple of
+/// [`socket::BATCH`]).
+const QUEUE_LEN: usize = 2 * BATCH;
+/// Bytes queued at most before the queue is sent: more than the longest
+/// datagram (an IPv4 packet for the raw socket, 65,535 bytes).
+const QUEUE_BYTES: usize = 256 * 1024;
 
 /// mDNS or SSDP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -195,6 +231,12 @@ pub struct Stats {
     pub unicast_replies: u64,
     /// Sends that failed.
     pub send_errors: u64,
+    /// Datagrams the kernel dropped before the forwarder could read them:
+    /// a socket's receive buffer was full (the forwarder fell behind).
+    pub receive_overflows: u64,
+    /// Datagrams received with nowhere to go: from a downlink whose pair
+    /// is not outbound, or an uplink none of whose pairs is inbound.
+    pub unrouted: u64,
 }
 
 impl std::fmt::Display for Stats {
@@ -203,7 +245,8 @@ impl std::fmt::Display for Stats {
             f,
             "received {}, sent {}, rewritten {}, unparsable {}, mDNS too long {}, \
              mDNS over budget {}, truncated {}, echoes {}, broadcasts ignored {}, sessions {}, \
-             unicast replies {}, send errors {}",
+             unicast replies {}, send errors {}, receive buffer overflows {}, \
+             nowhere to go {}",
             self.received,
             self.sent,
             self.rewritten,
@@ -215,18 +258,54 @@ impl std::fmt::Display for Stats {
             self.broadcast_ignored,
             self.sessions,
             self.unicast_replies,
-            self.send_errors
+            self.send_errors,
+            self.receive_overflows,
+            self.unrouted
         )
     }
 }
 
+/// Where a link's datagrams go, worked out when pairs or links change
+/// ([`Forwarder::rebuild_routes`]).
+#[derive(Debug, Default)]
+struct Route {
+    /// The link is an uplink: `copies` are its inbound downlinks, and a
+    /// query from it that expects a unicast answer gets a session whose
+    /// answers are rewritten on their way back to the LAN.
+    uplink: bool,
+    /// For an uplink, the IPv4 address its (first) pair gives for the
+    /// rewrite; None: read it from the link.
+    uplink_ipv4: Option<Ipv4Addr>,
+    /// The links that get an unchanged copy: an uplink's inbound
+    /// downlinks; for an outbound downlink, the other inbound downlinks of
+    /// its uplink.
+    copies: Vec<Arc<str>>,
+    /// For a downlink whose pair is outbound: where it crosses to the LAN.
+    to_lan: Option<ToLan>,
+}
+
 #[derive(Debug)]
 struct Link {
+    name: Arc<str>,
     ifindex: u32,
     group: BTreeMap<(Protocol, Family), (Token, OwnedFd)>,
     /// Broadcast: the packet socket that receives and the raw socket
     /// that sends.
     raw: Option<(Token, OwnedFd, OwnedFd)>,
+    route: Arc<Route>,
+    /// The link's IPv4 configuration as read during batch `.0`
+    /// ([`Forwarder::v4`]).
+    v4: Cell<Option<(u64, Option<V4Config>)>>,
+}
+
+impl Link {
+    /// The sockets that receive.
+    fn receiving(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.group
+            .values()
+            .map(|(_, fd)| fd.as_raw_fd())
+            .chain(self.raw.as_ref().map(|(_, rx, _)| rx.as_raw_fd()))
+    }
 }
 
 #[derive(Debug)]
@@ -235,7 +314,7 @@ struct Session {
     protocol: Protocol,
     family: Family,
     /// The link the query came in on; answers leave from its group socket.
-    ingress: String,
+    ingress: Arc<str>,
     /// The querier.
     querier: SocketAddr,
     /// Answers go from a guest to the LAN: rewrite their A records.
@@ -246,15 +325,16 @@ struct Session {
 /// Where a guest's mDNS crosses to the LAN.
 #[derive(Debug, Clone)]
 struct ToLan {
-    uplink: String,
-    downlink: String,
+    uplink: Arc<str>,
+    downlink: Arc<str>,
 }
 
 /// What goes to the LAN in place of a guest's IPv4 mDNS message.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outbound {
     Unchanged,
-    Rewritten(Vec<u8>),
+    /// The rewritten message is in [`Forwarder::scratch`].
+    Rewritten,
     Dropped,
 }
 
@@ -268,14 +348,74 @@ struct Budget {
 #[derive(Debug, Clone)]
 enum Source {
     Group {
-        link: String,
+        link: Arc<str>,
         protocol: Protocol,
         family: Family,
     },
     Raw {
-        link: String,
+        link: Arc<str>,
     },
     Session,
+}
+
+/// What a queued copy is, for what is done once it is sent.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// A relayed datagram: remembered as ours on its link (the echo
+    /// guard) by the digest of its payload.
+    Relayed { digest: u64 },
+    /// A unicast answer back to a querier.
+    Reply,
+}
+
+/// A copy waiting in the [`SendQueue`].
+#[derive(Debug)]
+struct Queued {
+    fd: RawFd,
+    /// Its place in the queue: copies on one socket leave in this order.
+    seq: usize,
+    to: SocketAddr,
+    /// Its bytes in [`SendQueue::bytes`].
+    start: usize,
+    len: usize,
+    link: Arc<str>,
+    ifindex: u32,
+    kind: Kind,
+}
+
+/// The copies a batch makes, sent per socket with `sendmmsg` when the
+/// batch is handled (or when the queue is full). Their bytes are copied
+/// into one buffer allocated once. Only group and raw sockets are queued,
+/// never a session socket, and the queue is empty whenever
+/// [`Forwarder::ready`] returns, so no socket it names is closed while a
+/// copy waits for it.
+#[derive(Default)]
+struct SendQueue {
+    bytes: Vec<u8>,
+    entries: Vec<Queued>,
+}
+
+impl std::fmt::Debug for SendQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendQueue")
+            .field("bytes", &self.bytes.len())
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+impl SendQueue {
+    fn with_capacity() -> SendQueue {
+        SendQueue {
+            bytes: Vec::with_capacity(QUEUE_BYTES),
+            entries: Vec::with_capacity(QUEUE_LEN),
+        }
+    }
+
+    fn has_room(&self, len: usize) -> bool {
+        self.entries.is_empty()
+            || (self.entries.len() < QUEUE_LEN && self.bytes.len() + len <= QUEUE_BYTES)
+    }
 }
 
 /// The forwarder; see the module comment.
@@ -291,15 +431,30 @@ pub struct Forwarder {
     sources: HashMap<Token, Source>,
     sessions: HashMap<Token, Session>,
     session_order: VecDeque<Token>,
-    sent: HashMap<(u32, u64), Instant>,
-    sent_order: VecDeque<(Instant, (u32, u64))>,
+    /// What we sent where, for the echo guard.
+    echo: EchoMemory,
     last_error: HashMap<String, i32>,
     /// What each downlink may send through the rewrite.
     mdns_budget: MdnsBudget,
     /// By downlink: what its guest may still send through the rewrite.
     budgets: HashMap<String, Budget>,
     stats: Stats,
-    buf: Vec<u8>,
+    /// What the kernel dropped on sockets closed since.
+    closed_overflows: u64,
+    /// What each receiving socket asks for as its receive buffer.
+    receive_buffer: usize,
+    /// Whether the receive buffer the kernel gave was logged.
+    receive_buffer_logged: bool,
+    batch: RecvBatch,
+    queue: SendQueue,
+    rewriter: Rewriter,
+    /// A rewritten message or a built broadcast packet.
+    scratch: Vec<u8>,
+    /// Counts the batches handled; a link's IPv4 configuration is read
+    /// once per batch.
+    generation: u64,
+    /// When the batch under way was received.
+    now: Instant,
 }
 
 fn os(what: impl Into<String>) -> impl FnOnce(io::Error) -> ForwarderError {
@@ -307,17 +462,18 @@ fn os(what: impl Into<String>) -> impl FnOnce(io::Error) -> ForwarderError {
     move |source| ForwarderError::Os { what, source }
 }
 
-fn digest(bytes: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
-}
-
 /// Whether a datagram asks for an answer to its own address and port.
 fn wants_unicast_answer(protocol: Protocol, payload: &[u8], from: &SocketAddr) -> bool {
     match protocol {
         Protocol::Mdns => is_legacy_mdns_query(payload, from.port()),
         Protocol::Ssdp => classify_ssdp(payload) == Ssdp::Search,
+    }
+}
+
+fn group_addr(protocol: Protocol, family: Family, ifindex: u32) -> SocketAddr {
+    match protocol.group(family) {
+        IpAddr::V4(g) => SocketAddr::new(g.into(), protocol.port()),
+        IpAddr::V6(g) => SocketAddr::V6(SocketAddrV6::new(g, protocol.port(), 0, ifindex)),
     }
 }
 
@@ -350,18 +506,37 @@ impl Forwarder {
             sources: HashMap::new(),
             sessions: HashMap::new(),
             session_order: VecDeque::new(),
-            sent: HashMap::new(),
-            sent_order: VecDeque::new(),
+            echo: EchoMemory::default(),
             last_error: HashMap::new(),
             mdns_budget: MdnsBudget::DEFAULT,
             budgets: HashMap::new(),
             stats: Stats::default(),
-            buf: vec![0; BUFFER],
+            closed_overflows: 0,
+            receive_buffer: RECEIVE_BUFFER,
+            receive_buffer_logged: false,
+            batch: RecvBatch::new(BUFFER),
+            queue: SendQueue::with_capacity(),
+            rewriter: Rewriter::default(),
+            scratch: Vec::with_capacity(BUFFER),
+            generation: 0,
+            now: Instant::now(),
         })
     }
 
+    /// The counters; [`Stats::receive_overflows`] is read from the
+    /// sockets now.
     pub fn stats(&self) -> Stats {
-        self.stats
+        let open: u64 = self
+            .links
+            .values()
+            .flat_map(Link::receiving)
+            .chain(self.sessions.values().map(|s| s.fd.as_raw_fd()))
+            .map(|fd| socket::drops(fd).map_or(0, u64::from))
+            .sum();
+        Stats {
+            receive_overflows: self.closed_overflows + open,
+            ..self.stats
+        }
     }
 
     /// Changes what each downlink's IPv4 mDNS to the LAN may amount to
@@ -369,6 +544,21 @@ impl Forwarder {
     pub fn set_mdns_budget(&mut self, budget: MdnsBudget) {
         self.mdns_budget = budget;
         self.budgets.clear();
+    }
+
+    /// Changes the receive buffer each socket asks for
+    /// ([`RECEIVE_BUFFER`] otherwise), of the sockets open and to come.
+    pub fn set_receive_buffer(&mut self, bytes: usize) {
+        self.receive_buffer = bytes;
+        self.receive_buffer_logged = false;
+        let fds: Vec<(RawFd, Arc<str>)> = self
+            .links
+            .values()
+            .flat_map(|l| l.receiving().map(|fd| (fd, l.name.clone())))
+            .collect();
+        for (fd, name) in fds {
+            self.size_receive_buffer(fd, &name);
+        }
     }
 
     /// The pairs forwarded now, by downlink.
@@ -416,6 +606,7 @@ impl Forwarder {
         );
         self.pairs.insert(pair.downlink.clone(), pair);
         self.close_unused_links();
+        self.rebuild_routes();
         Ok(())
     }
 
@@ -426,10 +617,13 @@ impl Forwarder {
         if let Some(p) = self.pairs.remove(downlink) {
             info!(
                 "stopped forwarding {} - {} ({})",
-                p.uplink, p.downlink, self.stats
+                p.uplink,
+                p.downlink,
+                self.stats()
             );
         }
         self.close_unused_links();
+        self.rebuild_routes();
     }
 
     /// Rebuilds the sockets of links whose index changed (deleted and
@@ -442,6 +636,9 @@ impl Forwarder {
             .filter(|(name, link)| socket::ifindex(name) != Some(link.ifindex))
             .map(|(name, _)| name.clone())
             .collect();
+        if stale.is_empty() {
+            return;
+        }
         for name in stale {
             self.close_link(&name);
             match self.open_link(&name) {
@@ -454,6 +651,7 @@ impl Forwarder {
                 }
             }
         }
+        self.rebuild_routes();
     }
 
     /// Whether every link of every pair has its sockets.
@@ -481,6 +679,35 @@ impl Forwarder {
                 self.links.insert(name, link);
             }
         }
+        self.rebuild_routes();
+    }
+
+    /// Works out every link's [`Route`] from the pairs.
+    fn rebuild_routes(&mut self) {
+        let pairs = &self.pairs;
+        for (name, link) in self.links.iter_mut() {
+            let mut route = Route::default();
+            let mut as_uplink = pairs.values().filter(|p| p.uplink == *name).peekable();
+            if let Some(first) = as_uplink.peek() {
+                route.uplink = true;
+                route.uplink_ipv4 = first.uplink_ipv4;
+                route.copies = as_uplink
+                    .filter(|p| p.inbound)
+                    .map(|p| Arc::from(p.downlink.as_str()))
+                    .collect();
+            } else if let Some(pair) = pairs.get(name).filter(|p| p.outbound) {
+                route.copies = pairs
+                    .values()
+                    .filter(|p| p.uplink == pair.uplink && p.downlink != *name && p.inbound)
+                    .map(|p| Arc::from(p.downlink.as_str()))
+                    .collect();
+                route.to_lan = Some(ToLan {
+                    uplink: Arc::from(pair.uplink.as_str()),
+                    downlink: link.name.clone(),
+                });
+            }
+            link.route = Arc::new(route);
+        }
     }
 
     fn token(&mut self) -> Token {
@@ -500,13 +727,37 @@ impl Forwarder {
         Ok(token)
     }
 
+    /// Asks for [`Forwarder::receive_buffer`] on a receiving socket; says
+    /// once what the kernel gave.
+    fn size_receive_buffer(&mut self, fd: RawFd, link: &str) {
+        match socket::set_receive_buffer(fd, self.receive_buffer) {
+            Ok(got) if !self.receive_buffer_logged => {
+                self.receive_buffer_logged = true;
+                if got < self.receive_buffer.saturating_mul(2) {
+                    info!(
+                        "receive buffers of {got} bytes ({} asked; net.core.rmem_max is lower)",
+                        self.receive_buffer
+                    );
+                } else {
+                    debug!("receive buffers of {got} bytes");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!("{link}: cannot size a receive buffer: {e}"),
+        }
+    }
+
     fn open_link(&mut self, name: &str) -> Result<Link, ForwarderError> {
         let ifindex =
             socket::ifindex(name).ok_or_else(|| ForwarderError::NoSuchLink(name.to_string()))?;
+        let shared: Arc<str> = Arc::from(name);
         let mut link = Link {
+            name: shared.clone(),
             ifindex,
             group: BTreeMap::new(),
             raw: None,
+            route: Arc::default(),
+            v4: Cell::new(None),
         };
         let protocols: Vec<Protocol> = self.protocols.multicast().collect();
         for protocol in protocols {
@@ -521,8 +772,9 @@ impl Forwarder {
                 );
                 match opened {
                     Ok(fd) => {
+                        self.size_receive_buffer(fd.as_raw_fd(), name);
                         let source = Source::Group {
-                            link: name.to_string(),
+                            link: shared.clone(),
                             protocol,
                             family,
                         };
@@ -540,10 +792,11 @@ impl Forwarder {
                 .and_then(|rx| Ok((rx, socket::raw_sender(name)?)));
             match opened {
                 Ok((rx, tx)) => {
+                    self.size_receive_buffer(rx.as_raw_fd(), name);
                     let token = self.register(
                         &rx,
                         Some(Source::Raw {
-                            link: name.to_string(),
+                            link: shared.clone(),
                         }),
                     )?;
                     link.raw = Some((token, rx, tx));
@@ -568,6 +821,10 @@ impl Forwarder {
         let Some(link) = self.links.remove(name) else {
             return;
         };
+        self.closed_overflows += link
+            .receiving()
+            .map(|fd| socket::drops(fd).map_or(0, u64::from))
+            .sum::<u64>();
         let raw = link.raw.map(|(token, rx, _tx)| (token, rx));
         for (token, fd) in link.group.into_values().chain(raw) {
             let _ = self.registry.deregister(&mut SourceFd(&fd.as_raw_fd()));
@@ -576,7 +833,7 @@ impl Forwarder {
         let gone: Vec<Token> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.ingress == name)
+            .filter(|(_, s)| &*s.ingress == name)
             .map(|(t, _)| *t)
             .collect();
         for t in gone {
@@ -604,6 +861,7 @@ impl Forwarder {
     fn close_session(&mut self, token: Token) {
         if let Some(s) = self.sessions.remove(&token) {
             let _ = self.registry.deregister(&mut SourceFd(&s.fd.as_raw_fd()));
+            self.closed_overflows += socket::drops(s.fd.as_raw_fd()).map_or(0, u64::from);
         }
         self.sources.remove(&token);
     }
@@ -618,14 +876,26 @@ impl Forwarder {
                 }
             }
         }
-        while let Some(&(at, key)) = self.sent_order.front() {
-            if now.duration_since(at) < ECHO_WINDOW {
-                break;
-            }
-            self.sent_order.pop_front();
-            if self.sent.get(&key) == Some(&at) {
-                self.sent.remove(&key);
-            }
+        self.echo.expire(now);
+    }
+
+    fn source_fd(&self, source: &Source, token: Token) -> Option<RawFd> {
+        match source {
+            Source::Group {
+                link,
+                protocol,
+                family,
+            } => self
+                .links
+                .get(&**link)
+                .and_then(|l| l.group.get(&(*protocol, *family)))
+                .map(|(_, fd)| fd.as_raw_fd()),
+            Source::Raw { link } => self
+                .links
+                .get(&**link)
+                .and_then(|l| l.raw.as_ref())
+                .map(|(_, rx, _)| rx.as_raw_fd()),
+            Source::Session => self.sessions.get(&token).map(|s| s.fd.as_raw_fd()),
         }
     }
 
@@ -635,29 +905,16 @@ impl Forwarder {
         let Some(source) = self.sources.get(&token).cloned() else {
             return false;
         };
-        let fd = match &source {
-            Source::Group {
-                link,
-                protocol,
-                family,
-            } => self
-                .links
-                .get(link)
-                .and_then(|l| l.group.get(&(*protocol, *family)))
-                .map(|(_, fd)| fd.as_raw_fd()),
-            Source::Raw { link } => self
-                .links
-                .get(link)
-                .and_then(|l| l.raw.as_ref())
-                .map(|(_, rx, _)| rx.as_raw_fd()),
-            Source::Session => self.sessions.get(&token).map(|s| s.fd.as_raw_fd()),
+        let Some(fd) = self.source_fd(&source, token) else {
+            return true;
         };
-        let Some(fd) = fd else { return true };
-        let mut buf = std::mem::take(&mut self.buf);
-        // Edge-triggered: drain.
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut batches = 0;
+        // Edge-triggered: read until a batch comes back short (the socket
+        // was empty then; a datagram arriving later is a new edge).
         loop {
-            let got = match socket::recv_from(fd, &mut buf) {
-                Ok(got) => got,
+            let n = match socket::recv_batch(fd, &mut batch) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -666,113 +923,211 @@ impl Forwarder {
                     break;
                 }
             };
-            if got.outgoing {
-                // Our own relayed copies, and what the host itself sends.
-                continue;
+            if n == 0 {
+                break;
             }
-            self.stats.received += 1;
-            if got.truncated {
-                self.stats.truncated += 1;
-                warn!(
-                    "dropped a datagram from {} longer than {} bytes",
-                    got.from,
-                    buf.len()
-                );
-                continue;
+            self.generation = self.generation.wrapping_add(1);
+            self.now = Instant::now();
+            self.expire(self.now);
+            if matches!(source, Source::Session) && !self.sessions.contains_key(&token) {
+                // Expired: its socket is closed.
+                break;
             }
-            self.expire(Instant::now());
-            let payload = &buf[..got.len];
-            match &source {
-                Source::Group {
-                    link,
-                    protocol,
-                    family,
-                } => self.on_group(link, *protocol, *family, payload, got.from),
-                Source::Raw { link } => self.on_raw(link, payload),
-                Source::Session => {
-                    if !self.sessions.contains_key(&token) {
-                        break;
-                    }
-                    self.on_session(token, payload, got.from)
+            for i in 0..n {
+                let Some((got, payload)) = batch.get(i) else {
+                    continue;
+                };
+                if got.outgoing {
+                    // Our own relayed copies, and what the host itself sends.
+                    continue;
+                }
+                self.stats.received += 1;
+                if got.truncated {
+                    self.stats.truncated += 1;
+                    warn!(
+                        "dropped a datagram from {} longer than {} bytes",
+                        got.from, BUFFER
+                    );
+                    continue;
+                }
+                match &source {
+                    Source::Group {
+                        link,
+                        protocol,
+                        family,
+                    } => self.on_group(link, *protocol, *family, payload, got.from),
+                    Source::Raw { link } => self.on_raw(link, payload),
+                    Source::Session => self.on_session(token, payload, got.from),
                 }
             }
+            self.flush();
+            batches += 1;
+            if n < BATCH {
+                break;
+            }
+            if batches >= MAX_BATCHES_PER_WAKE {
+                // Let the other ready sockets go first: re-arming makes
+                // epoll report this one again, after them, if it still
+                // holds datagrams.
+                if let Err(e) =
+                    self.registry
+                        .reregister(&mut SourceFd(&fd), token, Interest::READABLE)
+                {
+                    warn!("epoll_ctl: {e}");
+                }
+                break;
+            }
         }
-        self.buf = buf;
+        self.batch = batch;
         true
     }
 
-    fn is_echo(&mut self, ifindex: u32, payload: &[u8]) -> bool {
-        let key = (ifindex, digest(payload));
-        match self.sent.get(&key) {
-            Some(at) if at.elapsed() < ECHO_WINDOW => {
-                self.stats.echoes += 1;
-                true
-            }
-            _ => false,
+    fn is_echo(&mut self, ifindex: u32, digest: u64) -> bool {
+        if self.echo.contains(ifindex, digest, self.now) {
+            self.stats.echoes += 1;
+            true
+        } else {
+            false
         }
     }
 
-    fn remember_sent(&mut self, ifindex: u32, payload: &[u8]) {
-        let now = Instant::now();
-        let key = (ifindex, digest(payload));
-        self.sent.insert(key, now);
-        self.sent_order.push_back((now, key));
+    /// Queues a copy; sends the queue first if it is full.
+    fn enqueue(
+        &mut self,
+        fd: RawFd,
+        to: SocketAddr,
+        payload: &[u8],
+        link: Arc<str>,
+        ifindex: u32,
+        kind: Kind,
+    ) {
+        if !self.queue.has_room(payload.len()) {
+            self.flush();
+        }
+        let q = &mut self.queue;
+        let start = q.bytes.len();
+        q.bytes.extend_from_slice(payload);
+        q.entries.push(Queued {
+            fd,
+            seq: q.entries.len(),
+            to,
+            start,
+            len: payload.len(),
+            link,
+            ifindex,
+            kind,
+        });
     }
 
-    fn note_send(&mut self, link: &str, result: io::Result<()>) {
-        match result {
-            Ok(()) => {
-                self.stats.sent += 1;
-                if self.last_error.remove(link).is_some() {
-                    info!("{link}: sending works again");
+    /// Sends what is queued: per socket, in the order queued,
+    /// [`socket::BATCH`] copies per `sendmmsg`.
+    fn flush(&mut self) {
+        if self.queue.entries.is_empty() {
+            return;
+        }
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.entries.sort_unstable_by_key(|e| (e.fd, e.seq));
+        let n = queue.entries.len();
+        let mut i = 0;
+        while i < n {
+            let fd = queue.entries[i].fd;
+            let mut end = i + 1;
+            while end < n && end - i < BATCH && queue.entries[end].fd == fd {
+                end += 1;
+            }
+            let bytes = &queue.bytes;
+            let run = queue.entries[i..end]
+                .iter()
+                .map(|e| (&e.to, &bytes[e.start..e.start + e.len]));
+            match socket::send_many(fd, run) {
+                Ok(k) => {
+                    let k = k.clamp(1, end - i);
+                    for e in &queue.entries[i..i + k] {
+                        self.sent(e);
+                    }
+                    i += k;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.send_failed(&queue.entries[i].link, &e);
+                    i += 1;
                 }
             }
-            Err(e) => {
-                self.stats.send_errors += 1;
-                let errno = e.raw_os_error().unwrap_or(0);
-                // One line per new error on a link, not one per packet.
-                if self.last_error.insert(link.to_string(), errno) != Some(errno) {
-                    warn!("{link}: send failed: {e}");
-                }
-            }
+        }
+        queue.entries.clear();
+        queue.bytes.clear();
+        self.queue = queue;
+    }
+
+    fn sent(&mut self, e: &Queued) {
+        match e.kind {
+            Kind::Relayed { digest } => self.echo.remember(e.ifindex, digest, self.now),
+            Kind::Reply => self.stats.unicast_replies += 1,
+        }
+        self.send_worked(&e.link);
+    }
+
+    fn send_worked(&mut self, link: &str) {
+        self.stats.sent += 1;
+        if !self.last_error.is_empty() && self.last_error.remove(link).is_some() {
+            info!("{link}: sending works again");
         }
     }
 
-    fn group_addr(&self, protocol: Protocol, family: Family, ifindex: u32) -> SocketAddr {
-        match protocol.group(family) {
-            IpAddr::V4(g) => SocketAddr::new(g.into(), protocol.port()),
-            IpAddr::V6(g) => SocketAddr::V6(SocketAddrV6::new(g, protocol.port(), 0, ifindex)),
+    fn send_failed(&mut self, link: &str, e: &io::Error) {
+        self.stats.send_errors += 1;
+        let errno = e.raw_os_error().unwrap_or(0);
+        // One line per new error on a link, not one per packet.
+        if self.last_error.get(link) != Some(&errno) {
+            self.last_error.insert(link.to_string(), errno);
+            warn!("{link}: send failed: {e}");
         }
     }
 
+    /// The link's IPv4 configuration, read from the link once per batch.
     fn v4(&self, link: &str) -> Option<V4Config> {
-        socket::v4_config(self.ctl.as_raw_fd(), link)
+        let Some(l) = self.links.get(link) else {
+            return socket::v4_config(self.ctl.as_raw_fd(), link);
+        };
+        match l.v4.get() {
+            Some((generation, config)) if generation == self.generation => config,
+            _ => {
+                let config = socket::v4_config(self.ctl.as_raw_fd(), link);
+                l.v4.set(Some((self.generation, config)));
+                config
+            }
+        }
     }
 
     fn uplink_v4(&self, uplink: &str) -> Option<Ipv4Addr> {
-        self.pairs
-            .values()
-            .find(|p| p.uplink == uplink)
-            .and_then(|p| p.uplink_ipv4)
+        self.links
+            .get(uplink)
+            .and_then(|l| l.route.uplink_ipv4)
             .or_else(|| self.v4(uplink).map(|c| c.addr))
     }
 
     /// What goes to the LAN for an IPv4 mDNS message that `guest` sent on
     /// `to.downlink`: the message with the guest's A records carrying the
-    /// uplink's address, or unchanged, or (over budget, too long) nothing.
+    /// uplink's address (left in [`Forwarder::scratch`]), or unchanged, or
+    /// (over budget, too long) nothing.
     fn outbound_mdns(&mut self, payload: &[u8], guest: IpAddr, to: &ToLan) -> Outbound {
         let IpAddr::V4(guest) = guest else {
             return Outbound::Unchanged;
         };
-        let now = Instant::now();
+        let now = self.now;
         let mdns_budget = self.mdns_budget;
-        let budget = self
-            .budgets
-            .entry(to.downlink.clone())
-            .or_insert_with(|| Budget {
-                bucket: mdns_budget.bucket(now),
-                warned: None,
-            });
+        if !self.budgets.contains_key(&*to.downlink) {
+            self.budgets.insert(
+                to.downlink.to_string(),
+                Budget {
+                    bucket: mdns_budget.bucket(now),
+                    warned: None,
+                },
+            );
+        }
+        let Some(budget) = self.budgets.get_mut(&*to.downlink) else {
+            return Outbound::Unchanged;
+        };
         let cost = u64::try_from(payload.len()).unwrap_or(u64::MAX);
         if !budget.bucket.take(cost, now) {
             self.stats.mdns_over_budget += 1;
@@ -787,26 +1142,27 @@ impl Forwarder {
         let Some(uplink_v4) = self.uplink_v4(&to.uplink) else {
             return Outbound::Unchanged;
         };
-        match rewrite_mdns_a_records(payload, guest, uplink_v4) {
-            Rewrite::Rewritten { bytes, count } => {
+        match self
+            .rewriter
+            .rewrite_into(payload, guest, uplink_v4, &mut self.scratch)
+        {
+            Rewritten::Rewritten { count } => {
                 self.stats.rewritten += 1;
                 debug!("rewrote {count} A records {guest} -> {uplink_v4}");
-                Outbound::Rewritten(bytes)
+                Outbound::Rewritten
             }
-            Rewrite::Unchanged => Outbound::Unchanged,
-            Rewrite::Unparsable => {
+            Rewritten::Unchanged => Outbound::Unchanged,
+            Rewritten::Unparsable => {
                 self.stats.unparsable += 1;
                 Outbound::Unchanged
             }
-            Rewrite::TooLong { len } => {
+            Rewritten::TooLong { len } => {
                 self.stats.mdns_too_long += 1;
-                if let Some(budget) = self.budgets.get_mut(&to.downlink) {
+                if let Some(budget) = self.budgets.get_mut(&*to.downlink) {
                     if Self::may_warn(budget, now) {
                         warn!(
                             "{}: dropped a {len}-byte mDNS message (RFC 6762 allows {}; {} so far)",
-                            to.downlink,
-                            crate::packet::MAX_MDNS_MESSAGE,
-                            self.stats.mdns_too_long
+                            to.downlink, MAX_MDNS_MESSAGE, self.stats.mdns_too_long
                         );
                     }
                 }
@@ -829,178 +1185,170 @@ impl Forwarder {
 
     fn on_group(
         &mut self,
-        link: &str,
+        link: &Arc<str>,
         protocol: Protocol,
         family: Family,
         payload: &[u8],
         from: SocketAddr,
     ) {
-        let Some(ifindex) = self.links.get(link).map(|l| l.ifindex) else {
+        let Some((ifindex, route)) = self
+            .links
+            .get(&**link)
+            .map(|l| (l.ifindex, l.route.clone()))
+        else {
             return;
         };
-        if self.is_echo(ifindex, payload) {
+        let digest = self.echo.digest(payload);
+        if self.is_echo(ifindex, digest) {
             return;
         }
         let unicast = wants_unicast_answer(protocol, payload, &from);
-        if self.pairs.values().any(|p| p.uplink == link) {
+        if route.uplink {
             // From the LAN to every inbound guest.
-            let targets: Vec<String> = self
-                .pairs
-                .values()
-                .filter(|p| p.uplink == link && p.inbound)
-                .map(|p| p.downlink.clone())
-                .collect();
-            for d in targets {
+            for d in &route.copies {
                 // A guest's unicast answer to a LAN query goes to the LAN:
                 // rewrite it like its multicast answers.
-                let rewrite = Some(ToLan {
-                    uplink: link.to_string(),
-                    downlink: d.clone(),
+                let session = unicast.then(|| {
+                    let rewrite = ToLan {
+                        uplink: link.clone(),
+                        downlink: d.clone(),
+                    };
+                    (link, from, Some(rewrite))
                 });
-                self.send_copy(
-                    &d,
-                    protocol,
-                    family,
-                    payload,
-                    unicast.then_some((link, from, rewrite)),
-                );
+                self.send_copy(d, protocol, family, payload, digest, session);
+            }
+            if route.copies.is_empty() {
+                self.stats.unrouted += 1;
             }
             return;
         }
-        let Some(pair) = self.pairs.get(link).cloned() else {
+        let Some(to) = &route.to_lan else {
+            self.stats.unrouted += 1;
             return;
         };
-        if !pair.outbound {
-            return;
-        }
-        let others: Vec<String> = self
-            .pairs
-            .values()
-            .filter(|p| p.uplink == pair.uplink && p.downlink != link && p.inbound)
-            .map(|p| p.downlink.clone())
-            .collect();
-        for d in others {
-            self.send_copy(
-                &d,
-                protocol,
-                family,
-                payload,
-                unicast.then_some((link, from, None)),
-            );
+        for d in &route.copies {
+            let session = unicast.then_some((link, from, None));
+            self.send_copy(d, protocol, family, payload, digest, session);
         }
         let outbound = if protocol == Protocol::Mdns && family == Family::V4 {
-            let to = ToLan {
-                uplink: pair.uplink.clone(),
-                downlink: pair.downlink.clone(),
-            };
-            self.outbound_mdns(payload, from.ip(), &to)
+            self.outbound_mdns(payload, from.ip(), to)
         } else {
             Outbound::Unchanged
         };
-        let out = match &outbound {
-            Outbound::Unchanged => payload,
-            Outbound::Rewritten(bytes) => bytes,
-            Outbound::Dropped => return,
-        };
-        self.send_copy(
-            &pair.uplink,
-            protocol,
-            family,
-            out,
-            unicast.then_some((link, from, None)),
-        );
+        let session = unicast.then_some((link, from, None));
+        match outbound {
+            Outbound::Unchanged => {
+                self.send_copy(&to.uplink, protocol, family, payload, digest, session);
+            }
+            Outbound::Rewritten => {
+                let out = std::mem::take(&mut self.scratch);
+                let digest = self.echo.digest(&out);
+                self.send_copy(&to.uplink, protocol, family, &out, digest, session);
+                self.scratch = out;
+            }
+            Outbound::Dropped => {}
+        }
     }
 
-    /// Sends one copy to `egress`'s group: from its group socket, or, for
-    /// a query expecting a unicast answer, from a new session socket whose
-    /// answers go back through `ingress` to `querier`.
+    /// Sends one copy to `egress`'s group: queued for its group socket,
+    /// or, for a query expecting a unicast answer, at once from a new
+    /// session socket whose answers go back through `ingress` to
+    /// `querier`.
     fn send_copy(
         &mut self,
-        egress: &str,
+        egress: &Arc<str>,
         protocol: Protocol,
         family: Family,
         payload: &[u8],
-        session: Option<(&str, SocketAddr, Option<ToLan>)>,
+        digest: u64,
+        session: Option<(&Arc<str>, SocketAddr, Option<ToLan>)>,
     ) {
-        let Some(link) = self.links.get(egress) else {
+        let Some(link) = self.links.get(&**egress) else {
             return;
         };
         let ifindex = link.ifindex;
-        let to = self.group_addr(protocol, family, ifindex);
-        let result = match session {
-            None => match link.group.get(&(protocol, family)) {
-                Some((_, fd)) => socket::send_to(fd.as_raw_fd(), payload, &to),
-                None => return,
-            },
-            Some((ingress, querier, rewrite)) => {
-                match socket::udp(family, egress, ifindex, 0, None, protocol.ttl()) {
-                    Ok(fd) => {
-                        let sent = socket::send_to(fd.as_raw_fd(), payload, &to);
-                        match self.register(&fd, Some(Source::Session)) {
-                            Ok(token) => {
-                                self.stats.sessions += 1;
-                                self.sessions.insert(
-                                    token,
-                                    Session {
-                                        fd,
-                                        protocol,
-                                        family,
-                                        ingress: ingress.to_string(),
-                                        querier,
-                                        rewrite,
-                                        expires: Instant::now() + SESSION_LIFETIME,
-                                    },
-                                );
-                                self.session_order.push_back(token);
-                                self.expire(Instant::now());
-                            }
-                            Err(e) => warn!("{egress}: session socket: {e}"),
-                        }
-                        sent
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+        let to = group_addr(protocol, family, ifindex);
+        let Some((ingress, querier, rewrite)) = session else {
+            let Some(fd) = link
+                .group
+                .get(&(protocol, family))
+                .map(|(_, fd)| fd.as_raw_fd())
+            else {
+                return;
+            };
+            let name = link.name.clone();
+            self.enqueue(fd, to, payload, name, ifindex, Kind::Relayed { digest });
+            return;
         };
-        if result.is_ok() {
-            self.remember_sent(ifindex, payload);
+        let result = match socket::udp(family, egress, ifindex, 0, None, protocol.ttl()) {
+            Ok(fd) => {
+                let sent = socket::send_to(fd.as_raw_fd(), payload, &to);
+                match self.register(&fd, Some(Source::Session)) {
+                    Ok(token) => {
+                        self.stats.sessions += 1;
+                        self.sessions.insert(
+                            token,
+                            Session {
+                                fd,
+                                protocol,
+                                family,
+                                ingress: ingress.clone(),
+                                querier,
+                                rewrite,
+                                expires: self.now + SESSION_LIFETIME,
+                            },
+                        );
+                        self.session_order.push_back(token);
+                        self.expire(self.now);
+                    }
+                    Err(e) => warn!("{egress}: session socket: {e}"),
+                }
+                sent
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.echo.remember(ifindex, digest, self.now);
+                self.send_worked(egress);
+            }
+            Err(e) => self.send_failed(egress, &e),
         }
-        self.note_send(egress, result);
     }
 
     fn on_session(&mut self, token: Token, payload: &[u8], from: SocketAddr) {
         let Some(s) = self.sessions.get(&token) else {
             return;
         };
-        let (protocol, family, ingress, querier) =
-            (s.protocol, s.family, s.ingress.clone(), s.querier);
+        let (protocol, family, querier) = (s.protocol, s.family, s.querier);
+        let ingress = s.ingress.clone();
         let rewrite = s.rewrite.clone();
         let outbound = match (&rewrite, protocol, family) {
             (Some(to), Protocol::Mdns, Family::V4) => self.outbound_mdns(payload, from.ip(), to),
             _ => Outbound::Unchanged,
         };
-        let out = match &outbound {
-            Outbound::Unchanged => payload,
-            Outbound::Rewritten(bytes) => bytes,
-            Outbound::Dropped => return,
-        };
-        let Some(fd) = self
-            .links
-            .get(&ingress)
-            .and_then(|l| l.group.get(&(protocol, family)))
-            .map(|(_, fd)| fd.as_raw_fd())
-        else {
+        if outbound == Outbound::Dropped {
+            return;
+        }
+        let Some((fd, ifindex)) = self.links.get(&*ingress).and_then(|l| {
+            l.group
+                .get(&(protocol, family))
+                .map(|(_, fd)| (fd.as_raw_fd(), l.ifindex))
+        }) else {
             return;
         };
-        let result = socket::send_to(fd, out, &querier);
-        if result.is_ok() {
-            self.stats.unicast_replies += 1;
+        if outbound == Outbound::Rewritten {
+            let out = std::mem::take(&mut self.scratch);
+            self.enqueue(fd, querier, &out, ingress, ifindex, Kind::Reply);
+            self.scratch = out;
+        } else {
+            self.enqueue(fd, querier, payload, ingress, ifindex, Kind::Reply);
         }
-        self.note_send(&ingress, result);
     }
 
     fn on_raw(&mut self, link: &str, packet: &[u8]) {
-        let Some(ifindex) = self.links.get(link).map(|l| l.ifindex) else {
+        let Some((ifindex, route)) = self.links.get(link).map(|l| (l.ifindex, l.route.clone()))
+        else {
             return;
         };
         let d = match broadcast::parse(packet) {
@@ -1010,7 +1358,8 @@ impl Forwarder {
                 return;
             }
         };
-        if self.is_echo(ifindex, d.payload) {
+        let digest = self.echo.digest(d.payload);
+        if self.is_echo(ifindex, digest) {
             return;
         }
         let Some(here) = self.v4(link) else {
@@ -1022,58 +1371,58 @@ impl Forwarder {
             self.stats.broadcast_ignored += 1;
             return;
         }
-        if self.pairs.values().any(|p| p.uplink == link) {
+        if route.uplink {
             // LAN -> guests, the sender's address and port preserved.
-            let targets: Vec<String> = self
-                .pairs
-                .values()
-                .filter(|p| p.uplink == link && p.inbound)
-                .map(|p| p.downlink.clone())
-                .collect();
-            for guest_link in targets {
-                let to = broadcast::retarget(d.dst, self.v4(&guest_link).and_then(|c| c.broadcast));
-                let copy = broadcast::build(&broadcast::Datagram { dst: to, ..d });
-                self.send_raw(&guest_link, &copy, to, d.payload);
+            for guest_link in &route.copies {
+                let to = broadcast::retarget(d.dst, self.v4(guest_link).and_then(|c| c.broadcast));
+                let mut copy = std::mem::take(&mut self.scratch);
+                broadcast::build_into(&broadcast::Datagram { dst: to, ..d }, &mut copy);
+                self.send_raw(guest_link, &copy, to, digest);
+                self.scratch = copy;
+            }
+            if route.copies.is_empty() {
+                self.stats.unrouted += 1;
             }
             return;
         }
-        let Some(pair) = self.pairs.get(link).cloned() else {
-            return;
-        };
         // A copy we relayed from the LAN keeps the LAN source: it is not
         // the guest's, so it does not go back.
-        if !pair.outbound || !here.contains(d.src) {
+        let Some(to_lan) = route.to_lan.as_ref().filter(|_| here.contains(d.src)) else {
             self.stats.broadcast_ignored += 1;
             return;
-        }
-        let Some(up) = self.v4(&pair.uplink) else {
+        };
+        let Some(up) = self.v4(&to_lan.uplink) else {
             self.stats.broadcast_ignored += 1;
             return;
         };
         let to = broadcast::retarget(d.dst, up.broadcast);
-        let copy = broadcast::build(&broadcast::Datagram {
-            src: up.addr,
-            dst: to,
-            ttl: 64,
-            id: 0,
-            ..d
-        });
-        self.send_raw(&pair.uplink, &copy, to, d.payload);
+        let mut copy = std::mem::take(&mut self.scratch);
+        broadcast::build_into(
+            &broadcast::Datagram {
+                src: up.addr,
+                dst: to,
+                ttl: 64,
+                id: 0,
+                ..d
+            },
+            &mut copy,
+        );
+        self.send_raw(&to_lan.uplink, &copy, to, digest);
+        self.scratch = copy;
     }
 
-    fn send_raw(&mut self, link: &str, packet: &[u8], to: Ipv4Addr, payload: &[u8]) {
-        let Some((ifindex, fd)) = self
-            .links
-            .get(link)
-            .and_then(|l| l.raw.as_ref().map(|(_, _, tx)| (l.ifindex, tx.as_raw_fd())))
-        else {
+    /// Queues a built broadcast packet for `link`'s raw socket; `digest`
+    /// is its payload's, remembered once sent.
+    fn send_raw(&mut self, link: &str, packet: &[u8], to: Ipv4Addr, digest: u64) {
+        let Some((ifindex, fd, name)) = self.links.get(link).and_then(|l| {
+            l.raw
+                .as_ref()
+                .map(|(_, _, tx)| (l.ifindex, tx.as_raw_fd(), l.name.clone()))
+        }) else {
             return;
         };
-        let result = socket::send_to(fd, packet, &SocketAddr::new(to.into(), 0));
-        if result.is_ok() {
-            self.remember_sent(ifindex, payload);
-        }
-        self.note_send(link, result);
+        let to = SocketAddr::new(to.into(), 0);
+        self.enqueue(fd, to, packet, name, ifindex, Kind::Relayed { digest });
     }
 }
 

@@ -7,6 +7,7 @@
 //!   fuzzed);
 //! * [`budget`]: the token bucket that bounds what one guest's mDNS may
 //!   cost the forwarder;
+//! * [`echo`]: the loop guard's bounded memory of what was sent where;
 //! * [`broadcast`]: parsing and building the IPv4/UDP packets of the
 //!   broadcast relay, checksums included (golden-tested, fuzzed);
 //! * [`socket`]: the group, session and raw sockets;
@@ -15,6 +16,7 @@
 
 pub mod broadcast;
 pub mod budget;
+pub mod echo;
 pub mod forwarder;
 pub mod packet;
 pub mod socket;

@@ -374,36 +374,6 @@ pub struct Received {
     pub outgoing: bool,
 }
 
-/// `recvfrom` with `MSG_TRUNC`, so a datagram longer than `buf` is seen.
-pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `buf` and `storage` are live and their lengths are passed.
-    let n = unsafe {
-        libc::recvfrom(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_TRUNC,
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let from =
-        from_sockaddr(&storage, len).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
-    let n = n as usize;
-    Ok(Received {
-        len: n.min(buf.len()),
-        from,
-        truncated: n > buf.len(),
-        outgoing: outgoing(&storage),
-    })
-}
-
 /// `sendto`; the whole datagram or an error.
 pub fn send_to(fd: RawFd, payload: &[u8], to: &SocketAddr) -> io::Result<()> {
     let (storage, len) = sockaddr(to);
@@ -423,6 +393,271 @@ pub fn send_to(fd: RawFd, payload: &[u8], to: &SocketAddr) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// Datagrams per [`recv_batch`] and at most per [`send_many`]: one
+/// `recvmmsg`/`sendmmsg` instead of this many `recvfrom`/`sendto`.
+pub const BATCH: usize = 32;
+
+/// What [`recv_batch`] learned of one datagram.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    /// The datagram's length (`MSG_TRUNC`: its whole length, even when
+    /// longer than the slot).
+    len: usize,
+    /// The sender's address length.
+    addr_len: libc::socklen_t,
+    /// `msg_flags`.
+    flags: libc::c_int,
+}
+
+/// The memory of [`recv_batch`]: [`BATCH`] slots of `slot` bytes and their
+/// senders, allocated once and reused for every batch. The slots are one
+/// zeroed allocation, so the pages of a slot that only ever holds short
+/// datagrams are never touched.
+#[derive(Default)]
+pub struct RecvBatch {
+    slot: usize,
+    buf: Vec<u8>,
+    addrs: Vec<libc::sockaddr_storage>,
+    meta: Vec<Meta>,
+    /// Datagrams held from the last [`recv_batch`].
+    count: usize,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("slot", &self.slot)
+            .field("count", &self.count)
+            .finish()
+    }
+}
+
+impl RecvBatch {
+    /// [`BATCH`] slots of `slot` bytes each.
+    pub fn new(slot: usize) -> RecvBatch {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let empty: libc::sockaddr_storage = unsafe { zeroed() };
+        RecvBatch {
+            slot,
+            buf: vec![0; BATCH * slot],
+            addrs: vec![empty; BATCH],
+            meta: vec![
+                Meta {
+                    len: 0,
+                    addr_len: 0,
+                    flags: 0,
+                };
+                BATCH
+            ],
+            count: 0,
+        }
+    }
+
+    /// How many datagrams the last [`recv_batch`] received.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Datagram `i` of the last [`recv_batch`]: what is known of it and
+    /// its bytes (a prefix when truncated); None past the end, or when
+    /// the sender's address is of no family the forwarder knows.
+    pub fn get(&self, i: usize) -> Option<(Received, &[u8])> {
+        if i >= self.count {
+            return None;
+        }
+        let meta = self.meta[i];
+        let storage = &self.addrs[i];
+        let from = from_sockaddr(storage, meta.addr_len)?;
+        let len = meta.len.min(self.slot);
+        let at = i * self.slot;
+        Some((
+            Received {
+                len,
+                from,
+                truncated: meta.len > self.slot || meta.flags & libc::MSG_TRUNC != 0,
+                outgoing: outgoing(storage),
+            },
+            &self.buf[at..at + len],
+        ))
+    }
+}
+
+/// Receives up to [`BATCH`] datagrams with one `recvmmsg` (`MSG_TRUNC`,
+/// so a datagram longer than its slot is seen); how many. `WouldBlock`
+/// when none is queued (the socket is non-blocking).
+pub fn recv_batch(fd: RawFd, batch: &mut RecvBatch) -> io::Result<usize> {
+    batch.count = 0;
+    let slots = batch.buf.len().checked_div(batch.slot).unwrap_or(0);
+    let vlen = slots
+        .min(batch.addrs.len())
+        .min(batch.meta.len())
+        .min(BATCH);
+    if vlen == 0 {
+        return Ok(0);
+    }
+    // SAFETY: all-zero is a valid iovec and mmsghdr (null pointers, zero
+    // lengths); every one used is filled in below.
+    let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+    let base = batch.buf.as_mut_ptr();
+    for i in 0..vlen {
+        iovs[i] = libc::iovec {
+            // SAFETY: slot i lies within `buf` (vlen slots fit in it).
+            iov_base: unsafe { base.add(i * batch.slot) }.cast(),
+            iov_len: batch.slot,
+        };
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = (&mut batch.addrs[i] as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+    }
+    // SAFETY: every header points at live memory of the lengths given (a
+    // slot of `buf`, an entry of `addrs`), which outlives the call; no
+    // control buffer; no timeout (the socket is non-blocking).
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            vlen as libc::c_uint,
+            libc::MSG_TRUNC,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    for (meta, h) in batch.meta.iter_mut().zip(&hdrs[..n]) {
+        *meta = Meta {
+            len: h.msg_len as usize,
+            addr_len: h.msg_hdr.msg_namelen,
+            flags: h.msg_hdr.msg_flags,
+        };
+    }
+    batch.count = n;
+    Ok(n)
+}
+
+/// Sends the datagrams of `msgs` (at most [`BATCH`]; more are not looked
+/// at) on `fd` with one `sendmmsg`: how many, from the first, were sent
+/// whole (at least one), or the error of the first.
+pub fn send_many<'a>(
+    fd: RawFd,
+    msgs: impl Iterator<Item = (&'a SocketAddr, &'a [u8])>,
+) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid sockaddr_storage, iovec and mmsghdr.
+    let mut names: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+    let mut lens = [0usize; BATCH];
+    let mut n = 0;
+    for (to, payload) in msgs.take(BATCH) {
+        let (storage, len) = sockaddr(to);
+        names[n] = storage;
+        iovs[n] = libc::iovec {
+            // sendmmsg does not write through it.
+            iov_base: payload.as_ptr().cast_mut().cast(),
+            iov_len: payload.len(),
+        };
+        lens[n] = payload.len();
+        let h = &mut hdrs[n].msg_hdr;
+        h.msg_name = (&mut names[n] as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = len;
+        h.msg_iov = &mut iovs[n];
+        h.msg_iovlen = 1;
+        n += 1;
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: every header points at live memory of the lengths given (the
+    // callers' payloads, `names`, `iovs`), which outlives the call.
+    let sent = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sent = sent as usize;
+    // A datagram socket sends a datagram whole or not at all; say so if
+    // one ever was cut.
+    if let Some(i) = (0..sent).find(|&i| hdrs[i].msg_len as usize != lens[i]) {
+        return if i == 0 {
+            Err(io::Error::from(io::ErrorKind::WriteZero))
+        } else {
+            Ok(i)
+        };
+    }
+    Ok(sent)
+}
+
+fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` is a live c_int and `len` its size.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// Asks for a receive buffer of `bytes` (`SO_RCVBUF`: the kernel caps it at
+/// `net.core.rmem_max` and doubles it for its bookkeeping; going past the
+/// cap, `SO_RCVBUFFORCE`, takes CAP_NET_ADMIN, which the forwarder has
+/// not). Returns the size the socket got.
+pub fn set_receive_buffer(fd: RawFd, bytes: usize) -> io::Result<usize> {
+    let asked = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &asked)?;
+    receive_buffer(fd)
+}
+
+/// The receive buffer of a socket (`SO_RCVBUF`), in bytes.
+pub fn receive_buffer(fd: RawFd) -> io::Result<usize> {
+    Ok(getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?.max(0) as usize)
+}
+
+/// `SO_MEMINFO` (asm-generic/socket.h; not in libc).
+const SO_MEMINFO: libc::c_int = 55;
+
+/// How many datagrams the kernel dropped on their way into this socket
+/// since it was opened: `SK_MEMINFO_DROPS` of `SO_MEMINFO`, the socket's
+/// `sk_drops`, which counts a datagram that found the receive buffer full
+/// (UDP's `RcvbufErrors`, a packet socket's overrun). Read when the
+/// counters are logged, so that counting costs nothing per datagram
+/// (`SO_RXQ_OVFL` would put the same number in a control message of every
+/// datagram).
+pub fn drops(fd: RawFd) -> io::Result<u32> {
+    let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is live and `len` its size; the kernel writes at most
+    // `len` bytes and says how many.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    if (len as usize) < std::mem::size_of_val(&info) {
+        return Err(io::Error::from(io::ErrorKind::Unsupported));
+    }
+    Ok(info[libc::SK_MEMINFO_DROPS as usize])
 }
 
 /// The index of a link, if it exists.

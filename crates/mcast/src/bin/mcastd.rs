@@ -10,7 +10,9 @@
 //! are deleted and created again, and logs its counters every
 //! `--stats-secs` and at exit (SIGTERM, SIGINT). Each downlink's IPv4 mDNS
 //! to the LAN may amount to `--mdns-budget` bytes a second (8 MiB by
-//! default, as in patchpanel). It needs CAP_NET_RAW (device-pinned and raw
+//! default, as in patchpanel). Each socket asks for a receive buffer of
+//! `--receive-buffer` bytes (1 MiB by default, capped by
+//! `net.core.rmem_max`). It needs CAP_NET_RAW (device-pinned and raw
 //! sockets) and nothing else.
 
 use std::io::{ErrorKind, Read};
@@ -64,6 +66,12 @@ struct Args {
     #[arg(long, default_value_t = patchpanel_mcast::budget::REWRITE_BYTES_PER_SECOND,
           value_parser = clap::value_parser!(u64).range(1..))]
     mdns_budget: u64,
+    /// The receive buffer each socket asks for, in bytes (SO_RCVBUF; the
+    /// kernel caps it at net.core.rmem_max). A larger one rides out a
+    /// longer stall of the forwarder without loss.
+    #[arg(long, default_value_t = patchpanel_mcast::forwarder::RECEIVE_BUFFER as u64,
+          value_parser = clap::value_parser!(u64).range(1..=(i32::MAX as u64)))]
+    receive_buffer: u64,
     /// Log the counters this often (0: only at exit).
     #[arg(long, default_value_t = 300)]
     stats_secs: u64,
@@ -128,6 +136,7 @@ fn run(args: &Args) -> Result<()> {
         )
         .context("epoll")?;
     let mut forwarder = Forwarder::new(poll.registry(), 1, protocols)?;
+    forwarder.set_receive_buffer(usize::try_from(args.receive_buffer).unwrap_or(usize::MAX));
     forwarder.set_mdns_budget(patchpanel_mcast::budget::MdnsBudget::per_second(
         args.mdns_budget,
     ));

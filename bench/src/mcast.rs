@@ -331,7 +331,16 @@ pub fn measure(params: &Params) -> Result<Results> {
         if let Err(e) = world.check_alive() {
             samples[*i].1 = Err(e);
         }
-        if params.show_logs && world.forwarder.is_some() {
+    }
+    if params.show_logs {
+        for (_, world) in worlds.iter_mut() {
+            let Ok(world) = world else { continue };
+            let Some(forwarder) = world.forwarder.as_mut() else {
+                continue;
+            };
+            // Stopped first, so that the log ends with what the forwarder
+            // says at exit (mcastd: its counters, drops by reason).
+            let _ = forwarder.terminate();
             eprintln!("{}:{}", world.setup.name(), world.forwarder_log());
         }
     }
@@ -555,15 +564,15 @@ impl World {
         match self.setup {
             Setup::Direct => {}
             Setup::Mcastd => {
-                let argv = vec![
+                let mut argv = vec![
                     bin_path("mcastd")?.display().to_string(),
                     "--mdns".into(),
                     "--log-to-stderr".into(),
                     "--stats-secs".into(),
                     "0".into(),
-                    "mid-up".into(),
-                    "mid-dn".into(),
                 ];
+                argv.extend(mcastd_extra_args());
+                argv.extend(["mid-up".into(), "mid-dn".into()]);
                 let log = self.dir.path().join("mcastd.log");
                 let mut d = Spawned::start("mcastd", mid, &argv, log)?;
                 let ready = poll_until(Duration::from_secs(10), || {
@@ -731,6 +740,19 @@ impl World {
             format!("\n----- log -----\n{}----- end -----", f.log())
         })
     }
+}
+
+/// Where extra mcastd flags may be given, whitespace-separated (for
+/// experiments: `--mdns-budget 100000000`, `--receive-buffer 106496`).
+pub const MCASTD_ARGS_ENV: &str = "PATCHPANEL_BENCH_MCASTD_ARGS";
+
+/// The extra mcastd flags of [`MCASTD_ARGS_ENV`].
+fn mcastd_extra_args() -> Vec<String> {
+    std::env::var(MCASTD_ARGS_ENV)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// avahi-daemon's configuration: the reflector between `a` and `b`, IPv4

@@ -94,11 +94,15 @@ pub enum Request {
     /// Datapath writer: removes everything patchpanel owns (links, named
     /// namespaces, routes, rules, firewall chains and jumps) except the
     /// listed links and namespaces and, if `keep_accounting`, the traffic
-    /// accounting chains. Answered with [`Reply::Applied`].
+    /// accounting chains. Links are deleted after the answer (the writer's
+    /// reaper) unless `wait`: then the answer waits until they are gone
+    /// (a stop or a cleanup, after which the writer exits). Answered with
+    /// [`Reply::Applied`].
     RemoveOwned {
         keep_links: Vec<IfName>,
         keep_netns: Vec<NetnsName>,
         keep_accounting: bool,
+        wait: bool,
     },
     /// ndproxy: relays RS from the downlink to the uplink, RA from the
     /// uplink to the downlink, and NS/NA both ways (and between downlinks
@@ -394,6 +398,7 @@ mod size_tests {
                 keep_links: vec![],
                 keep_netns: vec![NetnsName::new("connected_netns_0").unwrap()],
                 keep_accounting: true,
+                wait: false,
             },
         };
 

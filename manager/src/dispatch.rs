@@ -132,6 +132,9 @@ pub struct Daemon {
     host_firewall: HostFirewall,
     neighbors: NeighborWatch,
     effects: Effects,
+    /// The start-up timeline: the writer's Hello, the datapath set up.
+    writer_up_at: Option<Instant>,
+    datapath_up_at: Option<Instant>,
 }
 
 impl Daemon {
@@ -159,6 +162,8 @@ impl Daemon {
             arc_vpn: vpn_service::ArcVpn::default(),
             host_firewall: HostFirewall::default(),
             effects: Effects::default(),
+            writer_up_at: None,
+            datapath_up_at: None,
         }
     }
 
@@ -170,6 +175,13 @@ impl Daemon {
     pub fn mark_ready(&mut self) {
         if self.phase == Phase::DatapathUp {
             self.phase = Phase::Ready;
+            let start = crate::env::process_start();
+            info!(
+                "serving {:.1?} after start (the writer was up at {:.1?}, the datapath set up by {:.1?})",
+                start.elapsed(),
+                self.writer_up_at.map(|t| t.duration_since(start)).unwrap_or_default(),
+                self.datapath_up_at.map(|t| t.duration_since(start)).unwrap_or_default(),
+            );
         }
     }
 
@@ -589,6 +601,7 @@ impl Daemon {
                     info!("cleanup done");
                     return Ok(Flow::Exit);
                 }
+                self.writer_up_at = Some(Instant::now());
                 let mut env = Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
                 let firewall = lifecycle::start(
                     &mut env,
@@ -606,6 +619,7 @@ impl Daemon {
                 // anything else.
                 link.record_replay(Process::DatapathWriter, "firewall", firewall, Vec::new());
                 self.phase = Phase::DatapathUp;
+                self.datapath_up_at = Some(Instant::now());
             }
             HelperEvent::Up(_) => {}
             HelperEvent::Lost(Process::DatapathWriter) => {

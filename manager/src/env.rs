@@ -285,3 +285,10 @@ impl HelperLink for FakeDatapath {
         self.replay.remove(&(helper, key.to_string()));
     }
 }
+
+/// When this process started (its first call: `main` makes it), for the
+/// start-up timeline in the log.
+pub fn process_start() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}

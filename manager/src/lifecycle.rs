@@ -15,7 +15,6 @@ use patchpanel_ipc::{IfName, NetnsName, Reply, Request};
 use patchpanel_uplinks::UplinkEvent;
 
 use crate::env::Env;
-use crate::error::CallError;
 use crate::guest_service::{self, Guests};
 use crate::lifeline::LifelineWatcher;
 use crate::namespaces::ConnectedNamespace;
@@ -23,8 +22,7 @@ use crate::port_rules::PortPolicy;
 use crate::state::{Loaded, State, StateFile};
 use crate::uplinks::UplinkView;
 use crate::{
-    dns_service, namespace_service, namespaces, network_service, port_rule_service, routing,
-    vpn_service,
+    dns_service, namespace_service, network_service, port_rule_service, routing, vpn_service,
 };
 
 /// What start sets up.
@@ -50,23 +48,20 @@ fn previous(store: &StateFile) -> Option<State> {
 }
 
 /// Takes over what the previous run knew must be restored or removed:
-/// its sysctl originals, its namespace ids, and its namespaces (their
-/// lifelines died with it).
-fn inherit(env: &mut Env<'_>, state: &mut State, prev: &State) {
+/// its sysctl originals and its namespace ids. Its namespaces (their
+/// lifelines died with it) are not removed one plan each: the start's
+/// cleanup that follows ([`remove_owned`]) removes all of them at once
+/// with everything else patchpanel owns and keeps nothing of theirs (the
+/// whole firewall, their links, routes and rules, their names under the
+/// netns directory); a plan per namespace made a restart with 100 of them
+/// take half a second.
+fn inherit(state: &mut State, prev: &State) {
     info!(
-        "previous state found: {} namespace(s) tied to lifelines that died with the old manager; removing them",
+        "previous state found: {} namespace(s) tied to lifelines that died with the old manager; the cleanup removes them",
         prev.namespaces.len()
     );
     state.sysctl_originals = prev.sysctl_originals.clone();
     state.next_namespace_id = prev.next_namespace_id;
-    for ns in prev.namespaces.values() {
-        let removed = namespaces::disconnect_plan(ns, format!("leftover {}", ns.netns))
-            .map_err(CallError::from)
-            .and_then(|plan| env.apply(plan, &[]));
-        if let Err(e) = removed {
-            warn!("leftover {}: {e}", ns.netns);
-        }
-    }
 }
 
 /// The first time the writer is up: clean up after a previous run, set up
@@ -82,14 +77,14 @@ pub fn start(
 ) -> anyhow::Result<Request> {
     let previous = previous(store);
     if let Some(prev) = &previous {
-        inherit(env, state, prev);
+        inherit(state, prev);
     }
     // A crash restart keeps the previous guests' links to re-adopt them.
     let (keep_links, keep_netns) = previous
         .as_ref()
         .map(guest_service::leftovers)
         .unwrap_or_default();
-    remove_owned(env, true, keep_links, keep_netns)?;
+    remove_owned(env, true, keep_links, keep_netns, false)?;
     let firewall = Request::SetupFirewall(setup.layout.clone());
     env.call(firewall.clone())
         .map_err(|e| anyhow!("cannot set up the firewall: {e}"))?;
@@ -175,9 +170,9 @@ pub fn start(
 /// its state.
 pub fn clean_up(env: &mut Env<'_>, state: &mut State, store: &StateFile) -> anyhow::Result<()> {
     if let Some(prev) = previous(store) {
-        inherit(env, state, &prev);
+        inherit(state, &prev);
     }
-    remove_owned(env, false, Vec::new(), Vec::new())?;
+    remove_owned(env, false, Vec::new(), Vec::new(), true)?;
     remove_loopback_proxies(env);
     restore_sysctls(env, state);
     if let Err(e) = store.remove() {
@@ -219,7 +214,7 @@ pub fn stop(
         },
         "patchpanel is stopping",
     );
-    if let Err(e) = remove_owned(env, true, Vec::new(), Vec::new()) {
+    if let Err(e) = remove_owned(env, true, Vec::new(), Vec::new(), true) {
         warn!("{e}");
     }
     remove_loopback_proxies(env);
@@ -287,11 +282,13 @@ fn remove_owned(
     keep_accounting: bool,
     keep_links: Vec<IfName>,
     keep_netns: Vec<NetnsName>,
+    wait: bool,
 ) -> anyhow::Result<()> {
     match env.call(Request::RemoveOwned {
         keep_links,
         keep_netns,
         keep_accounting,
+        wait,
     }) {
         Ok(Reply::Applied(r)) if r.failures.is_empty() => Ok(()),
         Ok(Reply::Applied(r)) => {

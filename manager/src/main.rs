@@ -30,6 +30,7 @@ use patchpaneld::config::{Config, Flags};
 const VM_USER: &str = "crosvm";
 
 fn main() -> ExitCode {
+    patchpaneld::env::process_start();
     let flags = match Flags::parse(std::env::args().skip(1)) {
         Ok(f) => f,
         Err(e) => {

@@ -177,6 +177,7 @@ impl WriterClient {
             keep_links: Vec::new(),
             keep_netns: Vec::new(),
             keep_accounting,
+            wait: true,
         })?)
     }
 

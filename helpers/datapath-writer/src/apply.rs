@@ -26,7 +26,7 @@ pub struct Writer {
     pub(crate) firewall: Option<Box<dyn FirewallBackend + Send>>,
     /// Which backend `firewall` is.
     pub(crate) firewall_kind: Option<FirewallChoice>,
-    host: Option<Rtnl>,
+    pub(crate) host: Option<Rtnl>,
     sockets: HashMap<NetnsName, Rtnl>,
     /// The last counter reading, paged out by `read_counters`.
     counters: Vec<patchpanel_firewall::counters::CounterSample>,
@@ -40,7 +40,7 @@ pub struct Writer {
     /// MTU found), so that a clear removes only that.
     uplinks: crate::uplink::Uplinks,
     /// Deletes the daemon's namespace's links off the request path.
-    reaper: crate::reaper::Reaper,
+    pub(crate) reaper: crate::reaper::Reaper,
 }
 
 impl std::fmt::Debug for Writer {
@@ -563,13 +563,14 @@ impl Writer {
                     )
                 };
                 let mut created = create(self.rtnl(&Netns::Host)?);
-                if created.as_ref().is_err_and(|e| e.errno() == Some(libc::EEXIST))
+                if created
+                    .as_ref()
+                    .is_err_and(|e| e.errno() == Some(libc::EEXIST))
                     && self.reaper.busy()
                 {
                     // The peer's name may be that of a pair still being
                     // deleted in the same namespace: once it is gone, again.
-                    self.reaper
-                        .drain(self.host.as_ref(), crate::reaper::WAIT);
+                    self.reaper.drain(self.host.as_ref(), crate::reaper::WAIT);
                     created = create(self.rtnl(&Netns::Host)?);
                 }
                 created.map_err(|e| os_error(format!("create veth {host} <-> {peer}"), &e))?;

@@ -17,6 +17,10 @@ use patchpanel_ipc::{HelperError, IfName, NetnsName};
 use crate::apply::Writer;
 use crate::error::{io_error, os_error};
 
+/// How long a stop's or a cleanup's removal waits for the links it
+/// deleted to be gone (below the manager's 10 s deadline for a request).
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+
 impl Writer {
     /// Removes everything patchpanel owns but what the caller keeps.
     /// Keeps going after errors and reports them all.
@@ -25,7 +29,9 @@ impl Writer {
         keep_links: &[IfName],
         keep_netns: &[NetnsName],
         keep_accounting: bool,
+        wait: bool,
     ) -> Result<PlanReport, HelperError> {
+        let started = std::time::Instant::now();
         let mut failures = Vec::new();
         let mut removed = Vec::new();
         // Firewall first, so no rule points at a vanishing interface.
@@ -54,23 +60,59 @@ impl Writer {
                 Err(e) => failures.push(format!("firewall cleanup of the other backend: {e}")),
             }
         }
-        let keep: HashSet<&str> = keep_links.iter().map(|l| l.as_str()).collect();
-        let host = self.rtnl(&patchpanel_ipc::datapath::Netns::Host)?;
-        match host.links() {
-            Ok(links) => {
-                for link in links {
-                    if link.alias.as_deref() == Some(LINK_ALIAS)
-                        && !keep.contains(link.name.as_str())
-                    {
-                        match host.delete_link(&link.name) {
-                            Ok(_) => removed.push(format!("link {}", link.name)),
-                            Err(e) => failures
-                                .push(os_error(format!("delete {}", link.name), &e).to_string()),
-                        }
+        let firewall_done = started.elapsed();
+        let dir = self.netns_dir()?;
+        let prefix = self.config()?.netns_prefix.clone();
+        let keep_ns: HashSet<&str> = keep_netns.iter().map(|n| n.as_str()).collect();
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !name.starts_with(&prefix) || keep_ns.contains(name.as_str()) {
+                        continue;
+                    }
+                    let Ok(ns) = NetnsName::new(&name) else {
+                        continue;
+                    };
+                    self.forget_netns(&ns);
+                    match patchpanel_rtnl::netns::delete_named(&dir, &name) {
+                        Ok(_) => removed.push(format!("namespace {name}")),
+                        Err(e) => failures
+                            .push(os_error(format!("delete namespace {name}"), &e).to_string()),
                     }
                 }
             }
-            Err(e) => failures.push(os_error("list links", &e).to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => failures.push(io_error(format!("list {}", dir.display()), &e).to_string()),
+        }
+        let netns_done = started.elapsed();
+        let keep: HashSet<&str> = keep_links.iter().map(|l| l.as_str()).collect();
+        self.rtnl(&patchpanel_ipc::datapath::Netns::Host)?;
+        let host = self
+            .host
+            .as_ref()
+            .ok_or_else(|| HelperError::Refused("no rtnetlink socket".into()))?;
+        // The namespaces went first: the kernel destroys their veth pairs
+        // on its own, many per grace period, much faster than deleting each
+        // host end (tens of milliseconds each, measured: 100 of them took
+        // 3 s). What is still listed goes to the reaper, off this request:
+        // the kernel may well be first (the reaper's delete then finds no
+        // such link), and nothing here needs those names back.
+        let links: Vec<patchpanel_rtnl::Link> = match host.links() {
+            Ok(links) => links
+                .into_iter()
+                .filter(|l| {
+                    l.alias.as_deref() == Some(LINK_ALIAS) && !keep.contains(l.name.as_str())
+                })
+                .collect(),
+            Err(e) => {
+                failures.push(os_error("list links", &e).to_string());
+                Vec::new()
+            }
+        };
+        for link in links {
+            self.reaper.delete(host, link.index, &link.name);
+            removed.push(format!("link {}", link.name));
         }
         for family in [patchpanel_rtnl::Family::V4, patchpanel_rtnl::Family::V6] {
             match host.rules(family) {
@@ -101,32 +143,18 @@ impl Writer {
                 Err(e) => failures.push(os_error("list routes", &e).to_string()),
             }
         }
-        let dir = self.netns_dir()?;
-        let prefix = self.config()?.netns_prefix.clone();
-        let keep_ns: HashSet<&str> = keep_netns.iter().map(|n| n.as_str()).collect();
-        match std::fs::read_dir(&dir) {
-            Ok(entries) => {
-                for entry in entries.flatten() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if !name.starts_with(&prefix) || keep_ns.contains(name.as_str()) {
-                        continue;
-                    }
-                    let Ok(ns) = NetnsName::new(&name) else {
-                        continue;
-                    };
-                    self.forget_netns(&ns);
-                    match patchpanel_rtnl::netns::delete_named(&dir, &name) {
-                        Ok(_) => removed.push(format!("namespace {name}")),
-                        Err(e) => failures
-                            .push(os_error(format!("delete namespace {name}"), &e).to_string()),
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => failures.push(io_error(format!("list {}", dir.display()), &e).to_string()),
+        if wait && !self.reaper.drain(self.host.as_ref(), STOP_WAIT) {
+            failures.push(format!("links still being deleted after {STOP_WAIT:?}"));
         }
+        let links_done = started.elapsed();
         if !removed.is_empty() {
-            info!("removed leftovers: {}", removed.join(", "));
+            info!(
+                "removed leftovers in {:.1?} (firewall {firewall_done:.1?}, namespaces {:.1?}, links, rules and routes {:.1?}): {}",
+                started.elapsed(),
+                netns_done - firewall_done,
+                links_done - netns_done,
+                removed.join(", ")
+            );
         }
         Ok(PlanReport {
             replaced_sysctls: Vec::new(),

@@ -48,8 +48,9 @@ impl Service for Writer {
                 keep_links,
                 keep_netns,
                 keep_accounting,
+                wait,
             } => self
-                .remove_owned(keep_links, keep_netns, *keep_accounting)
+                .remove_owned(keep_links, keep_netns, *keep_accounting, *wait)
                 .map(Reply::Applied),
             Request::CheckFirewall => {
                 self.check_firewall()

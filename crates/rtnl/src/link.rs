@@ -379,8 +379,8 @@ impl Rtnl {
         let op = format!("delete link #{index}");
         let index = i32::try_from(index)
             .map_err(|_| RtnlError::invalid("ifindex", index.to_string(), "too large"))?;
-        let body =
-            ifinfomsg(index, Iff::empty(), Iff::empty(), RtBuffer::new()).map_err(Self::enc(&op))?;
+        let body = ifinfomsg(index, Iff::empty(), Iff::empty(), RtBuffer::new())
+            .map_err(Self::enc(&op))?;
         benign(
             self.ack(&op, Rtm::Dellink, NlmF::empty(), body),
             &[libc::ENODEV],

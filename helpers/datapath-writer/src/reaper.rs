@@ -134,7 +134,12 @@ impl Reaper {
             index,
             name: name.to_string(),
         };
-        *self.shared.lock().names.entry(job.name.clone()).or_default() += 1;
+        *self
+            .shared
+            .lock()
+            .names
+            .entry(job.name.clone())
+            .or_default() += 1;
         if self.holding {
             self.held.push(job);
         } else {
@@ -153,7 +158,10 @@ impl Reaper {
         match host.map(|h| h.delete_link_index(job.index)) {
             Some(Ok(_)) => {}
             Some(Err(e)) => warn!("cannot delete {} (#{}): {e}", job.name, job.index),
-            None => warn!("cannot delete {} (#{}): no rtnetlink socket", job.name, job.index),
+            None => warn!(
+                "cannot delete {} (#{}): no rtnetlink socket",
+                job.name, job.index
+            ),
         }
         self.shared.done(&job.name);
     }
@@ -221,7 +229,9 @@ impl Reaper {
                                 job.index,
                                 started.elapsed()
                             ),
-                            Some(Err(e)) => warn!("cannot delete {} (#{}): {e}", job.name, job.index),
+                            Some(Err(e)) => {
+                                warn!("cannot delete {} (#{}): {e}", job.name, job.index)
+                            }
                             None => {}
                         }
                         shared.done(&job.name);

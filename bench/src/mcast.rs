@@ -194,6 +194,13 @@ pub struct RateSample {
     pub send_time: Duration,
     /// The forwarder's CPU time during the series (`None` for direct).
     pub cpu: Option<Duration>,
+    /// The sending thread's CPU time (its `sendto`s, and the kernel's
+    /// delivery of each datagram to the next hop, which runs in its
+    /// context).
+    pub sender_cpu: Duration,
+    /// The counting thread's CPU time, until [`RATE_GRACE`] after the
+    /// last send.
+    pub counter_cpu: Duration,
 }
 
 impl RateSample {
@@ -312,8 +319,18 @@ pub fn measure(params: &Params) -> Result<Results> {
                 match world.rate(direction, offered, params.rate_time) {
                     Ok(rate) => {
                         eprintln!(
-                            "  sent {} ({} send errors), {} records arrived in {} datagrams, {} duplicates",
-                            rate.sent, rate.send_errors, rate.received, rate.datagrams, rate.duplicates
+                            "  sent {} ({} send errors), {} records arrived in {} datagrams, {} duplicates; \
+                             CPU over {:.2} s of sending: sender {:.2} s, counter {:.2} s, forwarder {}",
+                            rate.sent,
+                            rate.send_errors,
+                            rate.received,
+                            rate.datagrams,
+                            rate.duplicates,
+                            rate.send_time.as_secs_f64(),
+                            rate.sender_cpu.as_secs_f64(),
+                            rate.counter_cpu.as_secs_f64(),
+                            rate.cpu
+                                .map_or("-".to_string(), |c| format!("{:.2} s", c.as_secs_f64()))
                         );
                         if let Ok(s) = samples[i].1.as_mut() {
                             s.rates.push(rate);
@@ -681,15 +698,25 @@ impl World {
         let cpu_before = self.forwarder_cpu()?;
         let first = self.names.load(Ordering::Relaxed);
         let sending = AtomicBool::new(true);
-        let (send, count) = std::thread::scope(|scope| {
-            let count = scope.spawn(|| count_records(counter, &sending));
+        let (send, sender_cpu, count) = std::thread::scope(|scope| {
+            let count = scope.spawn(|| {
+                let before = thread_cpu();
+                let count = count_records(counter, &sending);
+                (count, thread_cpu().saturating_sub(before))
+            });
+            let before = thread_cpu();
             let send = blast(sender, &self.names, address, offered, time);
+            let sender_cpu = thread_cpu().saturating_sub(before);
             sending.store(false, Ordering::Relaxed);
-            let count = count
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the counter thread panicked")));
-            (send, count)
+            let count = count.join().unwrap_or_else(|_| {
+                (
+                    Err(anyhow::anyhow!("the counter thread panicked")),
+                    Duration::ZERO,
+                )
+            });
+            (send, sender_cpu, count)
         });
+        let (count, counter_cpu) = count;
         let (sent, send_errors, send_time) = send?;
         let (seen, duplicates, datagrams) = count?;
         let last = first + sent + send_errors;
@@ -709,6 +736,8 @@ impl World {
             datagrams,
             send_time,
             cpu,
+            sender_cpu,
+            counter_cpu,
         })
     }
 
@@ -774,6 +803,22 @@ pub fn avahi_config(a: &str, b: &str) -> String {
          [reflector]\n\
          enable-reflector=yes\n\
          reflect-ipv=no\n"
+    )
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live timespec; CLOCK_THREAD_CPUTIME_ID always exists.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
     )
 }
 
@@ -910,6 +955,8 @@ mod tests {
             datagrams: 700,
             send_time: Duration::from_millis(500),
             cpu: None,
+            sender_cpu: Duration::ZERO,
+            counter_cpu: Duration::ZERO,
         };
 
         assert_eq!(sample.loss_percent(), 25.0);

@@ -43,6 +43,11 @@ pub const RELEASE_ALL_TIMEOUT: Duration = Duration::from_secs(120);
 pub const NETNS_POOL_CONFIG: &str =
     "[pools.netns]\nbase = \"100.115.96.0\"\nprefix_len = 30\ncount = 256\n";
 
+/// The same pool with room for 1,024 namespaces (100.115.96.0/20), for the
+/// 1,000-guest form of the benchmark.
+pub const NETNS_POOL_CONFIG_1024: &str =
+    "[pools.netns]\nbase = \"100.115.96.0\"\nprefix_len = 30\ncount = 1024\n";
+
 /// What the patchpanel side measured.
 #[derive(Debug, Default)]
 pub struct PatchpanelSamples {
@@ -103,12 +108,17 @@ struct Bench<'w> {
 /// `iterations` connect/teardown pairs after `warmup` unmeasured ones, first
 /// alone, then with `loaded` namespaces held connected.
 pub fn measure(iterations: usize, warmup: usize, loaded: usize) -> Result<PatchpanelSamples> {
-    if loaded + 1 > 256 {
-        bail!("the benchmark's pool holds 256 namespaces; {loaded} loaded is too many");
+    if loaded + 1 > 1024 {
+        bail!("the benchmark's pool holds 1,024 namespaces; {loaded} loaded is too many");
     }
     interrupt::check()?;
     let options = DaemonOptions {
-        extra_config: NETNS_POOL_CONFIG.into(),
+        extra_config: if loaded + 1 > 256 {
+            NETNS_POOL_CONFIG_1024
+        } else {
+            NETNS_POOL_CONFIG
+        }
+        .into(),
         ..Default::default()
     };
     let (mut samples, problem) = in_world(options, |world| {

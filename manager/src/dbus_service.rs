@@ -189,6 +189,15 @@ pub enum Call {
     },
 }
 
+impl Call {
+    /// Whether the call only reads: it changes no state, so the tail that
+    /// follows a call (reconciling the helpers, saving the state, both
+    /// linear in the number of guests) has nothing to do.
+    pub fn reads_only(&self) -> bool {
+        matches!(self, Call::GetDevices | Call::GetTrafficCounters(_))
+    }
+}
+
 /// One call off the bus: the message to answer, who sent it, the id of
 /// its log lines, and the call itself, or why it was refused before
 /// reaching a service.

@@ -222,6 +222,7 @@ impl Daemon {
     ) -> anyhow::Result<Flow> {
         let mut answer = None;
         let mut flow = Flow::Continue;
+        let mut reads_only = false;
         match event {
             Event::Call(incoming) => {
                 let Incoming {
@@ -231,6 +232,7 @@ impl Daemon {
                     op,
                     call,
                 } = incoming;
+                reads_only = call.as_ref().is_ok_and(Call::reads_only) && self.serving();
                 let result = call.and_then(|call| self.on_call(link, call, &client, op));
                 if let Err(e) = &result {
                     warn!("{method} from {client} (op {op}) refused: {e}");
@@ -265,7 +267,10 @@ impl Daemon {
                 }
             }
         }
-        self.settle(link, bus);
+        // A call that only reads changed nothing for the tail to follow.
+        if !reads_only {
+            self.settle(link, bus);
+        }
         if let Some((message, result)) = answer {
             bus.reply(&message, result);
         }
@@ -908,7 +913,13 @@ mod tests {
             })
         };
         vec![
-            ("a call", incoming("GetDevices", Ok(Call::GetDevices))),
+            (
+                "a call",
+                incoming(
+                    "NotifyAndroidInteractiveState",
+                    Ok(Call::AndroidInteractiveState(false)),
+                ),
+            ),
             (
                 "a refused call",
                 incoming(
@@ -999,8 +1010,18 @@ mod tests {
         }
         // With nothing changed, nothing is written.
         let writes = w.daemon.state_writes();
-        w.call("GetDevices", Ok(Call::GetDevices));
+        w.call(
+            "NotifyAndroidInteractiveState",
+            Ok(Call::AndroidInteractiveState(false)),
+        );
         assert_eq!(w.daemon.state_writes(), writes);
+        // A call that only reads runs no tail at all (it is linear in the
+        // guests): the forwarder is not reconciled, nothing is saved.
+        w.daemon.mcast = McastForwarding::default();
+        w.daemon.state.next_namespace_id += 1;
+        let (starts, writes) = (w.mcast_starts(), w.daemon.state_writes());
+        w.call("GetDevices", Ok(Call::GetDevices));
+        assert_eq!((w.mcast_starts(), w.daemon.state_writes()), (starts, writes));
     }
 
     #[test]

@@ -239,7 +239,7 @@ impl StateFile {
 
     /// Writes `state` (all but its port rules) atomically.
     pub fn save(&self, state: &State) -> std::io::Result<()> {
-        let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+        let text = serde_json::to_vec(state).map_err(std::io::Error::other)?;
         replace_file(&self.path, &text)?;
         self.writes.set(self.writes.get() + 1);
         *self.written.borrow_mut() = Some(text);
@@ -249,7 +249,7 @@ impl StateFile {
     /// Writes `state` unless the file already holds exactly it; true when
     /// written.
     pub fn save_if_changed(&self, state: &State) -> std::io::Result<bool> {
-        let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+        let text = serde_json::to_vec(state).map_err(std::io::Error::other)?;
         if self.written.borrow().as_deref() == Some(text.as_slice()) {
             return Ok(false);
         }

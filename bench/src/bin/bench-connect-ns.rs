@@ -26,8 +26,8 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     warmup: u32,
     /// Namespaces (containers) held connected for the loaded series.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=200))]
-    loaded: u8,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    loaded: u16,
     /// The netavark binary.
     #[arg(long, default_value = netavark::DEFAULT_BINARY)]
     netavark: PathBuf,
@@ -73,7 +73,13 @@ fn run(args: &Args) -> Result<bool> {
 
     let netavark = if args.only != Some(Side::Patchpanel) {
         eprintln!("measuring netavark ({iterations} iterations, then with {loaded} containers)...");
-        let result = netavark::measure(&args.netavark, iterations, warmup, loaded)
+        let result = u8::try_from(loaded)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "netavark's side holds at most 200 containers; use --only patchpanel for {loaded}"
+                )
+            })
+            .and_then(|loaded| netavark::measure(&args.netavark, iterations, warmup, loaded))
             .context("netavark side failed");
         report_failure(&result, &mut ok);
         result.ok()

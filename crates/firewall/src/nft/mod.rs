@@ -681,6 +681,10 @@ impl Nftables {
     }
 }
 
+/// Up to this many accounting chains (two per uplink) the counters are
+/// read one chain at a time.
+const PER_CHAIN_COUNTER_DUMPS: usize = 256;
+
 impl FirewallBackend for Nftables {
     fn setup(&mut self, layout: &Layout) -> Result<SetupReport, FirewallError> {
         layout.validate()?;
@@ -1058,10 +1062,29 @@ impl FirewallBackend for Nftables {
             .collect())
     }
 
+    /// The accounting chains' rules only: with few uplinks one dump per
+    /// chain (the kernel serializes only that chain's rules, not the
+    /// guests' per-interface chains of the same table, whose number grows
+    /// with the guests); with many, the whole table at once, which is then
+    /// mostly accounting anyway.
     fn read_counters(&mut self) -> Result<Vec<CounterSample>, FirewallError> {
         let mut samples = Vec::new();
         for family in Family::ALL {
-            let rules = self.rules(family, Table::Mangle, None)?;
+            let accounting: Vec<String> = self
+                .chains(family)?
+                .into_iter()
+                .filter(|c| c.table == Table::Mangle && is_accounting_chain(&c.name))
+                .map(|c| c.name)
+                .collect();
+            let rules = if accounting.len() <= PER_CHAIN_COUNTER_DUMPS {
+                let mut rules = Vec::new();
+                for chain in &accounting {
+                    rules.extend(self.rules(family, Table::Mangle, Some(chain))?);
+                }
+                rules
+            } else {
+                self.rules(family, Table::Mangle, None)?
+            };
             samples.extend(counters_of(family, &rules)?);
         }
         Ok(samples)

@@ -561,26 +561,29 @@ mod tests {
         assert!(refused(&i).contains("input_ifname"));
     }
 
+    /// A rule as `set` records it, without an owner.
+    fn redirection(id: u32, redirect: Redirect, proxy: &str) -> Redirection {
+        Redirection {
+            id,
+            rule: DnsRule {
+                redirect,
+                proxy: proxy.parse().unwrap(),
+            },
+            nameservers: vec![],
+            host_ifname: None,
+            client: ":1.1".into(),
+            owner: None,
+        }
+    }
+
     #[test]
     fn arc_proxies_are_the_latest_of_each_family() {
         let mut d = DnsRedirections::default();
         for (id, proxy) in [(0, "100.115.92.130"), (1, "fd64::3"), (2, "100.115.92.134")] {
-            d.rules.insert(
-                id,
-                Redirection {
-                    id,
-                    rule: DnsRule {
-                        redirect: Redirect::Arc {
-                            ifname: IfName::new("arc_eth0").unwrap(),
-                        },
-                        proxy: proxy.parse().unwrap(),
-                    },
-                    nameservers: vec![],
-                    host_ifname: None,
-                    client: ":1.1".into(),
-                    owner: None,
-                },
-            );
+            let arc = Redirect::Arc {
+                ifname: IfName::new("arc_eth0").unwrap(),
+            };
+            d.rules.insert(id, redirection(id, arc, proxy));
         }
         assert_eq!(
             d.arc_proxies("arc_eth0"),
@@ -627,20 +630,7 @@ mod tests {
             (4, Redirect::User, "100.115.92.142"),
         ];
         for (id, redirect, proxy) in rules {
-            d.rules.insert(
-                id,
-                Redirection {
-                    id,
-                    rule: DnsRule {
-                        redirect,
-                        proxy: proxy.parse().unwrap(),
-                    },
-                    nameservers: vec![],
-                    host_ifname: None,
-                    client: ":1.1".into(),
-                    owner: None,
-                },
-            );
+            d.rules.insert(id, redirection(id, redirect, proxy));
         }
         assert_eq!(
             d.guest_proxies(),

@@ -794,6 +794,32 @@ mod tests {
         }
     }
 
+    /// A fresh run (the previous run's addresses not allocated yet)
+    /// re-adopting a previous run that held `prev_vm`: what it re-adopted,
+    /// how many processes it watches, and whether every address went back.
+    fn readopt_one(prev_vm: &VmGuest, datapath: &mut FakeDatapath) -> (Vec<VmGuest>, usize, bool) {
+        let mut addrs = AddressManager::new();
+        let prev = State {
+            vms: vec![prev_vm.clone()],
+            ..State::default()
+        };
+        let uplinks = UplinkView::default();
+        let mut effects = Effects::default();
+        let (mut arc, mut vms) = (None, Vec::new());
+        let (_poll, mut lifelines) = watcher();
+        let mut env = Env::new(datapath, &mut addrs, &uplinks, &mut effects);
+        readopt(
+            &mut env,
+            Guests {
+                arc: &mut arc,
+                vms: &mut vms,
+            },
+            &mut lifelines,
+            &prev,
+        );
+        (vms, lifelines.watched(), addrs.allocations().is_empty())
+    }
+
     const CONCIERGE: VmCaller = VmCaller { uid: 0, user: None };
 
     /// A caller that is one of `vm_owners`, as this test process.
@@ -812,31 +838,12 @@ mod tests {
         let mut addrs = AddressManager::new();
         let prev_vm = guests::vm_allocate(VmKind::Termina, 7, None, &mut addrs, &BTreeSet::new())
             .expect("vm");
-        // A fresh run: the previous run's addresses are not allocated yet.
-        let mut addrs = AddressManager::new();
-        let prev = State {
-            vms: vec![prev_vm.clone()],
-            ..State::default()
-        };
         let mut datapath = FakeDatapath::default();
         // The re-adoption plan fails: the TAP is gone.
         datapath.fail_next(CallError::Failed("vmtap0: no such device".into()));
-        let uplinks = UplinkView::default();
-        let mut effects = Effects::default();
-        let (mut arc, mut vms) = (None, Vec::new());
-        let mut env = Env::new(&mut datapath, &mut addrs, &uplinks, &mut effects);
-        let (_poll, mut lifelines) = watcher();
-        readopt(
-            &mut env,
-            Guests {
-                arc: &mut arc,
-                vms: &mut vms,
-            },
-            &mut lifelines,
-            &prev,
-        );
+        let (vms, _, released) = readopt_one(&prev_vm, &mut datapath);
         assert!(vms.is_empty(), "not re-adopted");
-        assert!(addrs.allocations().is_empty(), "its subnet went back");
+        assert!(released, "its subnet went back");
         let labels = datapath.plan_labels();
         assert_eq!(
             labels,
@@ -1000,29 +1007,11 @@ mod tests {
         let mut process = alice().user.expect("user").process;
         process.start_time += 1; // not this process: it "exited"
         prev_vm.user = Some(VmUser { uid: 1000, process });
-        let mut addrs = AddressManager::new();
-        let prev = State {
-            vms: vec![prev_vm.clone()],
-            ..State::default()
-        };
         let mut datapath = FakeDatapath::default();
-        let uplinks = UplinkView::default();
-        let mut effects = Effects::default();
-        let (mut arc, mut vms) = (None, Vec::new());
-        let mut env = Env::new(&mut datapath, &mut addrs, &uplinks, &mut effects);
-        let (_poll, mut lifelines) = watcher();
-        readopt(
-            &mut env,
-            Guests {
-                arc: &mut arc,
-                vms: &mut vms,
-            },
-            &mut lifelines,
-            &prev,
-        );
+        let (vms, watched, released) = readopt_one(&prev_vm, &mut datapath);
         assert!(vms.is_empty());
-        assert_eq!(lifelines.watched(), 0);
-        assert!(addrs.allocations().is_empty());
+        assert_eq!(watched, 0);
+        assert!(released);
         assert_eq!(
             datapath.plan_labels(),
             [format!("remove the previous {}", prev_vm.label())]

@@ -191,13 +191,6 @@ impl Drop for FakeContainer {
     }
 }
 
-#[repr(C)]
-struct IfreqFlags {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _rest: [u8; 22],
-}
-
 /// A TAP `name` in `netns` (without packet information or headers), open:
 /// the guest's end of a VM that a stand-in relays to, passed to it as an
 /// inherited descriptor. The TAP goes when the last descriptor closes.
@@ -213,28 +206,10 @@ pub fn guest_tap(netns: &Netns, name: &str) -> Result<std::fs::File> {
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             bail!("setns: {}", std::io::Error::last_os_error());
         }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")
-            .context("open /dev/net/tun")?;
-        let mut req = IfreqFlags {
-            name: [0; libc::IFNAMSIZ],
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
-            _rest: [0; 22],
-        };
-        for (d, s) in req
-            .name
-            .iter_mut()
-            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-        {
-            *d = s as libc::c_char;
-        }
-        // SAFETY: TUNSETIFF reads one struct ifreq, which `req` is.
-        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
-            bail!("TUNSETIFF {name}: {}", std::io::Error::last_os_error());
-        }
-        Ok(file)
+        Ok(patchpanel_rtnl::tun::open_tap(
+            &name,
+            libc::IFF_TAP | libc::IFF_NO_PI,
+        )?)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the thread making the guest TAP panicked"))?

@@ -30,28 +30,53 @@ fn world() -> World {
     .expect("world")
 }
 
-#[test]
-fn udhcpc_in_a_vm_gets_its_address_router_and_dns_and_reaches_the_internet() {
-    let world = world();
-    let c = Client::connect_to(world.bus.address()).expect("client");
+/// A Termina VM (cid 7) behind the fake VM relay, whose `eth0` ran udhcpc
+/// once: the VM, its address and gateway as the daemon answered, and the
+/// udhcpc script's `lease bound` line.
+struct LeasedVm {
+    fake: FakeVm,
+    guest: std::net::Ipv4Addr,
+    gateway: std::net::Ipv4Addr,
+    line: String,
+}
+
+fn leased_vm(world: &World, c: &Client) -> LeasedVm {
     let vm = c.terminavm_startup(7).expect("TerminaVmStartup");
     let guest = ipv4_from_addr4(&vm.ipv4_address).expect("address");
     let gateway = ipv4_from_addr4(&vm.gateway_ipv4_address).expect("gateway");
     let fake = FakeVm::attach(&world.netns, &vm.tap_device_ifname, "eth0").expect("fake VM");
     fake.exec(&["ip", "link", "set", "eth0", "up"]).expect("up");
     let dir = tempfile::tempdir().expect("tempdir");
-    let script = udhcpc_script(dir.path());
-
-    let out = udhcpc(fake.netns().name(), "eth0", &script);
+    let out = udhcpc(fake.netns().name(), "eth0", &udhcpc_script(dir.path()));
     let line = out
         .lines()
         .find(|l| l.starts_with("lease bound"))
-        .unwrap_or_else(|| panic!("udhcpc got no lease:\n{out}\n{}", world.daemon.log()));
+        .unwrap_or_else(|| panic!("udhcpc got no lease:\n{out}\n{}", world.daemon.log()))
+        .to_string();
     assert_eq!(
-        field(line, "ip"),
+        field(&line, "ip"),
         Some(guest.to_string().as_str()),
         "{line}"
     );
+    LeasedVm {
+        fake,
+        guest,
+        gateway,
+        line,
+    }
+}
+
+#[test]
+fn udhcpc_in_a_vm_gets_its_address_router_and_dns_and_reaches_the_internet() {
+    let world = world();
+    let c = Client::connect_to(world.bus.address()).expect("client");
+    let LeasedVm {
+        fake,
+        guest,
+        gateway,
+        line,
+    } = leased_vm(&world, &c);
+    let line = line.as_str();
     assert_eq!(field(line, "mask"), Some("30"), "{line}");
     assert_eq!(
         field(line, "router"),
@@ -214,23 +239,7 @@ fn a_host_firewall_that_drops_input_still_lets_guest_dhcp_through() {
         .exec_ok(&["iptables", "-P", "INPUT", "DROP"])
         .expect("ufw-like INPUT policy");
     let c = Client::connect_to(world.daemon.bus_address()).expect("client");
-    let vm = c.terminavm_startup(7).expect("TerminaVmStartup");
-    let guest = ipv4_from_addr4(&vm.ipv4_address).expect("address");
-    let gateway = ipv4_from_addr4(&vm.gateway_ipv4_address).expect("gateway");
-    let fake = FakeVm::attach(&world.netns, &vm.tap_device_ifname, "eth0").expect("fake VM");
-    fake.exec(&["ip", "link", "set", "eth0", "up"]).expect("up");
-    let dir = tempfile::tempdir().expect("tempdir");
-
-    let out = udhcpc(fake.netns().name(), "eth0", &udhcpc_script(dir.path()));
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("lease bound"))
-        .unwrap_or_else(|| panic!("udhcpc got no lease:\n{out}\n{}", world.daemon.log()));
-    assert_eq!(
-        field(line, "ip"),
-        Some(guest.to_string().as_str()),
-        "{line}"
-    );
+    let LeasedVm { fake, gateway, .. } = leased_vm(&world, &c);
     assert!(pings(fake.netns().name(), REMOTE_HOST), "no route out");
     let to_host = fake
         .exec(&["ping", "-c", "1", "-W", "1", &gateway.to_string()])

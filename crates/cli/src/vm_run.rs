@@ -8,12 +8,12 @@
 //! user, and the daemon watches this process: if it is killed before it
 //! can stop the network, the daemon stops it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use patchpanel_client::Client;
 use signal_hook::consts::SIGCHLD;
 use signal_hook::iterator::Signals;
@@ -91,53 +91,20 @@ pub fn invocation(command: &[String], tap: &str, fd: i32) -> Invocation {
     }
 }
 
-#[repr(C)]
-struct IfreqFlags {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _rest: [u8; 22],
-}
-
 /// Opens the TAP `name` as qemu does (no packet information, virtio-net
 /// headers): allowed to its owner, or with CAP_NET_ADMIN.
 fn open_tap(name: &str) -> Result<File> {
-    let file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            bail!(
-                "cannot open /dev/net/tun: {e} (it is mode 0666 on most hosts; \
-                 `ls -l /dev/net/tun`)"
-            )
-        }
-        Err(e) => return Err(e).context("cannot open /dev/net/tun"),
-    };
-    let mut req = IfreqFlags {
-        name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
-        _rest: [0; 22],
-    };
-    if name.len() >= libc::IFNAMSIZ {
-        bail!("TAP name {name:?} is too long");
-    }
-    for (d, s) in req.name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: TUNSETIFF reads one struct ifreq, which `req` is.
-    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EPERM) {
-            bail!(
-                "cannot open TAP {name}: it is not yours (the daemon gives a user's own TAP only \
-                 to users in its vm_owners; others need CAP_NET_ADMIN)"
-            );
-        }
-        return Err(e).with_context(|| format!("cannot open TAP {name}"));
-    }
-    Ok(file)
+    let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    patchpanel_rtnl::tun::open_tap(name, flags).map_err(|e| match e.errno() {
+        Some(libc::EACCES) => anyhow::anyhow!(
+            "cannot open /dev/net/tun: {e} (it is mode 0666 on most hosts; `ls -l /dev/net/tun`)"
+        ),
+        Some(libc::EPERM) => anyhow::anyhow!(
+            "cannot open TAP {name}: it is not yours (the daemon gives a user's own TAP only \
+             to users in its vm_owners; others need CAP_NET_ADMIN)"
+        ),
+        _ => anyhow::anyhow!("cannot open TAP {name}: {e}"),
+    })
 }
 
 /// Clears close-on-exec, so that COMMAND inherits `fd`.

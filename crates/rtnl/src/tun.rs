@@ -11,7 +11,6 @@
 //! comment. The device is created with `IFF_TUN_EXCL`, so an existing
 //! device of the same name is never attached to (and so never taken over).
 
-use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -53,33 +52,8 @@ fn ioctl_value(file: &File, request: libc::c_ulong, value: libc::c_ulong) -> io:
 /// device was made persistent, persistence is cleared again so that closing
 /// the descriptor removes the device: nothing is left behind.
 pub fn create_persistent_tap(name: &str, owner_uid: Option<u32>) -> Result<()> {
-    validate_ifname(name)?;
     let op = format!("create persistent tap {name}");
-    let cname = CString::new(name)
-        .map_err(|_| RtnlError::invalid("interface name", name, "contains NUL"))?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(TUN_DEVICE)
-        .map_err(|e| RtnlError::sys(format!("{op}: open {TUN_DEVICE}"), e))?;
-    let mut req = IfreqFlags {
-        name: [0; libc::IFNAMSIZ],
-        flags: TAP_FLAGS as libc::c_short,
-        _union_rest: [0; 22],
-    };
-    // validate_ifname bounds the name to 15 bytes: it fits with its NUL.
-    for (dst, src) in req.name.iter_mut().zip(cname.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: TUNSETIFF reads (and may write back the name of) one `struct
-    // ifreq`; `req` has its layout and size and outlives the call.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-    if rc < 0 {
-        return Err(RtnlError::sys(
-            format!("{op}: TUNSETIFF"),
-            io::Error::last_os_error(),
-        ));
-    }
+    let file = attach(name, TAP_FLAGS, &op)?;
     ioctl_value(&file, libc::TUNSETPERSIST, 1)
         .map_err(|e| RtnlError::sys(format!("{op}: TUNSETPERSIST"), e))?;
     if let Some(uid) = owner_uid {
@@ -90,6 +64,65 @@ pub fn create_persistent_tap(name: &str, owner_uid: Option<u32>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Opens the TAP `name` (attaching to it if it exists: a persistent one,
+/// which only its owner, its group or CAP_NET_ADMIN may open; creating a
+/// non-persistent one if not) with `flags` (`IFF_TAP | IFF_NO_PI`, and
+/// `IFF_VNET_HDR` as qemu and crosvm ask), as a VM's process does. The
+/// device lives as long as the descriptor unless it is persistent.
+pub fn open_tap(name: &str, flags: libc::c_int) -> Result<File> {
+    attach(name, flags, &format!("open tap {name}"))
+}
+
+/// `/dev/net/tun` attached to the TAP `name` with `flags` (`TUNSETIFF`);
+/// errors name `op`.
+fn attach(name: &str, flags: libc::c_int, op: &str) -> Result<File> {
+    validate_ifname(name)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(TUN_DEVICE)
+        .map_err(|e| RtnlError::sys(format!("{op}: open {TUN_DEVICE}"), e))?;
+    let mut req = IfreqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: flags as libc::c_short,
+        _union_rest: [0; 22],
+    };
+    // validate_ifname bounds the name to 15 bytes: it fits with its NUL.
+    for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: TUNSETIFF reads (and may write back the name of) one `struct
+    // ifreq`; `req` has its layout and size and outlives the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    if rc < 0 {
+        return Err(RtnlError::sys(
+            format!("{op}: TUNSETIFF"),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(file)
+}
+
+/// The name and flags of the TAP a descriptor is attached to (`TUNGETIFF`).
+pub fn tap_of(file: &File) -> io::Result<(String, libc::c_int)> {
+    let mut req = IfreqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _union_rest: [0; 22],
+    };
+    // SAFETY: TUNGETIFF fills one `struct ifreq`, which `req` is.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNGETIFF, &mut req) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let name = req
+        .name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect();
+    Ok((name, libc::c_int::from(req.flags as u16)))
 }
 
 #[cfg(test)]

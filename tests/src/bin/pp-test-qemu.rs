@@ -11,17 +11,10 @@
 //! the VM would. It exits with CODE (default 0) when its stdin closes.
 //! Other arguments are ignored, as qemu's devices would be.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::process::ExitCode;
-
-#[repr(C)]
-struct IfreqFlags {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _rest: [u8; 22],
-}
 
 /// The value of `key=` in a comma-separated option string.
 fn option<'a>(opts: &'a str, key: &str) -> Option<&'a str> {
@@ -30,47 +23,14 @@ fn option<'a>(opts: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn open_by_name(name: &str) -> std::io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")?;
-    let mut req = IfreqFlags {
-        name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
-        _rest: [0; 22],
-    };
-    for (d, s) in req
-        .name
-        .iter_mut()
-        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: TUNSETIFF reads one struct ifreq, which `req` is.
-    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(file)
+    patchpanel_rtnl::tun::open_tap(name, libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR)
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// The TAP's name and whether frames carry a virtio-net header.
 fn describe(tap: &File) -> std::io::Result<(String, bool)> {
-    let mut req = IfreqFlags {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _rest: [0; 22],
-    };
-    // SAFETY: TUNGETIFF fills one struct ifreq, which `req` is.
-    if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNGETIFF, &mut req) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let name: String = req
-        .name
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8 as char)
-        .collect();
-    Ok((name, req.flags & libc::IFF_VNET_HDR as libc::c_short != 0))
+    let (name, flags) = patchpanel_rtnl::tun::tap_of(tap)?;
+    Ok((name, flags & libc::IFF_VNET_HDR != 0))
 }
 
 /// The size of a virtio-net header on this TAP.

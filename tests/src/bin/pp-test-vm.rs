@@ -8,17 +8,10 @@
 //! stack then answers on the guest side. Prints `ready` once both TAPs are
 //! open; exits when its parent dies (PDEATHSIG) or is killed.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
-
-#[repr(C)]
-struct IfreqFlags {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _rest: [u8; 22],
-}
 
 fn enter(netns: &str) -> std::io::Result<()> {
     let f = File::open(netns)?;
@@ -33,26 +26,8 @@ fn enter(netns: &str) -> std::io::Result<()> {
 /// Opens (or, if missing, creates) the TAP `name` in the current
 /// namespace, without packet info, as crosvm would (minus vnet headers).
 fn open_tap(name: &str) -> std::io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")?;
-    let mut req = IfreqFlags {
-        name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
-        _rest: [0; 22],
-    };
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(std::io::Error::other(format!("{name}: name too long")));
-    }
-    for (d, s) in req.name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: TUNSETIFF reads one struct ifreq, which `req` is.
-    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(file)
+    patchpanel_rtnl::tun::open_tap(name, libc::IFF_TAP | libc::IFF_NO_PI)
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 fn relay(a: &mut File, b: &mut File) -> std::io::Result<()> {

@@ -484,6 +484,14 @@ fn start_vm(
         client,
         op,
     } = start;
+    if let Some(user) = caller.user {
+        if !settings.vm_owners.contains(&user.uid) {
+            return Err(CallError::InvalidArgument(format!(
+                "uid {} may not own a VM's TAP (not in vm_owners)",
+                user.uid
+            )));
+        }
+    }
     if let Some(pos) = vm_position(guests.vms, kind, id) {
         if guests.vms[pos].user.is_some() || caller.user.is_some() {
             return Err(CallError::InvalidArgument(format!(
@@ -909,6 +917,22 @@ mod tests {
         .expect("alice's VM");
         assert_eq!(vms[0].user.map(|u| u.uid), Some(1000));
         assert_eq!(lifelines.watched(), 1, "watched through this process");
+
+        // A user not in vm_owners never gets a VM of their own.
+        let mut mallory = alice();
+        if let Some(u) = mallory.user.as_mut() {
+            u.uid = 4444;
+        }
+        let e = termina_startup(
+            &mut env,
+            guests(&mut arc, &mut vms),
+            &settings(),
+            call(mallory, &mut lifelines),
+            9,
+        )
+        .expect_err("not an owner");
+        assert!(e.to_string().contains("not in vm_owners"), "{e}");
+        assert_eq!((vms.len(), lifelines.watched()), (1, 1));
 
         // Nobody else takes the id over, not even concierge (root).
         let e = termina_startup(

@@ -302,6 +302,19 @@ impl Daemon {
             self.ndproxy.flush_routes(&self.uplinks, link);
             self.neighbors
                 .reconcile(&self.state.networks, link, Instant::now());
+            if !self.state.dns_redirections.is_empty() {
+                let guests = GuestView {
+                    namespaces: &self.state.namespaces,
+                    arc: self.state.arc.as_ref(),
+                    vms: &self.state.vms,
+                };
+                let mut env = Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
+                dns_service::forget_gone_guests(
+                    &mut env,
+                    &mut self.state.dns_redirections,
+                    &guests,
+                );
+            }
         }
         for (netns, sysctl, old) in self.effects.replaced_sysctls.drain(..) {
             self.state.record_sysctl_original(netns, sysctl, old);
@@ -1021,7 +1034,10 @@ mod tests {
         w.daemon.state.next_namespace_id += 1;
         let (starts, writes) = (w.mcast_starts(), w.daemon.state_writes());
         w.call("GetDevices", Ok(Call::GetDevices));
-        assert_eq!((w.mcast_starts(), w.daemon.state_writes()), (starts, writes));
+        assert_eq!(
+            (w.mcast_starts(), w.daemon.state_writes()),
+            (starts, writes)
+        );
     }
 
     #[test]

@@ -404,6 +404,27 @@ pub fn remove(env: &mut Env<'_>, redirections: &mut DnsRedirections, id: u32, wh
     }
 }
 
+/// Rules whose guest is gone (its VM stopped, its namespace released, its
+/// ARC device removed) go with it: dns-proxy drops them only when it sees
+/// the device go, and until then a rule naming `vmtap0` would apply to the
+/// next VM given that TAP. Their lifelines stay watched; when they close
+/// there is nothing left to remove.
+pub fn forget_gone_guests(
+    env: &mut Env<'_>,
+    redirections: &mut DnsRedirections,
+    guests: &GuestView<'_>,
+) {
+    let gone: Vec<u32> = redirections
+        .rules
+        .values()
+        .filter(|r| check_guest(&r.rule, guests).is_err())
+        .map(|r| r.id)
+        .collect();
+    for id in gone {
+        remove(env, redirections, id, "its guest is gone");
+    }
+}
+
 /// After a restart: the previous run's rules whose process still runs are
 /// applied again and watched through that process; the others are not
 /// (their lifelines died with the old manager, and the process that held

@@ -218,6 +218,50 @@ fn default_rules_send_a_vms_queries_to_the_proxy_until_the_lifeline_closes() {
     c.terminavm_shutdown(7).expect("shutdown");
 }
 
+/// A DEFAULT rule goes with its guest, though dns-proxy still holds the
+/// lifeline: the next VM on the same TAP name is not redirected by it.
+#[test]
+fn a_default_rule_goes_with_its_vm_and_does_not_apply_to_the_next_one() {
+    let world = World::start().expect("world");
+    let c = client(&world);
+    let _upstream = responder(world.internet.upstream.name(), REMOTE_HOST, "upstream");
+    let p = proxy(&c, "proxy");
+    let (tap, fake) = termina(&world, &c, 7);
+    let before = firewall(&world);
+    let lifeline = c
+        .set_dns_redirection_rule(&rule(RuleType::Default, &tap, &p.addr.to_string()))
+        .expect("SetDnsRedirectionRule DEFAULT");
+    assert_ne!(firewall(&world), before);
+
+    drop(fake);
+    c.terminavm_shutdown(7).expect("shutdown");
+    // The TAP is deleted after the answer: its name is free once it is gone.
+    let gone = poll_until(Duration::from_secs(5), || {
+        let out = world
+            .netns
+            .exec(&["ip", "link", "show", "dev", &tap])
+            .ok()?;
+        (!out.status.success()).then_some(())
+    });
+    assert!(gone.is_some(), "{tap} still there");
+    let (next_tap, next) = termina(&world, &c, 8);
+    assert_eq!(next_tap, tap, "the next VM gets the same TAP name");
+    assert!(
+        answered_by(next.netns().name(), 0, REMOTE_HOST, "upstream"),
+        "the next VM's queries are not redirected by the old VM's rule"
+    );
+    assert_eq!(
+        firewall(&world),
+        before,
+        "the rule went with the first VM:\n{}",
+        world.daemon.log()
+    );
+    assert!(world.daemon.log().contains("its guest is gone"));
+    lifeline.release();
+    drop(next);
+    c.terminavm_shutdown(8).expect("shutdown");
+}
+
 #[test]
 fn user_rules_redirect_the_users_queries_and_exclusion_leaves_other_destinations_alone() {
     let world = World::start_with(DaemonOptions {

@@ -27,6 +27,8 @@ const ND_NEIGHBOR_SOLICIT: u8 = 135;
 const ND_NEIGHBOR_ADVERT: u8 = 136;
 /// `ICMP6_FILTER` (linux/icmpv6.h).
 const ICMP6_FILTER: libc::c_int = 1;
+/// The only hop limit Neighbor Discovery accepts (RFC 4861 §7.1.2).
+pub const ND_HOP_LIMIT: u8 = 255;
 /// The Solicited flag of an NA.
 const NA_SOLICITED: u8 = 0x40;
 
@@ -38,6 +40,10 @@ pub struct Advert {
     pub source: Ipv6Addr,
     pub target: Ipv6Addr,
     pub solicited: bool,
+    /// The IPv6 hop limit it arrived with. Neighbor Discovery accepts only
+    /// 255 (RFC 4861 §7.1.2): anything less was forwarded by a router on
+    /// the way, and a real host's kernel discards it.
+    pub hop_limit: u8,
 }
 
 /// The probe socket.
@@ -46,6 +52,9 @@ pub struct NdProbe {
     socket: OwnedFd,
     ifindex: u32,
     mac: [u8; 6],
+    /// NAs for the awaited target that [`NdProbe::round_trip`] ignored
+    /// because their hop limit was not 255.
+    forwarded: std::cell::Cell<usize>,
 }
 
 impl NdProbe {
@@ -77,6 +86,7 @@ impl NdProbe {
             socket,
             ifindex,
             mac,
+            forwarded: std::cell::Cell::new(0),
         })
     }
 
@@ -136,8 +146,13 @@ impl NdProbe {
         }
     }
 
-    /// Sends an NS for `target` and waits for an NA for it: the round trip,
-    /// and the NA; `None` when none came within `timeout`.
+    /// Sends an NS for `target` and waits for an NA for it that a host's
+    /// Neighbor Discovery would accept (solicited, hop limit 255): the round
+    /// trip, and the NA; `None` when none came within `timeout`. NAs for
+    /// the target with a lower hop limit (forwarded by a router: the
+    /// guest's own answer routed by the middle host's kernel, which U's
+    /// kernel would discard) are ignored and counted
+    /// ([`NdProbe::forwarded`]).
     pub fn round_trip(
         &self,
         target: Ipv6Addr,
@@ -150,6 +165,10 @@ impl NdProbe {
             match self.recv(left)? {
                 None => return Ok(None),
                 Some(advert) if advert.target == target && advert.solicited => {
+                    if advert.hop_limit != ND_HOP_LIMIT {
+                        self.forwarded.set(self.forwarded.get() + 1);
+                        continue;
+                    }
                     return Ok(Some((started.elapsed(), advert)));
                 }
                 Some(_) => {}
@@ -157,29 +176,56 @@ impl NdProbe {
         }
     }
 
+    /// How many NAs [`NdProbe::round_trip`] ignored so far for a hop limit
+    /// below 255.
+    pub fn forwarded(&self) -> usize {
+        self.forwarded.get()
+    }
+
     /// One datagram; `Ok(None)` for one that is not a valid NA.
     fn read(&self, flags: libc::c_int) -> Result<Option<Advert>> {
         let mut buf = [0u8; 1500];
         // SAFETY: sockaddr_in6 is plain old data; all zeroes is valid.
         let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        let mut from_len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-        // SAFETY: recvfrom writes at most buf.len() bytes into buf and at
-        // most from_len bytes into `from`, both alive for the call.
-        let n = unsafe {
-            libc::recvfrom(
-                self.socket.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                flags,
-                (&mut from as *mut libc::sockaddr_in6).cast(),
-                &mut from_len,
-            )
+        // Room for one IPV6_HOPLIMIT control message (an int), u64-aligned.
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
         };
+        // SAFETY: msghdr is plain old data; all zeroes is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut from as *mut libc::sockaddr_in6).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: recvmsg writes at most iov_len bytes into buf, at most
+        // msg_namelen bytes into `from` and at most msg_controllen bytes
+        // into `control`, all alive for the call.
+        let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut msg, flags) };
         if n < 0 {
             return Err(io::Error::last_os_error().into());
         }
+        let mut hop_limit = 0u8;
+        // SAFETY: the CMSG_* macros walk the control buffer the kernel
+        // filled in, within msg_controllen.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::IPPROTO_IPV6
+                    && (*cmsg).cmsg_type == libc::IPV6_HOPLIMIT
+                {
+                    let value =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                    hop_limit = u8::try_from(value).unwrap_or(0);
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
         let source = Ipv6Addr::from(from.sin6_addr.s6_addr);
-        Ok(parse_advert(&buf[..n as usize], source))
+        Ok(parse_advert(&buf[..n as usize], source, hop_limit))
     }
 }
 
@@ -208,7 +254,7 @@ pub fn solicited_node(target: Ipv6Addr) -> Ipv6Addr {
 }
 
 /// An ICMPv6 message as an NA, if it is one.
-pub fn parse_advert(icmp: &[u8], source: Ipv6Addr) -> Option<Advert> {
+pub fn parse_advert(icmp: &[u8], source: Ipv6Addr, hop_limit: u8) -> Option<Advert> {
     if icmp.len() < 24 || icmp[0] != ND_NEIGHBOR_ADVERT || icmp[1] != 0 {
         return None;
     }
@@ -217,6 +263,7 @@ pub fn parse_advert(icmp: &[u8], source: Ipv6Addr) -> Option<Advert> {
         source,
         target: Ipv6Addr::from(target),
         solicited: icmp[4] & NA_SOLICITED != 0,
+        hop_limit,
     })
 }
 
@@ -264,6 +311,9 @@ fn open_socket(ifname: &str, ifindex: u32, source: Ipv6Addr) -> io::Result<Owned
     let mut filter = [u32::MAX; 8];
     filter[usize::from(ND_NEIGHBOR_ADVERT >> 5)] &= !(1u32 << (ND_NEIGHBOR_ADVERT & 31));
     set_option(&socket, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &filter)?;
+    // Each datagram's hop limit as ancillary data.
+    let on: libc::c_int = 1;
+    set_option(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, &on)?;
     let mut name = ifname.as_bytes().to_vec();
     name.push(0);
     // SAFETY: SO_BINDTODEVICE reads the NUL-terminated name of the given
@@ -374,13 +424,13 @@ mod tests {
         na[4] = 0x60; // solicited, override
         na[8..24].copy_from_slice(&target.octets());
 
-        let advert = parse_advert(&na, Ipv6Addr::LOCALHOST).expect("an NA");
+        let advert = parse_advert(&na, Ipv6Addr::LOCALHOST, 255).expect("an NA");
 
         assert_eq!(advert.target, target);
         assert!(advert.solicited);
         let mut ns = na;
         ns[0] = 135;
-        assert_eq!(parse_advert(&ns, Ipv6Addr::LOCALHOST), None);
-        assert_eq!(parse_advert(&na[..20], Ipv6Addr::LOCALHOST), None);
+        assert_eq!(parse_advert(&ns, Ipv6Addr::LOCALHOST, 255), None);
+        assert_eq!(parse_advert(&na[..20], Ipv6Addr::LOCALHOST, 255), None);
     }
 }

@@ -38,7 +38,15 @@
 //!   after each transfer; the direct path has no relay process.
 //! * *connect*: connect, one 32-byte request, its 32-byte answer;
 //!   [`Params::connections`] per path, interleaved connection by
-//!   connection after [`Params::warmup`] unmeasured ones each.
+//!   connection after [`Params::warmup`] unmeasured ones each; after each,
+//!   untimed, until the server has finished the connection (and socat has
+//!   reaped its fork), so that no connection's teardown overlaps the next.
+//! * *whole path CPU* ([`Bulk::path_cpu`], on stderr): the relay's CPU plus
+//!   this process's (the client and server threads, with the softirq work
+//!   their system calls run inline) plus the `ksoftirqd` threads', per
+//!   transfer: what the path costs the machine, whoever runs it, without
+//!   other processes' load. When the two CPUs are the limit, the ratio of
+//!   two paths' throughputs is at most the inverse ratio of these.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -46,6 +54,7 @@ use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -86,6 +95,9 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long socat may take to reap its forks after a transfer.
 pub const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the ARC server may take to finish a connection after its
+/// client has its answer.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const UPLOAD: u8 = b'U';
 const DOWNLOAD: u8 = b'D';
@@ -162,6 +174,9 @@ pub struct Bulk {
     pub times: Vec<Duration>,
     /// The relay's CPU time over all of them; `None` for the direct path.
     pub cpu: Option<Duration>,
+    /// The whole path's CPU time over all of them: the relay's, this
+    /// process's (client and server threads) and the `ksoftirqd` threads'.
+    pub path_cpu: Duration,
 }
 
 /// One path's numbers.
@@ -224,6 +239,7 @@ pub fn measure(params: Params) -> Result<AdbSamples> {
     };
     let (mut samples, problem) = in_world(options, |world| measure_in(world, params))?;
     samples.cleanup_problems.extend(problem);
+    eprint!("{}", render_path_cpu(&samples));
     Ok(samples)
 }
 
@@ -286,6 +302,7 @@ fn measure_in(world: &World, params: Params) -> Result<AdbSamples> {
                     socat.wait_reaped()?;
                 }
                 let before = relay_cpu(*path)?;
+                let shared_before = shared_cpu()?;
                 let bytes = params.bytes;
                 let port = path.port();
                 let elapsed = client
@@ -297,11 +314,14 @@ fn measure_in(world: &World, params: Params) -> Result<AdbSamples> {
                     }
                 }
                 let after = relay_cpu(*path)?;
+                let shared_after = shared_cpu()?;
                 let bulk = path_samples.bulk_mut(direction);
                 bulk.times.push(elapsed);
+                bulk.path_cpu += shared_after.saturating_sub(shared_before);
                 if let (Some(before), Some(after)) = (before, after) {
                     let spent = after.saturating_sub(before);
                     bulk.cpu = Some(bulk.cpu.unwrap_or_default() + spent);
+                    bulk.path_cpu += spent;
                 }
             }
         }
@@ -317,6 +337,15 @@ fn measure_in(world: &World, params: Params) -> Result<AdbSamples> {
             if i >= params.warmup {
                 path_samples.connect.push(elapsed);
             }
+            // Each connection starts on a quiet machine: the last one's
+            // teardown (the server's thread, socat's fork, the relay's
+            // close) is over, whichever path it took.
+            server.wait_idle()?;
+            if *path == Path::Socat {
+                if let Some(socat) = &socat {
+                    socat.wait_reaped()?;
+                }
+            }
         }
     }
     drop(client);
@@ -324,6 +353,57 @@ fn measure_in(world: &World, params: Params) -> Result<AdbSamples> {
     server.stop();
     drop(arc);
     Ok(samples)
+}
+
+/// The CPU time of this process (every thread: the client's and the
+/// server's) and of the `ksoftirqd` threads (network work the kernel
+/// deferred to them): the part of a path's cost outside its relay.
+fn shared_cpu() -> Result<Duration> {
+    let mut total = process_cpu(std::process::id(), false)?;
+    for stat in all_stats()? {
+        if stat.comm.starts_with("ksoftirqd/") {
+            // A thread that cannot be read counts nothing.
+            total += process_cpu(stat.pid, false).unwrap_or_default();
+        }
+    }
+    Ok(total)
+}
+
+/// The whole-path CPU block printed on stderr after the run: s/GB per path
+/// and direction, and what the CPUs allow relative to the direct path.
+pub fn render_path_cpu(samples: &AdbSamples) -> String {
+    let per_gb = |bulk: &Bulk| {
+        (!bulk.times.is_empty())
+            .then(|| cpu_per_gb(bulk.path_cpu, samples.bytes * bulk.times.len() as u64))
+            .flatten()
+    };
+    let mut out = String::from(
+        "whole path CPU s/GB (relay + this benchmark's client and server threads + ksoftirqd)\n",
+    );
+    for (path, s) in &samples.paths {
+        let cell = |d: Direction| match per_gb(s.bulk(d)) {
+            Some(v) => format!("{v:8.3}"),
+            None => format!("{:>8}", "n/a"),
+        };
+        out += &format!(
+            "  {:<12} upload {}  download {}\n",
+            path.name(),
+            cell(Direction::Upload),
+            cell(Direction::Download)
+        );
+    }
+    if let (Some(pp), Some(direct)) = (samples.get(Path::Patchpanel), samples.get(Path::Direct)) {
+        let bound = |d: Direction| match (per_gb(direct.bulk(d)), per_gb(pp.bulk(d))) {
+            (Some(direct), Some(pp)) if pp > 0.0 => format!("{:.2}", direct / pp),
+            _ => "n/a".into(),
+        };
+        out += &format!(
+            "  CPU-bound ceiling of patchpanel/direct (direct's s/GB / patchpanel's): upload {} ; download {}\n",
+            bound(Direction::Upload),
+            bound(Direction::Download)
+        );
+    }
+    out
 }
 
 /// Polls `path` with pings until one is answered.
@@ -438,6 +518,8 @@ fn read_to_eof(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<u64> {
 pub struct Server {
     listeners: Vec<Arc<TcpListener>>,
     threads: Vec<JoinHandle<()>>,
+    /// Connections accepted and not yet finished.
+    open: Arc<AtomicUsize>,
 }
 
 impl Server {
@@ -453,16 +535,36 @@ impl Server {
         }
         drop(inside);
         let mut threads = Vec::new();
+        let open = Arc::new(AtomicUsize::new(0));
         for listener in &listeners {
             let listener = Arc::clone(listener);
+            let open = Arc::clone(&open);
             threads.push(
                 std::thread::Builder::new()
                     .name("bench-arc-accept".into())
-                    .spawn(move || accept_loop(&listener))
+                    .spawn(move || accept_loop(&listener, &open))
                     .context("cannot start a thread")?,
             );
         }
-        Ok(Server { listeners, threads })
+        Ok(Server {
+            listeners,
+            threads,
+            open,
+        })
+    }
+
+    /// Waits until every connection the server accepted has finished (its
+    /// thread saw EOF and closed), so that the next measurement does not
+    /// share the CPUs with the last one's teardown.
+    pub fn wait_idle(&self) -> Result<()> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        while self.open.load(Ordering::SeqCst) > 0 {
+            if Instant::now() > deadline {
+                bail!("the ARC server still has connections open after {SETTLE_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
     }
 
     /// Closes the listeners and joins their threads (connections still
@@ -489,18 +591,22 @@ impl Drop for Server {
     }
 }
 
-fn accept_loop(listener: &TcpListener) {
+fn accept_loop(listener: &TcpListener, open: &Arc<AtomicUsize>) {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
+                open.fetch_add(1, Ordering::SeqCst);
+                let finished = Arc::clone(open);
                 let spawned = std::thread::Builder::new()
                     .name("bench-arc-conn".into())
                     .spawn(move || {
                         if let Err(err) = serve(stream) {
                             eprintln!("bench-adb: ARC server: {err:#}");
                         }
+                        finished.fetch_sub(1, Ordering::SeqCst);
                     });
                 if spawned.is_err() {
+                    open.fetch_sub(1, Ordering::SeqCst);
                     eprintln!("bench-adb: ARC server: cannot start a thread");
                 }
             }

@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     warmup: u32,
     /// Offered rates of the rate series: responses per second, or `max`.
-    #[arg(long, default_value = "2000,20000,max")]
+    #[arg(long, default_value = "2000,20000,50000,max")]
     offered: String,
     /// Seconds each rate series sends.
     #[arg(long, default_value_t = 2.0)]

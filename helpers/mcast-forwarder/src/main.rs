@@ -6,8 +6,8 @@
 //! ([`Request::McastStart`], [`Request::McastStop`], both idempotent so they
 //! are replayed to a respawned helper); [`patchpanel_mcast::Forwarder`]
 //! does the rest in the runtime's one event loop. Sockets are opened as
-//! pairs arrive, under the seccomp filter (its socket rule admits AF_INET
-//! and AF_INET6 only).
+//! pairs arrive, under the seccomp filter (its socket rule admits AF_INET,
+//! AF_INET6 and, for broadcast, AF_PACKET).
 
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;

@@ -31,9 +31,11 @@ use crate::error::CallError;
 use crate::spawner::{self, SpawnerEvent, SpawnerRequest};
 use crate::supervisor::{Liveness, ReplayLog, RespawnPolicy, Stage, Verdict};
 
-/// How long a call waits for its answer: the deadline after which the
-/// helper counts as hung.
-const CALL_TIMEOUT: Duration = crate::supervisor::REQUEST_DEADLINE;
+/// How long a call waits for its answer, after which the helper counts as
+/// hung. Longer than [`crate::supervisor::REQUEST_DEADLINE`] for the
+/// requests answered later: a call may be one big plan (a stop or the
+/// release of a thousand namespaces at once takes seconds).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn pid_text(pid: Option<i32>) -> String {
     pid.map(|p| p.to_string())
@@ -253,7 +255,7 @@ impl Helpers {
                 Phase::Down { respawn_at } if now >= respawn_at => self.start(i)?,
                 Phase::Up { .. } => {
                     if let Some(id) = self.slots[i].liveness.overdue(now) {
-                        self.kill_hung(i, id)?;
+                        self.kill_hung(i, id, crate::supervisor::REQUEST_DEADLINE)?;
                     }
                 }
                 _ => {}
@@ -264,7 +266,7 @@ impl Helpers {
 
     /// Helper `i` left request `id` unanswered past its deadline: the
     /// spawner kills it; its exit then respawns it with its replay log.
-    fn kill_hung(&mut self, i: usize, id: u64) -> anyhow::Result<()> {
+    fn kill_hung(&mut self, i: usize, id: u64, waited: Duration) -> anyhow::Result<()> {
         let slot = &mut self.slots[i];
         error!(
             "{} (pid {}) has not answered {} for {:?}; killing it",
@@ -274,7 +276,7 @@ impl Helpers {
                 || format!("request {id}"),
                 |w| format!("request {id} ({w})")
             ),
-            crate::supervisor::REQUEST_DEADLINE
+            waited
         );
         slot.liveness.stopped();
         if let Some(pid) = slot.pid {
@@ -657,7 +659,7 @@ impl Helpers {
                 Err(ChannelError::WouldBlock) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        if let Err(e) = self.kill_hung(i, id) {
+                        if let Err(e) = self.kill_hung(i, id, CALL_TIMEOUT) {
                             self.fatal.get_or_insert(e);
                         }
                         self.slots[i].pending.remove(&id);

@@ -154,11 +154,13 @@ impl ReplayLog {
     }
 }
 
-/// How long a request may go unanswered before its helper counts as hung
-/// (and is killed, then respawned with its replay log). There is no
-/// periodic ping: an idle tree never wakes up, and a helper is only asked
-/// to prove it lives when it has work to do.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a request sent without waiting (its answer goes back to the
+/// loop) may go unanswered before its helper counts as hung (and is killed,
+/// then respawned with its replay log); a call the manager waits on has
+/// its own, longer deadline (`helpers::CALL_TIMEOUT`). There is no periodic
+/// ping: an idle tree never wakes up, and a helper is only asked to prove
+/// it lives when it has work to do.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The requests of one helper instance still in flight, by id (ids grow
 /// with time: the first is the oldest).

@@ -121,8 +121,8 @@ fn helper_that_keeps_failing_makes_the_manager_give_up() {
 #[test]
 fn hung_helper_is_killed_and_respawned() {
     // A stopped helper is not pinged while idle (nothing wakes up then);
-    // the first request it gets goes unanswered, and at its deadline (10 s)
-    // the manager has the spawner kill it, then respawns it.
+    // the first request it gets goes unanswered, and at its deadline (30 s
+    // for a call) the manager has the spawner kill it, then respawns it.
     let bed = TestBed::start().expect("start patchpaneld");
     let old = bed
         .daemon
@@ -135,7 +135,7 @@ fn hung_helper_is_killed_and_respawned() {
     // Work for it: a VM's TAP. The call fails at the deadline, clearly.
     let client = Client::connect_to(bed.bus.address())
         .expect("client")
-        .with_timeout(Duration::from_secs(30));
+        .with_timeout(Duration::from_secs(60));
     let e = client
         .terminavm_startup(7)
         .expect_err("the writer is stopped");

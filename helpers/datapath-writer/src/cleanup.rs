@@ -18,8 +18,8 @@ use crate::apply::Writer;
 use crate::error::{io_error, os_error};
 
 /// How long a stop's or a cleanup's removal waits for the links it
-/// deleted to be gone (below the manager's 10 s deadline for a request).
-const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+/// deleted to be gone (below the manager's 30 s deadline for a call).
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Writer {
     /// Removes everything patchpanel owns but what the caller keeps.

@@ -74,6 +74,12 @@ use crate::packet::{
 };
 use crate::socket::{self, Family, RecvBatch, V4Config, BATCH};
 
+mod send;
+mod types;
+
+use send::SendQueue;
+pub use types::*;
+
 /// How long a session socket waits for unicast answers (SSDP's MX is at
 /// most 5 s, UDA 1.1 §1.3.2; legacy mDNS resolvers wait less).
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(6);
@@ -101,169 +107,6 @@ const QUEUE_LEN: usize = 2 * BATCH;
 /// Bytes queued at most before the queue is sent: more than the longest
 /// datagram (an IPv4 packet for the raw socket, 65,535 bytes).
 const QUEUE_BYTES: usize = 256 * 1024;
-
-/// mDNS or SSDP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Mdns,
-    Ssdp,
-}
-
-impl Protocol {
-    pub fn port(self) -> u16 {
-        match self {
-            Protocol::Mdns => MDNS_PORT,
-            Protocol::Ssdp => SSDP_PORT,
-        }
-    }
-
-    pub fn group(self, family: Family) -> IpAddr {
-        match (self, family) {
-            (Protocol::Mdns, Family::V4) => MDNS_V4.into(),
-            (Protocol::Mdns, Family::V6) => MDNS_V6.into(),
-            (Protocol::Ssdp, Family::V4) => SSDP_V4.into(),
-            (Protocol::Ssdp, Family::V6) => SSDP_V6.into(),
-        }
-    }
-
-    /// 255 for mDNS (RFC 6762 §11), 2 for SSDP (UDA 1.1 §1.1.2).
-    fn ttl(self) -> u8 {
-        match self {
-            Protocol::Mdns => 255,
-            Protocol::Ssdp => 2,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Protocol::Mdns => "mDNS",
-            Protocol::Ssdp => "SSDP",
-        }
-    }
-}
-
-/// What a forwarder relays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Protocols {
-    pub mdns: bool,
-    pub ssdp: bool,
-    pub broadcast: bool,
-}
-
-impl Protocols {
-    pub const ALL: Protocols = Protocols {
-        mdns: true,
-        ssdp: true,
-        broadcast: true,
-    };
-
-    fn multicast(self) -> impl Iterator<Item = Protocol> {
-        [(self.mdns, Protocol::Mdns), (self.ssdp, Protocol::Ssdp)]
-            .into_iter()
-            .filter_map(|(on, p)| on.then_some(p))
-    }
-}
-
-/// One uplink-downlink pair and its directions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pair {
-    pub uplink: String,
-    pub downlink: String,
-    /// The uplink's IPv4 address for the A-record rewrite; None: read it
-    /// from the link for every rewrite.
-    pub uplink_ipv4: Option<Ipv4Addr>,
-    /// Uplink -> downlink.
-    pub inbound: bool,
-    /// Downlink -> uplink (and to the other guests).
-    pub outbound: bool,
-}
-
-/// What went wrong starting a pair.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwarderError {
-    #[error("no link named {0:?}")]
-    NoSuchLink(String),
-    #[error("{0}")]
-    Pair(String),
-    #[error("{what}: {source}")]
-    Os {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl ForwarderError {
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            ForwarderError::Os { source, .. } => source.raw_os_error(),
-            _ => None,
-        }
-    }
-}
-
-/// Counters since start; [`Forwarder::stats`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    /// Datagrams received on any socket.
-    pub received: u64,
-    /// Copies sent.
-    pub sent: u64,
-    /// mDNS responses whose A records were rewritten.
-    pub rewritten: u64,
-    /// mDNS messages from guests that did not parse (forwarded unchanged).
-    pub unparsable: u64,
-    /// IPv4 mDNS messages from guests longer than RFC 6762 allows (not
-    /// forwarded to the LAN).
-    pub mdns_too_long: u64,
-    /// IPv4 mDNS messages from guests over their downlink's budget (not
-    /// forwarded to the LAN).
-    pub mdns_over_budget: u64,
-    /// Datagrams longer than the buffer (dropped, not forwarded cut).
-    pub truncated: u64,
-    /// Copies of our own sends that came back (dropped).
-    pub echoes: u64,
-    /// Broadcasts not relayed: invalid, fragments, system ports, not ours.
-    pub broadcast_ignored: u64,
-    /// Session sockets opened for queries that expect a unicast answer.
-    pub sessions: u64,
-    /// Unicast answers relayed back to the querier.
-    pub unicast_replies: u64,
-    /// Sends that failed.
-    pub send_errors: u64,
-    /// Datagrams the kernel dropped before the forwarder could read them:
-    /// a socket's receive buffer was full (the forwarder fell behind).
-    pub receive_overflows: u64,
-    /// Datagrams received with nowhere to go: from a downlink whose pair
-    /// is not outbound, or an uplink none of whose pairs is inbound.
-    pub unrouted: u64,
-}
-
-impl std::fmt::Display for Stats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "received {}, sent {}, rewritten {}, unparsable {}, mDNS too long {}, \
-             mDNS over budget {}, truncated {}, echoes {}, broadcasts ignored {}, sessions {}, \
-             unicast replies {}, send errors {}, receive buffer overflows {}, \
-             nowhere to go {}",
-            self.received,
-            self.sent,
-            self.rewritten,
-            self.unparsable,
-            self.mdns_too_long,
-            self.mdns_over_budget,
-            self.truncated,
-            self.echoes,
-            self.broadcast_ignored,
-            self.sessions,
-            self.unicast_replies,
-            self.send_errors,
-            self.receive_overflows,
-            self.unrouted
-        )
-    }
-}
 
 /// Where a link's datagrams go, worked out when pairs or links change
 /// ([`Forwarder::rebuild_routes`]).
@@ -366,56 +209,6 @@ enum Kind {
     Relayed { digest: u64 },
     /// A unicast answer back to a querier.
     Reply,
-}
-
-/// A copy waiting in the [`SendQueue`].
-#[derive(Debug)]
-struct Queued {
-    fd: RawFd,
-    /// Its place in the queue: copies on one socket leave in this order.
-    seq: usize,
-    to: SocketAddr,
-    /// Its bytes in [`SendQueue::bytes`].
-    start: usize,
-    len: usize,
-    link: Arc<str>,
-    ifindex: u32,
-    kind: Kind,
-}
-
-/// The copies a batch makes, sent per socket with `sendmmsg` when the
-/// batch is handled (or when the queue is full). Their bytes are copied
-/// into one buffer allocated once. Only group and raw sockets are queued,
-/// never a session socket, and the queue is empty whenever
-/// [`Forwarder::ready`] returns, so no socket it names is closed while a
-/// copy waits for it.
-#[derive(Default)]
-struct SendQueue {
-    bytes: Vec<u8>,
-    entries: Vec<Queued>,
-}
-
-impl std::fmt::Debug for SendQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendQueue")
-            .field("bytes", &self.bytes.len())
-            .field("entries", &self.entries.len())
-            .finish()
-    }
-}
-
-impl SendQueue {
-    fn with_capacity() -> SendQueue {
-        SendQueue {
-            bytes: Vec::with_capacity(QUEUE_BYTES),
-            entries: Vec::with_capacity(QUEUE_LEN),
-        }
-    }
-
-    fn has_room(&self, len: usize) -> bool {
-        self.entries.is_empty()
-            || (self.entries.len() < QUEUE_LEN && self.bytes.len() + len <= QUEUE_BYTES)
-    }
 }
 
 /// The forwarder; see the module comment.
@@ -991,99 +784,6 @@ impl Forwarder {
         }
     }
 
-    /// Queues a copy; sends the queue first if it is full.
-    fn enqueue(
-        &mut self,
-        fd: RawFd,
-        to: SocketAddr,
-        payload: &[u8],
-        link: Arc<str>,
-        ifindex: u32,
-        kind: Kind,
-    ) {
-        if !self.queue.has_room(payload.len()) {
-            self.flush();
-        }
-        let q = &mut self.queue;
-        let start = q.bytes.len();
-        q.bytes.extend_from_slice(payload);
-        q.entries.push(Queued {
-            fd,
-            seq: q.entries.len(),
-            to,
-            start,
-            len: payload.len(),
-            link,
-            ifindex,
-            kind,
-        });
-    }
-
-    /// Sends what is queued: per socket, in the order queued,
-    /// [`socket::BATCH`] copies per `sendmmsg`.
-    fn flush(&mut self) {
-        if self.queue.entries.is_empty() {
-            return;
-        }
-        let mut queue = std::mem::take(&mut self.queue);
-        queue.entries.sort_unstable_by_key(|e| (e.fd, e.seq));
-        let n = queue.entries.len();
-        let mut i = 0;
-        while i < n {
-            let fd = queue.entries[i].fd;
-            let mut end = i + 1;
-            while end < n && end - i < BATCH && queue.entries[end].fd == fd {
-                end += 1;
-            }
-            let bytes = &queue.bytes;
-            let run = queue.entries[i..end]
-                .iter()
-                .map(|e| (&e.to, &bytes[e.start..e.start + e.len]));
-            match socket::send_many(fd, run) {
-                Ok(k) => {
-                    let k = k.clamp(1, end - i);
-                    for e in &queue.entries[i..i + k] {
-                        self.sent(e);
-                    }
-                    i += k;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.send_failed(&queue.entries[i].link, &e);
-                    i += 1;
-                }
-            }
-        }
-        queue.entries.clear();
-        queue.bytes.clear();
-        self.queue = queue;
-    }
-
-    fn sent(&mut self, e: &Queued) {
-        match e.kind {
-            Kind::Relayed { digest } => self.echo.remember(e.ifindex, digest, self.now),
-            Kind::Reply => self.stats.unicast_replies += 1,
-        }
-        self.send_worked(&e.link);
-    }
-
-    fn send_worked(&mut self, link: &str) {
-        self.stats.sent += 1;
-        if !self.last_error.is_empty() && self.last_error.remove(link).is_some() {
-            info!("{link}: sending works again");
-        }
-    }
-
-    fn send_failed(&mut self, link: &str, e: &io::Error) {
-        self.stats.send_errors += 1;
-        let errno = e.raw_os_error().unwrap_or(0);
-        // One line per new error on a link, not one per packet.
-        if self.last_error.get(link) != Some(&errno) {
-            self.last_error.insert(link.to_string(), errno);
-            warn!("{link}: send failed: {e}");
-        }
-    }
-
     /// The link's IPv4 configuration, read from the link once per batch.
     fn v4(&self, link: &str) -> Option<V4Config> {
         let Some(l) = self.links.get(link) else {
@@ -1250,72 +950,6 @@ impl Forwarder {
         }
     }
 
-    /// Sends one copy to `egress`'s group: queued for its group socket,
-    /// or, for a query expecting a unicast answer, at once from a new
-    /// session socket whose answers go back through `ingress` to
-    /// `querier`.
-    fn send_copy(
-        &mut self,
-        egress: &Arc<str>,
-        protocol: Protocol,
-        family: Family,
-        payload: &[u8],
-        digest: u64,
-        session: Option<(&Arc<str>, SocketAddr, Option<ToLan>)>,
-    ) {
-        let Some(link) = self.links.get(&**egress) else {
-            return;
-        };
-        let ifindex = link.ifindex;
-        let to = group_addr(protocol, family, ifindex);
-        let Some((ingress, querier, rewrite)) = session else {
-            let Some(fd) = link
-                .group
-                .get(&(protocol, family))
-                .map(|(_, fd)| fd.as_raw_fd())
-            else {
-                return;
-            };
-            let name = link.name.clone();
-            self.enqueue(fd, to, payload, name, ifindex, Kind::Relayed { digest });
-            return;
-        };
-        let result = match socket::udp(family, egress, ifindex, 0, None, protocol.ttl()) {
-            Ok(fd) => {
-                let sent = socket::send_to(fd.as_raw_fd(), payload, &to);
-                match self.register(&fd, Some(Source::Session)) {
-                    Ok(token) => {
-                        self.stats.sessions += 1;
-                        self.sessions.insert(
-                            token,
-                            Session {
-                                fd,
-                                protocol,
-                                family,
-                                ingress: ingress.clone(),
-                                querier,
-                                rewrite,
-                                expires: self.now + SESSION_LIFETIME,
-                            },
-                        );
-                        self.session_order.push_back(token);
-                        self.expire(self.now);
-                    }
-                    Err(e) => warn!("{egress}: session socket: {e}"),
-                }
-                sent
-            }
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => {
-                self.echo.remember(ifindex, digest, self.now);
-                self.send_worked(egress);
-            }
-            Err(e) => self.send_failed(egress, &e),
-        }
-    }
-
     fn on_session(&mut self, token: Token, payload: &[u8], from: SocketAddr) {
         let Some(s) = self.sessions.get(&token) else {
             return;
@@ -1409,20 +1043,6 @@ impl Forwarder {
         );
         self.send_raw(&to_lan.uplink, &copy, to, digest);
         self.scratch = copy;
-    }
-
-    /// Queues a built broadcast packet for `link`'s raw socket; `digest`
-    /// is its payload's, remembered once sent.
-    fn send_raw(&mut self, link: &str, packet: &[u8], to: Ipv4Addr, digest: u64) {
-        let Some((ifindex, fd, name)) = self.links.get(link).and_then(|l| {
-            l.raw
-                .as_ref()
-                .map(|(_, _, tx)| (l.ifindex, tx.as_raw_fd(), l.name.clone()))
-        }) else {
-            return;
-        };
-        let to = SocketAddr::new(to.into(), 0);
-        self.enqueue(fd, to, packet, name, ifindex, Kind::Relayed { digest });
     }
 }
 

@@ -185,6 +185,48 @@ impl Tx {
         self.what.push((seq, what.into()));
     }
 
+    /// Queues the creation of patchpanel's base chain for `builtin` in
+    /// `table` (policy accept, its hook and priority).
+    fn push_base_chain(
+        &mut self,
+        sock: &mut NfSocket,
+        family: Family,
+        table: Table,
+        builtin: BuiltinChain,
+    ) {
+        let (proto, tname, name) = (nfproto(family), table_name(table), builtin.name());
+        let (hooknum, priority, kind) = base_chain(table, builtin);
+        self.push(
+            sock,
+            format!("{family} {table}: base chain {name}"),
+            |seq| {
+                let mut m = MsgBuilder::nft(msg::NEWCHAIN, wire::NLM_F_CREATE, seq, proto);
+                m.str(chain_attr::TABLE, tname);
+                m.str(chain_attr::NAME, name);
+                let h = m.nest(chain_attr::HOOK);
+                m.be32(chain_attr::HOOK_NUM, hooknum);
+                m.be32(chain_attr::HOOK_PRIORITY, priority as u32);
+                m.end(h);
+                m.be32(chain_attr::POLICY, 1); // NF_ACCEPT
+                m.str(chain_attr::TYPE, kind);
+                m
+            },
+        );
+    }
+
+    /// Queues the creation of port set `set`; returns its id in this
+    /// transaction.
+    fn push_port_set(&mut self, sock: &mut NfSocket, family: Family, set: &sets::PortSet) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.push(
+            sock,
+            format!("{family} {}: set {}", set.table, set.name),
+            |seq| sets::new_set(seq, family, set, id),
+        );
+        id
+    }
+
     fn try_push(
         &mut self,
         sock: &mut NfSocket,
@@ -749,41 +791,14 @@ impl FirewallBackend for Nftables {
                     continue;
                 }
                 if !exists(name) {
-                    let (hooknum, priority, kind) = base_chain(table, hook.builtin);
-                    tx.push(
-                        &mut self.sock,
-                        format!("{family} {table}: base chain {name}"),
-                        |seq| {
-                            let mut m =
-                                MsgBuilder::nft(msg::NEWCHAIN, wire::NLM_F_CREATE, seq, proto);
-                            m.str(chain_attr::TABLE, tname);
-                            m.str(chain_attr::NAME, name);
-                            let h = m.nest(chain_attr::HOOK);
-                            m.be32(chain_attr::HOOK_NUM, hooknum);
-                            m.be32(chain_attr::HOOK_PRIORITY, priority as u32);
-                            m.end(h);
-                            m.be32(chain_attr::POLICY, 1); // NF_ACCEPT
-                            m.str(chain_attr::TYPE, kind);
-                            m
-                        },
-                    );
+                    tx.push_base_chain(&mut self.sock, family, table, hook.builtin);
                 }
                 flushes.push((family, table, name.to_string()));
                 rules.push((family, table, name.to_string(), jump));
                 report.hooks_fixed.push((family, table, hook.builtin));
             }
-            for set in sets::PORT_SETS.iter().filter(|s| {
-                s.table == table
-                    && s.families.contains(&family)
-                    && want.chains.iter().any(|c| c.chain.as_str() == s.chain)
-            }) {
-                let id = tx.next_id;
-                tx.next_id += 1;
-                tx.push(
-                    &mut self.sock,
-                    format!("{family} {table}: set {}", set.name),
-                    |seq| sets::new_set(seq, family, set, id),
-                );
+            for set in sets::of_layout(want) {
+                let id = tx.push_port_set(&mut self.sock, family, set);
                 lookups.push((family, set, id, exists(set.chain)));
             }
         }

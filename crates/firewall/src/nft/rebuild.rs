@@ -78,40 +78,14 @@ impl Nftables {
                 }
             }
             for hook in &want.hooks {
+                tx.push_base_chain(&mut self.sock, family, table, hook.builtin);
                 let name = hook.builtin.name();
-                let (hooknum, priority, kind) = base_chain(table, hook.builtin);
-                tx.push(
-                    &mut self.sock,
-                    format!("{family} {table}: base chain {name}"),
-                    |seq| {
-                        let mut m = MsgBuilder::nft(msg::NEWCHAIN, wire::NLM_F_CREATE, seq, proto);
-                        m.str(chain_attr::TABLE, tname);
-                        m.str(chain_attr::NAME, name);
-                        let h = m.nest(chain_attr::HOOK);
-                        m.be32(chain_attr::HOOK_NUM, hooknum);
-                        m.be32(chain_attr::HOOK_PRIORITY, priority as u32);
-                        m.end(h);
-                        m.be32(chain_attr::POLICY, 1); // NF_ACCEPT
-                        m.str(chain_attr::TYPE, kind);
-                        m
-                    },
-                );
                 sim.insert((family, table, name.to_string()), Vec::new());
                 let jump = hook_rule(&hook.root);
                 self.push_new_rule(&mut tx, &mut sim, family, table, name, &jump)?;
             }
-            for set in sets::PORT_SETS.iter().filter(|s| {
-                s.table == table
-                    && s.families.contains(&family)
-                    && want.chains.iter().any(|c| c.chain.as_str() == s.chain)
-            }) {
-                let set_id = tx.next_id;
-                tx.next_id += 1;
-                tx.push(
-                    &mut self.sock,
-                    format!("{family} {table}: set {}", set.name),
-                    |seq| sets::new_set(seq, family, set, set_id),
-                );
+            for set in sets::of_layout(want) {
+                let set_id = tx.push_port_set(&mut self.sock, family, set);
                 let rule_id = tx.next_id;
                 tx.next_id += 1;
                 tx.push(

@@ -87,6 +87,17 @@ pub struct PortSet {
     pub inserted_first: bool,
 }
 
+/// The port sets a table of the layout holds: those whose chain it has.
+pub(super) fn of_layout(
+    want: &crate::layout::TableLayout,
+) -> impl Iterator<Item = &'static PortSet> + '_ {
+    PORT_SETS.iter().filter(move |s| {
+        s.table == want.table
+            && s.families.contains(&want.family)
+            && want.chains.iter().any(|c| c.chain.as_str() == s.chain)
+    })
+}
+
 /// Every port set, in the order their lookup rules stand in their chains
 /// (a forward to a given host address before a forward of any).
 pub static PORT_SETS: [PortSet; 5] = [

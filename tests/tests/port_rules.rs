@@ -38,20 +38,32 @@ fn server(netns: &str, addr: &str, port: u16, reply: &str) -> std::process::Chil
     traffic::reply_server(netns, addr, port, reply).expect("server")
 }
 
+/// A daemon, a client, and one connected namespace (the first of the
+/// pool: 100.115.92.130) held until the lifeline drops.
+fn world_with_a_guest() -> (
+    World,
+    Client,
+    patchpanel_proto::ConnectNamespaceResponse,
+    patchpanel_client::Lifeline,
+) {
+    let world = World::start().expect("world");
+    let c = client(&world.bus);
+    let (ns, lifeline) = c
+        .connect_namespace(&ConnectNamespaceRequest {
+            pid: -1,
+            ..Default::default()
+        })
+        .expect("connect");
+    (world, c, ns, lifeline)
+}
+
 fn fetch(netns: &str, uid: u32, addr: &str, port: u16) -> String {
     traffic::fetch(netns, uid, addr, port).expect("client")
 }
 
 #[test]
 fn a_forwarded_port_reaches_a_server_in_a_guest_until_deleted() {
-    let world = World::start().expect("world");
-    let c = client(&world.bus);
-    let (ns, _lifeline) = c
-        .connect_namespace(&ConnectNamespaceRequest {
-            pid: -1,
-            ..Default::default()
-        })
-        .expect("connect");
+    let (world, c, ns, _lifeline) = world_with_a_guest();
     let guest_ip = "100.115.92.130";
     let srv = server(&ns.netns_name, guest_ip, 8000, "guest");
     let upstream = world.internet.upstream.name().to_string();
@@ -89,14 +101,7 @@ fn udp_ask(netns: &str, addr: &str, port: u16) -> String {
 /// seccomp filter must let it).
 #[test]
 fn a_forwarded_udp_port_reaches_a_server_in_a_guest_until_deleted() {
-    let world = World::start().expect("world");
-    let c = client(&world.bus);
-    let (ns, _lifeline) = c
-        .connect_namespace(&ConnectNamespaceRequest {
-            pid: -1,
-            ..Default::default()
-        })
-        .expect("connect");
+    let (world, c, ns, _lifeline) = world_with_a_guest();
     let guest_ip = "100.115.92.130";
     // Killed on drop, also when an assertion fails.
     struct Server(std::process::Child);

@@ -21,6 +21,7 @@ use patchpanel_dhcp::LinkConfig;
 use patchpanel_ipc::{IfName, Request};
 use patchpanel_sandbox::Process;
 
+use crate::dns_service::DnsRedirections;
 use crate::env::{GuestView, HelperLink};
 
 /// Lease time announced (an hour, as dnsmasq's default).
@@ -147,13 +148,13 @@ impl DhcpLinks {
     pub fn reconcile(
         &mut self,
         guests: &GuestView<'_>,
-        proxies: &BTreeMap<IfName, Ipv4Addr>,
+        redirections: &DnsRedirections,
         link: &mut dyn HelperLink,
     ) {
         let Some(dns) = &self.name_servers else {
             return;
         };
-        let wanted = wanted(guests, dns, proxies);
+        let wanted = wanted(guests, dns, &redirections.guest_proxies());
         for change in self.diff(&wanted) {
             match change {
                 DhcpChange::Stop(ifname) => {

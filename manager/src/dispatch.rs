@@ -294,7 +294,7 @@ impl Daemon {
             );
             self.adb.reconcile(self.state.arc.as_ref(), link);
             self.dhcp
-                .reconcile(&guests, &self.state.dns_redirections.guest_proxies(), link);
+                .reconcile(&guests, &self.state.dns_redirections, link);
             self.socket_networks
                 .reconcile(&self.uplinks, &self.state.networks, link);
             self.arc_vpn

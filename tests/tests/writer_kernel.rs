@@ -687,6 +687,87 @@ fn delete_link_refuses_a_link_with_another_alias() {
     f.assert_snapshot_is(&before);
 }
 
+/// The links still listed of `names`, polled until none is (the reaper
+/// deletes after the plan's answer) or 10 s.
+fn links_left(f: &Fixture, names: &[&str]) -> Vec<String> {
+    let left = || -> Vec<String> {
+        let listed = f.exec(&["ip", "-o", "link", "show"]);
+        names
+            .iter()
+            .filter(|n| listed.contains(&format!(": {n}:")) || listed.contains(&format!(": {n}@")))
+            .map(|n| n.to_string())
+            .collect()
+    };
+    patchpanel_tests::wait::poll_until(Duration::from_secs(10), || {
+        let l = left();
+        l.is_empty().then_some(())
+    });
+    left()
+}
+
+#[test]
+fn links_deleted_together_go_in_one_group_and_a_strangers_link_in_that_group_stays() {
+    let mut f = Fixture::new();
+    let before = f.settled_snapshot();
+    let ours = ["ppg0", "ppg1", "ppg2", "ppgbr"];
+    let build = |f: &mut Fixture| {
+        f.apply(vec![
+            veth("ppg0", "ppg0p", dp::Netns::Host),
+            veth("ppg1", "ppg1p", dp::Netns::Host),
+            veth("ppg2", "ppg2p", dp::Netns::Host),
+            Step::CreateBridge {
+                name: IfName::new("ppgbr").unwrap(),
+            },
+        ]);
+    };
+    let delete_all = |f: &mut Fixture| {
+        f.apply(
+            ours.iter()
+                .map(|n| delete_link(dp::Netns::Host, n))
+                .collect(),
+        );
+    };
+
+    build(&mut f);
+    delete_all(&mut f);
+    assert_eq!(
+        links_left(&f, &ours),
+        Vec::<String>::new(),
+        "{}",
+        f.writer.log()
+    );
+    assert!(
+        !f.writer.log().contains("device group"),
+        "{}",
+        f.writer.log()
+    );
+    f.assert_snapshot_is(&before);
+
+    // Another program's link in the group the reaper uses: the kernel
+    // would delete it with ours, so ours go one by one and it stays.
+    f.exec(&[
+        "ip", "link", "add", "theirs0", "type", "veth", "peer", "name", "theirs1",
+    ]);
+    f.exec(&["ip", "link", "set", "theirs0", "group", "1886417520"]);
+    build(&mut f);
+    delete_all(&mut f);
+    assert_eq!(
+        links_left(&f, &ours),
+        Vec::<String>::new(),
+        "{}",
+        f.writer.log()
+    );
+    let log = f.writer.log();
+    assert!(
+        log.contains("device group 0x70707270 also holds theirs0"),
+        "{log}"
+    );
+    assert_eq!(
+        f.ip_json(&["link", "show", "dev", "theirs0"])[0]["ifname"],
+        "theirs0"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Addresses and link state.
 

@@ -25,6 +25,7 @@ const IFLA_MTU: u16 = 4;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_IFALIAS: u16 = 20;
+const IFLA_GROUP: u16 = 27;
 const IFLA_INFO_KIND: u16 = 1;
 /// `VETH_INFO_PEER`: neli has no enum for veth's IFLA_INFO_DATA, so the raw
 /// u16 type is used; its payload is a whole `ifinfomsg` plus attributes,
@@ -56,6 +57,8 @@ pub struct Link {
     pub mtu: u32,
     /// Index of the master (bridge) this link is enslaved to.
     pub master: Option<u32>,
+    /// `IFLA_GROUP`, the link's device group (0 unless someone set one).
+    pub group: u32,
 }
 
 /// Parses an `RTM_NEWLINK`/`RTM_DELLINK` body. `None` for messages of
@@ -82,6 +85,7 @@ pub(crate) fn parse_link(payload: &[u8]) -> std::result::Result<Option<Link>, St
         kind: None,
         mtu: 0,
         master: None,
+        group: 0,
     };
     let mut has_name = false;
     for (ty, value) in attr_iter(msg.rtattrs()) {
@@ -99,6 +103,7 @@ pub(crate) fn parse_link(payload: &[u8]) -> std::result::Result<Option<Link>, St
             IFLA_MASTER => {
                 link.master = Some(wire::u32_of("IFLA_MASTER", value)?).filter(|&m| m != 0)
             }
+            IFLA_GROUP => link.group = wire::u32_of("IFLA_GROUP", value)?,
             IFLA_LINKINFO => {
                 let info = wire::parse_attrs(value).map_err(|e| format!("IFLA_LINKINFO: {e}"))?;
                 let kind = attr_iter(&info)
@@ -387,6 +392,44 @@ impl Rtnl {
         )
     }
 
+    /// Puts link `index` in device group `group` (`IFLA_GROUP`): `Ok(false)`
+    /// if there is no such link.
+    pub fn set_group_index(&self, index: u32, group: u32) -> Result<bool> {
+        let op = format!("put link #{index} in group {group}");
+        let index = i32::try_from(index)
+            .map_err(|_| RtnlError::invalid("ifindex", index.to_string(), "too large"))?;
+        let mut attrs = RtBuffer::new();
+        attrs.push(attr(Ifla::Group, group).map_err(Self::enc(&op))?);
+        let body = ifinfomsg(index, Iff::empty(), Iff::empty(), attrs).map_err(Self::enc(&op))?;
+        benign(
+            self.ack(&op, Rtm::Setlink, NlmF::empty(), body),
+            &[libc::ENODEV],
+        )
+    }
+
+    /// Deletes every link of device group `group` in one request: the
+    /// kernel unregisters them as one batch, so they share its grace
+    /// periods instead of waiting for them one link after the other.
+    /// `Ok(false)` if the group has no link. The caller makes sure that
+    /// the group holds only links it may delete.
+    pub fn delete_link_group(&self, group: u32) -> Result<bool> {
+        let op = format!("delete the links of group {group}");
+        if group == 0 {
+            return Err(RtnlError::invalid(
+                "group",
+                "0",
+                "the default group of every link",
+            ));
+        }
+        let mut attrs = RtBuffer::new();
+        attrs.push(attr(Ifla::Group, group).map_err(Self::enc(&op))?);
+        let body = ifinfomsg(0, Iff::empty(), Iff::empty(), attrs).map_err(Self::enc(&op))?;
+        benign(
+            self.ack(&op, Rtm::Dellink, NlmF::empty(), body),
+            &[libc::ENODEV],
+        )
+    }
+
     /// Deletes the link: `Ok(true)` if deleted, `Ok(false)` if there was none.
     pub fn delete_link(&self, name: &str) -> Result<bool> {
         validate_ifname(name)?;
@@ -436,6 +479,7 @@ mod tests {
         assert_eq!(IFLA_MASTER, u16::from(Ifla::Master));
         assert_eq!(IFLA_LINKINFO, u16::from(Ifla::Linkinfo));
         assert_eq!(IFLA_IFALIAS, u16::from(Ifla::Ifalias));
+        assert_eq!(IFLA_GROUP, u16::from(Ifla::Group));
         assert_eq!(IFLA_INFO_KIND, u16::from(IflaInfo::Kind));
     }
 
@@ -524,6 +568,7 @@ mod tests {
                 kind: Some("veth".into()),
                 mtu: 1500,
                 master: Some(3),
+                group: 0,
             }
         );
     }

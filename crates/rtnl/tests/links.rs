@@ -185,6 +185,41 @@ fn deleting_a_link_reports_whether_it_existed() {
 }
 
 #[test]
+fn a_group_delete_removes_the_links_of_that_group_and_no_other() {
+    in_fresh_netns(|| {
+        let rtnl = Rtnl::new().unwrap();
+        for i in 0..3 {
+            rtnl.create_veth(&format!("ga{i}"), &format!("gb{i}"), None, "patchpanel")
+                .unwrap();
+        }
+        rtnl.create_bridge("gbr", "patchpanel").unwrap();
+        let group = 0x7070_0001;
+        for name in ["ga0", "ga1", "gbr"] {
+            let index = rtnl.ifindex(name).unwrap();
+            assert!(rtnl.set_group_index(index, group).unwrap(), "{name}");
+            assert_eq!(rtnl.link(name).unwrap().unwrap().group, group);
+        }
+        assert_eq!(ip_json(&["link", "show", "gbr"])[0]["group"], "1886388225");
+        assert!(
+            !rtnl.set_group_index(999_999, group).unwrap(),
+            "no such link"
+        );
+
+        assert!(rtnl.delete_link_group(group).unwrap());
+        let mut left: Vec<String> = rtnl.links().unwrap().into_iter().map(|l| l.name).collect();
+        left.sort();
+        // A veth's peer goes with it; ga2 and its peer were not in the group.
+        assert_eq!(left, ["ga2", "gb2", "lo"]);
+        assert!(!rtnl.delete_link_group(group).unwrap(), "an empty group");
+        assert!(
+            rtnl.delete_link_group(0).is_err(),
+            "group 0 is every link's"
+        );
+        assert_eq!(rtnl.link("ga2").unwrap().unwrap().group, 0);
+    });
+}
+
+#[test]
 fn changing_a_missing_link_fails_with_enodev() {
     in_fresh_netns(|| {
         let rtnl = Rtnl::new().unwrap();

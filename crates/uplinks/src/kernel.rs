@@ -521,6 +521,7 @@ mod tests {
             kind: Some("veth".into()),
             mtu: 1500,
             master: None,
+            group: 0,
         }
     }
 

@@ -605,7 +605,7 @@ impl Writer {
                         .host
                         .as_ref()
                         .ok_or_else(|| refused("no rtnetlink socket"))?;
-                    self.reaper.delete(rtnl, link.index, name.as_str());
+                    self.reaper.delete(rtnl, &link);
                 }
                 Ok(Undo::Nothing)
             }

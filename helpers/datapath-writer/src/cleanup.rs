@@ -111,7 +111,7 @@ impl Writer {
             }
         };
         for link in links {
-            self.reaper.delete(host, link.index, &link.name);
+            self.reaper.delete(host, &link);
             removed.push(format!("link {}", link.name));
         }
         for family in [patchpanel_rtnl::Family::V4, patchpanel_rtnl::Family::V6] {

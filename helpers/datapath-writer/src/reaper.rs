@@ -5,10 +5,17 @@
 //! and a guest's teardown deletes up to eight links. The checks stay where
 //! they were (the link must be patchpanel's, looked up by name, in the
 //! writer's thread, so a refusal is still the plan's error); the deletion
-//! itself, by interface index, goes to one reaper thread, one link at a
-//! time (a single group delete would hold the rtnl lock for all of them at
-//! once and stall other requests' link creations as long), and the plan
-//! goes on at once. A link waiting for the reaper keeps its name until the
+//! itself, by interface index, goes to one reaper thread, and the plan
+//! goes on at once.
+//!
+//! The thread deletes what is queued together: the veths and TAPs waiting
+//! (at most [`BATCH`]) are put in one device group and deleted with one
+//! `RTM_DELLINK` of that group, which the kernel unregisters as one batch
+//! sharing its grace periods (4 veths: gone after ~10 ms instead of ~80 ms
+//! one by one, measured). A bridge is deleted alone: its deletion waits for
+//! an RCU barrier while holding the rtnl lock (`br_multicast_dev_del`,
+//! ~26 ms each here), so bridges deleted together would stall every other
+//! request's link change for all of them at once. A link waiting for the reaper keeps its name until the
 //! kernel drops it: a step that creates a link of that name waits for it
 //! first ([`Reaper::wait_for`]), and a creation the kernel refuses with
 //! EEXIST is retried once every pending deletion is done
@@ -25,17 +32,29 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
-use patchpanel_rtnl::Rtnl;
+use log::{debug, info, warn};
+use patchpanel_rtnl::{Link, Rtnl};
 
 /// How long a step waits for a name to be freed, or the writer's exit for
 /// the queue to empty. A deletion takes tens of milliseconds.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// At most this many links are deleted in one group: the kernel holds the
+/// rtnl lock while it unlists them, and a plan that arrives meanwhile
+/// waits that long.
+pub const BATCH: usize = 64;
+
+/// The device group the thread gives the links it deletes together
+/// ("pprp"). A link of another program found in it stops the group delete
+/// (see [`delete_together`]).
+const GROUP: u32 = 0x7070_7270;
+
 #[derive(Debug)]
 struct Job {
     index: u32,
     name: String,
+    /// A bridge, deleted on its own (see the module documentation).
+    alone: bool,
 }
 
 /// Names waiting for the kernel, with how many jobs hold each.
@@ -126,13 +145,14 @@ impl Reaper {
         self.shared.changed.notify_all();
     }
 
-    /// Queues the deletion of link `index` (`name`, already checked to be
-    /// patchpanel's). Without a reaper thread (it cannot be started) the
-    /// link is deleted when it is released, in line, as before.
-    pub fn delete(&mut self, host: &Rtnl, index: u32, name: &str) {
+    /// Queues the deletion of `link` (already checked to be patchpanel's).
+    /// Without a reaper thread (it cannot be started) the link is deleted
+    /// when it is released, in line, as before.
+    pub fn delete(&mut self, host: &Rtnl, link: &Link) {
         let job = Job {
-            index,
-            name: name.to_string(),
+            index: link.index,
+            name: link.name.clone(),
+            alone: link.kind.as_deref() == Some("bridge"),
         };
         *self
             .shared
@@ -217,24 +237,28 @@ impl Reaper {
                             None
                         }
                     };
-                    for job in rx {
+                    while let Ok(first) = rx.recv() {
                         // Not while a plan runs (bounded: a plan that takes
                         // longer than WAIT does not hold deletions forever).
                         shared.wait_until(WAIT, |p| !p.paused);
-                        let started = Instant::now();
-                        match rtnl.as_ref().map(|r| r.delete_link_index(job.index)) {
-                            Some(Ok(_)) => debug!(
-                                "deleted {} (#{}) in {:?}",
-                                job.name,
-                                job.index,
-                                started.elapsed()
-                            ),
-                            Some(Err(e)) => {
-                                warn!("cannot delete {} (#{}): {e}", job.name, job.index)
-                            }
-                            None => {}
+                        let jobs: Vec<Job> = std::iter::once(first)
+                            .chain(rx.try_iter().take(BATCH - 1))
+                            .collect();
+                        let (alone, together): (Vec<Job>, Vec<Job>) =
+                            jobs.into_iter().partition(|j| j.alone);
+                        if let Some(rtnl) = &rtnl {
+                            delete_together(rtnl, &together);
                         }
-                        shared.done(&job.name);
+                        for job in &together {
+                            shared.done(&job.name);
+                        }
+                        for job in alone {
+                            shared.wait_until(WAIT, |p| !p.paused);
+                            if let Some(rtnl) = &rtnl {
+                                delete_one(rtnl, &job);
+                            }
+                            shared.done(&job.name);
+                        }
                     }
                 });
             match spawned {
@@ -246,6 +270,85 @@ impl Reaper {
             }
         }
         self.queue.as_ref()
+    }
+}
+
+fn delete_one(rtnl: &Rtnl, job: &Job) {
+    let started = Instant::now();
+    match rtnl.delete_link_index(job.index) {
+        Ok(_) => debug!(
+            "deleted {} (#{}) in {:?}",
+            job.name,
+            job.index,
+            started.elapsed()
+        ),
+        Err(e) => warn!("cannot delete {} (#{}): {e}", job.name, job.index),
+    }
+}
+
+/// Deletes `jobs` with one group delete, or one by one when there is a
+/// single one, when the group cannot be used, or when a link that is not
+/// one of them is in the group (another program's: the kernel would
+/// delete it too).
+fn delete_together(rtnl: &Rtnl, jobs: &[Job]) {
+    if jobs.len() < 2 {
+        jobs.iter().for_each(|j| delete_one(rtnl, j));
+        return;
+    }
+    let started = Instant::now();
+    let mut grouped = Vec::new();
+    for job in jobs {
+        match rtnl.set_group_index(job.index, GROUP) {
+            Ok(true) => grouped.push(job.index),
+            // Gone already (its namespace took it, or the kernel was first).
+            Ok(false) => {}
+            Err(e) => {
+                debug!(
+                    "cannot put {} (#{}) in the reaper's group ({e}); deleting it alone",
+                    job.name, job.index
+                );
+                delete_one(rtnl, job);
+            }
+        }
+    }
+    if grouped.is_empty() {
+        return;
+    }
+    let strangers: Vec<String> = match rtnl.links() {
+        Ok(links) => links
+            .into_iter()
+            .filter(|l| l.group == GROUP && !grouped.contains(&l.index))
+            .map(|l| format!("{} (#{})", l.name, l.index))
+            .collect(),
+        Err(e) => vec![format!("unknown (cannot list links: {e})")],
+    };
+    if !strangers.is_empty() {
+        warn!(
+            "device group {GROUP:#x} also holds {}: deleting patchpanel's links one by one instead",
+            strangers.join(", ")
+        );
+    } else {
+        match rtnl.delete_link_group(GROUP) {
+            Ok(_) => {
+                let names: Vec<&str> = jobs
+                    .iter()
+                    .filter(|j| grouped.contains(&j.index))
+                    .map(|j| j.name.as_str())
+                    .collect();
+                info!(
+                    "deleted {} in one group delete ({:?})",
+                    names.join(", "),
+                    started.elapsed()
+                );
+                return;
+            }
+            Err(e) => {
+                warn!("cannot delete device group {GROUP:#x} ({e}); deleting its links one by one")
+            }
+        }
+    }
+    for job in jobs.iter().filter(|j| grouped.contains(&j.index)) {
+        delete_one(rtnl, job);
     }
 }
 

@@ -19,7 +19,8 @@
 //!   just before the call to the answer, then until, for each uplink
 //!   `<if>`, the bridge `arc_<if>` exists and is up and the host veth
 //!   `veth<if>` exists enslaved to it. `ArcShutdown(pid)`: the answer, then
-//!   until the three bridges and veths are gone.
+//!   until its four veths (`vetharc0` and the three `veth<if>`) are gone;
+//!   the bridges stay for the next ARC, which puts its veths on them.
 //!
 //! netavark (see [`crate::netavark`]): `setup`/`teardown` of a fresh
 //! container namespace, from spawning `nsenter` to netavark's exit.
@@ -357,16 +358,17 @@ impl<'w> Daemon<'w> {
         let shutdown = started.elapsed();
         // A namespace asked for while the kernel deletes ARC's links.
         let (during, during_lifeline) = timed_connect(&self.client)?;
+        // The bridges stay for the next ARC (patchpanel keeps them, see
+        // manager/src/guests/arc_bridges.rs): gone are ARC's links, the
+        // three veths and arc0's.
         let gone = self
             .poll(started, READY_TIMEOUT, || {
                 let links = self.rtnl.links()?;
-                Ok(!ARC_UPLINKS.iter().any(|u| {
-                    links
-                        .iter()
-                        .any(|l| l.name == arc_bridge(u) || l.name == arc_veth(u))
+                Ok(!links.iter().any(|l| {
+                    l.name == ARC0_VETH || ARC_UPLINKS.iter().any(|u| l.name == arc_veth(u))
                 }))
             })
-            .context("ARC devices still present after ArcShutdown")?;
+            .context("ARC's veths still present after ArcShutdown")?;
         drop(container);
         let (alone, alone_lifeline) = timed_connect(&self.client)?;
         drop((during_lifeline, alone_lifeline));
@@ -428,6 +430,9 @@ impl<'w> Daemon<'w> {
 pub fn arc_bridge(uplink: &str) -> String {
     format!("arc_{uplink}")
 }
+
+/// The host end of ARC's management veth (arc0's).
+pub const ARC0_VETH: &str = "vetharc0";
 
 /// ARC's host veth for uplink `uplink`.
 pub fn arc_veth(uplink: &str) -> String {

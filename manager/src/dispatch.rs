@@ -367,6 +367,7 @@ impl Daemon {
         let mut env = Env::new(link, addrs, uplinks, effects);
         let guests = Guests {
             arc: &mut state.arc,
+            arc_bridges: &mut state.arc_bridges,
             vms: &mut state.vms,
         };
         let gs = &settings.guests;
@@ -415,12 +416,12 @@ impl Daemon {
             Call::ArcStartup { pid, uid } => {
                 guest_service::arc_startup(&mut env, guests, gs, pid, uid, client, op)
             }
-            Call::ArcShutdown => Ok(guest_service::arc_shutdown(&mut env, guests.arc, op)),
+            Call::ArcShutdown => Ok(guest_service::arc_shutdown(&mut env, guests, op)),
             Call::ArcVmStartup { cid, uid } => {
                 guest_service::arcvm_startup(&mut env, guests, gs, cid, uid, client, op)
             }
             Call::ArcVmShutdown { cid } => {
-                Ok(guest_service::arcvm_shutdown(&mut env, guests.arc, cid, op))
+                Ok(guest_service::arcvm_shutdown(&mut env, guests, cid, op))
             }
             Call::TerminaVmStartup { cid, caller } => guest_service::termina_startup(
                 &mut env,
@@ -605,7 +606,11 @@ impl Daemon {
         }
         if self.serving() {
             let mut env = Env::new(link, &mut self.addrs, &self.uplinks, &mut self.effects);
-            guest_service::arc_follow_uplinks(&mut env, &mut self.state.arc);
+            guest_service::arc_follow_uplinks(
+                &mut env,
+                &mut self.state.arc,
+                &mut self.state.arc_bridges,
+            );
         }
     }
 

@@ -18,7 +18,7 @@ use prost::Message as _;
 
 use crate::env::{next_operation, Env};
 use crate::error::CallError;
-use crate::guests::{self, ArcGuest, ArcKind, VmGuest, VmKind, VmUser};
+use crate::guests::{self, ArcBridges, ArcGuest, ArcKind, VmGuest, VmKind, VmUser};
 use crate::lifeline::{Guarded, LifelineWatcher};
 use crate::pids;
 use crate::state::State;
@@ -27,6 +27,8 @@ use crate::state::State;
 #[derive(Debug)]
 pub struct Guests<'a> {
     pub arc: &'a mut Option<ArcGuest>,
+    /// What a stopped ARC left for the next one.
+    pub arc_bridges: &'a mut ArcBridges,
     pub vms: &'a mut Vec<VmGuest>,
 }
 
@@ -90,7 +92,7 @@ fn require_vm_user(settings: &Settings) -> Result<(), CallError> {
 /// root's).
 pub fn arc_startup(
     env: &mut Env<'_>,
-    guests: Guests<'_>,
+    mut guests: Guests<'_>,
     settings: &Settings,
     pid: i32,
     uid: u32,
@@ -100,11 +102,10 @@ pub fn arc_startup(
     let pidfd = pids::pin(pid, uid)?;
     let netns = NetnsName::new(&format!("{}{}", settings.netns_prefix, guests::ARC_NETNS))
         .map_err(|e| CallError::Failed(format!("namespace name: {e}")))?;
-    replace_running_arc(env, guests.arc, uid, "ArcStartup", op)?;
+    replace_running_arc(env, &mut guests, uid, "ArcStartup", op)?;
     start_arc(
         env,
-        guests.arc,
-        guests.vms,
+        &mut guests,
         ArcKind::Container { pid, netns },
         Some(pidfd),
         uid,
@@ -115,10 +116,15 @@ pub fn arc_startup(
 }
 
 /// `ArcShutdown`.
-pub fn arc_shutdown(env: &mut Env<'_>, arc: &mut Option<ArcGuest>, op: u64) -> Vec<u8> {
-    match arc.as_ref().map(|a| a.kind.clone()) {
+pub fn arc_shutdown(env: &mut Env<'_>, guests: Guests<'_>, op: u64) -> Vec<u8> {
+    match guests.arc.as_ref().map(|a| a.kind.clone()) {
         Some(ArcKind::Container { pid, .. }) => {
-            stop_arc(env, arc, &format!("ArcShutdown op {op}"));
+            stop_arc(
+                env,
+                guests.arc,
+                Some(guests.arc_bridges),
+                &format!("ArcShutdown op {op}"),
+            );
             info!("ArcShutdown op {op}: ARC container (pid {pid}) removed");
         }
         Some(ArcKind::Vm { cid }) => {
@@ -132,7 +138,7 @@ pub fn arc_shutdown(env: &mut Env<'_>, arc: &mut Option<ArcGuest>, op: u64) -> V
 /// `ArcVmStartup` for `cid`, asked by `uid`.
 pub fn arcvm_startup(
     env: &mut Env<'_>,
-    guests: Guests<'_>,
+    mut guests: Guests<'_>,
     settings: &Settings,
     cid: u32,
     uid: u32,
@@ -140,16 +146,8 @@ pub fn arcvm_startup(
     op: u64,
 ) -> Result<Vec<u8>, CallError> {
     require_vm_user(settings)?;
-    replace_running_arc(env, guests.arc, uid, "ArcVmStartup", op)?;
-    start_arc(
-        env,
-        guests.arc,
-        guests.vms,
-        ArcKind::Vm { cid },
-        None,
-        uid,
-        op,
-    )?;
+    replace_running_arc(env, &mut guests, uid, "ArcVmStartup", op)?;
+    start_arc(env, &mut guests, ArcKind::Vm { cid }, None, uid, op)?;
     let arc = guests
         .arc
         .as_ref()
@@ -163,10 +161,10 @@ pub fn arcvm_startup(
 }
 
 /// `ArcVmShutdown` for `cid`.
-pub fn arcvm_shutdown(env: &mut Env<'_>, arc: &mut Option<ArcGuest>, cid: u32, op: u64) -> Vec<u8> {
-    match arc.as_ref().map(|a| a.kind.clone()) {
+pub fn arcvm_shutdown(env: &mut Env<'_>, guests: Guests<'_>, cid: u32, op: u64) -> Vec<u8> {
+    match guests.arc.as_ref().map(|a| a.kind.clone()) {
         Some(ArcKind::Vm { cid: running }) if running == cid => {
-            stop_arc(env, arc, &format!("ArcVmShutdown op {op}"));
+            stop_arc(env, guests.arc, Some(guests.arc_bridges), &format!("ArcVmShutdown op {op}"));
             info!("ArcVmShutdown op {op}: ARCVM cid {cid} removed");
         }
         // The stop of an old VM may arrive after a new one started: only
@@ -186,15 +184,20 @@ pub fn arcvm_shutdown(env: &mut Env<'_>, arc: &mut Option<ArcGuest>, cid: u32, o
 /// `uid` may replace it.
 fn replace_running_arc(
     env: &mut Env<'_>,
-    slot: &mut Option<ArcGuest>,
+    guests: &mut Guests<'_>,
     uid: u32,
     what: &str,
     op: u64,
 ) -> Result<(), CallError> {
-    if let Some(arc) = slot.as_ref() {
+    if let Some(arc) = guests.arc.as_ref() {
         guests::may_replace_arc(arc, uid)?;
         warn!("{what} op {op}: ARC is already running (did it crash?); stopping it first");
-        stop_arc(env, slot, "ARC starts again");
+        stop_arc(
+            env,
+            guests.arc,
+            Some(guests.arc_bridges),
+            "ARC starts again",
+        );
     }
     Ok(())
 }
@@ -202,15 +205,15 @@ fn replace_running_arc(
 /// Builds ARC with a device for every uplink it serves.
 fn start_arc(
     env: &mut Env<'_>,
-    slot: &mut Option<ArcGuest>,
-    vms: &[VmGuest],
+    guests: &mut Guests<'_>,
     kind: ArcKind,
     pidfd: Option<OwnedFd>,
     started_by: u32,
     op: u64,
 ) -> Result<(), CallError> {
-    let mut taken = guests::taken_taps(None, vms);
-    taken.extend(kernel_links());
+    let mut taken = guests::taken_taps(None, guests.vms);
+    let listed = kernel_links();
+    taken.extend(listed.iter().cloned());
     let mut arc = guests::arc_allocate(kind, env.addrs, &taken)?;
     arc.started_by = Some(started_by);
     let what = if arc.is_vm() {
@@ -230,12 +233,31 @@ fn start_arc(
             Err(e) => warn!("{what} op {op}: no ARC device for uplink {}: {e}", uplink.name),
         }
     }
-    let plan = guests::arc_start_plan(&arc, format!("{what} op {op}"));
+    let (reuse, stale) = guests.arc_bridges.take_for(&arc, &listed);
+    if !stale.is_empty() {
+        let names: Vec<&str> = stale.iter().map(|n| n.as_str()).collect();
+        log_report(
+            &format!(
+                "{what} op {op}: removing the previous ARC's bridges {}",
+                names.join(", ")
+            ),
+            env.apply(
+                guests::kept_bridges_removal_plan(
+                    &stale,
+                    format!("{what} op {op}: old ARC bridges"),
+                ),
+                &[],
+            ),
+        );
+    }
+    let plan = guests::arc_start_plan(&arc, &reuse, format!("{what} op {op}"));
     let fds: Vec<_> = pidfd.iter().map(|f| f.as_fd()).collect();
     if let Err(e) = env.apply(plan, &fds) {
         for device in arc.devices.values() {
             guests::arc_device_release(device, env.addrs);
         }
+        // The bridges it would have reused are still there, as they were.
+        guests.arc_bridges.keep_only(&arc, &reuse);
         guests::arc_release(&arc, env.addrs);
         return Err(e);
     }
@@ -256,13 +278,19 @@ fn start_arc(
                 .unwrap_or("-")
         );
     }
-    *slot = Some(arc);
+    *guests.arc = Some(arc);
     Ok(())
 }
 
 /// Removes ARC (its lifecycle ended, it starts again, or patchpanel stops)
-/// and returns its addresses.
-pub fn stop_arc(env: &mut Env<'_>, slot: &mut Option<ArcGuest>, why: &str) {
+/// and returns its addresses. With `keep`, its bridges stay there for the
+/// next ARC (see [`guests::ArcBridges`]).
+pub fn stop_arc(
+    env: &mut Env<'_>,
+    slot: &mut Option<ArcGuest>,
+    keep: Option<&mut ArcBridges>,
+    why: &str,
+) {
     let Some(arc) = slot.take() else {
         return;
     };
@@ -271,12 +299,19 @@ pub fn stop_arc(env: &mut Env<'_>, slot: &mut Option<ArcGuest>, why: &str) {
             env.emit(d, DeviceEvent::DeviceRemoved);
         }
     }
-    let plan = guests::arc_stop_plan(&arc, format!("stop ARC: {why}"));
-    log_report(
-        &format!("removing ARC ({why})"),
-        plan.map_err(CallError::from)
-            .and_then(|plan| env.apply(plan, &[])),
-    );
+    let bridges = if keep.is_some() {
+        guests::Bridges::Keep
+    } else {
+        guests::Bridges::Delete
+    };
+    let plan = guests::arc_stop_plan(&arc, bridges, format!("stop ARC: {why}"));
+    let applied = plan
+        .map_err(CallError::from)
+        .and_then(|plan| env.apply(plan, &[]));
+    if let (Some(kept), Ok(_)) = (keep, &applied) {
+        kept.keep(&arc);
+    }
+    log_report(&format!("removing ARC ({why})"), applied);
     for device in arc.devices.values() {
         guests::arc_device_release(device, env.addrs);
     }
@@ -285,7 +320,24 @@ pub fn stop_arc(env: &mut Env<'_>, slot: &mut Option<ArcGuest>, why: &str) {
 
 /// Makes ARC's devices match the uplinks: one per served uplink, none for
 /// uplinks that went away (or came back with another ifindex).
-pub fn arc_follow_uplinks(env: &mut Env<'_>, slot: &mut Option<ArcGuest>) {
+pub fn arc_follow_uplinks(env: &mut Env<'_>, slot: &mut Option<ArcGuest>, kept: &mut ArcBridges) {
+    let orphans = kept.take_orphans(env.uplinks.all());
+    if !orphans.is_empty() {
+        let names: Vec<&str> = orphans.iter().map(|n| n.as_str()).collect();
+        log_report(
+            &format!(
+                "removing the kept ARC bridges {} (their uplinks are gone)",
+                names.join(", ")
+            ),
+            env.apply(
+                guests::kept_bridges_removal_plan(
+                    &orphans,
+                    "kept ARC bridges of gone uplinks".into(),
+                ),
+                &[],
+            ),
+        );
+    }
     let Some(arc) = slot.as_ref() else {
         return;
     };
@@ -639,7 +691,21 @@ fn remove_vm(env: &mut Env<'_>, vms: &mut Vec<VmGuest>, pos: usize, why: &str) -
 
 /// A clean stop: every guest goes.
 pub fn stop_all(env: &mut Env<'_>, guests: Guests<'_>, why: &str) {
-    stop_arc(env, guests.arc, why);
+    stop_arc(env, guests.arc, None, why);
+    // Those a previous stop kept go too.
+    let kept: Vec<IfName> = std::mem::take(&mut guests.arc_bridges.0)
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    if !kept.is_empty() {
+        log_report(
+            "removing the kept ARC bridges",
+            env.apply(
+                guests::kept_bridges_removal_plan(&kept, format!("kept ARC bridges: {why}")),
+                &[],
+            ),
+        );
+    }
     while !guests.vms.is_empty() {
         let last = guests.vms.len() - 1;
         remove_vm(env, guests.vms, last, why);
@@ -686,7 +752,11 @@ pub fn readopt(
                 warn!("ARC of the previous run cannot be re-adopted ({e}); removing it");
                 apply_teardown(
                     env,
-                    guests::arc_stop_plan(arc, "remove the previous ARC".into()),
+                    guests::arc_stop_plan(
+                        arc,
+                        guests::Bridges::Delete,
+                        "remove the previous ARC".into(),
+                    ),
                 );
             }
         }
@@ -820,6 +890,7 @@ mod tests {
             &mut env,
             Guests {
                 arc: &mut arc,
+                arc_bridges: &mut ArcBridges::default(),
                 vms: &mut vms,
             },
             &mut lifelines,
@@ -882,6 +953,7 @@ mod tests {
             &mut env,
             Guests {
                 arc: &mut arc,
+                arc_bridges: &mut ArcBridges::default(),
                 vms: &mut vms,
             },
             &settings(),
@@ -903,13 +975,22 @@ mod tests {
         let (mut arc, mut vms) = (None, Vec::new());
         let mut env = Env::new(&mut datapath, &mut addrs, &uplinks, &mut effects);
         let (_poll, mut lifelines) = watcher();
-        fn guests<'a>(arc: &'a mut Option<ArcGuest>, vms: &'a mut Vec<VmGuest>) -> Guests<'a> {
-            Guests { arc, vms }
+        let mut kept = ArcBridges::default();
+        fn guests<'a>(
+            arc: &'a mut Option<ArcGuest>,
+            kept: &'a mut ArcBridges,
+            vms: &'a mut Vec<VmGuest>,
+        ) -> Guests<'a> {
+            Guests {
+                arc,
+                arc_bridges: kept,
+                vms,
+            }
         }
 
         termina_startup(
             &mut env,
-            guests(&mut arc, &mut vms),
+            guests(&mut arc, &mut kept, &mut vms),
             &settings(),
             call(alice(), &mut lifelines),
             7,
@@ -925,7 +1006,7 @@ mod tests {
         }
         let e = termina_startup(
             &mut env,
-            guests(&mut arc, &mut vms),
+            guests(&mut arc, &mut kept, &mut vms),
             &settings(),
             call(mallory, &mut lifelines),
             9,
@@ -937,7 +1018,7 @@ mod tests {
         // Nobody else takes the id over, not even concierge (root).
         let e = termina_startup(
             &mut env,
-            guests(&mut arc, &mut vms),
+            guests(&mut arc, &mut kept, &mut vms),
             &settings(),
             call(CONCIERGE, &mut lifelines),
             7,
@@ -989,7 +1070,7 @@ mod tests {
         // A shutdown by root forgets the lifeline too.
         termina_startup(
             &mut env,
-            guests(&mut arc, &mut vms),
+            guests(&mut arc, &mut kept, &mut vms),
             &settings(),
             call(alice(), &mut lifelines),
             8,

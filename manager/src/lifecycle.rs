@@ -104,6 +104,7 @@ pub fn start(
             env,
             Guests {
                 arc: &mut state.arc,
+                arc_bridges: &mut state.arc_bridges,
                 vms: &mut state.vms,
             },
             lifelines,
@@ -161,7 +162,7 @@ pub fn start(
     // on must still let the next run restore them.
     checkpoint(env, state, store);
     // A re-adopted ARC follows the uplinks that changed meanwhile.
-    guest_service::arc_follow_uplinks(env, &mut state.arc);
+    guest_service::arc_follow_uplinks(env, &mut state.arc, &mut state.arc_bridges);
     Ok(firewall)
 }
 
@@ -210,6 +211,7 @@ pub fn stop(
         env,
         Guests {
             arc: &mut state.arc,
+            arc_bridges: &mut state.arc_bridges,
             vms: &mut state.vms,
         },
         "patchpanel is stopping",

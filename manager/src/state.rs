@@ -47,6 +47,10 @@ pub struct State {
     /// The running ARC (container or VM), if any.
     #[serde(default)]
     pub arc: Option<crate::guests::ArcGuest>,
+    /// The bridges a stopped ARC left for the next one; not saved (see
+    /// [`crate::guests::ArcBridges`]).
+    #[serde(skip)]
+    pub arc_bridges: crate::guests::ArcBridges,
     /// Running Termina and Parallels VMs, in start order.
     #[serde(default)]
     pub vms: Vec<crate::guests::VmGuest>,
@@ -90,6 +94,7 @@ impl Default for State {
             sysctl_originals: Vec::new(),
             port_rules: Vec::new(),
             arc: None,
+            arc_bridges: Default::default(),
             vms: Vec::new(),
             counter_base: Vec::new(),
             networks: Default::default(),

@@ -39,6 +39,36 @@ fn assert_same_kernel_state(after: &str, before: &str) {
     panic!("kernel state changed:\n  missing now: {gone:#?}\n  new: {new:#?}");
 }
 
+/// The kernel state `before` plus what a stopped ARC keeps for the next
+/// one: the `bridges`, up, addressed, with their routes and no port.
+/// Anything else new or missing fails.
+fn assert_only_bridges_kept(after: &str, before: &str, bridges: &[&str]) {
+    let b: std::collections::BTreeSet<&str> = before.lines().collect();
+    let a: std::collections::BTreeSet<&str> = after.lines().collect();
+    let gone: Vec<&&str> = b.difference(&a).collect();
+    let is_bridges = |line: &str| {
+        !line.contains(" master ")
+            && !line.starts_with('-')
+            && bridges.iter().any(|br| {
+                line.contains(&format!(": {br}:"))
+                    || line.contains(&format!(": {br} "))
+                    || line.contains(&format!("dev {br} "))
+                    || line.ends_with(&format!("dev {br}"))
+            })
+    };
+    let unexpected: Vec<&&str> = a.difference(&b).filter(|l| !is_bridges(l)).collect();
+    assert!(
+        gone.is_empty() && unexpected.is_empty(),
+        "kernel state changed beyond the kept bridges {bridges:?}:\n  missing now: {gone:#?}\n  new: {unexpected:#?}"
+    );
+    for br in bridges {
+        assert!(
+            a.iter().any(|l| l.contains(&format!(": {br}:"))),
+            "{br} was not kept:\n{after}"
+        );
+    }
+}
+
 fn link_json(netns: &Netns, name: &str) -> Option<serde_json::Value> {
     let out = netns
         .exec(&["ip", "-j", "-d", "addr", "show", "dev", name])
@@ -328,19 +358,58 @@ fn arc_devices_are_listed_signalled_and_follow_the_uplink() {
         container_pings(&container, REMOTE_HOST),
         "no connectivity after the uplink came back"
     );
+
+    // Stopped, ARC keeps arc_eth0 for the next start; it goes with eth0.
+    client(&world)
+        .arc_shutdown(container.pid())
+        .expect("ArcShutdown");
+    assert!(link_json(&world.netns, "arc_eth0").is_some(), "kept");
+    world.internet.unplug(&world.netns).expect("unplug");
+    assert!(
+        poll_until(Duration::from_secs(5), || link_json(
+            &world.netns,
+            "arc_eth0"
+        )
+        .is_none()
+        .then_some(()))
+        .is_some(),
+        "the kept bridge outlived its uplink\n{}",
+        world.daemon.log()
+    );
+    assert!(
+        link_json(&world.netns, "arcbr0").is_some(),
+        "arcbr0 has no uplink"
+    );
 }
 
 #[test]
-fn arc_shutdown_leaves_nothing_behind_and_a_restart_gets_the_same_networks() {
-    let world = World::start().expect("world");
+fn arc_shutdown_keeps_only_its_bridges_and_a_restart_gets_the_same_networks_on_them() {
+    let mut world = World::start().expect("world");
     let c = client(&world);
     let before = kernel_snapshot(&world.netns).expect("snapshot");
     let container = started_container(&world);
     assert!(container_pings(&container, REMOTE_HOST));
+    let bridge_index = |name: &str| link_json(&world.netns, name).map(|l| l["ifindex"].clone());
+    let (arcbr0, arc_eth0) = (bridge_index("arcbr0"), bridge_index("arc_eth0"));
 
     c.arc_shutdown(container.pid()).expect("ArcShutdown");
 
-    assert_same_kernel_state(&settled_kernel_snapshot(&world.netns, &before), &before);
+    // Everything but the bridges is gone: veths, rules, the namespace name.
+    let kept = ["arcbr0", "arc_eth0"];
+    let mut after = kernel_snapshot(&world.netns).expect("snapshot");
+    for _ in 0..100 {
+        if !after.contains(" master ") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        after = kernel_snapshot(&world.netns).expect("snapshot");
+    }
+    assert_only_bridges_kept(&after, &before, &kept);
+    assert!(has_addr(
+        &link_json(&world.netns, "arc_eth0").expect("kept"),
+        ARC_ETH0_GATEWAY,
+        30
+    ));
     let netns: Vec<String> = std::fs::read_dir("/run/netns")
         .expect("/run/netns")
         .flatten()
@@ -356,7 +425,8 @@ fn arc_shutdown_leaves_nothing_behind_and_a_restart_gets_the_same_networks() {
     );
     assert!(c.get_devices().expect("GetDevices").is_empty());
 
-    // A second ARC (a new container) gets the same subnets.
+    // A second ARC (a new container) gets the same subnets, on the same
+    // bridges.
     let second = started_container(&world);
     assert!(container_pings(&second, REMOTE_HOST));
     let devices = c.get_devices().expect("GetDevices");
@@ -365,6 +435,33 @@ fn arc_shutdown_leaves_nothing_behind_and_a_restart_gets_the_same_networks() {
         ipv4_from_net_u32(devices[0].ipv4_addr).to_string(),
         ARC_ETH0
     );
+    assert_eq!(bridge_index("arcbr0"), arcbr0, "arcbr0 was made anew");
+    assert_eq!(bridge_index("arc_eth0"), arc_eth0, "arc_eth0 was made anew");
+    let bridge = link_json(&world.netns, "arc_eth0").expect("bridge");
+    assert!(has_addr(&bridge, ARC_ETH0_GATEWAY, 30), "{bridge}");
+    assert_eq!(
+        bridge["addr_info"]
+            .as_array()
+            .map(|a| a.iter().filter(|i| i["family"] == "inet").count()),
+        Some(1),
+        "one IPv4 address: {bridge}"
+    );
+
+    // The kept bridges go when patchpanel stops.
+    c.arc_shutdown(second.pid()).expect("ArcShutdown");
+    world.daemon.signal(libc::SIGTERM).expect("SIGTERM");
+    world
+        .daemon
+        .wait_exit(Duration::from_secs(30))
+        .expect("wait")
+        .expect("patchpanel exits on SIGTERM");
+    for name in kept {
+        assert_eq!(
+            link_json(&world.netns, name),
+            None,
+            "{name} outlived patchpanel"
+        );
+    }
 }
 
 #[test]
@@ -453,7 +550,15 @@ fn arcvm_gets_six_crosvm_taps_and_its_uplink_network() {
     assert_eq!(c.get_devices().expect("GetDevices").len(), 1);
 
     c.arcvm_shutdown(33).expect("ArcVmShutdown");
-    assert_same_kernel_state(&settled_kernel_snapshot(&world.netns, &before), &before);
+    let mut after = kernel_snapshot(&world.netns).expect("snapshot");
+    for _ in 0..100 {
+        if !after.contains("vmtap") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        after = kernel_snapshot(&world.netns).expect("snapshot");
+    }
+    assert_only_bridges_kept(&after, &before, &["arcbr0", "arc_eth0"]);
     assert!(c.get_devices().expect("GetDevices").is_empty());
 }
 

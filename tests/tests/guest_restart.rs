@@ -149,3 +149,43 @@ fn a_vm_whose_tap_vanished_during_the_crash_is_removed() {
     drop(successor);
     drop(crashed);
 }
+
+#[test]
+fn a_successor_removes_the_bridges_a_stopped_arc_left_and_the_next_arc_gets_new_ones() {
+    let netns = Netns::new().expect("netns");
+    let _internet = Internet::attach(&netns).expect("internet");
+    let bus = PrivateBus::start().expect("bus");
+    let mut crashed = Daemon::start(&netns, &bus).expect("daemon");
+    crashed.wait_ready().expect("ready");
+    let c = Client::connect_to(bus.address()).expect("client");
+    let container = FakeContainer::start().expect("container");
+    c.arc_startup(container.pid()).expect("ArcStartup");
+    c.arc_shutdown(container.pid()).expect("ArcShutdown");
+    let links = || netns.exec_ok(&["ip", "-o", "link", "show"]).expect("ip");
+    assert!(links().contains(": arc_eth0:"), "kept: {}", links());
+
+    crash(&mut crashed);
+    let successor = successor(&netns, &bus, &crashed);
+    // Not in the state file: links patchpanel owns that nothing re-adopted.
+    let gone = poll_until(Duration::from_secs(10), || {
+        let l = links();
+        (!l.contains(": arc_eth0:") && !l.contains(": arcbr0:")).then_some(())
+    });
+    assert!(gone.is_some(), "{}\n{}", links(), successor.log());
+
+    let c = Client::connect_to(bus.address()).expect("client");
+    let second = FakeContainer::start().expect("container");
+    c.arc_startup(second.pid()).expect("ArcStartup");
+    second
+        .bring_up("eth0", Some("100.115.92.5"))
+        .expect("bring up");
+    assert!(
+        pings(|| second
+            .exec(&["ping", "-c", "1", "-W", "2", REMOTE_HOST])
+            .is_ok_and(|o| o.status.success())),
+        "ARC on new bridges cannot reach {REMOTE_HOST}\n{}",
+        successor.log()
+    );
+    drop(successor);
+    drop(crashed);
+}

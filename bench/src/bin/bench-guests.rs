@@ -143,7 +143,7 @@ fn render(samples: Option<&GuestSamples>) -> String {
             arc.map(|s| &s.shutdown[..]),
         ),
         Row::new(
-            "patchpanel ArcShutdown -> 3 devices gone",
+            "patchpanel ArcShutdown -> ARC's 4 veths gone",
             arc.map(|s| &s.gone[..]),
         ),
         Row::new(

@@ -438,7 +438,12 @@ fn arc_netns(arc: &ArcGuest) -> Option<Netns> {
 /// with the guest end addressed and left down for Android to bring up
 /// (ARCVM's TAP exists already), the bridge with the host address, the
 /// link enslaved, then the firewall.
-fn arc_device_steps(arc: &ArcGuest, device: &ArcDevice) -> Vec<Step> {
+///
+/// A bridge in `reuse` (kept from ARC's previous run, see
+/// [`super::arc_bridges`]) is expected instead of made; its address and
+/// state are set again all the same (steps that find them done change
+/// nothing and undo nothing).
+fn arc_device_steps(arc: &ArcGuest, device: &ArcDevice, reuse: &BTreeSet<IfName>) -> Vec<Step> {
     let Some(slot) = arc.slot(device) else {
         return Vec::new();
     };
@@ -459,9 +464,16 @@ fn arc_device_steps(arc: &ArcGuest, device: &ArcDevice) -> Vec<Step> {
             prefix_len,
         });
     }
-    steps.push(Step::CreateBridge {
-        name: device.bridge.clone(),
-    });
+    if reuse.contains(&device.bridge) {
+        steps.push(Step::ExpectLink {
+            netns: Netns::Host,
+            name: device.bridge.clone(),
+        });
+    } else {
+        steps.push(Step::CreateBridge {
+            name: device.bridge.clone(),
+        });
+    }
     steps.push(Step::AddAddress {
         netns: Netns::Host,
         link: device.bridge.clone(),
@@ -490,20 +502,24 @@ fn arc_device_steps(arc: &ArcGuest, device: &ArcDevice) -> Vec<Step> {
 }
 
 /// The steps that remove one device: firewall first, then the bridge (its
-/// port leaves with it) and the container's veth. ARCVM's TAP stays.
+/// port leaves with it) unless it is kept for ARC's next start, and the
+/// container's veth. ARCVM's TAP stays.
 fn arc_device_teardown_steps(
     arc: &ArcGuest,
     device: &ArcDevice,
+    bridges: Bridges,
 ) -> Result<Vec<Step>, InverseError> {
     let mut steps = Vec::new();
     let batch = arc_device_firewall(arc, device);
     if !batch.is_empty() {
         steps.push(Step::Firewall(batch.inverse()?));
     }
-    steps.push(Step::DeleteLink {
-        netns: Netns::Host,
-        name: device.bridge.clone(),
-    });
+    if bridges == Bridges::Delete {
+        steps.push(Step::DeleteLink {
+            netns: Netns::Host,
+            name: device.bridge.clone(),
+        });
+    }
     if !arc.is_vm() {
         steps.push(Step::DeleteLink {
             netns: Netns::Host,
@@ -523,10 +539,19 @@ pub fn arc_firewall(arc: &ArcGuest) -> Batch {
     batch
 }
 
+/// What a stop does with ARC's bridges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bridges {
+    /// Kept, with their addresses, for ARC's next start (see
+    /// [`super::arc_bridges`]).
+    Keep,
+    Delete,
+}
+
 /// ARC's start: attach the container's namespace (the pidfd rides as fd
 /// 0) or make ARCVM's TAPs, then arc0 and one device per entry of
-/// `arc.devices`. Atomic.
-pub fn arc_start_plan(arc: &ArcGuest, label: String) -> Plan {
+/// `arc.devices`, on the kept bridges of `reuse` where there are. Atomic.
+pub fn arc_start_plan(arc: &ArcGuest, reuse: &BTreeSet<IfName>, label: String) -> Plan {
     let mut steps = Vec::new();
     match &arc.kind {
         ArcKind::Container { pid, netns } => steps.push(Step::AttachNetns {
@@ -552,9 +577,9 @@ pub fn arc_start_plan(arc: &ArcGuest, label: String) -> Plan {
             }
         }
     }
-    steps.extend(arc_device_steps(arc, &arc.arc0));
+    steps.extend(arc_device_steps(arc, &arc.arc0, reuse));
     for device in arc.devices.values() {
-        steps.extend(arc_device_steps(arc, device));
+        steps.extend(arc_device_steps(arc, device, reuse));
     }
     Plan {
         label,
@@ -568,7 +593,7 @@ pub fn arc_device_plan(arc: &ArcGuest, device: &ArcDevice, label: String) -> Pla
     Plan {
         label,
         mode: ApplyMode::Atomic,
-        steps: arc_device_steps(arc, device),
+        steps: arc_device_steps(arc, device, &BTreeSet::new()),
     }
 }
 
@@ -581,18 +606,22 @@ pub fn arc_device_removal_plan(
     Ok(Plan {
         label,
         mode: ApplyMode::BestEffort,
-        steps: arc_device_teardown_steps(arc, device)?,
+        steps: arc_device_teardown_steps(arc, device, Bridges::Delete)?,
     })
 }
 
-/// Removes everything ARC has: devices, arc0, then the TAPs or the
-/// namespace name. Best effort.
-pub fn arc_stop_plan(arc: &ArcGuest, label: String) -> Result<Plan, InverseError> {
+/// Removes everything ARC has: devices, arc0 (their bridges only with
+/// [`Bridges::Delete`]), then the TAPs or the namespace name. Best effort.
+pub fn arc_stop_plan(
+    arc: &ArcGuest,
+    bridges: Bridges,
+    label: String,
+) -> Result<Plan, InverseError> {
     let mut steps = Vec::new();
     for device in arc.devices.values() {
-        steps.extend(arc_device_teardown_steps(arc, device)?);
+        steps.extend(arc_device_teardown_steps(arc, device, bridges)?);
     }
-    steps.extend(arc_device_teardown_steps(arc, &arc.arc0)?);
+    steps.extend(arc_device_teardown_steps(arc, &arc.arc0, bridges)?);
     match &arc.kind {
         ArcKind::Container { netns, .. } => steps.push(Step::DeleteNetns {
             name: netns.clone(),
@@ -719,7 +748,7 @@ mod tests {
         let mut arc = arc_allocate(container(), &mut a, &BTreeSet::new()).unwrap();
         arc.started_by = Some(1000);
         assert!(matches!(
-            arc_start_plan(&arc, "t".into()).steps[0],
+            arc_start_plan(&arc, &BTreeSet::new(), "t".into()).steps[0],
             Step::AttachNetns {
                 owner_uid: Some(1000),
                 ..
@@ -727,7 +756,7 @@ mod tests {
         ));
         arc.started_by = Some(0);
         assert!(matches!(
-            arc_start_plan(&arc, "t".into()).steps[0],
+            arc_start_plan(&arc, &BTreeSet::new(), "t".into()).steps[0],
             Step::AttachNetns {
                 owner_uid: None,
                 ..
@@ -804,7 +833,7 @@ mod tests {
             .unwrap()
             .unwrap();
         arc.devices.insert("eth0".into(), d);
-        let plan = arc_start_plan(&arc, "t".into());
+        let plan = arc_start_plan(&arc, &BTreeSet::new(), "t".into());
         assert_eq!(plan.mode, ApplyMode::Atomic);
         let device = ["veth", "addr", "bridge", "addr", "up", "master", "up"];
         let mut expected = vec!["attach"];
@@ -877,19 +906,31 @@ mod tests {
             .unwrap()
             .unwrap();
         arc.devices.insert("eth0".into(), d);
-        let plan = arc_stop_plan(&arc, "t".into()).expect("plan");
+        let plan = arc_stop_plan(&arc, Bridges::Delete, "t".into()).expect("plan");
         assert_eq!(plan.mode, ApplyMode::BestEffort);
         assert_eq!(
             kinds(&plan),
             ["firewall", "dellink", "dellink", "dellink", "dellink", "delnetns"]
         );
+        // ArcShutdown keeps the bridges: only the veths go.
+        let plan = arc_stop_plan(&arc, Bridges::Keep, "t".into()).expect("plan");
+        assert_eq!(kinds(&plan), ["firewall", "dellink", "dellink", "delnetns"]);
+        let deleted: Vec<String> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::DeleteLink { name, .. } => Some(name.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted, ["vetheth0", "vetharc0"]);
     }
 
     #[test]
     fn arcvm_stop_keeps_no_tap() {
         let mut a = addrs();
         let arc = arc_allocate(ArcKind::Vm { cid: 9 }, &mut a, &BTreeSet::new()).unwrap();
-        let plan = arc_stop_plan(&arc, "t".into()).expect("plan");
+        let plan = arc_stop_plan(&arc, Bridges::Delete, "t".into()).expect("plan");
         let deleted: Vec<String> = plan
             .steps
             .iter()

@@ -28,11 +28,13 @@ use patchpanel_ipc::IfName;
 use crate::error::CallError;
 
 mod arc;
+mod arc_bridges;
 mod names;
 mod proto;
 mod vm;
 
 pub use arc::*;
+pub use arc_bridges::*;
 pub use names::*;
 pub use proto::*;
 pub use vm::*;

@@ -481,6 +481,36 @@ pub fn response(ns: &ConnectedNamespace) -> ConnectNamespaceResponse {
     }
 }
 
+/// Connected namespaces for other modules' tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// Namespaces 0..`count`, as ConnectNamespace calls of pid -1 make them.
+    pub fn connected(count: u32) -> Vec<ConnectedNamespace> {
+        let mut addrs = AddressManager::new()
+            .with_random_source(Box::new(patchpanel_addr::SeededRandom::new(3)));
+        let view = UplinkView::default();
+        let request = ConnectNamespaceRequest {
+            pid: -1,
+            ..Default::default()
+        };
+        let parsed = parse_request(&request).expect("request");
+        (0..count)
+            .map(|id| {
+                let ctx = Context {
+                    id,
+                    netns_prefix: "pp-",
+                    uplinks: &view,
+                    client: ":1.1".into(),
+                    client_uid: None,
+                };
+                allocate(&parsed, &ctx, &mut addrs).expect("allocate")
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

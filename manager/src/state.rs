@@ -37,6 +37,10 @@ pub struct State {
     pub version: u32,
     /// Next ConnectNamespace id (names are never reused within a run).
     pub next_namespace_id: u32,
+    /// Written by [`StateFile`] from its cache of each namespace's JSON
+    /// (a thousand of them would cost a millisecond to serialize at every
+    /// save), read back as any other field.
+    #[serde(default, skip_serializing)]
     pub namespaces: BTreeMap<u32, ConnectedNamespace>,
     /// Sysctls patchpanel changed, with the value it found first.
     pub sysctl_originals: Vec<(Netns, Sysctl, String)>,
@@ -147,6 +151,9 @@ pub struct StateFile {
     journal_lines: Cell<usize>,
     /// What the state file holds now (as last written by this run).
     written: RefCell<Option<Vec<u8>>>,
+    /// Each namespace as last serialized, with its JSON: a save serializes
+    /// again only the namespaces that changed since.
+    namespace_json: RefCell<BTreeMap<u32, (ConnectedNamespace, String)>>,
     /// State file writes by this run.
     writes: Cell<u64>,
 }
@@ -208,6 +215,7 @@ impl StateFile {
             journal: dir.join("port_rules"),
             journal_lines: Cell::new(0),
             written: RefCell::new(None),
+            namespace_json: RefCell::new(BTreeMap::new()),
             writes: Cell::new(0),
         }
     }
@@ -242,9 +250,48 @@ impl StateFile {
         }
     }
 
+    /// `state` as the file holds it: its fields as serde writes them, and
+    /// `namespaces`, an object keyed by id, put together from the cached
+    /// JSON of those that did not change.
+    fn render(&self, state: &State) -> std::io::Result<Vec<u8>> {
+        let rest = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+        let mut cache = self.namespace_json.borrow_mut();
+        cache.retain(|id, _| state.namespaces.contains_key(id));
+        let mut out = Vec::with_capacity(rest.len() + 16 + state.namespaces.len() * 400);
+        out.extend_from_slice(b"{\"namespaces\":{");
+        for (i, (id, ns)) in state.namespaces.iter().enumerate() {
+            let fresh = !matches!(cache.get(id), Some((cached, _)) if cached == ns);
+            if fresh {
+                let json = serde_json::to_string(ns).map_err(std::io::Error::other)?;
+                cache.insert(*id, (ns.clone(), json));
+            }
+            let json = cache.get(id).map(|(_, j)| j.as_str()).unwrap_or("null");
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(format!("\"{id}\":").as_bytes());
+            out.extend_from_slice(json.as_bytes());
+        }
+        out.push(b'}');
+        // `rest` is an object: its members follow ours.
+        match rest.as_slice() {
+            [b'{', b'}'] => out.push(b'}'),
+            [b'{', members @ ..] => {
+                out.push(b',');
+                out.extend_from_slice(members);
+            }
+            _ => {
+                return Err(std::io::Error::other(
+                    "the state does not serialize to an object",
+                ))
+            }
+        }
+        Ok(out)
+    }
+
     /// Writes `state` (all but its port rules) atomically.
     pub fn save(&self, state: &State) -> std::io::Result<()> {
-        let text = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+        let text = self.render(state)?;
         replace_file(&self.path, &text)?;
         self.writes.set(self.writes.get() + 1);
         *self.written.borrow_mut() = Some(text);
@@ -254,7 +301,7 @@ impl StateFile {
     /// Writes `state` unless the file already holds exactly it; true when
     /// written.
     pub fn save_if_changed(&self, state: &State) -> std::io::Result<bool> {
-        let text = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+        let text = self.render(state)?;
         if self.written.borrow().as_deref() == Some(text.as_slice()) {
             return Ok(false);
         }
@@ -366,6 +413,55 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_are_written_from_the_cache_and_load_back_equal() {
+        let dir = std::env::temp_dir().join(format!("pp-state-ns-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = StateFile::new(&dir);
+        let mut state = State {
+            next_namespace_id: 3,
+            ..Default::default()
+        };
+        for ns in crate::namespaces::test_support::connected(3) {
+            state.namespaces.insert(ns.id, ns);
+        }
+        let loaded = |file: &StateFile| match file.load() {
+            Loaded::Found(s) => *s,
+            other => panic!("{other:?}"),
+        };
+        // What serde would write for the whole state, field by field.
+        let whole = |state: &State| {
+            let mut v = serde_json::to_value(state).unwrap();
+            v["namespaces"] = serde_json::to_value(&state.namespaces).unwrap();
+            v
+        };
+        file.save(&state).unwrap();
+        assert_eq!(loaded(&file), state);
+        let text = std::fs::read(file.path()).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&text).unwrap(),
+            whole(&state)
+        );
+
+        // One changed, one gone: the cache follows.
+        state.namespaces.get_mut(&1).unwrap().client = ":1.9".into();
+        state.namespaces.remove(&0);
+        assert!(file.save_if_changed(&state).unwrap());
+        assert_eq!(loaded(&file), state);
+        assert!(!file.save_if_changed(&state).unwrap(), "nothing changed");
+        let text = std::fs::read(file.path()).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&text).unwrap(),
+            whole(&state)
+        );
+
+        state.namespaces.clear();
+        file.save(&state).unwrap();
+        assert_eq!(loaded(&file), state);
+        file.remove().unwrap();
+        let _ = std::fs::remove_dir(&dir);
+    }
 
     #[test]
     fn a_saved_state_loads_back_equal() {

@@ -178,7 +178,9 @@ impl McastForwarding {
                         Vec::new(),
                     );
                     self.active.insert(pair.downlink.clone(), pair.clone());
-                    match link.call_helper(Process::McastForwarder, request, &[]) {
+                    // Not waited for either (as the ND proxy's start): a
+                    // failure comes back to the loop and is logged there.
+                    match link.send_waiting(Process::McastForwarder, request) {
                         Ok(_) => info!(
                             "multicast forwarding (mDNS, SSDP) {} {} {} started",
                             pair.uplink,

@@ -205,9 +205,10 @@ pub fn mdns_query(
              \x20   r, _, _ = select.select([s], [], [], 0.1)\n\
              \x20   if not r: continue\n\
              \x20   m, src = s.recvfrom(65536)\n\
-             \x20   try: is_resp, _, _ = parse(m)\n\
+             \x20   try: is_resp, _, records = parse(m)\n\
              \x20   except Exception: continue\n\
              \x20   if not is_resp: continue\n\
+             \x20   if not any(rn == '{name}' for (rn, _, _) in records): continue\n\
              \x20   got = 1\n\
              \x20   print('answer', src[0], len(m), *a_records(m, '{name}'), flush=True)\n"
         ),

@@ -234,22 +234,11 @@ fn start_arc(
         }
     }
     let (reuse, stale) = guests.arc_bridges.take_for(&arc, &listed);
-    if !stale.is_empty() {
-        let names: Vec<&str> = stale.iter().map(|n| n.as_str()).collect();
-        log_report(
-            &format!(
-                "{what} op {op}: removing the previous ARC's bridges {}",
-                names.join(", ")
-            ),
-            env.apply(
-                guests::kept_bridges_removal_plan(
-                    &stale,
-                    format!("{what} op {op}: old ARC bridges"),
-                ),
-                &[],
-            ),
-        );
-    }
+    remove_kept_bridges(
+        env,
+        &stale,
+        &format!("{what} op {op}: the previous ARC's bridges that do not fit"),
+    );
     let plan = guests::arc_start_plan(&arc, &reuse, format!("{what} op {op}"));
     let fds: Vec<_> = pidfd.iter().map(|f| f.as_fd()).collect();
     if let Err(e) = env.apply(plan, &fds) {
@@ -318,26 +307,26 @@ pub fn stop_arc(
     guests::arc_release(&arc, env.addrs);
 }
 
+/// Deletes bridges a stopped ARC kept (`why` labels the plan and the log).
+fn remove_kept_bridges(env: &mut Env<'_>, names: &[IfName], why: &str) {
+    if names.is_empty() {
+        return;
+    }
+    let list: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    log_report(
+        &format!("removing {} ({why})", list.join(", ")),
+        env.apply(
+            guests::kept_bridges_removal_plan(names, why.to_string()),
+            &[],
+        ),
+    );
+}
+
 /// Makes ARC's devices match the uplinks: one per served uplink, none for
 /// uplinks that went away (or came back with another ifindex).
 pub fn arc_follow_uplinks(env: &mut Env<'_>, slot: &mut Option<ArcGuest>, kept: &mut ArcBridges) {
     let orphans = kept.take_orphans(env.uplinks.all());
-    if !orphans.is_empty() {
-        let names: Vec<&str> = orphans.iter().map(|n| n.as_str()).collect();
-        log_report(
-            &format!(
-                "removing the kept ARC bridges {} (their uplinks are gone)",
-                names.join(", ")
-            ),
-            env.apply(
-                guests::kept_bridges_removal_plan(
-                    &orphans,
-                    "kept ARC bridges of gone uplinks".into(),
-                ),
-                &[],
-            ),
-        );
-    }
+    remove_kept_bridges(env, &orphans, "kept ARC bridges whose uplinks are gone");
     let Some(arc) = slot.as_ref() else {
         return;
     };
@@ -697,15 +686,7 @@ pub fn stop_all(env: &mut Env<'_>, guests: Guests<'_>, why: &str) {
         .into_iter()
         .map(|b| b.name)
         .collect();
-    if !kept.is_empty() {
-        log_report(
-            "removing the kept ARC bridges",
-            env.apply(
-                guests::kept_bridges_removal_plan(&kept, format!("kept ARC bridges: {why}")),
-                &[],
-            ),
-        );
-    }
+    remove_kept_bridges(env, &kept, &format!("kept ARC bridges: {why}"));
     while !guests.vms.is_empty() {
         let last = guests.vms.len() - 1;
         remove_vm(env, guests.vms, last, why);

@@ -481,32 +481,39 @@ pub fn response(ns: &ConnectedNamespace) -> ConnectNamespaceResponse {
     }
 }
 
-/// Connected namespaces for other modules' tests.
+/// Connected namespaces for tests.
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+
+    /// What ConnectNamespace builds for `req` as namespace `id`, from `addrs`.
+    pub fn allocated(
+        req: &ConnectNamespaceRequest,
+        id: u32,
+        addrs: &mut AddressManager,
+    ) -> ConnectedNamespace {
+        let parsed = parse_request(req).expect("request");
+        let view = UplinkView::default();
+        let ctx = Context {
+            id,
+            netns_prefix: "pp-",
+            uplinks: &view,
+            client: ":1.1".into(),
+            client_uid: None,
+        };
+        allocate(&parsed, &ctx, addrs).expect("allocate")
+    }
 
     /// Namespaces 0..`count`, as ConnectNamespace calls of pid -1 make them.
     pub fn connected(count: u32) -> Vec<ConnectedNamespace> {
         let mut addrs = AddressManager::new()
             .with_random_source(Box::new(patchpanel_addr::SeededRandom::new(3)));
-        let view = UplinkView::default();
         let request = ConnectNamespaceRequest {
             pid: -1,
             ..Default::default()
         };
-        let parsed = parse_request(&request).expect("request");
         (0..count)
-            .map(|id| {
-                let ctx = Context {
-                    id,
-                    netns_prefix: "pp-",
-                    uplinks: &view,
-                    client: ":1.1".into(),
-                    client_uid: None,
-                };
-                allocate(&parsed, &ctx, &mut addrs).expect("allocate")
-            })
+            .map(|id| allocated(&request, id, &mut addrs))
             .collect()
     }
 }
@@ -528,16 +535,7 @@ mod tests {
     }
 
     fn build(req: &ConnectNamespaceRequest, id: u32, a: &mut AddressManager) -> ConnectedNamespace {
-        let parsed = parse_request(req).unwrap();
-        let view = UplinkView::default();
-        let ctx = Context {
-            id,
-            netns_prefix: "pp-",
-            uplinks: &view,
-            client: ":1.1".into(),
-            client_uid: None,
-        };
-        allocate(&parsed, &ctx, a).unwrap()
+        super::test_support::allocated(req, id, a)
     }
 
     #[test]

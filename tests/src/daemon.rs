@@ -305,6 +305,19 @@ impl Daemon {
         Ok(self.exit)
     }
 
+    /// A clean stop: SIGTERM, then up to `timeout` for the manager to exit;
+    /// its exit status, or an error (with its log) if it is still running.
+    pub fn stop_cleanly(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.signal(libc::SIGTERM)?;
+        match self.wait_exit(timeout)? {
+            Some(status) => Ok(status),
+            None => bail!(
+                "patchpaneld still runs {timeout:?} after SIGTERM\n{}",
+                self.log()
+            ),
+        }
+    }
+
     /// Waits up to `timeout` for the manager to exit; `None` if it is still
     /// running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {

@@ -449,12 +449,10 @@ fn arc_shutdown_keeps_only_its_bridges_and_a_restart_gets_the_same_networks_on_t
 
     // The kept bridges go when patchpanel stops.
     c.arc_shutdown(second.pid()).expect("ArcShutdown");
-    world.daemon.signal(libc::SIGTERM).expect("SIGTERM");
     world
         .daemon
-        .wait_exit(Duration::from_secs(30))
-        .expect("wait")
-        .expect("patchpanel exits on SIGTERM");
+        .stop_cleanly(Duration::from_secs(30))
+        .expect("stop");
     for name in kept {
         assert_eq!(
             link_json(&world.netns, name),

@@ -408,16 +408,11 @@ fn a_clean_stop_restores_the_namespace_and_the_sysctls() {
     let world = World::start_with(DaemonOptions::default()).expect("world");
     let (_resp, _lifeline) = connect(&world, &new_namespace());
     let mut world = world;
-    world.daemon.signal(libc::SIGTERM).expect("SIGTERM");
     let status = world
         .daemon
-        .wait_exit(Duration::from_secs(10))
-        .expect("wait");
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        world.daemon.log()
-    );
+        .stop_cleanly(Duration::from_secs(10))
+        .expect("stop");
+    assert!(status.success(), "{status:?}\n{}", world.daemon.log());
     let fw = world
         .netns
         .firewall_save(false, None)
@@ -520,11 +515,10 @@ fn the_hosts_own_rules_links_and_routes_are_never_touched() {
         "the policy must stay DROP:\n{during}"
     );
     drop(lifeline);
-    daemon.signal(libc::SIGTERM).expect("SIGTERM");
     assert!(daemon
-        .wait_exit(Duration::from_secs(10))
-        .expect("wait")
-        .is_some_and(|s| s.success()));
+        .stop_cleanly(Duration::from_secs(10))
+        .expect("stop")
+        .success());
     // Everything but the accounting chains (kept so counts persist across
     // restarts) is gone.
     let after = kernel_snapshot(&netns).expect("snapshot");
@@ -706,11 +700,10 @@ fn a_start_and_a_clean_stop_leave_the_ruleset_as_found_but_the_counters() {
     let client = Client::connect_to(bus.address()).expect("client");
     let (_resp, lifeline) = client.connect_namespace(&new_namespace()).expect("connect");
     drop(lifeline);
-    daemon.signal(libc::SIGTERM).expect("SIGTERM");
     assert!(daemon
-        .wait_exit(Duration::from_secs(10))
-        .expect("wait")
-        .is_some_and(|s| s.success()));
+        .stop_cleanly(Duration::from_secs(10))
+        .expect("stop")
+        .success());
     let accounting = if nft {
         ["ip patchpanel_mangle", "ip6 patchpanel_mangle"]
     } else {

@@ -565,12 +565,10 @@ fn the_root_namespace_proxies_addresses_are_on_lo_while_patchpanel_runs() {
     for addr in ["fd64:ffff::2/128", "fd64:ffff::3/128"] {
         assert!(shown.contains(addr), "{addr} not on lo: {shown}");
     }
-    world.daemon.signal(libc::SIGTERM).expect("SIGTERM");
     world
         .daemon
-        .wait_exit(Duration::from_secs(10))
-        .expect("wait")
-        .expect("the daemon did not stop");
+        .stop_cleanly(Duration::from_secs(10))
+        .expect("stop");
     let shown = lo(&world);
     assert!(
         !shown.contains("fd64:ffff::"),

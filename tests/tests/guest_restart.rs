@@ -42,13 +42,20 @@ fn successor(netns: &Netns, bus: &PrivateBus, crashed: &Daemon) -> Daemon {
     daemon
 }
 
+/// A namespace with the internet, a bus and a daemon ready in it, the one
+/// that will crash.
+fn first_run() -> (Netns, Internet, PrivateBus, Daemon) {
+    let netns = Netns::new().expect("netns");
+    let internet = Internet::attach(&netns).expect("internet");
+    let bus = PrivateBus::start().expect("bus");
+    let mut daemon = Daemon::start(&netns, &bus).expect("daemon");
+    daemon.wait_ready().expect("ready");
+    (netns, internet, bus, daemon)
+}
+
 #[test]
 fn a_successor_re_adopts_arc_and_vms_and_their_traffic_flows_on() {
-    let netns = Netns::new().expect("netns");
-    let _internet = Internet::attach(&netns).expect("internet");
-    let bus = PrivateBus::start().expect("bus");
-    let mut crashed = Daemon::start(&netns, &bus).expect("daemon");
-    crashed.wait_ready().expect("ready");
+    let (netns, _internet, bus, mut crashed) = first_run();
     let c = Client::connect_to(bus.address()).expect("client");
     let container = FakeContainer::start().expect("container");
     c.arc_startup(container.pid()).expect("ArcStartup");
@@ -110,11 +117,7 @@ fn a_successor_re_adopts_arc_and_vms_and_their_traffic_flows_on() {
 
 #[test]
 fn a_vm_whose_tap_vanished_during_the_crash_is_removed() {
-    let netns = Netns::new().expect("netns");
-    let _internet = Internet::attach(&netns).expect("internet");
-    let bus = PrivateBus::start().expect("bus");
-    let mut crashed = Daemon::start(&netns, &bus).expect("daemon");
-    crashed.wait_ready().expect("ready");
+    let (netns, _internet, bus, mut crashed) = first_run();
     let c = Client::connect_to(bus.address()).expect("client");
     let gone = c.terminavm_startup(21).expect("TerminaVmStartup");
     let kept = c.terminavm_startup(22).expect("TerminaVmStartup");
@@ -152,11 +155,7 @@ fn a_vm_whose_tap_vanished_during_the_crash_is_removed() {
 
 #[test]
 fn a_successor_removes_the_bridges_a_stopped_arc_left_and_the_next_arc_gets_new_ones() {
-    let netns = Netns::new().expect("netns");
-    let _internet = Internet::attach(&netns).expect("internet");
-    let bus = PrivateBus::start().expect("bus");
-    let mut crashed = Daemon::start(&netns, &bus).expect("daemon");
-    crashed.wait_ready().expect("ready");
+    let (netns, _internet, bus, mut crashed) = first_run();
     let c = Client::connect_to(bus.address()).expect("client");
     let container = FakeContainer::start().expect("container");
     c.arc_startup(container.pid()).expect("ArcStartup");

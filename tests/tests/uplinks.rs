@@ -793,13 +793,8 @@ fn a_clean_stop_removes_uplink_routing_and_restores_accept_ra() {
     );
     let (_resp, _lifeline) = connect(&bus, &pinned_to("wlan0")).expect("ConnectNamespace");
 
-    daemon.signal(libc::SIGTERM).expect("SIGTERM");
-    let status = daemon.wait_exit(STOP).expect("wait");
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        daemon.log()
-    );
+    let status = daemon.stop_cleanly(STOP).expect("stop");
+    assert!(status.success(), "{status:?}\n{}", daemon.log());
 
     assert_eq!(owned_rules(&netns), BTreeSet::new(), "{}", dump(&netns));
     assert_eq!(owned_routes(&netns), BTreeSet::new(), "{}", dump(&netns));
@@ -880,13 +875,8 @@ fn a_successor_of_a_crashed_daemon_rebuilds_the_same_routing_and_restores_accept
     );
     assert_eq!(accept_ra(&netns, "eth0"), "2");
 
-    successor.signal(libc::SIGTERM).expect("SIGTERM");
-    let status = successor.wait_exit(STOP).expect("wait");
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        successor.log()
-    );
+    let status = successor.stop_cleanly(STOP).expect("stop");
+    assert!(status.success(), "{status:?}\n{}", successor.log());
     assert_eq!(owned_rules(&netns), BTreeSet::new());
     assert_eq!(owned_routes(&netns), BTreeSet::new());
     assert_eq!(

@@ -384,12 +384,11 @@ fn a_clean_stop_removes_every_vm() {
     let c = client(&world);
     let termina = c.terminavm_startup(8).expect("TerminaVmStartup");
     let parallels = c.parallelsvm_startup(8, 0).expect("ParallelsVmStartup");
-    world.daemon.signal(libc::SIGTERM).expect("SIGTERM");
     let status = world
         .daemon
-        .wait_exit(Duration::from_secs(10))
-        .expect("wait");
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        .stop_cleanly(Duration::from_secs(10))
+        .expect("stop");
+    assert!(status.success(), "{status:?}");
     let links = world.netns.exec_ok(&["ip", "-o", "link"]).expect("ip");
     for tap in [&termina.tap_device_ifname, &parallels.tap_device_ifname] {
         assert!(!links.contains(tap.as_str()), "{tap} survived: {links}");

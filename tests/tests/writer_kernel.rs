@@ -687,9 +687,9 @@ fn delete_link_refuses_a_link_with_another_alias() {
     f.assert_snapshot_is(&before);
 }
 
-/// The links still listed of `names`, polled until none is (the reaper
-/// deletes after the plan's answer) or 10 s.
-fn links_left(f: &Fixture, names: &[&str]) -> Vec<String> {
+/// Asserts that none of `names` is listed any more, polled for up to 10 s
+/// (the reaper deletes after the plan's answer).
+fn assert_links_gone(f: &Fixture, names: &[&str]) {
     let left = || -> Vec<String> {
         let listed = f.exec(&["ip", "-o", "link", "show"]);
         names
@@ -698,11 +698,15 @@ fn links_left(f: &Fixture, names: &[&str]) -> Vec<String> {
             .map(|n| n.to_string())
             .collect()
     };
-    patchpanel_tests::wait::poll_until(Duration::from_secs(10), || {
-        let l = left();
-        l.is_empty().then_some(())
+    let gone = patchpanel_tests::wait::poll_until(Duration::from_secs(10), || {
+        left().is_empty().then_some(())
     });
-    left()
+    assert!(
+        gone.is_some(),
+        "still listed: {:?}\n{}",
+        left(),
+        f.writer.log()
+    );
 }
 
 #[test]
@@ -730,12 +734,7 @@ fn links_deleted_together_go_in_one_group_and_a_strangers_link_in_that_group_sta
 
     build(&mut f);
     delete_all(&mut f);
-    assert_eq!(
-        links_left(&f, &ours),
-        Vec::<String>::new(),
-        "{}",
-        f.writer.log()
-    );
+    assert_links_gone(&f, &ours);
     assert!(
         !f.writer.log().contains("device group"),
         "{}",
@@ -751,12 +750,7 @@ fn links_deleted_together_go_in_one_group_and_a_strangers_link_in_that_group_sta
     f.exec(&["ip", "link", "set", "theirs0", "group", "1886417520"]);
     build(&mut f);
     delete_all(&mut f);
-    assert_eq!(
-        links_left(&f, &ours),
-        Vec::<String>::new(),
-        "{}",
-        f.writer.log()
-    );
+    assert_links_gone(&f, &ours);
     let log = f.writer.log();
     assert!(
         log.contains("device group 0x70707270 also holds theirs0"),

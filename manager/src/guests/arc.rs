@@ -915,15 +915,7 @@ mod tests {
         // ArcShutdown keeps the bridges: only the veths go.
         let plan = arc_stop_plan(&arc, Bridges::Keep, "t".into()).expect("plan");
         assert_eq!(kinds(&plan), ["firewall", "dellink", "dellink", "delnetns"]);
-        let deleted: Vec<String> = plan
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::DeleteLink { name, .. } => Some(name.to_string()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(deleted, ["vetheth0", "vetharc0"]);
+        assert_eq!(links_of(&plan, "dellink"), ["vetheth0", "vetharc0"]);
     }
 
     #[test]
@@ -931,16 +923,8 @@ mod tests {
         let mut a = addrs();
         let arc = arc_allocate(ArcKind::Vm { cid: 9 }, &mut a, &BTreeSet::new()).unwrap();
         let plan = arc_stop_plan(&arc, Bridges::Delete, "t".into()).expect("plan");
-        let deleted: Vec<String> = plan
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::DeleteLink { name, .. } => Some(name.to_string()),
-                _ => None,
-            })
-            .collect();
         assert_eq!(
-            deleted,
+            links_of(&plan, "dellink"),
             ["arcbr0", "vmtap0", "vmtap1", "vmtap2", "vmtap3", "vmtap4", "vmtap5"]
         );
     }

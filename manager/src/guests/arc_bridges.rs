@@ -210,15 +210,7 @@ mod tests {
                 .count(),
             0
         );
-        let expected: Vec<&str> = plan
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::ExpectLink { name, .. } => Some(name.as_str()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(expected, ["arcbr0", "arc_eth0"]);
+        assert_eq!(links_of(&plan, "expect"), ["arcbr0", "arc_eth0"]);
 
         kept.keep(&second);
         let (reuse, delete) = kept.take_for(&second, &listed(&["arc_eth0"]));

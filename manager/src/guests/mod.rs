@@ -100,4 +100,17 @@ pub(crate) mod test_support {
             })
             .collect()
     }
+
+    /// The links `plan` deletes (`"dellink"`) or expects (`"expect"`), in
+    /// order.
+    pub fn links_of<'a>(plan: &'a Plan, kind: &str) -> Vec<&'a str> {
+        plan.steps
+            .iter()
+            .filter_map(|s| match (s, kind) {
+                (Step::DeleteLink { name, .. }, "dellink") => Some(name.as_str()),
+                (Step::ExpectLink { name, .. }, "expect") => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
 }

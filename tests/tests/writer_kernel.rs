@@ -742,24 +742,29 @@ fn links_deleted_together_go_in_one_group_and_a_strangers_link_in_that_group_sta
     );
     f.assert_snapshot_is(&before);
 
-    // Another program's link in the group the reaper uses: the kernel
-    // would delete it with ours, so ours go one by one and it stays.
-    f.exec(&[
-        "ip", "link", "add", "theirs0", "type", "veth", "peer", "name", "theirs1",
-    ]);
-    f.exec(&["ip", "link", "set", "theirs0", "group", "1886417520"]);
+    // Another program's links in the groups the reaper's workers use (one
+    // each, 0x70707270 + slot): the kernel would delete them with ours, so
+    // ours go one by one and theirs stay.
+    for slot in 0..4u32 {
+        let (name, peer) = (format!("theirs{slot}"), format!("theirs{slot}p"));
+        f.exec(&[
+            "ip", "link", "add", &name, "type", "veth", "peer", "name", &peer,
+        ]);
+        let group = (0x7070_7270 + slot).to_string();
+        f.exec(&["ip", "link", "set", &name, "group", &group]);
+    }
     build(&mut f);
     delete_all(&mut f);
     assert_links_gone(&f, &ours);
     let log = f.writer.log();
-    assert!(
-        log.contains("device group 0x70707270 also holds theirs0"),
-        "{log}"
-    );
-    assert_eq!(
-        f.ip_json(&["link", "show", "dev", "theirs0"])[0]["ifname"],
-        "theirs0"
-    );
+    assert!(log.contains(" also holds theirs"), "{log}");
+    for slot in 0..4 {
+        let name = format!("theirs{slot}");
+        assert_eq!(
+            f.ip_json(&["link", "show", "dev", &name])[0]["ifname"],
+            name
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

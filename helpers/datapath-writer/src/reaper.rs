@@ -10,21 +10,26 @@
 //!
 //! The thread deletes what is queued together: the veths and TAPs waiting
 //! (at most [`BATCH`]) are put in one device group and deleted with one
-//! `RTM_DELLINK` of that group, which the kernel unregisters as one batch
-//! sharing its grace periods (4 veths: gone after ~10 ms instead of ~80 ms
-//! one by one, measured). A bridge is deleted alone: its deletion waits for
-//! an RCU barrier while holding the rtnl lock (`br_multicast_dev_del`,
-//! ~26 ms each here), so bridges deleted together would stall every other
-//! request's link change for all of them at once. A link waiting for the reaper keeps its name until the
-//! kernel drops it: a step that creates a link of that name waits for it
-//! first ([`Reaper::wait_for`]), and a creation the kernel refuses with
-//! EEXIST is retried once every pending deletion is done
-//! ([`Reaper::drain`]): the peer of a deleted veth may be the name a new
-//! pair wants in the same container namespace.
+//! `RTM_DELLINK` of that group, which the kernel unregisters as one batch:
+//! the rtnl lock is held ~1.5 ms for four veths, and the RCU barrier that
+//! follows (15-40 ms, lock released) is waited once for all. A bridge is
+//! deleted alone: its deletion waits for an RCU barrier while holding the
+//! rtnl lock (`br_multicast_dev_del`, ~26 ms each here), so bridges deleted
+//! together would stall every other request's link change for all of them
+//! at once. Each batch runs on a worker thread of its own (at most
+//! [`WORKERS`] at once): the links are unlisted long before the syscall
+//! returns from its barrier, and the next batch does not wait for it.
 //!
-//! The thread lives in the writer's own network namespace (the daemon's:
+//! A link waiting for the reaper keeps its name until the kernel drops it:
+//! a step that creates a link of that name waits for it first
+//! ([`Reaper::wait_for`]), and a creation the kernel refuses with EEXIST is
+//! retried once every pending deletion is done ([`Reaper::drain`]): the
+//! peer of a deleted veth may be the name a new pair wants in the same
+//! container namespace.
+//!
+//! The threads live in the writer's own network namespace (the daemon's:
 //! only [`Netns::Host`](patchpanel_ipc::datapath::Netns) links are reaped)
-//! under the writer's seccomp filter, which it inherits.
+//! under the writer's seccomp filter, which they inherit.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Sender};
@@ -44,12 +49,20 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// waits that long.
 pub const BATCH: usize = 64;
 
-/// The device group the thread gives the links it deletes together
-/// ("pprp"). A link of another program found in it stops the group delete
-/// (see [`delete_together`]).
+/// Deletions in flight at once. A deletion's syscall returns only after
+/// the kernel's RCU barrier (15-40 ms), long after its links are unlisted
+/// (~1.5 ms for veths): a batch queued meanwhile starts on another worker
+/// instead of waiting for that barrier (one ConnectNamespace released
+/// after another waited for the previous one's).
+const WORKERS: usize = 4;
+
+/// The device group a worker gives the links it deletes together ("pprp"
+/// plus the worker's slot: two workers never share a group). A link of
+/// another program found in it stops the group delete (see
+/// [`delete_together`]).
 const GROUP: u32 = 0x7070_7270;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Job {
     index: u32,
     name: String,
@@ -65,6 +78,14 @@ struct Pending {
     /// request that arrives during a teardown waits for one deletion in
     /// progress at most, not for each of them in turn.
     paused: bool,
+    /// The worker slots with a deletion in flight.
+    busy: [bool; WORKERS],
+}
+
+impl Pending {
+    fn free_slot(&self) -> Option<usize> {
+        self.busy.iter().position(|b| !b)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +108,25 @@ impl Shared {
             if *n == 0 {
                 p.names.remove(name);
             }
+        }
+        self.changed.notify_all();
+    }
+
+    /// A free worker slot, now busy (waiting for one up to [`WAIT`]; after
+    /// that, slot 0 is shared rather than the deletions held).
+    fn take_slot(&self) -> usize {
+        if !self.wait_until(WAIT, |p| p.free_slot().is_some()) {
+            warn!("link reaper: every worker still busy after {WAIT:?}");
+        }
+        let mut p = self.lock();
+        let slot = p.free_slot().unwrap_or(0);
+        p.busy[slot] = true;
+        slot
+    }
+
+    fn free(&self, slot: usize) {
+        if let Some(b) = self.lock().busy.get_mut(slot) {
+            *b = false;
         }
         self.changed.notify_all();
     }
@@ -230,34 +270,22 @@ impl Reaper {
             let spawned = std::thread::Builder::new()
                 .name("reaper".into())
                 .spawn(move || {
-                    let rtnl = match Rtnl::new() {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            warn!("link reaper: no rtnetlink socket ({e}); deleting nothing");
-                            None
-                        }
-                    };
                     while let Ok(first) = rx.recv() {
                         // Not while a plan runs (bounded: a plan that takes
                         // longer than WAIT does not hold deletions forever).
                         shared.wait_until(WAIT, |p| !p.paused);
+                        let slot = shared.take_slot();
                         let jobs: Vec<Job> = std::iter::once(first)
                             .chain(rx.try_iter().take(BATCH - 1))
                             .collect();
-                        let (alone, together): (Vec<Job>, Vec<Job>) =
-                            jobs.into_iter().partition(|j| j.alone);
-                        if let Some(rtnl) = &rtnl {
-                            delete_together(rtnl, &together);
-                        }
-                        for job in &together {
-                            shared.done(&job.name);
-                        }
-                        for job in alone {
-                            shared.wait_until(WAIT, |p| !p.paused);
-                            if let Some(rtnl) = &rtnl {
-                                delete_one(rtnl, &job);
-                            }
-                            shared.done(&job.name);
+                        let worker = Arc::clone(&shared);
+                        let batch = jobs.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name(format!("reaper-{slot}"))
+                            .spawn(move || run_batch(slot, &batch, &worker));
+                        if let Err(e) = spawned {
+                            debug!("link reaper: no worker thread ({e}); deleting in the reaper");
+                            run_batch(slot, &jobs, &shared);
                         }
                     }
                 });
@@ -271,6 +299,34 @@ impl Reaper {
         }
         self.queue.as_ref()
     }
+}
+
+/// One worker's batch, on a socket of its own: the veths and TAPs
+/// together, then each bridge alone; then the slot is free again.
+fn run_batch(slot: usize, jobs: &[Job], shared: &Shared) {
+    match Rtnl::new() {
+        Ok(rtnl) => {
+            let (alone, together): (Vec<&Job>, Vec<&Job>) = jobs.iter().partition(|j| j.alone);
+            delete_together(&rtnl, GROUP + slot as u32, &together);
+            for job in &together {
+                shared.done(&job.name);
+            }
+            for job in alone {
+                delete_one(&rtnl, job);
+                shared.done(&job.name);
+            }
+        }
+        Err(e) => {
+            warn!(
+                "link reaper: no rtnetlink socket ({e}); {} link(s) not deleted",
+                jobs.len()
+            );
+            for job in jobs {
+                shared.done(&job.name);
+            }
+        }
+    }
+    shared.free(slot);
 }
 
 fn delete_one(rtnl: &Rtnl, job: &Job) {
@@ -290,7 +346,7 @@ fn delete_one(rtnl: &Rtnl, job: &Job) {
 /// single one, when the group cannot be used, or when a link that is not
 /// one of them is in the group (another program's: the kernel would
 /// delete it too).
-fn delete_together(rtnl: &Rtnl, jobs: &[Job]) {
+fn delete_together(rtnl: &Rtnl, group: u32, jobs: &[&Job]) {
     if jobs.len() < 2 {
         jobs.iter().for_each(|j| delete_one(rtnl, j));
         return;
@@ -298,7 +354,7 @@ fn delete_together(rtnl: &Rtnl, jobs: &[Job]) {
     let started = Instant::now();
     let mut grouped = Vec::new();
     for job in jobs {
-        match rtnl.set_group_index(job.index, GROUP) {
+        match rtnl.set_group_index(job.index, group) {
             Ok(true) => grouped.push(job.index),
             // Gone already (its namespace took it, or the kernel was first).
             Ok(false) => {}
@@ -317,18 +373,18 @@ fn delete_together(rtnl: &Rtnl, jobs: &[Job]) {
     let strangers: Vec<String> = match rtnl.links() {
         Ok(links) => links
             .into_iter()
-            .filter(|l| l.group == GROUP && !grouped.contains(&l.index))
+            .filter(|l| l.group == group && !grouped.contains(&l.index))
             .map(|l| format!("{} (#{})", l.name, l.index))
             .collect(),
         Err(e) => vec![format!("unknown (cannot list links: {e})")],
     };
     if !strangers.is_empty() {
         warn!(
-            "device group {GROUP:#x} also holds {}: deleting patchpanel's links one by one instead",
+            "device group {group:#x} also holds {}: deleting patchpanel's links one by one instead",
             strangers.join(", ")
         );
     } else {
-        match rtnl.delete_link_group(GROUP) {
+        match rtnl.delete_link_group(group) {
             Ok(_) => {
                 let names: Vec<&str> = jobs
                     .iter()
@@ -343,7 +399,7 @@ fn delete_together(rtnl: &Rtnl, jobs: &[Job]) {
                 return;
             }
             Err(e) => {
-                warn!("cannot delete device group {GROUP:#x} ({e}); deleting its links one by one")
+                warn!("cannot delete device group {group:#x} ({e}); deleting its links one by one")
             }
         }
     }

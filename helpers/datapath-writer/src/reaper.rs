@@ -75,8 +75,8 @@ struct Job {
 struct Pending {
     names: BTreeMap<String, usize>,
     /// A plan runs: the thread starts no deletion until it ends, so that a
-    /// request that arrives during a teardown waits for one deletion in
-    /// progress at most, not for each of them in turn.
+    /// request that arrives during a teardown waits for the deletions
+    /// already in progress at most, not for each queued one in turn.
     paused: bool,
     /// The worker slots with a deletion in flight.
     busy: [bool; WORKERS],

@@ -132,12 +132,15 @@ fn setup_apply_inverse_and_remove_all_leave_the_ruleset_exactly_as_found() {
                 ruleset()
             );
         }
-        // nft itself reads the rules back as what they mean.
+        // nft itself reads the rules back as what they mean: the guest's
+        // ingress accept is an element of `guest_in`, looked up by one rule.
         let applied = ruleset();
-        assert!(
-            applied.contains("iifname \"arc_ns0\" meta mark set meta mark | 0x00000010 accept"),
-            "{applied}"
-        );
+        for line in [
+            "iifname @guest_in meta mark set meta mark | 0x00000010 accept",
+            "elements = { \"arc_ns0\" comment \"-i arc_ns0 -j ACCEPT\" }",
+        ] {
+            assert!(applied.contains(line), "{line}\n{applied}");
+        }
         // Docker's FORWARD DROP gets the narrow accept at its top, written
         // over netlink exactly as iptables-nft writes it.
         let saved = run("iptables-save", &["-t", "filter"], None);

@@ -1,7 +1,8 @@
 //! Port rules as set elements: the rules ModifyPortRule adds (ACCESS and
 //! FORWARDING) all have one shape per chain, so instead of one rule each
 //! they are elements of a few sets and maps, each looked up by one rule
-//! that setup puts in the chain. Adding or removing one is then a set
+//! that setup puts in the chain. The same holds for each guest's
+//! `guest_forward -i <guest> -j ACCEPT` (set `guest_in`). Adding or removing one is then a set
 //! element change, whose commit costs the same whatever the number of
 //! rules: a chain of rules is copied and validated whole by the kernel at
 //! every commit that changes it.
@@ -43,6 +44,17 @@ mod set_attr {
     pub const DATA_TYPE: u16 = 6;
     pub const DATA_LEN: u16 = 7;
     pub const ID: u16 = 10;
+    pub const USERDATA: u16 = 13;
+}
+
+/// The set's userdata telling `nft` the key is in host byte order
+/// (`NFTNL_UDATA_SET_KEYBYTEORDER` = `BYTEORDER_HOST_ENDIAN`): without it
+/// `nft list` prints the elements of a set keyed by an interface name
+/// alone as `""` (a concatenation's parts carry their own order).
+fn host_order_key_udata() -> Vec<u8> {
+    let mut u = vec![0, 4];
+    u.extend_from_slice(&1u32.to_ne_bytes());
+    u
 }
 
 /// `enum nft_set_elem_list_attributes` and `nft_set_elem_attributes`.
@@ -99,8 +111,12 @@ pub(super) fn of_layout(
 }
 
 /// Every port set, in the order their lookup rules stand in their chains
-/// (a forward to a given host address before a forward of any).
-pub static PORT_SETS: [PortSet; 5] = [
+/// (a forward to a given host address before a forward of any). The last
+/// one is not a port rule's: `guest_forward -i <guest> -j ACCEPT`, one per
+/// guest interface, so that a guest's start or stop adds an element
+/// instead of a rule to a chain that has one per guest (the chain holds
+/// accepts only, so where its lookup rule stands changes nothing).
+pub static PORT_SETS: [PortSet; 6] = [
     PortSet {
         name: "port_access",
         table: Table::Filter,
@@ -155,6 +171,15 @@ pub static PORT_SETS: [PortSet; 5] = [
         key: &[KeyField::Iifname, KeyField::L4proto, KeyField::Dport],
         action: LookupAction::Dnat4,
         inserted_first: true,
+    },
+    PortSet {
+        name: "guest_in",
+        table: Table::Filter,
+        families: &Family::ALL,
+        chain: GUEST_FORWARD,
+        key: &[KeyField::Iifname],
+        action: LookupAction::Accept,
+        inserted_first: false,
     },
 ];
 
@@ -318,6 +343,9 @@ pub fn new_set(seq: u32, family: Family, set: &PortSet, id: u32) -> MsgBuilder {
         );
     }
     m.be32(set_attr::ID, id);
+    if set.key == [KeyField::Iifname] {
+        m.attr(set_attr::USERDATA, &host_order_key_udata());
+    }
     m
 }
 
@@ -592,6 +620,34 @@ mod tests {
         ] {
             assert_eq!(classify(Family::V4, &change), None);
         }
+    }
+
+    #[test]
+    fn a_guests_ingress_accept_is_an_element_of_guest_in_and_its_replies_stay_rules() {
+        let ns = crate::guest::Namespace {
+            host_ifname: IfName::new("arc_ns3").unwrap(),
+            host_ipv4: Ipv4Addr::new(100, 115, 92, 129),
+            peer_ipv4: Ipv4Addr::new(100, 115, 92, 130),
+            ipv6: None,
+            source: crate::TrafficSource::System,
+            mode: crate::guest::Mode::System,
+        };
+        let batch = crate::guest::connected_namespace(&ns);
+        for family in Family::ALL {
+            let elements: Vec<ElementChange> = only(&batch, family).into_iter().flatten().collect();
+            assert_eq!(elements.len(), 1, "{family}: {elements:?}");
+            assert_eq!(elements[0].set.name, "guest_in");
+            assert_eq!(elements[0].spec, "-i arc_ns3 -j ACCEPT");
+            assert_eq!(&elements[0].key[..7], b"arc_ns3");
+            assert_eq!(elements[0].key.len(), 16);
+            assert!(elements[0].add);
+        }
+        // The inverse removes the element.
+        let inverse = batch.inverse().unwrap();
+        let removed: Vec<ElementChange> =
+            only(&inverse, Family::V4).into_iter().flatten().collect();
+        assert_eq!(removed.len(), 1);
+        assert!(!removed[0].add);
     }
 
     #[test]

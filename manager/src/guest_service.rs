@@ -681,12 +681,9 @@ fn remove_vm(env: &mut Env<'_>, vms: &mut Vec<VmGuest>, pos: usize, why: &str) -
 /// A clean stop: every guest goes.
 pub fn stop_all(env: &mut Env<'_>, guests: Guests<'_>, why: &str) {
     stop_arc(env, guests.arc, None, why);
-    // Those a previous stop kept go too.
-    let kept: Vec<IfName> = std::mem::take(&mut guests.arc_bridges.0)
-        .into_iter()
-        .map(|b| b.name)
-        .collect();
-    remove_kept_bridges(env, &kept, &format!("kept ARC bridges: {why}"));
+    // Bridges a previous stop of ARC kept are no guest: they go with every
+    // other link patchpanel owns, in the stop's removal that follows.
+    guests.arc_bridges.0.clear();
     while !guests.vms.is_empty() {
         let last = guests.vms.len() - 1;
         remove_vm(env, guests.vms, last, why);

@@ -221,6 +221,34 @@ fn drain(peer: &UdpSocket) -> Vec<Vec<u8>> {
     got
 }
 
+/// A forwarder between the LAN and a guest (`receive_buffer` as
+/// [`World::forwarder`] takes it) and a peer on each side. Destructure it
+/// with `_world` first: the namespaces go last.
+struct Rig {
+    _world: World,
+    poll: Poll,
+    f: Forwarder,
+    lan: UdpSocket,
+    guest: UdpSocket,
+}
+
+impl Rig {
+    fn new(receive_buffer: Option<usize>) -> Rig {
+        let world = World::new();
+        let poll = Poll::new().expect("poll");
+        let f = world.forwarder(&poll, receive_buffer);
+        let lan = World::peer(&world.lan, "up0");
+        let guest = World::peer(&world.guest, "g0");
+        Rig {
+            _world: world,
+            poll,
+            f,
+            lan,
+            guest,
+        }
+    }
+}
+
 /// Polls and hands every event to the forwarder until nothing happened
 /// for 200 ms.
 fn pump(poll: &mut Poll, f: &mut Forwarder) {
@@ -243,11 +271,13 @@ fn many_batches_of_answers_reach_the_lan_whole_once_in_order_and_rewritten() {
     if !root() {
         return;
     }
-    let w = World::new();
-    let mut poll = Poll::new().expect("poll");
-    let mut f = w.forwarder(&poll, None);
-    let lan = World::peer(&w.lan, "up0");
-    let guest = World::peer(&w.guest, "g0");
+    let Rig {
+        _world,
+        mut poll,
+        mut f,
+        lan,
+        guest,
+    } = Rig::new(None);
     let total = 2000;
     // In chunks that any receive buffer holds, the forwarder reading in
     // between.
@@ -277,11 +307,13 @@ fn a_backlog_is_read_a_few_batches_at_a_time_and_another_socket_goes_in_between(
     if !root() {
         return;
     }
-    let w = World::new();
-    let mut poll = Poll::new().expect("poll");
-    let mut f = w.forwarder(&poll, None);
-    let lan = World::peer(&w.lan, "up0");
-    let guest = World::peer(&w.guest, "g0");
+    let Rig {
+        _world,
+        mut poll,
+        mut f,
+        lan,
+        guest,
+    } = Rig::new(None);
     let per_wake = BATCH * MAX_BATCHES_PER_WAKE;
     let backlog = per_wake + 40;
     send(&guest, (0..backlog).map(|n| response(n, GUEST)));
@@ -323,12 +355,14 @@ fn what_a_full_receive_buffer_drops_is_counted() {
     if !root() {
         return;
     }
-    let w = World::new();
-    let mut poll = Poll::new().expect("poll");
     // The smallest buffer the kernel allows: a few datagrams.
-    let mut f = w.forwarder(&poll, Some(1));
-    let lan = World::peer(&w.lan, "up0");
-    let guest = World::peer(&w.guest, "g0");
+    let Rig {
+        _world,
+        mut poll,
+        mut f,
+        lan,
+        guest,
+    } = Rig::new(Some(1));
     let total = 500;
     send(&guest, (0..total).map(|n| response(n, GUEST)));
     std::thread::sleep(Duration::from_millis(100));

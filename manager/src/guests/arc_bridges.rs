@@ -39,17 +39,10 @@ pub struct KeptBridge {
 pub struct ArcBridges(pub Vec<KeptBridge>);
 
 impl ArcBridges {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Keeps the bridges of `arc`, which is being stopped with
     /// [`super::Bridges::Keep`].
     pub fn keep(&mut self, arc: &ArcGuest) {
-        self.0 = std::iter::once(&arc.arc0)
-            .chain(arc.devices.values())
-            .filter_map(|d| kept(arc, d))
-            .collect();
+        self.0 = bridges_of(arc, |_| true).collect();
     }
 
     /// Splits the kept bridges for `arc`, about to start: those it builds
@@ -61,10 +54,7 @@ impl ArcBridges {
         arc: &ArcGuest,
         listed: &BTreeSet<String>,
     ) -> (BTreeSet<IfName>, Vec<IfName>) {
-        let wanted: Vec<KeptBridge> = std::iter::once(&arc.arc0)
-            .chain(arc.devices.values())
-            .filter_map(|d| kept(arc, d))
-            .collect();
+        let wanted: Vec<KeptBridge> = bridges_of(arc, |_| true).collect();
         let mut reuse = BTreeSet::new();
         let mut delete = Vec::new();
         for bridge in std::mem::take(&mut self.0) {
@@ -87,11 +77,7 @@ impl ArcBridges {
     /// built on are kept again (the plan's rollback left them as they
     /// were).
     pub fn keep_only(&mut self, arc: &ArcGuest, reuse: &BTreeSet<IfName>) {
-        self.0 = std::iter::once(&arc.arc0)
-            .chain(arc.devices.values())
-            .filter(|d| reuse.contains(&d.bridge))
-            .filter_map(|d| kept(arc, d))
-            .collect();
+        self.0 = bridges_of(arc, |d| reuse.contains(&d.bridge)).collect();
     }
 
     /// Forgets and returns the bridges whose uplink is not among
@@ -107,6 +93,18 @@ impl ArcBridges {
         self.0 = kept;
         orphans.into_iter().map(|b| b.name).collect()
     }
+}
+
+/// The bridges of `arc`'s devices (arc0's first) that `which` picks, as
+/// they would be kept.
+fn bridges_of<'a>(
+    arc: &'a ArcGuest,
+    which: impl Fn(&ArcDevice) -> bool + 'a,
+) -> impl Iterator<Item = KeptBridge> + 'a {
+    std::iter::once(&arc.arc0)
+        .chain(arc.devices.values())
+        .filter(move |d| which(d))
+        .filter_map(|d| kept(arc, d))
 }
 
 fn kept(arc: &ArcGuest, device: &ArcDevice) -> Option<KeptBridge> {
@@ -201,7 +199,7 @@ mod tests {
             ["arc_eth0", "arcbr0"]
         );
         assert_eq!(names(&delete), ["arc_wlan0"]);
-        assert!(kept.is_empty());
+        assert!(kept.0.is_empty());
         let plan = arc_start_plan(&second, &reuse, "t".into());
         assert_eq!(
             plan.steps

@@ -27,6 +27,15 @@ pub const DROP_OUTPUT_TO_BRUSCHETTA: &str = "drop_output_to_bruschetta";
 pub const ACCEPT_EGRESS_TO_DNS_PROXY: &str = "accept_egress_to_dns_proxy";
 /// filter: per-guest forwarding accepts (upstream appends them to FORWARD).
 pub const GUEST_FORWARD: &str = "guest_forward";
+/// mangle: `CONNMARK --restore-mark` of the routing tag, which every
+/// `PREROUTING_<if>` jumps to instead of carrying the target itself.
+/// Ours: the target is nft_compat's xt `CONNMARK`, and adding one waits for
+/// the destruction of every rule deleted before (an RCU grace period, ~15
+/// ms after a guest's teardown); a jump to a chain made at start does not.
+pub const RESTORE_ROUTING_MARK: &str = "restore_routing_mark";
+/// mangle: `CONNMARK --restore-mark` of the source tag, likewise (pinned
+/// guests).
+pub const RESTORE_SOURCE_MARK: &str = "restore_source_mark";
 /// A chain no rule jumps to, which the iptables backend adds to an
 /// iptables-nft table when its start makes something there: its rules'
 /// comments ([`MADE_TABLE`], [`MADE_HOOK`]`<chain>`) say what, so that the
@@ -46,7 +55,7 @@ pub(crate) const ROOT_CHAINS: [&str; 5] = [
 ];
 
 /// Every fixed chain name patchpanel owns (all tables, both families).
-pub const CATALOG: [&str; 24] = [
+pub const CATALOG: [&str; 26] = [
     ROOT_CHAINS[0],
     ROOT_CHAINS[1],
     ROOT_CHAINS[2],
@@ -70,6 +79,8 @@ pub const CATALOG: [&str; 24] = [
     DROP_OUTPUT_TO_BRUSCHETTA,
     ACCEPT_EGRESS_TO_DNS_PROXY,
     GUEST_FORWARD,
+    RESTORE_ROUTING_MARK,
+    RESTORE_SOURCE_MARK,
     TABLE_MARKER,
 ];
 

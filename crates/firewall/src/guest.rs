@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::fwmark::{self, TrafficSource};
 use crate::layout::{
     named, root_chain, APPLY_VPN_MARK, DROP_FORWARD_TO_BRUSCHETTA, DROP_OUTPUT_TO_BRUSCHETTA,
-    GUEST_FORWARD, SKIP_APPLY_VPN_MARK,
+    GUEST_FORWARD, RESTORE_ROUTING_MARK, RESTORE_SOURCE_MARK, SKIP_APPLY_VPN_MARK,
 };
 use crate::model::{
     Batch, BuiltinChain, Change, Cidr, CtStateMatch, CtStates, Family, InterfaceChainPrefix,
@@ -87,6 +87,12 @@ pub fn postrouting_chain(ifname: &IfName) -> OwnedChain {
     OwnedChain::interface_chain(InterfaceChainPrefix::Postrouting, ifname)
 }
 
+/// A jump to a named chain: `restore_*_mark` carry the CONNMARK restores
+/// (see [`RESTORE_ROUTING_MARK`] for why they are not in `PREROUTING_<if>`).
+fn jump(name: &'static str) -> Rule {
+    Rule::new(Target::Jump(named(name)))
+}
+
 fn set_mark(value: u32, mask: u32) -> Rule {
     Rule::new(Target::SetMark { value, mask })
 }
@@ -104,21 +110,13 @@ fn prerouting_rules(d: &Downstream, family: Family) -> Vec<Rule> {
             rules.push(set_mark(fwmark::routing_tag(table), fwmark::ROUTING_MASK));
             // A source saved in the connection (replies to a connection
             // another source opened) overrides this interface's source.
-            rules.push(Rule::new(Target::ConnmarkRestore {
-                mask: fwmark::SOURCE_MASK,
-            }));
+            rules.push(jump(RESTORE_SOURCE_MARK));
             rules.push(Rule::new(Target::Return).with(Match::not_mark(0, fwmark::SOURCE_MASK)));
             rules.push(set_mark(source, fwmark::SOURCE_MASK));
         }
-        Mode::System => {
-            rules.push(Rule::new(Target::ConnmarkRestore {
-                mask: fwmark::ROUTING_MASK,
-            }));
-        }
+        Mode::System => rules.push(jump(RESTORE_ROUTING_MARK)),
         Mode::User => {
-            rules.push(Rule::new(Target::ConnmarkRestore {
-                mask: fwmark::ROUTING_MASK,
-            }));
+            rules.push(jump(RESTORE_ROUTING_MARK));
             match (&d.peer, family) {
                 (Some(p), Family::V4) => rules.push(
                     Rule::new(Target::Accept)
@@ -360,7 +358,7 @@ COMMIT
 -N PREROUTING_arc_ns0
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x1/0x1
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x400/0x3f00
--A PREROUTING_arc_ns0 -j CONNMARK --restore-mark --mask 0xffff0000
+-A PREROUTING_arc_ns0 -j restore_routing_mark
 -A patchpanel_PREROUTING -i arc_ns0 -j PREROUTING_arc_ns0
 COMMIT
 "
@@ -375,7 +373,7 @@ COMMIT
 -A skip_apply_vpn_mark -o arc_ns0 -j ACCEPT
 -N PREROUTING_arc_ns0
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x400/0x3f00
--A PREROUTING_arc_ns0 -j CONNMARK --restore-mark --mask 0xffff0000
+-A PREROUTING_arc_ns0 -j restore_routing_mark
 -A patchpanel_PREROUTING -i arc_ns0 -j PREROUTING_arc_ns0
 COMMIT
 "
@@ -398,7 +396,7 @@ COMMIT
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x1/0x1
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x400/0x3f00
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x3ea0000/0xffff0000
--A PREROUTING_arc_ns0 -j CONNMARK --restore-mark --mask 0x3f00
+-A PREROUTING_arc_ns0 -j restore_source_mark
 -A PREROUTING_arc_ns0 -m mark ! --mark 0x0/0x3f00 -j RETURN
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x400/0x3f00
 -A patchpanel_PREROUTING -i arc_ns0 -j PREROUTING_arc_ns0
@@ -421,7 +419,7 @@ COMMIT
 -N PREROUTING_arc_ns0
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x1/0x1
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x400/0x3f00
--A PREROUTING_arc_ns0 -j CONNMARK --restore-mark --mask 0xffff0000
+-A PREROUTING_arc_ns0 -j restore_routing_mark
 -A PREROUTING_arc_ns0 -s 100.115.92.130/32 -d 100.115.92.129/32 -j ACCEPT
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x8000/0xc000
 -A PREROUTING_arc_ns0 -j apply_vpn_mark
@@ -439,7 +437,7 @@ COMMIT
 -N PREROUTING_arc_ns0
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x1/0x1
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x400/0x3f00
--A PREROUTING_arc_ns0 -j CONNMARK --restore-mark --mask 0xffff0000
+-A PREROUTING_arc_ns0 -j restore_routing_mark
 -A PREROUTING_arc_ns0 -s fd00:1:2:3::2/128 -d fd00:1:2:3::1/128 -j ACCEPT
 -A PREROUTING_arc_ns0 -j MARK --set-mark 0x8000/0xc000
 -A PREROUTING_arc_ns0 -j apply_vpn_mark
@@ -485,7 +483,7 @@ COMMIT
 -N PREROUTING_vmtap0
 -A PREROUTING_vmtap0 -j MARK --set-mark 0x1/0x1
 -A PREROUTING_vmtap0 -j MARK --set-mark 0x2100/0x3f00
--A PREROUTING_vmtap0 -j CONNMARK --restore-mark --mask 0xffff0000
+-A PREROUTING_vmtap0 -j restore_routing_mark
 -A PREROUTING_vmtap0 -j skip_apply_vpn_mark
 -A PREROUTING_vmtap0 -j MARK --set-mark 0x8000/0xc000
 -A PREROUTING_vmtap0 -j apply_vpn_mark
@@ -535,7 +533,7 @@ COMMIT
 -D PREROUTING_arc_ns0 -j apply_vpn_mark
 -D PREROUTING_arc_ns0 -j MARK --set-mark 0x8000/0xc000
 -D PREROUTING_arc_ns0 -s 100.115.92.130/32 -d 100.115.92.129/32 -j ACCEPT
--D PREROUTING_arc_ns0 -j CONNMARK --restore-mark --mask 0xffff0000
+-D PREROUTING_arc_ns0 -j restore_routing_mark
 -D PREROUTING_arc_ns0 -j MARK --set-mark 0x400/0x3f00
 -D PREROUTING_arc_ns0 -j MARK --set-mark 0x1/0x1
 -F PREROUTING_arc_ns0

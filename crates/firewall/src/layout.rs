@@ -43,7 +43,7 @@ pub use crate::catalog::{
     APPLY_AUTO_DNAT_TO_CROSTINI, APPLY_AUTO_DNAT_TO_PARALLELS, APPLY_LOCAL_SOURCE_MARK,
     APPLY_VPN_MARK, CATALOG, DROP_FORWARD_TO_BRUSCHETTA, DROP_OUTPUT_TO_BRUSCHETTA,
     EGRESS_PORT_FIREWALL, GUEST_FORWARD, INGRESS_PORT_FIREWALL, INGRESS_PORT_FORWARDING, MADE_HOOK,
-    MADE_TABLE, REDIRECT_DEFAULT_DNS, REDIRECT_USER_DNS, ROOT_CHAIN_PREFIX, SKIP_APPLY_VPN_MARK,
+    MADE_TABLE, REDIRECT_DEFAULT_DNS, REDIRECT_USER_DNS, RESTORE_ROUTING_MARK, RESTORE_SOURCE_MARK, ROOT_CHAIN_PREFIX, SKIP_APPLY_VPN_MARK,
     TABLE_MARKER, VPN_ACCEPT, VPN_EGRESS_FILTERS, VPN_LOCKDOWN,
 };
 
@@ -257,6 +257,15 @@ fn mangle(family: Family, config: &LayoutConfig) -> TableLayout {
     let mut t = TableLayout::new(family, Table::Mangle);
     t.dynamic(SKIP_APPLY_VPN_MARK);
     t.dynamic(APPLY_VPN_MARK);
+    for (name, mask) in [
+        (RESTORE_ROUTING_MARK, fwmark::ROUTING_MASK),
+        (RESTORE_SOURCE_MARK, fwmark::SOURCE_MASK),
+    ] {
+        t.fixed(
+            named(name),
+            vec![Rule::new(Target::ConnmarkRestore { mask })],
+        );
+    }
     // Per-interface jumps: PREROUTING_<if>, connmark restore per uplink,
     // rx_<if> and tx_<if> accounting, POSTROUTING_<if>.
     t.hook(BuiltinChain::Prerouting, ChainContent::Dynamic);
@@ -574,6 +583,8 @@ mod tests {
         assert_eq!(
             static_lines(&Layout::new(&config), Family::V4, Table::Mangle),
             [
+                "-A restore_routing_mark -j CONNMARK --restore-mark --mask 0xffff0000",
+                "-A restore_source_mark -j CONNMARK --restore-mark --mask 0x3f00",
                 "-A apply_local_source_mark -m mark ! --mark 0x0/0x3f00 -j RETURN",
                 "-A apply_local_source_mark -m owner --uid-owner 1000 -j MARK --set-xmark 0x100/0x3f00",
                 "-A apply_local_source_mark -m mark --mark 0x0/0xc000 -m owner --uid-owner 1000 -j MARK --set-mark 0x8000/0xc000",

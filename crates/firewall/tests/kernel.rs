@@ -163,7 +163,8 @@ fn setup_apply_inverse_and_remove_all_leave_the_host_rules_exactly_as_they_were(
             "-A guest_forward -i arc_ns0 -j ACCEPT",
             "-A PREROUTING_arc_ns0 -j MARK --set-xmark 0x1/0x1",
             "-A PREROUTING_arc_ns0 -j MARK --set-xmark 0x400/0x3f00",
-            "-A PREROUTING_arc_ns0 -j CONNMARK --restore-mark --nfmask 0xffff0000 --ctmask 0xffff0000",
+            "-A PREROUTING_arc_ns0 -j restore_routing_mark",
+            "-A restore_routing_mark -j CONNMARK --restore-mark --nfmask 0xffff0000 --ctmask 0xffff0000",
             "-A patchpanel_PREROUTING -i arc_ns0 -j PREROUTING_arc_ns0",
             "-A skip_apply_vpn_mark -o arc_ns0 -j ACCEPT",
         ] {

@@ -123,7 +123,8 @@ fn setup_apply_inverse_and_remove_all_leave_the_ruleset_exactly_as_found() {
             "-A guest_forward -o arc_ns0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
             "-A guest_forward -i arc_ns0 -j ACCEPT",
             "-A PREROUTING_arc_ns0 -j MARK --set-xmark 0x1/0x1",
-            "-A PREROUTING_arc_ns0 -j CONNMARK --restore-mark --nfmask 0xffff0000 --ctmask 0xffff0000",
+            "-A PREROUTING_arc_ns0 -j restore_routing_mark",
+            "-A restore_routing_mark -j CONNMARK --restore-mark --nfmask 0xffff0000 --ctmask 0xffff0000",
             "-A patchpanel_PREROUTING -i arc_ns0 -j PREROUTING_arc_ns0",
         ] {
             assert!(

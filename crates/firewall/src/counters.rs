@@ -164,6 +164,89 @@ pub struct CounterParseError {
     pub why: &'static str,
 }
 
+/// The name of the named counter an accounting rule of `chain` counts
+/// into (the nftables backend): `<chain>/<tag>`, `<tag>` the source mark
+/// in hex (`0x400`) or `any` for the rule that counts the rest. `None`
+/// for a rule that is not one patchpanel puts in an accounting chain.
+/// (`/` is in no interface name, so the chain's end is unambiguous.)
+pub fn counter_name(chain: &str, rule: &Rule) -> Option<String> {
+    match (rule.matches.as_slice(), &rule.target) {
+        ([], Target::Count) => Some(format!("{chain}/{ANY_SOURCE}")),
+        ([Match::Mark(m)], Target::Return) if !m.negate && m.mask == SOURCE_MASK => {
+            Some(format!("{chain}/{:#x}", m.value))
+        }
+        _ => None,
+    }
+}
+
+/// The name of the counter of `chain`'s rule for `source` (`None`: the
+/// rule that counts the rest), as [`counter_name`] names it.
+pub fn counter_name_of_source(chain: &str, source: Option<TrafficSource>) -> String {
+    match source {
+        None => format!("{chain}/{ANY_SOURCE}"),
+        Some(s) => format!("{chain}/{:#x}", s.fwmark()),
+    }
+}
+
+/// The tag of the counter of an accounting chain's last rule.
+const ANY_SOURCE: &str = "any";
+
+/// The sample a named counter is ([`counter_name`]); `Ok(None)` for a
+/// name of no accounting chain (not ours), an error for an accounting
+/// chain's counter patchpanel did not name so.
+pub fn sample_of_counter(
+    family: Family,
+    name: &str,
+    packets: u64,
+    bytes: u64,
+) -> Result<Option<CounterSample>, CounterParseError> {
+    let err = |why| CounterParseError {
+        line: name.to_string(),
+        why,
+    };
+    let Some((chain, tag)) = name.rsplit_once('/') else {
+        return Ok(None);
+    };
+    let Some((direction, ifname)) = accounting_interface(chain) else {
+        return Ok(None);
+    };
+    let source = if tag == ANY_SOURCE {
+        None
+    } else {
+        let value = tag
+            .strip_prefix("0x")
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .ok_or_else(|| err("counter tag is not a hexadecimal mark"))?;
+        if value & !SOURCE_MASK != 0 {
+            return Err(err("counter tag is not a source mark"));
+        }
+        Some(TrafficSource::from_fwmark(value).ok_or_else(|| err("unknown source mark"))?)
+    };
+    Ok(Some(CounterSample {
+        family,
+        direction,
+        ifname: ifname.to_string(),
+        source,
+        packets,
+        bytes,
+    }))
+}
+
+/// The direction and uplink of an accounting chain's name: `rx_<if>` or
+/// `tx_<if>` with `<if>` a valid interface name (`rx_` alone, or `tx_a b`,
+/// is someone else's chain: found by fuzzing, `-A tx_` gave a sample with
+/// an empty device name).
+fn accounting_interface(chain: &str) -> Option<(Direction, &str)> {
+    let (direction, ifname) = if let Some(i) = chain.strip_prefix("rx_") {
+        (Direction::Rx, i)
+    } else if let Some(i) = chain.strip_prefix("tx_") {
+        (Direction::Tx, i)
+    } else {
+        return None;
+    };
+    IfName::new(ifname).ok().map(|_| (direction, ifname))
+}
+
 /// Parses `iptables-save -c -t mangle` output (machine-readable counters:
 /// `[packets:bytes] -A chain spec`) and returns the samples of the
 /// accounting chains. Every rule of an `rx_`/`tx_` chain must be one that
@@ -189,19 +272,9 @@ pub fn parse_counters(text: &str, family: Family) -> Result<Vec<CounterSample>, 
             Some((c, s)) => (c, s.trim()),
             None => (rule, ""),
         };
-        let (direction, ifname) = if let Some(i) = chain.strip_prefix("rx_") {
-            (Direction::Rx, i)
-        } else if let Some(i) = chain.strip_prefix("tx_") {
-            (Direction::Tx, i)
-        } else {
+        let Some((direction, ifname)) = accounting_interface(chain) else {
             continue;
         };
-        // Ours are rx_<interface>/tx_<interface>; a chain such as `rx_` or
-        // `tx_a b` is someone else's (found by fuzzing: `-A tx_` gave a
-        // sample with an empty device name).
-        if IfName::new(ifname).is_err() {
-            continue;
-        }
         let (p, b) = counts
             .split_once(':')
             .ok_or_else(|| err("counters are not packets:bytes"))?;

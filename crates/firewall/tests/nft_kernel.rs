@@ -29,6 +29,10 @@ fn ruleset() -> String {
     run("nft", &["list", "ruleset"], None)
         .lines()
         .map(|l| {
+            // A named counter's "packets 3 bytes 252" -> "packets bytes".
+            if l.trim_start().starts_with("packets ") {
+                return "packets bytes".to_string();
+            }
             // "counter packets 3 bytes 252" -> "counter"
             match l.find("counter packets") {
                 Some(i) => {
@@ -371,6 +375,175 @@ fn port_rules_and_accounting_count_real_packets_and_accounting_survives_remove_a
         assert!(again >= rx);
         fw.remove_all(&|_| false).unwrap();
         assert_eq!(ruleset(), "");
+    });
+}
+
+/// The named counters of `ip patchpanel_mangle` as `nft` lists them:
+/// (name, packets, bytes).
+fn named_counters() -> Vec<(String, u64, u64)> {
+    let text = run(
+        "nft",
+        &["list", "counters", "table", "ip", "patchpanel_mangle"],
+        None,
+    );
+    let mut out = Vec::new();
+    let mut name = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("counter ") {
+            name = rest
+                .strip_suffix(" {")
+                .map(|n| n.trim_matches('"').to_string());
+        } else if let (Some(n), Some(rest)) = (&name, line.strip_prefix("packets ")) {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            out.push((
+                n.clone(),
+                words[0].parse().unwrap(),
+                words[2].parse().unwrap(),
+            ));
+            name = None;
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn accounting_rules_count_into_named_counters_that_go_with_their_rules() {
+    in_fresh_netns(|| {
+        run("ip", &["link", "set", "lo", "up"], None);
+        let lo = ifname("lo");
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        let mut batch = counters::accounting_chains(&lo);
+        batch.extend(counters::accounting_jumps(&lo));
+        fw.apply(&batch).unwrap();
+        // 15 per chain: one per source and one for the rest.
+        let names: Vec<String> = named_counters().into_iter().map(|c| c.0).collect();
+        assert_eq!(names.len(), 30, "{names:?}");
+        assert!(names.contains(&"rx_lo/0x400".to_string()), "{names:?}");
+        assert!(names.contains(&"tx_lo/any".to_string()), "{names:?}");
+        let mangle = run(
+            "nft",
+            &["list", "chain", "ip", "patchpanel_mangle", "rx_lo"],
+            None,
+        );
+        assert!(
+            mangle.contains(
+                "meta mark & 0x00003f00 == 0x00000400 counter packets 0 bytes 0 counter name \"rx_lo/0x400\" return"
+            ),
+            "{mangle}"
+        );
+        // Untagged traffic (ping's) is counted by the last rule's counter.
+        run("ping", &["-c", "3", "-i", "0.2", "-q", "127.0.0.1"], None);
+        let any = named_counters()
+            .into_iter()
+            .find(|c| c.0 == "rx_lo/any")
+            .unwrap();
+        assert!(any.1 >= 6, "{any:?}");
+        let samples = fw.read_counters().unwrap();
+        let read = samples
+            .iter()
+            .find(|s| {
+                s.family == Family::V4
+                    && s.direction == counters::Direction::Rx
+                    && s.source.is_none()
+            })
+            .unwrap();
+        assert!(
+            read.packets >= any.1 && read.bytes >= any.2,
+            "{read:?} vs {any:?}"
+        );
+        // 2 families x 2 chains x 15.
+        assert_eq!(samples.len(), 60, "{samples:?}");
+        // The chain flushed and filled again: its counters count on.
+        let rx = counters::rx_chain(&lo);
+        let mut refill = Batch::new();
+        refill.changes_mut(Family::V4).push(Change::FlushChain {
+            table: Table::Mangle,
+            chain: rx.clone(),
+        });
+        for rule in counters::accounting_rules() {
+            refill.changes_mut(Family::V4).push(Change::Append {
+                table: Table::Mangle,
+                chain: rx.clone(),
+                rule,
+            });
+        }
+        fw.apply(&refill).unwrap();
+        let kept = named_counters()
+            .into_iter()
+            .find(|c| c.0 == "rx_lo/any")
+            .unwrap();
+        assert!(kept.1 >= any.1, "{kept:?} after {any:?}");
+        // The inverse (rules deleted, chains deleted) takes the counters.
+        fw.apply(&counters::accounting_jumps(&lo).inverse().unwrap())
+            .unwrap();
+        fw.apply(&counters::accounting_chains(&lo).inverse().unwrap())
+            .unwrap();
+        assert_eq!(named_counters(), []);
+        assert_eq!(fw.read_counters().unwrap(), []);
+        fw.remove_all(&|_| false).unwrap();
+        assert_eq!(ruleset(), "");
+    });
+}
+
+#[test]
+fn an_earlier_writers_accounting_chain_moves_to_named_counters_with_its_counts() {
+    in_fresh_netns(|| {
+        let mut fw = Nftables::new().unwrap();
+        fw.setup(&Layout::default()).unwrap();
+        // What an earlier version wrote: a counter in each rule.
+        run(
+            "nft",
+            &[
+                "-f",
+                "-",
+            ],
+            Some(
+                "add chain ip patchpanel_mangle rx_lo\n\
+                 add rule ip patchpanel_mangle rx_lo meta mark & 0x3f00 == 0x400 counter packets 5 bytes 500 return comment \"-m mark --mark 0x400/0x3f00 -j RETURN\"\n\
+                 add rule ip patchpanel_mangle rx_lo counter packets 2 bytes 120\n",
+            ),
+        );
+        fw.setup(&Layout::default()).unwrap();
+        let counted: Vec<(String, u64, u64)> =
+            named_counters().into_iter().filter(|c| c.1 > 0).collect();
+        assert_eq!(
+            counted,
+            [
+                ("rx_lo/0x400".to_string(), 5, 500),
+                ("rx_lo/any".to_string(), 2, 120)
+            ]
+        );
+        // The rules' own counters start there too.
+        let chain = run(
+            "nft",
+            &["list", "chain", "ip", "patchpanel_mangle", "rx_lo"],
+            None,
+        );
+        for line in [
+            "counter packets 5 bytes 500 counter name \"rx_lo/0x400\" return",
+            "counter packets 2 bytes 120 counter name \"rx_lo/any\"",
+        ] {
+            assert!(chain.contains(line), "{line}\n{chain}");
+        }
+        let v4 = fw.dump(Family::V4).unwrap();
+        let rx: Vec<&str> = v4.lines().filter(|l| l.starts_with("-A rx_lo")).collect();
+        assert_eq!(rx.len(), 15, "{v4}");
+        assert_eq!(rx[3], "-A rx_lo -m mark --mark 0x400/0x3f00 -j RETURN");
+        assert_eq!(rx[14], "-A rx_lo");
+        let system = fw
+            .read_counters()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.source == Some(TrafficSource::System))
+            .unwrap();
+        assert_eq!((system.packets, system.bytes), (5, 500));
+        // Once moved, a setup leaves it alone.
+        let moved = ruleset();
+        fw.setup(&Layout::default()).unwrap();
+        assert_eq!(ruleset(), moved);
+        fw.remove_all(&|_| false).unwrap();
     });
 }
 

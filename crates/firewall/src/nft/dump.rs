@@ -72,6 +72,9 @@ pub fn fuzz_replies(buf: &[u8]) -> usize {
         understood += sets::parse_elements(r).len();
         understood += usize::from(is_narrow_accept(r));
         understood += usize::from(iptables_rule(r).is_some());
+        if let Some(counter) = super::objects::parse_counter(r) {
+            understood += super::objects::samples_of(&[counter]).map_or(1, |s| 1 + s.len());
+        }
     }
     for family in Family::ALL {
         let mine: Vec<DumpedRule> = rules

@@ -57,22 +57,48 @@ pub struct Unsupported {
     pub what: String,
 }
 
+/// How an accounting rule counts: in a counter of its own starting at
+/// `start` (packets, bytes), whose final counts a deletion announces, and
+/// in the named counter `name`, which reads are of.
+#[derive(Debug, Clone, Copy)]
+pub struct Accounting<'a> {
+    pub name: &'a str,
+    pub start: (u64, u64),
+}
+
 /// Appends the expressions of `rule` (as used in `family`) to `m`, inside
-/// an open `NFTA_RULE_EXPRESSIONS` nest. `count`: add a counter.
+/// an open `NFTA_RULE_EXPRESSIONS` nest. `accounting`: count as an
+/// accounting rule; a `Count` rule without it gets a counter of its own.
 /// An accept in the filter table also sets [`ACCEPTED_MARK`].
 pub fn compile(
     m: &mut MsgBuilder,
     rule: &Rule,
     family: Family,
     table: Table,
-    count: bool,
+    accounting: Option<Accounting<'_>>,
 ) -> Result<(), Unsupported> {
     let mut e = Exprs { m };
     for mt in &rule.matches {
         e.matcher(mt, family)?;
     }
-    if count || rule.target == Target::Count {
-        e.expr("counter", |_| {});
+    match accounting {
+        Some(Accounting {
+            name,
+            start: (packets, bytes),
+        }) => {
+            e.expr("counter", |m| {
+                if (packets, bytes) != (0, 0) {
+                    m.be64(1, bytes); // NFTA_COUNTER_BYTES
+                    m.be64(2, packets); // NFTA_COUNTER_PACKETS
+                }
+            });
+            e.expr("objref", |m| {
+                m.be32(1, super::objects::OBJECT_COUNTER); // NFTA_OBJREF_IMM_TYPE
+                m.str(2, name); // NFTA_OBJREF_IMM_NAME
+            });
+        }
+        None if rule.target == Target::Count => e.expr("counter", |_| {}),
+        None => {}
     }
     if table == Table::Filter && rule.target == Target::Accept {
         e.meta_load(META_MARK, REG1);
@@ -539,9 +565,17 @@ mod tests {
     use patchpanel_names::IfName;
 
     fn names(rule: &Rule, family: Family) -> Vec<String> {
+        counted_names(rule, family, None)
+    }
+
+    fn counted_names(rule: &Rule, family: Family, counter: Option<&str>) -> Vec<String> {
         let mut m = MsgBuilder::nft(0, 0, 0, 0);
         let n = m.nest(4);
-        compile(&mut m, rule, family, Table::Nat, false).unwrap();
+        let accounting = counter.map(|name| Accounting {
+            name,
+            start: (0, 0),
+        });
+        compile(&mut m, rule, family, Table::Nat, accounting).unwrap();
         m.end(n);
         let bytes = m.finish();
         let body = &bytes[20..];
@@ -566,7 +600,7 @@ mod tests {
             &Rule::new(Target::Accept),
             Family::V4,
             Table::Filter,
-            false,
+            None,
         )
         .unwrap();
         m.end(n);
@@ -601,6 +635,20 @@ mod tests {
     #[test]
     fn a_count_rule_is_only_a_counter() {
         assert_eq!(names(&Rule::new(Target::Count), Family::V4), ["counter"]);
+    }
+
+    #[test]
+    fn an_accounting_rule_counts_itself_and_into_its_named_counter_before_its_verdict() {
+        let count = Rule::new(Target::Count);
+        assert_eq!(
+            counted_names(&count, Family::V4, Some("rx_eth0/any")),
+            ["counter", "objref"]
+        );
+        let tagged = Rule::new(Target::Return).with(Match::mark(0x400, 0x3f00));
+        assert_eq!(
+            counted_names(&tagged, Family::V6, Some("rx_eth0/0x400")),
+            ["meta", "bitwise", "cmp", "counter", "objref", "immediate"]
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod dump;
 pub mod expr;
 mod inspect;
 pub mod monitor;
+pub mod objects;
 mod rebuild;
 pub mod sets;
 mod sweep;
@@ -40,12 +41,12 @@ use coexist::{is_narrow_accept, remove_narrow_accepts};
 use dump::{counters_of, parse_rule};
 use sweep::iptables_rule;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::backend::{
     FirewallBackend, FirewallError, RemoveAllError, Removed, RemovedKind, SetupReport,
 };
-use crate::counters::{is_accounting_chain, CounterSample};
+use crate::counters::{counter_name, is_accounting_chain, CounterSample};
 use crate::layout::{hook_rule, ChainContent, Layout};
 use crate::model::{Batch, BuiltinChain, Change, Family, Rule, Table};
 use crate::render::{change_lines, rule_spec, saved_form};
@@ -108,6 +109,16 @@ fn base_chain(table: Table, builtin: BuiltinChain) -> (u32, i32, &'static str) {
 const MAX_SPEC_LEN: usize = 253;
 const UDATA_COMMENT: u8 = 0;
 
+/// The named counter a rule of `chain` counts into: an accounting rule's
+/// ([`objects`]); `None` for every other rule.
+fn accounting_counter(table: Table, chain: &str, rule: &Rule) -> Option<String> {
+    if table == objects::TABLE && is_accounting_chain(chain) {
+        counter_name(chain, rule)
+    } else {
+        None
+    }
+}
+
 fn userdata(spec: &str) -> Vec<u8> {
     let mut u = Vec::with_capacity(spec.len() + 3);
     u.push(UDATA_COMMENT);
@@ -154,8 +165,13 @@ struct Tx {
     deleted: Vec<ChainKey>,
     /// Port set elements as they will be after it (`None`: removed).
     elements: HashMap<ElementKey, Option<sets::Element>>,
+    /// Named counters it deletes.
+    deleted_counters: HashSet<(Family, String)>,
     next_id: u32,
 }
+
+/// Counts carried into new accounting counters, by (family, counter name).
+type CarriedCounts = HashMap<(Family, String), (u64, u64)>;
 
 /// A port set of one family.
 type SetKey = (Family, &'static str);
@@ -170,6 +186,7 @@ impl Tx {
             new_rules: Vec::new(),
             deleted: Vec::new(),
             elements: HashMap::new(),
+            deleted_counters: HashSet::new(),
             next_id: 1,
         }
     }
@@ -425,6 +442,8 @@ impl Nftables {
         Ok(true)
     }
 
+    /// `NEWRULE` of `rule`, its spec as comment; an accounting rule's
+    /// counter starts at `start` (packets, bytes).
     fn rule_message(
         seq: u32,
         family: Family,
@@ -432,20 +451,25 @@ impl Nftables {
         chain: &str,
         flags: u16,
         rule: &Rule,
-        spec: &str,
+        start: (u64, u64),
     ) -> Result<MsgBuilder, FirewallError> {
+        let spec = rule_spec(rule);
         let mut m = MsgBuilder::nft(msg::NEWRULE, flags, seq, nfproto(family));
         m.str(rule_attr::TABLE, table_name(table));
         m.str(rule_attr::CHAIN, chain);
         let n = m.nest(rule_attr::EXPRESSIONS);
-        expr::compile(&mut m, rule, family, table, is_accounting_chain(chain)).map_err(|e| {
+        let counter = accounting_counter(table, chain, rule);
+        let accounting = counter
+            .as_deref()
+            .map(|name| expr::Accounting { name, start });
+        expr::compile(&mut m, rule, family, table, accounting).map_err(|e| {
             FirewallError::Unsupported {
                 what: e.to_string(),
             }
         })?;
         m.end(n);
         if !spec.is_empty() {
-            m.attr(rule_attr::USERDATA, &userdata(spec));
+            m.attr(rule_attr::USERDATA, &userdata(&spec));
         }
         Ok(m)
     }
@@ -492,7 +516,7 @@ impl Nftables {
                 sim.insert(key, Vec::new());
             }
             Change::DeleteChain { .. } => {
-                tx.push(&mut self.sock, what, |seq| {
+                tx.push(&mut self.sock, what.clone(), |seq| {
                     let mut m = MsgBuilder::nft(msg::DELCHAIN, 0, seq, proto);
                     m.str(chain_attr::TABLE, tname);
                     m.str(chain_attr::NAME, &chain);
@@ -500,6 +524,16 @@ impl Nftables {
                 });
                 sim.remove(&key);
                 tx.deleted.push(key);
+                if table == objects::TABLE && is_accounting_chain(&chain) {
+                    // Its counters go with it (a flush leaves them: the
+                    // same rules added again count on).
+                    let prefix = format!("{chain}/");
+                    for c in self.counters(family)? {
+                        if c.name.starts_with(&prefix) {
+                            self.push_counter_delete(tx, family, &c.name, &what);
+                        }
+                    }
+                }
             }
             Change::FlushChain { .. } => {
                 tx.push(&mut self.sock, what, |seq| {
@@ -546,8 +580,15 @@ impl Nftables {
                         index = Some(p - 1);
                     }
                 }
+                if let Some(name) = accounting_counter(table, &chain, rule) {
+                    tx.deleted_counters.remove(&(family, name.clone()));
+                    tx.push(&mut self.sock, format!("{what} (its counter)"), |seq| {
+                        objects::new_counter(seq, family, &name, (0, 0))
+                    });
+                }
                 tx.try_push(&mut self.sock, what, |seq| {
-                    let mut m = Self::rule_message(seq, family, table, &chain, flags, rule, &spec)?;
+                    let mut m =
+                        Self::rule_message(seq, family, table, &chain, flags, rule, (0, 0))?;
                     m.be32(rule_attr::ID, id);
                     match after {
                         Some((Some(handle), _)) => {
@@ -582,7 +623,10 @@ impl Nftables {
                     return Err(FirewallError::NoSuchRule { what });
                 };
                 let entry = entries.remove(at);
-                tx.push(&mut self.sock, what, |seq| {
+                // Its counter goes with the last rule counting into it.
+                let counter = accounting_counter(table, &chain, rule)
+                    .filter(|_| !entries.iter().any(|e| e.spec == spec));
+                tx.push(&mut self.sock, what.clone(), |seq| {
                     let mut m = MsgBuilder::nft(msg::DELRULE, 0, seq, proto);
                     m.str(rule_attr::TABLE, tname);
                     m.str(rule_attr::CHAIN, &chain);
@@ -597,9 +641,101 @@ impl Nftables {
                     }
                     m
                 });
+                if let Some(name) = counter {
+                    self.push_counter_delete(tx, family, &name, &what);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Accounting chains an earlier version wrote count in a counter of
+    /// each rule only, not also in named counters ([`objects`]): queues a
+    /// rewrite of each such chain (present in `have`, without a named
+    /// counter) into `tx`, its counters starting at what its rules counted
+    /// (returned by (family, counter name), for the new rules' own).
+    fn migrate_accounting(
+        &mut self,
+        tx: &mut Tx,
+        have: &HashMap<(Family, Table), Vec<DumpedChain>>,
+        flushes: &mut Vec<(Family, Table, String)>,
+        rules: &mut Vec<(Family, Table, String, Rule)>,
+    ) -> Result<CarriedCounts, FirewallError> {
+        let mut carried_by_name = HashMap::new();
+        for family in Family::ALL {
+            let accounting: Vec<&str> = have
+                .get(&(family, objects::TABLE))
+                .into_iter()
+                .flatten()
+                .filter(|c| !c.is_base && is_accounting_chain(&c.name))
+                .map(|c| c.name.as_str())
+                .collect();
+            if accounting.is_empty() {
+                continue;
+            }
+            let counters = self.counters(family)?;
+            for chain in accounting {
+                let prefix = format!("{chain}/");
+                if counters.iter().any(|c| c.name.starts_with(&prefix)) {
+                    continue;
+                }
+                let old = self.rules(family, objects::TABLE, Some(chain))?;
+                // Not ours alone (another program's rule in it): rewritten
+                // all the same, its counts lost.
+                let samples = counters_of(family, &old).unwrap_or_else(|e| {
+                    log::warn!(
+                        "nf_tables: {family} accounting chain {chain}: {e}; its counts start again"
+                    );
+                    Vec::new()
+                });
+                log::info!(
+                    "nf_tables: {family} accounting chain {chain} moves to named counters ({} counts carried)",
+                    samples.len()
+                );
+                for rule in crate::counters::accounting_rules() {
+                    let Some(name) = counter_name(chain, &rule) else {
+                        continue;
+                    };
+                    let carried = samples
+                        .iter()
+                        .find(|s| crate::counters::counter_name_of_source(chain, s.source) == name)
+                        .map_or((0, 0), |s| (s.packets, s.bytes));
+                    tx.push(
+                        &mut self.sock,
+                        format!("{family} mangle: counter {name}"),
+                        |seq| objects::new_counter(seq, family, &name, carried),
+                    );
+                    carried_by_name.insert((family, name), carried);
+                    rules.push((family, objects::TABLE, chain.to_string(), rule));
+                }
+                flushes.push((family, objects::TABLE, chain.to_string()));
+            }
+        }
+        Ok(carried_by_name)
+    }
+
+    /// Queues the deletion of named counter `name` unless `tx` deletes it
+    /// already.
+    fn push_counter_delete(&mut self, tx: &mut Tx, family: Family, name: &str, what: &str) {
+        if tx.deleted_counters.insert((family, name.to_string())) {
+            tx.push(&mut self.sock, format!("{what} (counter {name})"), |seq| {
+                objects::del_counter(seq, family, name)
+            });
+        }
+    }
+
+    /// The named counters of patchpanel's accounting table in `family`.
+    fn counters(&mut self, family: Family) -> Result<Vec<objects::Counter>, FirewallError> {
+        match self.sock.dump(
+            objects::msg::GETOBJ,
+            nfproto(family),
+            &objects::dump_filter(),
+        ) {
+            Ok(replies) => Ok(replies.iter().filter_map(objects::parse_counter).collect()),
+            // No table: no counters.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
+            Err(e) => Err(netlink_error(format!("list {family} counters"), &e)),
+        }
     }
 
     /// Commits `tx`; on success stores `sim` with the handles the kernel
@@ -723,10 +859,6 @@ impl Nftables {
     }
 }
 
-/// Up to this many accounting chains (two per uplink) the counters are
-/// read one chain at a time.
-const PER_CHAIN_COUNTER_DUMPS: usize = 256;
-
 impl FirewallBackend for Nftables {
     fn setup(&mut self, layout: &Layout) -> Result<SetupReport, FirewallError> {
         layout.validate()?;
@@ -802,6 +934,7 @@ impl FirewallBackend for Nftables {
                 lookups.push((family, set, id, exists(set.chain)));
             }
         }
+        let carried = self.migrate_accounting(&mut tx, &have, &mut flushes, &mut rules)?;
         for (family, table, chain) in &flushes {
             let proto = nfproto(*family);
             tx.push(
@@ -817,6 +950,9 @@ impl FirewallBackend for Nftables {
         }
         for (family, table, chain, rule) in &rules {
             let spec = rule_spec(rule);
+            let start = accounting_counter(*table, chain, rule)
+                .and_then(|name| carried.get(&(*family, name)).copied())
+                .unwrap_or_default();
             tx.try_push(
                 &mut self.sock,
                 format!("{family} {table}: -A {chain} {spec}"),
@@ -828,7 +964,7 @@ impl FirewallBackend for Nftables {
                         chain,
                         wire::NLM_F_CREATE | wire::NLM_F_APPEND,
                         rule,
-                        &spec,
+                        start,
                     )
                 },
             )?;
@@ -1077,30 +1213,16 @@ impl FirewallBackend for Nftables {
             .collect())
     }
 
-    /// The accounting chains' rules only: with few uplinks one dump per
-    /// chain (the kernel serializes only that chain's rules, not the
-    /// guests' per-interface chains of the same table, whose number grows
-    /// with the guests); with many, the whole table at once, which is then
-    /// mostly accounting anyway.
+    /// One dump of the accounting table's named counters per family
+    /// ([`objects`]): neither the chains nor any rule is listed.
     fn read_counters(&mut self) -> Result<Vec<CounterSample>, FirewallError> {
         let mut samples = Vec::new();
         for family in Family::ALL {
-            let accounting: Vec<String> = self
-                .chains(family)?
-                .into_iter()
-                .filter(|c| c.table == Table::Mangle && is_accounting_chain(&c.name))
-                .map(|c| c.name)
-                .collect();
-            let rules = if accounting.len() <= PER_CHAIN_COUNTER_DUMPS {
-                let mut rules = Vec::new();
-                for chain in &accounting {
-                    rules.extend(self.rules(family, Table::Mangle, Some(chain))?);
-                }
-                rules
-            } else {
-                self.rules(family, Table::Mangle, None)?
-            };
-            samples.extend(counters_of(family, &rules)?);
+            let counters = self.counters(family)?;
+            samples.extend(
+                objects::samples_of(&counters)
+                    .map_err(|source| FirewallError::NftCounters { source })?,
+            );
         }
         Ok(samples)
     }

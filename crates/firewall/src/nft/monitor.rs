@@ -8,7 +8,9 @@
 //!
 //! A deleted rule is announced with its expressions as they were, counters
 //! included: the final counts of patchpanel's accounting rules survive a
-//! `flush ruleset` that way ([`Transaction::lost_counters`]).
+//! `flush ruleset` that way ([`Transaction::lost_counters`]). (Each also
+//! counts into a named counter, read by `GetTrafficCounters`; a deleted
+//! named counter is announced without its counts.)
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -165,7 +165,7 @@ impl Nftables {
                     chain,
                     wire::NLM_F_CREATE | wire::NLM_F_APPEND | wire::NLM_F_ECHO,
                     rule,
-                    &spec,
+                    (0, 0),
                 )?;
                 m.be32(rule_attr::ID, id);
                 Ok(m)

@@ -27,14 +27,6 @@ use crate::interrupt;
 use crate::link_probe::LinkProbe;
 use crate::world::in_world;
 
-/// Off the clock after each teardown. The host veth is gone ~1 ms after
-/// the lifeline closes, but the kernel still owes that teardown an RCU
-/// grace period: the next rules with a `CONNMARK` target (nft_compat) wait
-/// for it (~10-20 ms here). That is the teardown's cost, not the next
-/// connect's; bench-guests measures it ("ConnectNamespace during
-/// ArcShutdown").
-pub const BETWEEN_CYCLES: Duration = Duration::from_millis(60);
-
 /// How often teardown completion is checked.
 pub const TEARDOWN_POLL: Duration = Duration::from_micros(200);
 /// How long a teardown may take before the benchmark gives up.
@@ -210,7 +202,6 @@ impl Bench<'_> {
         let teardown = self.teardown(connected)?;
         self.wait_for_device_count(baseline, SETTLE_TIMEOUT)
             .with_context(|| format!("waiting for the daemon to forget {netns}"))?;
-        std::thread::sleep(BETWEEN_CYCLES);
         Ok((connect, teardown))
     }
 

@@ -726,15 +726,20 @@ impl Nftables {
 
     /// The named counters of patchpanel's accounting table in `family`.
     fn counters(&mut self, family: Family) -> Result<Vec<objects::Counter>, FirewallError> {
-        match self.sock.dump(
-            objects::msg::GETOBJ,
-            nfproto(family),
-            &objects::dump_filter(),
-        ) {
+        self.counters_of_family(nfproto(family))
+    }
+
+    /// The same for an `nfgenmsg` family (`NFPROTO_UNSPEC`: every family's
+    /// table of that name, in one dump).
+    fn counters_of_family(&mut self, proto: u8) -> Result<Vec<objects::Counter>, FirewallError> {
+        match self
+            .sock
+            .dump(objects::msg::GETOBJ, proto, &objects::dump_filter())
+        {
             Ok(replies) => Ok(replies.iter().filter_map(objects::parse_counter).collect()),
             // No table: no counters.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
-            Err(e) => Err(netlink_error(format!("list {family} counters"), &e)),
+            Err(e) => Err(netlink_error(format!("list counters (family {proto})"), &e)),
         }
     }
 
@@ -1213,18 +1218,11 @@ impl FirewallBackend for Nftables {
             .collect())
     }
 
-    /// One dump of the accounting table's named counters per family
-    /// ([`objects`]): neither the chains nor any rule is listed.
+    /// One dump of the accounting tables' named counters, both families
+    /// at once ([`objects`]): neither the chains nor any rule is listed.
     fn read_counters(&mut self) -> Result<Vec<CounterSample>, FirewallError> {
-        let mut samples = Vec::new();
-        for family in Family::ALL {
-            let counters = self.counters(family)?;
-            samples.extend(
-                objects::samples_of(&counters)
-                    .map_err(|source| FirewallError::NftCounters { source })?,
-            );
-        }
-        Ok(samples)
+        let counters = self.counters_of_family(libc::NFPROTO_UNSPEC as u8)?;
+        objects::samples_of(&counters).map_err(|source| FirewallError::NftCounters { source })
     }
 
     fn dump(&mut self, family: Family) -> Result<String, FirewallError> {

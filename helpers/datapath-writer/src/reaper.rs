@@ -27,6 +27,10 @@
 //! peer of a deleted veth may be the name a new pair wants in the same
 //! container namespace.
 //!
+//! A deletion starts neither while a plan runs nor within [`QUIET`] after
+//! one ends: a group delete holds the rtnl lock, and the request a caller
+//! sends as soon as a teardown is answered would wait for it.
+//!
 //! The threads live in the writer's own network namespace (the daemon's:
 //! only [`Netns::Host`](patchpanel_ipc::datapath::Netns) links are reaped)
 //! under the writer's seccomp filter, which they inherit.
@@ -56,6 +60,13 @@ pub const BATCH: usize = 64;
 /// after another waited for the previous one's).
 const WORKERS: usize = 4;
 
+/// How long after a plan the reaper waits before it starts a deletion:
+/// a group delete holds the rtnl lock (~1.5 ms for four veths), and a
+/// request that comes right after a teardown (the next one a caller
+/// sends once the answer is in) would wait for it. Another plan within
+/// this time restarts the wait when it ends.
+pub const QUIET: Duration = Duration::from_millis(2);
+
 /// The device group a worker gives the links it deletes together ("pprp"
 /// plus the worker's slot: two workers never share a group). A link of
 /// another program found in it stops the group delete (see
@@ -80,9 +91,17 @@ struct Pending {
     paused: bool,
     /// The worker slots with a deletion in flight.
     busy: [bool; WORKERS],
+    /// When the last plan ended.
+    plan_ended: Option<Instant>,
 }
 
 impl Pending {
+    /// Whether a deletion may start now: no plan runs, and none ended
+    /// within [`QUIET`].
+    fn quiet(&self) -> bool {
+        !self.paused && self.plan_ended.is_none_or(|t| t.elapsed() >= QUIET)
+    }
+
     fn free_slot(&self) -> Option<usize> {
         self.busy.iter().position(|b| !b)
     }
@@ -129,6 +148,25 @@ impl Shared {
             *b = false;
         }
         self.changed.notify_all();
+    }
+
+    /// Waits (at most `timeout`) until [`Pending::quiet`]: the condition
+    /// variable is not told when the quiet time runs out, so this sleeps
+    /// for what is left of it.
+    fn wait_quiet(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut p = self.lock();
+        while !p.quiet() && Instant::now() < deadline {
+            let left = match (p.paused, p.plan_ended) {
+                (false, Some(t)) => QUIET.saturating_sub(t.elapsed()),
+                _ => deadline.saturating_duration_since(Instant::now()),
+            };
+            p = self
+                .changed
+                .wait_timeout(p, left.max(Duration::from_micros(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Waits (at most `timeout`) until `pred` holds for the pending set.
@@ -181,7 +219,12 @@ impl Reaper {
     }
 
     fn pause(&self, paused: bool) {
-        self.shared.lock().paused = paused;
+        let mut p = self.shared.lock();
+        if p.paused && !paused {
+            p.plan_ended = Some(Instant::now());
+        }
+        p.paused = paused;
+        drop(p);
         self.shared.changed.notify_all();
     }
 
@@ -271,9 +314,10 @@ impl Reaper {
                 .name("reaper".into())
                 .spawn(move || {
                     while let Ok(first) = rx.recv() {
-                        // Not while a plan runs (bounded: a plan that takes
-                        // longer than WAIT does not hold deletions forever).
-                        shared.wait_until(WAIT, |p| !p.paused);
+                        // Not while a plan runs, nor right after one
+                        // (bounded: plans that keep coming for longer than
+                        // WAIT do not hold deletions forever).
+                        shared.wait_quiet(WAIT);
                         let slot = shared.take_slot();
                         let jobs: Vec<Job> = std::iter::once(first)
                             .chain(rx.try_iter().take(BATCH - 1))
@@ -420,5 +464,34 @@ impl Drop for Reaper {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletions_wait_for_a_quiet_moment_after_a_plan() {
+        let mut p = Pending::default();
+        assert!(p.quiet(), "no plan ever ran");
+        p.paused = true;
+        assert!(!p.quiet(), "a plan runs");
+        p.paused = false;
+        p.plan_ended = Some(Instant::now());
+        assert!(!p.quiet(), "a plan just ended");
+        p.plan_ended = Instant::now().checked_sub(QUIET * 2);
+        assert!(p.quiet(), "the last plan ended {:?} ago", QUIET * 2);
+    }
+
+    #[test]
+    fn the_end_of_a_plan_is_when_the_quiet_time_counts_from() {
+        let mut reaper = Reaper::default();
+        reaper.hold();
+        assert!(reaper.shared.lock().plan_ended.is_none());
+        reaper.release(None);
+        let ended = reaper.shared.lock().plan_ended;
+        assert!(ended.is_some_and(|t| t.elapsed() < WAIT), "{ended:?}");
+        assert!(!reaper.shared.lock().paused);
     }
 }

@@ -27,6 +27,17 @@ use crate::interrupt;
 use crate::link_probe::LinkProbe;
 use crate::world::in_world;
 
+/// Off the clock after each teardown. The host veth and the namespace's
+/// name are gone within milliseconds of the lifeline closing, but the
+/// kernel goes on destroying the namespace in the background (its
+/// `cleanup_net` work and RCU barriers), which takes longer the more
+/// namespaces there are; a connect issued meanwhile shares the CPUs with
+/// it (connect @1000 23 ms without this pause against 16 ms with it, same
+/// binaries). That is the teardown's cost, not the next connect's. (Until
+/// bf1e314 the pause also covered the grace period the next connect's
+/// `CONNMARK` rules waited for; they no longer exist.)
+pub const BETWEEN_CYCLES: Duration = Duration::from_millis(60);
+
 /// How often teardown completion is checked.
 pub const TEARDOWN_POLL: Duration = Duration::from_micros(200);
 /// How long a teardown may take before the benchmark gives up.
@@ -202,6 +213,7 @@ impl Bench<'_> {
         let teardown = self.teardown(connected)?;
         self.wait_for_device_count(baseline, SETTLE_TIMEOUT)
             .with_context(|| format!("waiting for the daemon to forget {netns}"))?;
+        std::thread::sleep(BETWEEN_CYCLES);
         Ok((connect, teardown))
     }
 

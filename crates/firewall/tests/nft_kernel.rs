@@ -160,12 +160,15 @@ fn setup_apply_inverse_and_remove_all_leave_the_ruleset_exactly_as_found() {
                 .contains("policy drop;\n\t\tmeta mark & 0x00000010 == 0x00000010  counter accept"),
             "{applied}"
         );
-        assert!(
-            applied.contains(
-                "ct state established,related meta mark set meta mark | 0x00000010 accept"
-            ),
-            "{applied}"
-        );
+        // Its reply accept and its VPN exemption are elements too.
+        for line in [
+            "ct state established,related oifname @guest_out meta mark set meta mark | 0x00000010 accept",
+            "elements = { \"arc_ns0\" comment \"-o arc_ns0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\" }",
+            "oifname @vpn_skip_out accept",
+            "elements = { \"arc_ns0\" comment \"-o arc_ns0 -j ACCEPT\" }",
+        ] {
+            assert!(applied.contains(line), "{line}\n{applied}");
+        }
 
         fw.apply(&batch.inverse().unwrap()).unwrap();
         assert_eq!(ruleset(), after_setup);
@@ -649,7 +652,13 @@ fn a_guest_that_comes_back_after_its_teardown_gets_fresh_chains_and_goes_cleanly
         fw.apply(&batch).unwrap();
         run(
             "nft",
-            &["flush", "chain", "ip", "patchpanel_filter", "guest_forward"],
+            &[
+                "flush",
+                "chain",
+                "ip",
+                "patchpanel_mangle",
+                "PREROUTING_arc_ns0",
+            ],
             None,
         );
         let err = fw.apply(&batch.inverse().unwrap()).unwrap_err();

@@ -119,6 +119,8 @@ pub fn compile(
 pub enum KeyField {
     /// `iifname` (16 bytes).
     Iifname,
+    /// `oifname` (16 bytes).
+    Oifname,
     /// `meta l4proto` (1 byte in a 4-byte register).
     L4proto,
     /// `th dport` (2 bytes, network order, in a 4-byte register).
@@ -131,7 +133,7 @@ impl KeyField {
     /// The bytes it takes in a key.
     pub fn bytes(self) -> usize {
         match self {
-            KeyField::Iifname => IFNAMSIZ,
+            KeyField::Iifname | KeyField::Oifname => IFNAMSIZ,
             KeyField::L4proto | KeyField::Dport | KeyField::Ipv4Daddr => 4,
         }
     }
@@ -139,10 +141,10 @@ impl KeyField {
     /// nft's datatype number (`enum datatypes`), for `nft list`.
     pub fn datatype(self) -> u32 {
         match self {
-            KeyField::Iifname => 41,  // TYPE_IFNAME
-            KeyField::L4proto => 12,  // TYPE_INET_PROTOCOL
-            KeyField::Dport => 13,    // TYPE_INET_SERVICE
-            KeyField::Ipv4Daddr => 7, // TYPE_IPADDR
+            KeyField::Iifname | KeyField::Oifname => 41, // TYPE_IFNAME
+            KeyField::L4proto => 12,                     // TYPE_INET_PROTOCOL
+            KeyField::Dport => 13,                       // TYPE_INET_SERVICE
+            KeyField::Ipv4Daddr => 7,                    // TYPE_IPADDR
         }
     }
 }
@@ -195,9 +197,10 @@ pub enum LookupAction {
 /// `NFT_REG32_00`: the first 32-bit register (the same bytes as `NFT_REG_1`).
 const REG32_00: u32 = 8;
 
-/// The expressions of a port set's one rule: load the key's parts into
-/// consecutive registers, look them up in `set` (created in the same
-/// transaction as `set_id`, if given), then act.
+/// The expressions of a port set's one rule: match the conntrack states
+/// of `guard`, if any, load the key's parts into consecutive registers,
+/// look them up in `set` (created in the same transaction as `set_id`, if
+/// given), then act.
 pub fn compile_lookup(
     m: &mut MsgBuilder,
     fields: &[KeyField],
@@ -205,12 +208,24 @@ pub fn compile_lookup(
     set_id: Option<u32>,
     table: Table,
     action: LookupAction,
+    guard: Option<CtStates>,
 ) {
     let mut e = Exprs { m };
+    if let Some(states) = guard {
+        let ct = Match::ConnState(crate::model::CtStateMatch {
+            states,
+            negate: false,
+        });
+        // A conntrack state match compiles the same in either family.
+        if let Err(err) = e.matcher(&ct, Family::V4) {
+            unreachable!("a ct state match always compiles: {err}");
+        }
+    }
     let mut reg = REG32_00;
     for field in fields {
         match field {
             KeyField::Iifname => e.meta_load(META_IIFNAME, reg),
+            KeyField::Oifname => e.meta_load(META_OIFNAME, reg),
             KeyField::L4proto => e.meta_load(META_L4PROTO, reg),
             KeyField::Dport => e.payload_to(BASE_TRANSPORT, 2, 2, reg),
             KeyField::Ipv4Daddr => e.payload_to(BASE_NETWORK, 16, 4, reg),

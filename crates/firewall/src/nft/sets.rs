@@ -2,7 +2,12 @@
 //! FORWARDING) all have one shape per chain, so instead of one rule each
 //! they are elements of a few sets and maps, each looked up by one rule
 //! that setup puts in the chain. The same holds for each guest's
-//! `guest_forward -i <guest> -j ACCEPT` (set `guest_in`). Adding or removing one is then a set
+//! `guest_forward -i <guest> -j ACCEPT` (set `guest_in`), its reply
+//! accept `guest_forward -o <guest> -m conntrack --ctstate
+//! RELATED,ESTABLISHED -j ACCEPT` (`guest_out`, the state matched by the
+//! lookup rule) and a namespace's `skip_apply_vpn_mark -o <if> -j ACCEPT`
+//! (`vpn_skip_out`): a guest's start then adds no rule to the filter
+//! table at all. Adding or removing one is then a set
 //! element change, whose commit costs the same whatever the number of
 //! rules: a chain of rules is copied and validated whole by the kernel at
 //! every commit that changes it.
@@ -20,8 +25,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::expr::{self, KeyField, LookupAction};
 use super::wire::{self, rule_attr, MsgBuilder, Reply};
 use super::{nfproto, table_name, userdata, UDATA_COMMENT};
-use crate::layout::{GUEST_FORWARD, INGRESS_PORT_FIREWALL, INGRESS_PORT_FORWARDING};
-use crate::model::{Change, Family, Match, Protocol, Rule, Table, Target};
+use crate::layout::{
+    GUEST_FORWARD, INGRESS_PORT_FIREWALL, INGRESS_PORT_FORWARDING, SKIP_APPLY_VPN_MARK,
+};
+use crate::model::{Change, CtStates, Family, Match, Protocol, Rule, Table, Target};
 use crate::render::rule_spec;
 
 /// `enum nf_tables_msg_types`, the set messages.
@@ -97,7 +104,12 @@ pub struct PortSet {
     pub action: LookupAction,
     /// The model adds these rules with `-I chain 1` (else `-A chain`).
     pub inserted_first: bool,
+    /// The rules' `-m conntrack --ctstate` (matched by the lookup rule).
+    pub guard: Option<CtStates>,
 }
+
+/// `RELATED,ESTABLISHED`, a reply accept's states.
+const REPLIES: CtStates = CtStates(CtStates::RELATED.0 | CtStates::ESTABLISHED.0);
 
 /// The port sets a table of the layout holds: those whose chain it has.
 pub(super) fn of_layout(
@@ -116,7 +128,7 @@ pub(super) fn of_layout(
 /// guest interface, so that a guest's start or stop adds an element
 /// instead of a rule to a chain that has one per guest (the chain holds
 /// accepts only, so where its lookup rule stands changes nothing).
-pub static PORT_SETS: [PortSet; 6] = [
+pub static PORT_SETS: [PortSet; 8] = [
     PortSet {
         name: "port_access",
         table: Table::Filter,
@@ -125,6 +137,7 @@ pub static PORT_SETS: [PortSet; 6] = [
         key: &[KeyField::L4proto, KeyField::Dport],
         action: LookupAction::Accept,
         inserted_first: true,
+        guard: None,
     },
     PortSet {
         name: "port_access_if",
@@ -134,6 +147,7 @@ pub static PORT_SETS: [PortSet; 6] = [
         key: &[KeyField::L4proto, KeyField::Dport, KeyField::Iifname],
         action: LookupAction::Accept,
         inserted_first: true,
+        guard: None,
     },
     PortSet {
         name: "port_forward_accept",
@@ -148,6 +162,7 @@ pub static PORT_SETS: [PortSet; 6] = [
         ],
         action: LookupAction::Accept,
         inserted_first: false,
+        guard: None,
     },
     PortSet {
         name: "port_forward_dst",
@@ -162,6 +177,7 @@ pub static PORT_SETS: [PortSet; 6] = [
         ],
         action: LookupAction::Dnat4,
         inserted_first: true,
+        guard: None,
     },
     PortSet {
         name: "port_forward",
@@ -171,6 +187,7 @@ pub static PORT_SETS: [PortSet; 6] = [
         key: &[KeyField::Iifname, KeyField::L4proto, KeyField::Dport],
         action: LookupAction::Dnat4,
         inserted_first: true,
+        guard: None,
     },
     PortSet {
         name: "guest_in",
@@ -180,6 +197,28 @@ pub static PORT_SETS: [PortSet; 6] = [
         key: &[KeyField::Iifname],
         action: LookupAction::Accept,
         inserted_first: false,
+        guard: None,
+    },
+    PortSet {
+        name: "guest_out",
+        table: Table::Filter,
+        families: &Family::ALL,
+        chain: GUEST_FORWARD,
+        key: &[KeyField::Oifname],
+        action: LookupAction::Accept,
+        inserted_first: false,
+        guard: Some(REPLIES),
+    },
+    // The chain holds accepts only (DNS proxy and namespace exemptions).
+    PortSet {
+        name: "vpn_skip_out",
+        table: Table::Mangle,
+        families: &Family::ALL,
+        chain: SKIP_APPLY_VPN_MARK,
+        key: &[KeyField::Oifname],
+        action: LookupAction::Accept,
+        inserted_first: false,
+        guard: None,
     },
 ];
 
@@ -220,6 +259,8 @@ pub struct ElementChange {
 #[derive(Default)]
 struct Parts<'a> {
     iif: Option<&'a str>,
+    oif: Option<&'a str>,
+    states: Option<CtStates>,
     proto: Option<u8>,
     dport: Option<u16>,
     daddr: Option<Ipv4Addr>,
@@ -232,6 +273,10 @@ fn parts(rule: &Rule) -> Option<Parts<'_>> {
             Match::InInterface(i) if !i.wildcard && !i.negate => {
                 p.iif = Some(i.name.as_str());
             }
+            Match::OutInterface(i) if !i.wildcard && !i.negate => {
+                p.oif = Some(i.name.as_str());
+            }
+            Match::ConnState(c) if !c.negate => p.states = Some(c.states),
             Match::Protocol(Protocol::Tcp) => p.proto = Some(6),
             Match::Protocol(Protocol::Udp) => p.proto = Some(17),
             Match::DestinationPort(port) => p.dport = Some(*port),
@@ -251,10 +296,16 @@ fn encode(fields: &[KeyField], p: &Parts<'_>) -> Option<Vec<u8>> {
     let mut key = Vec::new();
     for f in fields {
         match f {
-            KeyField::Iifname => {
-                let name = p.iif?.as_bytes();
+            KeyField::Iifname | KeyField::Oifname => {
+                let name = if *f == KeyField::Iifname {
+                    p.iif?
+                } else {
+                    p.oif?
+                };
                 let mut padded = [0u8; 16];
-                padded.get_mut(..name.len())?.copy_from_slice(name);
+                padded
+                    .get_mut(..name.len())?
+                    .copy_from_slice(name.as_bytes());
                 key.extend_from_slice(&padded);
             }
             KeyField::L4proto => key.extend_from_slice(&[p.proto?, 0, 0, 0]),
@@ -284,6 +335,7 @@ pub fn classify(family: Family, change: &Change) -> Option<ElementChange> {
     let p = parts(rule)?;
     let present = [
         (KeyField::Iifname, p.iif.is_some()),
+        (KeyField::Oifname, p.oif.is_some()),
         (KeyField::L4proto, p.proto.is_some()),
         (KeyField::Dport, p.dport.is_some()),
         (KeyField::Ipv4Daddr, p.daddr.is_some()),
@@ -293,6 +345,7 @@ pub fn classify(family: Family, change: &Change) -> Option<ElementChange> {
             && s.chain == chain.as_str()
             && s.families.contains(&family)
             && first.is_none_or(|f| f == s.inserted_first)
+            && s.guard == p.states
             && present
                 .iter()
                 .all(|(field, here)| s.key.contains(field) == *here)
@@ -343,7 +396,7 @@ pub fn new_set(seq: u32, family: Family, set: &PortSet, id: u32) -> MsgBuilder {
         );
     }
     m.be32(set_attr::ID, id);
-    if set.key == [KeyField::Iifname] {
+    if set.key == [KeyField::Iifname] || set.key == [KeyField::Oifname] {
         m.attr(set_attr::USERDATA, &host_order_key_udata());
     }
     m
@@ -373,7 +426,9 @@ pub fn lookup_rule(
     m.str(rule_attr::TABLE, table_name(set.table));
     m.str(rule_attr::CHAIN, set.chain);
     let n = m.nest(rule_attr::EXPRESSIONS);
-    expr::compile_lookup(&mut m, set.key, set.name, set_id, set.table, set.action);
+    expr::compile_lookup(
+        &mut m, set.key, set.name, set_id, set.table, set.action, set.guard,
+    );
     m.end(n);
     m.attr(rule_attr::USERDATA, &userdata(&set.lookup_spec()));
     m
@@ -623,7 +678,7 @@ mod tests {
     }
 
     #[test]
-    fn a_guests_ingress_accept_is_an_element_of_guest_in_and_its_replies_stay_rules() {
+    fn a_namespaces_accepts_are_elements_and_its_mangle_chain_stays_rules() {
         let ns = crate::guest::Namespace {
             host_ifname: IfName::new("arc_ns3").unwrap(),
             host_ipv4: Ipv4Addr::new(100, 115, 92, 129),
@@ -635,19 +690,72 @@ mod tests {
         let batch = crate::guest::connected_namespace(&ns);
         for family in Family::ALL {
             let elements: Vec<ElementChange> = only(&batch, family).into_iter().flatten().collect();
-            assert_eq!(elements.len(), 1, "{family}: {elements:?}");
-            assert_eq!(elements[0].set.name, "guest_in");
-            assert_eq!(elements[0].spec, "-i arc_ns3 -j ACCEPT");
-            assert_eq!(&elements[0].key[..7], b"arc_ns3");
-            assert_eq!(elements[0].key.len(), 16);
-            assert!(elements[0].add);
+            let sets: Vec<(&str, &str)> = elements
+                .iter()
+                .map(|e| (e.set.name, e.spec.as_str()))
+                .collect();
+            assert_eq!(
+                sets,
+                [
+                    ("vpn_skip_out", "-o arc_ns3 -j ACCEPT"),
+                    (
+                        "guest_out",
+                        "-o arc_ns3 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+                    ),
+                    ("guest_in", "-i arc_ns3 -j ACCEPT"),
+                ],
+                "{family}"
+            );
+            for e in &elements {
+                assert_eq!(&e.key[..7], b"arc_ns3");
+                assert_eq!(e.key.len(), 16);
+                assert!(e.add);
+            }
+            // Nothing of the filter table stays a rule; the mangle chain
+            // and its jump do.
+            let rules: Vec<&Change> = batch
+                .changes(family)
+                .iter()
+                .filter(|c| classify(family, c).is_none())
+                .collect();
+            assert!(
+                rules.iter().all(|c| c.table() == Table::Mangle),
+                "{rules:?}"
+            );
         }
-        // The inverse removes the element.
+        // The inverse removes the elements.
         let inverse = batch.inverse().unwrap();
         let removed: Vec<ElementChange> =
             only(&inverse, Family::V4).into_iter().flatten().collect();
-        assert_eq!(removed.len(), 1);
-        assert!(!removed[0].add);
+        assert_eq!(removed.len(), 3);
+        assert!(removed.iter().all(|e| !e.add));
+    }
+
+    #[test]
+    fn an_open_guests_accept_and_an_isolated_guests_drops_stay_rules() {
+        let eth = IfName::new("vmtap3").unwrap();
+        // `-o X -j ACCEPT` in guest_forward (an open guest): no state, so
+        // not a `guest_out` element.
+        let open = Change::Append {
+            table: Table::Filter,
+            chain: crate::layout::named(GUEST_FORWARD),
+            rule: Rule::new(Target::Accept).with(Match::oif(&eth)),
+        };
+        assert_eq!(classify(Family::V4, &open), None);
+        // Other states than a reply's, or negated: rules.
+        for (states, negate) in [(CtStates::NEW, false), (REPLIES, true)] {
+            let change = Change::Append {
+                table: Table::Filter,
+                chain: crate::layout::named(GUEST_FORWARD),
+                rule: Rule::new(Target::Accept)
+                    .with(Match::oif(&eth))
+                    .with(Match::ConnState(crate::model::CtStateMatch {
+                        states,
+                        negate,
+                    })),
+            };
+            assert_eq!(classify(Family::V6, &change), None, "{states:?} {negate}");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! validates a whole chain at every commit that changes its rules, so a
 //! chain of 1000 rules made the 1000th cost 15 times the first.
 
+mod accounting;
 pub mod coexist;
 mod dump;
 pub mod expr;
@@ -37,6 +38,7 @@ pub use dump::{fuzz_replies, DumpedChain, DumpedRule};
 pub use inspect::{base_chain_names, prune_table, table_names, Pruned};
 pub use sweep::remove_iptables_leftovers;
 
+use accounting::accounting_counter;
 use coexist::{is_narrow_accept, remove_narrow_accepts};
 use dump::{counters_of, parse_rule};
 use sweep::iptables_rule;
@@ -108,16 +110,6 @@ fn base_chain(table: Table, builtin: BuiltinChain) -> (u32, i32, &'static str) {
 /// TLV header and the NUL.
 const MAX_SPEC_LEN: usize = 253;
 const UDATA_COMMENT: u8 = 0;
-
-/// The named counter a rule of `chain` counts into: an accounting rule's
-/// ([`objects`]); `None` for every other rule.
-fn accounting_counter(table: Table, chain: &str, rule: &Rule) -> Option<String> {
-    if table == objects::TABLE && is_accounting_chain(chain) {
-        counter_name(chain, rule)
-    } else {
-        None
-    }
-}
 
 fn userdata(spec: &str) -> Vec<u8> {
     let mut u = Vec::with_capacity(spec.len() + 3);
@@ -524,16 +516,7 @@ impl Nftables {
                 });
                 sim.remove(&key);
                 tx.deleted.push(key);
-                if table == objects::TABLE && is_accounting_chain(&chain) {
-                    // Its counters go with it (a flush leaves them: the
-                    // same rules added again count on).
-                    let prefix = format!("{chain}/");
-                    for c in self.counters(family)? {
-                        if c.name.starts_with(&prefix) {
-                            self.push_counter_delete(tx, family, &c.name, &what);
-                        }
-                    }
-                }
+                self.push_chain_counters_delete(tx, family, table, &chain, &what)?;
             }
             Change::FlushChain { .. } => {
                 tx.push(&mut self.sock, what, |seq| {
@@ -647,100 +630,6 @@ impl Nftables {
             }
         }
         Ok(())
-    }
-
-    /// Accounting chains an earlier version wrote count in a counter of
-    /// each rule only, not also in named counters ([`objects`]): queues a
-    /// rewrite of each such chain (present in `have`, without a named
-    /// counter) into `tx`, its counters starting at what its rules counted
-    /// (returned by (family, counter name), for the new rules' own).
-    fn migrate_accounting(
-        &mut self,
-        tx: &mut Tx,
-        have: &HashMap<(Family, Table), Vec<DumpedChain>>,
-        flushes: &mut Vec<(Family, Table, String)>,
-        rules: &mut Vec<(Family, Table, String, Rule)>,
-    ) -> Result<CarriedCounts, FirewallError> {
-        let mut carried_by_name = HashMap::new();
-        for family in Family::ALL {
-            let accounting: Vec<&str> = have
-                .get(&(family, objects::TABLE))
-                .into_iter()
-                .flatten()
-                .filter(|c| !c.is_base && is_accounting_chain(&c.name))
-                .map(|c| c.name.as_str())
-                .collect();
-            if accounting.is_empty() {
-                continue;
-            }
-            let counters = self.counters(family)?;
-            for chain in accounting {
-                let prefix = format!("{chain}/");
-                if counters.iter().any(|c| c.name.starts_with(&prefix)) {
-                    continue;
-                }
-                let old = self.rules(family, objects::TABLE, Some(chain))?;
-                // Not ours alone (another program's rule in it): rewritten
-                // all the same, its counts lost.
-                let samples = counters_of(family, &old).unwrap_or_else(|e| {
-                    log::warn!(
-                        "nf_tables: {family} accounting chain {chain}: {e}; its counts start again"
-                    );
-                    Vec::new()
-                });
-                log::info!(
-                    "nf_tables: {family} accounting chain {chain} moves to named counters ({} counts carried)",
-                    samples.len()
-                );
-                for rule in crate::counters::accounting_rules() {
-                    let Some(name) = counter_name(chain, &rule) else {
-                        continue;
-                    };
-                    let carried = samples
-                        .iter()
-                        .find(|s| crate::counters::counter_name_of_source(chain, s.source) == name)
-                        .map_or((0, 0), |s| (s.packets, s.bytes));
-                    tx.push(
-                        &mut self.sock,
-                        format!("{family} mangle: counter {name}"),
-                        |seq| objects::new_counter(seq, family, &name, carried),
-                    );
-                    carried_by_name.insert((family, name), carried);
-                    rules.push((family, objects::TABLE, chain.to_string(), rule));
-                }
-                flushes.push((family, objects::TABLE, chain.to_string()));
-            }
-        }
-        Ok(carried_by_name)
-    }
-
-    /// Queues the deletion of named counter `name` unless `tx` deletes it
-    /// already.
-    fn push_counter_delete(&mut self, tx: &mut Tx, family: Family, name: &str, what: &str) {
-        if tx.deleted_counters.insert((family, name.to_string())) {
-            tx.push(&mut self.sock, format!("{what} (counter {name})"), |seq| {
-                objects::del_counter(seq, family, name)
-            });
-        }
-    }
-
-    /// The named counters of patchpanel's accounting table in `family`.
-    fn counters(&mut self, family: Family) -> Result<Vec<objects::Counter>, FirewallError> {
-        self.counters_of_family(nfproto(family))
-    }
-
-    /// The same for an `nfgenmsg` family (`NFPROTO_UNSPEC`: every family's
-    /// table of that name, in one dump).
-    fn counters_of_family(&mut self, proto: u8) -> Result<Vec<objects::Counter>, FirewallError> {
-        match self
-            .sock
-            .dump(objects::msg::GETOBJ, proto, &objects::dump_filter())
-        {
-            Ok(replies) => Ok(replies.iter().filter_map(objects::parse_counter).collect()),
-            // No table: no counters.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
-            Err(e) => Err(netlink_error(format!("list counters (family {proto})"), &e)),
-        }
     }
 
     /// Commits `tx`; on success stores `sim` with the handles the kernel
